@@ -1,0 +1,177 @@
+"""The only way across the cut: a channel between client and server, and its transcript.
+
+Every message that crosses carries a kind, the sample ids of its rows, a tensor, the epoch and the
+phase (``train``, ``val`` or ``test``). The transcript keeps what crossed, keyed by sample id,
+for the attacks that model a curious server. Recording can be limited to some epochs, kinds and
+phases so that memory stays bounded.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from splitpriv.io import atomic_path
+
+
+class Kind(str, Enum):
+    """Message kinds. Directions are those of the vanilla and U-shaped topologies."""
+
+    ACTIVATIONS = "activations"  # client -> server, (B, 16, 32)
+    LABELS = "labels"  # client -> server, (B,) — vanilla topology only
+    ACT_GRAD = "act_grad"  # server -> client, d loss / d activations, (B, 16, 32)
+    SERVER_OUTPUT = "server_output"  # server -> client: logits (B, 5) or U-shape hidden (B, 128)
+    OUTPUT_GRAD = "output_grad"  # client -> server, d loss / d server output (U-shape)
+
+
+@dataclass
+class Message:
+    kind: Kind
+    tensor: torch.Tensor
+    ids: torch.Tensor  # (B,) int64 sample ids of the rows
+    epoch: int
+    phase: str
+
+
+@dataclass(frozen=True)
+class RecordPolicy:
+    """Which messages the transcript keeps. ``None`` means all.
+
+    Attributes:
+        epochs: epochs to keep (1-based).
+        kinds: message kinds to keep.
+        phases: phases to keep (``train``, ``val``, ``test``).
+    """
+
+    epochs: frozenset[int] | None = None
+    kinds: frozenset[Kind] | None = None
+    phases: frozenset[str] | None = frozenset({"train", "test"})
+
+    def wants(self, kind: Kind, epoch: int, phase: str) -> bool:
+        return (
+            (self.epochs is None or epoch in self.epochs)
+            and (self.kinds is None or kind in self.kinds)
+            and (self.phases is None or phase in self.phases)
+        )
+
+
+NOTHING = RecordPolicy(epochs=frozenset(), kinds=frozenset(), phases=frozenset())
+
+
+@dataclass
+class Transcript:
+    """What crossed the channel: per (kind, phase, epoch), sample ids and tensors.
+
+    Tensors are detached CPU copies. ``get`` concatenates a key's chunks in arrival order.
+    """
+
+    policy: RecordPolicy = field(default_factory=RecordPolicy)
+    chunks: dict[tuple[str, str, int], list[tuple[torch.Tensor, torch.Tensor]]] = field(
+        default_factory=dict
+    )
+
+    def record(self, msg: Message) -> None:
+        if not self.policy.wants(msg.kind, msg.epoch, msg.phase):
+            return
+        key = (msg.kind.value, msg.phase, msg.epoch)
+        self.chunks.setdefault(key, []).append(
+            (msg.ids.detach().to("cpu", copy=True), msg.tensor.detach().to("cpu", copy=True))
+        )
+
+    def keys(self) -> list[tuple[str, str, int]]:
+        return sorted(self.chunks)
+
+    def kinds(self) -> set[str]:
+        return {k for k, _, _ in self.chunks}
+
+    def epochs(self, kind: Kind | str, phase: str = "train") -> list[int]:
+        kind = Kind(kind).value
+        return sorted(e for k, p, e in self.chunks if k == kind and p == phase)
+
+    def get(
+        self, kind: Kind | str, *, phase: str = "train", epoch: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ids (N,) and tensors (N, ...) of one kind, phase and epoch (default: the last recorded).
+
+        Raises:
+            KeyError: the transcript holds no such message, with what it does hold.
+        """
+        kind = Kind(kind).value
+        if epoch is None:
+            epochs = self.epochs(kind, phase)
+            epoch = epochs[-1] if epochs else -1
+        key = (kind, phase, epoch)
+        if key not in self.chunks:
+            raise KeyError(
+                f"transcript holds no {kind!r} messages for phase {phase!r}, epoch {epoch}; "
+                f"it holds {self.keys()}"
+            )
+        ids, tensors = zip(*self.chunks[key], strict=True)
+        return torch.cat(ids), torch.cat(tensors)
+
+    def save(self, path: str | Path) -> None:
+        """Write to ``.npz`` (one ids and one values array per key), atomically."""
+        arrays: dict[str, np.ndarray] = {}
+        for kind, phase, epoch in self.keys():
+            ids, values = self.get(kind, phase=phase, epoch=epoch)
+            name = f"{kind}|{phase}|{epoch}"
+            arrays[name + "|ids"] = ids.numpy()
+            arrays[name + "|values"] = values.numpy()
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Transcript:
+        out = cls(policy=RecordPolicy(phases=None))
+        with np.load(path, allow_pickle=False) as data:
+            for name in data.files:
+                kind, phase, epoch, part = name.split("|")
+                if part != "ids":
+                    continue
+                ids = torch.from_numpy(data[name])
+                values = torch.from_numpy(data[f"{kind}|{phase}|{epoch}|values"])
+                out.chunks[(kind, phase, int(epoch))] = [(ids, values)]
+        return out
+
+
+class Channel:
+    """The interface both parties talk through. Subclasses move the tensors."""
+
+    def send(self, kind: Kind, tensor: torch.Tensor, ids: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def recv(self, kind: Kind) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class InProcessChannel(Channel):
+    """Both parties in one process: a mailbox per kind; every message enters the transcript.
+
+    The receiver gets a detached tensor, never the sender's autograd graph, so nothing but the
+    values crosses.
+    """
+
+    def __init__(self, transcript: Transcript | None = None) -> None:
+        self.transcript = transcript if transcript is not None else Transcript(policy=NOTHING)
+        self.epoch = 0
+        self.phase = "train"
+        self.boxes: dict[Kind, deque[torch.Tensor]] = {k: deque() for k in Kind}
+
+    def send(self, kind: Kind, tensor: torch.Tensor, ids: torch.Tensor) -> None:
+        tensor = tensor.detach()
+        self.transcript.record(Message(kind, tensor, ids, self.epoch, self.phase))
+        self.boxes[kind].append(tensor)
+
+    def recv(self, kind: Kind) -> torch.Tensor:
+        box = self.boxes[kind]
+        if not box:
+            raise RuntimeError(
+                f"channel: no {kind.value!r} message waiting (protocol out of order)"
+            )
+        return box.popleft()

@@ -1,0 +1,1128 @@
+"""MIT-BIH beat pool, the paper's preprocessing, train/test protocols and HDF5 I/O.
+
+Preprocessing follows the code of Abuadbba et al., "Can We Use Split Learning on 1D CNN Models
+for Privacy Preserving Training?" (ASIACCS 2020, arXiv 2003.12365), whose numbers came from its
+notebooks rather than from the paper text:
+
+1. Records: every record of the MIT-BIH Arrhythmia Database (PhysioNet mitdb 1.0.0) except
+   102, 104, 107, 114 and 217 (43 records); channel 0.
+2. Min-max normalisation of the whole channel to [0, 1].
+3. R-peaks are the annotation sample positions, dropping the first and the last annotation.
+4. Each interior annotation with symbol N, L, R, A or V gives the 201-sample window
+   ``[r_i - 100, r_i + 100]`` if that lies inside the signal and the neighbouring annotations
+   lie outside it.
+5. ``scipy.signal.resample`` to 128 samples, then wavelet denoising (``bior4.4``, full depth,
+   soft threshold ``0.005 * sqrt(2 * log2(128))`` on every coefficient array).
+6. Labels N=0, L=1, R=2, A=3, V=4. Pool: 96,049 beats (N 71,732, L 8,036, R 7,231, A 2,491,
+   V 6,559).
+7. The paper's split (:func:`make_split` with ``protocol="paper"``): 6000/6000/6000/2490/6000
+   draws per class *with replacement*, half to train and half to test.
+
+Two alternatives to the paper's split are offered: ``paper-unique`` (same sizes, drawn without
+replacement, so no beat is in both halves) and ``inter-patient`` (de Chazal, O'Dwyer & Reilly,
+"Automatic classification of heartbeats using ECG morphology and heartbeat interval features",
+IEEE TBME 51(7), 2004: DS1 records train, DS2 records test).
+
+Data: Moody GB, Mark RG, "The impact of the MIT-BIH Arrhythmia Database", IEEE EMB 20(3), 2001;
+Goldberger AL et al., "PhysioBank, PhysioToolkit, and PhysioNet", Circulation 101(23), 2000.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import secrets
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DS1_RECORDS",
+    "DS2_RECORDS",
+    "PAPER_CLASS_DRAWS",
+    "PREP_VERSION",
+    "PROTOCOLS",
+    "BeatPool",
+    "DataError",
+    "PrepConfig",
+    "Split",
+    "build_pool",
+    "count_duplicate_rows",
+    "dataset_card",
+    "load_pool",
+    "make_split",
+    "missing_record_files",
+    "pool_cache_path",
+    "read_paper_hdf5",
+    "read_record",
+    "record_names",
+    "resolve_mitdb_dir",
+    "user_cache_dir",
+    "verify_checksums",
+    "write_paper_hdf5",
+]
+
+#: Bump when the preprocessing code changes in a way that changes the pool; part of cache keys.
+PREP_VERSION = 1
+
+#: Environment variables.
+MITDB_ENV = "SPLITPRIV_MITDB"
+CACHE_ENV = "SPLITPRIV_CACHE"
+
+#: Per-class draw sizes of the paper's protocol (classes N, L, R, A, V); half go to each side.
+PAPER_CLASS_DRAWS = (6000, 6000, 6000, 2490, 6000)
+
+#: de Chazal et al. 2004 training set DS1 (paced records 102, 104, 107, 217 are in neither set).
+#: The paper's preprocessing also drops 114, so DS1 in a default pool has 21 of these 22 records.
+DS1_RECORDS = (
+    101, 106, 108, 109, 112, 114, 115, 116, 118, 119, 122,
+    124, 201, 203, 205, 207, 208, 209, 215, 220, 223, 230,
+)  # fmt: skip
+#: de Chazal et al. 2004 test set DS2.
+DS2_RECORDS = (
+    100, 103, 105, 111, 113, 117, 121, 123, 200, 202, 210,
+    212, 213, 214, 219, 221, 222, 228, 231, 232, 233, 234,
+)  # fmt: skip
+
+_RECORD_EXTENSIONS = (".hea", ".dat", ".atr")
+_RECORDS_FILE = "RECORDS"
+_SUMS_FILE = "SHA256SUMS.txt"
+_POOL_KEYS = ("x", "y", "record", "rpeak")
+
+
+class DataError(ValueError):
+    """Bad or missing input data; the message names the offending file or argument."""
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrepConfig:
+    """Parameters of the beat preprocessing (defaults: the paper's code).
+
+    Attributes:
+        excluded_records: Records left out of the pool (paper: the paced 102, 104, 107, 217 and
+            114, whose channel 0 is not MLII).
+        channel: Signal channel read from each record.
+        half_window: Samples kept each side of the R-peak (window = 2 * half_window + 1).
+        beat_length: Samples per beat after ``scipy.signal.resample``.
+        wavelet: PyWavelets wavelet name for denoising.
+        threshold_scale: Soft threshold is ``threshold_scale * sqrt(2 * log2(beat_length))``.
+        classes: Annotation symbols kept; the label of a beat is its symbol's index here.
+    """
+
+    excluded_records: tuple[int, ...] = (102, 104, 107, 114, 217)
+    channel: int = 0
+    half_window: int = 100
+    beat_length: int = 128
+    wavelet: str = "bior4.4"
+    threshold_scale: float = 0.005
+    classes: str = "NLRAV"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "excluded_records", tuple(int(r) for r in self.excluded_records))
+        if self.channel < 0:
+            raise DataError(f"PrepConfig.channel must be >= 0, got {self.channel}")
+        if self.half_window < 1:
+            raise DataError(f"PrepConfig.half_window must be >= 1, got {self.half_window}")
+        if self.beat_length < 2:
+            raise DataError(f"PrepConfig.beat_length must be >= 2, got {self.beat_length}")
+        if not (self.threshold_scale >= 0 and np.isfinite(self.threshold_scale)):
+            raise DataError(
+                f"PrepConfig.threshold_scale must be finite and >= 0, got {self.threshold_scale}"
+            )
+        if not self.classes or len(set(self.classes)) != len(self.classes):
+            raise DataError(f"PrepConfig.classes must be distinct symbols, got {self.classes!r}")
+        import pywt
+
+        if self.wavelet not in pywt.wavelist(kind="discrete"):
+            raise DataError(f"PrepConfig.wavelet {self.wavelet!r} is not a discrete pywt wavelet")
+
+    @property
+    def threshold(self) -> float:
+        """Soft threshold applied to every wavelet coefficient array."""
+        return float(self.threshold_scale * np.sqrt(2.0 * np.log2(self.beat_length)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the fields as JSON-ready values."""
+        d = dataclasses.asdict(self)
+        d["excluded_records"] = list(self.excluded_records)
+        return d
+
+    def cache_key(self) -> str:
+        """Return a 16-hex-digit key over every field and :data:`PREP_VERSION`."""
+        payload = json.dumps(
+            {"prep_version": PREP_VERSION, **self.to_dict()}, sort_keys=True, separators=(",", ":")
+        )
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# Locating and checking records
+# --------------------------------------------------------------------------------------------
+
+
+def user_cache_dir() -> Path:
+    """Return the per-user cache directory (not created).
+
+    ``$SPLITPRIV_CACHE`` if set, else ``$XDG_CACHE_HOME/splitpriv``, else ``~/.cache/splitpriv``.
+    """
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return Path(xdg).expanduser() / "splitpriv"
+    return Path.home() / ".cache" / "splitpriv"
+
+
+def record_names(mitdb_dir: Path | str) -> list[str]:
+    """Return the record names listed in ``mitdb_dir/RECORDS``, in file order.
+
+    Raises:
+        DataError: naming the RECORDS file, when it is missing or empty.
+    """
+    path = Path(mitdb_dir) / _RECORDS_FILE
+    if not path.is_file():
+        raise DataError(f"record index {path} not found")
+    names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not names:
+        raise DataError(f"record index {path} lists no record")
+    return names
+
+
+def missing_record_files(mitdb_dir: Path | str) -> list[Path]:
+    """Return the files that ``mitdb_dir`` should hold but does not (empty when complete).
+
+    A missing ``RECORDS`` file is reported as the only missing file.
+    """
+    d = Path(mitdb_dir)
+    if not (d / _RECORDS_FILE).is_file():
+        return [d / _RECORDS_FILE]
+    try:
+        names = record_names(d)
+    except DataError:
+        return [d / _RECORDS_FILE]
+    return [
+        d / f"{n}{ext}"
+        for n in names
+        for ext in _RECORD_EXTENSIONS
+        if not (d / f"{n}{ext}").is_file()
+    ]
+
+
+def resolve_mitdb_dir(
+    mitdb_dir: str | Path | None = None,
+    *,
+    download: bool = True,
+    fetcher: Callable[[str, Path], None] | None = None,
+) -> Path:
+    """Find the directory holding the MIT-BIH records.
+
+    Order: ``mitdb_dir`` if given, else ``$SPLITPRIV_MITDB``, else ``user_cache_dir()/mitdb``.
+    A directory given explicitly or through the environment is never downloaded into; only the
+    per-user cache directory is filled from PhysioNet (see
+    :func:`splitpriv.download.download_mitdb`) when it is incomplete and ``download`` is true.
+
+    Args:
+        mitdb_dir: Explicit directory, or ``None``.
+        download: Allow downloading into the per-user cache directory.
+        fetcher: Passed to :func:`splitpriv.download.download_mitdb`.
+
+    Returns:
+        The directory, with ``RECORDS`` and every listed record's .hea/.dat/.atr present.
+
+    Raises:
+        DataError: naming the directory and the first missing file.
+    """
+    if mitdb_dir is not None or os.environ.get(MITDB_ENV):
+        source = "mitdb_dir argument" if mitdb_dir is not None else f"${MITDB_ENV}"
+        d = Path(mitdb_dir if mitdb_dir is not None else os.environ[MITDB_ENV]).expanduser()
+        missing = missing_record_files(d)
+        if missing:
+            raise DataError(
+                f"MIT-BIH directory {d} (from {source}) does not hold the records: "
+                f"{missing[0]} is missing"
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            )
+        return d
+    d = user_cache_dir() / "mitdb"
+    missing = missing_record_files(d)
+    if not missing:
+        return d
+    if not download:
+        raise DataError(
+            f"MIT-BIH records not found in the cache directory {d} ({missing[0]} is missing) and "
+            f"download=False; pass mitdb_dir, set ${MITDB_ENV}, or allow the download"
+        )
+    from splitpriv.download import download_mitdb
+
+    download_mitdb(d, fetcher=fetcher)
+    missing = missing_record_files(d)
+    if missing:
+        raise DataError(f"download into {d} is incomplete: {missing[0]} is missing")
+    return d
+
+
+def _wfdb() -> Any:
+    """Import wfdb, hiding the pandas deprecation warnings its import triggers (not ours)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*inplace keyword.*")
+        import wfdb
+    return wfdb
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_checksums(mitdb_dir: Path | str, files: Sequence[str] | None = None) -> int:
+    """Check files of ``mitdb_dir`` against its ``SHA256SUMS.txt``.
+
+    Hashing the whole database (about 100 MB) takes well under a second.
+
+    Args:
+        mitdb_dir: Directory holding ``SHA256SUMS.txt``.
+        files: File names to check; ``None`` checks every file listed. A name that has no
+            checksum line is skipped.
+
+    Returns:
+        Number of files checked.
+
+    Raises:
+        DataError: naming the file, when ``SHA256SUMS.txt`` or a listed file is missing or a
+            digest does not match.
+    """
+    from splitpriv.download import parse_sha256sums
+
+    d = Path(mitdb_dir)
+    sums_path = d / _SUMS_FILE
+    if not sums_path.is_file():
+        raise DataError(f"checksum file {sums_path} not found")
+    sums = parse_sha256sums(sums_path)
+    names = list(sums) if files is None else [f for f in files if f in sums]
+    for name in names:
+        path = d / name
+        if not path.is_file():
+            raise DataError(f"{path} is listed in {sums_path} but missing")
+        actual = _sha256(path)
+        if actual != sums[name]:
+            raise DataError(
+                f"checksum mismatch for {path}: sha256 {actual}, {sums_path.name} says {sums[name]}"
+            )
+    return len(names)
+
+
+# Bytes per sample group of WFDB signal formats: (samples per group, bytes per group).
+_FORMAT_BYTES: dict[str, tuple[int, int]] = {
+    "8": (1, 1), "16": (1, 2), "24": (1, 3), "32": (1, 4), "61": (1, 2), "80": (1, 1),
+    "160": (1, 2), "212": (2, 3), "310": (3, 4), "311": (3, 4),
+}  # fmt: skip
+
+
+def _check_record_files(d: Path, name: str) -> None:
+    """Check that the record's files exist and that its .dat files are long enough."""
+    wfdb = _wfdb()
+
+    for ext in _RECORD_EXTENSIONS:
+        path = d / f"{name}{ext}"
+        if not path.is_file():
+            raise DataError(f"record {name}: file {path} not found")
+    try:
+        header = wfdb.rdheader(str(d / name))
+    except Exception as exc:  # wfdb raises many types for bad headers
+        raise DataError(f"record {name}: cannot parse header {d / f'{name}.hea'}: {exc}") from exc
+    if not header.sig_len or not header.n_sig:
+        raise DataError(f"record {name}: header {d / f'{name}.hea'} gives no signal length")
+    per_file: dict[str, list[tuple[str, int]]] = {}
+    offsets = header.byte_offset or [None] * header.n_sig
+    for fname, fmt, off in zip(header.file_name, header.fmt, offsets, strict=False):
+        per_file.setdefault(fname, []).append((str(fmt), int(off or 0)))
+    for fname, sigs in per_file.items():
+        path = d / fname
+        if not path.is_file():
+            raise DataError(f"record {name}: signal file {path} not found")
+        fmt, offset = sigs[0]
+        if fmt not in _FORMAT_BYTES or any(f != fmt for f, _ in sigs):
+            continue  # unusual layout: leave it to wfdb
+        per_group, nbytes = _FORMAT_BYTES[fmt]
+        n_samples = header.sig_len * len(sigs)
+        expected = offset + -(-n_samples // per_group) * nbytes
+        size = path.stat().st_size
+        if size < expected:
+            raise DataError(
+                f"record {name}: signal file {path} is truncated: {size} bytes, header implies "
+                f"{expected} ({header.sig_len} samples x {len(sigs)} channels, format {fmt})"
+            )
+
+
+def read_record(
+    mitdb_dir: Path | str, name: str | int, *, channel: int = 0
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read one channel and the reference annotations of a record.
+
+    Args:
+        mitdb_dir: Directory holding ``<name>.hea/.dat/.atr``.
+        name: Record name, e.g. ``100``.
+        channel: Channel index.
+
+    Returns:
+        ``(signal, ann_samples, ann_symbols)``: signal (n_samples,) float64 in physical units;
+        annotation sample indices (n_ann,) int64; annotation symbols (n_ann,).
+
+    Raises:
+        DataError: naming the file or record, when a file is missing, a .dat file is shorter than
+            its header implies, or wfdb fails.
+    """
+    wfdb = _wfdb()
+    d = Path(mitdb_dir)
+    name = str(name)
+    _check_record_files(d, name)
+    base = str(d / name)
+    try:
+        with warnings.catch_warnings():
+            # wfdb's annotation tables trip a pandas deprecation warning; not ours to fix.
+            warnings.filterwarnings("ignore", message=".*inplace keyword.*")
+            rec = wfdb.rdrecord(base, channels=[channel])
+            ann = wfdb.rdann(base, "atr")
+    except Exception as exc:
+        raise DataError(f"record {name} in {d}: wfdb could not read it: {exc}") from exc
+    if rec.p_signal is None or rec.p_signal.ndim != 2 or rec.p_signal.shape[1] != 1:
+        raise DataError(f"record {name} in {d}: channel {channel} could not be read")
+    sig = np.asarray(rec.p_signal[:, 0], dtype=np.float64)  # (n_samples,)
+    if not np.all(np.isfinite(sig)):
+        raise DataError(f"record {name} in {d}: channel {channel} holds NaN/inf samples")
+    return sig, np.asarray(ann.sample, dtype=np.int64), list(ann.symbol)
+
+
+# --------------------------------------------------------------------------------------------
+# Beat pool
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BeatPool:
+    """All preprocessed beats, records in ascending order, beats in annotation order.
+
+    Attributes:
+        x: (N, beat_length) float64 denoised beats.
+        y: (N,) int64 labels, indices into ``classes``.
+        record: (N,) int32 record number of each beat.
+        rpeak: (N,) int64 R-peak sample index of each beat in its record.
+        classes: Class symbols; ``classes[y[i]]`` is the annotation symbol of beat i.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    record: np.ndarray
+    rpeak: np.ndarray
+    classes: str = "NLRAV"
+
+    def __post_init__(self) -> None:
+        n = len(self.y)
+        if (
+            self.x.ndim != 2
+            or self.x.shape[0] != n
+            or len(self.record) != n
+            or len(self.rpeak) != n
+        ):
+            raise DataError(
+                f"BeatPool arrays disagree: x {self.x.shape}, y {self.y.shape}, "
+                f"record {self.record.shape}, rpeak {self.rpeak.shape}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def class_counts(self) -> dict[str, int]:
+        """Return ``{class symbol: number of beats}``."""
+        return _class_counts(self.y, self.classes)
+
+
+def _class_counts(y: np.ndarray, classes: str) -> dict[str, int]:
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=len(classes))
+    return {c: int(counts[i]) for i, c in enumerate(classes)}
+
+
+def _progress(items: list, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="record")
+
+
+def _record_beats(
+    sig: np.ndarray, samples: np.ndarray, symbols: list[str], prep: PrepConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Select the beats of one record (paper steps 3-4).
+
+    Returns:
+        ``(rpeaks, labels)``: (n_beats,) int64 R-peak indices, (n_beats,) int64 labels.
+    """
+    r = samples[1:-1]  # drop the first and last annotation
+    sym = symbols[1:-1]
+    w = prep.half_window
+    last = len(sig) - 1
+    label_of = {c: i for i, c in enumerate(prep.classes)}
+    keep_r: list[int] = []
+    keep_y: list[int] = []
+    for i in range(1, len(r) - 1):
+        s = sym[i]
+        if s not in label_of:
+            continue
+        lo, hi = r[i] - w, r[i] + w
+        if lo >= 0 and lo >= r[i - 1] and hi <= last and hi <= r[i + 1]:
+            keep_r.append(int(r[i]))
+            keep_y.append(label_of[s])
+    return np.asarray(keep_r, dtype=np.int64), np.asarray(keep_y, dtype=np.int64)
+
+
+def _denoise(beats: np.ndarray, prep: PrepConfig) -> np.ndarray:
+    """Resample and wavelet-denoise beats (paper step 5); (n, 2w+1) -> (n, beat_length)."""
+    import pywt
+    from scipy.signal import resample
+
+    x = resample(beats, prep.beat_length, axis=-1)  # (n, beat_length)
+    coeffs = pywt.wavedec(x, prep.wavelet, axis=-1)  # full depth, default mode
+    coeffs = [pywt.threshold(c, prep.threshold, "soft") for c in coeffs]
+    out = pywt.waverec(coeffs, prep.wavelet, axis=-1)
+    if out.shape[-1] < prep.beat_length:
+        raise DataError(f"wavelet reconstruction gave {out.shape[-1]} < {prep.beat_length} samples")
+    return np.ascontiguousarray(out[..., : prep.beat_length], dtype=np.float64)
+
+
+def _used_records(mitdb_dir: Path, prep: PrepConfig) -> list[str]:
+    names = record_names(mitdb_dir)
+    bad = [n for n in names if not n.isdigit()]
+    if bad:
+        raise DataError(f"{mitdb_dir / _RECORDS_FILE} lists non-numeric record {bad[0]!r}")
+    excluded = set(prep.excluded_records)
+    return [n for n in sorted(names, key=int) if int(n) not in excluded]
+
+
+def build_pool(
+    mitdb_dir: Path | str,
+    prep: PrepConfig = PrepConfig(),
+    progress: bool = False,
+    *,
+    verify: bool = True,
+) -> BeatPool:
+    """Build the beat pool from raw records (paper steps 1-6).
+
+    Args:
+        mitdb_dir: Directory with ``RECORDS`` and the records' .hea/.dat/.atr files.
+        prep: Preprocessing parameters.
+        progress: Show a tqdm progress bar over records.
+        verify: Check the used records' files against ``SHA256SUMS.txt`` when that file exists
+            (a warning is issued when it does not).
+
+    Returns:
+        The pool; with the default ``prep`` on mitdb 1.0.0, 96,049 beats.
+
+    Raises:
+        DataError: naming the file or record at fault.
+    """
+    d = Path(mitdb_dir)
+    names = _used_records(d, prep)
+    if not names:
+        raise DataError(
+            f"{d / _RECORDS_FILE}: no record left after excluding {prep.excluded_records}"
+        )
+    for name in names:
+        _check_record_files(d, name)
+    if verify:
+        if (d / _SUMS_FILE).is_file():
+            verify_checksums(d, [f"{n}{ext}" for n in names for ext in _RECORD_EXTENSIONS])
+        else:
+            warnings.warn(f"{d / _SUMS_FILE} not found; record files not checksummed", stacklevel=2)
+    xs, ys, recs, peaks = [], [], [], []
+    offsets = np.arange(-prep.half_window, prep.half_window + 1)  # (2w+1,)
+    for name in _progress(names, progress, "beats"):
+        sig, samples, symbols = read_record(d, name, channel=prep.channel)
+        lo, hi = sig.min(), sig.max()
+        if hi <= lo:
+            raise DataError(f"record {name} in {d}: channel {prep.channel} is constant")
+        sig = (sig - lo) / (hi - lo)  # min-max to [0, 1]
+        rpeaks, labels = _record_beats(sig, samples, symbols, prep)
+        if len(rpeaks) == 0:
+            continue
+        windows = sig[rpeaks[:, None] + offsets[None, :]]  # (n_beats, 2w+1)
+        xs.append(_denoise(windows, prep))
+        ys.append(labels)
+        recs.append(np.full(len(labels), int(name), dtype=np.int32))
+        peaks.append(rpeaks)
+    if not xs:
+        raise DataError(f"no beat of classes {prep.classes!r} found in {d}")
+    return BeatPool(
+        x=np.concatenate(xs),
+        y=np.concatenate(ys),
+        record=np.concatenate(recs),
+        rpeak=np.concatenate(peaks),
+        classes=prep.classes,
+    )
+
+
+def pool_cache_path(prep: PrepConfig = PrepConfig(), cache_dir: Path | str | None = None) -> Path:
+    """Return ``(cache_dir or user_cache_dir())/pools/pool-<prep.cache_key()>.hdf5``."""
+    base = Path(cache_dir) if cache_dir is not None else user_cache_dir()
+    return base / "pools" / f"pool-{prep.cache_key()}.hdf5"
+
+
+@contextlib.contextmanager
+def _atomic_h5(path: Path) -> Iterator[Any]:
+    """Open a temporary HDF5 file next to ``path``; rename it to ``path`` only on success."""
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A fresh name created by h5py itself (mode "x"), so the file gets the umask's permissions.
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        with h5py.File(tmp, "x") as fh:
+            yield fh
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_pool_cache(path: Path, pool: BeatPool, prep: PrepConfig, records: list[str]) -> None:
+    with _atomic_h5(path) as fh:
+        for key in _POOL_KEYS:
+            fh.create_dataset(key, data=getattr(pool, key))
+        fh.attrs["prep"] = json.dumps(prep.to_dict(), sort_keys=True)
+        fh.attrs["prep_version"] = PREP_VERSION
+        fh.attrs["cache_key"] = prep.cache_key()
+        fh.attrs["classes"] = pool.classes
+        fh.attrs["records"] = json.dumps([int(r) for r in records])
+
+
+_POOL_DTYPES = {"x": np.float64, "y": np.int64, "record": np.int32, "rpeak": np.int64}
+
+
+def _read_pool_cache(path: Path, prep: PrepConfig) -> tuple[BeatPool, list[int]]:
+    """Read and validate a pool cache file; raises DataError naming it when anything is off."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as fh:
+            missing = [k for k in _POOL_KEYS if k not in fh]
+            if missing:
+                raise DataError(f"pool cache {path} lacks dataset {missing[0]!r}")
+            if fh.attrs.get("cache_key") != prep.cache_key():
+                raise DataError(f"pool cache {path} was written for another PrepConfig")
+            arrays = {k: fh[k][()] for k in _POOL_KEYS}
+            records = json.loads(fh.attrs.get("records", "[]"))
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"pool cache {path} is unreadable: {exc}") from exc
+    for key, dtype in _POOL_DTYPES.items():
+        if arrays[key].dtype != dtype:
+            raise DataError(f"pool cache {path}: {key} has dtype {arrays[key].dtype}, not {dtype}")
+    n = len(arrays["y"])
+    x = arrays["x"]
+    if x.shape != (n, prep.beat_length) or any(
+        arrays[k].shape != (n,) for k in ("record", "rpeak")
+    ):
+        raise DataError(
+            f"pool cache {path}: inconsistent shapes {[arrays[k].shape for k in _POOL_KEYS]}"
+        )
+    if n == 0 or not np.all(np.isfinite(x)):
+        raise DataError(f"pool cache {path}: empty or non-finite beats")
+    if arrays["y"].min() < 0 or arrays["y"].max() >= len(prep.classes):
+        raise DataError(f"pool cache {path}: labels outside 0..{len(prep.classes) - 1}")
+    pool = BeatPool(**arrays, classes=prep.classes)
+    return pool, [int(r) for r in records]
+
+
+def load_pool(
+    mitdb_dir: Path | str | None = None,
+    *,
+    cache_dir: Path | str | None = None,
+    prep: PrepConfig = PrepConfig(),
+    refresh: bool = False,
+    progress: bool = False,
+) -> BeatPool:
+    """Return the beat pool, from the HDF5 cache when possible.
+
+    The cache file is ``pool_cache_path(prep, cache_dir)``; its name holds ``prep.cache_key()``,
+    so changing any preprocessing parameter never reads a stale pool. A cache hit needs no raw
+    records (and does no checksumming) unless ``mitdb_dir`` is given explicitly, in which case
+    the cached record list must match that directory's. A cache that fails validation is rebuilt
+    (with a warning naming it). Writes go to a temporary file that is renamed into place.
+
+    Args:
+        mitdb_dir: Raw records; ``None`` resolves through :func:`resolve_mitdb_dir`.
+        cache_dir: Cache root; ``None`` means :func:`user_cache_dir`.
+        prep: Preprocessing parameters.
+        refresh: Rebuild even when a valid cache exists.
+        progress: Progress bar while building.
+
+    Returns:
+        The pool.
+
+    Raises:
+        DataError: naming the file at fault, when records are missing or bad.
+    """
+    path = pool_cache_path(prep, cache_dir)
+    if path.exists() and not refresh:
+        try:
+            pool, cached_records = _read_pool_cache(path, prep)
+        except DataError as exc:
+            warnings.warn(f"{exc}; rebuilding it", stacklevel=2)
+        else:
+            if mitdb_dir is None:
+                return pool
+            wanted = [int(r) for r in _used_records(resolve_mitdb_dir(mitdb_dir), prep)]
+            if wanted == cached_records:
+                return pool
+            warnings.warn(
+                f"pool cache {path} was built from other records than {mitdb_dir}; rebuilding it",
+                stacklevel=2,
+            )
+    d = resolve_mitdb_dir(mitdb_dir)
+    pool = build_pool(d, prep, progress=progress)
+    _write_pool_cache(path, pool, prep, _used_records(d, prep))
+    return pool
+
+
+# --------------------------------------------------------------------------------------------
+# Splits and protocols
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Split:
+    """A train/val/test split. Beats are shaped (n, 1, beat_length) like the paper's HDF5 files.
+
+    Attributes:
+        protocol: Name of the protocol that made it (``"hdf5"`` when read from files).
+        x_train, x_val, x_test: (n, 1, L) float64 beats.
+        y_train, y_val, y_test: (n,) int64 labels.
+        pool_idx_train, pool_idx_val, pool_idx_test: (n,) int64 pool row of each row, -1 if unknown.
+        record_train, record_val, record_test: (n,) int32 record number of each row, -1 if unknown.
+        classes: Class symbols.
+    """
+
+    protocol: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    pool_idx_train: np.ndarray
+    pool_idx_val: np.ndarray
+    pool_idx_test: np.ndarray
+    record_train: np.ndarray
+    record_val: np.ndarray
+    record_test: np.ndarray
+    classes: str = "NLRAV"
+
+    @property
+    def n_train(self) -> int:
+        """Number of training rows."""
+        return len(self.y_train)
+
+    @property
+    def n_val(self) -> int:
+        """Number of validation rows."""
+        return len(self.y_val)
+
+    @property
+    def n_test(self) -> int:
+        """Number of test rows."""
+        return len(self.y_test)
+
+    @classmethod
+    def from_pool(
+        cls, pool: BeatPool, protocol: str, train: np.ndarray, val: np.ndarray, test: np.ndarray
+    ) -> Split:
+        """Build a split from pool row indices (each (n,) int64)."""
+
+        def rows(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+            idx = np.asarray(idx, dtype=np.int64)
+            x = pool.x[idx][:, None, :]  # (n, 1, L)
+            return x, pool.y[idx].astype(np.int64), idx, pool.record[idx].astype(np.int32)
+
+        xtr, ytr, itr, rtr = rows(train)
+        xva, yva, iva, rva = rows(val)
+        xte, yte, ite, rte = rows(test)
+        return cls(
+            protocol, xtr, ytr, xva, yva, xte, yte, itr, iva, ite, rtr, rva, rte, pool.classes
+        )
+
+
+#: A protocol maps (pool, seed) to (train, test) pool row indices; val is carved afterwards.
+ProtocolFn = Callable[[BeatPool, int], tuple[np.ndarray, np.ndarray]]
+#: A val carver maps (pool, train indices, val_fraction, rng) to (train, val) indices.
+CarveFn = Callable[
+    [BeatPool, np.ndarray, float, np.random.RandomState], tuple[np.ndarray, np.ndarray]
+]
+
+
+@dataclass(frozen=True)
+class _Protocol:
+    split: ProtocolFn
+    carve_val: CarveFn
+    doc: str = field(default="")
+
+
+def _class_rows(pool: BeatPool) -> list[np.ndarray]:
+    """Pool rows of each class, in pool order."""
+    return [np.flatnonzero(pool.y == c) for c in range(len(pool.classes))]
+
+
+def _require_paper_classes(pool: BeatPool, protocol: str) -> list[np.ndarray]:
+    if pool.classes != "NLRAV":
+        raise DataError(
+            f"protocol {protocol!r} needs classes 'NLRAV', the pool has {pool.classes!r}"
+        )
+    rows = _class_rows(pool)
+    return rows
+
+
+def _split_paper(pool: BeatPool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's split, bit for bit (Abuadbba et al. 2020 preprocessing notebook).
+
+    ``np.random.seed(2019)``; per class N, L, R, A, V draw 6000, 6000, 6000, 2490, 6000 row
+    indices *with replacement*; the first half of each draw trains, the rest tests. Train and
+    test are then shuffled by one permutation array that is shuffled once for train and again,
+    in place, for test. Sampling with replacement puts exact copies of training beats in the
+    test set (a known flaw of the protocol).
+    """
+    rows = _require_paper_classes(pool, "paper")
+    rng = np.random.RandomState(seed)
+    train, test = [], []
+    for c, n in enumerate(PAPER_CLASS_DRAWS):
+        idx = rng.choice(len(rows[c]), n)
+        train.append(rows[c][idx[: n // 2]])
+        test.append(rows[c][idx[n // 2 :]])
+    tr, te = np.concatenate(train), np.concatenate(test)
+    perm = np.arange(len(tr))
+    rng.shuffle(perm)
+    tr = tr[perm]
+    rng.shuffle(perm)
+    te = te[perm]
+    return tr, te
+
+
+def _split_paper_unique(pool: BeatPool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's class sizes (3000/3000/3000/1245/3000 per half) drawn without replacement.
+
+    No pool row appears in both halves; both halves are shuffled. Patients still appear on both
+    sides (intra-patient evaluation).
+    """
+    rows = _require_paper_classes(pool, "paper-unique")
+    rng = np.random.RandomState(seed)
+    train, test = [], []
+    for c, n in enumerate(PAPER_CLASS_DRAWS):
+        if n > len(rows[c]):
+            raise DataError(
+                f"protocol 'paper-unique' needs {n} beats of class "
+                f"{pool.classes[c]!r}, the pool has {len(rows[c])}"
+            )
+        idx = rng.choice(len(rows[c]), n, replace=False)
+        train.append(rows[c][idx[: n // 2]])
+        test.append(rows[c][idx[n // 2 :]])
+    tr, te = np.concatenate(train), np.concatenate(test)
+    return tr[rng.permutation(len(tr))], te[rng.permutation(len(te))]
+
+
+def _split_inter_patient(pool: BeatPool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """de Chazal et al. 2004 inter-patient split: DS1 records train, DS2 records test.
+
+    Every pool beat of a DS1 record trains and every beat of a DS2 record tests, in pool order,
+    without class balancing, so class counts are imbalanced (mostly N). Record 114 belongs to
+    DS1 but the paper's preprocessing excludes it, so DS1 has 21 records in a default pool.
+    ``seed`` is unused.
+    """
+    del seed
+    tr = np.flatnonzero(np.isin(pool.record, DS1_RECORDS))
+    te = np.flatnonzero(np.isin(pool.record, DS2_RECORDS))
+    if len(tr) == 0 or len(te) == 0:
+        raise DataError("protocol 'inter-patient': the pool holds no DS1 or no DS2 record")
+    return tr, te
+
+
+def _carve_stratified(
+    pool: BeatPool, train: np.ndarray, fraction: float, rng: np.random.RandomState
+) -> tuple[np.ndarray, np.ndarray]:
+    """Move ``round(fraction * n_c)`` random training rows of each class c to validation.
+
+    Rows are chosen by position, so under the paper protocol (which samples with replacement)
+    the same pool row may still be in train and val.
+    """
+    labels = pool.y[train]
+    take = np.zeros(len(train), dtype=bool)
+    for c in range(len(pool.classes)):
+        pos = np.flatnonzero(labels == c)
+        k = round(fraction * len(pos))
+        if k:
+            take[rng.choice(pos, k, replace=False)] = True
+    return train[~take], train[take]
+
+
+def _carve_records(
+    pool: BeatPool, train: np.ndarray, fraction: float, rng: np.random.RandomState
+) -> tuple[np.ndarray, np.ndarray]:
+    """Move whole training records to validation, in seeded random order, until the
+    validation rows reach ``fraction`` of the training rows (validation patients are unseen)."""
+    recs = pool.record[train]
+    order = rng.permutation(np.unique(recs))
+    target = fraction * len(train)
+    chosen: list[int] = []
+    count = 0
+    for r in order:
+        if count >= target:
+            break
+        chosen.append(int(r))
+        count += int(np.sum(recs == r))
+    if len(chosen) == len(order):
+        raise DataError(f"val_fraction={fraction} would move every training record to validation")
+    take = np.isin(recs, chosen)
+    return train[~take], train[take]
+
+
+_PROTOCOL_REGISTRY: dict[str, _Protocol] = {
+    "paper": _Protocol(_split_paper, _carve_stratified, "Abuadbba et al. 2020, with replacement"),
+    "paper-unique": _Protocol(
+        _split_paper_unique, _carve_stratified, "paper sizes, no replacement"
+    ),
+    "inter-patient": _Protocol(_split_inter_patient, _carve_records, "de Chazal et al. 2004"),
+}
+#: Names accepted by :func:`make_split`.
+PROTOCOLS: tuple[str, ...] = tuple(_PROTOCOL_REGISTRY)
+
+
+def make_split(
+    pool: BeatPool, protocol: str = "paper-unique", *, val_fraction: float = 0.0, seed: int = 2019
+) -> Split:
+    """Split the pool into train/val/test by a named protocol.
+
+    Protocols (see :data:`PROTOCOLS`):
+
+    * ``paper``: Abuadbba et al. 2020's split, bit for bit (13,245 train / 13,245 test, drawn
+      with replacement: test holds exact copies of training beats).
+    * ``paper-unique``: same per-class sizes, drawn without replacement.
+    * ``inter-patient``: de Chazal et al. 2004, DS1 records train, DS2 records test.
+
+    Validation rows are carved from the training rows with ``RandomState(seed + 1)``: stratified
+    by class for ``paper`` and ``paper-unique``, whole records for ``inter-patient``.
+
+    Args:
+        pool: The beat pool.
+        protocol: Protocol name.
+        val_fraction: Fraction of training rows moved to validation, in [0, 1).
+        seed: Seed of the protocol's ``np.random.RandomState`` (paper: 2019).
+
+    Returns:
+        The split.
+
+    Raises:
+        DataError: naming ``protocol`` (with the valid names) or ``val_fraction``.
+    """
+    spec = _PROTOCOL_REGISTRY.get(protocol)
+    if spec is None:
+        raise DataError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    try:
+        frac = float(val_fraction)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}") from exc
+    if not (0.0 <= frac < 1.0):
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    train, test = spec.split(pool, seed)
+    if frac > 0:
+        train, val = spec.carve_val(pool, train, frac, np.random.RandomState(seed + 1))
+    else:
+        val = np.zeros(0, dtype=np.int64)
+    return Split.from_pool(pool, protocol, train, val, test)
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset card
+# --------------------------------------------------------------------------------------------
+
+
+def _row_keys(x: np.ndarray) -> np.ndarray:
+    """Hash each row's bytes to a uint64 (rows (n, ...) flattened; -0.0 counted as 0.0)."""
+    flat = np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float64) + 0.0  # (n, L)
+    words = flat.view(np.uint64)  # (n, L)
+    mult = np.random.RandomState(0).randint(1, 2**63 - 1, size=words.shape[1], dtype=np.int64)
+    mult = mult.astype(np.uint64) | np.uint64(1)
+    with np.errstate(over="ignore"):
+        return (words * mult).sum(axis=1, dtype=np.uint64)  # (n,)
+
+
+def count_duplicate_rows(reference: np.ndarray, query: np.ndarray) -> int:
+    """Count rows of ``query`` whose values equal some row of ``reference`` exactly.
+
+    Rows are hashed to 64 bits, candidates found with ``np.isin`` and then compared exactly, so
+    hash collisions cannot inflate the count.
+    """
+    if len(reference) == 0 or len(query) == 0:
+        return 0
+    ref = np.ascontiguousarray(reference.reshape(len(reference), -1), dtype=np.float64) + 0.0
+    qry = np.ascontiguousarray(query.reshape(len(query), -1), dtype=np.float64) + 0.0
+    hr, hq = _row_keys(ref), _row_keys(qry)
+    cand = np.flatnonzero(np.isin(hq, hr))
+    if len(cand) == 0:
+        return 0
+    lookup: dict[int, list[int]] = {}
+    for i in np.flatnonzero(np.isin(hr, hq[cand])):
+        lookup.setdefault(int(hr[i]), []).append(int(i))
+    return sum(
+        any(np.array_equal(qry[q], ref[r]) for r in lookup.get(int(hq[q]), ())) for q in cand
+    )
+
+
+def _records_of(rec: np.ndarray) -> list[int]:
+    return sorted(int(r) for r in np.unique(rec) if r >= 0)
+
+
+def dataset_card(pool: BeatPool | None, split: Split) -> dict[str, Any]:
+    """Summarise a split for logs and result files.
+
+    Args:
+        pool: The pool the split came from, or ``None`` (pool fields are then ``None``).
+        split: The split.
+
+    Returns:
+        Dict with keys protocol, pool_size, pool_class_counts, n_train, n_val, n_test,
+        class_counts_train, class_counts_val, class_counts_test, test_rows_duplicating_train
+        (test rows equal to some training row, value for value), records_train, records_test
+        (sorted record numbers; empty when unknown) and records_shared (records on both sides).
+    """
+    rtr, rte = _records_of(split.record_train), _records_of(split.record_test)
+    return {
+        "protocol": split.protocol,
+        "pool_size": None if pool is None else len(pool),
+        "pool_class_counts": None if pool is None else pool.class_counts(),
+        "n_train": split.n_train,
+        "n_val": split.n_val,
+        "n_test": split.n_test,
+        "class_counts_train": _class_counts(split.y_train, split.classes),
+        "class_counts_val": _class_counts(split.y_val, split.classes),
+        "class_counts_test": _class_counts(split.y_test, split.classes),
+        "test_rows_duplicating_train": count_duplicate_rows(split.x_train, split.x_test),
+        "records_train": rtr,
+        "records_test": rte,
+        "records_shared": len(set(rtr) & set(rte)),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The paper's HDF5 files
+# --------------------------------------------------------------------------------------------
+
+
+def write_paper_hdf5(split: Split, out_dir: Path | str) -> tuple[Path, Path]:
+    """Write ``train_ecg.hdf5`` {x_train, y_train} and ``test_ecg.hdf5`` {x_test, y_test}.
+
+    The layout is the paper's: x (N, 1, 128) float64, y (N,) int64. Each file is written to a
+    temporary file and renamed into place. The paper format has no validation set: validation
+    rows are not written (a warning says so).
+
+    Returns:
+        ``(train_path, test_path)``.
+    """
+    out = Path(out_dir)
+    if split.n_val:
+        warnings.warn(
+            f"write_paper_hdf5: {split.n_val} validation rows are not written", stacklevel=2
+        )
+    paths = []
+    for part in ("train", "test"):
+        path = out / f"{part}_ecg.hdf5"
+        with _atomic_h5(path) as fh:
+            fh.create_dataset(f"x_{part}", data=np.asarray(getattr(split, f"x_{part}"), np.float64))
+            fh.create_dataset(f"y_{part}", data=np.asarray(getattr(split, f"y_{part}"), np.int64))
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def _read_xy(path: Path, part: str, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    import h5py
+
+    if not path.is_file():
+        raise DataError(f"HDF5 file {path} not found")
+    xk, yk = f"x_{part}", f"y_{part}"
+    try:
+        with h5py.File(path, "r") as fh:
+            missing = [k for k in (xk, yk) if k not in fh]
+            if missing:
+                raise DataError(
+                    f"{path}: dataset {missing[0]!r} missing (has {sorted(fh.keys())}, "
+                    f"expected {xk!r} and {yk!r})"
+                )
+            x, y = fh[xk][()], fh[yk][()]
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path} is not a readable HDF5 file: {exc}") from exc
+    if x.ndim == 2:
+        x = x[:, None, :]  # (N, 128) -> (N, 1, 128)
+    if x.ndim != 3 or x.shape[1] != 1 or x.shape[2] != 128:
+        raise DataError(f"{path}: {xk} has shape {x.shape}, expected (N, 1, 128) or (N, 128)")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise DataError(f"{path}: {xk} has dtype {x.dtype}, expected a float type")
+    if not np.all(np.isfinite(x)):
+        raise DataError(f"{path}: {xk} holds NaN or inf values")
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DataError(f"{path}: {yk} has shape {y.shape}, expected (N,)")
+    if np.issubdtype(y.dtype, np.floating):
+        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            raise DataError(f"{path}: {yk} holds non-integer labels")
+    elif not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: {yk} has dtype {y.dtype}, expected integer labels")
+    if len(y) != len(x):
+        raise DataError(f"{path}: {xk} has {len(x)} rows but {yk} has {len(y)}")
+    if len(y) == 0:
+        raise DataError(f"{path}: {xk} is empty")
+    if y.min() < 0 or y.max() >= n_classes:
+        raise DataError(f"{path}: {yk} holds labels outside 0..{n_classes - 1}")
+    return x.astype(np.float64), y.astype(np.int64)
+
+
+def read_paper_hdf5(train_path: Path | str, test_path: Path | str) -> Split:
+    """Read the paper's ``train_ecg.hdf5`` / ``test_ecg.hdf5`` into a :class:`Split`.
+
+    The split has protocol ``"hdf5"``, no validation rows, and pool indices and records -1.
+
+    Raises:
+        DataError: naming the file and the problem: missing file, missing keys, shape not
+            (N, 1, 128) or (N, 128), non-float beats, NaN/inf, labels outside 0..4, or x/y length
+            mismatch.
+    """
+    classes = "NLRAV"
+    xtr, ytr = _read_xy(Path(train_path), "train", len(classes))
+    xte, yte = _read_xy(Path(test_path), "test", len(classes))
+
+    def unknown(n: int, dtype: type) -> np.ndarray:
+        return np.full(n, -1, dtype=dtype)
+
+    empty_x = np.zeros((0, 1, xtr.shape[2]), dtype=np.float64)
+    return Split(
+        "hdf5", xtr, ytr, empty_x, np.zeros(0, np.int64), xte, yte,
+        unknown(len(ytr), np.int64), unknown(0, np.int64), unknown(len(yte), np.int64),
+        unknown(len(ytr), np.int32), unknown(0, np.int32), unknown(len(yte), np.int32),
+        classes,
+    )  # fmt: skip

@@ -1,0 +1,137 @@
+"""The paper's split 1D CNN (Abuadbba et al., ASIACCS 2020, arXiv 2003.12365).
+
+Client (data owner): ``depth`` convolutional layers, cut after the second max-pool.
+
+    Conv1d(1,16,k=7,p=3) - LeakyReLU - MaxPool1d(2)
+    Conv1d(16,16,k=5,p=2) - LeakyReLU - [Conv1d(16,16,k=5,p=2) - LeakyReLU] * (depth-2)
+    - MaxPool1d(2)                         -> (B, 16, 32) = 512 values per beat
+
+Server: Linear(512,128) - LeakyReLU - Linear(128,5).
+
+The U-shaped topology (Vepakomma et al., arXiv 1812.00564) keeps the last layer on the client:
+the server runs Linear(512,128) - LeakyReLU and the client's head runs Linear(128,5).
+
+The original code applied Softmax before CrossEntropyLoss (a double softmax); that is kept behind
+``paper_softmax=True``. The default is plain cross-entropy on logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+BEAT_LENGTH = 128
+N_CLASSES = 5
+CUT_CHANNELS = 16
+CUT_LENGTH = 32
+CUT_FEATURES = CUT_CHANNELS * CUT_LENGTH  # 512
+HIDDEN = 128
+MIN_DEPTH, MAX_DEPTH = 2, 8
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the split network.
+
+    Attributes:
+        depth: number of client conv layers, 2..8 (REFERENCE.md "more hidden layers").
+        paper_softmax: apply Softmax before the loss, as the original code does (double softmax).
+    """
+
+    depth: int = 2
+    paper_softmax: bool = False
+
+    def __post_init__(self) -> None:
+        if not MIN_DEPTH <= self.depth <= MAX_DEPTH:
+            raise ValueError(f"depth must be in {MIN_DEPTH}..{MAX_DEPTH}, got {self.depth}")
+
+
+class ClientNet(nn.Module):
+    """The client's convolutional layers. Shape: (B, 1, 128) -> (B, 16, 32)."""
+
+    def __init__(self, depth: int = 2) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv1d(1, 16, kernel_size=7, padding=3),
+            nn.LeakyReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(16, 16, kernel_size=5, padding=2),
+            nn.LeakyReLU(),
+        ]
+        for _ in range(depth - 2):
+            layers += [nn.Conv1d(16, 16, kernel_size=5, padding=2), nn.LeakyReLU()]
+        layers.append(nn.MaxPool1d(2))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)  # (B, 1, 128) -> (B, 16, 32)
+
+
+class ServerNet(nn.Module):
+    """The server's dense layers. Shape: (B, 16, 32) -> (B, 5), or (B, 128) when U-shaped."""
+
+    def __init__(self, *, with_head: bool = True, paper_softmax: bool = False) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten(), nn.Linear(CUT_FEATURES, HIDDEN), nn.LeakyReLU()]
+        if with_head:
+            layers += head_layers(paper_softmax)
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return self.layers(a)  # (B, 16, 32) -> (B, 512) -> (B, 5) or (B, 128)
+
+
+class HeadNet(nn.Module):
+    """The U-shaped client's head. Shape: (B, 128) -> (B, 5)."""
+
+    def __init__(self, *, paper_softmax: bool = False) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(*head_layers(paper_softmax))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.layers(h)
+
+
+def head_layers(paper_softmax: bool) -> list[nn.Module]:
+    """The last layer, Linear(128, 5), plus the original code's Softmax when reproducing it."""
+    layers: list[nn.Module] = [nn.Linear(HIDDEN, N_CLASSES)]
+    if paper_softmax:
+        layers.append(nn.Softmax(dim=1))
+    return layers
+
+
+@dataclass
+class SplitModels:
+    """The networks of one run: the client's, the server's and, when U-shaped, the client's head."""
+
+    client: ClientNet
+    server: ServerNet
+    head: HeadNet | None = None
+
+    def modules(self) -> dict[str, nn.Module]:
+        out: dict[str, nn.Module] = {"client": self.client, "server": self.server}
+        if self.head is not None:
+            out["head"] = self.head
+        return out
+
+    def monolithic(self) -> nn.Sequential:
+        """The same network unsplit (shares the parameters, does not copy them)."""
+        parts: list[nn.Module] = [self.client, self.server]
+        if self.head is not None:
+            parts.append(self.head)
+        return nn.Sequential(*parts)
+
+
+def build_models(config: ModelConfig, *, ushape: bool = False, seed: int = 0) -> SplitModels:
+    """Build the client, server (and head) with weights drawn from ``seed``.
+
+    The order of construction is fixed so that the unsplit network built from the same seed has the
+    same initial weights.
+    """
+    torch.manual_seed(seed)
+    client = ClientNet(config.depth)
+    server = ServerNet(with_head=not ushape, paper_softmax=config.paper_softmax)
+    head = HeadNet(paper_softmax=config.paper_softmax) if ushape else None
+    return SplitModels(client=client, server=server, head=head)

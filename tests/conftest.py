@@ -1,0 +1,77 @@
+"""Shared pytest fixtures: the raw MIT-BIH records and the beat pool (built once per session).
+
+Fixtures for other test modules:
+
+* ``mitdb_dir`` (session): directory of the raw records; ``$SPLITPRIV_MITDB`` or
+  ``<repo>/../shared/data/mitdb``. Tests using it are skipped when the records are absent.
+* ``pool_cache_dir`` (session): a temporary cache root holding the session's pool HDF5 cache.
+* ``pool`` (session): the full 96,049-beat :class:`splitpriv.data.BeatPool`.
+* ``pool_dirs`` (session): ``(mitdb_dir, pool_cache_dir)`` with the pool already cached there,
+  for code that takes directories (``load_pool(mitdb, cache_dir=cache)`` is then a cache hit).
+* ``paper_split`` (session): ``make_split(pool, "paper")``.
+* ``isolated_cache`` (function): points ``$SPLITPRIV_CACHE`` at a fresh temporary directory and
+  unsets ``$SPLITPRIV_MITDB``/``$SPLITPRIV_MITDB_URL`` so a test never touches the user cache.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from splitpriv.data import BeatPool, Split, load_pool, make_split, missing_record_files
+
+
+def _default_mitdb_dir() -> Path:
+    env = os.environ.get("SPLITPRIV_MITDB")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "shared" / "data" / "mitdb"
+
+
+@pytest.fixture(scope="session")
+def mitdb_dir() -> Path:
+    """Directory holding the raw MIT-BIH records (read-only: never write there)."""
+    d = _default_mitdb_dir()
+    missing = missing_record_files(d)
+    if missing:
+        pytest.skip(
+            f"MIT-BIH records not available ({missing[0]} missing); "
+            "set SPLITPRIV_MITDB to a directory holding mitdb 1.0.0"
+        )
+    return d
+
+
+@pytest.fixture(scope="session")
+def pool_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Session cache root for the pool HDF5 cache."""
+    return tmp_path_factory.mktemp("splitpriv-cache")
+
+
+@pytest.fixture(scope="session")
+def pool(mitdb_dir: Path, pool_cache_dir: Path) -> BeatPool:
+    """The full beat pool (built once per session, cached under ``pool_cache_dir``)."""
+    return load_pool(mitdb_dir, cache_dir=pool_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def pool_dirs(mitdb_dir: Path, pool_cache_dir: Path, pool: BeatPool) -> tuple[Path, Path]:
+    """``(mitdb_dir, pool_cache_dir)``, the cache already holding the default pool."""
+    return mitdb_dir, pool_cache_dir
+
+
+@pytest.fixture(scope="session")
+def paper_split(pool: BeatPool) -> Split:
+    """The paper's split of the pool (13,245 train / 13,245 test)."""
+    return make_split(pool, "paper")
+
+
+@pytest.fixture
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh ``$SPLITPRIV_CACHE`` with the other splitpriv environment variables unset."""
+    cache = tmp_path / "user-cache"
+    monkeypatch.setenv("SPLITPRIV_CACHE", str(cache))
+    for name in ("SPLITPRIV_MITDB", "SPLITPRIV_MITDB_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return cache

@@ -1,0 +1,47 @@
+"""The ``splitpriv data prepare`` dataset card, as a person and a script read it."""
+
+from __future__ import annotations
+
+import json
+
+from splitpriv.cli import main
+
+CARD_KEYS = {
+    "protocol", "pool_size", "pool_class_counts", "n_train", "n_val", "n_test",
+    "class_counts_train", "class_counts_test", "test_rows_duplicating_train", "records_train",
+    "records_test", "records_shared",
+}
+
+
+def test_data_prepare_json_card(pool_dirs, capsys):
+    mitdb, cache = pool_dirs
+    args = ["data", "prepare", "--mitdb-dir", str(mitdb), "--cache-dir", str(cache), "--json"]
+    assert main([*args, "--protocol", "inter-patient"]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert CARD_KEYS <= set(card)
+    assert card["pool_size"] == 96049 and card["records_shared"] == 0
+    assert set(card["records_train"]).isdisjoint(card["records_test"])
+    assert card["n_train"] + card["n_val"] + card["n_test"] == 96049
+
+    assert main([*args, "--protocol", "paper"]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert (card["n_train"], card["n_val"], card["n_test"]) == (13245, 0, 13245)
+    assert card["test_rows_duplicating_train"] > 0  # the paper's draws with replacement
+    assert card["records_shared"] == 43
+
+
+def test_data_prepare_text_card_and_hdf5_export(pool_dirs, tmp_path, capsys):
+    mitdb, cache = pool_dirs
+    rc = main(["data", "prepare", "--mitdb-dir", str(mitdb), "--cache-dir", str(cache),
+               "--protocol", "paper-unique", "--export-hdf5", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "test rows duplicating a training row: 0" in out
+    assert (tmp_path / "train_ecg.hdf5").exists() and (tmp_path / "test_ecg.hdf5").exists()
+
+
+def test_data_prepare_names_a_missing_records_dir(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert main(["data", "prepare", "--mitdb-dir", str(missing), "--cache-dir",
+                 str(tmp_path / "c")]) == 2
+    assert str(missing) in capsys.readouterr().err
