@@ -34,7 +34,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import secrets
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from splitpriv.io import atomic_path
 
 __all__ = [
     "DS1_RECORDS",
@@ -588,16 +589,8 @@ def _atomic_h5(path: Path) -> Iterator[Any]:
     """Open a temporary HDF5 file next to ``path``; rename it to ``path`` only on success."""
     import h5py
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh name created by h5py itself (mode "x"), so the file gets the umask's permissions.
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        with h5py.File(tmp, "x") as fh:
-            yield fh
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "x") as fh:
+        yield fh
 
 
 def _write_pool_cache(path: Path, pool: BeatPool, prep: PrepConfig, records: list[str]) -> None:
