@@ -116,6 +116,11 @@ class SplitModels:
             out["head"] = self.head
         return out
 
+    def to(self, device: torch.device | str) -> SplitModels:
+        for m in self.modules().values():
+            m.to(device)
+        return self
+
     def monolithic(self) -> nn.Sequential:
         """The same network unsplit (shares the parameters, does not copy them)."""
         parts: list[nn.Module] = [self.client, self.server]

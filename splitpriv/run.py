@@ -209,9 +209,7 @@ def run_training(
         ModelConfig(config.depth, config.paper_softmax),
         ushape=topology == "ushape",
         seed=config.seed,
-    )
-    for m in models.modules().values():
-        m.to(device)
+    ).to(device)
     transcript = Transcript(policy=config.record_policy())
     trainer = SplitTrainer(
         models, data.x_train, data.y_train,

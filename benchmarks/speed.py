@@ -1,0 +1,156 @@
+"""Training speed: split vs unsplit vs a plain PyTorch loop, and K runs batched as one model.
+
+Measured on the paper protocol's 13,245 training beats, 2-conv model, batch 32, in one process
+(the same machine state for every row), medians of repeated epochs:
+
+- split: :class:`splitpriv.trainer.SplitTrainer` (client and server parties, in-process channel).
+- unsplit: :func:`splitpriv.trainer.train_monolithic`, the same network in one module.
+- plain loop: the loop a tutorial writes: a DataLoader over a TensorDataset (shuffle, batch 32),
+  client and server modules, two Adam optimizers, ``.item()`` every step for the running loss.
+- batched: :class:`splitpriv.batched.BatchedSplitTrainer` with K = 1, 2, 5, 10 seeds, against K
+  times one split epoch.
+
+Peak resident memory of the process is reported. On a CUDA machine pass ``--device cuda``.
+Writes OUT/speed.json and OUT/speed.md.
+
+    python benchmarks/speed.py            # 3 repeats
+    python benchmarks/speed.py --quick    # 1 repeat on 2,000 beats
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from splitpriv.batched import BatchedSplitTrainer
+from splitpriv.io import resolve_device, write_json, write_text
+from splitpriv.models import ModelConfig, build_models
+from splitpriv.run import TrainConfig, load_tensors
+from splitpriv.trainer import SplitTrainer, train_monolithic
+
+
+@dataclass
+class Args:
+    repeats: int = 3
+    """timed epochs per row (after one warm-up epoch); the median is reported"""
+    threads: int = 1
+    """torch threads"""
+    ks: tuple[int, ...] = (1, 2, 5, 10)
+    """batched run counts"""
+    subset: int | None = None
+    """training rows (None: all 13,245)"""
+    device: str = "cpu"
+    out: str = "benchmarks/out/speed"
+    quick: bool = False
+
+
+def plain_loop_epoch(models, x: torch.Tensor, y: torch.Tensor, opts) -> float:
+    """One epoch of the loop a tutorial writes (DataLoader, per-step host sync)."""
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True
+    )
+    total = 0.0
+    for xb, yb in loader:
+        a = models.client(xb)
+        received = a.detach().requires_grad_()
+        loss = nn.functional.cross_entropy(models.server(received), yb)
+        for o in opts:
+            o.zero_grad()
+        loss.backward()
+        a.backward(received.grad)
+        for o in opts:
+            o.step()
+        total += loss.item()
+    return total
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--repeats", type=int, default=Args.repeats)
+    p.add_argument("--threads", type=int, default=Args.threads)
+    p.add_argument("--ks", type=int, nargs="+", default=list(Args.ks))
+    p.add_argument("--subset", type=int, default=None)
+    p.add_argument("--device", default=Args.device)
+    p.add_argument("--out", default=Args.out)
+    p.add_argument("--quick", action="store_true")
+    args = Args(**vars(p.parse_args()))
+    if args.quick:
+        args = dataclasses.replace(args, repeats=1, subset=args.subset or 2000, ks=(1, 2))
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    data, _ = load_tensors(TrainConfig(protocol="paper", device=str(device)), device)
+    x, y = data.x_train[: args.subset], data.y_train[: args.subset]
+    cfg = ModelConfig()
+
+    split = SplitTrainer(build_models(cfg, seed=0).to(device), x, y, seed=0)
+    unsplit = build_models(cfg, seed=0).to(device).monolithic()
+    plain = build_models(cfg, seed=0).to(device)
+    plain_opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in plain.modules().values()]
+    epoch = iter(range(1, 10**9))
+    rows = {
+        "split": median_seconds(lambda: split.train_epoch(next(epoch)), args.repeats),
+        "unsplit": median_seconds(
+            lambda: train_monolithic(unsplit, x, y, seed=next(epoch)), args.repeats
+        ),
+        "plain loop": median_seconds(
+            lambda: plain_loop_epoch(plain, x, y, plain_opts), args.repeats
+        ),
+    }
+    batched = {}
+    for k in args.ks:
+        runs = [build_models(cfg, seed=s).to(device) for s in range(k)]
+        trainer = BatchedSplitTrainer(runs, x, y, seeds=list(range(k)))
+        batched[k] = median_seconds(trainer.train_epoch, args.repeats)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    lines = [
+        f"Seconds per training epoch ({len(y):,} beats, batch 32, {device}, "
+        f"{args.threads} thread(s), median of {args.repeats}):",
+        "",
+        "| loop | s/epoch | vs unsplit | vs plain loop |",
+        "|---|---|---|---|",
+    ]
+    for name, s in rows.items():
+        lines.append(f"| {name} | {s:.3f} | {s / rows['unsplit']:.2f}x | "
+                     f"{s / rows['plain loop']:.2f}x |")
+    lines += ["", "| K runs batched | s/epoch | vs 1 split run | vs K split runs |",
+              "|---|---|---|---|"]
+    for k, s in batched.items():
+        lines.append(f"| {k} | {s:.3f} | {s / rows['split']:.2f}x | "
+                     f"{s / (k * rows['split']):.2f}x |")
+    lines.append("")
+    lines.append(f"Peak resident memory: {peak_mib:.0f} MiB.")
+    table = "\n".join(lines)
+    print(table)
+    out = Path(args.out)
+    write_json(out / "speed.json", {
+        "seconds_per_epoch": rows, "batched_seconds_per_epoch": batched,
+        "split_over_unsplit": rows["split"] / rows["unsplit"],
+        "plain_over_split": rows["plain loop"] / rows["split"],
+        "peak_rss_mib": peak_mib, "n_train": len(y), "device": str(device),
+        "args": dataclasses.asdict(args),
+    })
+    write_text(out / "speed.md", table + "\n")
+
+
+if __name__ == "__main__":
+    main()
