@@ -283,14 +283,6 @@ def _wfdb() -> Any:
     return wfdb
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_checksums(mitdb_dir: Path | str, files: Sequence[str] | None = None) -> int:
     """Check files of ``mitdb_dir`` against its ``SHA256SUMS.txt``.
 
@@ -308,7 +300,7 @@ def verify_checksums(mitdb_dir: Path | str, files: Sequence[str] | None = None) 
         DataError: naming the file, when ``SHA256SUMS.txt`` or a listed file is missing or a
             digest does not match.
     """
-    from splitpriv.download import parse_sha256sums
+    from splitpriv.download import parse_sha256sums, sha256_file
 
     d = Path(mitdb_dir)
     sums_path = d / _SUMS_FILE
@@ -320,7 +312,7 @@ def verify_checksums(mitdb_dir: Path | str, files: Sequence[str] | None = None) 
         path = d / name
         if not path.is_file():
             raise DataError(f"{path} is listed in {sums_path} but missing")
-        actual = _sha256(path)
+        actual = sha256_file(path)
         if actual != sums[name]:
             raise DataError(
                 f"checksum mismatch for {path}: sha256 {actual}, {sums_path.name} says {sums[name]}"

@@ -22,6 +22,9 @@ class Defense:
     #: a defense that needs a topology other than the vanilla one names it (``"ushape"``)
     topology: str | None = None
 
+    def configure(self, *, epochs: int, batch_size: int) -> None:
+        """Called once with the run's plan, before anything is written; may refuse it."""
+
     def attach(self, client: Client) -> None:
         """Called once before training; may wrap the client's model or optimizer."""
 

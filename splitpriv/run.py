@@ -154,9 +154,13 @@ def load_tensors(config: TrainConfig, device: torch.device) -> tuple[Tensors, di
 
 
 def build_defenses(config: TrainConfig) -> list:
+    """The run's defenses, each checked against the run's plan (bad parameters fail here)."""
     from defenses import build_defense
 
-    return [build_defense(spec) for spec in config.defenses]
+    built = [build_defense(spec) for spec in config.defenses]
+    for d in built:
+        d.configure(epochs=config.epochs, batch_size=config.batch_size)
+    return built
 
 
 def summarize(history: list[dict[str, Any]], has_val: bool) -> dict[str, Any]:

@@ -1,0 +1,429 @@
+"""Noise on the activations at the cut: the paper's Laplace recipe, and a formal mechanism.
+
+``dp:mode=paper,epsilon=3`` reproduces Abuadbba et al. (ASIACCS 2020, arXiv 2003.12365, code in
+``diffpriv/ecg_train_2conv_diffpriv_ep*.ipynb``) and claims no guarantee;
+``dp:mode=formal,mechanism=gaussian,target_epsilon=4,epochs=20`` clips every beat's activation
+vector, adds calibrated noise and accounts for every release.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from defenses.accounting import (
+    ACCOUNTANTS,
+    Guarantee,
+    gaussian_epsilon,
+    gaussian_noise_multiplier,
+    laplace_guarantee,
+    laplace_noise_multiplier,
+    stream_seed,
+)
+from defenses.registry import register
+from splitpriv.defense import Defense
+
+if TYPE_CHECKING:
+    from splitpriv.parties import Client
+
+#: the paper code's floor: a coordinate whose batch range is below this gets the range + this
+PAPER_MIN_RANGE = 1e-5
+MODES = ("paper", "formal")
+#: sensitivity of a beat's clipped activation vector, in units of the clip bound C
+ADJACENCY = {
+    "replace": 2.0,  # the beat's input replaced by any other: ||clip(a) - clip(a')|| <= 2C
+    "zero_out": 1.0,  # the beat replaced by a null record contributing 0 (Kairouz et al. 2021)
+}
+
+
+class Mechanism:
+    """An additive noise family: its unit noise, the norm its sensitivity is measured in, and its
+    accounting. ``noise_multiplier`` is always the noise scale divided by the sensitivity."""
+
+    name: str = ""
+    norm_ord: int = 2
+
+    def unit_noise(self, shape: torch.Size, generator: torch.Generator, like: torch.Tensor):
+        raise NotImplementedError
+
+    def guarantee(
+        self, *, noise_multiplier: float, releases: int, delta: float, accountant: str
+    ) -> Guarantee:
+        raise NotImplementedError
+
+    def calibrate(
+        self, *, target_epsilon: float, releases: int, delta: float, accountant: str
+    ) -> float:
+        raise NotImplementedError
+
+
+class LaplaceMechanism(Mechanism):
+    """Laplace(0, 1) per coordinate; L1 sensitivity; one release is (1/noise_multiplier)-DP."""
+
+    name, norm_ord = "laplace", 1
+
+    def unit_noise(self, shape, generator, like):
+        # the difference of two Exp(1) variables is Laplace(0, 1)
+        def exp1() -> torch.Tensor:
+            out = torch.empty(shape, dtype=like.dtype, device=like.device)
+            return out.exponential_(generator=generator)
+
+        return exp1() - exp1()
+
+    def guarantee(self, *, noise_multiplier, releases, delta, accountant):
+        return laplace_guarantee(noise_multiplier=noise_multiplier, releases=releases, delta=delta)
+
+    def calibrate(self, *, target_epsilon, releases, delta, accountant):
+        return laplace_noise_multiplier(target_epsilon=target_epsilon, delta=delta,
+                                        releases=releases)
+
+
+class GaussianMechanism(Mechanism):
+    """N(0, 1) per coordinate; L2 sensitivity; composed by an Opacus accountant at sample rate 1."""
+
+    name, norm_ord = "gaussian", 2
+
+    def unit_noise(self, shape, generator, like):
+        return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
+
+    def guarantee(self, *, noise_multiplier, releases, delta, accountant):
+        eps = gaussian_epsilon(noise_multiplier=noise_multiplier, sample_rate=1.0, steps=releases,
+                               delta=delta, accountant=accountant)
+        return Guarantee(eps, delta if releases else 0.0, f"opacus {accountant}, sample_rate=1")
+
+    def calibrate(self, *, target_epsilon, releases, delta, accountant):
+        return gaussian_noise_multiplier(target_epsilon=target_epsilon, delta=delta,
+                                         sample_rate=1.0, steps=releases, accountant=accountant)
+
+
+MECHANISMS: dict[str, Mechanism] = {m.name: m for m in (LaplaceMechanism(), GaussianMechanism())}
+
+
+def clip_rows(a: torch.Tensor, bound: float, norm_ord: int) -> torch.Tensor:
+    """Scale each beat's activation vector to norm at most ``bound``; differentiable.
+
+    Shape: (B, *) -> (B, *). Rows already within the bound are multiplied by exactly 1. Norms
+    and factors are computed in float64, so a float32 row exceeds the bound by at most its own
+    rounding (a relative 1e-7), not by the error of a float32 sum over 512 values.
+    """
+    norms = torch.linalg.vector_norm(a.flatten(1).double(), ord=norm_ord, dim=1)  # (B,)
+    factor = (bound / norms.clamp_min(1e-300)).clamp(max=1.0).to(a.dtype)
+    return a * factor.view(-1, *([1] * (a.dim() - 1)))
+
+
+def paper_sensitivity(a: torch.Tensor) -> torch.Tensor:
+    """Per-coordinate range over the batch, as the paper code computes it.
+
+    Shape: (B, C, L) -> (C, L). A range below 1e-5 becomes range + 1e-5 (the code widens the
+    interval by 5e-6 on each side), so the sensitivity is never below 1e-5.
+    """
+    rng = a.amax(0) - a.amin(0)
+    return torch.where(rng < PAPER_MIN_RANGE, rng + PAPER_MIN_RANGE, rng)
+
+
+@register("dp")
+class ActivationDP(Defense):
+    """Additive noise on the activations the client sends.
+
+    ``paper`` mode (Abuadbba et al. 2020): per coordinate, Laplace noise of scale
+    ``(max - min over the batch) / epsilon`` on every forward pass, training and test (test rows in
+    groups of ``eval_batch``, the paper's test loader batch); the gradient passes straight through.
+    The sensitivity is a statistic of the very data it protects and nothing is clipped or
+    composed, so this mode gives **no formal guarantee**, whatever ``epsilon`` says.
+
+    ``formal`` mode: each beat's activation vector is clipped to norm ``clip`` (L1 for Laplace,
+    L2 for Gaussian), then noise of scale ``noise_multiplier * sensitivity`` is added to every
+    coordinate; ``noise_multiplier`` is given, or calibrated from ``target_epsilon`` over
+    ``epochs`` training releases. The gradient flows through the clipping; the noise is detached,
+    so d(sent)/d(clipped activations) is the identity.
+
+    Notes:
+        Privacy unit: one beat's input signal (its 128 samples). Its label and its sample id are
+        not protected (labels cross in the clear in the vanilla topology).
+        Adjacency: ``replace`` (default; the beat's input replaced by any other, sensitivity 2C)
+        or ``zero_out`` (replaced by a null record sending pure noise, sensitivity C).
+        Mechanism: Gaussian (L2) or Laplace (L1), one release per beat per pass over it.
+        Composition: every epoch releases every training beat once more (the whole set is
+        processed each epoch: no subsampling amplification), so training is ``epochs``-fold
+        composition, Gaussian by the Opacus RDP/PRV accountant at sample_rate 1, Laplace by the
+        smaller of basic composition and RDP via zCDP (see ``defenses.accounting``). Test-time
+        releases are accounted separately, per evaluated phase (``test``, ``val``), one release
+        per held-out beat per evaluation pass; with ``test_noise=False`` they have no guarantee.
+        Assumptions: (1) the guarantee covers what the beat's own releases reveal given the
+        client's weights; the weights are trained on the beat, so another beat's activations can
+        reveal it too unless the weights are private as well (add ``dpsgd``); (2) noise comes from
+        torch's PRNG in floating point, not a secure sampler (Mironov 2012); (3) a beat that is
+        in both the training and a held-out set (the ``paper`` protocol's duplicates) has both
+        guarantees composed; (4) a run killed mid-epoch and resumed released part of that epoch
+        twice, which this process cannot see.
+
+    Shape:
+        activations (B, C, L) -> (B, C, L).
+    """
+
+    @dataclass
+    class Config:
+        """Parameters of ``dp``.
+
+        Attributes:
+            mode: ``paper`` (the paper's recipe, no guarantee) or ``formal``.
+            epsilon: paper mode only: the per-release epsilon of each coordinate's noise.
+            mechanism: ``laplace`` or ``gaussian`` (paper mode: laplace).
+            noise_multiplier: formal mode: noise scale / sensitivity (0 = no noise).
+            target_epsilon: formal mode: total epsilon over the ``epochs`` training releases;
+                the noise multiplier is calibrated to it.
+            delta: formal mode: the delta of the reported (epsilon, delta).
+            clip: formal mode: the bound C on each beat's activation norm.
+            epochs: training epochs the budget covers (needed with ``target_epsilon``).
+            adjacency: ``replace`` or ``zero_out`` (see Notes).
+            accountant: ``rdp`` or ``prv`` (Gaussian only).
+            test_noise: add noise at test time too (the paper does).
+            eval_batch: paper mode: rows per sensitivity group at test time (the paper's 32).
+            seed: noise seed; None = torch's initial seed when attached (the run's seed).
+        """
+
+        mode: str = "paper"
+        epsilon: float | None = None
+        mechanism: str = "laplace"
+        noise_multiplier: float | None = None
+        target_epsilon: float | None = None
+        delta: float = 1e-5
+        clip: float = 1.0
+        epochs: int | None = None
+        adjacency: str = "replace"
+        accountant: str = "rdp"
+        test_noise: bool = True
+        eval_batch: int = 32
+        seed: int | None = None
+
+        def __post_init__(self) -> None:
+            def bad(msg: str) -> ValueError:
+                return ValueError(f"defense 'dp': {msg}")
+
+            if self.mode not in MODES:
+                raise bad(f"mode must be one of {MODES}, got {self.mode!r}")
+            if self.mechanism not in MECHANISMS:
+                raise bad(f"mechanism must be one of {sorted(MECHANISMS)}, got {self.mechanism!r}")
+            if self.adjacency not in ADJACENCY:
+                raise bad(f"adjacency must be one of {sorted(ADJACENCY)}, got {self.adjacency!r}")
+            if self.accountant not in ACCOUNTANTS:
+                raise bad(f"accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
+            if self.epochs is not None and self.epochs < 1:
+                raise bad(f"epochs must be >= 1, got {self.epochs}")
+            if self.eval_batch < 1:
+                raise bad(f"eval_batch must be >= 1, got {self.eval_batch}")
+            if self.mode == "paper":
+                if self.epsilon is None or not self.epsilon > 0:
+                    raise bad(f"paper mode needs epsilon > 0, got {self.epsilon}")
+                if self.mechanism != "laplace":
+                    raise bad("paper mode uses the Laplace mechanism only")
+                if self.noise_multiplier is not None or self.target_epsilon is not None:
+                    raise bad("noise_multiplier and target_epsilon belong to formal mode")
+                return
+            if self.epsilon is not None:
+                raise bad("formal mode takes noise_multiplier or target_epsilon, not epsilon")
+            if (self.noise_multiplier is None) == (self.target_epsilon is None):
+                raise bad("formal mode needs exactly one of noise_multiplier and target_epsilon")
+            if self.noise_multiplier is not None and not self.noise_multiplier >= 0:
+                raise bad(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
+            if self.target_epsilon is not None:
+                if not self.target_epsilon > 0:
+                    raise bad(f"target_epsilon must be > 0, got {self.target_epsilon}")
+                if self.epochs is None:
+                    raise bad("target_epsilon needs epochs (the number of training releases)")
+            if not 0 < self.delta < 1:
+                raise bad(f"delta must be in (0, 1), got {self.delta}")
+            if not (self.clip > 0 and math.isfinite(self.clip)):
+                raise bad(f"clip must be a finite number > 0, got {self.clip}")
+            if self.mechanism == "laplace" and self.accountant != "rdp":
+                raise bad("the prv accountant applies to the Gaussian mechanism only")
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.mechanism = MECHANISMS[config.mechanism]
+        self._transform: Callable[[torch.Tensor, bool], torch.Tensor] = {
+            "paper": self._paper, "formal": self._formal,
+        }[config.mode]
+        self.noise_multiplier = config.noise_multiplier
+        if config.mode == "formal" and config.target_epsilon is not None:
+            assert config.epochs is not None
+            self.noise_multiplier = self.mechanism.calibrate(
+                target_epsilon=config.target_epsilon, releases=config.epochs,
+                delta=config.delta, accountant=config.accountant,
+            )
+        self._generator: torch.Generator | None = None
+        self._stream_key: tuple[Any, ...] | None = None
+        self._seed = config.seed
+        self._channel: Any = None
+        self._siblings: list[Defense] = []
+        self._n_train: int | None = None
+        self._train_rows = 0
+        self._epoch_offset = 0  # epochs released before this process (a resumed run)
+        self._seen_epoch = False
+        self._last_epoch = 0
+        self._eval_passes: dict[str, set[Any]] = {}
+
+    # -- hooks --------------------------------------------------------------------------------
+
+    def configure(self, *, epochs: int | None = None, **_: Any) -> None:
+        """Optional: the run's epochs; refuses a budget planned for another number of epochs."""
+        if epochs is not None and self.config.epochs is not None and epochs != self.config.epochs:
+            raise ValueError(f"defense 'dp': budget planned for epochs={self.config.epochs}, "
+                             f"but the run trains {epochs} epochs")
+
+    def attach(self, client: Client) -> None:
+        self._n_train = len(client.y)
+        self._channel = client.channel
+        self._siblings = client.defenses
+        if self._seed is None:
+            self._seed = torch.initial_seed()
+
+    def transform_activations(self, a: torch.Tensor, *, training: bool) -> torch.Tensor:
+        if training:
+            self._train_rows += len(a)
+        else:
+            self._count_eval_pass()
+        return self._transform(a, training)
+
+    def end_epoch(self, epoch: int) -> None:
+        if not self._seen_epoch and epoch > 1:
+            self._epoch_offset = epoch - 1
+        self._seen_epoch = True
+        self._last_epoch = epoch
+
+    # -- the two modes ------------------------------------------------------------------------
+
+    def _noise(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
+        """Unit noise from a generator reseeded for every (phase, epoch) the channel announces."""
+        key = (getattr(self._channel, "phase", None), getattr(self._channel, "epoch", None),
+               like.device)
+        if self._generator is None or self._stream_key != key:
+            base = self._seed if self._seed is not None else torch.initial_seed()
+            self._generator = torch.Generator(device=like.device)
+            self._generator.manual_seed(stream_seed(base, "dp", *key[:2]))
+            self._stream_key = key
+        return self.mechanism.unit_noise(shape, self._generator, like)
+
+    def _paper(self, a: torch.Tensor, training: bool) -> torch.Tensor:
+        """Laplace(scale = batch range / epsilon) per coordinate, straight-through gradient."""
+        groups = [a] if training else a.split(self.config.eval_batch)
+        noise = []
+        for g in groups:
+            scale = paper_sensitivity(g.detach()) / self.config.epsilon  # (C, L)
+            noise.append(scale * self._noise(g.shape, g))  # (b, C, L)
+        return a + torch.cat(noise).detach()
+
+    def _formal(self, a: torch.Tensor, training: bool) -> torch.Tensor:
+        clipped = clip_rows(a, self.config.clip, self.mechanism.norm_ord)
+        if not training and not self.config.test_noise:
+            return clipped
+        return clipped + (self.noise_scale * self._noise(a.shape, a)).detach()
+
+    # -- accounting ---------------------------------------------------------------------------
+
+    @property
+    def sensitivity(self) -> float:
+        """Formal mode: the sensitivity of one beat's clipped activation vector."""
+        return ADJACENCY[self.config.adjacency] * self.config.clip
+
+    @property
+    def noise_scale(self) -> float:
+        """Formal mode: the Laplace scale b or the Gaussian std, per coordinate."""
+        assert self.noise_multiplier is not None
+        return self.noise_multiplier * self.sensitivity
+
+    def _count_eval_pass(self) -> None:
+        """One evaluation pass per (phase, epoch) the in-process channel announces; a channel that
+        announces none counts every call as a pass (an upper bound per beat)."""
+        phase = getattr(self._channel, "phase", None)
+        epoch = getattr(self._channel, "epoch", None)
+        if phase is None or phase == "train":
+            phase, epoch = "eval", object()
+        self._eval_passes.setdefault(phase, set()).add(epoch)
+
+    @property
+    def train_releases(self) -> int:
+        """Releases of each training beat so far: one per (possibly partial) epoch."""
+        if not self._n_train:
+            return self._epoch_offset
+        return self._epoch_offset + math.ceil(self._train_rows / self._n_train)
+
+    def eval_releases(self) -> dict[str, int]:
+        """Releases of each held-out beat so far, per phase (earlier epochs of a resumed run are
+        assumed to have evaluated every phase once each)."""
+        return {p: len(e) + self._epoch_offset for p, e in sorted(self._eval_passes.items())}
+
+    def guarantee(self, releases: int, *, noisy: bool = True) -> Guarantee:
+        if not noisy:
+            return Guarantee(math.inf, self.config.delta, "no noise at test time")
+        assert self.noise_multiplier is not None
+        return self.mechanism.guarantee(
+            noise_multiplier=self.noise_multiplier, releases=releases, delta=self.config.delta,
+            accountant=self.config.accountant,
+        )
+
+    def report(self) -> dict[str, Any]:
+        c = self.config
+        out: dict[str, Any] = {"name": self.name, "mode": c.mode, "mechanism": c.mechanism,
+                               "test_noise": c.test_noise}
+        if c.mode == "paper":
+            return out | {
+                "formal_guarantee": False,
+                "epsilon_per_release": c.epsilon if math.isfinite(c.epsilon or 0) else None,
+                "sensitivity": "per-coordinate max - min over the batch (floor 1e-5), "
+                               f"test rows in groups of {c.eval_batch}",
+                "note": "the paper's recipe (Abuadbba et al. 2020): the sensitivity is computed "
+                        "from the data it protects, nothing is clipped or composed over "
+                        "epochs: epsilon is a noise knob, not a privacy guarantee",
+            }
+        train = self.guarantee(self.train_releases)
+        out |= {
+            "formal_guarantee": True,
+            "privacy_unit": "one beat's input signal; labels and sample ids not protected",
+            "adjacency": c.adjacency,
+            "clip": c.clip,
+            "clip_norm": f"L{self.mechanism.norm_ord}",
+            "sensitivity": self.sensitivity,
+            "noise_multiplier": self.noise_multiplier,
+            "noise_scale": self.noise_scale,
+            "accountant": c.accountant if c.mechanism == "gaussian" else "laplace (see method)",
+            "train": {"releases_per_beat": self.train_releases, **train.as_dict()},
+            "test": {
+                phase: {"releases_per_beat": n, **self.guarantee(n, noisy=c.test_noise).as_dict()}
+                for phase, n in self.eval_releases().items()
+            },
+            "assumptions": [
+                "client weights treated as given: without dpsgd they are trained on the beat "
+                "and other beats' activations may reveal it",
+                "noise from a non-cryptographic PRNG in floating point",
+            ],
+        }
+        if c.target_epsilon is not None:
+            out["planned"] = {"target_epsilon": c.target_epsilon, "epochs": c.epochs,
+                              "exceeded": self.train_releases > (c.epochs or 0)}
+        dpsgd = next((d for d in self._siblings if d.name == "dpsgd"), None)
+        if dpsgd is not None:
+            out["combined_with_dpsgd"] = self._combined(train, dpsgd)
+        return out
+
+    def _combined(self, train: Guarantee, dpsgd: Any) -> dict[str, Any]:
+        """End-to-end guarantee of a training beat when the client's weights are DP-SGD trained:
+        its own releases and the weights' updates compose (basic composition of the two)."""
+        if self.config.adjacency != "zero_out":
+            return {"epsilon": None, "note": "replace adjacency here, add/remove in dpsgd: set "
+                    "adjacency=zero_out (equivalent to add/remove under Poisson sampling) to "
+                    "compose them"}
+        eps = train.epsilon + dpsgd.epsilon()
+        return {
+            "epsilon": eps if math.isfinite(eps) else None,
+            "delta": train.delta + dpsgd.config.delta,
+            "method": "basic composition of activation DP and client DP-SGD",
+            "privacy_unit": "one training beat's input (zero-out adjacency)",
+        }
+
+
+__all__ = ["ActivationDP", "ADJACENCY", "MECHANISMS", "clip_rows", "paper_sensitivity"]

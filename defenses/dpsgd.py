@@ -1,0 +1,216 @@
+"""DP-SGD on the client's layers only (Abadi et al. 2016), with Opacus."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+
+from defenses.accounting import (
+    ACCOUNTANTS,
+    gaussian_epsilon,
+    gaussian_noise_multiplier,
+    stream_seed,
+)
+from defenses.registry import register
+from splitpriv.defense import Defense
+
+if TYPE_CHECKING:
+    from splitpriv.parties import Client
+
+
+@register("dpsgd")
+class ClientDPSGD(Defense):
+    """DP-SGD on the client model, with its own optimizer: per-sample gradients clipped to
+    ``max_grad_norm``, Gaussian noise of std ``noise_multiplier * max_grad_norm`` on their sum.
+
+    The client's backward starts from the gradient the server returns, ``g = d mean_i l_i / d a``,
+    whose row i is ``(1/B) d l_i / d a_i`` (the server's loss is a mean and its layers act on each
+    row alone). Opacus's hooks capture each layer's input in the forward pass and its backprop in
+    ``a.backward(g)``; with ``loss_reduction="mean"`` they multiply the backprops by B, so
+    ``p.grad_sample[i]`` is the true gradient of l_i alone, which is what is clipped. The
+    optimizer is the client's Adam, wrapped by Opacus's ``DPOptimizer`` (the noisy mean gradient
+    is divided by ``batch_size``).
+
+    Notes:
+        Privacy unit: one training beat (its input; its gradient contribution), add/remove
+        adjacency, as Opacus accounts. Labels are not protected: they cross in the clear in the
+        vanilla topology. What is private is the client's weights (and everything computed from
+        them): that is what lets activation DP (``dp`` formal mode) cover the other beats'
+        activations too.
+        Sampling: the accountant assumes Poisson sampling at rate ``batch_size / n_train``; the
+        trainer draws a shuffled partition into fixed-size batches, which Opacus's bound does not
+        strictly cover (a known gap, common in practice).
+        Coupling: the per-sample gradients are per-sample only if nothing couples the rows of a
+        batch: a batch-level client loss (``nopeek``) is refused; paper-mode ``dp`` scales its
+        noise by a batch statistic, flagged in the report.
+        Accounting: Opacus RDP (its default orders) or PRV, one step
+        per optimizer step; a resumed run counts the earlier epochs as full epochs of steps.
+    """
+
+    @dataclass
+    class Config:
+        """Parameters of ``dpsgd``.
+
+        Attributes:
+            noise_multiplier: noise std / max_grad_norm (0 = clipping only, no guarantee).
+            target_epsilon: total epsilon over ``epochs``; calibrates the noise multiplier.
+            max_grad_norm: per-sample gradient clipping bound (L2, over all client parameters).
+            delta: the delta of the reported (epsilon, delta).
+            epochs: epochs the budget covers (needed with ``target_epsilon``).
+            batch_size: the run's batch size (sampling rate and the mean's denominator).
+            accountant: ``rdp`` or ``prv``.
+            seed: noise seed; None = torch's initial seed when attached (the run's seed).
+        """
+
+        noise_multiplier: float | None = None
+        target_epsilon: float | None = None
+        max_grad_norm: float = 1.0
+        delta: float = 1e-5
+        epochs: int | None = None
+        batch_size: int = 32
+        accountant: str = "rdp"
+        seed: int | None = None
+
+        def __post_init__(self) -> None:
+            def bad(msg: str) -> ValueError:
+                return ValueError(f"defense 'dpsgd': {msg}")
+
+            if (self.noise_multiplier is None) == (self.target_epsilon is None):
+                raise bad("needs exactly one of noise_multiplier and target_epsilon")
+            if self.noise_multiplier is not None and not self.noise_multiplier >= 0:
+                raise bad(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
+            if self.target_epsilon is not None:
+                if not self.target_epsilon > 0:
+                    raise bad(f"target_epsilon must be > 0, got {self.target_epsilon}")
+                if self.epochs is None:
+                    raise bad("target_epsilon needs epochs")
+            if not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
+                raise bad(f"max_grad_norm must be a finite number > 0, got {self.max_grad_norm}")
+            if not 0 < self.delta < 1:
+                raise bad(f"delta must be in (0, 1), got {self.delta}")
+            if self.epochs is not None and self.epochs < 1:
+                raise bad(f"epochs must be >= 1, got {self.epochs}")
+            if self.batch_size < 1:
+                raise bad(f"batch_size must be >= 1, got {self.batch_size}")
+            if self.accountant not in ACCOUNTANTS:
+                raise bad(f"accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.noise_multiplier = config.noise_multiplier
+        self.optimizer: DPOptimizer | None = None
+        self.module: GradSampleModule | None = None
+        self._client: Client | None = None
+        self.n_train = 0
+        self._steps = 0
+        self._step_offset = 0
+        self._seen_epoch = False
+        self._base_seed = 0
+        self._noise_epoch: int | None = None
+
+    def configure(self, *, epochs: int | None = None, batch_size: int | None = None,
+                  **_: Any) -> None:
+        """Optional: the run's epochs and batch size; refuses a plan made for others."""
+        c = self.config
+        if epochs is not None and c.epochs is not None and epochs != c.epochs:
+            raise ValueError(f"defense 'dpsgd': budget planned for epochs={c.epochs}, "
+                             f"but the run trains {epochs} epochs")
+        if batch_size is not None and batch_size != c.batch_size:
+            raise ValueError(f"defense 'dpsgd': batch_size={c.batch_size}, but the run uses "
+                             f"{batch_size}")
+
+    @property
+    def sample_rate(self) -> float:
+        return min(1.0, self.config.batch_size / self.n_train)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n_train / self.config.batch_size)
+
+    @property
+    def steps(self) -> int:
+        return self._step_offset + self._steps
+
+    def attach(self, client: Client) -> None:
+        coupled = [d.name for d in client.defenses
+                   if type(d).client_loss is not Defense.client_loss]
+        if coupled:
+            raise ValueError(f"defense 'dpsgd': {coupled} add a batch-level client loss, so the "
+                             "per-sample gradients DP-SGD clips would not be per-sample")
+        c = self.config
+        self._client = client
+        self.n_train = len(client.y)
+        if c.target_epsilon is not None:
+            assert c.epochs is not None
+            self.noise_multiplier = gaussian_noise_multiplier(
+                target_epsilon=c.target_epsilon, delta=c.delta, sample_rate=self.sample_rate,
+                steps=c.epochs * self.steps_per_epoch, accountant=c.accountant,
+            )
+        device = next(client.net.parameters()).device
+        generator = torch.Generator(device=device)
+        self._base_seed = c.seed if c.seed is not None else torch.initial_seed()
+        generator.manual_seed(stream_seed(self._base_seed, "dpsgd", None))
+        self.module = GradSampleModule(client.net, batch_first=True, loss_reduction="mean")
+        client.net = self.module
+        self.optimizer = DPOptimizer(
+            client.optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=c.max_grad_norm,
+            expected_batch_size=c.batch_size, loss_reduction="mean", generator=generator,
+        )
+        self.optimizer.attach_step_hook(self._count_step)
+        client.optimizer = self.optimizer
+
+    def _count_step(self, _: DPOptimizer) -> None:
+        self._steps += 1
+
+    def transform_activations(self, a: torch.Tensor, *, training: bool) -> torch.Tensor:
+        if training and len(a) > self.config.batch_size:
+            raise ValueError(f"defense 'dpsgd': a batch of {len(a)} rows, but batch_size="
+                             f"{self.config.batch_size}; pass the run's batch size")
+        epoch = getattr(self._client.channel if self._client else None, "epoch", None)
+        if training and epoch is not None and epoch != self._noise_epoch and self.optimizer:
+            # a fresh noise stream per epoch: a resumed run never replays earlier noise
+            self.optimizer.generator.manual_seed(stream_seed(self._base_seed, "dpsgd", epoch))
+            self._noise_epoch = epoch
+        return a
+
+    def end_epoch(self, epoch: int) -> None:
+        if not self._seen_epoch and epoch > 1:
+            self._step_offset = (epoch - 1) * self.steps_per_epoch
+        self._seen_epoch = True
+
+    def epsilon(self) -> float:
+        assert self.noise_multiplier is not None
+        return gaussian_epsilon(noise_multiplier=self.noise_multiplier,
+                                sample_rate=self.sample_rate, steps=self.steps,
+                                delta=self.config.delta, accountant=self.config.accountant)
+
+    def report(self) -> dict[str, Any]:
+        c = self.config
+        eps = self.epsilon() if self.n_train else 0.0
+        out: dict[str, Any] = {
+            "name": self.name, "formal_guarantee": True,
+            "privacy_unit": "one training beat (add/remove); labels not protected",
+            "protects": "the client's weights",
+            "noise_multiplier": self.noise_multiplier, "max_grad_norm": c.max_grad_norm,
+            "sample_rate": self.sample_rate if self.n_train else None, "steps": self.steps,
+            "accountant": c.accountant, "delta": c.delta,
+            "epsilon": eps if math.isfinite(eps) else None,
+            "caveats": ["accountant assumes Poisson sampling; the trainer shuffles into "
+                        "fixed-size batches"],
+        }
+        if c.target_epsilon is not None:
+            out["planned"] = {"target_epsilon": c.target_epsilon, "epochs": c.epochs}
+        others = self._client.defenses if self._client is not None else []
+        if any(getattr(d, "config", None) is not None and getattr(d.config, "mode", "") == "paper"
+               for d in others):
+            out["caveats"].append("paper-mode dp scales each row's noise by a batch statistic, "
+                                  "coupling the rows of a batch")
+        return out
+
+
+__all__ = ["ClientDPSGD"]
