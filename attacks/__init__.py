@@ -1,0 +1,30 @@
+"""Attacks by a curious server on what crossed the split-learning channel.
+
+Each attack is a class registered by name (one file per attack) that takes the transcript, the
+attacker's declared :class:`Knowledge` and the evaluator's :class:`GroundTruth`, and returns an
+:class:`AttackResult` (summary, raw per-sample scores, the knowledge used; JSON + npz).
+
+    from attacks import build_attack
+    result = build_attack("dcor", {"max_victims": "2000"})(transcript, knowledge, truth)
+    result.save("RUN/attacks")
+
+Registered: ``dcor``, ``dtw`` (correlation leakage), ``label-norm``, ``label-direction``,
+``label-kmeans`` (label inference, U-shaped topology), ``decoder``, ``whitebox``, ``unsplit``
+(reconstruction of the raw beats). ``attacks.cli.run_attack_cli`` runs one on a run directory.
+"""
+
+from attacks.base import (
+    Attack,
+    AttackInputError,
+    AttackResult,
+    AuxData,
+    CommonConfig,
+    GroundTruth,
+    Knowledge,
+)
+from attacks.registry import ATTACKS, build_attack, load_builtin, register
+
+__all__ = [
+    "ATTACKS", "Attack", "AttackInputError", "AttackResult", "AuxData", "CommonConfig",
+    "GroundTruth", "Knowledge", "build_attack", "load_builtin", "register",
+]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from collections.abc import Callable
-from typing import Any
 
 from splitpriv.defense import Defense
+from splitpriv.options import build_config, parse_pairs
 
 DEFENSES: dict[str, type[Defense]] = {}
 
@@ -29,36 +27,11 @@ def register(name: str) -> Callable[[type[Defense]], type[Defense]]:
     return deco
 
 
-def _convert(value: str, annotation: Any, key: str, name: str) -> Any:
-    kinds = typing.get_args(annotation) or (annotation,)
-    if value.lower() == "none" and type(None) in kinds:
-        return None
-    for kind in kinds:
-        if kind is type(None):
-            continue
-        try:
-            if kind is bool:
-                if value.lower() in ("1", "true", "yes"):
-                    return True
-                if value.lower() in ("0", "false", "no"):
-                    return False
-                raise ValueError(value)
-            return kind(value)
-        except (TypeError, ValueError):
-            continue
-    raise ValueError(f"defense {name!r}: cannot read {key}={value!r} as {annotation}")
-
-
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     """``"dp:epsilon=3,mode=paper"`` -> ``("dp", {"epsilon": "3", "mode": "paper"})``."""
     name, _, rest = spec.partition(":")
-    params: dict[str, str] = {}
-    for item in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"defense spec {spec!r}: expected key=value, got {item!r}")
-        params[key.strip()] = value.strip()
-    return name.strip(), params
+    items = filter(None, (p.strip() for p in rest.split(",")))
+    return name.strip(), parse_pairs(items, f"defense spec {spec!r}")
 
 
 def build_defense(spec: str) -> Defense:
@@ -68,15 +41,7 @@ def build_defense(spec: str) -> Defense:
     if name not in DEFENSES:
         raise ValueError(f"unknown defense {name!r}; known: {sorted(DEFENSES)}")
     cls = DEFENSES[name]
-    config_cls = cls.Config  # type: ignore[attr-defined]
-    hints = typing.get_type_hints(config_cls)
-    fields = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = set(raw) - fields
-    if unknown:
-        raise ValueError(f"defense {name!r}: unknown parameter(s) {sorted(unknown)}; "
-                         f"known: {sorted(fields)}")
-    kwargs = {k: _convert(v, hints[k], k, name) for k, v in raw.items()}
-    return cls(config_cls(**kwargs))  # type: ignore[call-arg]
+    return cls(build_config(cls.Config, raw, f"defense {name!r}"))  # type: ignore[attr-defined]
 
 
 def _load_builtin() -> None:

@@ -1,4 +1,4 @@
-"""The ``splitpriv`` command line: ``data prepare``, ``train``."""
+"""The ``splitpriv`` command line: ``data prepare``, ``train``, ``attack``."""
 
 from __future__ import annotations
 
@@ -72,6 +72,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attack(args: argparse.Namespace) -> int:
+    from attacks.cli import run_attack_cli
+    from splitpriv.options import parse_pairs
+
+    run_attack_cli(args.name, args.run, args.aux, parse_pairs(args.option, "--option"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="splitpriv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--force", action="store_true", help="retrain even if DIR holds a run")
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=cmd_train)
+
+    att = sub.add_parser(
+        "attack", help="run an attack on a saved run; writes DIR/attacks/NAME.json"
+    )
+    att.add_argument("name", help="dcor, dtw, label-norm, label-direction, label-kmeans, decoder, "
+                     "whitebox, unsplit")
+    att.add_argument("--run", required=True, help="run directory")
+    att.add_argument("--aux", default=None, help="attacker's auxiliary beats: train:F | train:N | "
+                     "records:R1,R2,...")
+    att.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                     help="attack option, repeatable (max_victims=2000, phase=test, ...)")
+    att.set_defaults(func=cmd_attack)
     return parser
 
 

@@ -45,3 +45,21 @@ def test_data_prepare_names_a_missing_records_dir(tmp_path, capsys):
     assert main(["data", "prepare", "--mitdb-dir", str(missing), "--cache-dir",
                  str(tmp_path / "c")]) == 2
     assert str(missing) in capsys.readouterr().err
+
+
+def test_attack_command_on_a_trained_run(pool_dirs, tmp_path, capsys):
+    mitdb, cache = pool_dirs
+    run = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--train-subset", "300", "--test-subset", "200",
+                 "--val-fraction", "0", "--mitdb-dir", str(mitdb), "--cache-dir", str(cache),
+                 "--out", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["attack", "dcor", "--run", str(run), "-o", "batch_size=100",
+                 "-o", "n_batches=2"]) == 0
+    assert "attack dcor" in capsys.readouterr().out
+    saved = json.loads((run / "attacks" / "dcor.json").read_text())
+    assert 0.0 < saved["summary"]["paper"]["max"] <= 1.0
+    assert main(["attack", "dcor", "--run", str(run), "-o", "batch_size"]) == 2
+    assert "key=value" in capsys.readouterr().err
+    assert main(["attack", "nope", "--run", str(run)]) == 2
+    assert "unknown attack" in capsys.readouterr().err

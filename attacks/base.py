@@ -1,0 +1,469 @@
+"""What every attack shares: the attacker's declared knowledge, the evaluator's ground truth, the
+result object, and the base class whose ``__call__`` checks inputs and calls the subclass's ``run``.
+
+The threat model is explicit in code. An attack sees
+
+* the **transcript**: what crossed the channel, keyed by sample id (``splitpriv.channel``);
+* its declared **knowledge** (:class:`Knowledge`): an auxiliary set of beats and where it comes
+  from, the client architecture, the client weights (white box), the defenses it knows of. The
+  base class hands an attack only the fields its class lists in ``uses``;
+* never the private beats. Those are the **ground truth** (:class:`GroundTruth`) that the evaluator
+  holds to score the attack, and they are given to ``run`` only to compute metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from splitpriv.channel import Kind, Transcript
+from splitpriv.io import atomic_path, write_json
+
+#: Knowledge fields an attack may declare in ``uses``.
+KNOWLEDGE_FIELDS = ("aux", "depth", "client_state", "defenses")
+
+
+class AttackInputError(ValueError):
+    """The transcript, knowledge or ground truth cannot serve this attack (the message says why)."""
+
+
+@dataclass
+class AuxData:
+    """The attacker's auxiliary beats.
+
+    Attributes:
+        x: (M, 1, 128) beats.
+        y: (M,) their labels.
+        source: where they come from, in words (``"train:0.1 ..."``, ``"records:...``).
+        ids: (M,) transcript sample ids when the beats are rows of the observed set (the attacker
+            knows which observed rows are its own); None otherwise.
+        activations: (M, C, L) their cut activations as the attacker obtained them (by querying the
+            client); None when they are to be read from the transcript by ``ids``.
+        exclude_ids: further observed sample ids that are not to be victims (e.g. the beats of
+            the aux set's patients).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    source: str
+    ids: torch.Tensor | None = None
+    activations: torch.Tensor | None = None
+    exclude_ids: torch.Tensor | None = None
+
+    def not_victims(self) -> torch.Tensor | None:
+        """Observed sample ids excluded from the victims: the aux rows and ``exclude_ids``."""
+        parts = [t.long() for t in (self.ids, self.exclude_ids) if t is not None]
+        return torch.cat(parts) if parts else None
+
+    def __post_init__(self) -> None:
+        if self.x.ndim != 3 or self.x.shape[1] != 1:
+            raise AttackInputError(f"aux beats must be (M, 1, L), got {tuple(self.x.shape)}")
+        n = len(self.x)
+        for name in ("y", "ids", "activations"):
+            t = getattr(self, name)
+            if t is not None and len(t) != n:
+                raise AttackInputError(
+                    f"aux {name} has {len(t)} rows but aux x has {n}"
+                )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "n": len(self.x),
+            "class_counts": np.bincount(self.y.numpy(), minlength=5).tolist(),
+            "paired_by_id": self.ids is not None and self.activations is None,
+        }
+
+
+@dataclass
+class Knowledge:
+    """What the attacker declares it knows.
+
+    Attributes:
+        aux: auxiliary beats (and how their activations are obtained).
+        depth: the client architecture, ``ClientNet(depth)``.
+        client_state: the client's weights (white box), a state dict of that architecture.
+        defenses: specs of the defenses the attacker knows are applied (adaptive attacker).
+        build_client: the client architecture as a constructor of a fresh (randomly initialised)
+            module, for clients other than ``ClientNet`` (tests use a linear convolution); it
+            goes with ``depth`` (set ``depth`` to any int when giving it).
+    """
+
+    aux: AuxData | None = None
+    depth: int | None = None
+    client_state: Mapping[str, torch.Tensor] | None = None
+    defenses: tuple[str, ...] = ()
+    build_client: Callable[[], torch.nn.Module] | None = None
+    not_victims: torch.Tensor | None = None
+
+    def restricted(self, uses: Sequence[str]) -> Knowledge:
+        """A copy holding only the fields in ``uses`` (the rest are withheld).
+
+        ``not_victims`` is kept: the observed ids of the declared aux set (and of its patients)
+        are never victims, whether or not the attack uses the aux set, so that every attack of one
+        setting is scored on the same victims.
+        """
+        return Knowledge(
+            aux=self.aux if "aux" in uses else None,
+            depth=self.depth if "depth" in uses else None,
+            client_state=self.client_state if "client_state" in uses else None,
+            defenses=self.defenses if "defenses" in uses else (),
+            build_client=self.build_client if "depth" in uses else None,
+            not_victims=self.aux.not_victims() if self.aux is not None else self.not_victims,
+        )
+
+    def client(self) -> torch.nn.Module:
+        """A fresh module of the known architecture."""
+        if self.build_client is not None:
+            return self.build_client()
+        if self.depth is None:
+            raise AttackInputError("the client architecture is not known")
+        from splitpriv.models import ClientNet
+
+        return ClientNet(self.depth)
+
+    def describe(self) -> dict[str, Any]:
+        arch = None
+        if self.build_client is not None:
+            arch = repr(self.build_client()).replace("\n", " ")
+        elif self.depth is not None:
+            arch = f"ClientNet(depth={self.depth})"
+        return {
+            "aux": self.aux.describe() if self.aux is not None else None,
+            "architecture": arch,
+            "client_weights": self.client_state is not None,
+            "defenses": list(self.defenses),
+        }
+
+
+@dataclass
+class GroundTruth:
+    """The evaluator's private data of one phase: beats and labels indexed by sample id.
+
+    Attributes:
+        x: (N, 1, 128) beats; row i is sample id i of the phase.
+        y: (N,) labels.
+        classifier: the evaluator's reference classifier (beats -> logits), trained on beats
+            the victims are not among; inversion attacks report its accuracy on their
+            reconstructions. None skips that check.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    classifier: torch.nn.Module | None = None
+
+    def __post_init__(self) -> None:
+        if self.x.ndim != 3 or self.x.shape[1] != 1:
+            raise AttackInputError(
+                f"ground-truth beats must be (N, 1, L), got {tuple(self.x.shape)}"
+            )
+        if len(self.y) != len(self.x):
+            raise AttackInputError(
+                f"ground truth: {len(self.x)} beats but {len(self.y)} labels"
+            )
+
+    def rows(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Beats and labels of sample ``ids``; a clear error when an id is out of range."""
+        ids = ids.long()
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(self.x)):
+            raise AttackInputError(
+                f"transcript sample ids span {int(ids.min())}..{int(ids.max())} but the ground "
+                f"truth holds {len(self.x)} rows: transcript and data do not belong together"
+            )
+        return self.x[ids], self.y[ids]
+
+
+@dataclass
+class CommonConfig:
+    """Parameters every attack takes.
+
+    Attributes:
+        phase: transcript phase attacked (``train``, ``test``, ``val``).
+        epoch: transcript epoch attacked; None = the last recorded.
+        max_victims: attack at most this many victims (a seeded random subset); None = all.
+        seed: seeds the victim subset and every random choice of the attack.
+        threads: torch threads while the attack runs; the attacks loop over small tensors, where
+            more threads mostly contend (one thread measured 5 to 20 times faster than two on a
+            busy 2-core host). None leaves torch's setting.
+    """
+
+    phase: str = "train"
+    epoch: int | None = None
+    max_victims: int | None = None
+    seed: int = 0
+    threads: int | None = 1
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (None: unchanged), restoring the setting after."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _jsonable(obj: Any) -> Any:
+    """Numbers, arrays and tensors to plain JSON values; NaN and inf to None."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        obj = obj.detach().cpu().numpy()
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    return obj
+
+
+@dataclass
+class AttackResult:
+    """What an attack returns: summary metrics, raw per-sample scores and the knowledge it used.
+
+    Attributes:
+        attack: registered name.
+        summary: metrics (JSON values; distributions as median and quartiles).
+        scores: raw per-sample arrays (saved to ``.npz``), e.g. ``ids``, ``mse``, ``label_scores``.
+        knowledge: what the attacker knew (:meth:`Knowledge.describe`).
+        config: the attack's parameters.
+        citation: the paper the attack follows.
+        seconds: wall time of the attack (including evaluation).
+        notes: caveats in words.
+    """
+
+    attack: str
+    summary: dict[str, Any]
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    knowledge: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    citation: str = ""
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the arrays (listed by name, dtype and shape) as JSON values."""
+        return _jsonable({
+            "attack": self.attack,
+            "citation": self.citation,
+            "summary": self.summary,
+            "knowledge": self.knowledge,
+            "config": self.config,
+            "seconds": self.seconds,
+            "notes": self.notes,
+            "scores": {
+                k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in self.scores.items()
+            },
+        })
+
+    def save(self, directory: str | Path, name: str | None = None) -> Path:
+        """Write ``directory/NAME.json`` and, when there are scores, ``NAME.npz``; returns the
+        JSON path."""
+        directory = Path(directory)
+        name = name or self.attack
+        path = directory / f"{name}.json"
+        doc = self.to_dict()
+        if self.scores:
+            npz = directory / f"{name}.npz"
+            with atomic_path(npz) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, **{k: np.asarray(v) for k, v in self.scores.items()})
+            doc["scores_file"] = npz.name
+        write_json(path, doc)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> AttackResult:
+        """Read a result written by :meth:`save` (the ``.npz`` beside it too)."""
+        path = Path(path)
+        doc = json.loads(path.read_text())
+        scores: dict[str, np.ndarray] = {}
+        if doc.get("scores_file"):
+            with np.load(path.parent / doc["scores_file"], allow_pickle=False) as data:
+                scores = {k: data[k] for k in data.files}
+        return cls(
+            attack=doc["attack"], summary=doc["summary"], scores=scores,
+            knowledge=doc["knowledge"], config=doc["config"], citation=doc["citation"],
+            seconds=doc["seconds"], notes=doc["notes"],
+        )
+
+
+def observed(
+    transcript: Transcript, kind: Kind | str, *, phase: str, epoch: int | None, attack: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids (N,) and tensors (N, ...) of one kind, first occurrence of each id kept.
+
+    Raises:
+        AttackInputError: the transcript lacks the messages (saying what it holds and how to get
+            them), or ids and rows disagree.
+    """
+    kind = Kind(kind)
+    try:
+        ids, values = transcript.get(kind, phase=phase, epoch=epoch)
+    except KeyError:
+        held = transcript.keys()
+        hint = ""
+        if kind in (Kind.OUTPUT_GRAD, Kind.ACT_GRAD) and phase != "train":
+            hint = " (gradients cross only in the train phase)"
+        elif kind is Kind.OUTPUT_GRAD:
+            hint = (" (output gradients cross only in the U-shaped topology: "
+                    "train --topology ushape)")
+        raise AttackInputError(
+            f"attack {attack!r} needs {kind.value!r} messages of phase {phase!r}"
+            f"{'' if epoch is None else f', epoch {epoch}'}{hint}; the transcript holds "
+            f"{held if held else 'nothing (was the run trained with --record-epochs none?)'}"
+        ) from None
+    if ids.ndim != 1 or len(ids) != len(values):
+        raise AttackInputError(
+            f"{kind.value!r}: {tuple(ids.shape)} ids for {tuple(values.shape)} values"
+        )
+    ids = ids.long()
+    uniq, first = np.unique(ids.numpy(), return_index=True)
+    if len(uniq) < len(ids):
+        order = np.sort(first)
+        ids, values = ids[order], values[order]
+    return ids, values
+
+
+def lookup(
+    ids: torch.Tensor, values: torch.Tensor, wanted: torch.Tensor, what: str
+) -> torch.Tensor:
+    """Rows of ``values`` whose id is in ``wanted``, in the order of ``wanted``."""
+    pos = {int(i): k for k, i in enumerate(ids.tolist())}
+    missing = [int(i) for i in wanted.tolist() if int(i) not in pos]
+    if missing:
+        raise AttackInputError(
+            f"{what}: {len(missing)} of {len(wanted)} aux ids are not in the transcript "
+            f"(first: {missing[:5]})"
+        )
+    return values[torch.tensor([pos[int(i)] for i in wanted.tolist()], dtype=torch.long)]
+
+
+def pick_victims(
+    ids: torch.Tensor, *, exclude: torch.Tensor | None, max_victims: int | None, seed: int
+) -> torch.Tensor:
+    """Positions into ``ids`` of the victims: ids not in ``exclude``, a seeded subset if capped."""
+    keep = np.ones(len(ids), dtype=bool)
+    if exclude is not None and len(exclude):
+        keep = ~np.isin(ids.numpy(), exclude.numpy())
+    pos = np.flatnonzero(keep)
+    if len(pos) == 0:
+        raise AttackInputError("no victims left: every observed sample is in the aux set")
+    if max_victims is not None and len(pos) > max_victims:
+        rng = np.random.default_rng(seed)
+        pos = np.sort(rng.choice(pos, size=max_victims, replace=False))
+    return torch.from_numpy(pos)
+
+
+class Attack(ABC):
+    """Base class. Subclasses set ``name`` (by ``@register``), ``citation``, ``Config`` (a dataclass
+    deriving from :class:`CommonConfig`), ``uses`` (knowledge fields handed over) and ``requires``
+    (those that must be present), and implement :meth:`run`.
+
+    ``__call__`` validates the inputs, withholds undeclared knowledge, seeds torch and numpy, times
+    the run and fills the bookkeeping fields of the result.
+    """
+
+    name: ClassVar[str] = "attack"
+    citation: ClassVar[str] = ""
+    Config: ClassVar[type[CommonConfig]] = CommonConfig
+    uses: ClassVar[tuple[str, ...]] = ()
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: CommonConfig | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+        if not isinstance(self.config, self.Config):
+            raise TypeError(f"{type(self).__name__} takes a {self.Config.__name__}")
+        if self.config.max_victims is not None and self.config.max_victims < 1:
+            raise ValueError(f"max_victims must be >= 1, got {self.config.max_victims}")
+
+    def __call__(
+        self,
+        transcript: Transcript,
+        knowledge: Knowledge | None = None,
+        truth: GroundTruth | None = None,
+    ) -> AttackResult:
+        knowledge = (knowledge or Knowledge()).restricted(self.uses)
+        for need in self.requires:
+            if not getattr(knowledge, need):
+                raise AttackInputError(
+                    f"attack {self.name!r} needs the attacker's {need!r} knowledge "
+                    f"({'--aux' if need == 'aux' else 'from the run'}); none was given"
+                )
+        if truth is None:
+            raise AttackInputError(f"attack {self.name!r}: no ground truth to score it against")
+        torch.manual_seed(self.config.seed)
+        t0 = time.perf_counter()
+        with torch.enable_grad(), torch_threads(self.config.threads):
+            result = self.run(transcript, knowledge, truth)
+        result.seconds = time.perf_counter() - t0
+        result.attack = self.name
+        result.citation = self.citation
+        result.knowledge = knowledge.describe()
+        result.config = dataclasses.asdict(self.config)
+        return result
+
+    def headline(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """The few numbers a one-line report shows (default: the scalar entries of the summary)."""
+        return {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}
+
+    @abstractmethod
+    def run(
+        self, transcript: Transcript, knowledge: Knowledge, truth: GroundTruth
+    ) -> AttackResult:
+        """Attack, then score against ``truth``; fill ``summary``, ``scores`` and ``notes``."""
+
+
+@dataclass
+class Observed:
+    """Victims' observed tensors beside their (evaluator-only) ground truth.
+
+    Attributes:
+        ids: (N,) sample ids, in transcript arrival order.
+        values: (N, ...) what the server observed of them.
+        x: (N, 1, 128) their beats.  y: (N,) their labels.
+        positions: (N,) positions of the victims among all observed rows (arrival order).
+    """
+
+    ids: torch.Tensor
+    values: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    positions: torch.Tensor
+
+
+def observe_victims(
+    attack: Attack,
+    transcript: Transcript,
+    kind: Kind | str,
+    truth: GroundTruth,
+    *,
+    exclude: torch.Tensor | None = None,
+) -> Observed:
+    """The attacked messages of the victims (observed ids minus ``exclude``, capped and seeded by
+    the attack's config), with their ground truth."""
+    cfg = attack.config
+    ids, values = observed(transcript, kind, phase=cfg.phase, epoch=cfg.epoch, attack=attack.name)
+    pos = pick_victims(ids, exclude=exclude, max_victims=cfg.max_victims, seed=cfg.seed)
+    x, y = truth.rows(ids[pos])
+    return Observed(ids=ids[pos], values=values[pos], x=x, y=y, positions=pos)

@@ -1,0 +1,201 @@
+"""Attacking a saved run directory: its ground truth, transcript, the attacker's knowledge, and the
+client as a query oracle.
+
+A run directory (``splitpriv.run``) holds config.json, weights.pt and, when recorded,
+transcript.npz. The private beats are rebuilt from the config exactly as training built them.
+
+Auxiliary-set specs (``--aux``):
+
+* ``train:F`` (0 < F < 1) or ``train:N``: a seeded random fraction F (or N rows) of the training
+  half, with their labels. The attacker knows which observed rows are its own, so it pairs them
+  with what the transcript holds for them (activations, gradients); they are not victims.
+* ``records:R1,R2,...``: other patients. Beats of those MIT-BIH records from the beat pool that
+  the run used nowhere (not in train, validation or test). The attacker obtains their activations
+  by querying the client (the run's final weights, with the run's defenses applied: an adaptive
+  attacker). Victims from those records are excluded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attacks.base import AuxData, GroundTruth, Knowledge
+from splitpriv.channel import InProcessChannel, Kind, RecordPolicy, Transcript
+from splitpriv.io import read_json, torch_load
+from splitpriv.models import ClientNet
+from splitpriv.run import TrainConfig
+
+PHASES = ("train", "val", "test")
+EVAL_BATCH = 4096  # SplitTrainer.evaluate's batch
+
+
+@dataclass
+class RunData:
+    """A run directory, loaded.
+
+    Attributes:
+        path: the directory.
+        config: its TrainConfig.
+        weights: {'client': state_dict, 'server': ..., ['head': ...]}.
+        transcript: what crossed the channel (empty when nothing was recorded).
+        x, y: per phase, (N, 1, 128) float32 beats and (N,) labels, as training used them.
+        records, pool_idx: per phase, (N,) record number and pool row of every beat.
+    """
+
+    path: Path
+    config: TrainConfig
+    weights: dict
+    transcript: Transcript
+    x: dict[str, torch.Tensor]
+    y: dict[str, torch.Tensor]
+    records: dict[str, np.ndarray]
+    pool_idx: dict[str, np.ndarray]
+    pool: object
+
+    def truth(self, phase: str, classifier: torch.nn.Module | None = None) -> GroundTruth:
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+        return GroundTruth(self.x[phase], self.y[phase], classifier=classifier)
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Load a run directory (its data rebuilt from config.json).
+
+    Raises:
+        FileNotFoundError: config.json or weights.pt missing (an unfinished run).
+    """
+    from splitpriv.data import load_pool, make_split
+
+    path = Path(run_dir)
+    for name in ("config.json", "weights.pt"):
+        if not (path / name).exists():
+            raise FileNotFoundError(f"{path / name} not found: not a finished run directory")
+    config = TrainConfig(**read_json(path / "config.json"))
+    weights = torch_load(path / "weights.pt")
+    transcript = (Transcript.load(path / "transcript.npz") if (path / "transcript.npz").exists()
+                  else Transcript(policy=RecordPolicy(phases=None)))
+    pool = load_pool(config.mitdb_dir, cache_dir=config.cache_dir)
+    split = make_split(pool, config.protocol, val_fraction=config.resolved_val_fraction,
+                       seed=config.data_seed)
+    limits = {"train": config.train_subset, "val": None, "test": config.test_subset}
+    x, y, records, pool_idx = {}, {}, {}, {}
+    for phase in PHASES:
+        n = limits[phase]
+        cut = slice(None) if n is None else slice(None, n)
+        x[phase] = torch.as_tensor(getattr(split, f"x_{phase}")[cut]).float().reshape(-1, 1, 128)
+        y[phase] = torch.as_tensor(getattr(split, f"y_{phase}")[cut]).long()
+        records[phase] = np.asarray(getattr(split, f"record_{phase}")[cut])
+        pool_idx[phase] = np.asarray(getattr(split, f"pool_idx_{phase}")[cut])
+    return RunData(path, config, weights, transcript, x, y, records, pool_idx, pool)
+
+
+def _client(run: RunData, x: torch.Tensor, y: torch.Tensor):
+    """The run's client (final weights, its defenses attached) holding (x, y)."""
+    from splitpriv.parties import Client
+    from splitpriv.run import build_defenses
+    from splitpriv.trainer import adam
+
+    net = ClientNet(run.config.depth)
+    net.load_state_dict(run.weights["client"])
+    transcript = Transcript(policy=RecordPolicy(phases=None, kinds=frozenset({Kind.ACTIVATIONS})))
+    channel = InProcessChannel(transcript)
+    client = Client(net, x, y, channel, adam(run.config.lr), defenses=build_defenses(run.config))
+    return client, channel, transcript
+
+
+def query_client(run: RunData, x: torch.Tensor, *, training: bool, seed: int = 0) -> torch.Tensor:
+    """Activations (M, C, L) the run's client sends for beats x (M, 1, 128): final weights, the
+    run's defenses applied, in training batches (``batch_size``) or evaluation batches."""
+    torch.manual_seed(seed)
+    y = torch.zeros(len(x), dtype=torch.long)
+    client, channel, transcript = _client(run, x, y)
+    ids = torch.arange(len(x))
+    client.train(training)
+    if training:
+        for chunk in ids.split(run.config.batch_size):
+            with torch.no_grad():
+                client.send_activations(chunk)
+    else:
+        for chunk in ids.split(EVAL_BATCH):
+            client.send_eval(x[chunk], chunk)
+    got_ids, acts = transcript.get(Kind.ACTIVATIONS, phase="train", epoch=0)
+    assert torch.equal(got_ids, ids)
+    return acts
+
+
+def weights_transcript(run: RunData, phase: str, *, seed: int = 0) -> Transcript:
+    """A transcript holding the activations of every beat of ``phase`` as the client would send
+    them at inference (final weights, defenses in evaluation mode), for runs that recorded none."""
+    acts = query_client(run, run.x[phase], training=False, seed=seed)
+    t = Transcript(policy=RecordPolicy(phases=None))
+    t.chunks[(Kind.ACTIVATIONS.value, phase, run.config.epochs)] = [
+        (torch.arange(len(acts)), acts)
+    ]
+    return t
+
+
+def parse_aux(spec: str | None, run: RunData, *, phase: str, seed: int = 0) -> AuxData | None:
+    """The attacker's auxiliary set from a spec (module docstring)."""
+    if spec is None or spec.strip().lower() in ("", "none"):
+        return None
+    kind, _, arg = spec.partition(":")
+    kind = kind.strip().lower()
+    rng = np.random.default_rng(seed)
+    if kind == "train":
+        n_train = len(run.y["train"])
+        try:
+            value = float(arg)
+        except ValueError:
+            raise ValueError(f"--aux {spec!r}: expected train:FRACTION or train:COUNT") from None
+        n = int(round(value * n_train)) if 0 < value < 1 else int(value)
+        if not 1 <= n < n_train:
+            raise ValueError(f"--aux {spec!r}: {n} rows of a training half of {n_train}")
+        ids = torch.from_numpy(np.sort(rng.choice(n_train, size=n, replace=False)))
+        return AuxData(
+            x=run.x["train"][ids], y=run.y["train"][ids], ids=ids,
+            source=f"train:{arg} ({n} of the {n_train} training rows; paired with the transcript "
+                   "by id)",
+        )
+    if kind == "records":
+        try:
+            wanted = sorted({int(r) for r in arg.split(",") if r.strip()})
+        except ValueError:
+            raise ValueError(f"--aux {spec!r}: expected records:R1,R2,...") from None
+        pool = run.pool
+        used = np.concatenate([run.pool_idx[p] for p in PHASES])
+        free = np.ones(len(pool.y), dtype=bool)
+        free[used[used >= 0]] = False
+        rows = np.flatnonzero(np.isin(pool.record, wanted) & free)
+        if len(rows) == 0:
+            raise ValueError(f"--aux {spec!r}: the pool holds no unused beats of records {wanted}")
+        x = torch.as_tensor(pool.x[rows]).float().reshape(-1, 1, 128)
+        acts = query_client(run, x, training=phase == "train", seed=seed)
+        victims_from = np.isin(run.records[phase], wanted)
+        with_defenses = " with its defenses" if run.config.defenses else ""
+        return AuxData(
+            x=x, y=torch.as_tensor(pool.y[rows]).long(), activations=acts,
+            ids=None,
+            source=f"records:{','.join(map(str, wanted))} ({len(rows)} unused pool beats; "
+            f"activations by querying the client{with_defenses})",
+            exclude_ids=torch.from_numpy(np.flatnonzero(victims_from)),
+        )
+    raise ValueError(f"--aux {spec!r}: expected train:F, train:N or records:R1,R2,...")
+
+
+def knowledge_for(run: RunData, aux: AuxData | None) -> Knowledge:
+    """Everything an attacker of this run could be granted; each attack keeps what it declares."""
+    return Knowledge(
+        aux=aux, depth=run.config.depth, client_state=run.weights["client"],
+        defenses=tuple(run.config.defenses),
+    )
+
+
+def config_summary(run: RunData) -> dict:
+    c = dataclasses.asdict(run.config)
+    return {k: c[k] for k in ("protocol", "depth", "epochs", "seed", "topology", "defenses",
+                              "paper_softmax", "train_subset", "test_subset")}
