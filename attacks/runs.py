@@ -28,9 +28,8 @@ from attacks.base import AuxData, GroundTruth, Knowledge
 from splitpriv.channel import InProcessChannel, Kind, RecordPolicy, Transcript
 from splitpriv.io import read_json, torch_load
 from splitpriv.models import ClientNet
-from splitpriv.run import TrainConfig
+from splitpriv.run import PHASES, TrainConfig, load_split, phase_rows
 
-PHASES = ("train", "val", "test")
 EVAL_BATCH = 4096  # SplitTrainer.evaluate's batch
 
 
@@ -69,8 +68,6 @@ def load_run(run_dir: str | Path) -> RunData:
     Raises:
         FileNotFoundError: config.json or weights.pt missing (an unfinished run).
     """
-    from splitpriv.data import load_pool, make_split
-
     path = Path(run_dir)
     for name in ("config.json", "weights.pt"):
         if not (path / name).exists():
@@ -79,19 +76,14 @@ def load_run(run_dir: str | Path) -> RunData:
     weights = torch_load(path / "weights.pt")
     transcript = (Transcript.load(path / "transcript.npz") if (path / "transcript.npz").exists()
                   else Transcript(policy=RecordPolicy(phases=None)))
-    pool = load_pool(config.mitdb_dir, cache_dir=config.cache_dir)
-    split = make_split(pool, config.protocol, val_fraction=config.resolved_val_fraction,
-                       seed=config.data_seed)
-    limits = {"train": config.train_subset, "val": None, "test": config.test_subset}
-    x, y, records, pool_idx = {}, {}, {}, {}
-    for phase in PHASES:
-        n = limits[phase]
-        cut = slice(None) if n is None else slice(None, n)
-        x[phase] = torch.as_tensor(getattr(split, f"x_{phase}")[cut]).float().reshape(-1, 1, 128)
-        y[phase] = torch.as_tensor(getattr(split, f"y_{phase}")[cut]).long()
-        records[phase] = np.asarray(getattr(split, f"record_{phase}")[cut])
-        pool_idx[phase] = np.asarray(getattr(split, f"pool_idx_{phase}")[cut])
-    return RunData(path, config, weights, transcript, x, y, records, pool_idx, pool)
+    pool, split = load_split(config)
+    parts = {phase: phase_rows(config, split, phase) for phase in PHASES}
+    return RunData(
+        path, config, weights, transcript,
+        x={p: parts[p]["x"] for p in PHASES}, y={p: parts[p]["y"] for p in PHASES},
+        records={p: np.asarray(parts[p]["record"]) for p in PHASES},
+        pool_idx={p: np.asarray(parts[p]["pool_idx"]) for p in PHASES}, pool=pool,
+    )
 
 
 def _client(run: RunData, x: torch.Tensor, y: torch.Tensor):

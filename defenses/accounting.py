@@ -21,7 +21,7 @@ import contextlib
 import hashlib
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -159,3 +159,22 @@ __all__ = [
     "ACCOUNTANTS", "ALPHAS", "Guarantee", "gaussian_epsilon", "gaussian_noise_multiplier",
     "laplace_guarantee", "laplace_noise_multiplier", "rdp_orders",
 ]
+
+
+def check_noise_plan(
+    noise_multiplier: float | None,
+    target_epsilon: float | None,
+    epochs: int | None,
+    bad: Callable[[str], ValueError],
+) -> None:
+    """A noise plan gives exactly one of ``noise_multiplier`` (>= 0) and ``target_epsilon`` (> 0,
+    with the ``epochs`` it covers); ``bad(message)`` makes the error to raise."""
+    if (noise_multiplier is None) == (target_epsilon is None):
+        raise bad("needs exactly one of noise_multiplier and target_epsilon")
+    if noise_multiplier is not None and not noise_multiplier >= 0:
+        raise bad(f"noise_multiplier must be >= 0, got {noise_multiplier}")
+    if target_epsilon is not None:
+        if not target_epsilon > 0:
+            raise bad(f"target_epsilon must be > 0, got {target_epsilon}")
+        if epochs is None:
+            raise bad("target_epsilon needs epochs (the number of training epochs it covers)")

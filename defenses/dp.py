@@ -18,6 +18,7 @@ import torch
 from defenses.accounting import (
     ACCOUNTANTS,
     Guarantee,
+    check_noise_plan,
     gaussian_epsilon,
     gaussian_noise_multiplier,
     laplace_guarantee,
@@ -226,15 +227,7 @@ class ActivationDP(Defense):
                 return
             if self.epsilon is not None:
                 raise bad("formal mode takes noise_multiplier or target_epsilon, not epsilon")
-            if (self.noise_multiplier is None) == (self.target_epsilon is None):
-                raise bad("formal mode needs exactly one of noise_multiplier and target_epsilon")
-            if self.noise_multiplier is not None and not self.noise_multiplier >= 0:
-                raise bad(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
-            if self.target_epsilon is not None:
-                if not self.target_epsilon > 0:
-                    raise bad(f"target_epsilon must be > 0, got {self.target_epsilon}")
-                if self.epochs is None:
-                    raise bad("target_epsilon needs epochs (the number of training releases)")
+            check_noise_plan(self.noise_multiplier, self.target_epsilon, self.epochs, bad)
             if not 0 < self.delta < 1:
                 raise bad(f"delta must be in (0, 1), got {self.delta}")
             if not (self.clip > 0 and math.isfinite(self.clip)):

@@ -12,6 +12,7 @@ from opacus.optimizers import DPOptimizer
 
 from defenses.accounting import (
     ACCOUNTANTS,
+    check_noise_plan,
     gaussian_epsilon,
     gaussian_noise_multiplier,
     stream_seed,
@@ -80,15 +81,7 @@ class ClientDPSGD(Defense):
             def bad(msg: str) -> ValueError:
                 return ValueError(f"defense 'dpsgd': {msg}")
 
-            if (self.noise_multiplier is None) == (self.target_epsilon is None):
-                raise bad("needs exactly one of noise_multiplier and target_epsilon")
-            if self.noise_multiplier is not None and not self.noise_multiplier >= 0:
-                raise bad(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
-            if self.target_epsilon is not None:
-                if not self.target_epsilon > 0:
-                    raise bad(f"target_epsilon must be > 0, got {self.target_epsilon}")
-                if self.epochs is None:
-                    raise bad("target_epsilon needs epochs")
+            check_noise_plan(self.noise_multiplier, self.target_epsilon, self.epochs, bad)
             if not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
                 raise bad(f"max_grad_norm must be a finite number > 0, got {self.max_grad_norm}")
             if not 0 < self.delta < 1:

@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from splitpriv.distributed import ChannelError
 from splitpriv.run import TOPOLOGIES, TrainConfig
 
 PROTOCOLS = ("paper", "paper-unique", "inter-patient")
@@ -66,7 +67,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         defenses=list(args.defense), device=args.device,
         mitdb_dir=args.mitdb_dir, cache_dir=args.cache_dir,
     )
-    result = run_training(config, args.out, progress=not args.no_progress, force=args.force)
+    if args.role is not None:
+        from splitpriv.distributed import run_distributed, spec_from_cli
+
+        spec = spec_from_cli(
+            args.role, rank=args.rank, world_size=args.world_size, master_addr=args.master_addr,
+            master_port=args.master_port, backend=args.backend, timeout_s=args.timeout,
+        )
+        result = run_distributed(config, args.out, spec, mode=args.clients_mode,
+                                 progress=not args.no_progress)
+        if spec.rank != 1:  # the server and clients 2..K: what crossed their links
+            print(json.dumps({"role": spec.role, "rank": spec.rank,
+                              "bytes_total": result["wire"]["bytes_total"]}, indent=2))
+            return 0
+    else:
+        result = run_training(config, args.out, progress=not args.no_progress, force=args.force)
     keys = ("test_accuracy", "best_epoch", "best_test_accuracy", "final_test_accuracy", "seconds")
     print(json.dumps({k: result[k] for k in keys}, indent=2))
     return 0
@@ -116,6 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run directory")
     train.add_argument("--force", action="store_true", help="retrain even if DIR holds a run")
     train.add_argument("--no-progress", action="store_true")
+    dist = train.add_argument_group(
+        "distributed", "run one party as its own process over torch.distributed (rank 0 is the "
+        "server, ranks 1..K the clients); a missing value is read from torchrun's RANK, "
+        "WORLD_SIZE, MASTER_ADDR, MASTER_PORT")
+    dist.add_argument("--role", choices=("server", "client", "auto"), default=None,
+                      help="auto: server if the rank is 0, else client (torchrun)")
+    dist.add_argument("--rank", type=int, default=None)
+    dist.add_argument("--world-size", type=int, default=None, help="K clients + 1")
+    dist.add_argument("--master-addr", default=None, help="rendezvous host (127.0.0.1)")
+    dist.add_argument("--master-port", type=int, default=None, help="rendezvous port (29500)")
+    dist.add_argument("--backend", default="gloo", choices=("gloo", "nccl"))
+    dist.add_argument("--clients-mode", default="sequential", choices=("sequential", "splitfed"),
+                      help="with K > 1 clients: weights handed client to client, or SplitFed")
+    dist.add_argument("--timeout", type=float, default=120.0,
+                      help="seconds a party waits for a message before it stops")
     train.set_defaults(func=cmd_train)
 
     att = sub.add_parser(
@@ -136,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as exc:  # DataError is a ValueError
+    except (ValueError, FileNotFoundError, KeyError, ChannelError) as exc:  # DataError: ValueError
         print(f"splitpriv: error: {exc}", file=sys.stderr)
         return 2
 

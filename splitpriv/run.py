@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from splitpriv.channel import NOTHING, InProcessChannel, Kind, RecordPolicy, Transcript
+from splitpriv.channel import NOTHING, Kind, RecordPolicy, Transcript
+from splitpriv.distributed import CountingChannel
 from splitpriv.io import read_json, resolve_device, torch_load, torch_save, write_json, write_text
 from splitpriv.models import ModelConfig, build_models
 from splitpriv.trainer import SplitTrainer
@@ -128,29 +129,43 @@ class Tensors:
     y_test: torch.Tensor
 
 
-def load_tensors(config: TrainConfig, device: torch.device) -> tuple[Tensors, dict[str, Any]]:
-    """Load the beat pool, split it by the protocol, and move it to the device."""
-    from splitpriv.data import dataset_card, load_pool, make_split
+PHASES = ("train", "val", "test")
+
+
+def load_split(config: TrainConfig):
+    """The beat pool and the protocol's split of it, as the run's config defines them."""
+    from splitpriv.data import load_pool, make_split
 
     pool = load_pool(config.mitdb_dir, cache_dir=config.cache_dir)
     split = make_split(
         pool, config.protocol, val_fraction=config.resolved_val_fraction, seed=config.data_seed
     )
-    card = dataset_card(pool, split)
+    return pool, split
 
-    def t(x, n=None):
-        x = x if n is None else x[:n]
-        return torch.as_tensor(x).to(device)
 
-    tensors = Tensors(
-        x_train=t(split.x_train, config.train_subset).float().reshape(-1, 1, 128),
-        y_train=t(split.y_train, config.train_subset).long(),
-        x_val=t(split.x_val).float().reshape(-1, 1, 128),
-        y_val=t(split.y_val).long(),
-        x_test=t(split.x_test, config.test_subset).float().reshape(-1, 1, 128),
-        y_test=t(split.y_test, config.test_subset).long(),
-    )
-    return tensors, card
+def phase_rows(config: TrainConfig, split, phase: str) -> dict[str, Any]:
+    """One phase's arrays as the run uses them (the first ``train_subset``/``test_subset`` rows):
+    ``x`` (N, 1, 128) float32 tensor, ``y`` (N,) int64 tensor, ``record`` and ``pool_idx`` (N,)."""
+    n = {"train": config.train_subset, "val": None, "test": config.test_subset}[phase]
+    rows = slice(None, n)
+    return {
+        "x": torch.as_tensor(getattr(split, f"x_{phase}")[rows]).float().reshape(-1, 1, 128),
+        "y": torch.as_tensor(getattr(split, f"y_{phase}")[rows]).long(),
+        "record": getattr(split, f"record_{phase}")[rows],
+        "pool_idx": getattr(split, f"pool_idx_{phase}")[rows],
+    }
+
+
+def load_tensors(config: TrainConfig, device: torch.device) -> tuple[Tensors, dict[str, Any]]:
+    """Load the beat pool, split it by the protocol, and move it to the device."""
+    from splitpriv.data import dataset_card
+
+    pool, split = load_split(config)
+    parts = {p: phase_rows(config, split, p) for p in PHASES}
+    tensors = Tensors(**{
+        f"{k}_{p}": parts[p][k].to(device) for p in PHASES for k in ("x", "y")
+    })
+    return tensors, dataset_card(pool, split)
 
 
 def build_defenses(config: TrainConfig) -> list:
@@ -215,10 +230,11 @@ def run_training(
         seed=config.seed,
     ).to(device)
     transcript = Transcript(policy=config.record_policy())
+    channel = CountingChannel(transcript)  # counts the bytes a two-process run would send
     trainer = SplitTrainer(
         models, data.x_train, data.y_train,
         lr=config.lr, batch_size=config.batch_size, seed=config.seed,
-        channel=InProcessChannel(transcript), defenses=defenses,
+        channel=channel, defenses=defenses,
     )
 
     history: list[dict[str, Any]] = []
@@ -274,6 +290,8 @@ def run_training(
         "n_train": len(data.y_train), "n_val": len(data.y_val), "n_test": len(data.y_test),
         "device": str(device),
         "defenses": [d.report() for d in defenses],
+        # per epoch run in this process (a resumed run: the epochs after the resume)
+        "wire": channel.wire.summary(),
         "dataset": card,
     }
     write_json(out / "result.json", result)

@@ -9,6 +9,8 @@ Fixtures for other test modules:
 * ``pool_dirs`` (session): ``(mitdb_dir, pool_cache_dir)`` with the pool already cached there,
   for code that takes directories (``load_pool(mitdb, cache_dir=cache)`` is then a cache hit).
 * ``paper_split`` (session): ``make_split(pool, "paper")``.
+* ``take_beats`` (session): ``take(n_train, n_test=0)`` -> the first rows of the paper-unique
+  split as tensors ``(x, y, x_test, y_test)``.
 * ``isolated_cache`` (function): points ``$SPLITPRIV_CACHE`` at a fresh temporary directory and
   unsets ``$SPLITPRIV_MITDB``/``$SPLITPRIV_MITDB_URL`` so a test never touches the user cache.
 """
@@ -19,6 +21,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from splitpriv.data import BeatPool, Split, load_pool, make_split, missing_record_files
 
@@ -65,6 +68,24 @@ def pool_dirs(mitdb_dir: Path, pool_cache_dir: Path, pool: BeatPool) -> tuple[Pa
 def paper_split(pool: BeatPool) -> Split:
     """The paper's split of the pool (13,245 train / 13,245 test)."""
     return make_split(pool, "paper")
+
+
+@pytest.fixture(scope="session")
+def take_beats(pool: BeatPool):
+    """A function ``(n_train, n_test=0) -> (x, y, x_test, y_test)``: the first rows of the
+    paper-unique split (no validation), x as (N, 1, 128) float32 tensors, y as int64."""
+    split = make_split(pool, "paper-unique", val_fraction=0.0, seed=2019)
+
+    def take(n_train: int, n_test: int = 0):
+        def t(x, n):
+            return torch.as_tensor(x[:n]).float().reshape(-1, 1, 128)
+
+        return (
+            t(split.x_train, n_train), torch.as_tensor(split.y_train[:n_train]).long(),
+            t(split.x_test, n_test), torch.as_tensor(split.y_test[:n_test]).long(),
+        )
+
+    return take
 
 
 @pytest.fixture

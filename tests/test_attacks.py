@@ -42,18 +42,15 @@ from attacks.measures import (
 from attacks.metrics import reconstruction_metrics
 from attacks.runs import load_run
 from splitpriv.channel import InProcessChannel, Kind, Message, RecordPolicy, Transcript
-from splitpriv.data import make_split
 from splitpriv.models import ModelConfig, build_models
 from splitpriv.run import TrainConfig, run_training
 from splitpriv.trainer import SplitTrainer
 
 
 @pytest.fixture(scope="module")
-def beats(pool):
+def beats(take_beats):
     """800 training beats of the paper-unique protocol: x (800, 1, 128) float32, y (800,)."""
-    split = make_split(pool, "paper-unique", val_fraction=0.0, seed=2019)
-    x = torch.as_tensor(split.x_train[:800]).float().reshape(-1, 1, 128)
-    y = torch.as_tensor(split.y_train[:800]).long()
+    x, y, _, _ = take_beats(800)
     return x, y
 
 

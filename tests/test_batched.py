@@ -6,19 +6,13 @@ import pytest
 import torch
 
 from splitpriv.batched import BatchedSplitTrainer
-from splitpriv.data import make_split
 from splitpriv.models import ModelConfig, build_models
 from splitpriv.trainer import SplitTrainer
 
 
 @pytest.fixture(scope="module")
-def beats(pool):
-    split = make_split(pool, "paper-unique", val_fraction=0.0, seed=2019)
-    x = torch.as_tensor(split.x_train[:400]).float().reshape(-1, 1, 128)
-    y = torch.as_tensor(split.y_train[:400]).long()
-    xt = torch.as_tensor(split.x_test[:300]).float().reshape(-1, 1, 128)
-    yt = torch.as_tensor(split.y_test[:300]).long()
-    return x, y, xt, yt
+def beats(take_beats):
+    return take_beats(400, 300)
 
 
 def test_batched_runs_equal_runs_trained_alone(beats):

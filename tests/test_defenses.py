@@ -21,7 +21,6 @@ from defenses.dp import clip_rows
 from defenses.nopeek import distance_correlation
 from splitpriv.channel import InProcessChannel, Kind, RecordPolicy, Transcript
 from splitpriv.cli import main as cli_main
-from splitpriv.data import make_split
 from splitpriv.models import ModelConfig, build_models
 from splitpriv.run import TrainConfig, run_training
 from splitpriv.trainer import SplitTrainer
@@ -31,14 +30,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook:UserWarning")
 
 
 @pytest.fixture(scope="module")
-def beats(pool):
+def beats(take_beats):
     """400 training and 300 test beats of the paper-unique protocol, as tensors."""
-    split = make_split(pool, "paper-unique", val_fraction=0.0, seed=2019)
-    x = torch.as_tensor(split.x_train[:400]).float().reshape(-1, 1, 128)
-    y = torch.as_tensor(split.y_train[:400]).long()
-    xt = torch.as_tensor(split.x_test[:300]).float().reshape(-1, 1, 128)
-    yt = torch.as_tensor(split.y_test[:300]).long()
-    return x, y, xt, yt
+    return take_beats(400, 300)
 
 
 def _train(beats, specs, *, epochs=1, seed=3, transcript=None):

@@ -11,18 +11,15 @@ import torch
 
 from splitpriv.channel import InProcessChannel, Kind, RecordPolicy, Transcript
 from splitpriv.cli import main as cli_main
-from splitpriv.data import make_split
 from splitpriv.models import ModelConfig, build_models
 from splitpriv.run import TrainConfig, run_training
 from splitpriv.trainer import SplitTrainer, train_monolithic
 
 
 @pytest.fixture(scope="module")
-def beats(pool):
-    """600 training and 400 test beats of the paper-unique protocol, as tensors."""
-    split = make_split(pool, "paper-unique", val_fraction=0.0, seed=2019)
-    x = torch.as_tensor(split.x_train[:600]).float().reshape(-1, 1, 128)
-    y = torch.as_tensor(split.y_train[:600]).long()
+def beats(take_beats):
+    """600 training beats of the paper-unique protocol, as tensors."""
+    x, y, _, _ = take_beats(600)
     return x, y
 
 
