@@ -31,10 +31,8 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.modules.pop("attacks", None)
 
-import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import time  # noqa: E402
-import typing  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -44,6 +42,7 @@ from attacks.base import torch_threads  # noqa: E402
 from attacks.cli import run_attack  # noqa: E402
 from attacks.registry import ATTACKS, build_attack, load_builtin  # noqa: E402
 from splitpriv.io import write_json, write_text  # noqa: E402
+from splitpriv.options import parse_dataclass_args  # noqa: E402
 from splitpriv.run import TrainConfig, run_training  # noqa: E402
 
 
@@ -68,16 +67,7 @@ class Args:
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    hints = typing.get_type_hints(Args)
-    for f in dataclasses.fields(Args):
-        flag = f"--{f.name.replace('_', '-')}"
-        if hints[f.name] is bool:
-            p.add_argument(flag, action="store_true")
-        else:
-            kind = int if hints[f.name] is int else str
-            p.add_argument(flag, type=kind, default=f.default)
-    return Args(**vars(p.parse_args(argv)))
+    return parse_dataclass_args(Args, argv, __doc__)
 
 
 #: per-attack options: (full budget, quick)

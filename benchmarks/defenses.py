@@ -20,7 +20,6 @@ Writes OUT/defenses.json (every run's result, raw) and OUT/defenses.md (the tabl
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import multiprocessing as mp
 import statistics
@@ -37,6 +36,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 import torch  # noqa: E402
 
 from splitpriv.io import write_json, write_text  # noqa: E402
+from splitpriv.options import parse_dataclass_args  # noqa: E402
 from splitpriv.run import TrainConfig, run_training  # noqa: E402
 
 #: Abuadbba et al. 2020, best test accuracy of the 2-conv split with Laplace noise (REFERENCE.md)
@@ -70,17 +70,7 @@ class Args:
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    for f in dataclasses.fields(Args):
-        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
-        flag = f"--{f.name.replace('_', '-')}"
-        if isinstance(default, bool):
-            p.add_argument(flag, action="store_true")
-        elif isinstance(default, list):
-            p.add_argument(flag, nargs="+", type=float, default=default)
-        else:
-            p.add_argument(flag, type=type(default), default=default)
-    args = Args(**vars(p.parse_args(argv)))
+    args = parse_dataclass_args(Args, argv, __doc__)
     if args.quick:
         args.seeds, args.paper_epochs, args.formal_epochs, args.ushape_epochs = 1, 1, 1, 1
         if args.out == Args.out:  # never mix smoke runs into the full run's directories

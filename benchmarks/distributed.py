@@ -20,7 +20,6 @@ learning, the client-to-client hand-over. Writes OUT/distributed.json and OUT/di
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 import tempfile
@@ -34,6 +33,7 @@ import torch
 from splitpriv.distributed import ClientData, CountingChannel, launch_local, partition_by_record
 from splitpriv.io import write_json, write_text
 from splitpriv.models import ModelConfig, build_models
+from splitpriv.options import parse_dataclass_args
 from splitpriv.run import TrainConfig
 from splitpriv.trainer import SplitTrainer
 
@@ -65,17 +65,7 @@ class Args:
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    for f in dataclasses.fields(Args):
-        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
-        flag = f"--{f.name.replace('_', '-')}"
-        if isinstance(default, bool):
-            p.add_argument(flag, action="store_true")
-        elif isinstance(default, list):
-            p.add_argument(flag, nargs="+", type=int, default=default)
-        else:
-            p.add_argument(flag, type=type(default), default=default)
-    args = Args(**vars(p.parse_args(argv)))
+    args = parse_dataclass_args(Args, argv, __doc__)
     if args.quick:
         args.train_subset, args.epochs, args.clients = 512, 1, [1, 2]
         if args.out == Args.out:

@@ -15,7 +15,6 @@ The ``paper`` protocol is run as the original code ran it (double softmax, no va
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import multiprocessing as mp
 import statistics
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 
 from splitpriv.io import write_json, write_text
+from splitpriv.options import parse_dataclass_args
 from splitpriv.run import TrainConfig, load_tensors, run_training
 
 PAPER = {"mean": 98.52, "sd": 0.17, "max": 98.88, "runs": 10}
@@ -52,16 +52,8 @@ class Args:
     """output folder (run directories under OUT/runs)"""
 
 
-def parse_args() -> Args:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    for f in dataclasses.fields(Args):
-        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
-        if isinstance(default, list):
-            p.add_argument(f"--{f.name.replace('_', '-')}", nargs="+", default=default)
-        else:
-            kind = int if f.name.startswith(("seeds", "epochs", "jobs", "timing")) else str
-            p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=default)
-    return Args(**vars(p.parse_args()))
+def parse_args(argv: list[str] | None = None) -> Args:
+    return parse_dataclass_args(Args, argv, __doc__)
 
 
 def config_for(protocol: str, seed: int, args: Args) -> TrainConfig:

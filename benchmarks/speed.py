@@ -19,7 +19,6 @@ Writes OUT/speed.json and OUT/speed.md.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import resource
 import statistics
@@ -34,6 +33,7 @@ from torch import nn
 from splitpriv.batched import BatchedSplitTrainer
 from splitpriv.io import resolve_device, write_json, write_text
 from splitpriv.models import ModelConfig, build_models
+from splitpriv.options import parse_dataclass_args
 from splitpriv.run import TrainConfig, load_tensors
 from splitpriv.trainer import SplitTrainer, train_monolithic
 
@@ -84,15 +84,7 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--repeats", type=int, default=Args.repeats)
-    p.add_argument("--threads", type=int, default=Args.threads)
-    p.add_argument("--ks", type=int, nargs="+", default=list(Args.ks))
-    p.add_argument("--subset", type=int, default=None)
-    p.add_argument("--device", default=Args.device)
-    p.add_argument("--out", default=Args.out)
-    p.add_argument("--quick", action="store_true")
-    args = Args(**vars(p.parse_args()))
+    args = parse_dataclass_args(Args, None, __doc__)
     if args.quick:
         args = dataclasses.replace(args, repeats=1, subset=args.subset or 2000, ks=(1, 2))
     torch.set_num_threads(args.threads)

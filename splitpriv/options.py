@@ -1,4 +1,4 @@
-"""Typed ``key=value`` options: how a string from the command line becomes a dataclass config.
+"""Typed options: how strings from the command line become dataclass configs.
 
 Defenses (``--defense dp:epsilon=3,mode=paper``) and attacks (``--option max_victims=2000``) are
 classes with a nested ``Config`` dataclass; both registries build it here.
@@ -6,9 +6,10 @@ classes with a nested ``Config`` dataclass; both registries build it here.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 
@@ -64,3 +65,35 @@ def build_config(config_cls: type, options: Mapping[str, Any] | None, where: str
         k: convert(v, hints[k], k, where) if isinstance(v, str) else v for k, v in options.items()
     }
     return config_cls(**kwargs)
+
+
+def parse_dataclass_args(
+    cls: type, argv: Sequence[str] | None = None, description: str | None = None
+) -> Any:
+    """Command-line flags from a dataclass of script arguments (``--field-name``), typed by its
+    annotations: bools are switches, lists and tuples take several values, ``X | None`` reads X.
+    """
+    hints = typing.get_type_hints(cls)
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sequences: dict[str, type] = {}
+    for f in dataclasses.fields(cls):
+        has_factory = f.default_factory is not dataclasses.MISSING
+        default = f.default_factory() if has_factory else f.default  # type: ignore[misc]
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        origin = typing.get_origin(hint)
+        if hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif origin in (list, tuple):
+            sequences[f.name] = origin
+            parser.add_argument(flag, nargs="+", type=inner[0], default=default)
+        else:
+            kind = inner[0] if inner and type(None) in typing.get_args(hint) else hint
+            parser.add_argument(flag, type=kind, default=default)
+    values = vars(parser.parse_args(argv))
+    for name, origin in sequences.items():
+        values[name] = origin(values[name])
+    return cls(**values)
