@@ -22,28 +22,21 @@ about 15 minutes of training (3 runs x 100 epochs) and 2 minutes of attacks; ``-
 
 from __future__ import annotations
 
-import sys
+import dataclasses
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-# this file is named like the package it benchmarks: run as a script, its own folder (first on
-# sys.path) would shadow the ``attacks`` package
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.modules.pop("attacks", None)
+import _unshadow  # noqa: F401, I001  (first: keeps this file from shadowing the package)
+import torch
 
-import dataclasses  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import Any  # noqa: E402
-
-import torch  # noqa: E402
-
-from attacks.base import torch_threads  # noqa: E402
-from attacks.cli import run_attack  # noqa: E402
-from attacks.registry import ATTACKS, build_attack, load_builtin  # noqa: E402
-from splitpriv.io import write_json, write_text  # noqa: E402
-from splitpriv.options import parse_dataclass_args  # noqa: E402
-from splitpriv.run import TrainConfig, run_training  # noqa: E402
+from attacks.base import torch_threads
+from attacks.cli import run_attack
+from attacks.registry import ATTACKS, build_attack, load_builtin
+from splitpriv.io import write_json, write_text
+from splitpriv.options import parse_dataclass_args
+from splitpriv.run import TrainConfig, run_training
 
 
 @dataclass

@@ -23,21 +23,16 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing as mp
 import statistics
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Run as a script, this file's folder heads sys.path and this file would shadow the ``defenses``
-# package it benchmarks: drop the folder (spawned workers inherit the fixed path).
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+import _unshadow  # noqa: F401, I001  (first: keeps this file from shadowing the package)
+import torch
 
-import torch  # noqa: E402
-
-from splitpriv.io import write_json, write_text  # noqa: E402
-from splitpriv.options import parse_dataclass_args  # noqa: E402
-from splitpriv.run import TrainConfig, run_training  # noqa: E402
+from splitpriv.io import write_json, write_text
+from splitpriv.options import parse_dataclass_args
+from splitpriv.run import TrainConfig, run_training
 
 #: Abuadbba et al. 2020, best test accuracy of the 2-conv split with Laplace noise (REFERENCE.md)
 PAPER_DP = {"none": 98.44, 10.0: 89.20, 7.0: 87.34, 5.0: 83.65, 3.0: 73.78, 1.0: 50.59}

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _unshadow  # noqa: F401, I001  (first: keeps benchmarks/defenses.py from shadowing)
 import torch
 
 from splitpriv.distributed import ClientData, CountingChannel, launch_local, partition_by_record

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import _unshadow  # noqa: F401, I001  (first: keeps benchmarks/defenses.py from shadowing)
 import torch
 
 from splitpriv.io import write_json, write_text

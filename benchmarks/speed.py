@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import _unshadow  # noqa: F401, I001  (first: keeps benchmarks/defenses.py from shadowing)
 import torch
 from torch import nn
 

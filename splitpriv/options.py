@@ -7,10 +7,15 @@ classes with a nested ``Config`` dataclass; both registries build it here.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import inspect
+import textwrap
 import typing
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def parse_pairs(items: Iterable[str], where: str) -> dict[str, str]:
@@ -67,33 +72,78 @@ def build_config(config_cls: type, options: Mapping[str, Any] | None, where: str
     return config_cls(**kwargs)
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """The string literal under each field of a dataclass and its bases (CleanRL-style field
+    docstrings), for ``--help``."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:], strict=False):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
 def parse_dataclass_args(
-    cls: type, argv: Sequence[str] | None = None, description: str | None = None
-) -> Any:
-    """Command-line flags from a dataclass of script arguments (``--field-name``), typed by its
-    annotations: bools are switches, lists and tuples take several values, ``X | None`` reads X.
+    cls: type[T],
+    argv: Sequence[str] | None = None,
+    description: str | None = None,
+    *,
+    quick: Mapping[str, Any] | None = None,
+) -> T:
+    """Command-line flags from a dataclass of script arguments: one ``--field-name`` per field,
+    typed by its annotation (bools are switches, lists and tuples take several values, ``X | None``
+    reads X or ``none``), help from the field's docstring.
+
+    When the parsed ``quick`` field is true, the ``quick`` overrides replace the defaults of the
+    fields not given on the command line.
     """
-    hints = typing.get_type_hints(cls)
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sequences: dict[str, type] = {}
-    for f in dataclasses.fields(cls):
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    sequences: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         has_factory = f.default_factory is not dataclasses.MISSING
         default = f.default_factory() if has_factory else f.default  # type: ignore[misc]
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
-        inner = [a for a in typing.get_args(hint) if a is not type(None)]
-        origin = typing.get_origin(hint)
+        kw: dict[str, Any] = {
+            "dest": f.name, "default": argparse.SUPPRESS,
+            "help": f"{docs.get(f.name, '')} (default: {default})",
+        }
         if hint is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        elif origin in (list, tuple):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+            continue
+        origin = typing.get_origin(hint)
+        if origin in (list, tuple):
             sequences[f.name] = origin
-            parser.add_argument(flag, nargs="+", type=inner[0], default=default)
+            item = typing.get_args(hint)[0]
+            kw["nargs"] = "+"
         else:
-            kind = inner[0] if inner and type(None) in typing.get_args(hint) else hint
-            parser.add_argument(flag, type=kind, default=default)
-    values = vars(parser.parse_args(argv))
+            item = hint
+        parser.add_argument(
+            flag, type=lambda s, t=item, k=f.name: convert(s, t, k, "argument"), **kw
+        )
+    given = vars(parser.parse_args(argv))
     for name, origin in sequences.items():
-        values[name] = origin(values[name])
-    return cls(**values)
+        if name in given:
+            given[name] = origin(given[name])
+    args = cls(**given)
+    if quick and getattr(args, "quick", False):
+        overrides = {k: v for k, v in quick.items() if k not in given}
+        args = dataclasses.replace(args, **overrides)  # type: ignore[type-var]
+    return args

@@ -1,0 +1,503 @@
+"""What every study shares: typed arguments, the sweep (train, then attack, each run resumable),
+results.csv and summary.md, and one figure style.
+
+A study is a list of :class:`Planned` runs. :func:`sweep` trains each one with
+``splitpriv.run.run_training`` (a finished run directory is skipped, a killed one resumes from its
+last completed epoch), runs the requested attacks through ``attacks.cli.run_attack`` (an attack
+whose RUN/attacks/NAME.json already exists for the same run and options is read, not rerun) and
+returns one flat row per run. Every file is written atomically (``splitpriv.io``).
+
+Figures use the Okabe-Ito colour-blind-safe palette and are saved as vector PDF and PNG, each with
+a caption file beside it (NAME.txt) and all captions collected in FIGURES/captions.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from splitpriv.io import atomic_path, read_json, write_text
+from splitpriv.options import parse_dataclass_args
+from splitpriv.run import TrainConfig, run_training
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+# ---------------------------------------------------------------------------------------------
+# Arguments: a dataclass whose fields carry a docstring becomes an argparse parser
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(cls: type[T], argv: Sequence[str] | None = None, *,
+               quick: dict[str, Any] | None = None, description: str | None = None) -> T:
+    """A study's arguments from the command line (see ``splitpriv.options``)."""
+    return parse_dataclass_args(cls, argv, description, quick=quick)
+
+
+def seed_everything(seed: int, threads: int | None) -> None:
+    """Seed Python, NumPy and torch; set torch's thread count (None: leave it)."""
+    import random
+
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep: train, attack, flatten into a row
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AttackBudget:
+    """How hard each attack works. Leakage and inversions read the activations the server really
+    sees: recomputed from the final weights with the run's defenses applied (``source=weights``),
+    on the training beats; the decoder is trained on an auxiliary fraction of them (defended
+    activations paired with their beats) and inverts the others."""
+
+    aux: str = "train:0.1"
+    """the attacker's auxiliary set for the decoder and the label attacks"""
+    dcor_victims: int = 2000
+    """beats in the dCor measurement"""
+    dcor_batches: int = 20
+    """random batches of the batch (NoPeek) dCor"""
+    dcor_batch_size: int = 500
+    """beats per batch of the batch dCor"""
+    dtw_victims: int = 1000
+    """beats in the DTW measurement"""
+    control_victims: int = 200
+    """beats of the shuffled-pairs control of dCor and DTW"""
+    decoder_epochs: int = 30
+    """training epochs of the inversion decoder"""
+    decoder_victims: int = 1000
+    """beats the decoder reconstructs"""
+    reference_epochs: int = 0
+    """epochs of the evaluator's reference classifier for the diagnosis check (0: skip)"""
+    seed: int = 0
+    """seeds the aux draw, victims and the attacks"""
+    threads: int = 1
+    """torch threads inside the attacks"""
+
+    def options(self, name: str) -> dict[str, Any]:
+        common = {"seed": self.seed, "threads": self.threads}
+        if name == "dcor":
+            return {**common, "source": "weights", "max_victims": self.dcor_victims,
+                    "n_batches": self.dcor_batches, "batch_size": self.dcor_batch_size,
+                    "control_victims": self.control_victims}
+        if name == "dtw":
+            return {**common, "source": "weights", "max_victims": self.dtw_victims,
+                    "control_victims": min(self.control_victims, self.dtw_victims)}
+        if name in ("decoder", "whitebox", "unsplit"):
+            return {**common, "source": "weights", "max_victims": self.decoder_victims,
+                    "reference_epochs": self.reference_epochs,
+                    **({"epochs": self.decoder_epochs} if name == "decoder" else {})}
+        return common  # label attacks: gradients or labels from the transcript
+
+    def aux_for(self, name: str) -> str | None:
+        return self.aux if name in ("decoder", "label-norm", "label-direction",
+                                    "label-kmeans") else None
+
+
+@dataclass
+class StudyArgs:
+    """Arguments every study takes (a study's own Args derive from it). The defaults are the
+    full budget; ``--quick`` replaces those of :data:`QUICK` not given on the command line."""
+
+    out: str = ""
+    """output folder (default: studies/out/STUDY, or studies/out/STUDY-quick with --quick)"""
+    quick: bool = False
+    """smoke budget: 1 seed, 4 epochs, 3,000 training and 1,000 test beats, small attacks"""
+    seeds: int = 3
+    """seeds per setting"""
+    seed: int = 0
+    """first seed (runs use seed, seed+1, ...); also seeds the attacks"""
+    epochs: int = 30
+    """training epochs of every run (formal DP budgets cover exactly these epochs)"""
+    protocol: str = "paper-unique"
+    """data protocol (paper-unique: no train/test copies, validation-selected test accuracy)"""
+    train_subset: int | None = None
+    """use only the first N training beats (None: all)"""
+    test_subset: int | None = None
+    """use only the first N test beats (None: all)"""
+    aux: str = "train:0.1"
+    """the attacker's auxiliary set (decoder inversion, label attacks)"""
+    dcor_victims: int = 2000
+    """beats in the dCor measurement"""
+    dtw_victims: int = 1000
+    """beats in the DTW measurement"""
+    decoder_epochs: int = 30
+    """training epochs of the inversion decoder"""
+    decoder_victims: int = 1000
+    """beats the decoder reconstructs"""
+    reference_epochs: int = 0
+    """epochs of the reference classifier of the inversion's diagnosis check (0: skip)"""
+    mitdb_dir: str | None = None
+    """MIT-BIH records (None: $SPLITPRIV_MITDB or the user cache)"""
+    cache_dir: str | None = None
+    """beat-pool cache folder (None: the user cache)"""
+    device: str = "cpu"
+    """torch device of training"""
+    threads: int = 1
+    """torch threads (one is fastest for these small tensors on a busy host)"""
+    progress: bool = True
+    """progress bars over runs and epochs"""
+
+    def out_dir(self, study: str) -> Path:
+        if self.out:
+            return Path(self.out)
+        return REPO_ROOT / "studies" / "out" / (f"{study}-quick" if self.quick else study)
+
+    def seed_list(self) -> list[int]:
+        return list(range(self.seed, self.seed + self.seeds))
+
+    def budget(self) -> AttackBudget:
+        small = self.dcor_victims < 1000
+        return AttackBudget(
+            aux=self.aux, dcor_victims=self.dcor_victims,
+            dcor_batches=5 if small else 20,
+            dcor_batch_size=max(4, min(500, self.dcor_victims // 2)),
+            dtw_victims=self.dtw_victims, control_victims=min(200, self.dtw_victims),
+            decoder_epochs=self.decoder_epochs, decoder_victims=self.decoder_victims,
+            reference_epochs=self.reference_epochs, seed=self.seed, threads=self.threads,
+        )
+
+    def train_config(self, **kw: Any) -> TrainConfig:
+        """A TrainConfig with the study's common fields (no transcript unless asked)."""
+        base = dict(protocol=self.protocol, epochs=self.epochs, train_subset=self.train_subset,
+                    test_subset=self.test_subset, record_epochs="none", device=self.device,
+                    mitdb_dir=self.mitdb_dir, cache_dir=self.cache_dir)
+        return TrainConfig(**(base | kw))
+
+
+#: what --quick changes (fields given on the command line win)
+QUICK: dict[str, Any] = dict(seeds=1, epochs=4, train_subset=3000, test_subset=1000,
+                             dcor_victims=500, dtw_victims=200, decoder_epochs=10,
+                             decoder_victims=300, reference_epochs=0)
+
+
+@dataclass
+class Planned:
+    """One run of a study: its directory name (with the seed), its config, the study's own
+    columns (mode, epsilon, defense...) and the attacks to run on it."""
+
+    name: str
+    config: TrainConfig
+    labels: dict[str, Any]
+    attacks: tuple[str, ...] = ("dcor", "dtw", "decoder")
+
+
+def attack_done(path: Path, epochs: int, options: dict[str, Any]) -> bool:
+    """Whether RUN/attacks/NAME.json holds this attack on these weights with these options."""
+    if not path.exists():
+        return False
+    doc = read_json(path)
+    if doc.get("summary", {}).get("run", {}).get("epochs") != epochs:
+        return False  # the run was trained further since
+    config = doc.get("config", {})
+    return all(config[k] == v for k, v in options.items() if k in config)
+
+
+def run_attacks(run_dir: Path, names: Iterable[str], budget: AttackBudget, epochs: int
+                ) -> dict[str, dict[str, Any]]:
+    """Each attack's summary on one run; one whose JSON is already there is read, not rerun."""
+    from attacks.cli import run_attack
+
+    out = {}
+    for name in names:
+        path = run_dir / "attacks" / f"{name}.json"
+        options = budget.options(name)
+        if not attack_done(path, epochs, options):
+            run_attack(name, run_dir, budget.aux_for(name), dict(options))
+        out[name] = read_json(path)["summary"]
+    return out
+
+
+def _defense_columns(result: dict[str, Any]) -> dict[str, Any]:
+    """Privacy claims of the run's defenses: accounted training epsilon, noise multiplier."""
+    eps, sigma = math.nan, math.nan
+    for d in result.get("defenses", []):
+        if d.get("formal_guarantee"):  # dp formal: {"train": {"epsilon"}}; dpsgd: {"epsilon"}
+            eps = d["train"]["epsilon"] if "train" in d else d.get("epsilon", math.nan)
+            sigma = d.get("noise_multiplier", math.nan)
+    return {"accounted_epsilon": eps, "noise_multiplier": sigma}
+
+
+def attack_columns(summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The flat leakage columns of a row, from the attack summaries (NaN when not run)."""
+    nan = math.nan
+    cols: dict[str, Any] = {}
+    d = summaries.get("dcor")
+    cols |= {"dcor_max": d["paper"]["max"] if d else nan,
+             "dcor_min": d["paper"]["min"] if d else nan,
+             "dcor_batch": d["batch"]["mean"] if d else nan}
+    d = summaries.get("dtw")
+    cols |= {"dtw_min": d["paper"]["min"] if d else nan,
+             "dtw_max": d["paper"]["max"] if d else nan,
+             "dtw_scale_free_min": d["scale_free"]["min"] if d else nan,
+             "dtw_scale_free_max": d["scale_free"]["max"] if d else nan}
+    d = summaries.get("decoder")
+    m = d["metrics"] if d else {}
+    cols |= {"inversion_pearson_r": m["pearson"]["median"] if d else nan,
+             "inversion_prd": m["prd"]["median"] if d else nan,
+             "inversion_prdn": m["prdn"]["median"] if d else nan,
+             "baseline_pearson_r": d["baseline_mean_beat"]["pearson"]["median"] if d else nan}
+    labels = [s["accuracy"] for k, s in summaries.items() if k.startswith("label-")]
+    if labels:
+        cols["label_attack_accuracy"] = 100.0 * max(labels)
+    return cols
+
+
+def sweep(plan: Sequence[Planned], out: Path, budget: AttackBudget, *, study: str,
+          progress: bool = True) -> list[dict[str, Any]]:
+    """Train and attack every planned run (resumable); one flat row per run."""
+    from tqdm.auto import tqdm
+
+    from attacks.registry import load_builtin
+
+    load_builtin()
+    rows = []
+    bar = tqdm(plan, desc=f"{study}: runs", unit="run", disable=not progress, position=0)
+    for p in bar:
+        bar.set_postfix_str(p.name)
+        run_dir = out / "runs" / p.name
+        t0 = time.perf_counter()
+        result = run_training(p.config, run_dir, progress=progress)
+        summaries = run_attacks(run_dir, p.attacks, budget, p.config.epochs)
+        rows.append({
+            "study": study, **p.labels, "seed": p.config.seed, "protocol": p.config.protocol,
+            "depth": p.config.depth, "topology": result["topology"], "epochs": p.config.epochs,
+            "defenses": "+".join(p.config.defenses) or "none",
+            "test_accuracy": result["test_accuracy"],
+            "best_test_accuracy": result["best_test_accuracy"],
+            "final_test_accuracy": result["final_test_accuracy"],
+            **attack_columns(summaries), **_defense_columns(result),
+            "train_seconds": result["seconds"], "wall_seconds": time.perf_counter() - t0,
+            "run_dir": str(run_dir),
+        })
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    """``rows`` as CSV with ``columns`` first, then any other key (floats in full precision)."""
+    extra = [k for r in rows for k in r if k not in columns]
+    header = list(columns) + list(dict.fromkeys(extra))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=header, restval="", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("nan" if isinstance(v, float) and math.isnan(v) else v)
+                    for k, v in r.items()})
+    write_text(path, buf.getvalue())
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a results.csv, numbers parsed back into floats where they parse."""
+    def value(s: str) -> Any:
+        try:
+            return float(s)
+        except ValueError:
+            return s
+
+    with open(path, newline="") as fh:
+        return [{k: value(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+
+
+@dataclass
+class Stat:
+    mean: float
+    sd: float
+    n: int
+
+    def __str__(self) -> str:
+        if self.n == 0 or math.isnan(self.mean):
+            return "-"
+        digits = 2 if abs(self.mean) >= 10 else 3 if abs(self.mean) >= 1 else 4
+        return f"{self.mean:.{digits}f}" + (f" ± {self.sd:.{digits}f}" if self.n > 1 else "")
+
+
+def stat(values: Iterable[float]) -> Stat:
+    """Mean and sample standard deviation of the finite values."""
+    v = [float(x) for x in values if isinstance(x, (int, float)) and math.isfinite(x)]
+    if not v:
+        return Stat(math.nan, math.nan, 0)
+    return Stat(statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
+
+
+def group(rows: Sequence[dict[str, Any]], *keys: str) -> dict[tuple, list[dict[str, Any]]]:
+    """Rows grouped by the values of ``keys``, in first-seen order."""
+    out: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return out
+
+
+def aggregate(rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequence[str]
+              ) -> list[dict[str, Any]]:
+    """One dict per setting (the values of ``keys``): those values, ``n`` and a :class:`Stat`
+    (mean, sd over seeds) per metric."""
+    out = []
+    for k, rs in group(rows, *keys).items():
+        stats = {m: stat(r.get(m) for r in rs) for m in metrics}
+        out.append({**dict(zip(keys, k, strict=True)), "n": len(rs), **stats})
+    return out
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def pareto_front(leakage: Sequence[float], accuracy: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats (lower leakage and higher accuracy), by
+    increasing leakage."""
+    pts = [(x, y, i) for i, (x, y) in enumerate(zip(leakage, accuracy, strict=True))
+           if math.isfinite(x) and math.isfinite(y)]
+    front, best = [], -math.inf
+    for _x, y, i in sorted(pts, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append(i)
+            best = y
+    return front
+
+
+def epsilon_label(eps: float | None) -> str:
+    return "none" if eps is None else f"{eps:g}"
+
+
+def parse_epsilon(s: Any) -> float | None:
+    """An epsilon from an argument or a CSV cell: a number, or ``none`` (no defense)."""
+    if s is None or (isinstance(s, str) and s.strip().lower() in ("none", "inf", "")):
+        return None
+    v = float(s)
+    return None if math.isinf(v) else v
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------------
+
+#: Okabe & Ito (2008), colour-blind-safe; black last
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442",
+             "#000000"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+STYLE = {
+    "figure.dpi": 100, "savefig.dpi": 150, "font.size": 9, "axes.titlesize": 9,
+    "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8, "ytick.labelsize": 8,
+    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
+    "grid.alpha": 0.3, "lines.linewidth": 1.4, "lines.markersize": 5,
+    "pdf.fonttype": 42, "ps.fonttype": 42, "savefig.bbox": "tight",
+}
+
+
+def apply_style() -> None:
+    """The studies' matplotlib style: Okabe-Ito colour cycle, small fonts, light grid."""
+    from cycler import cycler
+
+    plt.rcParams.update(STYLE)
+    plt.rcParams["axes.prop_cycle"] = cycler(color=OKABE_ITO)
+
+
+@dataclass
+class FigureSet:
+    """A folder of figures: each saved as NAME.pdf (vector), NAME.png and NAME.txt (its caption);
+    :meth:`write_captions` collects the captions in captions.md."""
+
+    folder: Path
+    captions: dict[str, str] = field(default_factory=dict)
+    prefix: str = ""
+    """prepended to every name (one folder can hold several studies' figures)"""
+
+    def save(self, fig: plt.Figure, name: str, caption: str) -> Path:
+        name = self.prefix + name
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for ext in ("pdf", "png"):
+            with atomic_path(self.folder / f"{name}.{ext}") as tmp:
+                fig.savefig(tmp, format=ext)
+        plt.close(fig)
+        caption = " ".join(caption.split())
+        write_text(self.folder / f"{name}.txt", caption + "\n")
+        self.captions[name] = caption
+        return self.folder / f"{name}.png"
+
+    def write_captions(self) -> None:
+        text = "# Figures\n\n" + "".join(
+            f"**{name}** (`{name}.pdf`, `{name}.png`): {c}\n\n" for name, c in self.captions.items()
+        )
+        write_text(self.folder / "captions.md", text)
+
+
+def epsilon_axis(ax: plt.Axes, epsilons: Sequence[float | None]) -> Callable[[float | None], float]:
+    """Put epsilons on a log x axis with ``none`` (no noise) at the right end; returns the
+    position function."""
+    finite = sorted(e for e in epsilons if e is not None)
+    none_at = (finite[-1] * 2.5) if finite else 1.0
+
+    def pos(e: float | None) -> float:
+        return none_at if e is None else e
+
+    ax.set_xscale("log")
+    ticks = finite + ([none_at] if None in epsilons else [])
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{e:g}" for e in finite] + (["none"] if None in epsilons else []))
+    ax.minorticks_off()
+    return pos
+
+
+def plot_tradeoff(ax: plt.Axes, settings: Sequence[dict[str, Any]], *, x: str, y: str,
+                  group_key: str, label_key: str, xlabel: str, ylabel: str,
+                  annotate: bool = True, colors: dict[str, str] | None = None) -> list[int]:
+    """Accuracy (y) against leakage (x), one marker per setting (mean ± sd over seeds), one
+    colour and marker per group, and the Pareto front (lower leakage, higher accuracy) as a
+    dashed step line. Returns the indices of the settings on the front."""
+    groups = list(dict.fromkeys(s[group_key] for s in settings))
+    for gi, g in enumerate(groups):
+        pts = [s for s in settings if s[group_key] == g]
+        ax.errorbar([p[x].mean for p in pts], [p[y].mean for p in pts],
+                    xerr=[p[x].sd for p in pts], yerr=[p[y].sd for p in pts],
+                    fmt=MARKERS[gi % len(MARKERS)],
+                    color=(colors or {}).get(g, OKABE_ITO[gi % len(OKABE_ITO)]),
+                    label=str(g), capsize=2, elinewidth=0.8, alpha=0.9,
+                    markeredgecolor="0.15", markeredgewidth=0.4)
+        if annotate:
+            for p in pts:
+                if math.isfinite(p[x].mean) and math.isfinite(p[y].mean):
+                    ax.annotate(str(p[label_key]), (p[x].mean, p[y].mean), fontsize=5.5,
+                                xytext=(3, 3), textcoords="offset points")
+    front = pareto_front([s[x].mean for s in settings], [s[y].mean for s in settings])
+    if front:
+        fx = [settings[i][x].mean for i in front]
+        fy = [settings[i][y].mean for i in front]
+        ax.step(fx, fy, where="post", color="0.4", linestyle="--", linewidth=1,
+                label="Pareto front", zorder=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return front
+
+
+def print_table(text: str) -> None:
+    sys.stdout.write("\n" + text + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,139 @@
+"""More hidden layers on the client: does depth hide the input? The paper's depth table, redone.
+
+Abuadbba et al. 2020 trained clients of 2 to 8 conv layers and reported the best test accuracy
+by depth (98.52 at 2 down to 95.07 at 8) and, at 2 and 8 layers, the leakage at the cut (dCor
+max/min, DTW min/max per channel). This study trains every depth over seeds, measures the same
+leakage on the activations the server receives (each activation against its own input) and
+prints both beside the paper's numbers.
+
+Writes OUT/results.csv (one row per run), OUT/summary.md and OUT/figures/depth (accuracy, dCor
+and DTW against depth).
+
+    python studies/depth.py                # 30 epochs, 3 seeds, depths 2..8
+    python studies/depth.py --quick        # smoke budget
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import matplotlib.pyplot as plt
+
+from splitpriv.io import write_text
+from studies.common import (
+    OKABE_ITO,
+    QUICK,
+    FigureSet,
+    Planned,
+    StudyArgs,
+    aggregate,
+    apply_style,
+    markdown_table,
+    parse_args,
+    print_table,
+    read_csv,
+    seed_everything,
+    sweep,
+    write_csv,
+)
+
+STUDY = "depth"
+COLUMNS = ["study", "seed", "protocol", "depth", "epochs", "defenses", "test_accuracy",
+           "best_test_accuracy", "final_test_accuracy", "dcor_max", "dcor_min", "dcor_batch",
+           "dtw_min", "dtw_max", "dtw_scale_free_min", "dtw_scale_free_max", "train_seconds",
+           "wall_seconds", "run_dir"]
+METRICS = ["test_accuracy", "best_test_accuracy", "dcor_max", "dcor_min", "dtw_min", "dtw_max"]
+
+#: Abuadbba et al. 2020: best test accuracy over 10 runs by client depth (REFERENCE.md)
+PAPER_ACCURACY = {2: 98.52, 3: 98.46, 4: 97.74, 5: 96.26, 6: 96.28, 7: 95.80, 8: 95.07}
+#: ... and the leakage at the cut, per channel, at 2 and 8 conv layers
+PAPER_LEAKAGE = {2: {"dcor_max": .8935, "dcor_min": .3937, "dtw_min": 2.70, "dtw_max": 5.84},
+                 8: {"dcor_max": .6878, "dcor_min": .2928, "dtw_min": 14.62, "dtw_max": 571.68}}
+
+
+@dataclass
+class Args(StudyArgs):
+    depths: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6, 7, 8])
+    """client conv layers"""
+
+
+def plan(args: Args) -> list[Planned]:
+    return [Planned(f"depth{d}-s{seed}", args.train_config(seed=seed, depth=d), {},
+                    attacks=("dcor", "dtw"))
+            for seed in args.seed_list() for d in args.depths]
+
+
+def summary_markdown(rows: list[dict], title: str) -> str:
+    body = []
+    for s in sorted(aggregate(rows, ["depth"], METRICS), key=lambda s: s["depth"]):
+        d = int(s["depth"])
+        p = PAPER_LEAKAGE.get(d)
+        body.append([d, s["n"], s["test_accuracy"], s["best_test_accuracy"],
+                     PAPER_ACCURACY.get(d, "-"), f"{s['dcor_max']} / {s['dcor_min']}",
+                     f"{p['dcor_max']} / {p['dcor_min']}" if p else "-",
+                     f"{s['dtw_min']} / {s['dtw_max']}",
+                     f"{p['dtw_min']} / {p['dtw_max']}" if p else "-"])
+    header = ["depth", "n", "test acc (val-selected, %)", "best test acc (%)",
+              "paper best acc", "dCor max / min", "paper dCor max / min", "DTW min / max",
+              "paper DTW min / max"]
+    return "\n".join([
+        f"# Client depth ({title})", "", markdown_table(header, body), "",
+        "Mean ± sd over seeds; dCor and DTW per channel (paper definitions), max/min over the "
+        "16 channels, training beats, each activation paired with its own input. Paper: "
+        "Abuadbba et al. 2020, 10 runs, 400 epochs, paper protocol, leakage at epoch 100.", ""])
+
+
+def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
+    apply_style()
+    ss = sorted(aggregate(rows, ["depth"], METRICS), key=lambda s: s["depth"])
+    depths = [int(s["depth"]) for s in ss]
+    fig, axes = plt.subplots(1, 3, figsize=(8.4, 2.8), layout="constrained")
+    panels = [(("test_accuracy", "best_test_accuracy"), "test accuracy (%)", PAPER_ACCURACY),
+              (("dcor_max", "dcor_min"), "dCor, paper def. (unitless)", None),
+              (("dtw_min", "dtw_max"), "DTW distance (normalised amplitude)", None)]
+    for ax, (keys, ylabel, paper) in zip(axes, panels, strict=True):
+        for i, key in enumerate(keys):
+            ax.errorbar(depths, [s[key].mean for s in ss], yerr=[s[key].sd for s in ss],
+                        marker="os"[i], color=OKABE_ITO[i], capsize=2,
+                        linestyle="-" if i == 0 else "--", label=key.replace("_", " "))
+            if paper is None:
+                pd = [d for d in depths if d in PAPER_LEAKAGE]
+                ax.plot(pd, [PAPER_LEAKAGE[d][key] for d in pd], "x", color=OKABE_ITO[i],
+                        markersize=7, label=f"paper {key.replace('_', ' ')}")
+        if paper is not None:
+            pd = [d for d in depths if d in paper]
+            ax.plot(pd, [paper[d] for d in pd], "x", color=OKABE_ITO[7],
+                    label="Abuadbba et al. 2020")
+        if keys[0] == "dtw_min":
+            ax.set_yscale("log")
+        ax.set_xlabel("client conv layers")
+        ax.set_ylabel(ylabel)
+        ax.set_xticks(depths)
+        ax.legend(fontsize=6)
+    figs.save(fig, "depth",
+              "Client depth against accuracy (left), distance correlation (middle; max and min "
+              "over the 16 channels, higher = more leakage) and DTW distance (right; lower = "
+              "more similar) of the cut activations. Mean ± sd over seeds; crosses: Abuadbba "
+              "et al. 2020. " + note)
+    figs.write_captions()
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(Args, argv, quick=QUICK, description=__doc__)
+    seed_everything(args.seed, args.threads)
+    out = args.out_dir(STUDY)
+    rows = sweep(plan(args), out, args.budget(), study=STUDY, progress=args.progress)
+    write_csv(out / "results.csv", [{k: r[k] for k in COLUMNS} for r in rows], COLUMNS)
+    rows = read_csv(out / "results.csv")
+    budget = (f"{args.protocol}, {args.epochs} epochs, {args.seeds} seed(s), train subset "
+              f"{args.train_subset or 'all'}" + (" (QUICK smoke budget)" if args.quick else ""))
+    md = summary_markdown(rows, budget)
+    write_text(out / "summary.md", md)
+    draw_figures(rows, FigureSet(out / "figures"), note=f"Budget: {budget}.")
+    print_table(md)
+    print(f"wrote {out / 'results.csv'}, {out / 'summary.md'} and {out / 'figures'}/")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Studies: each script end to end on a tiny budget (real beats, 1 epoch, few hundred beats), its
+files and columns, its figures, and that a rerun skips what is done. Plus the shared helpers on
+hand-worked cases."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pytest
+
+from splitpriv.options import field_docs
+from studies import common, compare_defenses, depth, dp_tradeoff, paper_figures
+
+TINY = ["--quick", "--no-progress", "--train-subset", "300", "--test-subset", "200",
+        "--epochs", "1", "--dcor-victims", "100", "--dtw-victims", "40",
+        "--decoder-victims", "50", "--decoder-epochs", "2"]
+
+
+def tiny(pool_dirs, out: Path, *extra: str) -> list[str]:
+    mitdb, cache = pool_dirs
+    return [*TINY, "--out", str(out), "--mitdb-dir", str(mitdb), "--cache-dir", str(cache),
+            *extra]
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def assert_finite(rows: list[dict[str, str]], columns: list[str]) -> None:
+    for r in rows:
+        for c in columns:
+            assert math.isfinite(float(r[c])), (c, r[c], r["run_dir"])
+
+
+def assert_figures(folder: Path, names: list[str]) -> None:
+    for name in names:
+        img = mpimg.imread(folder / f"{name}.png")
+        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100, name
+        assert img.std() > 0, f"{name}.png is blank"
+        assert (folder / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+        assert (folder / f"{name}.txt").read_text().strip()
+    captions = (folder / "captions.md").read_text()
+    assert all(f"**{n}**" in captions for n in names)
+
+
+@pytest.fixture(scope="module")
+def dp_out(pool_dirs, tmp_path_factory) -> tuple[Path, float]:
+    """dp_tradeoff on a tiny budget: the baseline, paper epsilon 3, formal epsilon 4."""
+    out = tmp_path_factory.mktemp("dp_tradeoff")
+    t0 = time.perf_counter()
+    dp_tradeoff.main(tiny(pool_dirs, out, "--paper-epsilons", "3", "none",
+                          "--formal-epsilons", "4", "none"))
+    return out, time.perf_counter() - t0
+
+
+def test_dp_tradeoff_writes_results_summary_and_figures(dp_out):
+    out, _ = dp_out
+    rows = read_rows(out / "results.csv")
+    required = ["study", "mode", "epsilon", "seed", "protocol", "test_accuracy",
+                "best_test_accuracy", "dcor_max", "dcor_batch", "dtw_min",
+                "inversion_pearson_r", "inversion_prd", "run_dir"]
+    assert set(required) <= set(rows[0])
+    # one row per run: the shared undefended baseline, paper eps 3, formal eps 4
+    assert sorted((r["mode"], r["epsilon"]) for r in rows) == [
+        ("formal", "4"), ("none", "none"), ("paper", "3")]
+    assert_finite(rows, required[5:-1])
+    for r in rows:
+        assert 0 <= float(r["test_accuracy"]) <= 100
+        assert 0 <= float(r["dcor_max"]) <= 1
+        assert Path(r["run_dir"], "result.json").exists()
+    formal = next(r for r in rows if r["mode"] == "formal")
+    assert float(formal["accounted_epsilon"]) == pytest.approx(4, rel=0.01)
+    # the noise reaches what the server sees: leakage drops below the undefended run's
+    base = next(r for r in rows if r["mode"] == "none")
+    assert float(formal["dcor_max"]) < float(base["dcor_max"])
+    summary = (out / "summary.md").read_text()
+    assert "Paper mode" in summary and "Formal mode" in summary
+    assert "73.78" in summary and "98.44" in summary  # the paper's accuracies beside ours
+    assert_figures(out / "figures", ["accuracy_vs_epsilon", "leakage_vs_epsilon", "tradeoff"])
+
+
+def test_dp_tradeoff_rerun_skips_finished_runs_and_attacks(dp_out, pool_dirs):
+    out, first = dp_out
+    runs = sorted((out / "runs").iterdir())
+    done = [p for d in runs for p in (d / "result.json", d / "attacks" / "dcor.json")]
+    before = {p: p.stat().st_mtime_ns for p in done}
+    missing = runs[0] / "attacks" / "dtw.json"
+    missing.unlink()  # a study killed during this attack
+    t0 = time.perf_counter()
+    dp_tradeoff.main(tiny(pool_dirs, out, "--paper-epsilons", "3", "none",
+                          "--formal-epsilons", "4", "none"))
+    again = time.perf_counter() - t0
+    assert {p: p.stat().st_mtime_ns for p in done} == before  # nothing retrained or re-attacked
+    assert missing.exists()  # ... but the missing attack was run
+    assert again < first
+    assert len(read_rows(out / "results.csv")) == 3
+
+
+def test_paper_figures_redraws_from_saved_results(dp_out, tmp_path):
+    out, _ = dp_out
+    figs = paper_figures.main(["--dp-tradeoff", str(out), "--compare", str(tmp_path / "none"),
+                               "--depth", str(tmp_path / "none"), "--out", str(tmp_path)])
+    names = ["beat_classes", "visual_invertibility", "per_channel_leakage",
+             "dp_accuracy_vs_epsilon", "dp_leakage_vs_epsilon", "dp_tradeoff",
+             "reconstructions"]
+    assert list(figs.captions) == names
+    assert_figures(tmp_path, names)
+    assert not list((out / "runs").glob("*/attacks/*.tmp"))
+
+
+def test_compare_defenses_quick(pool_dirs, tmp_path):
+    rows = compare_defenses.main(tiny(pool_dirs, tmp_path, "--only", "none", "ushape",
+                                      "nopeek-a1", "depth3"))
+    assert {r["defense"] for r in rows} == {"none", "ushape", "nopeek-a1", "depth3"}
+    table = read_rows(tmp_path / "results.csv")
+    cols = ["test_accuracy", "best_test_accuracy", "dcor_max", "dcor_batch", "dtw_min",
+            "inversion_pearson_r", "inversion_prd", "label_attack_accuracy"]
+    assert {"defense", "family", "mode", "epsilon", "seed", "protocol", "run_dir"} <= set(table[0])
+    assert_finite(table, cols)
+    by = {r["defense"]: r for r in table}
+    assert float(by["none"]["label_attack_accuracy"]) == 100.0  # labels cross in the clear
+    assert by["ushape"]["topology"] == "ushape"
+    assert by["depth3"]["depth"] == "3"
+    assert "Pareto" in (tmp_path / "summary.md").read_text()
+    assert_figures(tmp_path / "figures", ["tradeoff"])
+
+
+def test_depth_quick(pool_dirs, tmp_path):
+    depth.main(tiny(pool_dirs, tmp_path, "--depths", "2", "3"))
+    table = read_rows(tmp_path / "results.csv")
+    assert sorted(r["depth"] for r in table) == ["2", "3"]
+    assert_finite(table, ["test_accuracy", "best_test_accuracy", "dcor_max", "dcor_min",
+                          "dtw_min", "dtw_max"])
+    summary = (tmp_path / "summary.md").read_text()
+    assert "98.52" in summary and "98.46" in summary
+    assert_figures(tmp_path / "figures", ["depth"])
+
+
+# --- shared helpers, hand-worked ---
+
+
+def test_pareto_front_hand_worked():
+    # (leakage, accuracy): b dominates c (less leakage, more accuracy); a and d trade off
+    leak = [0.1, 0.5, 0.6, 0.9, math.nan]
+    acc = [50.0, 80.0, 70.0, 95.0, 99.0]
+    assert common.pareto_front(leak, acc) == [0, 1, 3]
+    assert common.pareto_front([0.2, 0.2], [10.0, 20.0]) == [1]  # ties: the higher one
+
+
+def test_stat_mean_sd_over_finite_values():
+    s = common.stat([1.0, 3.0, math.nan])
+    assert (s.mean, s.sd, s.n) == (2.0, pytest.approx(math.sqrt(2)), 2)
+    assert str(common.stat([])) == "-"
+
+
+def test_parse_args_quick_fills_only_what_was_not_given():
+    args = common.parse_args(dp_tradeoff.Args, ["--quick", "--epochs", "7"], quick=common.QUICK)
+    assert args.epochs == 7  # given wins
+    assert args.seeds == common.QUICK["seeds"] and args.train_subset == common.QUICK[
+        "train_subset"]
+    full = common.parse_args(dp_tradeoff.Args, ["--paper-epsilons", "1", "none"])
+    assert full.paper_epsilons == ["1", "none"] and full.seeds == 3 and full.train_subset is None
+    assert [common.parse_epsilon(e) for e in full.paper_epsilons] == [1.0, None]
+    assert "seeds per setting" in field_docs(dp_tradeoff.Args)["seeds"]
+
+
+def test_plan_shares_the_baseline_and_matches_formal_epochs():
+    args = common.parse_args(dp_tradeoff.Args, ["--seeds", "2", "--epochs", "12"])
+    plan = dp_tradeoff.plan(args)
+    names = [p.name for p in plan]
+    assert len(names) == len(set(names)) == 2 * (1 + 5 + 6)
+    assert all(p.name.endswith(f"-s{p.config.seed}") for p in plan)
+    formal = [p for p in plan if p.labels["mode"] == "formal"]
+    assert all("epochs=12" in p.config.defenses[0] for p in formal)
