@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up (idempotent), then the main job: reproduce the paper's split baseline on a laptop budget
-# (pass --epochs/--seeds to change it; the README's table used the full budget it names).
+# Set up (idempotent), then the main job: the activation-DP trade-off study
+# (studies/dp_tradeoff.py: paper-mode and formal DP, accuracy, leakage and inversion, 3 seeds,
+# 30 epochs). Extra flags pass through, e.g. --quick for a smoke run of a few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/python benchmarks/reproduce_baseline.py --epochs 30 --seeds 2 --epochs-inter-patient 10 "$@"
+.venv/bin/python studies/dp_tradeoff.py "$@"

@@ -168,6 +168,12 @@ class StudyArgs:
     def seed_list(self) -> list[int]:
         return list(range(self.seed, self.seed + self.seeds))
 
+    def budget_text(self) -> str:
+        """The training budget in words, for summaries and captions."""
+        quick = " (QUICK smoke budget)" if self.quick else ""
+        return (f"{self.protocol}, {self.epochs} epochs, {self.seeds} seed(s), train subset "
+                f"{self.train_subset or 'all'}, test subset {self.test_subset or 'all'}{quick}")
+
     def budget(self) -> AttackBudget:
         small = self.dcor_victims < 1000
         return AttackBudget(
@@ -501,3 +507,28 @@ def plot_tradeoff(ax: plt.Axes, settings: Sequence[dict[str, Any]], *, x: str, y
 def print_table(text: str) -> None:
     sys.stdout.write("\n" + text + "\n")
     sys.stdout.flush()
+
+
+def run_study(
+    args: StudyArgs,
+    *,
+    study: str,
+    plan: Sequence[Planned],
+    columns: Sequence[str],
+    summarize: Callable[[list[dict[str, Any]], str], str],
+    draw: Callable[[list[dict[str, Any]], FigureSet, str], None],
+) -> list[dict[str, Any]]:
+    """The body every study shares: train and attack each planned run (skipping what is done),
+    write results.csv, summary.md and the figures, print the summary table."""
+    seed_everything(args.seed, args.threads)
+    out = args.out_dir(study)
+    rows = sweep(plan, out, args.budget(), study=study, progress=args.progress)
+    write_csv(out / "results.csv", rows, columns)
+    rows = read_csv(out / "results.csv")
+    budget = args.budget_text()
+    md = summarize(rows, budget)
+    write_text(out / "summary.md", md)
+    draw(rows, FigureSet(out / "figures"), f"Budget: {budget}.")
+    print_table(md)
+    print(f"wrote {out / 'results.csv'}, {out / 'summary.md'} and {out / 'figures'}/")
+    return rows

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 
 import matplotlib.pyplot as plt
 
-from splitpriv.io import write_text
 from studies.common import (
     QUICK,
     FigureSet,
@@ -38,11 +37,7 @@ from studies.common import (
     pareto_front,
     parse_args,
     plot_tradeoff,
-    print_table,
-    read_csv,
-    seed_everything,
-    sweep,
-    write_csv,
+    run_study,
 )
 from studies.dp_tradeoff import COLUMNS as DP_COLUMNS
 
@@ -174,19 +169,10 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(Args, argv, quick=QUICK, description=__doc__)
-    seed_everything(args.seed, args.threads)
-    out = args.out_dir(STUDY)
-    rows = sweep(plan(args), out, args.budget(), study=STUDY, progress=args.progress)
-    write_csv(out / "results.csv", rows, COLUMNS)
-    rows = read_csv(out / "results.csv")
-    budget = (f"{args.protocol}, {args.epochs} epochs, {args.seeds} seed(s), train subset "
-              f"{args.train_subset or 'all'}" + (" (QUICK smoke budget)" if args.quick else ""))
-    md, _ = summary_markdown(rows, budget)
-    write_text(out / "summary.md", md)
-    draw_figures(rows, FigureSet(out / "figures"), note=f"Budget: {budget}.")
-    print_table(md)
-    print(f"wrote {out / 'results.csv'}, {out / 'summary.md'} and {out / 'figures'}/")
-    return rows
+    return run_study(
+        args, study=STUDY, plan=plan(args), columns=COLUMNS,
+        summarize=lambda rows, budget: summary_markdown(rows, budget)[0], draw=draw_figures,
+    )
 
 
 if __name__ == "__main__":

@@ -45,11 +45,7 @@ from studies.common import (
     parse_args,
     parse_epsilon,
     plot_tradeoff,
-    print_table,
-    read_csv,
-    seed_everything,
-    sweep,
-    write_csv,
+    run_study,
 )
 
 STUDY = "dp_tradeoff"
@@ -279,23 +275,13 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(Args, argv, quick=QUICK, description=__doc__)
-    seed_everything(args.seed, args.threads)
-    out = args.out_dir(STUDY)
-    runs = plan(args)
-    rows = sweep(runs, out, args.budget(), study=STUDY, progress=args.progress)
-    write_csv(out / "results.csv", rows, COLUMNS)
-    rows = read_csv(out / "results.csv")
-    budget = (f"{args.protocol}, depth {args.depth}, {args.epochs} epochs, {args.seeds} seed(s), "
-              f"train subset {args.train_subset or 'all'}, test subset {args.test_subset or 'all'}"
-              + (" (QUICK smoke budget)" if args.quick else ""))
-    md = summary_markdown(rows, f"Activation DP trade-off ({budget})")
-    from splitpriv.io import write_text
-
-    write_text(out / "summary.md", md)
-    draw_figures(rows, FigureSet(out / "figures"), note=f"Budget: {budget}.")
-    print_table(md)
-    print(f"wrote {out / 'results.csv'}, {out / 'summary.md'} and {out / 'figures'}/")
-    return rows
+    return run_study(
+        args, study=STUDY, plan=plan(args), columns=COLUMNS,
+        summarize=lambda rows, b: summary_markdown(
+            rows, f"Activation DP trade-off (depth {args.depth}, {b})"
+        ),
+        draw=draw_figures,
+    )
 
 
 if __name__ == "__main__":
