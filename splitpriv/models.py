@@ -116,6 +116,10 @@ class SplitModels:
             out["head"] = self.head
         return out
 
+    def state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
+        """``{"client": ..., "server": ..., ["head": ...]}``, as weights.pt stores them."""
+        return {k: m.state_dict() for k, m in self.modules().items()}
+
     def to(self, device: torch.device | str) -> SplitModels:
         for m in self.modules().values():
             m.to(device)

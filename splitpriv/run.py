@@ -270,15 +270,14 @@ def run_training(
             row |= {"val_loss": va.loss, "val_accuracy": va.accuracy}
         row |= {"train_seconds": train_seconds, "seconds": time.perf_counter() - t0}
         history.append(row)
-        score = row["val_accuracy"] if has_val else row["test_accuracy"]
-        if has_val and score > best_val:
-            best_val = score
-            torch_save(trainer.state_dict(), out / "best.pt")
+        if has_val and row["val_accuracy"] > best_val:
+            best_val = row["val_accuracy"]
+            torch_save(models.state_dicts(), out / "best.pt")
         write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         torch_save({"trainer": trainer.state_dict(), "epoch": epoch, "best_val": best_val}, ckpt)
         bar.set_postfix(test=f"{te.accuracy:.2f}", val=f"{row.get('val_accuracy', math.nan):.2f}")
 
-    torch_save({k: m.state_dict() for k, m in models.modules().items()}, out / "weights.pt")
+    torch_save(models.state_dicts(), out / "weights.pt")
     if transcript.chunks:
         transcript.save(out / "transcript.npz")
     result = {

@@ -130,7 +130,7 @@ class SplitTrainer:
         return acc.stats()
 
     def state_dict(self) -> dict:
-        state = {f"model.{k}": m.state_dict() for k, m in self.models.modules().items()}
+        state = {f"model.{k}": v for k, v in self.models.state_dicts().items()}
         state["opt.client"] = self.client.optimizer.state_dict()
         state["opt.server"] = self.server.optimizer.state_dict()
         if self.client.head_optimizer is not None:

@@ -146,6 +146,10 @@ def test_short_run_learns_and_writes_its_directory(pool_dirs, tmp_path):
     assert result["test_accuracy"] == best["test_accuracy"]
     weights = torch.load(tmp_path / "run" / "weights.pt", weights_only=True)
     assert set(weights) == {"client", "server"}
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert set(best) == {"client", "server"}
+    if result["best_epoch"] == 3:
+        assert all(torch.equal(best["server"][k], v) for k, v in weights["server"].items())
     transcript = Transcript.load(tmp_path / "run" / "transcript.npz")
     assert {k[2] for k in transcript.keys()} == {3}  # default: the last epoch only
 
