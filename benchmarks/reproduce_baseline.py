@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing as mp
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,27 +73,18 @@ def _run(job: tuple[TrainConfig, str]) -> dict:
 
 
 def time_split_vs_unsplit(epochs: int) -> dict[str, float]:
-    """Seconds per training epoch on the paper protocol, split and unsplit, same process."""
-    from splitpriv.models import ModelConfig, build_models
-    from splitpriv.trainer import SplitTrainer, train_monolithic
+    """Seconds per training epoch on the paper protocol, split and unsplit, same process
+    (``benchmarks/speed.py``'s measurement, one thread)."""
+    from speed import split_unsplit_seconds
 
     torch.set_num_threads(1)
-    config = TrainConfig(protocol="paper", device="cpu")
-    data, _ = load_tensors(config, torch.device("cpu"))
-    split_t, mono_t = [], []
-    trainer = SplitTrainer(build_models(ModelConfig(), seed=0), data.x_train, data.y_train)
-    unsplit = build_models(ModelConfig(), seed=0).monolithic()
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        trainer.train_epoch(epoch)
-        split_t.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        train_monolithic(unsplit, data.x_train, data.y_train, seed=epoch)
-        mono_t.append(time.perf_counter() - t0)
+    device = torch.device("cpu")
+    data, _ = load_tensors(TrainConfig(protocol="paper", device="cpu"), device)
+    s = split_unsplit_seconds(data.x_train, data.y_train, epochs, device)
     return {
-        "split_seconds_per_epoch": statistics.median(split_t),
-        "unsplit_seconds_per_epoch": statistics.median(mono_t),
-        "ratio": statistics.median(split_t) / statistics.median(mono_t),
+        "split_seconds_per_epoch": s["split"],
+        "unsplit_seconds_per_epoch": s["unsplit"],
+        "ratio": s["split"] / s["unsplit"],
         "threads": 1,
     }
 

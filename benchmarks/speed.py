@@ -84,6 +84,22 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def split_unsplit_seconds(
+    x: torch.Tensor, y: torch.Tensor, repeats: int, device: torch.device
+) -> dict[str, float]:
+    """Median seconds per training epoch of the split trainer and of the same network unsplit."""
+    cfg = ModelConfig()
+    split = SplitTrainer(build_models(cfg, seed=0).to(device), x, y, seed=0)
+    unsplit = build_models(cfg, seed=0).to(device).monolithic()
+    epoch = iter(range(1, 10**9))
+    return {
+        "split": median_seconds(lambda: split.train_epoch(next(epoch)), repeats),
+        "unsplit": median_seconds(
+            lambda: train_monolithic(unsplit, x, y, seed=next(epoch)), repeats
+        ),
+    }
+
+
 def main() -> None:
     args = parse_dataclass_args(Args, None, __doc__)
     if args.quick:
@@ -94,16 +110,10 @@ def main() -> None:
     x, y = data.x_train[: args.subset], data.y_train[: args.subset]
     cfg = ModelConfig()
 
-    split = SplitTrainer(build_models(cfg, seed=0).to(device), x, y, seed=0)
-    unsplit = build_models(cfg, seed=0).to(device).monolithic()
     plain = build_models(cfg, seed=0).to(device)
     plain_opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in plain.modules().values()]
-    epoch = iter(range(1, 10**9))
     rows = {
-        "split": median_seconds(lambda: split.train_epoch(next(epoch)), args.repeats),
-        "unsplit": median_seconds(
-            lambda: train_monolithic(unsplit, x, y, seed=next(epoch)), args.repeats
-        ),
+        **split_unsplit_seconds(x, y, args.repeats, device),
         "plain loop": median_seconds(
             lambda: plain_loop_epoch(plain, x, y, plain_opts), args.repeats
         ),

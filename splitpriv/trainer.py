@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from splitpriv.channel import Channel, InProcessChannel, Kind
+from splitpriv.channel import Channel, InProcessChannel
 from splitpriv.defense import Defense
 from splitpriv.models import SplitModels
 from splitpriv.parties import Client, OptimizerFactory, Server, cross_entropy
@@ -179,4 +179,4 @@ def train_monolithic(
     return acc.stats()
 
 
-__all__ = ["SplitTrainer", "train_monolithic", "Accumulator", "EpochStats", "Kind", "batches"]
+__all__ = ["SplitTrainer", "train_monolithic", "Accumulator", "EpochStats", "batches"]
