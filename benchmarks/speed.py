@@ -1,12 +1,13 @@
 """Training speed: split vs unsplit vs a plain PyTorch loop, and K runs batched as one model.
 
-Measured on the paper protocol's 13,245 training beats, 2-conv model, batch 32, in one process
-(the same machine state for every row), medians of repeated epochs:
+Measured on the paper protocol's 13,245 training beats, 2-conv model, batch 32, in one process,
+medians of repeated epochs timed round-robin (every row sees the same machine state):
 
 - split: :class:`splitpriv.trainer.SplitTrainer` (client and server parties, in-process channel).
 - unsplit: :func:`splitpriv.trainer.train_monolithic`, the same network in one module.
 - plain loop: the loop a tutorial writes: a DataLoader over a TensorDataset (shuffle, batch 32),
-  client and server modules, two Adam optimizers, ``.item()`` every step for the running loss.
+  client and server modules of stock layers (``nn.MaxPool1d``), two ``torch.optim.Adam``,
+  ``.item()`` every step for the running loss.
 - batched: :class:`splitpriv.batched.BatchedSplitTrainer` with K = 1, 2, 5, 10 seeds, against K
   times one split epoch.
 
@@ -33,7 +34,7 @@ from torch import nn
 
 from splitpriv.batched import BatchedSplitTrainer
 from splitpriv.io import resolve_device, write_json, write_text
-from splitpriv.models import ModelConfig, build_models
+from splitpriv.models import MaxPool2, ModelConfig, build_models
 from splitpriv.options import parse_dataclass_args
 from splitpriv.run import TrainConfig, load_tensors
 from splitpriv.trainer import SplitTrainer, train_monolithic
@@ -52,6 +53,17 @@ class Args:
     device: str = "cpu"
     out: str = "benchmarks/out/speed"
     quick: bool = False
+
+
+def tutorial_models(cfg: ModelConfig, device: torch.device):
+    """The split model as a tutorial builds it: same layers and initial weights, with the stock
+    ``nn.MaxPool1d`` in place of :class:`splitpriv.models.MaxPool2`."""
+    models = build_models(cfg, seed=0).to(device)
+    layers = models.client.layers
+    for i, layer in enumerate(layers):
+        if isinstance(layer, MaxPool2):
+            layers[i] = nn.MaxPool1d(2)
+    return models
 
 
 def plain_loop_epoch(models, x: torch.Tensor, y: torch.Tensor, opts) -> float:
@@ -74,30 +86,40 @@ def plain_loop_epoch(models, x: torch.Tensor, y: torch.Tensor, opts) -> float:
     return total
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each function, timed round-robin (one warm-up call each first), so
+    that a drift of the machine's speed (a busy neighbour, frequency scaling) hits every row
+    alike rather than whichever ran last."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def split_unsplit_epochs(
+    x: torch.Tensor, y: torch.Tensor, device: torch.device
+) -> dict[str, Callable[[], object]]:
+    """One training epoch of the split trainer and of the same network unsplit, as callables."""
+    cfg = ModelConfig()
+    split = SplitTrainer(build_models(cfg, seed=0).to(device), x, y, seed=0)
+    unsplit = build_models(cfg, seed=0).to(device).monolithic()
+    epoch = iter(range(1, 10**9))
+    return {
+        "split": lambda: split.train_epoch(next(epoch)),
+        "unsplit": lambda: train_monolithic(unsplit, x, y, seed=next(epoch)),
+    }
 
 
 def split_unsplit_seconds(
     x: torch.Tensor, y: torch.Tensor, repeats: int, device: torch.device
 ) -> dict[str, float]:
     """Median seconds per training epoch of the split trainer and of the same network unsplit."""
-    cfg = ModelConfig()
-    split = SplitTrainer(build_models(cfg, seed=0).to(device), x, y, seed=0)
-    unsplit = build_models(cfg, seed=0).to(device).monolithic()
-    epoch = iter(range(1, 10**9))
-    return {
-        "split": median_seconds(lambda: split.train_epoch(next(epoch)), repeats),
-        "unsplit": median_seconds(
-            lambda: train_monolithic(unsplit, x, y, seed=next(epoch)), repeats
-        ),
-    }
+    return interleaved_medians(split_unsplit_epochs(x, y, device), repeats)
 
 
 def main() -> None:
@@ -110,19 +132,18 @@ def main() -> None:
     x, y = data.x_train[: args.subset], data.y_train[: args.subset]
     cfg = ModelConfig()
 
-    plain = build_models(cfg, seed=0).to(device)
+    plain = tutorial_models(cfg, device)
     plain_opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in plain.modules().values()]
-    rows = {
-        **split_unsplit_seconds(x, y, args.repeats, device),
-        "plain loop": median_seconds(
-            lambda: plain_loop_epoch(plain, x, y, plain_opts), args.repeats
-        ),
+    fns = {
+        **split_unsplit_epochs(x, y, device),
+        "plain loop": lambda: plain_loop_epoch(plain, x, y, plain_opts),
     }
-    batched = {}
     for k in args.ks:
         runs = [build_models(cfg, seed=s).to(device) for s in range(k)]
-        trainer = BatchedSplitTrainer(runs, x, y, seeds=list(range(k)))
-        batched[k] = median_seconds(trainer.train_epoch, args.repeats)
+        fns[f"batched {k}"] = BatchedSplitTrainer(runs, x, y, seeds=list(range(k))).train_epoch
+    seconds = interleaved_medians(fns, args.repeats)
+    rows = {name: seconds[name] for name in ("split", "unsplit", "plain loop")}
+    batched = {k: seconds[f"batched {k}"] for k in args.ks}
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     lines = [

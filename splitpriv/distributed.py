@@ -688,7 +688,7 @@ def _adam_tensors(modules: list[nn.Module], optimizers: list[torch.optim.Optimiz
     """Parameters and Adam state, in a fixed order (what sequential SL hands over)."""
     out: list[torch.Tensor] = []
     for module, opt in zip(modules, optimizers, strict=True):
-        if type(opt) is not torch.optim.Adam or opt.defaults.get("amsgrad"):
+        if not isinstance(opt, torch.optim.Adam) or opt.defaults.get("amsgrad"):
             raise ValueError("sequential hand-over supports the plain Adam optimizer only")
         for p in module.parameters():
             out.append(p.data)

@@ -13,6 +13,9 @@ the server runs Linear(512,128) - LeakyReLU and the client's head runs Linear(12
 
 The original code applied Softmax before CrossEntropyLoss (a double softmax); that is kept behind
 ``paper_softmax=True``. The default is plain cross-entropy on logits.
+
+The max-pools are :class:`MaxPool2`, ``nn.MaxPool1d(2)`` computed faster on a CPU with the same
+outputs and gradients bit for bit (tested, ties and NaN included).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 BEAT_LENGTH = 128
 N_CLASSES = 5
@@ -48,6 +52,53 @@ class ModelConfig:
             raise ValueError(f"depth must be in {MIN_DEPTH}..{MAX_DEPTH}, got {self.depth}")
 
 
+class _PairMax(torch.autograd.Function):
+    """Max over adjacent pairs of the last axis, with ``nn.MaxPool1d(2)``'s gradient.
+
+    PyTorch's CPU max-pool with gradient (``max_pool2d_with_indices``) takes ~5 ns per element
+    here, 15x its no-gradient kernel; this takes the values from the no-gradient kernel and the
+    argmax from one comparison (ties and NaN resolved as the native kernel does: the first of
+    equal values, a NaN wins), then reuses the native backward with those indices.
+    """
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            out = F.max_pool1d(x, 2)  # (..., C, L) -> (..., C, L/2)
+        odd, even = x[..., 1::2], x[..., 0::2]
+        idx = torch.arange(0, x.shape[-1], 2, device=x.device).add((odd > even) | odd.isnan())
+        return out, idx
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[0], output[1])
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+        x, idx = ctx.saved_tensors
+        return torch.ops.aten.max_pool2d_with_indices_backward(
+            grad.unsqueeze(-2), x.unsqueeze(-2), [1, 2], [1, 2], [0, 0], [1, 1], False,
+            idx.unsqueeze(-2),
+        ).squeeze(-2)
+
+    @staticmethod
+    def vmap(info, in_dims, x: torch.Tensor):
+        """Under ``torch.func.vmap`` (batched runs): fold the run axis into the batch axis."""
+        x = x.movedim(in_dims[0], 0)
+        out, idx = _PairMax.apply(x.reshape(-1, *x.shape[-2:]))
+        return (out.view(*x.shape[:-1], -1), idx.view(*x.shape[:-1], -1)), (0, 0)
+
+
+class MaxPool2(nn.Module):
+    """``nn.MaxPool1d(2)`` on (B, C, L), L even: the same outputs and gradients, faster on CPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() or x.device.type != "cpu":
+            return F.max_pool1d(x, 2)
+        return _PairMax.apply(x)[0]  # (B, C, L) -> (B, C, L/2)
+
+
 class ClientNet(nn.Module):
     """The client's convolutional layers. Shape: (B, 1, 128) -> (B, 16, 32)."""
 
@@ -56,13 +107,13 @@ class ClientNet(nn.Module):
         layers: list[nn.Module] = [
             nn.Conv1d(1, 16, kernel_size=7, padding=3),
             nn.LeakyReLU(),
-            nn.MaxPool1d(2),
+            MaxPool2(),
             nn.Conv1d(16, 16, kernel_size=5, padding=2),
             nn.LeakyReLU(),
         ]
         for _ in range(depth - 2):
             layers += [nn.Conv1d(16, 16, kernel_size=5, padding=2), nn.LeakyReLU()]
-        layers.append(nn.MaxPool1d(2))
+        layers.append(MaxPool2())
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

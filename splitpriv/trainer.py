@@ -15,11 +15,13 @@ from torch import nn
 from splitpriv.channel import Channel, InProcessChannel
 from splitpriv.defense import Defense
 from splitpriv.models import SplitModels
+from splitpriv.optim import FlatAdam
 from splitpriv.parties import Client, OptimizerFactory, Server, cross_entropy
 
 
 def adam(lr: float) -> OptimizerFactory:
-    return lambda params: torch.optim.Adam(params, lr=lr)
+    """The paper's optimizer: Adam (torch defaults otherwise), as :class:`FlatAdam`."""
+    return lambda params: FlatAdam(params, lr=lr)
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device):
