@@ -10,6 +10,12 @@ medians of repeated epochs timed round-robin (every row sees the same machine st
   ``.item()`` every step for the running loss.
 - batched: :class:`splitpriv.batched.BatchedSplitTrainer` with K = 1, 2, 5, 10 seeds, against K
   times one split epoch.
+- leakage metrics: beat-channel pairs per second of the paper's per-channel dCor
+  (:func:`attacks.measures.dcor_per_channel`, vectorised over beats) against a loop of
+  ``dcor.distance_correlation`` calls, and of DTW (:func:`attacks.measures.dtw_pairs`,
+  dtaidistance's C routine) against a loop of ``dtaidistance.dtw.distance_fast`` calls, on real
+  beats and the activations of an untrained 2-conv client (the loops are timed on a sample of
+  pairs).
 
 Peak resident memory of the process is reported. On a CUDA machine pass ``--device cuda``.
 Writes OUT/speed.json and OUT/speed.md.
@@ -29,9 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import _unshadow  # noqa: F401, I001  (first: keeps benchmarks/defenses.py from shadowing)
+import dcor
 import torch
+from dtaidistance import dtw
 from torch import nn
 
+from attacks.measures import dcor_per_channel, dtw_pairs, paper_pool
 from splitpriv.batched import BatchedSplitTrainer
 from splitpriv.io import resolve_device, write_json, write_text
 from splitpriv.models import MaxPool2, ModelConfig, build_models
@@ -51,6 +60,10 @@ class Args:
     subset: int | None = None
     """training rows (None: all 13,245)"""
     device: str = "cpu"
+    metric_beats: int = 10_000
+    """beats for the leakage-metric throughput (x 16 channels = pairs)"""
+    metric_loop_pairs: int = 2_000
+    """pairs timed for the per-pair reference loops"""
     out: str = "benchmarks/out/speed"
     quick: bool = False
 
@@ -122,10 +135,36 @@ def split_unsplit_seconds(
     return interleaved_medians(split_unsplit_epochs(x, y, device), repeats)
 
 
+def metric_throughput(x: torch.Tensor, n_loop: int) -> dict[str, dict[str, float]]:
+    """Beat-channel pairs per second: our dCor and DTW against per-pair library loops."""
+    with torch.no_grad():
+        acts = build_models(ModelConfig(), seed=0).client(x).double()  # (N, 16, 32)
+    pooled, raw = paper_pool(x, acts.shape[-1]), x.reshape(len(x), -1).double()  # (N,32),(N,128)
+    n_pairs = acts.shape[0] * acts.shape[1]
+    sample = [(i % len(x), i % acts.shape[1]) for i in range(0, n_loop * 7, 7)][:n_loop]
+    p_np, r_np, a_np = pooled.numpy(), raw.numpy(), acts.numpy()
+
+    def timed(fn: Callable[[], object]) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    ours_dcor = timed(lambda: dcor_per_channel(pooled, acts))
+    loop_dcor = timed(lambda: [dcor.distance_correlation(p_np[i], a_np[i, c]) for i, c in sample])
+    ours_dtw = timed(lambda: dtw_pairs(raw, acts))
+    loop_dtw = timed(lambda: [dtw.distance_fast(r_np[i], a_np[i, c], use_pruning=False)
+                              for i, c in sample])
+    return {
+        "dcor (paper, per channel)": {"ours": n_pairs / ours_dcor, "loop": n_loop / loop_dcor},
+        "dtw": {"ours": n_pairs / ours_dtw, "loop": n_loop / loop_dtw},
+    }
+
+
 def main() -> None:
     args = parse_dataclass_args(Args, None, __doc__)
     if args.quick:
-        args = dataclasses.replace(args, repeats=1, subset=args.subset or 2000, ks=(1, 2))
+        args = dataclasses.replace(args, repeats=1, subset=args.subset or 2000, ks=(1, 2),
+                                   metric_beats=500, metric_loop_pairs=200)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     data, _ = load_tensors(TrainConfig(protocol="paper", device=str(device)), device)
@@ -144,6 +183,7 @@ def main() -> None:
     seconds = interleaved_medians(fns, args.repeats)
     rows = {name: seconds[name] for name in ("split", "unsplit", "plain loop")}
     batched = {k: seconds[f"batched {k}"] for k in args.ks}
+    metrics = metric_throughput(data.x_train[: args.metric_beats].cpu(), args.metric_loop_pairs)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     lines = [
@@ -161,6 +201,11 @@ def main() -> None:
     for k, s in batched.items():
         lines.append(f"| {k} | {s:.3f} | {s / rows['split']:.2f}x | "
                      f"{s / (k * rows['split']):.2f}x |")
+    lines += ["", "| leakage metric | ours (pairs/s) | per-pair loop (pairs/s) | speed-up |",
+              "|---|---|---|---|"]
+    for name, m in metrics.items():
+        lines.append(f"| {name} | {m['ours']:,.0f} | {m['loop']:,.0f} | "
+                     f"{m['ours'] / m['loop']:.1f}x |")
     lines.append("")
     lines.append(f"Peak resident memory: {peak_mib:.0f} MiB.")
     table = "\n".join(lines)
@@ -170,6 +215,7 @@ def main() -> None:
         "seconds_per_epoch": rows, "batched_seconds_per_epoch": batched,
         "split_over_unsplit": rows["split"] / rows["unsplit"],
         "plain_over_split": rows["plain loop"] / rows["split"],
+        "metric_pairs_per_second": metrics,
         "peak_rss_mib": peak_mib, "n_train": len(y), "device": str(device),
         "args": dataclasses.asdict(args),
     })

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import dcor
 import numpy as np
@@ -140,17 +139,6 @@ def test_dcor_per_channel_matches_dcor_for_any_shape(n_beats, channels, length, 
         for c in range(channels):
             ref = dcor.distance_correlation(x[i], acts[i, c])
             assert ours[i, c] == pytest.approx(ref, abs=1e-6)
-
-
-def test_dcor_per_channel_speed():
-    # the target: 10,000 beats x 16 channels in under 2 s (a per-pair dcor loop: ~7 s).
-    # Bound loosened for a shared, busy CI host; the benchmark reports the measured time.
-    g = torch.Generator().manual_seed(0)
-    x, acts = torch.rand(10_000, 32, generator=g), torch.randn(10_000, 16, 32, generator=g)
-    t0 = time.perf_counter()
-    out = dcor_per_channel(x, acts)
-    assert time.perf_counter() - t0 < 6.0
-    assert out.shape == (10_000, 16) and torch.isfinite(out).all()
 
 
 def test_dcor_batches_interval_and_independence(beats):
