@@ -13,18 +13,37 @@ floating-point summation order (tested).
 The split is kept: the server's forward starts from detached activations and the client's
 backward from the gradient the server returns. No transcript is recorded and defenses are not
 applied here; runs that need either use :class:`~splitpriv.trainer.SplitTrainer`.
+
+:func:`run_training_batched` trains the seeds of one undefended configuration this way and
+writes each run's directory as :func:`splitpriv.run.run_training` does (the studies use it for
+their undefended settings); a run killed mid-way resumes alone from its checkpoint.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from splitpriv.models import SplitModels
+from splitpriv.channel import NOTHING
+from splitpriv.io import resolve_device, torch_save, write_json
+from splitpriv.models import ModelConfig, SplitModels, build_models
+from splitpriv.run import (
+    epoch_row,
+    finished_result,
+    load_tensors,
+    result_doc,
+    run_training,
+    save_epoch,
+)
 from splitpriv.trainer import Accumulator, EpochStats, adam, batches
 
 
@@ -86,7 +105,8 @@ class BatchedSplitTrainer:
         self.server.train(True)
         n, device = len(self.y), self.x.device
         per_run = [batches(n, self.batch_size, g, device) for g in self.generators]
-        accs = [Accumulator(device) for _ in range(self.k)]
+        loss_sum = torch.zeros(self.k, device=device, dtype=torch.float64)
+        correct = torch.zeros(self.k, device=device, dtype=torch.long)
         for step_ids in zip(*per_run, strict=True):
             ids = torch.stack(step_ids)  # (K, B)
             a = self.client(self.x[ids])  # (K, B, 1, 128) -> (K, B, 16, 32)
@@ -102,9 +122,10 @@ class BatchedSplitTrainer:
             self.client_opt.zero_grad(set_to_none=True)
             a.backward(received.grad)
             self.client_opt.step()
-            for k, acc in enumerate(accs):
-                acc.add(losses[k].detach(), logits[k].detach(), y[k])
-        return [acc.stats() for acc in accs]
+            loss_sum += losses.detach() * y.shape[1]
+            correct += (logits.detach().argmax(-1) == y).sum(1)
+        return [EpochStats(loss / n, 100.0 * c / n)
+                for loss, c in zip(loss_sum.tolist(), correct.tolist(), strict=True)]
 
     @torch.no_grad()
     def evaluate(
@@ -122,3 +143,117 @@ class BatchedSplitTrainer:
     def run_state(self, k: int) -> dict[str, dict[str, torch.Tensor]]:
         """Run k's weights, as ``{"client": state_dict, "server": state_dict}``."""
         return {"client": self.client.unstack(k), "server": self.server.unstack(k)}
+
+    def trainer_state(self, k: int) -> dict[str, Any]:
+        """Run k's state in :meth:`splitpriv.trainer.SplitTrainer.state_dict`'s format, so that
+        a SplitTrainer resumes it: weights, its slice of the Adam state, its batch generator."""
+
+        def adam_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
+            sd = opt.state_dict()
+            state = {i: {"step": s["step"].clone(), "exp_avg": s["exp_avg"][k].clone(),
+                         "exp_avg_sq": s["exp_avg_sq"][k].clone()} for i, s in sd["state"].items()}
+            return {"state": state, "param_groups": copy.deepcopy(sd["param_groups"])}
+
+        weights = self.run_state(k)
+        return {
+            "model.client": weights["client"], "model.server": weights["server"],
+            "opt.client": adam_state(self.client_opt), "opt.server": adam_state(self.server_opt),
+            "generator": self.generators[k].get_state(),
+        }
+
+
+def batchable(config) -> bool:
+    """Whether a run can be trained in a batch of seeds: no defense, labels crossing (vanilla),
+    no transcript."""
+    return (not config.defenses and config.topology == "vanilla"
+            and config.record_policy() == NOTHING)
+
+
+def run_training_batched(configs: Sequence, out_dirs: Sequence[str | Path], *,
+                         progress: bool = True) -> list[dict[str, Any]]:
+    """Train runs that differ only in their seed together, each into its own directory.
+
+    Each directory gets what :func:`splitpriv.run.run_training` writes (config.json,
+    metrics.jsonl, best.pt, checkpoint.pt every epoch, weights.pt, result.json); a finished run
+    is skipped, a run with a checkpoint resumes alone (``run_training``), and so does a single
+    pending run. The numbers equal training each run alone up to floating-point summation order
+    (tested); result.json says ``"batched": K`` and has no ``wire`` count (no channel is run).
+
+    Args:
+        configs: :class:`splitpriv.run.TrainConfig` s, all :func:`batchable`, equal but for seed.
+        out_dirs: one run directory per config.
+    """
+    if len(configs) != len(out_dirs):
+        raise ValueError(f"got {len(configs)} configs but {len(out_dirs)} run directories")
+    for c in configs:
+        if not batchable(c):
+            raise ValueError(f"run_training_batched: {c} has defenses, a U-shape or a transcript")
+        if dataclasses.replace(c, seed=0) != dataclasses.replace(configs[0], seed=0):
+            raise ValueError("run_training_batched: the configs differ in more than the seed")
+    outs = [Path(d) for d in out_dirs]
+    results: dict[int, dict[str, Any]] = {}
+    pending = []
+    for i, (c, out) in enumerate(zip(configs, outs, strict=True)):
+        done = finished_result(c, out)
+        if done is not None:
+            results[i] = done
+        elif (out / "checkpoint.pt").exists():
+            results[i] = run_training(c, out, progress=progress)
+        else:
+            pending.append(i)
+    if len(pending) == 1:
+        results[pending[0]] = run_training(configs[pending[0]], outs[pending[0]],
+                                           progress=progress)
+    elif pending:
+        trained = _train_together([configs[i] for i in pending], [outs[i] for i in pending],
+                                  progress)
+        results.update(zip(pending, trained, strict=True))
+    return [results[i] for i in range(len(configs))]
+
+
+def _train_together(configs: Sequence, outs: Sequence[Path], progress: bool
+                    ) -> list[dict[str, Any]]:
+    """The epoch loop of :func:`splitpriv.run.run_training`, for K fresh runs at once."""
+    from tqdm.auto import tqdm
+
+    device = resolve_device(configs[0].device)
+    for c, out in zip(configs, outs, strict=True):
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", dataclasses.asdict(c))
+    data, card = load_tensors(configs[0], device)
+    model_config = ModelConfig(configs[0].depth, configs[0].paper_softmax)
+    trainer = BatchedSplitTrainer(
+        [build_models(model_config, seed=c.seed).to(device) for c in configs],
+        data.x_train, data.y_train, seeds=[c.seed for c in configs],
+        lr=configs[0].lr, batch_size=configs[0].batch_size,
+    )
+    k = len(configs)
+    has_val = len(data.y_val) > 0
+    histories: list[list[dict[str, Any]]] = [[] for _ in configs]
+    best_val = [-math.inf] * k
+    name = f"{outs[0].name} (+{k - 1} seeds batched)"
+    bar = tqdm(range(1, configs[0].epochs + 1), desc=f"train {name}", disable=not progress,
+               unit="epoch")
+    for epoch in bar:
+        t0 = time.perf_counter()
+        train = trainer.train_epoch()
+        train_seconds = (time.perf_counter() - t0) / k  # each run's share
+        test = trainer.evaluate(data.x_test, data.y_test)
+        val = trainer.evaluate(data.x_val, data.y_val) if has_val else [None] * k
+        seconds = (time.perf_counter() - t0) / k
+        for j in range(k):
+            histories[j].append(epoch_row(epoch, train[j], test[j], val[j], train_seconds,
+                                          seconds))
+            best_val[j] = save_epoch(outs[j], histories[j], best_val[j],
+                                     lambda j=j: trainer.run_state(j),
+                                     lambda j=j: trainer.trainer_state(j))
+        bar.set_postfix(test=f"{test[0].accuracy:.2f}")
+    results = []
+    for j, (c, out) in enumerate(zip(configs, outs, strict=True)):
+        torch_save(trainer.run_state(j), out / "weights.pt")
+        result = result_doc(c, histories[j], data, device, card, topology="vanilla",
+                            defenses=[], batched=k)
+        write_json(out / "result.json", result)
+        results.append(result)
+    return results
+

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,70 @@ def summarize(history: list[dict[str, Any]], has_val: bool) -> dict[str, Any]:
     }
 
 
+def finished_result(
+    config: TrainConfig, out: Path, *, force: bool = False
+) -> dict[str, Any] | None:
+    """DIR/result.json when ``out`` holds this run finished (None when it has to be trained or
+    resumed); a directory written for another run is an error, unless ``force``."""
+    if not (out / "config.json").exists() or force:
+        return None
+    old = TrainConfig(**read_json(out / "config.json"))
+    if old.rerun_key() != config.rerun_key():
+        diff = {
+            k: (old.rerun_key()[k], v)
+            for k, v in config.rerun_key().items()
+            if old.rerun_key().get(k) != v
+        }
+        raise ValueError(f"{out}/config.json was written for another run: {diff}; use --force")
+    if (out / "result.json").exists() and old.epochs == config.epochs:
+        return read_json(out / "result.json")
+    return None
+
+
+def epoch_row(epoch: int, train, test, val, train_seconds: float, seconds: float
+              ) -> dict[str, Any]:
+    """One line of metrics.jsonl (``val`` None when the protocol has no validation set)."""
+    row: dict[str, Any] = {
+        "epoch": epoch, "train_loss": train.loss, "train_accuracy": train.accuracy,
+        "test_loss": test.loss, "test_accuracy": test.accuracy,
+    }
+    if val is not None:
+        row |= {"val_loss": val.loss, "val_accuracy": val.accuracy}
+    return row | {"train_seconds": train_seconds, "seconds": seconds}
+
+
+def save_epoch(out: Path, history: list[dict[str, Any]], best_val: float,
+               weights: Callable[[], dict], trainer_state: Callable[[], dict]) -> float:
+    """After an epoch (its row last in ``history``): best.pt when validation improved, then
+    metrics.jsonl and the checkpoint. Returns the best validation accuracy so far."""
+    row = history[-1]
+    if "val_accuracy" in row and row["val_accuracy"] > best_val:
+        best_val = row["val_accuracy"]
+        torch_save(weights(), out / "best.pt")
+    write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    torch_save({"trainer": trainer_state(), "epoch": row["epoch"], "best_val": best_val},
+               out / "checkpoint.pt")
+    return best_val
+
+
+def result_doc(config: TrainConfig, history: list[dict[str, Any]], data: Tensors,
+               device: torch.device, card: dict[str, Any], *, topology: str,
+               defenses: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """The content of result.json."""
+    return {
+        "protocol": config.protocol, "depth": config.depth, "seed": config.seed,
+        "topology": topology, "epochs": config.epochs,
+        **summarize(history, len(data.y_val) > 0),
+        "seconds": sum(h["seconds"] for h in history),
+        "train_seconds_per_epoch": sum(h["train_seconds"] for h in history) / len(history),
+        "n_train": len(data.y_train), "n_val": len(data.y_val), "n_test": len(data.y_test),
+        "device": str(device),
+        "defenses": defenses,
+        **extra,
+        "dataset": card,
+    }
+
+
 def run_training(
     config: TrainConfig, out_dir: str | Path, *, progress: bool = True, force: bool = False
 ) -> dict[str, Any]:
@@ -207,17 +272,9 @@ def run_training(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if (out / "config.json").exists() and not force:
-        old = TrainConfig(**read_json(out / "config.json"))
-        if old.rerun_key() != config.rerun_key():
-            diff = {
-                k: (old.rerun_key()[k], v)
-                for k, v in config.rerun_key().items()
-                if old.rerun_key().get(k) != v
-            }
-            raise ValueError(f"{out}/config.json was written for another run: {diff}; use --force")
-        if (out / "result.json").exists() and old.epochs == config.epochs:
-            return read_json(out / "result.json")
+    done = finished_result(config, out, force=force)
+    if done is not None:
+        return done
     defenses = build_defenses(config)  # bad defense parameters fail before anything is written
     device = resolve_device(config.device)
     write_json(out / "config.json", dataclasses.asdict(config))
@@ -261,37 +318,19 @@ def run_training(
         tr = trainer.train_epoch(epoch)
         train_seconds = time.perf_counter() - t0
         te = trainer.evaluate(data.x_test, data.y_test, epoch=epoch, phase="test")
-        row: dict[str, Any] = {
-            "epoch": epoch, "train_loss": tr.loss, "train_accuracy": tr.accuracy,
-            "test_loss": te.loss, "test_accuracy": te.accuracy,
-        }
-        if has_val:
-            va = trainer.evaluate(data.x_val, data.y_val, epoch=epoch, phase="val")
-            row |= {"val_loss": va.loss, "val_accuracy": va.accuracy}
-        row |= {"train_seconds": train_seconds, "seconds": time.perf_counter() - t0}
-        history.append(row)
-        if has_val and row["val_accuracy"] > best_val:
-            best_val = row["val_accuracy"]
-            torch_save(models.state_dicts(), out / "best.pt")
-        write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-        torch_save({"trainer": trainer.state_dict(), "epoch": epoch, "best_val": best_val}, ckpt)
-        bar.set_postfix(test=f"{te.accuracy:.2f}", val=f"{row.get('val_accuracy', math.nan):.2f}")
+        va = trainer.evaluate(data.x_val, data.y_val, epoch=epoch, phase="val") if has_val else None
+        history.append(epoch_row(epoch, tr, te, va, train_seconds, time.perf_counter() - t0))
+        best_val = save_epoch(out, history, best_val, models.state_dicts, trainer.state_dict)
+        bar.set_postfix(test=f"{te.accuracy:.2f}", val=f"{va.accuracy if va else math.nan:.2f}")
 
     torch_save(models.state_dicts(), out / "weights.pt")
     if transcript.chunks:
         transcript.save(out / "transcript.npz")
-    result = {
-        "protocol": config.protocol, "depth": config.depth, "seed": config.seed,
-        "topology": topology, "epochs": config.epochs,
-        **summarize(history, has_val),
-        "seconds": sum(h["seconds"] for h in history),
-        "train_seconds_per_epoch": sum(h["train_seconds"] for h in history) / len(history),
-        "n_train": len(data.y_train), "n_val": len(data.y_val), "n_test": len(data.y_test),
-        "device": str(device),
-        "defenses": [d.report() for d in defenses],
+    result = result_doc(
+        config, history, data, device, card, topology=topology,
+        defenses=[d.report() for d in defenses],
         # per epoch run in this process (a resumed run: the epochs after the resume)
-        "wire": channel.wire.summary(),
-        "dataset": card,
-    }
+        wire=channel.wire.summary(),
+    )
     write_json(out / "result.json", result)
     return result

@@ -14,7 +14,9 @@ a caption file beside it (NAME.txt) and all captions collected in FIGURES/captio
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import json
 import math
 import statistics
 import sys
@@ -159,6 +161,9 @@ class StudyArgs:
     """torch threads (one is fastest for these small tensors on a busy host)"""
     progress: bool = True
     """progress bars over runs and epochs"""
+    batched: bool = True
+    """train the seeds of an undefended setting together as one stacked model
+    (splitpriv.batched; numbers equal to training them one by one up to float rounding)"""
 
     def out_dir(self, study: str) -> Path:
         if self.out:
@@ -271,14 +276,32 @@ def attack_columns(summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return cols
 
 
+def train_batched_groups(plan: Sequence[Planned], out: Path, progress: bool) -> None:
+    """Train the seeds of each undefended setting together (one stacked model per setting);
+    what is finished is skipped and a killed run resumes alone (see ``run_training_batched``)."""
+    from splitpriv.batched import batchable, run_training_batched
+
+    groups: dict[str, list[Planned]] = {}
+    for p in plan:
+        if batchable(p.config):
+            key = json.dumps(dataclasses.asdict(dataclasses.replace(p.config, seed=0)))
+            groups.setdefault(key, []).append(p)
+    for ps in groups.values():
+        if len(ps) > 1:
+            run_training_batched([p.config for p in ps], [out / "runs" / p.name for p in ps],
+                                 progress=progress)
+
+
 def sweep(plan: Sequence[Planned], out: Path, budget: AttackBudget, *, study: str,
-          progress: bool = True) -> list[dict[str, Any]]:
+          progress: bool = True, batched: bool = True) -> list[dict[str, Any]]:
     """Train and attack every planned run (resumable); one flat row per run."""
     from tqdm.auto import tqdm
 
     from attacks.registry import load_builtin
 
     load_builtin()
+    if batched:
+        train_batched_groups(plan, out, progress)
     rows = []
     bar = tqdm(plan, desc=f"{study}: runs", unit="run", disable=not progress, position=0)
     for p in bar:
@@ -522,7 +545,8 @@ def run_study(
     write results.csv, summary.md and the figures, print the summary table."""
     seed_everything(args.seed, args.threads)
     out = args.out_dir(study)
-    rows = sweep(plan, out, args.budget(), study=study, progress=args.progress)
+    rows = sweep(plan, out, args.budget(), study=study, progress=args.progress,
+                 batched=args.batched)
     write_csv(out / "results.csv", rows, columns)
     rows = read_csv(out / "results.csv")
     budget = args.budget_text()

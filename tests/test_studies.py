@@ -5,6 +5,7 @@ hand-worked cases."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import time
 from pathlib import Path
@@ -131,9 +132,12 @@ def test_compare_defenses_quick(pool_dirs, tmp_path):
 
 
 def test_depth_quick(pool_dirs, tmp_path):
-    depth.main(tiny(pool_dirs, tmp_path, "--depths", "2", "3"))
+    depth.main(tiny(pool_dirs, tmp_path, "--depths", "2", "3", "--seeds", "2"))
     table = read_rows(tmp_path / "results.csv")
-    assert sorted(r["depth"] for r in table) == ["2", "3"]
+    assert sorted(r["depth"] for r in table) == ["2", "2", "3", "3"]
+    # each depth's two seeds were trained together as one stacked model
+    for r in table:
+        assert json.loads((Path(r["run_dir"]) / "result.json").read_text())["batched"] == 2
     assert_finite(table, ["test_accuracy", "best_test_accuracy", "dcor_max", "dcor_min",
                           "dtw_min", "dtw_max"])
     summary = (tmp_path / "summary.md").read_text()
