@@ -1,14 +1,17 @@
-"""K runs of one architecture trained together as one stacked model (torch.func + vmap).
+"""K runs of one architecture trained together as one stacked model.
 
-A sweep over seeds trains many copies of the same small network; each step of one copy is mostly
-per-operation overhead on a CPU. Stacking the K copies' parameters and mapping the forward pass
-over them with :func:`torch.func.vmap` turns K small convolutions into one grouped convolution,
-so K runs cost far less than K times one run.
+A sweep over seeds trains many copies of the same small network. Stacking the K copies'
+parameters (:func:`torch.func.stack_module_state`) turns K small convolutions into one grouped
+convolution and K small matrix products into one batched product, so K runs cost less than K
+times one run (``benchmarks/speed.py`` measures how much). Layers other than the split model's
+fall back to :func:`torch.func.vmap`.
 
 Each run keeps its own initial weights, its own batch order (its own generator, drawn exactly as
 :class:`~splitpriv.trainer.SplitTrainer` draws it) and, since Adam is elementwise, its own
 optimizer state inside the stacked tensors: run k's numbers are those of training it alone, up to
-floating-point summation order (tested).
+floating-point summation order (tested: equal to 1e-5 after a few steps; over hundreds of steps
+the rounding grows, as it does between two machines, so long runs agree in distribution, not
+bit for bit).
 
 The split is kept: the server's forward starts from detached activations and the client's
 backward from the gradient the server returns. No transcript is recorded and defenses are not
@@ -35,7 +38,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from splitpriv.channel import NOTHING
 from splitpriv.io import resolve_device, torch_save, write_json
-from splitpriv.models import ModelConfig, SplitModels, build_models
+from splitpriv.models import MaxPool2, ModelConfig, SplitModels, build_models
 from splitpriv.run import (
     epoch_row,
     finished_result,
@@ -48,19 +51,67 @@ from splitpriv.trainer import Accumulator, EpochStats, adam, batches
 
 
 class _Stacked:
-    """K copies of one module as stacked parameters and a stateless template."""
+    """K copies of one module as stacked parameters (each ``(K, *shape)``) and a stateless
+    template.
+
+    The client's and server's layers (Conv1d, LeakyReLU, MaxPool2, Flatten, Linear, Softmax) run
+    as explicit stacked operations: the K runs' convolutions as one grouped convolution over a
+    (B, K * C, L) layout, their linear layers as one batched matrix product. Any other layer
+    falls back to :func:`torch.func.vmap` over :func:`torch.func.functional_call`, which gives
+    the same numbers with more per-call overhead.
+    """
+
+    _EXPLICIT = (nn.Conv1d, nn.LeakyReLU, MaxPool2, nn.Flatten, nn.Linear, nn.Softmax)
 
     def __init__(self, modules: Sequence[nn.Module]) -> None:
         params, buffers = stack_module_state(list(modules))
         self.params = {k: v.detach().requires_grad_() for k, v in params.items()}
         self.buffers = buffers
         self.template = copy.deepcopy(modules[0]).to("meta")
+        layers = getattr(self.template, "layers", None)
+        self.layers = (
+            list(layers) if isinstance(layers, nn.Sequential) and not buffers
+            and all(isinstance(m, self._EXPLICIT) for m in layers)
+            and all(m.stride == (1,) and m.dilation == (1,) and m.groups == 1
+                    for m in layers if isinstance(m, nn.Conv1d))
+            else None
+        )
 
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        def one(params, buffers, *xs):
-            return functional_call(self.template, (params, buffers), xs)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(K, B, ...) -> (K, B, ...): run k's module on x[k]."""
+        if self.layers is None:
+            def one(params, buffers, xs):
+                return functional_call(self.template, (params, buffers), (xs,))
 
-        return vmap(one)(self.params, self.buffers, *inputs)
+            return vmap(one)(self.params, self.buffers, x)
+        k, b = x.shape[:2]
+        grouped = False  # False: (K, B, ...) layout; True: (B, K * C, L)
+        for i, layer in enumerate(self.layers):
+            w, bias = self.params.get(f"layers.{i}.weight"), self.params.get(f"layers.{i}.bias")
+            if isinstance(layer, nn.Conv1d):
+                if not grouped:
+                    x, grouped = x.transpose(0, 1).reshape(b, -1, x.shape[-1]), True
+                x = nn.functional.conv1d(  # (B, K * Cin, L) -> (B, K * Cout, L')
+                    x, w.flatten(0, 1), None if bias is None else bias.flatten(),
+                    padding=layer.padding, groups=k,
+                )
+            elif isinstance(layer, (nn.LeakyReLU, MaxPool2, nn.Softmax)) and (
+                grouped or not isinstance(layer, MaxPool2)
+            ):
+                x = layer(x) if not isinstance(layer, nn.Softmax) else x.softmax(-1)
+            else:
+                if grouped:  # (B, K * C, L) -> (K, B, C, L)
+                    x, grouped = x.view(b, k, -1, x.shape[-1]).transpose(0, 1), False
+                if isinstance(layer, nn.Flatten):
+                    x = x.flatten(2)  # (K, B, C, L) -> (K, B, C * L)
+                elif isinstance(layer, nn.Linear):  # (K, B, in) -> (K, B, out)
+                    x = (torch.bmm(x, w.transpose(1, 2)) if bias is None
+                         else torch.baddbmm(bias.unsqueeze(1), x, w.transpose(1, 2)))
+                else:  # MaxPool2 on (K, B, C, L)
+                    x = layer(x.flatten(0, 1)).unflatten(0, (k, b))
+        if grouped:
+            x = x.view(b, k, -1, x.shape[-1]).transpose(0, 1)  # -> (K, B, C, L)
+        return x
 
     def unstack(self, k: int) -> dict[str, torch.Tensor]:
         return {name: p[k].detach().clone() for name, p in self.params.items()}

@@ -19,26 +19,43 @@ def beats(take_beats):
     return take_beats(400, 300)
 
 
-def test_batched_runs_equal_runs_trained_alone(beats):
+def _assert_weights_close(a: dict, b: dict, atol: float) -> None:
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+def test_batched_runs_equal_runs_trained_alone(beats, explicit):
+    """After a few steps each run's weights equal those of the run trained alone, up to float
+    rounding (the stacked kernels sum in another order). Over many steps the rounding grows
+    chaotically (a near-tie of a max-pool flips, Adam scales a near-zero gradient to a full
+    step), so longer horizons are compared on losses and accuracies."""
     x, y, xt, yt = beats
     seeds = [3, 4, 5]
     cfg = ModelConfig(depth=3)
-    batched = BatchedSplitTrainer([build_models(cfg, seed=s) for s in seeds], x, y, seeds=seeds)
-    stats = [batched.train_epoch() for _ in range(2)]
-    evals = batched.evaluate(xt, yt)
+    batched = BatchedSplitTrainer([build_models(cfg, seed=s) for s in seeds], x[:128], y[:128],
+                                  seeds=seeds)
+    if not explicit:  # the generic torch.func.vmap path
+        batched.client.layers = batched.server.layers = None
+    batched.train_epoch()  # 4 steps
+    long = BatchedSplitTrainer([build_models(cfg, seed=s) for s in seeds], x, y, seeds=seeds)
+    stats = [long.train_epoch() for _ in range(2)]
+    evals = long.evaluate(xt, yt)
     for k, seed in enumerate(seeds):
+        alone = SplitTrainer(build_models(cfg, seed=seed), x[:128], y[:128], seed=seed)
+        alone.train_epoch(1)
+        state = batched.run_state(k)
+        for part, module in (("client", alone.models.client), ("server", alone.models.server)):
+            _assert_weights_close(state[part], module.state_dict(), atol=1e-5)
         alone = SplitTrainer(build_models(cfg, seed=seed), x, y, seed=seed)
         alone_stats = [alone.train_epoch(e) for e in (1, 2)]
         alone_eval = alone.evaluate(xt, yt, epoch=2, phase="test")
-        state = batched.run_state(k)
-        for part, module in (("client", alone.models.client), ("server", alone.models.server)):
-            for name, value in module.state_dict().items():
-                torch.testing.assert_close(state[part][name], value, atol=1e-5, rtol=1e-4)
-        assert stats[-1][k].loss == pytest.approx(alone_stats[-1].loss, rel=1e-5)
-        assert evals[k].accuracy == pytest.approx(alone_eval.accuracy, abs=0.34)  # <= 1 of 300
+        assert stats[0][k].loss == pytest.approx(alone_stats[0].loss, rel=1e-4)
+        assert stats[-1][k].loss == pytest.approx(alone_stats[-1].loss, rel=1e-2)
+        assert evals[k].accuracy == pytest.approx(alone_eval.accuracy, abs=1.5)  # 4 of 300
     # the runs differ from each other (one seed copied K times would also "match" itself)
-    a, b = batched.run_state(0)["client"], batched.run_state(1)["client"]
-    assert any((a[n] - b[n]).abs().max() > 1e-3 for n in a)
+    a, b = long.run_state(0)["client"], long.run_state(1)["client"]
+    assert any((a[n] - b[n]).abs().max() > 0.1 for n in a)
 
 
 def test_batched_rejects_mismatched_seeds_and_ushape(beats):
@@ -63,6 +80,18 @@ def _weights(run_dir):
     return torch.load(run_dir / "weights.pt", weights_only=True)
 
 
+def _assert_same_run(a_dir, b_dir) -> None:
+    """The same run (seed, data, batch order) trained batched and alone: equal up to the
+    rounding that grows over ~40 steps (different seeds differ by > 0.1, tested below)."""
+    a, b = _weights(a_dir), _weights(b_dir)
+    for part in a:
+        _assert_weights_close(a[part], b[part], atol=2e-2)
+    for r, s in zip(_rows(a_dir), _rows(b_dir), strict=True):
+        assert r["epoch"] == s["epoch"]
+        assert r["train_loss"] == pytest.approx(s["train_loss"], rel=1e-2)
+        assert r["val_accuracy"] == pytest.approx(s["val_accuracy"], abs=5.1)  # 3 of 60
+
+
 def _rows(run_dir):
     return [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -81,17 +110,11 @@ def test_batched_run_directories_match_runs_trained_alone(pool_dirs, tmp_path, m
             assert (run_dir / name).exists(), name
         assert result["batched"] == 2 and result["seed"] == config.seed
         alone = run_training(config, tmp_path / f"alone-s{config.seed}", progress=False)
-        a, b = _weights(run_dir), _weights(tmp_path / f"alone-s{config.seed}")
-        for part in a:
-            for k in a[part]:
-                torch.testing.assert_close(a[part][k], b[part][k], atol=1e-5, rtol=1e-4)
-        for r, s in zip(_rows(run_dir), _rows(tmp_path / f"alone-s{config.seed}"), strict=True):
-            assert r["train_loss"] == pytest.approx(s["train_loss"], rel=1e-5)
-            assert r["val_accuracy"] == pytest.approx(s["val_accuracy"], abs=1.7)  # 1 of 60
+        _assert_same_run(run_dir, tmp_path / f"alone-s{config.seed}")
         assert result["best_epoch"] == alone["best_epoch"]
     # the runs are different runs
     w0, w1 = _weights(dirs[0])["client"], _weights(dirs[1])["client"]
-    assert any((w0[k] - w1[k]).abs().max() > 1e-3 for k in w0)
+    assert any((w0[k] - w1[k]).abs().max() > 0.1 for k in w0)
     # finished: skipped, nothing retrained
     calls.clear()
     assert run_training_batched(configs, dirs, progress=False) == results and not calls
@@ -119,10 +142,7 @@ def test_batched_checkpoint_resumes_alone(pool_dirs, tmp_path):
     for config, run_dir in zip(longer, dirs, strict=True):
         assert [r["epoch"] for r in _rows(run_dir)] == [1, 2, 3]
         run_training(config, tmp_path / f"alone-{run_dir.name}", progress=False)
-        a, b = _weights(run_dir), _weights(tmp_path / f"alone-{run_dir.name}")
-        for part in a:
-            for k in a[part]:
-                torch.testing.assert_close(a[part][k], b[part][k], atol=1e-5, rtol=1e-4)
+        _assert_same_run(run_dir, tmp_path / f"alone-{run_dir.name}")
 
 
 def test_run_training_batched_refuses_what_it_cannot_batch(pool_dirs, tmp_path):
@@ -137,3 +157,30 @@ def test_run_training_batched_refuses_what_it_cannot_batch(pool_dirs, tmp_path):
         with pytest.raises(ValueError, match=match):
             run_training_batched(configs, [tmp_path / "x", tmp_path / "y"], progress=False)
     assert batchable(a) and not batchable(_config(pool_dirs, topology="ushape"))
+
+
+def test_trainer_state_is_each_runs_own_state(beats):
+    """A SplitTrainer loaded with trainer_state(k) holds exactly run k's weights, Adam moments
+    and step count, and batch generator."""
+    x, y, _, _ = beats
+    seeds = [3, 4]
+    batched = BatchedSplitTrainer([build_models(ModelConfig(), seed=s) for s in seeds],
+                                  x[:96], y[:96], seeds=seeds)
+    batched.train_epoch()
+    for k, seed in enumerate(seeds):
+        alone = SplitTrainer(build_models(ModelConfig(), seed=99), x[:96], y[:96], seed=99)
+        alone.load_state_dict(batched.trainer_state(k))
+        for part, module, opt, stacked, stacked_opt in (
+            ("client", alone.models.client, alone.client.optimizer, batched.client,
+             batched.client_opt),
+            ("server", alone.models.server, alone.server.optimizer, batched.server,
+             batched.server_opt),
+        ):
+            for name, p in module.named_parameters():
+                q = stacked.params[name]
+                assert torch.equal(p, q[k]), (part, name)
+                mine, theirs = opt.state[p], stacked_opt.state[q]
+                assert torch.equal(mine["exp_avg"], theirs["exp_avg"][k])
+                assert torch.equal(mine["exp_avg_sq"], theirs["exp_avg_sq"][k])
+                assert mine["step"].item() == theirs["step"].item() == 3  # 96 / 32 steps
+        assert torch.equal(alone.generator.get_state(), batched.generators[k].get_state())
