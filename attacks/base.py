@@ -13,13 +13,12 @@ The threat model is explicit in code. An attack sees
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 from splitpriv.channel import Kind, Transcript
-from splitpriv.io import atomic_path, write_json
+from splitpriv.io import atomic_path, torch_threads, write_json
 
 #: Knowledge fields an attack may declare in ``uses``.
 KNOWLEDGE_FIELDS = ("aux", "depth", "client_state", "defenses")
@@ -203,18 +202,6 @@ class CommonConfig:
     max_victims: int | None = None
     seed: int = 0
     threads: int | None = 1
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``n`` torch threads (None: unchanged), restoring the setting after."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _jsonable(obj: Any) -> Any:

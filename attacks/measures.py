@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from dtaidistance import dtw_cc
 
-from attacks.base import torch_threads
+from splitpriv.io import torch_threads
 
 _CHUNK = 128  # beats per chunk of the per-channel dCor: the (chunk, C, L, L) block stays in cache
 

@@ -31,10 +31,9 @@ from typing import Any
 import _unshadow  # noqa: F401, I001  (first: keeps this file from shadowing the package)
 import torch
 
-from attacks.base import torch_threads
 from attacks.cli import run_attack
 from attacks.registry import ATTACKS, build_attack, load_builtin
-from splitpriv.io import write_json, write_text
+from splitpriv.io import torch_threads, write_json, write_text
 from splitpriv.options import parse_dataclass_args
 from splitpriv.run import TrainConfig, run_training
 

@@ -7,7 +7,8 @@ medians of repeated epochs timed round-robin (every row sees the same machine st
 - unsplit: :func:`splitpriv.trainer.train_monolithic`, the same network in one module.
 - plain loop: the loop a tutorial writes: a DataLoader over a TensorDataset (shuffle, batch 32),
   client and server modules of stock layers (``nn.MaxPool1d``), two ``torch.optim.Adam``,
-  ``.item()`` every step for the running loss.
+  ``.item()`` every step for the running loss; once with ``--threads`` like every other row and
+  once with torch's default thread count (one per core), as a script that never sets it runs.
 - batched: :class:`splitpriv.batched.BatchedSplitTrainer` with K = 1, 2, 5, 10 seeds, against K
   times one split epoch.
 - leakage metrics: beat-channel pairs per second of the paper's per-channel dCor
@@ -42,7 +43,7 @@ from torch import nn
 
 from attacks.measures import dcor_per_channel, dtw_pairs, paper_pool
 from splitpriv.batched import BatchedSplitTrainer
-from splitpriv.io import resolve_device, write_json, write_text
+from splitpriv.io import resolve_device, torch_threads, write_json, write_text
 from splitpriv.models import MaxPool2, ModelConfig, build_models
 from splitpriv.options import parse_dataclass_args
 from splitpriv.run import TrainConfig, load_tensors
@@ -99,8 +100,9 @@ def plain_loop_epoch(models, x: torch.Tensor, y: torch.Tensor, opts) -> float:
     return total
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each function, timed round-robin (one warm-up call each first), so
+def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int
+                      ) -> dict[str, list[float]]:
+    """Seconds of each function per round, timed round-robin (one warm-up call each first), so
     that a drift of the machine's speed (a busy neighbour, frequency scaling) hits every row
     alike rather than whichever ran last."""
     for fn in fns.values():
@@ -111,7 +113,12 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> d
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def paired_ratio(times: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over rounds of a's time over b's in the same round."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
 
 
 def split_unsplit_epochs(
@@ -132,7 +139,8 @@ def split_unsplit_seconds(
     x: torch.Tensor, y: torch.Tensor, repeats: int, device: torch.device
 ) -> dict[str, float]:
     """Median seconds per training epoch of the split trainer and of the same network unsplit."""
-    return interleaved_medians(split_unsplit_epochs(x, y, device), repeats)
+    times = interleaved_times(split_unsplit_epochs(x, y, device), repeats)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def metric_throughput(x: torch.Tensor, n_loop: int) -> dict[str, dict[str, float]]:
@@ -165,6 +173,7 @@ def main() -> None:
     if args.quick:
         args = dataclasses.replace(args, repeats=1, subset=args.subset or 2000, ks=(1, 2),
                                    metric_beats=500, metric_loop_pairs=200)
+    default_threads = torch.get_num_threads()  # what a loop that never sets it runs with
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     data, _ = load_tensors(TrainConfig(protocol="paper", device=str(device)), device)
@@ -173,29 +182,41 @@ def main() -> None:
 
     plain = tutorial_models(cfg, device)
     plain_opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in plain.modules().values()]
+    plain_default = tutorial_models(cfg, device)
+    plain_default_opts = [torch.optim.Adam(m.parameters(), lr=1e-3)
+                          for m in plain_default.modules().values()]
+
+    def plain_default_threads() -> None:
+        with torch_threads(default_threads):
+            plain_loop_epoch(plain_default, x, y, plain_default_opts)
+
     fns = {
         **split_unsplit_epochs(x, y, device),
         "plain loop": lambda: plain_loop_epoch(plain, x, y, plain_opts),
+        f"plain loop, torch default threads ({default_threads})": plain_default_threads,
     }
     for k in args.ks:
         runs = [build_models(cfg, seed=s).to(device) for s in range(k)]
         fns[f"batched {k}"] = BatchedSplitTrainer(runs, x, y, seeds=list(range(k))).train_epoch
-    seconds = interleaved_medians(fns, args.repeats)
-    rows = {name: seconds[name] for name in ("split", "unsplit", "plain loop")}
+    times = interleaved_times(fns, args.repeats)
+    seconds = {name: statistics.median(ts) for name, ts in times.items()}
+    rows = {name: s for name, s in seconds.items() if not name.startswith("batched")}
     batched = {k: seconds[f"batched {k}"] for k in args.ks}
     metrics = metric_throughput(data.x_train[: args.metric_beats].cpu(), args.metric_loop_pairs)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     lines = [
         f"Seconds per training epoch ({len(y):,} beats, batch 32, {device}, "
-        f"{args.threads} thread(s), median of {args.repeats}):",
+        f"{args.threads} thread(s), median of {args.repeats} rounds; ratios: median of the "
+        "per-round ratios):",
         "",
-        "| loop | s/epoch | vs unsplit | vs plain loop |",
+        "| loop | s/epoch (min-max) | vs unsplit | vs plain loop |",
         "|---|---|---|---|",
     ]
     for name, s in rows.items():
-        lines.append(f"| {name} | {s:.3f} | {s / rows['unsplit']:.2f}x | "
-                     f"{s / rows['plain loop']:.2f}x |")
+        lines.append(f"| {name} | {s:.3f} ({min(times[name]):.3f}-{max(times[name]):.3f}) | "
+                     f"{paired_ratio(times, name, 'unsplit'):.2f}x | "
+                     f"{paired_ratio(times, name, 'plain loop'):.2f}x |")
     lines += ["", "| K runs batched | s/epoch | vs 1 split run | vs K split runs |",
               "|---|---|---|---|"]
     for k, s in batched.items():
@@ -213,8 +234,9 @@ def main() -> None:
     out = Path(args.out)
     write_json(out / "speed.json", {
         "seconds_per_epoch": rows, "batched_seconds_per_epoch": batched,
-        "split_over_unsplit": rows["split"] / rows["unsplit"],
-        "plain_over_split": rows["plain loop"] / rows["split"],
+        "seconds_per_round": times,
+        "split_over_unsplit": paired_ratio(times, "split", "unsplit"),
+        "plain_over_split": paired_ratio(times, "plain loop", "split"),
         "metric_pairs_per_second": metrics,
         "peak_rss_mib": peak_mib, "n_train": len(y), "device": str(device),
         "args": dataclasses.asdict(args),

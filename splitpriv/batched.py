@@ -37,7 +37,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from splitpriv.channel import NOTHING
-from splitpriv.io import resolve_device, torch_save, write_json
+from splitpriv.io import resolve_device, torch_save, torch_threads, write_json
 from splitpriv.models import MaxPool2, ModelConfig, SplitModels, build_models
 from splitpriv.run import (
     epoch_row,
@@ -256,8 +256,9 @@ def run_training_batched(configs: Sequence, out_dirs: Sequence[str | Path], *,
         results[pending[0]] = run_training(configs[pending[0]], outs[pending[0]],
                                            progress=progress)
     elif pending:
-        trained = _train_together([configs[i] for i in pending], [outs[i] for i in pending],
-                                  progress)
+        with torch_threads(configs[0].threads):
+            trained = _train_together([configs[i] for i in pending],
+                                      [outs[i] for i in pending], progress)
         results.update(zip(pending, trained, strict=True))
     return [results[i] for i in range(len(configs))]
 

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from splitpriv.distributed import ChannelError
+from splitpriv.io import torch_threads
 from splitpriv.run import TOPOLOGIES, TrainConfig
 
 PROTOCOLS = ("paper", "paper-unique", "inter-patient")
@@ -56,17 +57,22 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from splitpriv.run import run_training
-
     config = TrainConfig(
         protocol=args.protocol, depth=args.depth, epochs=args.epochs, seed=args.seed,
         batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
         topology=args.topology, paper_softmax=args.paper_softmax, data_seed=args.data_seed,
         train_subset=args.train_subset, test_subset=args.test_subset,
         record_epochs=args.record_epochs, record_kinds=args.record_kinds,
-        defenses=list(args.defense), device=args.device,
+        defenses=list(args.defense), device=args.device, threads=args.threads or None,
         mitdb_dir=args.mitdb_dir, cache_dir=args.cache_dir,
     )
+    with torch_threads(config.threads):
+        return _train(args, config)
+
+
+def _train(args: argparse.Namespace, config: TrainConfig) -> int:
+    from splitpriv.run import run_training
+
     if args.role is not None:
         from splitpriv.distributed import run_distributed, spec_from_cli
 
@@ -128,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--defense", action="append", default=[],
                        metavar="NAME[:key=value,...]", help="repeatable")
     train.add_argument("--device", default="auto")
+    train.add_argument("--threads", type=int, default=1,
+                       help="torch CPU threads (default 1, the fastest for this model on a "
+                            "CPU; 0: torch's default)")
     train.add_argument("--out", required=True, help="run directory")
     train.add_argument("--force", action="store_true", help="retrain even if DIR holds a run")
     train.add_argument("--no-progress", action="store_true")

@@ -1,4 +1,5 @@
-"""Small I/O helpers: atomic writes (nothing half-written when a run dies) and the device."""
+"""Small run helpers: atomic writes (nothing half-written when a run dies), the device and the
+number of CPU threads."""
 
 from __future__ import annotations
 
@@ -55,3 +56,18 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads (None: unchanged), restoring the setting after.
+
+    The split model's kernels are small: on a CPU one thread is fastest (two threads made an
+    epoch 2.4x slower on the 2-core development machine, ``benchmarks/speed.py --threads 2``)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -25,7 +25,15 @@ import torch
 
 from splitpriv.channel import NOTHING, Kind, RecordPolicy, Transcript
 from splitpriv.distributed import CountingChannel
-from splitpriv.io import read_json, resolve_device, torch_load, torch_save, write_json, write_text
+from splitpriv.io import (
+    read_json,
+    resolve_device,
+    torch_load,
+    torch_save,
+    torch_threads,
+    write_json,
+    write_text,
+)
 from splitpriv.models import ModelConfig, build_models
 from splitpriv.trainer import SplitTrainer
 
@@ -53,6 +61,8 @@ class TrainConfig:
         record_kinds: transcript kinds, comma list; empty = all.
         defenses: defense specs ``name[:key=value,...]`` (see ``defenses``).
         device: ``auto``, ``cpu``, ``cuda``...
+        threads: torch CPU threads during the run (None: torch's default, one per core). One is
+            fastest for this small model on a CPU (``benchmarks/speed.py --threads 2``).
         mitdb_dir, cache_dir: where the records and the beat-pool cache are (None: defaults).
     """
 
@@ -72,6 +82,7 @@ class TrainConfig:
     record_kinds: str = ""
     defenses: list[str] = field(default_factory=list)
     device: str = "auto"
+    threads: int | None = 1
     mitdb_dir: str | None = None
     cache_dir: str | None = None
 
@@ -113,7 +124,8 @@ class TrainConfig:
     def rerun_key(self) -> dict[str, Any]:
         """The fields that must match for a run directory to be resumed (not epochs, not paths)."""
         d = dataclasses.asdict(self)
-        for k in ("epochs", "device", "mitdb_dir", "cache_dir", "record_epochs", "record_kinds"):
+        for k in ("epochs", "device", "threads", "mitdb_dir", "cache_dir", "record_epochs",
+                  "record_kinds"):
             d.pop(k)
         return d
 
@@ -275,6 +287,11 @@ def run_training(
     done = finished_result(config, out, force=force)
     if done is not None:
         return done
+    with torch_threads(config.threads):
+        return _train(config, out, progress=progress, force=force)
+
+
+def _train(config: TrainConfig, out: Path, *, progress: bool, force: bool) -> dict[str, Any]:
     defenses = build_defenses(config)  # bad defense parameters fail before anything is written
     device = resolve_device(config.device)
     write_json(out / "config.json", dataclasses.asdict(config))

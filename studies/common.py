@@ -511,12 +511,9 @@ def plot_tradeoff(ax: plt.Axes, settings: Sequence[dict[str, Any]], *, x: str, y
                     color=(colors or {}).get(g, OKABE_ITO[gi % len(OKABE_ITO)]),
                     label=str(g), capsize=2, elinewidth=0.8, alpha=0.9,
                     markeredgecolor="0.15", markeredgewidth=0.4)
-        if annotate:
-            for p in pts:
-                if math.isfinite(p[x].mean) and math.isfinite(p[y].mean):
-                    ax.annotate(str(p[label_key]), (p[x].mean, p[y].mean), fontsize=5.5,
-                                xytext=(3, 3), textcoords="offset points")
     front = pareto_front([s[x].mean for s in settings], [s[y].mean for s in settings])
+    if annotate:
+        _annotate_uncrowded(ax, settings, x, y, label_key, first=front)
     if front:
         fx = [settings[i][x].mean for i in front]
         fy = [settings[i][y].mean for i in front]
@@ -525,6 +522,26 @@ def plot_tradeoff(ax: plt.Axes, settings: Sequence[dict[str, Any]], *, x: str, y
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     return front
+
+
+def _annotate_uncrowded(ax: plt.Axes, settings: Sequence[dict[str, Any]], x: str, y: str,
+                        label_key: str, first: Sequence[int]) -> None:
+    """Label the settings whose label would not overlap one already placed (the ``first``
+    indices, the Pareto front, are placed first); the others are told apart by their marker."""
+    pts = [(i, settings[i][x].mean, settings[i][y].mean) for i in range(len(settings))]
+    pts = [p for p in pts if math.isfinite(p[1]) and math.isfinite(p[2])]
+    if not pts:
+        return
+    span = [max(max(v) - min(v), 1e-12) for v in ([p[1] for p in pts], [p[2] for p in pts])]
+    order = [p for i in first for p in pts if p[0] == i] + [p for p in pts if p[0] not in first]
+    placed: list[tuple[float, float]] = []
+    for i, px, py in order:
+        u, v = px / span[0], py / span[1]
+        if any(abs(u - a) < 0.12 and abs(v - b) < 0.05 for a, b in placed):
+            continue
+        placed.append((u, v))
+        ax.annotate(str(settings[i][label_key]), (px, py), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
 
 
 def print_table(text: str) -> None:

@@ -163,7 +163,9 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
               "over seeds), one colour and marker per family; the dashed line is the Pareto "
               "front (no other setting has lower leakage and higher accuracy). Left: median "
               "Pearson r of a learned decoder's reconstructions from the defended activations; "
-              "right: distance correlation of those activations with the input. " + note)
+              "right: distance correlation of those activations with the input. Where labels "
+              "would overlap only the first placed (Pareto front first) is written; "
+              "summary.md lists every setting. " + note)
     figs.write_captions()
 
 

@@ -26,7 +26,6 @@ from attacks import (
     build_attack,
     load_builtin,
 )
-from attacks.base import torch_threads
 from attacks.cli import run_attack_cli
 from attacks.measures import (
     dcor_batches,
@@ -41,6 +40,7 @@ from attacks.measures import (
 from attacks.metrics import reconstruction_metrics
 from attacks.runs import load_run
 from splitpriv.channel import InProcessChannel, Kind, Message, RecordPolicy, Transcript
+from splitpriv.io import torch_threads
 from splitpriv.models import ModelConfig, build_models
 from splitpriv.run import TrainConfig, run_training
 from splitpriv.trainer import SplitTrainer

@@ -167,7 +167,7 @@ def test_trainer_state_is_each_runs_own_state(beats):
     batched = BatchedSplitTrainer([build_models(ModelConfig(), seed=s) for s in seeds],
                                   x[:96], y[:96], seeds=seeds)
     batched.train_epoch()
-    for k, seed in enumerate(seeds):
+    for k in range(len(seeds)):
         alone = SplitTrainer(build_models(ModelConfig(), seed=99), x[:96], y[:96], seed=99)
         alone.load_state_dict(batched.trainer_state(k))
         for part, module, opt, stacked, stacked_opt in (
