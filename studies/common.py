@@ -527,21 +527,25 @@ def plot_tradeoff(ax: plt.Axes, settings: Sequence[dict[str, Any]], *, x: str, y
 def _annotate_uncrowded(ax: plt.Axes, settings: Sequence[dict[str, Any]], x: str, y: str,
                         label_key: str, first: Sequence[int]) -> None:
     """Label the settings whose label would not overlap one already placed (the ``first``
-    indices, the Pareto front, are placed first); the others are told apart by their marker."""
+    indices, the Pareto front, are placed first); a placed label counts the settings it hides,
+    "label (+n)", which the marker colours and the summary table tell apart."""
     pts = [(i, settings[i][x].mean, settings[i][y].mean) for i in range(len(settings))]
     pts = [p for p in pts if math.isfinite(p[1]) and math.isfinite(p[2])]
     if not pts:
         return
     span = [max(max(v) - min(v), 1e-12) for v in ([p[1] for p in pts], [p[2] for p in pts])]
     order = [p for i in first for p in pts if p[0] == i] + [p for p in pts if p[0] not in first]
-    placed: list[tuple[float, float]] = []
+    placed: list[list[Any]] = []  # [u, v, index, x, y, hidden]
     for i, px, py in order:
         u, v = px / span[0], py / span[1]
-        if any(abs(u - a) < 0.12 and abs(v - b) < 0.05 for a, b in placed):
-            continue
-        placed.append((u, v))
-        ax.annotate(str(settings[i][label_key]), (px, py), fontsize=6, xytext=(3, 3),
-                    textcoords="offset points")
+        near = next((q for q in placed if abs(u - q[0]) < 0.12 and abs(v - q[1]) < 0.05), None)
+        if near is not None:
+            near[5] += 1
+        else:
+            placed.append([u, v, i, px, py, 0])
+    for _, _, i, px, py, hidden in placed:
+        text = str(settings[i][label_key]) + (f" (+{hidden})" if hidden else "")
+        ax.annotate(text, (px, py), fontsize=6, xytext=(3, 3), textcoords="offset points")
 
 
 def print_table(text: str) -> None:

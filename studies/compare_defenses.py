@@ -164,8 +164,8 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
               "front (no other setting has lower leakage and higher accuracy). Left: median "
               "Pearson r of a learned decoder's reconstructions from the defended activations; "
               "right: distance correlation of those activations with the input. Where labels "
-              "would overlap only the first placed (Pareto front first) is written; "
-              "summary.md lists every setting. " + note)
+              "would overlap, one is written with the number of settings it hides, \"(+n)\" "
+              "(summary.md lists every setting). " + note)
     figs.write_captions()
 
 

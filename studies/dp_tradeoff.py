@@ -266,7 +266,8 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
     axes[0].legend(loc="lower right")
     figs.save(fig, "tradeoff",
               "Accuracy against leakage for activation DP: each marker is one setting (mean ± sd "
-              "over seeds), labelled with its epsilon; the dashed line is the Pareto front "
+              "over seeds), labelled with its epsilon (\"(+n)\": n more settings hidden under the "
+              "label); the dashed line is the Pareto front "
               "(no other setting has lower leakage and higher accuracy). Left: distance "
               "correlation of the defended activations with the input; right: how well a learned "
               "decoder inverts them. " + note)
