@@ -163,7 +163,7 @@ class StudyArgs:
     """progress bars over runs and epochs"""
     batched: bool = True
     """train the seeds of an undefended setting together as one stacked model
-    (splitpriv.batched; numbers equal to training them one by one up to float rounding)"""
+    (splitpriv.batched; equal to one-by-one runs up to float rounding, which grows over epochs)"""
 
     def out_dir(self, study: str) -> Path:
         if self.out:
