@@ -29,8 +29,7 @@ from splitpriv.channel import InProcessChannel, Kind, RecordPolicy, Transcript
 from splitpriv.io import read_json, torch_load
 from splitpriv.models import ClientNet
 from splitpriv.run import PHASES, TrainConfig, load_split, phase_rows
-
-EVAL_BATCH = 4096  # SplitTrainer.evaluate's batch
+from splitpriv.trainer import EVAL_BATCH
 
 
 @dataclass

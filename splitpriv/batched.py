@@ -47,7 +47,7 @@ from splitpriv.run import (
     run_training,
     save_epoch,
 )
-from splitpriv.trainer import Accumulator, EpochStats, adam, batches
+from splitpriv.trainer import EVAL_BATCH, Accumulator, EpochStats, adam, batches
 
 
 class _Stacked:
@@ -180,8 +180,11 @@ class BatchedSplitTrainer:
 
     @torch.no_grad()
     def evaluate(
-        self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096
+        self, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None
     ) -> list[EpochStats]:
+        """Each run's loss and accuracy on (x, y), in chunks of ``batch_size`` rows (default:
+        EVAL_BATCH / K, so that the K runs' activations together stay as small)."""
+        batch_size = batch_size or max(32, EVAL_BATCH // self.k)
         self.client.train(False)
         self.server.train(False)
         accs = [Accumulator(x.device) for _ in range(self.k)]

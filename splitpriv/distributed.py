@@ -56,6 +56,7 @@ from torch import nn
 from splitpriv.channel import NOTHING, Channel, InProcessChannel, Kind, Message, Transcript
 from splitpriv.models import CUT_CHANNELS, CUT_LENGTH, HIDDEN, N_CLASSES, ModelConfig
 from splitpriv.parties import Client, Server
+from splitpriv.trainer import EVAL_BATCH
 
 MAGIC = 0x53504C4954  # "SPLIT"
 VERSION = 1
@@ -766,7 +767,7 @@ def _client_group(spec: DistSpec, mode: str) -> Any:
 
 def run_client(
     config: Any, spec: DistSpec, data: ClientData, *, mode: str = "sequential",
-    eval_batch_size: int = 4096, progress: bool = False,
+    eval_batch_size: int = EVAL_BATCH, progress: bool = False,
 ) -> PartyResult:
     """Run one client (rank >= 1) of a distributed split-learning session to its end.
 
@@ -894,7 +895,7 @@ def run_client(
 
 def run_server(
     config: Any, spec: DistSpec, *, mode: str = "sequential", transcript: Transcript | None = None,
-    eval_batch_size: int = 4096, device: torch.device | str = "cpu",
+    eval_batch_size: int = EVAL_BATCH, device: torch.device | str = "cpu",
 ) -> PartyResult:
     """Serve the K clients of a distributed session (rank 0) until every one has stopped.
 

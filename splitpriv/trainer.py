@@ -18,6 +18,10 @@ from splitpriv.models import SplitModels
 from splitpriv.optim import FlatAdam
 from splitpriv.parties import Client, OptimizerFactory, Server, cross_entropy
 
+#: rows per evaluation chunk: (512, 16, 128) float32 activations are 4 MiB; 4,096-row chunks
+#: (33 MiB) went to fresh pages from the OS every time and made evaluation 3x slower here.
+EVAL_BATCH = 512
+
 
 def adam(lr: float) -> OptimizerFactory:
     """The paper's optimizer: Adam (torch defaults otherwise), as :class:`FlatAdam`."""
@@ -116,7 +120,8 @@ class SplitTrainer:
 
     @torch.no_grad()
     def evaluate(
-        self, x: torch.Tensor, y: torch.Tensor, *, epoch: int, phase: str, batch_size: int = 4096
+        self, x: torch.Tensor, y: torch.Tensor, *, epoch: int, phase: str,
+        batch_size: int = EVAL_BATCH,
     ) -> EpochStats:
         """Split inference: the client sends activations, the server returns its output."""
         self._set_phase(epoch, phase)
@@ -181,4 +186,5 @@ def train_monolithic(
     return acc.stats()
 
 
-__all__ = ["SplitTrainer", "train_monolithic", "Accumulator", "EpochStats", "batches"]
+__all__ = ["SplitTrainer", "train_monolithic", "Accumulator", "EpochStats", "batches",
+           "EVAL_BATCH"]
