@@ -73,7 +73,8 @@ class _Stacked:
             list(layers) if isinstance(layers, nn.Sequential) and not buffers
             and all(isinstance(m, self._EXPLICIT) for m in layers)
             and all(m.stride == (1,) and m.dilation == (1,) and m.groups == 1
-                    for m in layers if isinstance(m, nn.Conv1d))
+                    and m.padding_mode == "zeros" for m in layers if isinstance(m, nn.Conv1d))
+            and all(m.dim in (-1, 1) for m in layers if isinstance(m, nn.Softmax))
             else None
         )
 
@@ -95,10 +96,10 @@ class _Stacked:
                     x, w.flatten(0, 1), None if bias is None else bias.flatten(),
                     padding=layer.padding, groups=k,
                 )
-            elif isinstance(layer, (nn.LeakyReLU, MaxPool2, nn.Softmax)) and (
-                grouped or not isinstance(layer, MaxPool2)
-            ):
-                x = layer(x) if not isinstance(layer, nn.Softmax) else x.softmax(-1)
+            elif isinstance(layer, nn.LeakyReLU) or (isinstance(layer, MaxPool2) and grouped):
+                x = layer(x)  # elementwise, or pairs along L: either layout
+            elif isinstance(layer, nn.Softmax) and not grouped:
+                x = x.softmax(-1)  # (K, B, classes): the model's Softmax(dim=1) on (B, classes)
             else:
                 if grouped:  # (B, K * C, L) -> (K, B, C, L)
                     x, grouped = x.view(b, k, -1, x.shape[-1]).transpose(0, 1), False
@@ -107,8 +108,10 @@ class _Stacked:
                 elif isinstance(layer, nn.Linear):  # (K, B, in) -> (K, B, out)
                     x = (torch.bmm(x, w.transpose(1, 2)) if bias is None
                          else torch.baddbmm(bias.unsqueeze(1), x, w.transpose(1, 2)))
-                else:  # MaxPool2 on (K, B, C, L)
+                elif isinstance(layer, MaxPool2):  # on (K, B, C, L)
                     x = layer(x.flatten(0, 1)).unflatten(0, (k, b))
+                else:  # a Softmax on (K, B, C, L), over C (dim 1) or L (dim -1) of each run
+                    x = x.softmax(2 if layer.dim == 1 else -1)
         if grouped:
             x = x.view(b, k, -1, x.shape[-1]).transpose(0, 1)  # -> (K, B, C, L)
         return x

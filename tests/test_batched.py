@@ -184,3 +184,20 @@ def test_trainer_state_is_each_runs_own_state(beats):
                 assert torch.equal(mine["exp_avg_sq"], theirs["exp_avg_sq"][k])
                 assert mine["step"].item() == theirs["step"].item() == 3  # 96 / 32 steps
         assert torch.equal(alone.generator.get_state(), batched.generators[k].get_state())
+
+
+@pytest.mark.parametrize("paper_softmax", [False, True])
+def test_stacked_forward_equals_each_runs_forward(beats, paper_softmax):
+    """The explicit stacked layers (grouped conv, batched matmul, the double softmax) compute
+    each run's own forward pass."""
+    x, _, _, _ = beats
+    runs = [build_models(ModelConfig(depth=4, paper_softmax=paper_softmax), seed=s)
+            for s in (1, 2, 3)]
+    trainer = BatchedSplitTrainer(runs, x[:64], torch.zeros(64, dtype=torch.long),
+                                  seeds=[1, 2, 3])
+    assert trainer.client.layers is not None and trainer.server.layers is not None
+    xs = torch.stack([x[:16], x[16:32], x[32:48]])  # (K, B, 1, 128)
+    with torch.no_grad():
+        out = trainer.server(trainer.client(xs))  # (K, B, 5)
+        for k, r in enumerate(runs):
+            torch.testing.assert_close(out[k], r.server(r.client(xs[k])), atol=1e-5, rtol=1e-4)
