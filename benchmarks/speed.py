@@ -100,6 +100,20 @@ def plain_loop_epoch(models, x: torch.Tensor, y: torch.Tensor, opts) -> float:
     return total
 
 
+def plain_loop(cfg: ModelConfig, device: torch.device, x: torch.Tensor, y: torch.Tensor,
+               threads: int | None = None) -> Callable[[], object]:
+    """One epoch of the plain loop as a callable, on its own tutorial models and two Adams, run
+    with ``threads`` torch threads (None: the benchmark's setting)."""
+    models = tutorial_models(cfg, device)
+    opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in models.modules().values()]
+
+    def epoch() -> None:
+        with torch_threads(threads):
+            plain_loop_epoch(models, x, y, opts)
+
+    return epoch
+
+
 def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int
                       ) -> dict[str, list[float]]:
     """Seconds of each function per round, timed round-robin (one warm-up call each first), so
@@ -180,20 +194,11 @@ def main() -> None:
     x, y = data.x_train[: args.subset], data.y_train[: args.subset]
     cfg = ModelConfig()
 
-    plain = tutorial_models(cfg, device)
-    plain_opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in plain.modules().values()]
-    plain_default = tutorial_models(cfg, device)
-    plain_default_opts = [torch.optim.Adam(m.parameters(), lr=1e-3)
-                          for m in plain_default.modules().values()]
-
-    def plain_default_threads() -> None:
-        with torch_threads(default_threads):
-            plain_loop_epoch(plain_default, x, y, plain_default_opts)
-
     fns = {
         **split_unsplit_epochs(x, y, device),
-        "plain loop": lambda: plain_loop_epoch(plain, x, y, plain_opts),
-        f"plain loop, torch default threads ({default_threads})": plain_default_threads,
+        "plain loop": plain_loop(cfg, device, x, y),
+        f"plain loop, torch default threads ({default_threads})":
+            plain_loop(cfg, device, x, y, threads=default_threads),
     }
     for k in args.ks:
         runs = [build_models(cfg, seed=s).to(device) for s in range(k)]

@@ -23,13 +23,19 @@ def beats(take_beats):
 
 def _train(opt_cls, beats, steps: int, *, state=None, models=None):
     """`steps` batch-32 steps of the 2-conv model, one optimizer per party (as the trainer)."""
-    x, y = beats
     models = models or build_models(ModelConfig(), seed=3)
     opts = [opt_cls(list(m.parameters()), lr=1e-3) for m in (models.client, models.server)]
     if state is not None:
         for o, s in zip(opts, state, strict=True):
             o.load_state_dict(s)
-    for i in range(steps):
+    _steps(models, opts, beats, range(steps))
+    return models, opts
+
+
+def _steps(models, opts, beats, batches) -> None:
+    """Batch-32 steps numbered ``batches`` (batch i: rows 32 i .. 32 i + 31, wrapping)."""
+    x, y = beats
+    for i in batches:
         ids = torch.arange(i * 32, i * 32 + 32) % len(y)
         loss = cross_entropy(models.monolithic()(x[ids]), y[ids])
         for o in opts:
@@ -37,7 +43,6 @@ def _train(opt_cls, beats, steps: int, *, state=None, models=None):
         loss.backward()
         for o in opts:
             o.step()
-    return models, opts
 
 
 def _assert_same(a, b, opts_a, opts_b):
@@ -96,7 +101,6 @@ def test_flat_adam_falls_back_when_a_parameter_has_no_gradient(beats):
 def test_flat_adam_follows_weights_and_state_replaced_from_outside(beats):
     """Sequential SL's hand-over copies weights into the parameters and replaces the optimizer's
     state entries; the next FlatAdam step must use them, as torch.optim.Adam does."""
-    x, y = beats
     donor, donor_opts = _train(torch.optim.Adam, beats, 4)
     runs = []
     for cls in (torch.optim.Adam, FlatAdam):
@@ -108,14 +112,7 @@ def test_flat_adam_follows_weights_and_state_replaced_from_outside(beats):
             for p, q in zip(mine.parameters(), theirs.parameters(), strict=True):
                 p.data.copy_(q.data)
                 opt.state[p] = {k: v.clone() for k, v in donor_opt.state[q].items()}
-        for i in range(3):
-            ids = torch.arange(64 + i * 32, 96 + i * 32)
-            loss = cross_entropy(models.monolithic()(x[ids]), y[ids])
-            for o in opts:
-                o.zero_grad(set_to_none=True)
-            loss.backward()
-            for o in opts:
-                o.step()
+        _steps(models, opts, beats, range(2, 5))  # the 3 batches after the 2 trained before
         runs.append((models, opts))
     _assert_same(runs[0][0], runs[1][0], runs[0][1], runs[1][1])
 
