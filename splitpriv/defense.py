@@ -1,18 +1,101 @@
-"""The hooks through which a defense acts at the cut. Concrete defenses live in ``defenses/``.
+"""The plug-in contract of a defense, and the typed privacy claim every defense reports.
 
-A defense may transform the activations before they leave the client, add a client-side loss
-term, or replace the client's optimizer (``attach``). Every hook defaults to doing nothing, so a
-defense overrides only what it changes. Defenses compose: the trainer applies them in order.
+A defense acts at the cut, on either side, through the hooks below; every hook defaults to doing
+nothing, so a defense overrides only what it changes. Defenses compose: the parties apply them in
+the order of the run's ``--defense`` list. Concrete defenses live in ``defenses/``.
+
+Hooks and who calls them (see docs/ARCHITECTURE.md for the picture):
+
+========================  ===========  ===============================================================
+hook                      party        when
+========================  ===========  ===============================================================
+``configure``             run          once, with the run's plan, before anything is written
+``attach``                client       once before training (may wrap the client's model/optimizer)
+``begin_phase``           both         before every pass: ``(epoch, "train" | "val" | "test")``
+``transform_activations`` client       activations about to be sent (training and evaluation)
+``transform_labels``      client       labels about to be sent (vanilla topology only)
+``client_loss``           client       an extra loss term from inputs and activations
+``transform_gradient``    sender       a gradient about to cross: the cut gradient the server returns
+                                       (``Kind.ACT_GRAD``), or, U-shaped, the output gradient the
+                                       client head returns (``Kind.OUTPUT_GRAD``)
+``end_epoch``             both         after every training epoch (accountants step here)
+``report``                run          the :class:`PrivacyClaim` for result.json
+========================  ===========  ===============================================================
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 if TYPE_CHECKING:
+    from splitpriv.channel import Kind
     from splitpriv.parties import Client
+
+
+@dataclass
+class PrivacyClaim:
+    """What a defense claims, as one typed object: result.json serialises it (:meth:`to_dict`)
+    and studies read its fields, never a defense's private report keys.
+
+    Attributes:
+        name: the defense's registered name.
+        formal: whether the claim is a formal (epsilon, delta) guarantee from an accountant.
+        mechanism: the noise or protection mechanism (``gaussian``, ``laplace``, ``topology``...).
+        privacy_unit: what one unit of privacy is (e.g. "one beat's input signal").
+        scope: what is released and covered (e.g. "activation releases of training beats").
+        epsilon: the accounted epsilon of the training releases (None: no formal claim, or
+            infinite).
+        delta: its delta (None when there is no formal claim).
+        accountant: how epsilon was obtained (None without a formal claim).
+        conditions: the assumptions the claim rests on and what it does not cover.
+        details: everything else the defense reports (parameters, per-phase accounting); merged
+            flat into the JSON next to the typed fields.
+    """
+
+    name: str
+    formal: bool = False
+    mechanism: str | None = None
+    privacy_unit: str | None = None
+    scope: str | None = None
+    epsilon: float | None = None
+    delta: float | None = None
+    accountant: str | None = None
+    conditions: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.epsilon is not None and not math.isfinite(self.epsilon):
+            self.epsilon = None  # JSON has no infinity; an infinite epsilon claims nothing
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: the typed fields (``formal`` also as ``formal_guarantee``), then
+        ``details`` flat beside them."""
+        typed = {
+            "name": self.name, "formal_guarantee": self.formal, "mechanism": self.mechanism,
+            "privacy_unit": self.privacy_unit, "scope": self.scope, "epsilon": self.epsilon,
+            "delta": self.delta, "accountant": self.accountant, "conditions": list(self.conditions),
+        }
+        clash = set(typed) & set(self.details)
+        if clash:
+            raise ValueError(f"PrivacyClaim {self.name!r}: details repeat typed fields {clash}")
+        return typed | self.details
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> PrivacyClaim:
+        """Read a claim back from result.json (the inverse of :meth:`to_dict`)."""
+        typed = {"name", "formal_guarantee", "mechanism", "privacy_unit", "scope", "epsilon",
+                 "delta", "accountant", "conditions"}
+        return cls(
+            name=doc["name"], formal=bool(doc.get("formal_guarantee", False)),
+            mechanism=doc.get("mechanism"), privacy_unit=doc.get("privacy_unit"),
+            scope=doc.get("scope"), epsilon=doc.get("epsilon"), delta=doc.get("delta"),
+            accountant=doc.get("accountant"), conditions=list(doc.get("conditions") or []),
+            details={k: v for k, v in doc.items() if k not in typed},
+        )
 
 
 class Defense:
@@ -23,22 +106,41 @@ class Defense:
     topology: str | None = None
 
     def configure(self, *, epochs: int, batch_size: int) -> None:
-        """Called once with the run's plan, before anything is written; may refuse it."""
+        """Called once with the run's plan (its training epochs and batch size), before anything
+        is written; may refuse it with a ValueError naming the parameter."""
 
     def attach(self, client: Client) -> None:
-        """Called once before training; may wrap the client's model or optimizer."""
+        """Called once before training; may wrap the client's model or optimizer, and read the
+        other defenses of the run (``client.defenses``)."""
+
+    def begin_phase(self, epoch: int, phase: str) -> None:
+        """Called by each party before every pass over a phase (``train``, ``val``, ``test``)."""
 
     def transform_activations(self, a: torch.Tensor, *, training: bool) -> torch.Tensor:
         """Map the activations (B, C, L) the client is about to send. Keep the autograd graph."""
         return a
 
+    def transform_labels(self, y: torch.Tensor) -> torch.Tensor:
+        """Map the labels (B,) the client is about to send (vanilla topology, training only)."""
+        return y
+
     def client_loss(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor | None:
         """An extra loss term on the client, from its inputs (B, 1, 128) and activations."""
         return None
 
+    def transform_gradient(self, g: torch.Tensor, *, kind: Kind, y: torch.Tensor | None = None
+                           ) -> torch.Tensor:
+        """Map a gradient the sending party is about to return across the cut: ``Kind.ACT_GRAD``
+        (server -> client, (B, C, L)) or ``Kind.OUTPUT_GRAD`` (client head -> server, (B, H)).
+        ``y`` is the batch's labels where the sending party holds them (else None)."""
+        return g
+
     def end_epoch(self, epoch: int) -> None:
         """Called after every training epoch (accountants step here)."""
 
-    def report(self) -> dict[str, Any]:
-        """What the defense claims, for result.json (privacy accounting, parameters)."""
-        return {"name": self.name}
+    def report(self) -> PrivacyClaim:
+        """What the defense claims (privacy accounting, parameters), for result.json."""
+        return PrivacyClaim(name=self.name)
+
+
+__all__ = ["Defense", "PrivacyClaim"]
