@@ -204,6 +204,44 @@ class CommonConfig:
     threads: int | None = 1
 
 
+@dataclass
+class AttackBudget:
+    """How hard each attack works in a study; each attack class turns it into its options
+    (:meth:`Attack.study_options`). Studies nest it in their arguments, so every field is a flag.
+
+    Leakage and inversions read the activations the server really sees: recomputed from the final
+    weights with the run's defenses applied (``source=weights``), on the training beats; the
+    decoder is trained on an auxiliary fraction of them (defended activations paired with their
+    beats) and inverts the others."""
+
+    aux: str = "train:0.1"
+    """the attacker's auxiliary set (decoder inversion, label attacks)"""
+    dcor_victims: int = 2000
+    """beats in the dCor measurement"""
+    dcor_batches: int | None = None
+    """random batches of the batch (NoPeek) dCor (None: 5 below 1,000 victims, else 20)"""
+    dcor_batch_size: int | None = None
+    """beats per batch of the batch dCor (None: half the victims, 4 to 500)"""
+    dtw_victims: int = 1000
+    """beats in the DTW measurement"""
+    control_victims: int = 200
+    """beats of the shuffled-pairs control of dCor and DTW (at most their victims)"""
+    decoder_epochs: int = 30
+    """training epochs of the inversion decoder"""
+    decoder_victims: int = 1000
+    """beats the inversions reconstruct"""
+    reference_epochs: int = 0
+    """epochs of the reference classifier of the inversion's diagnosis check (0: skip)"""
+
+
+def _summary_value(summary: Mapping[str, Any] | None, path: Sequence[str]) -> float:
+    """The number at ``path`` in a summary; NaN when there is no summary or no number there."""
+    value: Any = summary
+    for key in path:
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
 def _jsonable(obj: Any) -> Any:
     """Numbers, arrays and tensors to plain JSON values; NaN and inf to None."""
     if isinstance(obj, Mapping):
@@ -376,6 +414,27 @@ class Attack(ABC):
     Config: ClassVar[type[CommonConfig]] = CommonConfig
     uses: ClassVar[tuple[str, ...]] = ()
     requires: ClassVar[tuple[str, ...]] = ()
+    #: the attack's headline columns in a study's results.csv: column -> keys into the summary
+    study_columns: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    @classmethod
+    def study_options(cls, budget: AttackBudget) -> dict[str, Any]:
+        """The options (``Config`` fields, plus ``source`` and ``reference_epochs`` of
+        ``attacks.cli.run_attack``) a study runs this attack with under ``budget``; the study adds
+        ``seed`` and ``threads``. Default: none (the Config's defaults)."""
+        return {}
+
+    @classmethod
+    def needs_aux(cls) -> bool:
+        """Whether a study hands this attack the attacker's auxiliary set (it uses ``aux``)."""
+        return "aux" in cls.uses
+
+    @classmethod
+    def columns(cls, summary: Mapping[str, Any] | None) -> dict[str, float]:
+        """The attack's columns of a study row from its summary (NaN when it was not run).
+        Several attacks may report one column (the label attacks' ``label_attack_accuracy``):
+        a row keeps the highest, so such a column must grow with the attack's success."""
+        return {col: _summary_value(summary, path) for col, path in cls.study_columns.items()}
 
     def __init__(self, config: CommonConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()

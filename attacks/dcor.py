@@ -8,12 +8,14 @@ import numpy as np
 
 from attacks.base import Attack, AttackResult, GroundTruth, Knowledge
 from attacks.leakage import LeakageConfig, control_rows, paired_activations
-from attacks.measures import dcor_batches, dcor_per_channel, paper_pool
+from attacks.measures import paper_pool
 from attacks.registry import register
 from splitpriv.channel import Transcript
+from splitpriv.dcor import dcor_batches, dcor_per_channel
+from splitpriv.published import LEAKAGE_BY_DEPTH
 
 #: Abuadbba et al. 2020, 2-conv model, checkpoint at epoch 100, per-channel mean over 10,000 beats.
-PAPER_DCOR = {"max": 0.8935, "min": 0.3937}
+PAPER_DCOR = {"max": LEAKAGE_BY_DEPTH[2]["dcor_max"], "min": LEAKAGE_BY_DEPTH[2]["dcor_min"]}
 
 
 @dataclass
@@ -61,6 +63,16 @@ class DistanceCorrelation(Attack):
     citation = ("Abuadbba et al., ASIACCS 2020 (arXiv 2003.12365); Vepakomma et al., NoPeek, "
                 "ICDMW 2020 (arXiv 2008.09161); Székely, Rizzo & Bakirov, Ann. Stat. 2007")
     Config = DcorConfig
+    study_columns = {"dcor_max": ("paper", "max"), "dcor_min": ("paper", "min"),
+                     "dcor_batch": ("batch", "mean")}
+
+    @classmethod
+    def study_options(cls, budget):
+        n = budget.dcor_victims
+        return {"source": "weights", "max_victims": n,
+                "n_batches": budget.dcor_batches or (5 if n < 1000 else 20),
+                "batch_size": budget.dcor_batch_size or max(4, min(500, n // 2)),
+                "control_victims": min(budget.control_victims, n)}
 
     def run(self, transcript: Transcript, knowledge: Knowledge, truth: GroundTruth) -> AttackResult:
         cfg: DcorConfig = self.config  # type: ignore[assignment]

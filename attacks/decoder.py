@@ -87,6 +87,14 @@ class DecoderInversion(InversionAttack):
     Config = DecoderConfig
     uses = ("aux", "defenses")
     requires = ("aux",)
+    study_columns = {"inversion_pearson_r": ("metrics", "pearson", "median"),
+                     "inversion_prd": ("metrics", "prd", "median"),
+                     "inversion_prdn": ("metrics", "prdn", "median"),
+                     "baseline_pearson_r": ("baseline_mean_beat", "pearson", "median")}
+
+    @classmethod
+    def study_options(cls, budget):
+        return super().study_options(budget) | {"epochs": budget.decoder_epochs}
 
     def reconstruct(self, acts, knowledge, transcript, *, beat_length):
         cfg: DecoderConfig = self.config  # type: ignore[assignment]

@@ -45,6 +45,15 @@ class DynamicTimeWarping(Attack):
     citation = ("Abuadbba et al., ASIACCS 2020 (arXiv 2003.12365); DTW as in dtaidistance "
                 "(Meert et al.)")
     Config = DtwConfig
+    study_columns = {"dtw_min": ("paper", "min"), "dtw_max": ("paper", "max"),
+                     "dtw_scale_free_min": ("scale_free", "min"),
+                     "dtw_scale_free_max": ("scale_free", "max")}
+
+    @classmethod
+    def study_options(cls, budget):
+        n = budget.dtw_victims
+        return {"source": "weights", "max_victims": n,
+                "control_victims": min(budget.control_victims, n)}
 
     def run(self, transcript: Transcript, knowledge: Knowledge, truth: GroundTruth) -> AttackResult:
         cfg: DtwConfig = self.config  # type: ignore[assignment]

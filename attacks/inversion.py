@@ -75,6 +75,11 @@ class InversionAttack(Attack):
 
     Config = InversionConfig
 
+    @classmethod
+    def study_options(cls, budget):
+        return {"source": "weights", "max_victims": budget.decoder_victims,
+                "reference_epochs": budget.reference_epochs}
+
     def run(self, transcript: Transcript, knowledge: Knowledge, truth: GroundTruth) -> AttackResult:
         aux = knowledge.aux
         obs = observe_victims(

@@ -57,6 +57,12 @@ class LabelAttack(Attack):
     Config = LabelConfig
     uses = ("aux",)
     needs_references = True
+    study_columns = {"label_attack_accuracy": ("accuracy",)}
+
+    @classmethod
+    def columns(cls, summary):
+        """Accuracy in percent (the labels of the vanilla topology are read: 100)."""
+        return {k: 100.0 * v for k, v in super().columns(summary).items()}
 
     def run(self, transcript: Transcript, knowledge: Knowledge, truth: GroundTruth) -> AttackResult:
         cfg = self.config

@@ -1,15 +1,7 @@
 """Dependence and distance measures, vectorised: distance correlation and DTW.
 
-Distance correlation (Székely, Rizzo & Bakirov 2007), the biased V-statistic estimator that
-``dcor.distance_correlation`` computes by default. For n paired observations with pairwise
-distance matrices a_ij = |x_i - x_j| and b_ij = |y_i - y_j| (Euclidean for vectors):
-
-    dCov^2(x, y) = mean_ij(A_ij B_ij),  A = a - row mean - column mean + grand mean (B likewise)
-    dCor(x, y)   = sqrt(dCov^2(x, y) / sqrt(dCov^2(x, x) dCov^2(y, y)))   (0 when a variance is 0)
-
-Because a double-centred matrix has zero row and column sums, mean(A B) needs only the raw
-matrices: mean(a b) + mean(a) mean(b) - 2 mean_i(rowmean(a)_i rowmean(b)_i). That is what
-:func:`dcor_from_distances` computes, batched over any leading dimensions, in float64.
+Distance correlation: :mod:`splitpriv.dcor` (re-exported here), the biased V-statistic estimator
+that ``dcor.distance_correlation`` computes by default, and its bias-corrected square.
 
 DTW: dtaidistance's C implementation (``dtw_cc.distance``) with its defaults: no window, no
 penalty, squared-Euclidean local cost, the square root of the accumulated cost.
@@ -21,109 +13,19 @@ import numpy as np
 import torch
 from dtaidistance import dtw_cc
 
-from splitpriv.io import torch_threads
+from splitpriv.dcor import (
+    dcor_batches,
+    dcor_from_distances,
+    dcor_per_channel,
+    dcor_samples,
+    pairwise_euclidean,
+    u_dcor_sqr_from_distances,
+)
 
-_CHUNK = 128  # beats per chunk of the per-channel dCor: the (chunk, C, L, L) block stays in cache
-
-
-def _dcor_from_sums(
-    cross: torch.Tensor,
-    a_row: torch.Tensor,
-    b_row: torch.Tensor,
-    a_sq: torch.Tensor,
-    b_sq: torch.Tensor,
-    n: int,
-) -> torch.Tensor:
-    """dCor from sums of the raw distance matrices a, b (n x n), without centring them.
-
-    Args:
-        cross: sum_ij a_ij b_ij.  a_row, b_row: (..., n) row sums.  a_sq, b_sq: sum_ij a_ij^2.
-    """
-    a_all, b_all = a_row.sum(-1) / n**2, b_row.sum(-1) / n**2
-    a_row, b_row = a_row / n, b_row / n
-
-    def dcov2(pq, p_row, q_row, p_all, q_all):
-        # mean(A B) with A, B double-centred = mean(a b) + mean(a) mean(b) - 2 mean_i(ā_i b̄_i)
-        return pq / n**2 + p_all * q_all - 2 * (p_row * q_row).sum(-1) / n
-
-    cov = dcov2(cross, a_row, b_row, a_all, b_all)
-    var_a = dcov2(a_sq, a_row, a_row, a_all, a_all)
-    var_b = dcov2(b_sq, b_row, b_row, b_all, b_all)
-    den = (var_a * var_b).abs().sqrt()
-    r2 = torch.where(den > 0, cov / torch.where(den > 0, den, 1.0), torch.zeros_like(cov))
-    return r2.clamp(min=0).sqrt()
-
-
-def dcor_from_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Distance correlation from pairwise distance matrices.
-
-    Shape:
-        a: (..., n, n), b: (..., n, n), broadcastable over the leading dimensions.
-        returns: the broadcast leading shape.
-    """
-    return _dcor_from_sums(
-        (a * b).sum((-1, -2)), a.sum(-1), b.sum(-1),
-        (a * a).sum((-1, -2)), (b * b).sum((-1, -2)), a.shape[-1],
-    )
-
-
-def _abs_diff_row_sums(v: torch.Tensor) -> torch.Tensor:
-    """(..., n) -> (..., n): sum_j |v_i - v_j|, in O(n log n) by sorting.
-
-    For the k-th smallest value s_k (k = 1..n) with prefix sums P_k and total T:
-    sum_j |s_k - s_j| = (k - 1) s_k - P_{k-1} + (T - P_k) - (n - k) s_k.
-    """
-    n = v.shape[-1]
-    s, order = v.sort(-1)
-    p = s.cumsum(-1)
-    k = torch.arange(1, n + 1, dtype=v.dtype)
-    r = (2 * k - 1 - n) * s - (p - s) - p + p[..., -1:]
-    return torch.empty_like(r).scatter_(-1, order, r)
-
-
-def _abs_diff_sq_sum(v: torch.Tensor) -> torch.Tensor:
-    """(..., n) -> (...): sum_ij (v_i - v_j)^2 = 2 n sum v^2 - 2 (sum v)^2."""
-    n = v.shape[-1]
-    return 2 * n * (v * v).sum(-1) - 2 * v.sum(-1) ** 2
-
-
-def dcor_per_channel(x: torch.Tensor | np.ndarray, acts: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """The paper's per-beat, per-channel dCor between two series of equal length.
-
-    For every beat b and channel c: dCor between ``x[b]`` and ``acts[b, c]``, each a series of L
-    values taken as L one-dimensional observations, as
-    ``dcor.distance_correlation(x[b], acts[b, c])``.
-    Only sum_ij a_ij b_ij needs the (L, L) matrices; row sums come from sorting and squared sums in
-    closed form.
-
-    Shape:
-        x: (B, L), acts: (B, C, L). Returns (B, C) float64.
-    """
-    x = torch.as_tensor(x).to(torch.float64)
-    acts = torch.as_tensor(acts).to(torch.float64)
-    if x.ndim != 2 or acts.ndim != 3 or x.shape[0] != acts.shape[0] or x.shape[1] != acts.shape[2]:
-        raise ValueError(
-            f"dcor_per_channel: expected x (B, L) and acts (B, C, L), got {tuple(x.shape)} and "
-            f"{tuple(acts.shape)}"
-        )
-    bsz, c, n = acts.shape
-    out = torch.empty(bsz, c, dtype=torch.float64)
-    with torch_threads(1):  # many small memory-bound blocks: threads only contend
-        for s in range(0, bsz, _CHUNK):
-            xs, ys = x[s : s + _CHUNK], acts[s : s + _CHUNK]  # (b, L), (b, C, L)
-            a = (xs.unsqueeze(-1) - xs.unsqueeze(-2)).abs_()  # (b, L, L)
-            b = (ys.unsqueeze(-1) - ys.unsqueeze(-2)).abs_()  # (b, C, L, L)
-            cross = torch.bmm(b.view(len(xs), c, n * n), a.view(len(xs), n * n, 1))[..., 0]
-            out[s : s + _CHUNK] = _dcor_from_sums(
-                cross,  # (b, C)
-                _abs_diff_row_sums(xs).unsqueeze(1),  # (b, 1, L)
-                _abs_diff_row_sums(ys),  # (b, C, L)
-                _abs_diff_sq_sum(xs).unsqueeze(1),  # (b, 1)
-                _abs_diff_sq_sum(ys),  # (b, C)
-                n,
-            )
-    return out
-
+__all__ = [
+    "dcor_batches", "dcor_from_distances", "dcor_per_channel", "dcor_samples", "dtw_pairs",
+    "pairwise_euclidean", "paper_pool", "u_dcor_sqr_from_distances", "znorm",
+]
 
 def paper_pool(x: torch.Tensor | np.ndarray, length: int) -> torch.Tensor:
     """Average-pool beats to ``length`` samples, as the paper does before its dCor (128 -> 32).
@@ -135,89 +37,6 @@ def paper_pool(x: torch.Tensor | np.ndarray, length: int) -> torch.Tensor:
     if x.shape[1] % length:
         raise ValueError(f"cannot average-pool {x.shape[1]} samples to {length}")
     return torch.nn.functional.avg_pool1d(x.unsqueeze(1), x.shape[1] // length).squeeze(1)
-
-
-def pairwise_euclidean(x: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """(n, ...) -> (n, n) Euclidean distances of the flattened rows, float64.
-
-    Uses the matrix-product form |u|^2 + |v|^2 - 2 u.v (fast; in float64 its rounding error is far
-    below the 1e-6 tolerance the tests hold the dCor to), with an exact zero diagonal.
-    """
-    x = torch.as_tensor(x).to(torch.float64).reshape(len(x), -1)
-    sq = (x * x).sum(1)
-    d2 = (sq[:, None] + sq[None, :] - 2 * x @ x.T).clamp_(min=0)
-    d2.fill_diagonal_(0)
-    return d2.sqrt_()
-
-
-def u_dcor_sqr_from_distances(a: torch.Tensor, b: torch.Tensor) -> float:
-    """The bias-corrected squared distance correlation (Székely & Rizzo 2014; U-centred matrices),
-    as ``dcor.u_distance_correlation_sqr``: about 0 for independent samples at any n and dimension,
-    where the V-statistic dCor of high-dimensional samples is far above 0.
-
-    Shape:
-        a, b: (n, n) distance matrices, n > 3.
-    """
-    n = a.shape[-1]
-    if n < 4:
-        raise ValueError("the bias-corrected dCor needs at least 4 observations")
-
-    def ucentre(d):
-        row = d.sum(-1, keepdim=True)
-        u = d - row / (n - 2) - row.transpose(-1, -2) / (n - 2) + d.sum() / ((n - 1) * (n - 2))
-        u.fill_diagonal_(0)
-        return u
-
-    ua, ub = ucentre(a), ucentre(b)
-    cov, var_a, var_b = (ua * ub).sum(), (ua * ua).sum(), (ub * ub).sum()
-    den = (var_a * var_b).abs().sqrt()
-    return float(cov / den) if den > 0 else 0.0
-
-
-def dcor_samples(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> float:
-    """dCor between n observations of two (flattened) vectors, as ``dcor.distance_correlation``.
-
-    Shape:
-        x: (n, ...), y: (n, ...).
-    """
-    if len(x) != len(y):
-        raise ValueError(f"dcor_samples: {len(x)} observations of x but {len(y)} of y")
-    return float(dcor_from_distances(pairwise_euclidean(x), pairwise_euclidean(y)))
-
-
-def dcor_batches(
-    x: torch.Tensor | np.ndarray,
-    y: torch.Tensor | np.ndarray,
-    *,
-    batch_size: int,
-    n_batches: int,
-    seed: int = 0,
-) -> dict[str, np.ndarray]:
-    """dCor over random batches of paired rows, each drawn without replacement.
-
-    The NoPeek dCor is a statistic of a batch of n beats; its sampling distribution is estimated
-    by redrawing batches from the observed rows. (A bootstrap with replacement would be biased
-    upward for this V-statistic: a duplicated beat adds zero distances to both matrices.) Beside
-    the V-statistic each batch also gets the bias-corrected dCor^2 (about 0 under independence).
-
-    Shape:
-        x: (n, ...), y: (n, ...). Returns {"dcor": (n_batches,), "u_dcor_sqr": (n_batches,)}.
-    """
-    n = len(x)
-    if len(y) != n:
-        raise ValueError(f"dcor_batches: {n} rows of x but {len(y)} of y")
-    m = min(batch_size, n)
-    rng = np.random.default_rng(seed)
-    x = torch.as_tensor(x).to(torch.float64).reshape(n, -1)
-    y = torch.as_tensor(y).to(torch.float64).reshape(n, -1)
-    out = {"dcor": np.empty(n_batches), "u_dcor_sqr": np.empty(n_batches)}
-    with torch_threads(1):  # many small memory-bound blocks: threads only contend
-        for k in range(n_batches):
-            idx = torch.from_numpy(np.sort(rng.choice(n, size=m, replace=False)))
-            ak, bk = pairwise_euclidean(x[idx]), pairwise_euclidean(y[idx])
-            out["dcor"][k] = float(dcor_from_distances(ak, bk))
-            out["u_dcor_sqr"][k] = u_dcor_sqr_from_distances(ak, bk) if m > 3 else np.nan
-    return out
 
 
 def znorm(x: np.ndarray) -> np.ndarray:

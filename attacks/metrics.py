@@ -15,6 +15,7 @@ Reconstruction metrics, for a beat x and its reconstruction x^ (each 128 samples
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,3 +108,82 @@ def label_metrics(
         },
         "n": int(len(y)),
     }
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% by default; Wilson 1927).
+
+    ``successes`` may be fractional (ties counted as expected successes)."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def znorm(x: np.ndarray) -> np.ndarray:
+    """Per-row z-normalisation (a constant row becomes 0). Shape: (N, L) -> (N, L)."""
+    x = np.asarray(x, dtype=np.float64)
+    sd = x.std(1, keepdims=True)
+    return (x - x.mean(1, keepdims=True)) / np.where(sd > 0, sd, 1.0)
+
+
+def linkage(
+    x: torch.Tensor | np.ndarray,
+    x_hat: torch.Tensor | np.ndarray,
+    y: torch.Tensor | np.ndarray,
+    *,
+    k: int,
+    pool_x: torch.Tensor | np.ndarray | None = None,
+    pool_y: torch.Tensor | np.ndarray | None = None,
+    normalise: bool = False,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Re-identification: does a reconstruction pick out its own beat among ``k`` others of its
+    class?
+
+    For each victim i, ``k`` candidates are drawn without replacement from the pool's beats of
+    class ``y[i]`` that differ from ``x[i]`` (the pool defaults to the victims' own beats). The
+    victim is re-identified when its reconstruction is nearer (MSE; with ``normalise``, after
+    per-beat z-normalisation) to ``x[i]`` than to every candidate; a tie at the minimum counts as
+    the expected success of a random choice among the tied. A class with fewer than ``k`` other
+    beats uses all of them, and the chance level is averaged accordingly.
+
+    Shape:
+        x, x_hat: (N, L) or (N, 1, L); y: (N,). pool_x: (M, L) or (M, 1, L), pool_y: (M,).
+
+    Returns:
+        ``accuracy`` (top-1 rate), ``ci_low``/``ci_high`` (Wilson 95%), ``chance`` (the mean of
+        1 / (k_i + 1)), ``advantage`` = (accuracy - chance) / (1 - chance), ``k`` and ``n``.
+    """
+    x = np.asarray(torch.as_tensor(x).double().reshape(len(x), -1))
+    x_hat = np.asarray(torch.as_tensor(x_hat).double().reshape(len(x_hat), -1))
+    y = np.asarray(torch.as_tensor(y)).astype(np.int64)
+    if x.shape != x_hat.shape or len(y) != len(x):
+        raise ValueError(f"linkage: beats {x.shape}, reconstructions {x_hat.shape} and labels "
+                         f"{y.shape} do not match")
+    if k < 1:
+        raise ValueError(f"linkage: k must be >= 1, got {k}")
+    px = x if pool_x is None else np.asarray(torch.as_tensor(pool_x).double().reshape(
+        len(pool_x), -1))
+    py = y if pool_y is None else np.asarray(torch.as_tensor(pool_y)).astype(np.int64)
+    if normalise:
+        x, x_hat, px = znorm(x), znorm(x_hat), znorm(px)
+    rng = np.random.default_rng(seed)
+    by_class = {c: np.flatnonzero(py == c) for c in np.unique(py)}
+    hits, chance = np.zeros(len(x)), np.zeros(len(x))
+    for i in range(len(x)):
+        members = by_class.get(y[i], np.empty(0, dtype=np.int64))
+        others = members[np.any(px[members] != x[i], axis=1)]  # not the victim's own beat
+        cand = others if len(others) <= k else rng.choice(others, size=k, replace=False)
+        d_own = np.mean((x_hat[i] - x[i]) ** 2)
+        d = np.mean((px[cand] - x_hat[i]) ** 2, axis=1)  # (k_i,)
+        closer, tied = int((d < d_own).sum()), int((d == d_own).sum())
+        hits[i] = 0.0 if closer else 1.0 / (1 + tied)
+        chance[i] = 1.0 / (len(cand) + 1)
+    n = len(x)
+    acc, ch = float(hits.mean()), float(chance.mean())
+    lo, hi = wilson_interval(float(hits.sum()), n)
+    return {"accuracy": acc, "ci_low": lo, "ci_high": hi, "chance": ch,
+            "advantage": (acc - ch) / (1 - ch) if ch < 1 else math.nan, "k": k, "n": n}

@@ -28,7 +28,7 @@ from attacks.base import AuxData, GroundTruth, Knowledge
 from splitpriv.channel import InProcessChannel, Kind, RecordPolicy, Transcript
 from splitpriv.io import read_json, torch_load
 from splitpriv.models import ClientNet
-from splitpriv.run import PHASES, TrainConfig, load_split, phase_rows
+from splitpriv.run import PHASES, TrainConfig, build_run_data
 from splitpriv.trainer import EVAL_BATCH
 
 
@@ -75,13 +75,13 @@ def load_run(run_dir: str | Path) -> RunData:
     weights = torch_load(path / "weights.pt")
     transcript = (Transcript.load(path / "transcript.npz") if (path / "transcript.npz").exists()
                   else Transcript(policy=RecordPolicy(phases=None)))
-    pool, split = load_split(config)
-    parts = {phase: phase_rows(config, split, phase) for phase in PHASES}
+    data = build_run_data(config, "cpu")
     return RunData(
         path, config, weights, transcript,
-        x={p: parts[p]["x"] for p in PHASES}, y={p: parts[p]["y"] for p in PHASES},
-        records={p: np.asarray(parts[p]["record"]) for p in PHASES},
-        pool_idx={p: np.asarray(parts[p]["pool_idx"]) for p in PHASES}, pool=pool,
+        **{field: {p: data.part(name, p) for p in PHASES}
+           for field, name in (("x", "x"), ("y", "y"), ("records", "record"),
+                               ("pool_idx", "pool_idx"))},
+        pool=data.pool,
     )
 
 

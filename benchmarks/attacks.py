@@ -35,6 +35,7 @@ from attacks.cli import run_attack
 from attacks.registry import ATTACKS, build_attack, load_builtin
 from splitpriv.io import torch_threads, write_json, write_text
 from splitpriv.options import parse_dataclass_args
+from splitpriv.published import LEAKAGE_BY_DEPTH
 from splitpriv.run import TrainConfig, run_training
 
 
@@ -73,7 +74,7 @@ OPTIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "label-direction": ({}, {}),
     "label-kmeans": ({}, {}),
 }
-PAPER = {"dcor_max": 0.8935, "dcor_min": 0.3937, "dtw_min": 2.70, "dtw_max": 5.84}
+PAPER = LEAKAGE_BY_DEPTH[2]
 
 
 def train(name: str, config: TrainConfig, out: Path) -> Path:

@@ -31,7 +31,8 @@ from typing import Any
 import _unshadow  # noqa: F401, I001  (first: keeps benchmarks/defenses.py from shadowing)
 import torch
 
-from splitpriv.distributed import ClientData, CountingChannel, launch_local, partition_by_record
+from splitpriv.channel import CountingChannel
+from splitpriv.distributed import ClientData, launch_local, partition_by_record
 from splitpriv.io import write_json, write_text
 from splitpriv.models import ModelConfig, build_models
 from splitpriv.options import parse_dataclass_args

@@ -8,11 +8,16 @@ medians of repeated epochs timed round-robin (every row sees the same machine st
 - plain loop: the loop a tutorial writes: a DataLoader over a TensorDataset (shuffle, batch 32),
   client and server modules of stock layers (``nn.MaxPool1d``), two ``torch.optim.Adam``,
   ``.item()`` every step for the running loss; once with ``--threads`` like every other row and
-  once with torch's default thread count (one per core), as a script that never sets it runs.
+  once with torch's default thread count (one per core), as a script that never sets it runs;
+  and once more with ``torch.optim.Adam(fused=True)``, the fastest stock optimizer, which the
+  split trainer should match (target: split / this row <= 1.0).
+- max-pool: forward + backward of :class:`splitpriv.models.MaxPool2` against ``nn.MaxPool1d(2)``
+  on the paper model's two pool inputs at batch 32 and on 10 batched runs' (the numbers behind
+  :data:`splitpriv.models.PAIR_MAX_MIN_NUMEL`).
 - batched: :class:`splitpriv.batched.BatchedSplitTrainer` with K = 1, 2, 5, 10 seeds, against K
   times one split epoch.
 - leakage metrics: beat-channel pairs per second of the paper's per-channel dCor
-  (:func:`attacks.measures.dcor_per_channel`, vectorised over beats) against a loop of
+  (:func:`splitpriv.dcor.dcor_per_channel`, vectorised over beats) against a loop of
   ``dcor.distance_correlation`` calls, and of DTW (:func:`attacks.measures.dtw_pairs`,
   dtaidistance's C routine) against a loop of ``dtaidistance.dtw.distance_fast`` calls, on real
   beats and the activations of an untrained 2-conv client (the loops are timed on a sample of
@@ -28,6 +33,7 @@ Writes OUT/speed.json and OUT/speed.md.
 from __future__ import annotations
 
 import dataclasses
+import math
 import resource
 import statistics
 import time
@@ -41,10 +47,11 @@ import torch
 from dtaidistance import dtw
 from torch import nn
 
-from attacks.measures import dcor_per_channel, dtw_pairs, paper_pool
+from attacks.measures import dtw_pairs, paper_pool
 from splitpriv.batched import BatchedSplitTrainer
+from splitpriv.dcor import dcor_per_channel
 from splitpriv.io import resolve_device, torch_threads, write_json, write_text
-from splitpriv.models import MaxPool2, ModelConfig, build_models
+from splitpriv.models import PAIR_MAX_MIN_NUMEL, MaxPool2, ModelConfig, build_models
 from splitpriv.options import parse_dataclass_args
 from splitpriv.run import TrainConfig, load_tensors
 from splitpriv.trainer import SplitTrainer, train_monolithic
@@ -101,11 +108,13 @@ def plain_loop_epoch(models, x: torch.Tensor, y: torch.Tensor, opts) -> float:
 
 
 def plain_loop(cfg: ModelConfig, device: torch.device, x: torch.Tensor, y: torch.Tensor,
-               threads: int | None = None) -> Callable[[], object]:
-    """One epoch of the plain loop as a callable, on its own tutorial models and two Adams, run
-    with ``threads`` torch threads (None: the benchmark's setting)."""
+               threads: int | None = None, fused: bool = False) -> Callable[[], object]:
+    """One epoch of the plain loop as a callable, on its own tutorial models and two Adams
+    (``fused``: torch's fused kernel), run with ``threads`` torch threads (None: the benchmark's
+    setting)."""
     models = tutorial_models(cfg, device)
-    opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in models.modules().values()]
+    opts = [torch.optim.Adam(m.parameters(), lr=1e-3, fused=fused or None)
+            for m in models.modules().values()]
 
     def epoch() -> None:
         with torch_threads(threads):
@@ -157,6 +166,28 @@ def split_unsplit_seconds(
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+#: Pool inputs timed: the paper model's first and second pool at batch 32, and 10 batched runs'
+#: second pool (the grouped (B, K * C, L) layout of :mod:`splitpriv.batched`).
+POOL_SHAPES = ((32, 16, 128), (32, 16, 64), (32, 160, 64))
+
+
+def pool_microseconds(shape: tuple[int, ...], repeats: int, calls: int = 200
+                      ) -> dict[str, float]:
+    """Median microseconds of one forward + backward of each max-pool on a ``shape`` input."""
+    x = torch.randn(*shape).requires_grad_()
+    g = torch.randn(*shape[:-1], shape[-1] // 2)
+
+    def calls_of(pool: nn.Module) -> Callable[[], object]:
+        def run() -> None:
+            for _ in range(calls):
+                pool(x).backward(g)
+        return run
+
+    times = interleaved_times({"nn.MaxPool1d(2)": calls_of(nn.MaxPool1d(2)),
+                               "MaxPool2": calls_of(MaxPool2())}, max(repeats, 3))
+    return {name: 1e6 * statistics.median(ts) / calls for name, ts in times.items()}
+
+
 def metric_throughput(x: torch.Tensor, n_loop: int) -> dict[str, dict[str, float]]:
     """Beat-channel pairs per second: our dCor and DTW against per-pair library loops."""
     with torch.no_grad():
@@ -199,6 +230,7 @@ def main() -> None:
         "plain loop": plain_loop(cfg, device, x, y),
         f"plain loop, torch default threads ({default_threads})":
             plain_loop(cfg, device, x, y, threads=default_threads),
+        "plain loop, fused Adam": plain_loop(cfg, device, x, y, fused=True),
     }
     for k in args.ks:
         runs = [build_models(cfg, seed=s).to(device) for s in range(k)]
@@ -208,6 +240,8 @@ def main() -> None:
     rows = {name: s for name, s in seconds.items() if not name.startswith("batched")}
     batched = {k: seconds[f"batched {k}"] for k in args.ks}
     metrics = metric_throughput(data.x_train[: args.metric_beats].cpu(), args.metric_loop_pairs)
+    pools = {"x".join(map(str, shape)): pool_microseconds(shape, args.repeats)
+             for shape in POOL_SHAPES}
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     lines = [
@@ -215,13 +249,14 @@ def main() -> None:
         f"{args.threads} thread(s), median of {args.repeats} rounds; ratios: median of the "
         "per-round ratios):",
         "",
-        "| loop | s/epoch (min-max) | vs unsplit | vs plain loop |",
-        "|---|---|---|---|",
+        "| loop | s/epoch (min-max) | vs unsplit | vs plain loop | vs plain loop, fused Adam |",
+        "|---|---|---|---|---|",
     ]
     for name, s in rows.items():
         lines.append(f"| {name} | {s:.3f} ({min(times[name]):.3f}-{max(times[name]):.3f}) | "
                      f"{paired_ratio(times, name, 'unsplit'):.2f}x | "
-                     f"{paired_ratio(times, name, 'plain loop'):.2f}x |")
+                     f"{paired_ratio(times, name, 'plain loop'):.2f}x | "
+                     f"{paired_ratio(times, name, 'plain loop, fused Adam'):.2f}x |")
     lines += ["", "| K runs batched | s/epoch | vs 1 split run | vs K split runs |",
               "|---|---|---|---|"]
     for k, s in batched.items():
@@ -232,6 +267,13 @@ def main() -> None:
     for name, m in metrics.items():
         lines.append(f"| {name} | {m['ours']:,.0f} | {m['loop']:,.0f} | "
                      f"{m['ours'] / m['loop']:.1f}x |")
+    lines += ["", "| max-pool input (forward + backward, CPU) | nn.MaxPool1d(2) (us) | "
+              "MaxPool2 (us) | MaxPool2 takes |", "|---|---|---|---|"]
+    for shape, us in zip(POOL_SHAPES, pools.values(), strict=True):
+        kernel = ("pair-max" if math.prod(shape) > PAIR_MAX_MIN_NUMEL and device.type == "cpu"
+                  else "native")
+        lines.append(f"| {shape} | {us['nn.MaxPool1d(2)']:.0f} | {us['MaxPool2']:.0f} | "
+                     f"{kernel} |")
     lines.append("")
     lines.append(f"Peak resident memory: {peak_mib:.0f} MiB.")
     table = "\n".join(lines)
@@ -242,6 +284,8 @@ def main() -> None:
         "seconds_per_round": times,
         "split_over_unsplit": paired_ratio(times, "split", "unsplit"),
         "plain_over_split": paired_ratio(times, "plain loop", "split"),
+        "split_over_plain_fused_adam": paired_ratio(times, "split", "plain loop, fused Adam"),
+        "maxpool_microseconds": pools,
         "metric_pairs_per_second": metrics,
         "peak_rss_mib": peak_mib, "n_train": len(y), "device": str(device),
         "args": dataclasses.asdict(args),

@@ -5,13 +5,16 @@ spec ``name[:key=value,...]`` into an instance, checking every parameter before 
 
 Built-in defenses (each documents its parameters in its ``Config``):
 
-* ``dp`` (:mod:`defenses.dp`): noise on the activations; ``mode=paper`` reproduces Abuadbba et
-  al. 2020 and claims no guarantee, ``mode=formal`` clips, calibrates and accounts.
+* ``dp`` (:mod:`defenses.dp`): noise on the activations; ``mode=paper`` (``PaperDP``) reproduces
+  Abuadbba et al. 2020 and claims no guarantee, ``mode=formal`` (``FormalDP``) clips, calibrates
+  over the run's epochs and accounts. The spec's ``mode`` picks the class (each has its own
+  ``Config``).
 * ``ushape`` (:mod:`defenses.ushape`): U-shaped topology, labels and head stay on the client.
 * ``nopeek`` (:mod:`defenses.nopeek`): client loss ``alpha * dCor(inputs, activations)``.
 * ``dpsgd`` (:mod:`defenses.dpsgd`): DP-SGD (Opacus) on the client's layers.
 
-Accounting helpers shared by ``dp`` and ``dpsgd`` live in :mod:`defenses.accounting`.
+Accounting helpers shared by ``dp`` and ``dpsgd`` live in :mod:`defenses.accounting`. Every
+defense's ``report()`` is a :class:`splitpriv.defense.PrivacyClaim`.
 """
 
 from defenses.registry import DEFENSES, build_defense, parse_spec, register

@@ -158,6 +158,7 @@ __all__ = [
     "stream_seed",
     "ACCOUNTANTS", "ALPHAS", "Guarantee", "gaussian_epsilon", "gaussian_noise_multiplier",
     "laplace_guarantee", "laplace_noise_multiplier", "rdp_orders",
+    "check_noise_plan", "needs_epochs", "planned",
 ]
 
 
@@ -167,14 +168,31 @@ def check_noise_plan(
     epochs: int | None,
     bad: Callable[[str], ValueError],
 ) -> None:
-    """A noise plan gives exactly one of ``noise_multiplier`` (>= 0) and ``target_epsilon`` (> 0,
-    with the ``epochs`` it covers); ``bad(message)`` makes the error to raise."""
+    """A noise plan gives exactly one of ``noise_multiplier`` (>= 0) and ``target_epsilon``
+    (> 0); ``epochs``, the training epochs the budget covers, is >= 1 or None (the run's, given
+    by ``configure``). ``bad(message)`` makes the error to raise."""
     if (noise_multiplier is None) == (target_epsilon is None):
         raise bad("needs exactly one of noise_multiplier and target_epsilon")
     if noise_multiplier is not None and not noise_multiplier >= 0:
         raise bad(f"noise_multiplier must be >= 0, got {noise_multiplier}")
-    if target_epsilon is not None:
-        if not target_epsilon > 0:
-            raise bad(f"target_epsilon must be > 0, got {target_epsilon}")
-        if epochs is None:
-            raise bad("target_epsilon needs epochs (the number of training epochs it covers)")
+    if target_epsilon is not None and not target_epsilon > 0:
+        raise bad(f"target_epsilon must be > 0, got {target_epsilon}")
+    if epochs is not None and epochs < 1:
+        raise bad(f"epochs must be >= 1, got {epochs}")
+
+
+def planned(name: str, given: int | None, run: int | None, bad: Callable[[str], ValueError]
+            ) -> int | None:
+    """A planning parameter (``epochs``, ``batch_size``): the spec's value, refused when the run
+    uses another, else the run's (None when neither is known)."""
+    if given is not None and run is not None and given != run:
+        raise bad(f"budget planned for {name}={given}, but the run uses {name}={run}")
+    return given if given is not None else run
+
+
+def needs_epochs(epochs: int | None, bad: Callable[[str], ValueError]) -> int:
+    """The epochs a ``target_epsilon`` covers, once known (the spec's or the run's)."""
+    if epochs is None:
+        raise bad("target_epsilon needs epochs (the number of training epochs it covers): give "
+                  "epochs=, or let the run configure it")
+    return epochs

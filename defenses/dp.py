@@ -1,17 +1,18 @@
 """Noise on the activations at the cut: the paper's Laplace recipe, and a formal mechanism.
 
-``dp:mode=paper,epsilon=3`` reproduces Abuadbba et al. (ASIACCS 2020, arXiv 2003.12365, code in
-``diffpriv/ecg_train_2conv_diffpriv_ep*.ipynb``) and claims no guarantee;
-``dp:mode=formal,mechanism=gaussian,target_epsilon=4,epochs=20`` clips every beat's activation
-vector, adds calibrated noise and accounts for every release.
+``dp:mode=paper,epsilon=3`` (:class:`PaperDP`) reproduces Abuadbba et al. (ASIACCS 2020, arXiv
+2003.12365, code in ``diffpriv/ecg_train_2conv_diffpriv_ep*.ipynb``) and claims no guarantee;
+``dp:mode=formal,mechanism=gaussian,target_epsilon=4`` (:class:`FormalDP`) clips every beat's
+activation vector, adds noise calibrated over the run's epochs and accounts for every release.
+Both share the noise plumbing of :class:`ActivationDP`, registered as ``dp``: the spec's ``mode``
+picks the class, each with its own ``Config``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -23,17 +24,18 @@ from defenses.accounting import (
     gaussian_noise_multiplier,
     laplace_guarantee,
     laplace_noise_multiplier,
+    needs_epochs,
+    planned,
     stream_seed,
 )
 from defenses.registry import register
-from splitpriv.defense import Defense
+from splitpriv.defense import Defense, PrivacyClaim
 
 if TYPE_CHECKING:
     from splitpriv.parties import Client
 
 #: the paper code's floor: a coordinate whose batch range is below this gets the range + this
 PAPER_MIN_RANGE = 1e-5
-MODES = ("paper", "formal")
 #: sensitivity of a beat's clipped activation vector, in units of the clip bound C
 ADJACENCY = {
     "replace": 2.0,  # the beat's input replaced by any other: ||clip(a) - clip(a')|| <= 2C
@@ -126,161 +128,79 @@ def paper_sensitivity(a: torch.Tensor) -> torch.Tensor:
     return torch.where(rng < PAPER_MIN_RANGE, rng + PAPER_MIN_RANGE, rng)
 
 
+def _bad(msg: str) -> ValueError:
+    return ValueError(f"defense 'dp': {msg}")
+
+
+@dataclass
+class NoiseConfig:
+    """Parameters both modes of ``dp`` take.
+
+    Attributes:
+        mechanism: ``laplace`` or ``gaussian`` (paper mode: laplace).
+        test_noise: add noise at test time too (the paper does).
+        seed: noise seed; None = torch's initial seed when attached (the run's seed).
+    """
+
+    mechanism: str = "laplace"
+    test_noise: bool = True
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in MECHANISMS:
+            raise _bad(f"mechanism must be one of {sorted(MECHANISMS)}, got {self.mechanism!r}")
+
+
 @register("dp")
 class ActivationDP(Defense):
-    """Additive noise on the activations the client sends.
+    """Additive noise on the activations the client sends: what both modes share.
 
-    ``paper`` mode (Abuadbba et al. 2020): per coordinate, Laplace noise of scale
-    ``(max - min over the batch) / epsilon`` on every forward pass, training and test (test rows in
-    groups of ``eval_batch``, the paper's test loader batch); the gradient passes straight through.
-    The sensitivity is a statistic of the very data it protects and nothing is clipped or
-    composed, so this mode gives **no formal guarantee**, whatever ``epsilon`` says.
-
-    ``formal`` mode: each beat's activation vector is clipped to norm ``clip`` (L1 for Laplace,
-    L2 for Gaussian), then noise of scale ``noise_multiplier * sensitivity`` is added to every
-    coordinate; ``noise_multiplier`` is given, or calibrated from ``target_epsilon`` over
-    ``epochs`` training releases. The gradient flows through the clipping; the noise is detached,
-    so d(sent)/d(clipped activations) is the identity.
-
-    Notes:
-        Privacy unit: one beat's input signal (its 128 samples). Its label and its sample id are
-        not protected (labels cross in the clear in the vanilla topology).
-        Adjacency: ``replace`` (default; the beat's input replaced by any other, sensitivity 2C)
-        or ``zero_out`` (replaced by a null record sending pure noise, sensitivity C).
-        Mechanism: Gaussian (L2) or Laplace (L1), one release per beat per pass over it.
-        Composition: every epoch releases every training beat once more (the whole set is
-        processed each epoch: no subsampling amplification), so training is ``epochs``-fold
-        composition, Gaussian by the Opacus RDP/PRV accountant at sample_rate 1, Laplace by the
-        smaller of basic composition and RDP via zCDP (see ``defenses.accounting``). Test-time
-        releases are accounted separately, per evaluated phase (``test``, ``val``), one release
-        per held-out beat per evaluation pass; with ``test_noise=False`` they have no guarantee.
-        Assumptions: (1) the guarantee covers what the beat's own releases reveal given the
-        client's weights; the weights are trained on the beat, so another beat's activations can
-        reveal it too unless the weights are private as well (add ``dpsgd``); (2) noise comes from
-        torch's PRNG in floating point, not a secure sampler (Mironov 2012); (3) a beat that is
-        in both the training and a held-out set (the ``paper`` protocol's duplicates) has both
-        guarantees composed; (4) a run killed mid-epoch and resumed released part of that epoch
-        twice, which this process cannot see.
+    The noise comes from a generator reseeded for every (phase, epoch) that ``begin_phase``
+    announces (a resumed run never replays earlier noise and draws what an uninterrupted run
+    would); every release is counted: each training beat once per epoch, each held-out beat once
+    per evaluation pass, per phase. Subclasses define ``mode``, ``Config`` and :meth:`_release`.
 
     Shape:
         activations (B, C, L) -> (B, C, L).
     """
 
-    @dataclass
-    class Config:
-        """Parameters of ``dp``.
+    variant_field: ClassVar[str] = "mode"
+    default_variant: ClassVar[str] = "paper"
+    variants: ClassVar[dict[str, type[ActivationDP]]] = {}
+    mode: ClassVar[str] = ""
 
-        Attributes:
-            mode: ``paper`` (the paper's recipe, no guarantee) or ``formal``.
-            epsilon: paper mode only: the per-release epsilon of each coordinate's noise.
-            mechanism: ``laplace`` or ``gaussian`` (paper mode: laplace).
-            noise_multiplier: formal mode: noise scale / sensitivity (0 = no noise).
-            target_epsilon: formal mode: total epsilon over the ``epochs`` training releases;
-                the noise multiplier is calibrated to it.
-            delta: formal mode: the delta of the reported (epsilon, delta).
-            clip: formal mode: the bound C on each beat's activation norm.
-            epochs: training epochs the budget covers (needed with ``target_epsilon``).
-            adjacency: ``replace`` or ``zero_out`` (see Notes).
-            accountant: ``rdp`` or ``prv`` (Gaussian only).
-            test_noise: add noise at test time too (the paper does).
-            eval_batch: paper mode: rows per sensitivity group at test time (the paper's 32).
-            seed: noise seed; None = torch's initial seed when attached (the run's seed).
-        """
-
-        mode: str = "paper"
-        epsilon: float | None = None
-        mechanism: str = "laplace"
-        noise_multiplier: float | None = None
-        target_epsilon: float | None = None
-        delta: float = 1e-5
-        clip: float = 1.0
-        epochs: int | None = None
-        adjacency: str = "replace"
-        accountant: str = "rdp"
-        test_noise: bool = True
-        eval_batch: int = 32
-        seed: int | None = None
-
-        def __post_init__(self) -> None:
-            def bad(msg: str) -> ValueError:
-                return ValueError(f"defense 'dp': {msg}")
-
-            if self.mode not in MODES:
-                raise bad(f"mode must be one of {MODES}, got {self.mode!r}")
-            if self.mechanism not in MECHANISMS:
-                raise bad(f"mechanism must be one of {sorted(MECHANISMS)}, got {self.mechanism!r}")
-            if self.adjacency not in ADJACENCY:
-                raise bad(f"adjacency must be one of {sorted(ADJACENCY)}, got {self.adjacency!r}")
-            if self.accountant not in ACCOUNTANTS:
-                raise bad(f"accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
-            if self.epochs is not None and self.epochs < 1:
-                raise bad(f"epochs must be >= 1, got {self.epochs}")
-            if self.eval_batch < 1:
-                raise bad(f"eval_batch must be >= 1, got {self.eval_batch}")
-            if self.mode == "paper":
-                if self.epsilon is None or not self.epsilon > 0:
-                    raise bad(f"paper mode needs epsilon > 0, got {self.epsilon}")
-                if self.mechanism != "laplace":
-                    raise bad("paper mode uses the Laplace mechanism only")
-                if self.noise_multiplier is not None or self.target_epsilon is not None:
-                    raise bad("noise_multiplier and target_epsilon belong to formal mode")
-                return
-            if self.epsilon is not None:
-                raise bad("formal mode takes noise_multiplier or target_epsilon, not epsilon")
-            check_noise_plan(self.noise_multiplier, self.target_epsilon, self.epochs, bad)
-            if not 0 < self.delta < 1:
-                raise bad(f"delta must be in (0, 1), got {self.delta}")
-            if not (self.clip > 0 and math.isfinite(self.clip)):
-                raise bad(f"clip must be a finite number > 0, got {self.clip}")
-            if self.mechanism == "laplace" and self.accountant != "rdp":
-                raise bad("the prv accountant applies to the Gaussian mechanism only")
-
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Any) -> None:
         self.config = config
         self.mechanism = MECHANISMS[config.mechanism]
-        self._transform: Callable[[torch.Tensor, bool], torch.Tensor] = {
-            "paper": self._paper, "formal": self._formal,
-        }[config.mode]
-        self.noise_multiplier = config.noise_multiplier
-        if config.mode == "formal" and config.target_epsilon is not None:
-            assert config.epochs is not None
-            self.noise_multiplier = self.mechanism.calibrate(
-                target_epsilon=config.target_epsilon, releases=config.epochs,
-                delta=config.delta, accountant=config.accountant,
-            )
         self._generator: torch.Generator | None = None
         self._stream_key: tuple[Any, ...] | None = None
         self._seed = config.seed
-        self._channel: Any = None
         self._siblings: list[Defense] = []
         self._n_train: int | None = None
         self._train_rows = 0
         self._epoch_offset = 0  # epochs released before this process (a resumed run)
         self._seen_epoch = False
         self._last_epoch = 0
+        self._epoch, self._phase = 0, "train"  # the set-up, until begin_phase
         self._eval_passes: dict[str, set[Any]] = {}
 
     # -- hooks --------------------------------------------------------------------------------
 
-    def configure(self, *, epochs: int | None = None, **_: Any) -> None:
-        """Optional: the run's epochs; refuses a budget planned for another number of epochs."""
-        if epochs is not None and self.config.epochs is not None and epochs != self.config.epochs:
-            raise ValueError(f"defense 'dp': budget planned for epochs={self.config.epochs}, "
-                             f"but the run trains {epochs} epochs")
-
     def attach(self, client: Client) -> None:
         self._n_train = len(client.y)
-        self._channel = client.channel
         self._siblings = client.defenses
         if self._seed is None:
             self._seed = torch.initial_seed()
+
+    def begin_phase(self, epoch: int, phase: str) -> None:
+        self._epoch, self._phase = epoch, phase
 
     def transform_activations(self, a: torch.Tensor, *, training: bool) -> torch.Tensor:
         if training:
             self._train_rows += len(a)
         else:
             self._count_eval_pass()
-        return self._transform(a, training)
+        return self._release(a, training)
 
     def end_epoch(self, epoch: int) -> None:
         if not self._seen_epoch and epoch > 1:
@@ -288,12 +208,13 @@ class ActivationDP(Defense):
         self._seen_epoch = True
         self._last_epoch = epoch
 
-    # -- the two modes ------------------------------------------------------------------------
+    def _release(self, a: torch.Tensor, training: bool) -> torch.Tensor:
+        """The activations as sent: the mode's mechanism."""
+        raise NotImplementedError
 
     def _noise(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
-        """Unit noise from a generator reseeded for every (phase, epoch) the channel announces."""
-        key = (getattr(self._channel, "phase", None), getattr(self._channel, "epoch", None),
-               like.device)
+        """Unit noise from a generator reseeded for every (phase, epoch) begin_phase announces."""
+        key = (self._phase, self._epoch, like.device)
         if self._generator is None or self._stream_key != key:
             base = self._seed if self._seed is not None else torch.initial_seed()
             self._generator = torch.Generator(device=like.device)
@@ -301,40 +222,13 @@ class ActivationDP(Defense):
             self._stream_key = key
         return self.mechanism.unit_noise(shape, self._generator, like)
 
-    def _paper(self, a: torch.Tensor, training: bool) -> torch.Tensor:
-        """Laplace(scale = batch range / epsilon) per coordinate, straight-through gradient."""
-        groups = [a] if training else a.split(self.config.eval_batch)
-        noise = []
-        for g in groups:
-            scale = paper_sensitivity(g.detach()) / self.config.epsilon  # (C, L)
-            noise.append(scale * self._noise(g.shape, g))  # (b, C, L)
-        return a + torch.cat(noise).detach()
-
-    def _formal(self, a: torch.Tensor, training: bool) -> torch.Tensor:
-        clipped = clip_rows(a, self.config.clip, self.mechanism.norm_ord)
-        if not training and not self.config.test_noise:
-            return clipped
-        return clipped + (self.noise_scale * self._noise(a.shape, a)).detach()
-
-    # -- accounting ---------------------------------------------------------------------------
-
-    @property
-    def sensitivity(self) -> float:
-        """Formal mode: the sensitivity of one beat's clipped activation vector."""
-        return ADJACENCY[self.config.adjacency] * self.config.clip
-
-    @property
-    def noise_scale(self) -> float:
-        """Formal mode: the Laplace scale b or the Gaussian std, per coordinate."""
-        assert self.noise_multiplier is not None
-        return self.noise_multiplier * self.sensitivity
+    # -- release counting ---------------------------------------------------------------------
 
     def _count_eval_pass(self) -> None:
-        """One evaluation pass per (phase, epoch) the in-process channel announces; a channel that
-        announces none counts every call as a pass (an upper bound per beat)."""
-        phase = getattr(self._channel, "phase", None)
-        epoch = getattr(self._channel, "epoch", None)
-        if phase is None or phase == "train":
+        """One evaluation pass per (phase, epoch) begin_phase announces; evaluation outside an
+        announced evaluation phase counts every call as a pass (an upper bound per beat)."""
+        phase, epoch = self._phase, self._epoch
+        if phase == "train":
             phase, epoch = "eval", object()
         self._eval_passes.setdefault(phase, set()).add(epoch)
 
@@ -350,6 +244,198 @@ class ActivationDP(Defense):
         assumed to have evaluated every phase once each)."""
         return {p: len(e) + self._epoch_offset for p, e in sorted(self._eval_passes.items())}
 
+    def _details(self) -> dict[str, Any]:
+        return {"mode": self.mode, "test_noise": self.config.test_noise}
+
+
+@dataclass
+class PaperConfig(NoiseConfig):
+    """Parameters of ``dp:mode=paper``.
+
+    Attributes:
+        epsilon: the per-release epsilon of each coordinate's noise (> 0; inf: no noise).
+        eval_batch: rows per sensitivity group at test time (the paper's test loader, 32).
+    """
+
+    epsilon: float | None = None
+    eval_batch: int = 32
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.epsilon is None or not self.epsilon > 0:
+            raise _bad(f"paper mode needs epsilon > 0, got {self.epsilon}")
+        if self.mechanism != "laplace":
+            raise _bad("paper mode uses the Laplace mechanism only")
+        if self.eval_batch < 1:
+            raise _bad(f"eval_batch must be >= 1, got {self.eval_batch}")
+
+
+class PaperDP(ActivationDP):
+    """``dp:mode=paper``: the recipe of Abuadbba et al. 2020, no formal guarantee.
+
+    Per coordinate, Laplace noise of scale ``(max - min over the batch) / epsilon`` on every
+    forward pass, training and test (test rows in groups of ``eval_batch``, the paper's test
+    loader batch); the gradient passes straight through. The sensitivity is a statistic of the
+    very data it protects and nothing is clipped or composed, so this mode gives **no formal
+    guarantee**, whatever ``epsilon`` says.
+
+    Notes:
+        The noise scale of a row depends on the other rows of its batch (``couples_rows``), so
+        client DP-SGD's per-sample gradients are not strictly per-sample beside it.
+
+    Shape:
+        activations (B, C, L) -> (B, C, L).
+    """
+
+    mode = "paper"
+    couples_rows = True
+    Config = PaperConfig
+
+    def _release(self, a: torch.Tensor, training: bool) -> torch.Tensor:
+        """Laplace(scale = batch range / epsilon) per coordinate, straight-through gradient."""
+        groups = [a] if training else a.split(self.config.eval_batch)
+        noise = []
+        for g in groups:
+            scale = paper_sensitivity(g.detach()) / self.config.epsilon  # (C, L)
+            noise.append(scale * self._noise(g.shape, g))  # (b, C, L)
+        return a + torch.cat(noise).detach()
+
+    def report(self) -> PrivacyClaim:
+        c = self.config
+        return PrivacyClaim(
+            name=self.name, formal=False, mechanism=c.mechanism,
+            scope="activations sent in training and evaluation (noised, not accounted)",
+            conditions=["no formal guarantee: the sensitivity is computed from the data it "
+                        "protects and releases are not composed",
+                        "labels cross in the clear in the vanilla topology"],
+            details=self._details() | {
+                "epsilon_per_release": c.epsilon if math.isfinite(c.epsilon) else None,
+                "sensitivity": "per-coordinate max - min over the batch (floor 1e-5), "
+                               f"test rows in groups of {c.eval_batch}",
+                "note": "the paper's recipe (Abuadbba et al. 2020): the sensitivity is computed "
+                        "from the data it protects, nothing is clipped or composed over "
+                        "epochs: epsilon is a noise knob, not a privacy guarantee",
+            },
+        )
+
+
+@dataclass
+class FormalConfig(NoiseConfig):
+    """Parameters of ``dp:mode=formal``.
+
+    Attributes:
+        noise_multiplier: noise scale / sensitivity (0 = no noise).
+        target_epsilon: total epsilon over the ``epochs`` training releases; the noise
+            multiplier is calibrated to it.
+        delta: the delta of the reported (epsilon, delta).
+        clip: the bound C on each beat's activation norm.
+        epochs: training epochs the budget covers (None: the run's, from ``configure``).
+        adjacency: ``replace`` or ``zero_out`` (see :class:`FormalDP`).
+        accountant: ``rdp`` or ``prv`` (Gaussian only).
+    """
+
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    delta: float = 1e-5
+    clip: float = 1.0
+    epochs: int | None = None
+    adjacency: str = "replace"
+    accountant: str = "rdp"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.adjacency not in ADJACENCY:
+            raise _bad(f"adjacency must be one of {sorted(ADJACENCY)}, got {self.adjacency!r}")
+        if self.accountant not in ACCOUNTANTS:
+            raise _bad(f"accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
+        check_noise_plan(self.noise_multiplier, self.target_epsilon, self.epochs, _bad)
+        if not 0 < self.delta < 1:
+            raise _bad(f"delta must be in (0, 1), got {self.delta}")
+        if not (self.clip > 0 and math.isfinite(self.clip)):
+            raise _bad(f"clip must be a finite number > 0, got {self.clip}")
+        if self.mechanism == "laplace" and self.accountant != "rdp":
+            raise _bad("the prv accountant applies to the Gaussian mechanism only")
+
+
+class FormalDP(ActivationDP):
+    """``dp:mode=formal``: clipped activations plus calibrated noise, every release accounted.
+
+    Each beat's activation vector is clipped to norm ``clip`` (L1 for Laplace, L2 for Gaussian),
+    then noise of scale ``noise_multiplier * sensitivity`` is added to every coordinate;
+    ``noise_multiplier`` is given, or calibrated from ``target_epsilon`` over ``epochs`` training
+    releases (the run's epochs unless given). The gradient flows through the clipping; the noise
+    is detached, so d(sent)/d(clipped activations) is the identity.
+
+    Notes:
+        Privacy unit: one beat's input signal (its 128 samples). Its label and its sample id are
+        not protected (labels cross in the clear in the vanilla topology).
+        Adjacency: ``replace`` (default; the beat's input replaced by any other, sensitivity 2C)
+        or ``zero_out`` (replaced by a null record sending pure noise, sensitivity C).
+        Mechanism: Gaussian (L2) or Laplace (L1), one release per beat per pass over it.
+        Composition: every epoch releases every training beat once more (the whole set is
+        processed each epoch: no subsampling amplification), so training is ``epochs``-fold
+        composition, Gaussian by the Opacus RDP/PRV accountant at sample_rate 1, Laplace by the
+        smaller of basic composition and RDP via zCDP (see ``defenses.accounting``). Test-time
+        releases are accounted separately, per evaluated phase (``test``, ``val``), one release
+        per held-out beat per evaluation pass; with ``test_noise=False`` they have no guarantee.
+        Assumptions: (1) the guarantee covers what the beat's own releases reveal given the
+        client's weights; the weights are trained on the beat, so another beat's activations can
+        reveal it too unless the weights are private as well (a ``weights_private`` defense:
+        ``dpsgd``); (2) noise comes from torch's PRNG in floating point, not a secure sampler
+        (Mironov 2012); (3) a beat that is in both the training and a held-out set (the
+        ``paper`` protocol's duplicates) has both guarantees composed; (4) a run killed
+        mid-epoch and resumed released part of that epoch twice, which this process cannot see.
+
+    Shape:
+        activations (B, C, L) -> (B, C, L).
+    """
+
+    mode = "formal"
+    Config = FormalConfig
+
+    def __init__(self, config: FormalConfig) -> None:
+        super().__init__(config)
+        self.epochs = config.epochs
+        self.noise_multiplier = config.noise_multiplier
+        if config.epochs is not None:
+            self._calibrate()
+
+    def _calibrate(self) -> None:
+        c = self.config
+        if c.target_epsilon is not None:
+            self.noise_multiplier = self.mechanism.calibrate(
+                target_epsilon=c.target_epsilon, releases=needs_epochs(self.epochs, _bad),
+                delta=c.delta, accountant=c.accountant,
+            )
+
+    def configure(self, *, epochs: int | None = None, **_: Any) -> None:
+        """The run's epochs: the budget covers them unless ``epochs`` was given (then they must
+        agree); calibrates the noise to ``target_epsilon``."""
+        self.epochs = planned("epochs", self.config.epochs, epochs, _bad)
+        self._calibrate()
+
+    def attach(self, client: Client) -> None:
+        if self.noise_multiplier is None:
+            needs_epochs(self.epochs, _bad)
+        super().attach(client)
+
+    def _release(self, a: torch.Tensor, training: bool) -> torch.Tensor:
+        clipped = clip_rows(a, self.config.clip, self.mechanism.norm_ord)
+        if not training and not self.config.test_noise:
+            return clipped
+        return clipped + (self.noise_scale * self._noise(a.shape, a)).detach()
+
+    @property
+    def sensitivity(self) -> float:
+        """The sensitivity of one beat's clipped activation vector."""
+        return ADJACENCY[self.config.adjacency] * self.config.clip
+
+    @property
+    def noise_scale(self) -> float:
+        """The Laplace scale b or the Gaussian std, per coordinate."""
+        assert self.noise_multiplier is not None
+        return self.noise_multiplier * self.sensitivity
+
     def guarantee(self, releases: int, *, noisy: bool = True) -> Guarantee:
         if not noisy:
             return Guarantee(math.inf, self.config.delta, "no noise at test time")
@@ -359,64 +445,62 @@ class ActivationDP(Defense):
             accountant=self.config.accountant,
         )
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> PrivacyClaim:
         c = self.config
-        out: dict[str, Any] = {"name": self.name, "mode": c.mode, "mechanism": c.mechanism,
-                               "test_noise": c.test_noise}
-        if c.mode == "paper":
-            return out | {
-                "formal_guarantee": False,
-                "epsilon_per_release": c.epsilon if math.isfinite(c.epsilon or 0) else None,
-                "sensitivity": "per-coordinate max - min over the batch (floor 1e-5), "
-                               f"test rows in groups of {c.eval_batch}",
-                "note": "the paper's recipe (Abuadbba et al. 2020): the sensitivity is computed "
-                        "from the data it protects, nothing is clipped or composed over "
-                        "epochs: epsilon is a noise knob, not a privacy guarantee",
-            }
         train = self.guarantee(self.train_releases)
-        out |= {
-            "formal_guarantee": True,
-            "privacy_unit": "one beat's input signal; labels and sample ids not protected",
+        details: dict[str, Any] = self._details() | {
             "adjacency": c.adjacency,
             "clip": c.clip,
             "clip_norm": f"L{self.mechanism.norm_ord}",
             "sensitivity": self.sensitivity,
             "noise_multiplier": self.noise_multiplier,
             "noise_scale": self.noise_scale,
-            "accountant": c.accountant if c.mechanism == "gaussian" else "laplace (see method)",
             "train": {"releases_per_beat": self.train_releases, **train.as_dict()},
             "test": {
                 phase: {"releases_per_beat": n, **self.guarantee(n, noisy=c.test_noise).as_dict()}
                 for phase, n in self.eval_releases().items()
             },
-            "assumptions": [
-                "client weights treated as given: without dpsgd they are trained on the beat "
-                "and other beats' activations may reveal it",
-                "noise from a non-cryptographic PRNG in floating point",
-            ],
         }
         if c.target_epsilon is not None:
-            out["planned"] = {"target_epsilon": c.target_epsilon, "epochs": c.epochs,
-                              "exceeded": self.train_releases > (c.epochs or 0)}
-        dpsgd = next((d for d in self._siblings if d.name == "dpsgd"), None)
-        if dpsgd is not None:
-            out["combined_with_dpsgd"] = self._combined(train, dpsgd)
-        return out
+            details["planned"] = {"target_epsilon": c.target_epsilon, "epochs": self.epochs,
+                                  "exceeded": self.train_releases > (self.epochs or 0)}
+        weights = next((d for d in self._siblings if d.weights_private), None)
+        if weights is not None:
+            details[f"combined_with_{weights.name}"] = self._combined(train, weights.report())
+        return PrivacyClaim(
+            name=self.name, formal=True, mechanism=c.mechanism,
+            privacy_unit="one beat's input signal; labels and sample ids not protected",
+            scope="activation releases of each training beat",
+            epsilon=train.epsilon, delta=train.delta,
+            accountant=c.accountant if c.mechanism == "gaussian" else "laplace (see method)",
+            conditions=[
+                "client weights treated as given: unless they are private too (dpsgd) they are "
+                "trained on the beat and other beats' activations may reveal it",
+                "labels cross in the clear in the vanilla topology; sample ids are not protected",
+                "held-out releases are accounted separately (details: test)",
+                "noise from a non-cryptographic PRNG in floating point",
+            ],
+            details=details,
+        )
 
-    def _combined(self, train: Guarantee, dpsgd: Any) -> dict[str, Any]:
-        """End-to-end guarantee of a training beat when the client's weights are DP-SGD trained:
+    def _combined(self, train: Guarantee, weights: PrivacyClaim) -> dict[str, Any]:
+        """End-to-end guarantee of a training beat when the client's weights are private (DP-SGD):
         its own releases and the weights' updates compose (basic composition of the two)."""
         if self.config.adjacency != "zero_out":
             return {"epsilon": None, "note": "replace adjacency here, add/remove in dpsgd: set "
                     "adjacency=zero_out (equivalent to add/remove under Poisson sampling) to "
                     "compose them"}
-        eps = train.epsilon + dpsgd.epsilon()
+        eps = train.epsilon + (weights.epsilon if weights.epsilon is not None else math.inf)
         return {
             "epsilon": eps if math.isfinite(eps) else None,
-            "delta": train.delta + dpsgd.config.delta,
-            "method": "basic composition of activation DP and client DP-SGD",
+            "delta": train.delta + (weights.delta or 0.0),
+            "method": f"basic composition of activation DP and client {weights.name}",
             "privacy_unit": "one training beat's input (zero-out adjacency)",
         }
 
 
-__all__ = ["ActivationDP", "ADJACENCY", "MECHANISMS", "clip_rows", "paper_sensitivity"]
+ActivationDP.variants = {cls.mode: cls for cls in (PaperDP, FormalDP)}
+
+
+__all__ = ["ActivationDP", "ADJACENCY", "FormalDP", "MECHANISMS", "NoiseConfig", "PaperDP",
+           "clip_rows", "paper_sensitivity"]

@@ -15,13 +15,22 @@ from defenses.accounting import (
     check_noise_plan,
     gaussian_epsilon,
     gaussian_noise_multiplier,
+    needs_epochs,
+    planned,
     stream_seed,
 )
 from defenses.registry import register
-from splitpriv.defense import Defense
+from splitpriv.defense import Defense, PrivacyClaim
 
 if TYPE_CHECKING:
     from splitpriv.parties import Client
+
+#: the batch size assumed when no run configures one (the paper's)
+DEFAULT_BATCH_SIZE = 32
+
+
+def _bad(msg: str) -> ValueError:
+    return ValueError(f"defense 'dpsgd': {msg}")
 
 
 @register("dpsgd")
@@ -47,8 +56,8 @@ class ClientDPSGD(Defense):
         trainer draws a shuffled partition into fixed-size batches, which Opacus's bound does not
         strictly cover (a known gap, common in practice).
         Coupling: the per-sample gradients are per-sample only if nothing couples the rows of a
-        batch: a batch-level client loss (``nopeek``) is refused; paper-mode ``dp`` scales its
-        noise by a batch statistic, flagged in the report.
+        batch: a batch-level client loss (``nopeek``) is refused; a defense that ``couples_rows``
+        (paper-mode ``dp`` scales its noise by a batch statistic) is flagged in the report.
         Accounting: Opacus RDP (its default orders) or PRV, one step
         per optimizer step; a resumed run counts the earlier epochs as full epochs of steps.
     """
@@ -62,8 +71,9 @@ class ClientDPSGD(Defense):
             target_epsilon: total epsilon over ``epochs``; calibrates the noise multiplier.
             max_grad_norm: per-sample gradient clipping bound (L2, over all client parameters).
             delta: the delta of the reported (epsilon, delta).
-            epochs: epochs the budget covers (needed with ``target_epsilon``).
-            batch_size: the run's batch size (sampling rate and the mean's denominator).
+            epochs: epochs the budget covers (None: the run's, from ``configure``).
+            batch_size: the run's batch size (sampling rate and the mean's denominator; None:
+                the run's, from ``configure``, else 32).
             accountant: ``rdp`` or ``prv``.
             seed: noise seed; None = torch's initial seed when attached (the run's seed).
         """
@@ -73,28 +83,27 @@ class ClientDPSGD(Defense):
         max_grad_norm: float = 1.0
         delta: float = 1e-5
         epochs: int | None = None
-        batch_size: int = 32
+        batch_size: int | None = None
         accountant: str = "rdp"
         seed: int | None = None
 
         def __post_init__(self) -> None:
-            def bad(msg: str) -> ValueError:
-                return ValueError(f"defense 'dpsgd': {msg}")
-
-            check_noise_plan(self.noise_multiplier, self.target_epsilon, self.epochs, bad)
+            check_noise_plan(self.noise_multiplier, self.target_epsilon, self.epochs, _bad)
             if not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
-                raise bad(f"max_grad_norm must be a finite number > 0, got {self.max_grad_norm}")
+                raise _bad(f"max_grad_norm must be a finite number > 0, got {self.max_grad_norm}")
             if not 0 < self.delta < 1:
-                raise bad(f"delta must be in (0, 1), got {self.delta}")
-            if self.epochs is not None and self.epochs < 1:
-                raise bad(f"epochs must be >= 1, got {self.epochs}")
-            if self.batch_size < 1:
-                raise bad(f"batch_size must be >= 1, got {self.batch_size}")
+                raise _bad(f"delta must be in (0, 1), got {self.delta}")
+            if self.batch_size is not None and self.batch_size < 1:
+                raise _bad(f"batch_size must be >= 1, got {self.batch_size}")
             if self.accountant not in ACCOUNTANTS:
-                raise bad(f"accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
+                raise _bad(f"accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
+
+    weights_private = True
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.epochs = config.epochs
+        self.batch_size = config.batch_size or DEFAULT_BATCH_SIZE
         self.noise_multiplier = config.noise_multiplier
         self.optimizer: DPOptimizer | None = None
         self.module: GradSampleModule | None = None
@@ -104,26 +113,24 @@ class ClientDPSGD(Defense):
         self._step_offset = 0
         self._seen_epoch = False
         self._base_seed = 0
+        self._epoch = 0  # the set-up, until begin_phase
         self._noise_epoch: int | None = None
 
     def configure(self, *, epochs: int | None = None, batch_size: int | None = None,
                   **_: Any) -> None:
-        """Optional: the run's epochs and batch size; refuses a plan made for others."""
+        """The run's epochs and batch size: the plan covers them unless given in the spec (then
+        they must agree). The noise is calibrated when attached (it needs the training set)."""
         c = self.config
-        if epochs is not None and c.epochs is not None and epochs != c.epochs:
-            raise ValueError(f"defense 'dpsgd': budget planned for epochs={c.epochs}, "
-                             f"but the run trains {epochs} epochs")
-        if batch_size is not None and batch_size != c.batch_size:
-            raise ValueError(f"defense 'dpsgd': batch_size={c.batch_size}, but the run uses "
-                             f"{batch_size}")
+        self.epochs = planned("epochs", c.epochs, epochs, _bad)
+        self.batch_size = planned("batch_size", c.batch_size, batch_size, _bad) or self.batch_size
 
     @property
     def sample_rate(self) -> float:
-        return min(1.0, self.config.batch_size / self.n_train)
+        return min(1.0, self.batch_size / self.n_train)
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(self.n_train / self.config.batch_size)
+        return math.ceil(self.n_train / self.batch_size)
 
     @property
     def steps(self) -> int:
@@ -133,16 +140,16 @@ class ClientDPSGD(Defense):
         coupled = [d.name for d in client.defenses
                    if type(d).client_loss is not Defense.client_loss]
         if coupled:
-            raise ValueError(f"defense 'dpsgd': {coupled} add a batch-level client loss, so the "
-                             "per-sample gradients DP-SGD clips would not be per-sample")
+            raise _bad(f"{coupled} add a batch-level client loss, so the per-sample gradients "
+                       "DP-SGD clips would not be per-sample")
         c = self.config
         self._client = client
         self.n_train = len(client.y)
         if c.target_epsilon is not None:
-            assert c.epochs is not None
             self.noise_multiplier = gaussian_noise_multiplier(
                 target_epsilon=c.target_epsilon, delta=c.delta, sample_rate=self.sample_rate,
-                steps=c.epochs * self.steps_per_epoch, accountant=c.accountant,
+                steps=needs_epochs(self.epochs, _bad) * self.steps_per_epoch,
+                accountant=c.accountant,
             )
         device = next(client.net.parameters()).device
         generator = torch.Generator(device=device)
@@ -152,7 +159,7 @@ class ClientDPSGD(Defense):
         client.net = self.module
         self.optimizer = DPOptimizer(
             client.optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=c.max_grad_norm,
-            expected_batch_size=c.batch_size, loss_reduction="mean", generator=generator,
+            expected_batch_size=self.batch_size, loss_reduction="mean", generator=generator,
         )
         self.optimizer.attach_step_hook(self._count_step)
         client.optimizer = self.optimizer
@@ -160,13 +167,17 @@ class ClientDPSGD(Defense):
     def _count_step(self, _: DPOptimizer) -> None:
         self._steps += 1
 
+    def begin_phase(self, epoch: int, phase: str) -> None:
+        if phase == "train":
+            self._epoch = epoch
+
     def transform_activations(self, a: torch.Tensor, *, training: bool) -> torch.Tensor:
-        if training and len(a) > self.config.batch_size:
-            raise ValueError(f"defense 'dpsgd': a batch of {len(a)} rows, but batch_size="
-                             f"{self.config.batch_size}; pass the run's batch size")
-        epoch = getattr(self._client.channel if self._client else None, "epoch", None)
-        if training and epoch is not None and epoch != self._noise_epoch and self.optimizer:
+        if training and len(a) > self.batch_size:
+            raise _bad(f"a batch of {len(a)} rows, but batch_size={self.batch_size}; pass the "
+                       "run's batch size")
+        if training and self._epoch != self._noise_epoch and self.optimizer:
             # a fresh noise stream per epoch: a resumed run never replays earlier noise
+            epoch = self._epoch
             self.optimizer.generator.manual_seed(stream_seed(self._base_seed, "dpsgd", epoch))
             self._noise_epoch = epoch
         return a
@@ -182,28 +193,30 @@ class ClientDPSGD(Defense):
                                 sample_rate=self.sample_rate, steps=self.steps,
                                 delta=self.config.delta, accountant=self.config.accountant)
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> PrivacyClaim:
         c = self.config
         eps = self.epsilon() if self.n_train else 0.0
-        out: dict[str, Any] = {
-            "name": self.name, "formal_guarantee": True,
-            "privacy_unit": "one training beat (add/remove); labels not protected",
+        details: dict[str, Any] = {
             "protects": "the client's weights",
             "noise_multiplier": self.noise_multiplier, "max_grad_norm": c.max_grad_norm,
             "sample_rate": self.sample_rate if self.n_train else None, "steps": self.steps,
-            "accountant": c.accountant, "delta": c.delta,
-            "epsilon": eps if math.isfinite(eps) else None,
-            "caveats": ["accountant assumes Poisson sampling; the trainer shuffles into "
-                        "fixed-size batches"],
         }
         if c.target_epsilon is not None:
-            out["planned"] = {"target_epsilon": c.target_epsilon, "epochs": c.epochs}
+            details["planned"] = {"target_epsilon": c.target_epsilon, "epochs": self.epochs}
+        conditions = ["labels cross in the clear in the vanilla topology",
+                      "accountant assumes Poisson sampling; the trainer shuffles into "
+                      "fixed-size batches"]
         others = self._client.defenses if self._client is not None else []
-        if any(getattr(d, "config", None) is not None and getattr(d.config, "mode", "") == "paper"
-               for d in others):
-            out["caveats"].append("paper-mode dp scales each row's noise by a batch statistic, "
-                                  "coupling the rows of a batch")
-        return out
+        conditions += [f"{d.name} ({getattr(d, 'mode', '') or d.name}) scales each row's "
+                       "transform by a batch statistic, coupling the rows of a batch"
+                       for d in others if d.couples_rows]
+        return PrivacyClaim(
+            name=self.name, formal=True, mechanism="gaussian",
+            privacy_unit="one training beat (add/remove); labels not protected",
+            scope="client weights (and what is computed from them)",
+            epsilon=eps, delta=c.delta, accountant=c.accountant,
+            conditions=conditions, details=details,
+        )
 
 
 __all__ = ["ClientDPSGD"]

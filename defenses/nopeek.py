@@ -3,43 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from defenses.registry import register
-from splitpriv.defense import Defense
-
-_TINY = 1e-24  # inside the square root: distance 0 gets gradient 0, not NaN
-
-
-def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances between rows, differentiable everywhere. Shape: (n, d) -> (n, n)."""
-    diff = x[:, None, :] - x[None, :, :]  # (n, n, d)
-    return torch.sqrt(diff.pow(2).sum(-1) + _TINY)
-
-
-def _double_centre(d: torch.Tensor) -> torch.Tensor:
-    return d - d.mean(0, keepdim=True) - d.mean(1, keepdim=True) + d.mean()
-
-
-def distance_correlation(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Sample distance correlation (Szekely et al. 2007; the V-statistic ``dcor`` computes).
-
-    Differentiable in both arguments. Rows are samples; every other dimension is flattened.
-
-    Shape:
-        x: (n, ...), z: (n, ...) -> scalar in [0, 1].
-
-    Example (worked by hand): z = 2 x + 1 for any non-constant x gives exactly 1.
-    """
-    if len(x) != len(z):
-        raise ValueError(f"x and z need the same number of rows, got {len(x)} and {len(z)}")
-    a = _double_centre(pairwise_distances(x.flatten(1)))  # (n, n)
-    b = _double_centre(pairwise_distances(z.flatten(1)))
-    dcov2_xz = (a * b).mean()
-    denom = torch.sqrt((a * a).mean() * (b * b).mean()).clamp_min(1e-30)
-    return torch.sqrt((dcov2_xz / denom).clamp_min(0.0) + _TINY)
+from splitpriv.dcor import distance_correlation, pairwise_distances
+from splitpriv.defense import Defense, PrivacyClaim
 
 
 @register("nopeek")
@@ -89,9 +58,14 @@ class NoPeek(Defense):
             self.epoch_dcor.append(self._sum.item() / self._batches)
         self._sum, self._batches = torch.zeros(()), 0
 
-    def report(self) -> dict[str, Any]:
-        return {"name": self.name, "alpha": self.config.alpha, "formal_guarantee": False,
-                "train_batch_dcor_per_epoch": self.epoch_dcor}
+    def report(self) -> PrivacyClaim:
+        return PrivacyClaim(
+            name=self.name, formal=False, mechanism="distance-correlation loss",
+            scope="activations sent (decorrelated from the inputs in training)",
+            conditions=["no formal guarantee: dCor is lowered on average over training "
+                        "batches, not bounded per beat"],
+            details={"alpha": self.config.alpha, "train_batch_dcor_per_epoch": self.epoch_dcor},
+        )
 
 
 __all__ = ["NoPeek", "distance_correlation", "pairwise_distances"]

@@ -1,11 +1,13 @@
-"""Name -> defense class registry, and the ``name[:key=value,...]`` spec parser."""
+"""Name -> defense class registry; specs ``name[:key=value,...]`` are parsed by
+:func:`splitpriv.options.parse_spec` (re-exported here)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from splitpriv.defense import Defense
-from splitpriv.options import build_config, parse_pairs
+from splitpriv.options import build_config, parse_spec
 
 DEFENSES: dict[str, type[Defense]] = {}
 
@@ -14,7 +16,9 @@ def register(name: str) -> Callable[[type[Defense]], type[Defense]]:
     """Class decorator: make a defense available to ``build_defense`` and ``--defense``.
 
     The class must define ``Config``, a dataclass of its parameters, and take it as its only
-    constructor argument.
+    constructor argument. A family of defenses under one name instead defines ``variant_field``
+    (a spec key, e.g. ``mode``), ``default_variant`` and ``variants`` (value -> class, each with
+    its own ``Config``); the spec's value of that key picks the class.
     """
 
     def deco(cls: type[Defense]) -> type[Defense]:
@@ -27,20 +31,38 @@ def register(name: str) -> Callable[[type[Defense]], type[Defense]]:
     return deco
 
 
-def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """``"dp:epsilon=3,mode=paper"`` -> ``("dp", {"epsilon": "3", "mode": "paper"})``."""
-    name, _, rest = spec.partition(":")
-    items = filter(None, (p.strip() for p in rest.split(",")))
-    return name.strip(), parse_pairs(items, f"defense spec {spec!r}")
+def _fields(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls.Config)}  # type: ignore[attr-defined]
+
+
+def resolve(name: str, raw: dict[str, str]) -> type[Defense]:
+    """The class a spec builds: the registered one, or the variant of a family its
+    ``variant_field`` picks (removed from ``raw``). Options of another variant are refused."""
+    cls = DEFENSES[name]
+    variants: dict[str, type[Defense]] | None = getattr(cls, "variants", None)
+    if not variants:
+        return cls
+    key: str = cls.variant_field  # type: ignore[attr-defined]
+    value = raw.pop(key, cls.default_variant)  # type: ignore[attr-defined]
+    if value not in variants:
+        raise ValueError(f"defense {name!r}: {key} must be one of {sorted(variants)}, "
+                         f"got {value!r}")
+    chosen = variants[value]
+    stray = sorted(set(raw) - _fields(chosen))
+    owners = sorted(v for v, c in variants.items() if set(stray) & _fields(c))
+    if stray and owners:
+        raise ValueError(f"defense {name!r}: {key}={value} does not take {stray} "
+                         f"({key}={'/'.join(owners)} does); it takes {sorted(_fields(chosen))}")
+    return chosen
 
 
 def build_defense(spec: str) -> Defense:
     """Instantiate a defense from its spec; unknown names and bad parameters raise ValueError."""
     _load_builtin()
-    name, raw = parse_spec(spec)
+    name, raw = parse_spec(spec, "defense")
     if name not in DEFENSES:
         raise ValueError(f"unknown defense {name!r}; known: {sorted(DEFENSES)}")
-    cls = DEFENSES[name]
+    cls = resolve(name, raw)
     return cls(build_config(cls.Config, raw, f"defense {name!r}"))  # type: ignore[attr-defined]
 
 
@@ -54,3 +76,6 @@ def _load_builtin() -> None:
     for mod in pkgutil.iter_modules(defenses.__path__):
         if mod.name not in ("registry",):
             importlib.import_module(f"defenses.{mod.name}")
+
+
+__all__ = ["DEFENSES", "build_defense", "parse_spec", "register", "resolve"]

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from defenses.registry import register
-from splitpriv.defense import Defense
+from splitpriv.defense import Defense, PrivacyClaim
 
 
 @register("ushape")
@@ -34,10 +33,16 @@ class UShape(Defense):
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    def report(self) -> dict[str, Any]:
-        return {"name": self.name, "topology": self.topology, "formal_guarantee": False,
-                "labels_cross": False,
-                "note": "the server still receives d loss / d its output, a function of the label"}
+    def report(self) -> PrivacyClaim:
+        return PrivacyClaim(
+            name=self.name, formal=False, mechanism="topology",
+            privacy_unit="one beat's label", scope="labels (they stay on the client)",
+            conditions=["no formal guarantee: the output gradient the server receives is a "
+                        "function of the label"],
+            details={"topology": self.topology, "labels_cross": False,
+                     "note": "the server still receives d loss / d its output, a function of "
+                             "the label"},
+        )
 
 
 __all__ = ["UShape"]

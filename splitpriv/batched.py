@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,15 +36,16 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from splitpriv.channel import NOTHING
-from splitpriv.io import resolve_device, torch_save, torch_threads, write_json
-from splitpriv.models import MaxPool2, ModelConfig, SplitModels, build_models
+from splitpriv.io import resolve_device, torch_threads
+from splitpriv.models import MaxPool2, SplitModels
 from splitpriv.run import (
+    RunDir,
+    build_run_data,
+    build_run_models,
     epoch_row,
-    finished_result,
-    load_tensors,
     result_doc,
+    row_counts,
     run_training,
-    save_epoch,
 )
 from splitpriv.trainer import EVAL_BATCH, Accumulator, EpochStats, adam, batches
 
@@ -221,9 +221,10 @@ class BatchedSplitTrainer:
 
 def batchable(config) -> bool:
     """Whether a run can be trained in a batch of seeds: no defense, labels crossing (vanilla),
-    no transcript."""
+    no transcript, an honest server."""
     return (not config.defenses and config.topology == "vanilla"
-            and config.record_policy() == NOTHING)
+            and config.record_policy() == NOTHING
+            and config.server.partition(":")[0].strip().lower() == "honest")
 
 
 def run_training_batched(configs: Sequence, out_dirs: Sequence[str | Path], *,
@@ -244,52 +245,50 @@ def run_training_batched(configs: Sequence, out_dirs: Sequence[str | Path], *,
         raise ValueError(f"got {len(configs)} configs but {len(out_dirs)} run directories")
     for c in configs:
         if not batchable(c):
-            raise ValueError(f"run_training_batched: {c} has defenses, a U-shape or a transcript")
+            raise ValueError(f"run_training_batched: {c} has defenses, a U-shape, a "
+                             "transcript or a server behaviour")
         if dataclasses.replace(c, seed=0) != dataclasses.replace(configs[0], seed=0):
             raise ValueError("run_training_batched: the configs differ in more than the seed")
-    outs = [Path(d) for d in out_dirs]
+    run_dirs = [RunDir(d, c) for c, d in zip(configs, out_dirs, strict=True)]
     results: dict[int, dict[str, Any]] = {}
     pending = []
-    for i, (c, out) in enumerate(zip(configs, outs, strict=True)):
-        done = finished_result(c, out)
+    for i, (c, run_dir) in enumerate(zip(configs, run_dirs, strict=True)):
+        done = run_dir.finished()
         if done is not None:
             results[i] = done
-        elif (out / "checkpoint.pt").exists():
-            results[i] = run_training(c, out, progress=progress)
+        elif run_dir.has_checkpoint:
+            results[i] = run_training(c, run_dir.path, progress=progress)
         else:
             pending.append(i)
     if len(pending) == 1:
-        results[pending[0]] = run_training(configs[pending[0]], outs[pending[0]],
+        results[pending[0]] = run_training(configs[pending[0]], run_dirs[pending[0]].path,
                                            progress=progress)
     elif pending:
         with torch_threads(configs[0].threads):
             trained = _train_together([configs[i] for i in pending],
-                                      [outs[i] for i in pending], progress)
+                                      [run_dirs[i] for i in pending], progress)
         results.update(zip(pending, trained, strict=True))
     return [results[i] for i in range(len(configs))]
 
 
-def _train_together(configs: Sequence, outs: Sequence[Path], progress: bool
+def _train_together(configs: Sequence, run_dirs: Sequence[RunDir], progress: bool
                     ) -> list[dict[str, Any]]:
     """The epoch loop of :func:`splitpriv.run.run_training`, for K fresh runs at once."""
     from tqdm.auto import tqdm
 
     device = resolve_device(configs[0].device)
-    for c, out in zip(configs, outs, strict=True):
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", dataclasses.asdict(c))
-    data, card = load_tensors(configs[0], device)
-    model_config = ModelConfig(configs[0].depth, configs[0].paper_softmax)
+    for run_dir in run_dirs:
+        run_dir.start(resumable=False)
+    data = build_run_data(configs[0], device)
     trainer = BatchedSplitTrainer(
-        [build_models(model_config, seed=c.seed).to(device) for c in configs],
+        [build_run_models(c, "vanilla", device) for c in configs],
         data.x_train, data.y_train, seeds=[c.seed for c in configs],
         lr=configs[0].lr, batch_size=configs[0].batch_size,
     )
     k = len(configs)
     has_val = len(data.y_val) > 0
     histories: list[list[dict[str, Any]]] = [[] for _ in configs]
-    best_val = [-math.inf] * k
-    name = f"{outs[0].name} (+{k - 1} seeds batched)"
+    name = f"{run_dirs[0].path.name} (+{k - 1} seeds batched)"
     bar = tqdm(range(1, configs[0].epochs + 1), desc=f"train {name}", disable=not progress,
                unit="epoch")
     for epoch in bar:
@@ -302,16 +301,14 @@ def _train_together(configs: Sequence, outs: Sequence[Path], progress: bool
         for j in range(k):
             histories[j].append(epoch_row(epoch, train[j], test[j], val[j], train_seconds,
                                           seconds))
-            best_val[j] = save_epoch(outs[j], histories[j], best_val[j],
-                                     lambda j=j: trainer.run_state(j),
-                                     lambda j=j: trainer.trainer_state(j))
+            run_dirs[j].save_epoch(histories[j], lambda j=j: trainer.run_state(j),
+                                   lambda j=j: trainer.trainer_state(j))
         bar.set_postfix(test=f"{test[0].accuracy:.2f}")
     results = []
-    for j, (c, out) in enumerate(zip(configs, outs, strict=True)):
-        torch_save(trainer.run_state(j), out / "weights.pt")
-        result = result_doc(c, histories[j], data, device, card, topology="vanilla",
-                            defenses=[], batched=k)
-        write_json(out / "result.json", result)
-        results.append(result)
+    for j, (c, run_dir) in enumerate(zip(configs, run_dirs, strict=True)):
+        run_dir.save_weights(trainer.run_state(j))
+        results.append(run_dir.finish(result_doc(
+            c, histories[j], rows=row_counts(data), device=device, card=data.card,
+            topology="vanilla", defenses=[], batched=k)))
     return results
 

@@ -4,19 +4,27 @@ Every message that crosses carries a kind, the sample ids of its rows, a tensor,
 phase (``train``, ``val`` or ``test``). The transcript keeps what crossed, keyed by sample id,
 for the attacks that model a curious server. Recording can be limited to some epochs, kinds and
 phases so that memory stays bounded.
+
+Bytes are counted as the distributed wire (:mod:`splitpriv.distributed`) carries them: one
+header, the ids and the payload per message (:func:`message_bytes`, :class:`WireCounter`); the
+in-process :class:`CountingChannel` counts what a two-process run would send.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from splitpriv.io import atomic_path
+
+#: the passes of an epoch, in the order the wire codes them
+PHASES = ("train", "val", "test")
 
 
 class Kind(str, Enum):
@@ -141,7 +149,19 @@ class Transcript:
 
 
 class Channel:
-    """The interface both parties talk through. Subclasses move the tensors."""
+    """The interface both parties talk through. Subclasses move the tensors.
+
+    Attributes:
+        epoch, phase: stamped on every message (set by :meth:`begin_phase`).
+    """
+
+    epoch: int = 0
+    phase: str = "train"
+
+    def begin_phase(self, epoch: int, phase: str) -> None:
+        """The messages that follow belong to ``epoch`` and ``phase`` (``train``, ``val``,
+        ``test``); the drivers call this before every pass."""
+        self.epoch, self.phase = epoch, phase
 
     def send(self, kind: Kind, tensor: torch.Tensor, ids: torch.Tensor) -> None:
         raise NotImplementedError
@@ -175,3 +195,82 @@ class InProcessChannel(Channel):
                 f"channel: no {kind.value!r} message waiting (protocol out of order)"
             )
         return box.popleft()
+
+
+# ----------------------------------------------------------------------------- byte counting
+
+#: the distributed wire's header: int64[16] per message (:mod:`splitpriv.distributed.wire`)
+HEADER_LEN = 16
+HEADER_BYTES = HEADER_LEN * 8
+
+
+def message_bytes(tensor: torch.Tensor, n_ids: int) -> int:
+    """Bytes one message takes on the wire: header, ids and payload."""
+    return HEADER_BYTES + 8 * n_ids + tensor.numel() * tensor.element_size()
+
+
+@dataclass
+class WireCounter:
+    """Messages and bytes per (direction, kind, epoch, phase)."""
+
+    counts: dict[tuple[str, str, int, str], list[int]] = field(
+        default_factory=lambda: defaultdict(lambda: [0, 0])
+    )
+
+    def add(self, direction: str, kind: str, epoch: int, phase: str, nbytes: int) -> None:
+        c = self.counts[(direction, kind, epoch, phase)]
+        c[0] += 1
+        c[1] += nbytes
+
+    def merge(self, other: WireCounter) -> None:
+        for key, (n, b) in other.counts.items():
+            c = self.counts[key]
+            c[0] += n
+            c[1] += b
+
+    def total(self, *, epoch: int | None = None, phase: str | None = None,
+              direction: str | None = None) -> int:
+        return sum(
+            b for (d, _, e, p), (_, b) in self.counts.items()
+            if (epoch is None or e == epoch) and (phase is None or p == phase)
+            and (direction is None or d == direction)
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: totals, per epoch (train and eval separately) and per kind."""
+        epochs = sorted({e for _, _, e, _ in self.counts if e > 0})
+        per_epoch = []
+        for e in epochs:
+            per_epoch.append({
+                "epoch": e,
+                "train_bytes": self.total(epoch=e, phase="train"),
+                "eval_bytes": self.total(epoch=e) - self.total(epoch=e, phase="train"),
+                "sent": self.total(epoch=e, direction="sent"),
+                "received": self.total(epoch=e, direction="received"),
+            })
+        by_kind: dict[str, dict[str, int]] = defaultdict(lambda: {"messages": 0, "bytes": 0})
+        for (d, k, _, _), (n, b) in self.counts.items():
+            by_kind[f"{d}:{k}"]["messages"] += n
+            by_kind[f"{d}:{k}"]["bytes"] += b
+        train = [r["train_bytes"] for r in per_epoch]
+        return {
+            "bytes_total": self.total(),
+            "bytes_sent": self.total(direction="sent"),
+            "bytes_received": self.total(direction="received"),
+            "train_bytes_per_epoch": sum(train) / len(train) if train else 0.0,
+            "per_epoch": per_epoch,
+            "by_kind": dict(sorted(by_kind.items())),
+        }
+
+
+class CountingChannel(InProcessChannel):
+    """The in-process channel, counting the bytes the distributed channel would put on the wire
+    (one direction per message: the bytes that cross)."""
+
+    def __init__(self, transcript: Transcript | None = None) -> None:
+        super().__init__(transcript)
+        self.wire = WireCounter()
+
+    def send(self, kind: Kind, tensor: torch.Tensor, ids: torch.Tensor) -> None:
+        self.wire.add("sent", kind.value, self.epoch, self.phase, message_bytes(tensor, len(ids)))
+        super().send(kind, tensor, ids)

@@ -3,25 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
 
 from splitpriv.distributed import ChannelError
 from splitpriv.io import torch_threads
+from splitpriv.options import ArgumentParser, add_dataclass_arguments, dataclass_from_args
 from splitpriv.run import TOPOLOGIES, TrainConfig
 
 PROTOCOLS = ("paper", "paper-unique", "inter-patient")
 
-
-def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mitdb-dir", help="folder of the MIT-BIH records (else $SPLITPRIV_MITDB, "
-                   "else the user cache, downloading from PhysioNet if empty)")
-    p.add_argument("--cache-dir", help="where the beat-pool cache goes (else the user cache)")
-    p.add_argument("--protocol", default="paper-unique", choices=PROTOCOLS)
-    p.add_argument("--val-fraction", type=float, default=None,
-                   help="validation fraction of the training half (default 0 for paper, else 0.1)")
-    p.add_argument("--data-seed", type=int, default=2019)
+#: argparse keywords that replace the derived ones of a few TrainConfig fields; every other field
+#: is a flag derived from its type and documentation alone (a new field is a new flag)
+TRAIN_FLAGS: dict[str, dict[str, object]] = {
+    "protocol": {"choices": PROTOCOLS},
+    "topology": {"choices": TOPOLOGIES},
+    "defenses": {"flag": "--defense", "action": "append", "metavar": "NAME[:key=value,...]",
+                 "help": "a defense and its parameters, repeatable (see defenses/)"},
+    "threads": {"help": "torch CPU threads (default 1, the fastest for this model on a CPU; "
+                        "0 or none: torch's default)"},
+    "mitdb_dir": {"help": "folder of the MIT-BIH records (else $SPLITPRIV_MITDB, else the user "
+                          "cache, downloading from PhysioNet if empty)"},
+    "cache_dir": {"help": "where the beat-pool cache goes (else the user cache)"},
+}
+#: the TrainConfig fields ``data prepare`` takes
+DATA_FIELDS = ("mitdb_dir", "cache_dir", "protocol", "val_fraction", "data_seed")
 
 
 def _print_card(card: dict) -> None:
@@ -39,10 +47,10 @@ def _print_card(card: dict) -> None:
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from splitpriv.data import dataset_card, load_pool, make_split, write_paper_hdf5
 
-    cfg = TrainConfig(protocol=args.protocol, val_fraction=args.val_fraction)
-    pool = load_pool(args.mitdb_dir, cache_dir=args.cache_dir)
+    cfg = dataclass_from_args(TrainConfig, args)
+    pool = load_pool(cfg.mitdb_dir, cache_dir=cfg.cache_dir)
     split = make_split(
-        pool, args.protocol, val_fraction=cfg.resolved_val_fraction, seed=args.data_seed
+        pool, cfg.protocol, val_fraction=cfg.resolved_val_fraction, seed=cfg.data_seed
     )
     card = dataset_card(pool, split)
     if args.export_hdf5:
@@ -56,16 +64,20 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The run's TrainConfig from the ``train`` flags given (its defaults for the rest).
+
+    Raises:
+        ValueError: a value the config refuses, naming its flag.
+    """
+    config = dataclass_from_args(TrainConfig, args)
+    if config.threads == 0:  # the command line's spelling of torch's default
+        config = dataclasses.replace(config, threads=None)
+    return config
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    config = TrainConfig(
-        protocol=args.protocol, depth=args.depth, epochs=args.epochs, seed=args.seed,
-        batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
-        topology=args.topology, paper_softmax=args.paper_softmax, data_seed=args.data_seed,
-        train_subset=args.train_subset, test_subset=args.test_subset,
-        record_epochs=args.record_epochs, record_kinds=args.record_kinds,
-        defenses=list(args.defense), device=args.device, threads=args.threads or None,
-        mitdb_dir=args.mitdb_dir, cache_dir=args.cache_dir,
-    )
+    config = train_config(args)
     with torch_threads(config.threads):
         return _train(args, config)
 
@@ -101,8 +113,20 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+class _AttackHelp(argparse.HelpFormatter):
+    """Lists the registered attacks in ``splitpriv attack --help`` (the registry is imported only
+    when the help is shown)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.dest == "name":
+            from attacks.registry import load_builtin
+
+            return "the attack: " + ", ".join(sorted(load_builtin()))
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="splitpriv", description=__doc__)
+    parser = ArgumentParser(prog="splitpriv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="the MIT-BIH beat pool and protocols")
@@ -110,33 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     prep = data_sub.add_parser(
         "prepare", help="build (or load) the beat pool; print a dataset card"
     )
-    _data_args(prep)
+    add_dataclass_arguments(prep, TrainConfig, only=DATA_FIELDS, flags=TRAIN_FLAGS)
     prep.add_argument("--json", action="store_true", help="print the card as JSON")
     prep.add_argument("--export-hdf5", metavar="DIR",
                       help="also write the paper's train_ecg.hdf5 / test_ecg.hdf5 to DIR")
     prep.set_defaults(func=cmd_data_prepare)
 
     train = sub.add_parser("train", help="train one split model into a run directory")
-    _data_args(train)
-    train.add_argument("--depth", type=int, default=2, help="client conv layers, 2..8")
-    train.add_argument("--epochs", type=int, default=400)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--topology", default="vanilla", choices=TOPOLOGIES)
-    train.add_argument("--paper-softmax", action="store_true",
-                       help="reproduce the original code's softmax before cross-entropy")
-    train.add_argument("--train-subset", type=int, default=None)
-    train.add_argument("--test-subset", type=int, default=None)
-    train.add_argument("--record-epochs", default="last",
-                       help="transcript epochs: last|none|all|1,100,...")
-    train.add_argument("--record-kinds", default="", help="transcript kinds, comma list (all)")
-    train.add_argument("--defense", action="append", default=[],
-                       metavar="NAME[:key=value,...]", help="repeatable")
-    train.add_argument("--device", default="auto")
-    train.add_argument("--threads", type=int, default=1,
-                       help="torch CPU threads (default 1, the fastest for this model on a "
-                            "CPU; 0: torch's default)")
+    config = train.add_argument_group("the run (splitpriv.run.TrainConfig, saved in config.json)")
+    add_dataclass_arguments(config, TrainConfig, flags=TRAIN_FLAGS)
     train.add_argument("--out", required=True, help="run directory")
     train.add_argument("--force", action="store_true", help="retrain even if DIR holds a run")
     train.add_argument("--no-progress", action="store_true")
@@ -158,10 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     att = sub.add_parser(
-        "attack", help="run an attack on a saved run; writes DIR/attacks/NAME.json"
+        "attack", help="run an attack on a saved run; writes DIR/attacks/NAME.json",
+        formatter_class=_AttackHelp,
     )
-    att.add_argument("name", help="dcor, dtw, label-norm, label-direction, label-kmeans, decoder, "
-                     "whitebox, unsplit")
+    att.add_argument("name", help="the attack (the registered names)")
     att.add_argument("--run", required=True, help="run directory")
     att.add_argument("--aux", default=None, help="attacker's auxiliary beats: train:F | train:N | "
                      "records:R1,R2,...")
@@ -172,7 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # a bad flag (one line on stderr) or --help
+        return exc.code if isinstance(exc.code, int) else 0
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, KeyError, ChannelError) as exc:  # DataError: ValueError

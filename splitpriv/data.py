@@ -92,9 +92,11 @@ DS2_RECORDS = (
     212, 213, 214, 219, 221, 222, 228, 231, 232, 233, 234,
 )  # fmt: skip
 
-_RECORD_EXTENSIONS = (".hea", ".dat", ".atr")
-_RECORDS_FILE = "RECORDS"
-_SUMS_FILE = "SHA256SUMS.txt"
+#: The database's record index (one record name per line) and checksum file (``sha256sum`` format).
+RECORDS_FILE = "RECORDS"
+SUMS_FILE = "SHA256SUMS.txt"
+#: The files of every record named in RECORDS: header, signals, reference annotations.
+RECORD_EXTENSIONS = (".hea", ".dat", ".atr")
 _POOL_KEYS = ("x", "y", "record", "rpeak")
 
 
@@ -187,19 +189,32 @@ def user_cache_dir() -> Path:
     return Path.home() / ".cache" / "splitpriv"
 
 
+def parse_records(path: Path) -> list[str]:
+    """Return the record names listed in a WFDB ``RECORDS`` file, in file order.
+
+    Raises:
+        DataError: naming ``path``, when it lists no record or a name that is not a bare file name.
+    """
+    names = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
+    names = [n for n in names if n]
+    if not names:
+        raise DataError(f"record index {path} lists no record")
+    for name in names:
+        if "/" in name or "\\" in name or name in (".", ".."):
+            raise DataError(f"record index {path} lists an unsupported record name {name!r}")
+    return names
+
+
 def record_names(mitdb_dir: Path | str) -> list[str]:
     """Return the record names listed in ``mitdb_dir/RECORDS``, in file order.
 
     Raises:
-        DataError: naming the RECORDS file, when it is missing or empty.
+        DataError: naming the RECORDS file, when it is missing, empty or names a path.
     """
-    path = Path(mitdb_dir) / _RECORDS_FILE
+    path = Path(mitdb_dir) / RECORDS_FILE
     if not path.is_file():
         raise DataError(f"record index {path} not found")
-    names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if not names:
-        raise DataError(f"record index {path} lists no record")
-    return names
+    return parse_records(path)
 
 
 def missing_record_files(mitdb_dir: Path | str) -> list[Path]:
@@ -208,16 +223,16 @@ def missing_record_files(mitdb_dir: Path | str) -> list[Path]:
     A missing ``RECORDS`` file is reported as the only missing file.
     """
     d = Path(mitdb_dir)
-    if not (d / _RECORDS_FILE).is_file():
-        return [d / _RECORDS_FILE]
+    if not (d / RECORDS_FILE).is_file():
+        return [d / RECORDS_FILE]
     try:
         names = record_names(d)
     except DataError:
-        return [d / _RECORDS_FILE]
+        return [d / RECORDS_FILE]
     return [
         d / f"{n}{ext}"
         for n in names
-        for ext in _RECORD_EXTENSIONS
+        for ext in RECORD_EXTENSIONS
         if not (d / f"{n}{ext}").is_file()
     ]
 
@@ -303,7 +318,7 @@ def verify_checksums(mitdb_dir: Path | str, files: Sequence[str] | None = None) 
     from splitpriv.download import parse_sha256sums, sha256_file
 
     d = Path(mitdb_dir)
-    sums_path = d / _SUMS_FILE
+    sums_path = d / SUMS_FILE
     if not sums_path.is_file():
         raise DataError(f"checksum file {sums_path} not found")
     sums = parse_sha256sums(sums_path)
@@ -331,7 +346,7 @@ def _check_record_files(d: Path, name: str) -> None:
     """Check that the record's files exist and that its .dat files are long enough."""
     wfdb = _wfdb()
 
-    for ext in _RECORD_EXTENSIONS:
+    for ext in RECORD_EXTENSIONS:
         path = d / f"{name}{ext}"
         if not path.is_file():
             raise DataError(f"record {name}: file {path} not found")
@@ -451,12 +466,13 @@ def _class_counts(y: np.ndarray, classes: str) -> dict[str, int]:
     return {c: int(counts[i]) for i, c in enumerate(classes)}
 
 
-def _progress(items: list, enabled: bool, desc: str):
+def progress_bar(items: list, enabled: bool, desc: str, unit: str):
+    """``items`` behind a tqdm progress bar when ``enabled``, else ``items`` as they are."""
     if not enabled:
         return items
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=desc, unit="record")
+    return tqdm(items, desc=desc, unit=unit)
 
 
 def _record_beats(
@@ -503,7 +519,7 @@ def _used_records(mitdb_dir: Path, prep: PrepConfig) -> list[str]:
     names = record_names(mitdb_dir)
     bad = [n for n in names if not n.isdigit()]
     if bad:
-        raise DataError(f"{mitdb_dir / _RECORDS_FILE} lists non-numeric record {bad[0]!r}")
+        raise DataError(f"{mitdb_dir / RECORDS_FILE} lists non-numeric record {bad[0]!r}")
     excluded = set(prep.excluded_records)
     return [n for n in sorted(names, key=int) if int(n) not in excluded]
 
@@ -534,18 +550,18 @@ def build_pool(
     names = _used_records(d, prep)
     if not names:
         raise DataError(
-            f"{d / _RECORDS_FILE}: no record left after excluding {prep.excluded_records}"
+            f"{d / RECORDS_FILE}: no record left after excluding {prep.excluded_records}"
         )
     for name in names:
         _check_record_files(d, name)
     if verify:
-        if (d / _SUMS_FILE).is_file():
-            verify_checksums(d, [f"{n}{ext}" for n in names for ext in _RECORD_EXTENSIONS])
+        if (d / SUMS_FILE).is_file():
+            verify_checksums(d, [f"{n}{ext}" for n in names for ext in RECORD_EXTENSIONS])
         else:
-            warnings.warn(f"{d / _SUMS_FILE} not found; record files not checksummed", stacklevel=2)
+            warnings.warn(f"{d / SUMS_FILE} not found; record files not checksummed", stacklevel=2)
     xs, ys, recs, peaks = [], [], [], []
     offsets = np.arange(-prep.half_window, prep.half_window + 1)  # (2w+1,)
-    for name in _progress(names, progress, "beats"):
+    for name in progress_bar(names, progress, "beats", "record"):
         sig, samples, symbols = read_record(d, name, channel=prep.channel)
         lo, hi = sig.min(), sig.max()
         if hi <= lo:

@@ -6,21 +6,27 @@ the order of the run's ``--defense`` list. Concrete defenses live in ``defenses/
 
 Hooks and who calls them (see docs/ARCHITECTURE.md for the picture):
 
-========================  ===========  ===============================================================
-hook                      party        when
-========================  ===========  ===============================================================
-``configure``             run          once, with the run's plan, before anything is written
-``attach``                client       once before training (may wrap the client's model/optimizer)
-``begin_phase``           both         before every pass: ``(epoch, "train" | "val" | "test")``
-``transform_activations`` client       activations about to be sent (training and evaluation)
-``transform_labels``      client       labels about to be sent (vanilla topology only)
-``client_loss``           client       an extra loss term from inputs and activations
-``transform_gradient``    sender       a gradient about to cross: the cut gradient the server returns
-                                       (``Kind.ACT_GRAD``), or, U-shaped, the output gradient the
-                                       client head returns (``Kind.OUTPUT_GRAD``)
-``end_epoch``             both         after every training epoch (accountants step here)
-``report``                run          the :class:`PrivacyClaim` for result.json
-========================  ===========  ===============================================================
+========================  ======  =================================================================
+hook                      party   when
+========================  ======  =================================================================
+``configure``             run     once, with the run's plan, before anything is written
+``attach``                client  once before training (may wrap the client's model/optimizer)
+``begin_phase``           both    before every pass: ``(epoch, "train" | "val" | "test")``
+``transform_activations`` client  activations about to be sent (training and evaluation)
+``transform_labels``      client  labels about to be sent (vanilla topology, training)
+``client_loss``           client  an extra loss term from inputs and activations
+``transform_gradient``    sender  a gradient about to cross: the cut gradient the server returns
+                                  (``Kind.ACT_GRAD``), or, U-shaped, the output gradient the
+                                  client head returns (``Kind.OUTPUT_GRAD``)
+``end_epoch``             both    after every training epoch (accountants step here)
+``report``                run     the :class:`PrivacyClaim` for result.json
+========================  ======  =================================================================
+
+In one process both parties hold the same defense instances, so ``begin_phase`` and
+``end_epoch`` arrive once from each party: they must be idempotent for a repeated argument.
+Defenses find each other by capability (:attr:`Defense.weights_private`,
+:attr:`Defense.couples_rows`), never by name. What the server itself does (honest or an
+adversary) is not a defense: see :mod:`splitpriv.servers`.
 """
 
 from __future__ import annotations
@@ -104,6 +110,12 @@ class Defense:
     name: str = "none"
     #: a defense that needs a topology other than the vanilla one names it (``"ushape"``)
     topology: str | None = None
+    #: the defense makes the client's weights (and all computed from them) differentially
+    #: private; its :meth:`report` claim's epsilon and delta are theirs, add/remove adjacency
+    weights_private: bool = False
+    #: the defense's transform of a row depends on the other rows of its batch (a batch
+    #: statistic), so nothing computed downstream is per-sample
+    couples_rows: bool = False
 
     def configure(self, *, epochs: int, batch_size: int) -> None:
         """Called once with the run's plan (its training epochs and batch size), before anything
@@ -114,7 +126,8 @@ class Defense:
         other defenses of the run (``client.defenses``)."""
 
     def begin_phase(self, epoch: int, phase: str) -> None:
-        """Called by each party before every pass over a phase (``train``, ``val``, ``test``)."""
+        """Called by each party before every pass over a phase (``train``, ``val``, ``test``);
+        before the first call a defense is in ``(0, "train")``, the set-up."""
 
     def transform_activations(self, a: torch.Tensor, *, training: bool) -> torch.Tensor:
         """Map the activations (B, C, L) the client is about to send. Keep the autograd graph."""
@@ -136,7 +149,7 @@ class Defense:
         return g
 
     def end_epoch(self, epoch: int) -> None:
-        """Called after every training epoch (accountants step here)."""
+        """Called by each party after every training epoch (accountants step here)."""
 
     def report(self) -> PrivacyClaim:
         """What the defense claims (privacy accounting, parameters), for result.json."""

@@ -27,7 +27,14 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from splitpriv.data import DataError
+from splitpriv.data import (
+    RECORD_EXTENSIONS,
+    RECORDS_FILE,
+    SUMS_FILE,
+    DataError,
+    parse_records,
+    progress_bar,
+)
 
 __all__ = [
     "DEFAULT_MITDB_URL",
@@ -44,12 +51,6 @@ __all__ = [
 DEFAULT_MITDB_URL = "https://physionet.org/files/mitdb/1.0.0/"
 #: Environment variable that overrides :data:`DEFAULT_MITDB_URL`.
 URL_ENV = "SPLITPRIV_MITDB_URL"
-#: The database's index and checksum files.
-RECORDS_FILE = "RECORDS"
-SUMS_FILE = "SHA256SUMS.txt"
-#: Extensions fetched for every record named in RECORDS.
-RECORD_EXTENSIONS = (".hea", ".dat", ".atr")
-
 #: A fetcher writes the database file ``filename`` to ``dest_path`` or raises.
 Fetcher = Callable[[str, Path], None]
 
@@ -128,30 +129,6 @@ def parse_sha256sums(path: Path) -> dict[str, str]:
     return sums
 
 
-def parse_records(path: Path) -> list[str]:
-    """Return the record names listed in a WFDB ``RECORDS`` file, in file order.
-
-    Raises:
-        DataError: naming ``path``, when it lists no record or a name that is not a bare file name.
-    """
-    names = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
-    names = [n for n in names if n]
-    if not names:
-        raise DataError(f"{path} lists no record")
-    for name in names:
-        if "/" in name or "\\" in name or name in (".", ".."):
-            raise DataError(f"{path} lists an unsupported record name {name!r}")
-    return names
-
-
-def _progress(items: list[str], enabled: bool, desc: str):
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, unit="file")
-
-
 def download_mitdb(
     dest: Path | str, *, fetcher: Fetcher | None = None, progress: bool = True
 ) -> Path:
@@ -194,7 +171,7 @@ def download_mitdb(
                 f"{SUMS_FILE} has no checksum for {missing[0]}"
                 + (f" (and {len(missing) - 1} more files)" if len(missing) > 1 else "")
             )
-        for name in _progress(files, progress, "mitdb"):
+        for name in progress_bar(files, progress, "mitdb", "file"):
             target = tmp / name
             fetch(name, target)
             if not target.is_file():

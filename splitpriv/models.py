@@ -14,8 +14,10 @@ the server runs Linear(512,128) - LeakyReLU and the client's head runs Linear(12
 The original code applied Softmax before CrossEntropyLoss (a double softmax); that is kept behind
 ``paper_softmax=True``. The default is plain cross-entropy on logits.
 
-The max-pools are :class:`MaxPool2`, ``nn.MaxPool1d(2)`` computed faster on a CPU with the same
-outputs and gradients bit for bit (tested, ties and NaN included).
+The max-pools are :class:`MaxPool2`, ``nn.MaxPool1d(2)`` with the same outputs and gradients bit
+for bit (tested, ties and NaN included), computed faster on a CPU where the input is large enough.
+
+The protocol, the model and the paper's numbers are described in ``docs/reference.md``.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class ModelConfig:
     """Architecture of the split network.
 
     Attributes:
-        depth: number of client conv layers, 2..8 (REFERENCE.md "more hidden layers").
+        depth: number of client conv layers, 2..8 (``docs/reference.md``, "Model").
         paper_softmax: apply Softmax before the loss, as the original code does (double softmax).
     """
 
@@ -90,11 +92,25 @@ class _PairMax(torch.autograd.Function):
         return (out.view(*x.shape[:-1], -1), idx.view(*x.shape[:-1], -1)), (0, 0)
 
 
+#: :class:`_PairMax` pays a fixed ~60 us (three extra small kernels) and saves ~2 ns per input
+#: element over the native kernel with gradient, so it wins on inputs above about 30,000 elements.
+#: Forward + backward, one thread (``python benchmarks/speed.py``, "max-pool" table):
+#: (32, 16, 128) native 400 us, pair-max 331 us; (32, 16, 64) 208 / 206 us (a tie);
+#: (32, 16, 32) 104 / 131 us; (32, 160, 64) (10 batched runs) 2,114 / 1,183 us.
+PAIR_MAX_MIN_NUMEL = 1 << 15
+
+
 class MaxPool2(nn.Module):
-    """``nn.MaxPool1d(2)`` on (B, C, L), L even: the same outputs and gradients, faster on CPU."""
+    """``nn.MaxPool1d(2)`` on (B, C, L), L even: the same outputs and gradients, faster on CPU.
+
+    With gradient on a CPU input of more than :data:`PAIR_MAX_MIN_NUMEL` elements (the paper
+    model's first pool at batch 32, any pool of batched runs) it runs :class:`_PairMax`;
+    otherwise (the second pool at batch 32, evaluation, other devices) the native kernel.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled() or x.device.type != "cpu":
+        if (not torch.is_grad_enabled() or x.device.type != "cpu"
+                or x.numel() <= PAIR_MAX_MIN_NUMEL):
             return F.max_pool1d(x, 2)
         return _PairMax.apply(x)[0]  # (B, C, L) -> (B, C, L/2)
 

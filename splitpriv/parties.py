@@ -10,6 +10,13 @@ the server returns its output and receives the gradient of that output. No label
 Each step is split into phases (``send_activations``, ``step``/``forward``/``backward``,
 ``head_step``, ``apply_gradient``) so that one process can drive both parties in order, or each
 party can run its own phases in its own process, with blocking receives.
+
+Plug-ins (see :mod:`splitpriv.defense` and :mod:`splitpriv.servers`): each party applies the run's
+defenses to what it is about to send (the client: activations, labels and, U-shaped, the output
+gradient; the server: the cut gradient), and the server's behaviour (honest by default, or an
+adversary) chooses the cut gradient and the output the server returns. The drivers announce every
+pass with :meth:`Client.begin_phase` / :meth:`Server.begin_phase` and every finished training epoch
+with ``end_epoch``.
 """
 
 from __future__ import annotations
@@ -21,12 +28,21 @@ from torch import nn
 
 from splitpriv.channel import Channel, Kind
 from splitpriv.defense import Defense
+from splitpriv.servers import ServerBehaviour, honest
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
 
 def cross_entropy(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(outputs, y)
+
+
+def outgoing_gradient(defenses: Sequence[Defense], g: torch.Tensor, *, kind: Kind,
+                      y: torch.Tensor | None) -> torch.Tensor:
+    """``g`` through every defense's ``transform_gradient``, in the run's order."""
+    for d in defenses:
+        g = d.transform_gradient(g, kind=kind, y=y)
+    return g
 
 
 class Client:
@@ -52,6 +68,16 @@ class Client:
         for d in self.defenses:
             d.attach(self)
 
+    def begin_phase(self, epoch: int, phase: str) -> None:
+        """Before every pass over ``phase`` (``train``, ``val``, ``test``) of ``epoch``."""
+        for d in self.defenses:
+            d.begin_phase(epoch, phase)
+
+    def end_epoch(self, epoch: int) -> None:
+        """After every training epoch."""
+        for d in self.defenses:
+            d.end_epoch(epoch)
+
     def _activations(self, x: torch.Tensor, training: bool) -> torch.Tensor:
         a = self.net(x)  # (B, 1, 128) -> (B, 16, 32)
         for d in self.defenses:
@@ -66,17 +92,22 @@ class Client:
         self._pending = (a, torch.stack(extra).sum() if extra else None)
         self.channel.send(Kind.ACTIVATIONS, a, ids)
         if not self.ushape:
-            self.channel.send(Kind.LABELS, self.y[ids], ids)
+            y = self.y[ids]
+            for d in self.defenses:
+                y = d.transform_labels(y)
+            self.channel.send(Kind.LABELS, y, ids)
 
     def head_step(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """U-shape phase: loss on the server's output; send its gradient. Returns (loss, logits)."""
         assert self.head is not None and self.head_optimizer is not None
         h = self.channel.recv(Kind.SERVER_OUTPUT).requires_grad_()  # (B, 128)
+        y = self.y[ids]
         logits = self.head(h)  # (B, 5)
-        loss = cross_entropy(logits, self.y[ids])
+        loss = cross_entropy(logits, y)
         self.head_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.channel.send(Kind.OUTPUT_GRAD, h.grad, ids)
+        gh = outgoing_gradient(self.defenses, h.grad, kind=Kind.OUTPUT_GRAD, y=y)
+        self.channel.send(Kind.OUTPUT_GRAD, gh, ids)
         self.head_optimizer.step()
         return loss.detach(), logits.detach()
 
@@ -109,12 +140,53 @@ class Client:
 
 
 class Server:
-    """The curious server: the dense layers and, in the vanilla topology, the loss."""
+    """The server: the dense layers and, in the vanilla topology, the loss.
 
-    def __init__(self, net: nn.Module, channel: Channel, make_optimizer: OptimizerFactory) -> None:
+    What it returns is chosen by its ``behaviour`` (:mod:`splitpriv.servers`; default the honest
+    server: curious, but it follows the protocol), then passed through the run's ``defenses``
+    (their ``transform_gradient`` with ``Kind.ACT_GRAD``).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        channel: Channel,
+        make_optimizer: OptimizerFactory,
+        *,
+        defenses: Sequence[Defense] = (),
+        behaviour: ServerBehaviour | None = None,
+    ) -> None:
         self.net, self.channel = net, channel
         self.optimizer = make_optimizer(list(net.parameters()))
+        self.defenses = list(defenses)
+        self.behaviour = behaviour if behaviour is not None else honest()
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.behaviour.attach(self)
+
+    def begin_phase(self, epoch: int, phase: str) -> None:
+        """Before every pass over ``phase`` (``train``, ``val``, ``test``) of ``epoch``."""
+        for d in self.defenses:
+            d.begin_phase(epoch, phase)
+        self.behaviour.begin_phase(epoch, phase)
+
+    def end_epoch(self, epoch: int) -> None:
+        """After every training epoch."""
+        for d in self.defenses:
+            d.end_epoch(epoch)
+        self.behaviour.end_epoch(epoch)
+
+    def _send_cut_gradient(self, a: torch.Tensor, ids: torch.Tensor,
+                           y: torch.Tensor | None) -> None:
+        """The behaviour chooses d loss / d activations from the honest one, the defenses map it,
+        and it crosses."""
+        assert a.grad is not None
+        g = self.behaviour.cut_gradient(a.detach(), a.grad, ids, y=y)
+        self.channel.send(Kind.ACT_GRAD, outgoing_gradient(self.defenses, g, kind=Kind.ACT_GRAD,
+                                                           y=y), ids)
+
+    def _send_output(self, a: torch.Tensor, out: torch.Tensor, ids: torch.Tensor) -> None:
+        self.channel.send(Kind.SERVER_OUTPUT, self.behaviour.server_output(a.detach(), out, ids),
+                          ids)
 
     def step(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Vanilla phase: loss from activations and labels; return the gradient.
@@ -126,7 +198,7 @@ class Server:
         loss = cross_entropy(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.channel.send(Kind.ACT_GRAD, a.grad, ids)
+        self._send_cut_gradient(a, ids, y)
         self.optimizer.step()
         return loss.detach(), logits.detach()
 
@@ -135,7 +207,7 @@ class Server:
         a = self.channel.recv(Kind.ACTIVATIONS).requires_grad_()
         h = self.net(a)  # (B, 16, 32) -> (B, 128)
         self._pending = (a, h)
-        self.channel.send(Kind.SERVER_OUTPUT, h, ids)
+        self._send_output(a, h, ids)
 
     def backward(self, ids: torch.Tensor) -> None:
         """U-shape phase 2: backpropagate the gradient of the output; return d / d activations."""
@@ -145,12 +217,13 @@ class Server:
         gh = self.channel.recv(Kind.OUTPUT_GRAD)
         self.optimizer.zero_grad(set_to_none=True)
         h.backward(gh)
-        self.channel.send(Kind.ACT_GRAD, a.grad, ids)
+        self._send_cut_gradient(a, ids, None)
         self.optimizer.step()
 
     @torch.no_grad()
     def eval_step(self, ids: torch.Tensor) -> None:
-        self.channel.send(Kind.SERVER_OUTPUT, self.net(self.channel.recv(Kind.ACTIVATIONS)), ids)
+        a = self.channel.recv(Kind.ACTIVATIONS)
+        self._send_output(a, self.net(a), ids)
 
     def train(self, mode: bool = True) -> None:
         self.net.train(mode)

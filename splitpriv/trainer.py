@@ -6,8 +6,9 @@ training rows reshuffled every epoch. Data sits in memory as tensors on the devi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,17 +16,13 @@ from torch import nn
 from splitpriv.channel import Channel, InProcessChannel
 from splitpriv.defense import Defense
 from splitpriv.models import SplitModels
-from splitpriv.optim import FlatAdam
-from splitpriv.parties import Client, OptimizerFactory, Server, cross_entropy
+from splitpriv.optim import adam
+from splitpriv.parties import Client, Server, cross_entropy
+from splitpriv.servers import ServerBehaviour
 
 #: rows per evaluation chunk: (512, 16, 128) float32 activations are 4 MiB; 4,096-row chunks
 #: (33 MiB) went to fresh pages from the OS every time and made evaluation 3x slower here.
 EVAL_BATCH = 512
-
-
-def adam(lr: float) -> OptimizerFactory:
-    """The paper's optimizer: Adam (torch defaults otherwise), as :class:`FlatAdam`."""
-    return lambda params: FlatAdam(params, lr=lr)
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device):
@@ -59,6 +56,39 @@ class Accumulator:
         return EpochStats(self.loss.item() / self.n, 100.0 * self.correct.item() / self.n)
 
 
+def begin_phase(channel: Channel, parties: Sequence[Any], epoch: int, phase: str) -> None:
+    """Before every pass over a phase: stamp the channel (the transcript keys on it), then each
+    party's ``begin_phase`` (which calls its defenses' and behaviour's)."""
+    channel.begin_phase(epoch, phase)
+    for party in parties:
+        party.begin_phase(epoch, phase)
+
+
+def eval_chunks(n: int, device: torch.device, batch_size: int = EVAL_BATCH) -> tuple:
+    """Row ids 0..n-1 in evaluation chunks of ``batch_size``."""
+    return torch.arange(n, device=device).split(batch_size)
+
+
+@torch.no_grad()
+def evaluate_client(
+    client: Client, x: torch.Tensor, y: torch.Tensor, chunks: Sequence[torch.Tensor],
+    serve: Callable[[torch.Tensor], None] | None = None,
+) -> EpochStats:
+    """Split inference of (x, y) from the client's side, chunk by chunk: send the activations,
+    (``serve``: let the server answer, when it runs in this process), receive its output.
+
+    The in-process trainer and the distributed client runner both evaluate through this."""
+    client.train(False)
+    acc = Accumulator(x.device)
+    for chunk in chunks:
+        client.send_eval(x[chunk], chunk)
+        if serve is not None:
+            serve(chunk)
+        logits = client.receive_eval()
+        acc.add(cross_entropy(logits, y[chunk]), logits, y[chunk])
+    return acc.stats()
+
+
 class SplitTrainer:
     """Both parties in one process, over an in-process channel (or any channel given)."""
 
@@ -73,6 +103,7 @@ class SplitTrainer:
         seed: int = 0,
         channel: Channel | None = None,
         defenses: Sequence[Defense] = (),
+        behaviour: ServerBehaviour | None = None,
     ) -> None:
         self.device = x_train.device
         self.channel = channel if channel is not None else InProcessChannel()
@@ -80,7 +111,8 @@ class SplitTrainer:
             models.client, x_train, y_train, self.channel, adam(lr),
             head=models.head, defenses=defenses,
         )
-        self.server = Server(models.server, self.channel, adam(lr))
+        self.server = Server(models.server, self.channel, adam(lr), defenses=defenses,
+                             behaviour=behaviour)
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(seed)
         self.models = models
@@ -89,9 +121,8 @@ class SplitTrainer:
     def ushape(self) -> bool:
         return self.client.ushape
 
-    def _set_phase(self, epoch: int, phase: str) -> None:
-        if isinstance(self.channel, InProcessChannel):
-            self.channel.epoch, self.channel.phase = epoch, phase
+    def begin_phase(self, epoch: int, phase: str) -> None:
+        begin_phase(self.channel, (self.client, self.server), epoch, phase)
 
     def train_step(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of both parties; returns (loss, logits) from whichever party holds the loss."""
@@ -106,7 +137,7 @@ class SplitTrainer:
         return loss, logits
 
     def train_epoch(self, epoch: int) -> EpochStats:
-        self._set_phase(epoch, "train")
+        self.begin_phase(epoch, "train")
         self.client.train(True)
         self.server.train(True)
         acc = Accumulator(self.device)
@@ -114,8 +145,8 @@ class SplitTrainer:
         for ids in batches(len(y), self.batch_size, self.generator, self.device):
             loss, logits = self.train_step(ids)
             acc.add(loss, logits, y[ids])
-        for d in self.client.defenses:
-            d.end_epoch(epoch)
+        self.client.end_epoch(epoch)
+        self.server.end_epoch(epoch)
         return acc.stats()
 
     @torch.no_grad()
@@ -124,17 +155,10 @@ class SplitTrainer:
         batch_size: int = EVAL_BATCH,
     ) -> EpochStats:
         """Split inference: the client sends activations, the server returns its output."""
-        self._set_phase(epoch, phase)
-        self.client.train(False)
+        self.begin_phase(epoch, phase)
         self.server.train(False)
-        acc = Accumulator(self.device)
-        ids = torch.arange(len(y), device=self.device)
-        for chunk in ids.split(batch_size):
-            self.client.send_eval(x[chunk], chunk)
-            self.server.eval_step(chunk)
-            logits = self.client.receive_eval()
-            acc.add(cross_entropy(logits, y[chunk]), logits, y[chunk])
-        return acc.stats()
+        return evaluate_client(self.client, x, y, eval_chunks(len(y), self.device, batch_size),
+                               serve=self.server.eval_step)
 
     def state_dict(self) -> dict:
         state = {f"model.{k}": v for k, v in self.models.state_dicts().items()}
@@ -187,4 +211,4 @@ def train_monolithic(
 
 
 __all__ = ["SplitTrainer", "train_monolithic", "Accumulator", "EpochStats", "batches",
-           "EVAL_BATCH"]
+           "EVAL_BATCH", "adam", "begin_phase", "eval_chunks", "evaluate_client"]

@@ -21,7 +21,7 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,8 +32,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from attacks.base import AttackBudget
+from splitpriv.defense import PrivacyClaim
 from splitpriv.io import atomic_path, read_json, write_text
-from splitpriv.options import parse_dataclass_args
+from splitpriv.options import format_value, parse_dataclass_args
 from splitpriv.run import TrainConfig, run_training
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -69,56 +71,6 @@ def seed_everything(seed: int, threads: int | None) -> None:
 
 
 @dataclass
-class AttackBudget:
-    """How hard each attack works. Leakage and inversions read the activations the server really
-    sees: recomputed from the final weights with the run's defenses applied (``source=weights``),
-    on the training beats; the decoder is trained on an auxiliary fraction of them (defended
-    activations paired with their beats) and inverts the others."""
-
-    aux: str = "train:0.1"
-    """the attacker's auxiliary set for the decoder and the label attacks"""
-    dcor_victims: int = 2000
-    """beats in the dCor measurement"""
-    dcor_batches: int = 20
-    """random batches of the batch (NoPeek) dCor"""
-    dcor_batch_size: int = 500
-    """beats per batch of the batch dCor"""
-    dtw_victims: int = 1000
-    """beats in the DTW measurement"""
-    control_victims: int = 200
-    """beats of the shuffled-pairs control of dCor and DTW"""
-    decoder_epochs: int = 30
-    """training epochs of the inversion decoder"""
-    decoder_victims: int = 1000
-    """beats the decoder reconstructs"""
-    reference_epochs: int = 0
-    """epochs of the evaluator's reference classifier for the diagnosis check (0: skip)"""
-    seed: int = 0
-    """seeds the aux draw, victims and the attacks"""
-    threads: int = 1
-    """torch threads inside the attacks"""
-
-    def options(self, name: str) -> dict[str, Any]:
-        common = {"seed": self.seed, "threads": self.threads}
-        if name == "dcor":
-            return {**common, "source": "weights", "max_victims": self.dcor_victims,
-                    "n_batches": self.dcor_batches, "batch_size": self.dcor_batch_size,
-                    "control_victims": self.control_victims}
-        if name == "dtw":
-            return {**common, "source": "weights", "max_victims": self.dtw_victims,
-                    "control_victims": min(self.control_victims, self.dtw_victims)}
-        if name in ("decoder", "whitebox", "unsplit"):
-            return {**common, "source": "weights", "max_victims": self.decoder_victims,
-                    "reference_epochs": self.reference_epochs,
-                    **({"epochs": self.decoder_epochs} if name == "decoder" else {})}
-        return common  # label attacks: gradients or labels from the transcript
-
-    def aux_for(self, name: str) -> str | None:
-        return self.aux if name in ("decoder", "label-norm", "label-direction",
-                                    "label-kmeans") else None
-
-
-@dataclass
 class StudyArgs:
     """Arguments every study takes (a study's own Args derive from it). The defaults are the
     full budget; ``--quick`` replaces those of :data:`QUICK` not given on the command line."""
@@ -139,18 +91,8 @@ class StudyArgs:
     """use only the first N training beats (None: all)"""
     test_subset: int | None = None
     """use only the first N test beats (None: all)"""
-    aux: str = "train:0.1"
-    """the attacker's auxiliary set (decoder inversion, label attacks)"""
-    dcor_victims: int = 2000
-    """beats in the dCor measurement"""
-    dtw_victims: int = 1000
-    """beats in the DTW measurement"""
-    decoder_epochs: int = 30
-    """training epochs of the inversion decoder"""
-    decoder_victims: int = 1000
-    """beats the decoder reconstructs"""
-    reference_epochs: int = 0
-    """epochs of the reference classifier of the inversion's diagnosis check (0: skip)"""
+    budget: AttackBudget = field(default_factory=AttackBudget)
+    """how hard each attack works (its fields are flags of their own: --dcor-victims ...)"""
     mitdb_dir: str | None = None
     """MIT-BIH records (None: $SPLITPRIV_MITDB or the user cache)"""
     cache_dir: str | None = None
@@ -179,17 +121,6 @@ class StudyArgs:
         return (f"{self.protocol}, {self.epochs} epochs, {self.seeds} seed(s), train subset "
                 f"{self.train_subset or 'all'}, test subset {self.test_subset or 'all'}{quick}")
 
-    def budget(self) -> AttackBudget:
-        small = self.dcor_victims < 1000
-        return AttackBudget(
-            aux=self.aux, dcor_victims=self.dcor_victims,
-            dcor_batches=5 if small else 20,
-            dcor_batch_size=max(4, min(500, self.dcor_victims // 2)),
-            dtw_victims=self.dtw_victims, control_victims=min(200, self.dtw_victims),
-            decoder_epochs=self.decoder_epochs, decoder_victims=self.decoder_victims,
-            reference_epochs=self.reference_epochs, seed=self.seed, threads=self.threads,
-        )
-
     def train_config(self, **kw: Any) -> TrainConfig:
         """A TrainConfig with the study's common fields (no transcript unless asked)."""
         base = dict(protocol=self.protocol, epochs=self.epochs, train_subset=self.train_subset,
@@ -212,6 +143,7 @@ class Planned:
     name: str
     config: TrainConfig
     labels: dict[str, Any]
+    """the study's own columns, typed (an epsilon is a float, None for no defense)"""
     attacks: tuple[str, ...] = ("dcor", "dtw", "decoder")
 
 
@@ -226,54 +158,59 @@ def attack_done(path: Path, epochs: int, options: dict[str, Any]) -> bool:
     return all(config[k] == v for k, v in options.items() if k in config)
 
 
-def run_attacks(run_dir: Path, names: Iterable[str], budget: AttackBudget, epochs: int
-                ) -> dict[str, dict[str, Any]]:
-    """Each attack's summary on one run; one whose JSON is already there is read, not rerun."""
+def run_attacks(run_dir: Path, names: Iterable[str], budget: AttackBudget, epochs: int, *,
+                seed: int = 0, threads: int | None = 1) -> dict[str, dict[str, Any]]:
+    """Each attack's summary on one run, with the options its class derives from ``budget``
+    (``Attack.study_options``) and the aux set when it uses one; an attack whose JSON is already
+    there for these options is read, not rerun."""
     from attacks.cli import run_attack
+    from attacks.registry import ATTACKS, load_builtin
 
+    load_builtin()
     out = {}
     for name in names:
+        cls = ATTACKS[name]
         path = run_dir / "attacks" / f"{name}.json"
-        options = budget.options(name)
+        options = {"seed": seed, "threads": threads, **cls.study_options(budget)}
         if not attack_done(path, epochs, options):
-            run_attack(name, run_dir, budget.aux_for(name), dict(options))
+            run_attack(name, run_dir, budget.aux if cls.needs_aux() else None, dict(options))
         out[name] = read_json(path)["summary"]
     return out
 
 
-def _defense_columns(result: dict[str, Any]) -> dict[str, Any]:
-    """Privacy claims of the run's defenses: accounted training epsilon, noise multiplier."""
-    eps, sigma = math.nan, math.nan
-    for d in result.get("defenses", []):
-        if d.get("formal_guarantee"):  # dp formal: {"train": {"epsilon"}}; dpsgd: {"epsilon"}
-            eps = d["train"]["epsilon"] if "train" in d else d.get("epsilon", math.nan)
-            sigma = d.get("noise_multiplier", math.nan)
-    return {"accounted_epsilon": eps, "noise_multiplier": sigma}
+def privacy_columns(result: dict[str, Any]) -> dict[str, float]:
+    """The run's formal privacy claim, from result.json's defenses read as
+    :class:`~splitpriv.defense.PrivacyClaim`: its accounted epsilon and noise multiplier (the last
+    formal claim; NaN without one)."""
+    formal = [c for c in map(PrivacyClaim.from_dict, result.get("defenses", [])) if c.formal]
+    if not formal:
+        return {"accounted_epsilon": math.nan, "noise_multiplier": math.nan}
+    claim = formal[-1]
+    sigma = claim.details.get("noise_multiplier")
+    return {"accounted_epsilon": math.nan if claim.epsilon is None else float(claim.epsilon),
+            "noise_multiplier": math.nan if sigma is None else float(sigma)}
 
 
-def attack_columns(summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The flat leakage columns of a row, from the attack summaries (NaN when not run)."""
-    nan = math.nan
-    cols: dict[str, Any] = {}
-    d = summaries.get("dcor")
-    cols |= {"dcor_max": d["paper"]["max"] if d else nan,
-             "dcor_min": d["paper"]["min"] if d else nan,
-             "dcor_batch": d["batch"]["mean"] if d else nan}
-    d = summaries.get("dtw")
-    cols |= {"dtw_min": d["paper"]["min"] if d else nan,
-             "dtw_max": d["paper"]["max"] if d else nan,
-             "dtw_scale_free_min": d["scale_free"]["min"] if d else nan,
-             "dtw_scale_free_max": d["scale_free"]["max"] if d else nan}
-    d = summaries.get("decoder")
-    m = d["metrics"] if d else {}
-    cols |= {"inversion_pearson_r": m["pearson"]["median"] if d else nan,
-             "inversion_prd": m["prd"]["median"] if d else nan,
-             "inversion_prdn": m["prdn"]["median"] if d else nan,
-             "baseline_pearson_r": d["baseline_mean_beat"]["pearson"]["median"] if d else nan}
-    labels = [s["accuracy"] for k, s in summaries.items() if k.startswith("label-")]
-    if labels:
-        cols["label_attack_accuracy"] = 100.0 * max(labels)
+def attack_columns(summaries: Mapping[str, Mapping[str, Any] | None]) -> dict[str, float]:
+    """The flat leakage columns of a row: each attack's ``columns`` of its summary (None: not run,
+    NaN columns); a column several attacks report keeps the highest finite value."""
+    from attacks.registry import ATTACKS, load_builtin
+
+    load_builtin()
+    cols: dict[str, float] = {}
+    for name, summary in summaries.items():
+        for col, value in ATTACKS[name].columns(summary).items():
+            finite = [v for v in (cols.get(col, math.nan), value) if not math.isnan(v)]
+            cols[col] = max(finite, default=math.nan)
     return cols
+
+
+def attack_column_names(names: Iterable[str]) -> list[str]:
+    """The results.csv columns the attacks ``names`` report (``Attack.columns``), in order."""
+    from attacks.registry import ATTACKS, load_builtin
+
+    load_builtin()
+    return list(dict.fromkeys(col for name in names for col in ATTACKS[name].columns(None)))
 
 
 def train_batched_groups(plan: Sequence[Planned], out: Path, progress: bool) -> None:
@@ -293,15 +230,15 @@ def train_batched_groups(plan: Sequence[Planned], out: Path, progress: bool) -> 
 
 
 def sweep(plan: Sequence[Planned], out: Path, budget: AttackBudget, *, study: str,
-          progress: bool = True, batched: bool = True) -> list[dict[str, Any]]:
-    """Train and attack every planned run (resumable); one flat row per run."""
+          seed: int = 0, threads: int | None = 1, progress: bool = True,
+          batched: bool = True) -> list[dict[str, Any]]:
+    """Train and attack every planned run (resumable); one flat row per run, with the columns of
+    every attack of the plan (NaN where a run skipped one). The attacks are seeded by ``seed``."""
     from tqdm.auto import tqdm
 
-    from attacks.registry import load_builtin
-
-    load_builtin()
     if batched:
         train_batched_groups(plan, out, progress)
+    every_attack = list(dict.fromkeys(a for p in plan for a in p.attacks))
     rows = []
     bar = tqdm(plan, desc=f"{study}: runs", unit="run", disable=not progress, position=0)
     for p in bar:
@@ -309,7 +246,8 @@ def sweep(plan: Sequence[Planned], out: Path, budget: AttackBudget, *, study: st
         run_dir = out / "runs" / p.name
         t0 = time.perf_counter()
         result = run_training(p.config, run_dir, progress=progress)
-        summaries = run_attacks(run_dir, p.attacks, budget, p.config.epochs)
+        summaries = run_attacks(run_dir, p.attacks, budget, p.config.epochs, seed=seed,
+                                threads=threads)
         rows.append({
             "study": study, **p.labels, "seed": p.config.seed, "protocol": p.config.protocol,
             "depth": p.config.depth, "topology": result["topology"], "epochs": p.config.epochs,
@@ -317,7 +255,8 @@ def sweep(plan: Sequence[Planned], out: Path, budget: AttackBudget, *, study: st
             "test_accuracy": result["test_accuracy"],
             "best_test_accuracy": result["best_test_accuracy"],
             "final_test_accuracy": result["final_test_accuracy"],
-            **attack_columns(summaries), **_defense_columns(result),
+            **attack_columns({a: summaries.get(a) for a in every_attack}),
+            **privacy_columns(result),
             "train_seconds": result["seconds"], "wall_seconds": time.perf_counter() - t0,
             "run_dir": str(run_dir),
         })
@@ -330,14 +269,16 @@ def sweep(plan: Sequence[Planned], out: Path, budget: AttackBudget, *, study: st
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    """``rows`` as CSV with ``columns`` first, then any other key (floats in full precision)."""
+    """``rows`` as CSV with ``columns`` first, then any other key; values as
+    :func:`~splitpriv.options.format_value` writes them (floats in full precision, ``3.0`` as
+    ``3``, None as ``none``), NaN as ``nan``."""
     extra = [k for r in rows for k in r if k not in columns]
     header = list(columns) + list(dict.fromkeys(extra))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=header, restval="", lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("nan" if isinstance(v, float) and math.isnan(v) else v)
+        w.writerow({k: ("nan" if isinstance(v, float) and math.isnan(v) else format_value(v))
                     for k, v in r.items()})
     write_text(path, buf.getvalue())
 
@@ -566,8 +507,8 @@ def run_study(
     write results.csv, summary.md and the figures, print the summary table."""
     seed_everything(args.seed, args.threads)
     out = args.out_dir(study)
-    rows = sweep(plan, out, args.budget(), study=study, progress=args.progress,
-                 batched=args.batched)
+    rows = sweep(plan, out, args.budget, study=study, seed=args.seed, threads=args.threads,
+                 progress=args.progress, batched=args.batched)
     write_csv(out / "results.csv", rows, columns)
     rows = read_csv(out / "results.csv")
     budget = args.budget_text()

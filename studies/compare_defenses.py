@@ -23,9 +23,11 @@ and OUT/figures/tradeoff (accuracy vs leakage with the Pareto front).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import matplotlib.pyplot as plt
 
+from splitpriv.options import format_spec
 from studies.common import (
     QUICK,
     FigureSet,
@@ -33,6 +35,7 @@ from studies.common import (
     StudyArgs,
     aggregate,
     apply_style,
+    attack_column_names,
     markdown_table,
     pareto_front,
     parse_args,
@@ -42,10 +45,13 @@ from studies.common import (
 from studies.dp_tradeoff import COLUMNS as DP_COLUMNS
 
 STUDY = "compare_defenses"
-COLUMNS = ["study", "defense", "family", *DP_COLUMNS[1:-1], "label_attack_accuracy", "run_dir"]
+LEAKAGE = ("dcor", "dtw", "decoder")
+LABELS_CLEAR = ("label-direction",)  # vanilla topology: the labels cross, read not inferred
+LABELS_USHAPE = ("label-norm", "label-direction", "label-kmeans")
+COLUMNS = ["study", "defense", "family", *DP_COLUMNS[1:-1],
+           *attack_column_names(LABELS_USHAPE), "run_dir"]
 METRICS = ["test_accuracy", "best_test_accuracy", "dcor_max", "dcor_batch", "dtw_min",
            "inversion_pearson_r", "inversion_prd", "label_attack_accuracy", "accounted_epsilon"]
-LEAKAGE = ("dcor", "dtw", "decoder")
 
 
 @dataclass
@@ -66,59 +72,74 @@ class Args(StudyArgs):
     """run only these settings (names as in the table, e.g. none ushape nopeek-a1)"""
 
 
-def settings(args: Args) -> list[tuple[str, str, dict]]:
-    """(name, family, TrainConfig fields) per setting, in table order."""
+@dataclass
+class Setting:
+    """One row of the table: its name, family, the TrainConfig fields that differ and the typed
+    activation-DP labels (``mode``: none, paper, formal or dpsgd; ``epsilon``: its epsilon)."""
+
+    name: str
+    family: str
+    defenses: list[str]
+    mode: str = "none"
+    epsilon: float | None = None
+    depth: int | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The TrainConfig fields of this setting."""
+        return {"defenses": self.defenses, **({} if self.depth is None else {"depth": self.depth})}
+
+
+def settings(args: Args) -> list[Setting]:
+    """Every setting, in table order (``--only`` keeps those named)."""
     def dp_formal(eps: float) -> str:
-        return (f"dp:mode=formal,mechanism=gaussian,target_epsilon={eps:g},"
-                f"epochs={args.epochs},clip=2")
+        return format_spec("dp", {"mode": "formal", "mechanism": "gaussian",
+                                  "target_epsilon": eps, "epochs": args.epochs, "clip": 2})
 
     def dp_paper(eps: float) -> str:
-        return f"dp:mode=paper,epsilon={eps:g}"
+        return format_spec("dp", {"mode": "paper", "epsilon": eps})
 
-    out = [("none", "none", {"defenses": []})]
-    out += [(f"dp-paper-e{e:g}", "paper DP", {"defenses": [dp_paper(e)]})
-            for e in args.paper_epsilons]
-    out += [(f"dp-formal-e{e:g}", "formal DP", {"defenses": [dp_formal(e)]})
-            for e in args.formal_epsilons]
-    out += [("ushape", "U-shape", {"defenses": ["ushape"]})]
-    out += [(f"nopeek-a{a:g}", "NoPeek", {"defenses": [f"nopeek:alpha={a:g}"]})
-            for a in args.nopeek_alphas]
-    out += [(f"dpsgd-e{e:g}", "DP-SGD", {"defenses": [
-        f"dpsgd:target_epsilon={e:g},epochs={args.epochs},max_grad_norm=1"]})
-        for e in args.dpsgd_epsilons]
-    out += [(f"depth{d}", "depth", {"defenses": [], "depth": d}) for d in args.depths]
+    def dpsgd(eps: float) -> str:
+        return format_spec("dpsgd", {"target_epsilon": eps, "epochs": args.epochs,
+                                     "max_grad_norm": 1})
+
     ce = args.combo_epsilon
-    out += [(f"ushape+dp-paper-e{ce:g}", "combination", {"defenses": ["ushape", dp_paper(ce)]}),
-            (f"nopeek-a1+dp-paper-e{ce:g}", "combination",
-             {"defenses": ["nopeek:alpha=1", dp_paper(ce)]})]
+    out = [Setting("none", "none", [])]
+    out += [Setting(f"dp-paper-e{e:g}", "paper DP", [dp_paper(e)], "paper", e)
+            for e in args.paper_epsilons]
+    out += [Setting(f"dp-formal-e{e:g}", "formal DP", [dp_formal(e)], "formal", e)
+            for e in args.formal_epsilons]
+    out += [Setting("ushape", "U-shape", ["ushape"])]
+    out += [Setting(f"nopeek-a{a:g}", "NoPeek", [format_spec("nopeek", {"alpha": a})])
+            for a in args.nopeek_alphas]
+    out += [Setting(f"dpsgd-e{e:g}", "DP-SGD", [dpsgd(e)], "dpsgd", e)
+            for e in args.dpsgd_epsilons]
+    out += [Setting(f"depth{d}", "depth", [], depth=d) for d in args.depths]
+    out += [Setting(f"ushape+dp-paper-e{ce:g}", "combination", ["ushape", dp_paper(ce)],
+                    "paper", ce),
+            Setting(f"nopeek-a1+dp-paper-e{ce:g}", "combination",
+                    [format_spec("nopeek", {"alpha": 1}), dp_paper(ce)], "paper", ce)]
     if args.only:
-        unknown = set(args.only) - {name for name, _, _ in out}
+        known = [s.name for s in out]
+        unknown = set(args.only) - set(known)
         if unknown:
-            raise ValueError(f"--only: unknown settings {sorted(unknown)}; known: "
-                             f"{[name for name, _, _ in out]}")
-        out = [s for s in out if s[0] in args.only]
+            raise ValueError(f"--only: unknown settings {sorted(unknown)}; known: {known}")
+        out = [s for s in out if s.name in args.only]
     return out
 
 
 def plan(args: Args) -> list[Planned]:
     runs = []
     for seed in args.seed_list():
-        for name, family, fields in settings(args):
-            specs = fields["defenses"]
-            ushape = "ushape" in specs
-            dp = next((s for s in specs if s.startswith(("dp:", "dpsgd:"))), None)
-            mode = ("none" if dp is None else "dpsgd" if dp.startswith("dpsgd:")
-                    else "paper" if "mode=paper" in dp else "formal")
-            eps = "none" if dp is None else dp.split("epsilon=")[1].split(",")[0]
+        for s in settings(args):
+            ushape = "ushape" in s.defenses
             config = args.train_config(
                 seed=seed, record_epochs="last",
-                record_kinds="output_grad" if ushape else "labels", **fields,
+                record_kinds="output_grad" if ushape else "labels", **s.fields(),
             )
-            labels = ("label-norm", "label-direction", "label-kmeans") if ushape else (
-                "label-direction",)
-            runs.append(Planned(f"{name}-s{seed}", config,
-                                {"defense": name, "family": family, "mode": mode,
-                                 "epsilon": eps}, attacks=(*LEAKAGE, *labels)))
+            labels = LABELS_USHAPE if ushape else LABELS_CLEAR
+            runs.append(Planned(f"{s.name}-s{seed}", config,
+                                {"defense": s.name, "family": s.family, "mode": s.mode,
+                                 "epsilon": s.epsilon}, attacks=(*LEAKAGE, *labels)))
     return runs
 
 

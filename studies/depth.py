@@ -4,7 +4,8 @@ Abuadbba et al. 2020 trained clients of 2 to 8 conv layers and reported the best
 by depth (98.52 at 2 down to 95.07 at 8) and, at 2 and 8 layers, the leakage at the cut (dCor
 max/min, DTW min/max per channel). This study trains every depth over seeds, measures the same
 leakage on the activations the server receives (each activation against its own input) and
-prints both beside the paper's numbers.
+prints both beside the paper's numbers (``splitpriv.published``; how they were obtained:
+docs/reference.md).
 
 Writes OUT/results.csv (one row per run), OUT/summary.md and OUT/figures/depth (accuracy, dCor
 and DTW against depth).
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 import matplotlib.pyplot as plt
 
+from splitpriv.published import ACCURACY_BY_DEPTH, LEAKAGE_BY_DEPTH
 from studies.common import (
     OKABE_ITO,
     QUICK,
@@ -27,23 +29,18 @@ from studies.common import (
     StudyArgs,
     aggregate,
     apply_style,
+    attack_column_names,
     markdown_table,
     parse_args,
     run_study,
 )
 
 STUDY = "depth"
+ATTACKS = ("dcor", "dtw")
 COLUMNS = ["study", "seed", "protocol", "depth", "epochs", "defenses", "test_accuracy",
-           "best_test_accuracy", "final_test_accuracy", "dcor_max", "dcor_min", "dcor_batch",
-           "dtw_min", "dtw_max", "dtw_scale_free_min", "dtw_scale_free_max", "train_seconds",
-           "wall_seconds", "run_dir"]
+           "best_test_accuracy", "final_test_accuracy", *attack_column_names(ATTACKS),
+           "train_seconds", "wall_seconds", "run_dir"]
 METRICS = ["test_accuracy", "best_test_accuracy", "dcor_max", "dcor_min", "dtw_min", "dtw_max"]
-
-#: Abuadbba et al. 2020: best test accuracy over 10 runs by client depth (REFERENCE.md)
-PAPER_ACCURACY = {2: 98.52, 3: 98.46, 4: 97.74, 5: 96.26, 6: 96.28, 7: 95.80, 8: 95.07}
-#: ... and the leakage at the cut, per channel, at 2 and 8 conv layers
-PAPER_LEAKAGE = {2: {"dcor_max": .8935, "dcor_min": .3937, "dtw_min": 2.70, "dtw_max": 5.84},
-                 8: {"dcor_max": .6878, "dcor_min": .2928, "dtw_min": 14.62, "dtw_max": 571.68}}
 
 
 @dataclass
@@ -54,7 +51,7 @@ class Args(StudyArgs):
 
 def plan(args: Args) -> list[Planned]:
     return [Planned(f"depth{d}-s{seed}", args.train_config(seed=seed, depth=d), {},
-                    attacks=("dcor", "dtw"))
+                    attacks=ATTACKS)
             for seed in args.seed_list() for d in args.depths]
 
 
@@ -62,9 +59,9 @@ def summary_markdown(rows: list[dict], title: str) -> str:
     body = []
     for s in sorted(aggregate(rows, ["depth"], METRICS), key=lambda s: s["depth"]):
         d = int(s["depth"])
-        p = PAPER_LEAKAGE.get(d)
+        p = LEAKAGE_BY_DEPTH.get(d)
         body.append([d, s["n"], s["test_accuracy"], s["best_test_accuracy"],
-                     PAPER_ACCURACY.get(d, "-"), f"{s['dcor_max']} / {s['dcor_min']}",
+                     ACCURACY_BY_DEPTH.get(d, "-"), f"{s['dcor_max']} / {s['dcor_min']}",
                      f"{p['dcor_max']} / {p['dcor_min']}" if p else "-",
                      f"{s['dtw_min']} / {s['dtw_max']}",
                      f"{p['dtw_min']} / {p['dtw_max']}" if p else "-"])
@@ -83,7 +80,7 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
     ss = sorted(aggregate(rows, ["depth"], METRICS), key=lambda s: s["depth"])
     depths = [int(s["depth"]) for s in ss]
     fig, axes = plt.subplots(1, 3, figsize=(8.4, 2.8), layout="constrained")
-    panels = [(("test_accuracy", "best_test_accuracy"), "test accuracy (%)", PAPER_ACCURACY),
+    panels = [(("test_accuracy", "best_test_accuracy"), "test accuracy (%)", ACCURACY_BY_DEPTH),
               (("dcor_max", "dcor_min"), "dCor, paper def. (unitless)", None),
               (("dtw_min", "dtw_max"), "DTW distance (normalised amplitude)", None)]
     for ax, (keys, ylabel, paper) in zip(axes, panels, strict=True):
@@ -92,8 +89,8 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
                         marker="os"[i], color=OKABE_ITO[i], capsize=2,
                         linestyle="-" if i == 0 else "--", label=key.replace("_", " "))
             if paper is None:
-                pd = [d for d in depths if d in PAPER_LEAKAGE]
-                ax.plot(pd, [PAPER_LEAKAGE[d][key] for d in pd], "x", color=OKABE_ITO[i],
+                pd = [d for d in depths if d in LEAKAGE_BY_DEPTH]
+                ax.plot(pd, [LEAKAGE_BY_DEPTH[d][key] for d in pd], "x", color=OKABE_ITO[i],
                         markersize=7, label=f"paper {key.replace('_', ' ')}")
         if paper is not None:
             pd = [d for d in depths if d in paper]

@@ -15,7 +15,8 @@ final weights with the run's defenses): dCor (paper per-channel and NoPeek batch
 auxiliary 10% of the training beats (median Pearson r and PRD of the reconstructed beats).
 
 Writes OUT/results.csv (one row per run), OUT/summary.md (mean ± sd per setting beside the
-paper's numbers) and OUT/figures/ (accuracy vs epsilon, leakage vs epsilon, accuracy vs leakage).
+paper's numbers, ``splitpriv.published.LAPLACE_DP``; how they were obtained: docs/reference.md)
+and OUT/figures/ (accuracy vs epsilon, leakage vs epsilon, accuracy vs leakage).
 Run directories live in OUT/runs/; rerunning skips finished runs and attacks.
 
     python studies/dp_tradeoff.py                 # default budget: 30 epochs, 3 seeds
@@ -29,6 +30,8 @@ from dataclasses import dataclass, field
 
 import matplotlib.pyplot as plt
 
+from splitpriv.options import format_spec
+from splitpriv.published import LAPLACE_DP
 from splitpriv.run import TrainConfig
 from studies.common import (
     MARKERS,
@@ -39,6 +42,7 @@ from studies.common import (
     StudyArgs,
     aggregate,
     apply_style,
+    attack_column_names,
     epsilon_axis,
     epsilon_label,
     markdown_table,
@@ -50,24 +54,11 @@ from studies.common import (
 
 STUDY = "dp_tradeoff"
 
-#: Abuadbba et al. 2020, 2-conv split, paper-mode Laplace noise (REFERENCE.md): best test
-#: accuracy, dCor max/min, DTW min/max (their leakage code paired activations with the first
-#: beat of each batch, which lowers dCor and raises DTW by itself)
-PAPER_DP: dict[float | None, dict[str, float]] = {
-    None: {"acc": 98.44, "dcor_max": .8935, "dcor_min": .3937, "dtw_min": 2.70, "dtw_max": 5.84},
-    10.0: {"acc": 89.20, "dcor_max": .6559, "dcor_min": .3924, "dtw_min": 23.78, "dtw_max": 60.99},
-    7.0: {"acc": 87.34, "dcor_max": .5753, "dcor_min": .3723, "dtw_min": 52.56, "dtw_max": 136.01},
-    5.0: {"acc": 83.65, "dcor_max": .4903, "dcor_min": .3608, "dtw_min": 99.71, "dtw_max": 277.93},
-    3.0: {"acc": 73.78, "dcor_max": .3973, "dcor_min": .3342, "dtw_min": 107.45,
-          "dtw_max": 443.85},
-    1.0: {"acc": 50.59, "dcor_max": .3297, "dcor_min": .3086, "dtw_min": 338.10,
-          "dtw_max": 945.44},
-}
-
+#: the attacks on every run (Planned's default)
+ATTACKS = Planned.attacks
 COLUMNS = ["study", "mode", "epsilon", "seed", "protocol", "depth", "epochs", "defenses",
-           "test_accuracy", "best_test_accuracy", "final_test_accuracy", "dcor_max", "dcor_min",
-           "dcor_batch", "dtw_min", "dtw_max", "dtw_scale_free_min", "dtw_scale_free_max",
-           "inversion_pearson_r", "inversion_prd", "inversion_prdn", "baseline_pearson_r",
+           "test_accuracy", "best_test_accuracy", "final_test_accuracy",
+           *attack_column_names(ATTACKS),
            "accounted_epsilon", "noise_multiplier", "train_seconds", "wall_seconds", "run_dir"]
 METRICS = ["test_accuracy", "best_test_accuracy", "dcor_max", "dcor_min", "dcor_batch",
            "dtw_min", "dtw_max", "dtw_scale_free_min", "inversion_pearson_r", "inversion_prd",
@@ -79,10 +70,11 @@ MODE_NAMES = {"paper": "paper mode (no guarantee)", "formal": "formal mode", "no
 
 @dataclass
 class Args(StudyArgs):
-    paper_epsilons: list[str] = field(default_factory=lambda: ["1", "3", "5", "7", "10", "none"])
+    paper_epsilons: list[float | None] = field(
+        default_factory=lambda: [1.0, 3.0, 5.0, 7.0, 10.0, None])
     """paper mode: per-release epsilons of the Laplace noise (none: no noise)"""
-    formal_epsilons: list[str] = field(
-        default_factory=lambda: ["0.5", "1", "2", "4", "8", "16", "none"])
+    formal_epsilons: list[float | None] = field(
+        default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, None])
     """formal mode: total training epsilons (delta 1e-5) over all epochs (none: no noise)"""
     formal_mechanism: str = "gaussian"
     """formal mode: gaussian (L2 clip) or laplace (L1 clip)"""
@@ -95,24 +87,25 @@ class Args(StudyArgs):
 
 def plan(args: Args) -> list[Planned]:
     """The runs: the undefended baseline and every (mode, epsilon), for every seed."""
-    paper = [parse_epsilon(e) for e in args.paper_epsilons]
-    formal = [parse_epsilon(e) for e in args.formal_epsilons]
+    paper = [e for e in args.paper_epsilons if e is not None]
+    formal = [e for e in args.formal_epsilons if e is not None]
     runs = []
     for seed in args.seed_list():
         def config(specs: list[str], seed: int = seed) -> TrainConfig:
             return args.train_config(seed=seed, depth=args.depth, defenses=specs)
 
-        if None in paper or None in formal:
-            runs.append(Planned(f"none-s{seed}", config([]), {"mode": "none", "epsilon": "none"}))
-        for eps in (e for e in paper if e is not None):
-            spec = f"dp:mode=paper,epsilon={eps:g}"
+        if None in args.paper_epsilons or None in args.formal_epsilons:
+            runs.append(Planned(f"none-s{seed}", config([]), {"mode": "none", "epsilon": None}))
+        for eps in paper:
+            spec = format_spec("dp", {"mode": "paper", "epsilon": eps})
             runs.append(Planned(f"paper-eps{eps:g}-s{seed}", config([spec]),
-                                {"mode": "paper", "epsilon": f"{eps:g}"}))
-        for eps in (e for e in formal if e is not None):
-            spec = (f"dp:mode=formal,mechanism={args.formal_mechanism},target_epsilon={eps:g},"
-                    f"epochs={args.epochs},clip={args.formal_clip:g}")
+                                {"mode": "paper", "epsilon": eps}))
+        for eps in formal:
+            spec = format_spec("dp", {"mode": "formal", "mechanism": args.formal_mechanism,
+                                      "target_epsilon": eps, "epochs": args.epochs,
+                                      "clip": args.formal_clip})
             runs.append(Planned(f"formal-{args.formal_mechanism}-eps{eps:g}-s{seed}",
-                                config([spec]), {"mode": "formal", "epsilon": f"{eps:g}"}))
+                                config([spec]), {"mode": "formal", "epsilon": eps}))
     return runs
 
 
@@ -146,7 +139,7 @@ def summary_markdown(rows: list[dict], title: str) -> str:
                       "inversion r", "inversion PRD (%)"]
             body = []
             for s in ss:
-                p = PAPER_DP.get(s["epsilon"])
+                p = LAPLACE_DP.get(s["epsilon"])
                 body.append([
                     epsilon_label(s["epsilon"]), s["n"], s["test_accuracy"],
                     s["best_test_accuracy"], p["acc"] if p else "-",
@@ -197,8 +190,8 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
                         marker=MARKERS[i], color=MODE_COLORS[mode], capsize=2,
                         linestyle="-" if i == 0 else "--", label=what)
         if mode == "paper":
-            eps = [e for e in PAPER_DP if any(s["epsilon"] == e for s in ss)]
-            ax.plot([pos(e) for e in eps], [PAPER_DP[e]["acc"] for e in eps], "x",
+            eps = [e for e in LAPLACE_DP if any(s["epsilon"] == e for s in ss)]
+            ax.plot([pos(e) for e in eps], [LAPLACE_DP[e]["acc"] for e in eps], "x",
                     color=OKABE_ITO[7], label="Abuadbba et al. 2020")
         ax.axhline(100 / 5, color="0.5", linewidth=0.8, linestyle=":", label="uniform guess")
         ax.set_xlabel(xlabels[mode])
@@ -228,8 +221,8 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
                         yerr=[s[key].sd for s in ss], marker=MARKERS[i], color=MODE_COLORS[mode],
                         capsize=2, label=MODE_NAMES[mode])
         if key in ("dcor_max", "dtw_min") and "paper" in by_mode:
-            eps = [e for e in PAPER_DP if any(s["epsilon"] == e for s in by_mode["paper"])]
-            ax.plot([pos(e) for e in eps], [PAPER_DP[e][key] for e in eps], "x",
+            eps = [e for e in LAPLACE_DP if any(s["epsilon"] == e for s in by_mode["paper"])]
+            ax.plot([pos(e) for e in eps], [LAPLACE_DP[e][key] for e in eps], "x",
                     color=OKABE_ITO[7], label="Abuadbba et al. 2020 (paper mode)")
         if key == "dtw_min":
             ax.set_yscale("log")

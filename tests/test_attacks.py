@@ -27,19 +27,17 @@ from attacks import (
     load_builtin,
 )
 from attacks.cli import run_attack_cli
-from attacks.measures import (
-    dcor_batches,
-    dcor_per_channel,
-    dcor_samples,
-    dtw_pairs,
-    pairwise_euclidean,
-    paper_pool,
-    u_dcor_sqr_from_distances,
-    znorm,
-)
+from attacks.measures import dtw_pairs, paper_pool, znorm
 from attacks.metrics import reconstruction_metrics
 from attacks.runs import load_run
 from splitpriv.channel import InProcessChannel, Kind, Message, RecordPolicy, Transcript
+from splitpriv.dcor import (
+    dcor_batches,
+    dcor_per_channel,
+    dcor_samples,
+    pairwise_euclidean,
+    u_dcor_sqr_from_distances,
+)
 from splitpriv.io import torch_threads
 from splitpriv.models import ModelConfig, build_models
 from splitpriv.run import TrainConfig, run_training
@@ -445,3 +443,23 @@ def test_cli_runs_attacks_on_a_saved_run(ushape_run_dir, capsys):
         run_attack_cli("decoder", str(ushape_run_dir), "train:2.5x", {}, echo=False)
     with pytest.raises(FileNotFoundError):
         run_attack_cli("dcor", str(ushape_run_dir / "missing"), None, {}, echo=False)
+
+
+def test_every_attack_declares_what_a_study_runs_it_with():
+    """A study has no per-attack code: each class turns the study's budget into options its own
+    Config accepts, says whether it takes the aux set, and names its columns (NaN unrun)."""
+    from attacks.base import AttackBudget
+
+    budget = AttackBudget(dcor_victims=100, dtw_victims=50, decoder_victims=20)
+    columns: dict[str, str] = {}
+    for name, cls in sorted(load_builtin().items()):
+        options = cls.study_options(budget)
+        setup = {k: options.pop(k) for k in ("source", "reference_epochs") if k in options}
+        assert set(setup.values()) <= {"weights", budget.reference_epochs}, name
+        build_attack(name, {**options, "seed": 1, "threads": 1})
+        assert cls.needs_aux() == ("aux" in cls.uses)
+        unrun = cls.columns(None)
+        assert all(math.isnan(v) for v in unrun.values()), name
+        for col in unrun:
+            columns.setdefault(col, name)
+    assert {"dcor_max", "dtw_min", "inversion_pearson_r", "label_attack_accuracy"} <= set(columns)

@@ -63,3 +63,47 @@ def test_attack_command_on_a_trained_run(pool_dirs, tmp_path, capsys):
     assert "key=value" in capsys.readouterr().err
     assert main(["attack", "nope", "--run", str(run)]) == 2
     assert "unknown attack" in capsys.readouterr().err
+
+
+def test_train_flags_are_derived_from_train_config():
+    import argparse
+    import dataclasses
+
+    from splitpriv.cli import build_parser, train_config
+    from splitpriv.run import TrainConfig
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    train = sub.choices["train"]
+    dests = {a.dest for a in train._actions}
+    assert {f.name for f in dataclasses.fields(TrainConfig)} <= dests  # a new field: a new flag
+    args = parser.parse_args([
+        "train", "--out", "x", "--depth", "3", "--paper-softmax", "--defense", "ushape",
+        "--defense", "dp:mode=paper,epsilon=3", "--val-fraction", "none", "--threads", "0",
+        "--role", "server",
+    ])
+    config = train_config(args)
+    assert (config.depth, config.paper_softmax, config.val_fraction) == (3, True, None)
+    assert config.defenses == ["ushape", "dp:mode=paper,epsilon=3"]
+    assert config.threads is None  # 0: torch's default
+    assert config.epochs == TrainConfig().epochs and args.role == "server"
+    if "server" in {f.name for f in dataclasses.fields(TrainConfig)}:
+        spec = "honest"
+        assert train_config(parser.parse_args(["train", "--out", "x", "--server", spec])
+                            ).server == spec
+
+
+def test_train_bad_values_are_one_line_errors_naming_the_flag(capsys):
+    for bad, flag in ((["--depth", "x"], "--depth"), (["--depth", "9"], "--depth"),
+                      (["--epochs", "0"], "--epochs"), (["--topology", "ring"], "--topology")):
+        assert main(["train", "--out", "x", *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and flag in err and "Traceback" not in err, err
+
+
+def test_attack_help_lists_the_registry(capsys):
+    from attacks.registry import load_builtin
+
+    assert main(["attack", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert all(name in out for name in load_builtin())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import math
-import types
 import warnings
 
 import dcor
@@ -17,10 +16,11 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 
 from defenses import DEFENSES, build_defense
 from defenses.accounting import ALPHAS, laplace_guarantee
-from defenses.dp import clip_rows
-from defenses.nopeek import distance_correlation
+from defenses.dp import FormalDP, PaperDP, clip_rows
 from splitpriv.channel import InProcessChannel, Kind, RecordPolicy, Transcript
 from splitpriv.cli import main as cli_main
+from splitpriv.dcor import distance_correlation
+from splitpriv.defense import Defense, PrivacyClaim
 from splitpriv.models import ModelConfig, build_models
 from splitpriv.run import TrainConfig, run_training
 from splitpriv.trainer import SplitTrainer
@@ -124,7 +124,7 @@ def test_noise_is_fresh_each_epoch_and_survives_a_resume():
     a = torch.zeros(4, 16, 32)
 
     def noise_at(d, epoch):
-        d._channel = types.SimpleNamespace(phase="train", epoch=epoch)
+        d.begin_phase(epoch, "train")
         return d.transform_activations(a, training=True) - a
 
     spec = "dp:mode=formal,mechanism=gaussian,noise_multiplier=1,seed=7"
@@ -247,8 +247,8 @@ def test_formal_mode_run_accounts_train_and_test_separately(pool_dirs, tmp_path)
     ("dp:mode=paper", "epsilon > 0"),
     ("dp:mode=formal,noise_multiplier=1,clip=-1", "clip"),
     ("dp:mode=formal,target_epsilon=0,epochs=5", "target_epsilon"),
-    ("dp:mode=formal,target_epsilon=1", "needs epochs"),
-    ("dp:mode=formal,epsilon=1", "not epsilon"),
+    ("dp:mode=formal,epsilon=1", r"does not take \['epsilon'\]"),
+    ("dp:mode=paper,epsilon=1,clip=2", r"does not take \['clip'\]"),
     ("dp:mode=weird,epsilon=1", "mode"),
     ("dp:mode=paper,epsilon=1,mechanism=gaussian", "Laplace"),
     ("dp:mode=formal,noise_multiplier=1,delta=0", "delta"),
@@ -377,7 +377,7 @@ def test_dpsgd_epsilon_equals_opacus(beats):
     defense = build_defense("dpsgd:noise_multiplier=1.1,max_grad_norm=1.0")
     trainer = SplitTrainer(build_models(ModelConfig(), seed=0), x, y, seed=0, defenses=[defense])
     trainer.train_epoch(1)
-    report = defense.report()
+    report = defense.report().to_dict()
     assert report["steps"] == math.ceil(100 / 32) and report["sample_rate"] == 32 / 100
     reference = RDPAccountant()
     for _ in range(4):  # one accountant step per optimizer step, as Opacus's engine does
@@ -395,12 +395,12 @@ def test_dpsgd_target_epsilon_and_composition_with_activation_dp(beats):
                            defenses=[dp, dpsgd])
     for epoch in (1, 2):
         trainer.train_epoch(epoch)
-    assert dpsgd.report()["epsilon"] == pytest.approx(3.0, abs=0.02)
-    r = dp.report()
+    assert dpsgd.report().epsilon == pytest.approx(3.0, abs=0.02)
+    r = dp.report().to_dict()
     assert r["train"]["releases_per_beat"] == 2 and r["formal_guarantee"]
     assert r["sensitivity"] == 1.0  # zero-out adjacency: C
     combined = r["combined_with_dpsgd"]
-    assert combined["epsilon"] == pytest.approx(r["train"]["epsilon"] + dpsgd.report()["epsilon"])
+    assert combined["epsilon"] == pytest.approx(r["train"]["epsilon"] + dpsgd.report().epsilon)
     assert combined["delta"] == pytest.approx(2e-5)
 
 
@@ -410,3 +410,111 @@ def test_dpsgd_refuses_a_batch_coupled_client_loss(beats):
         SplitTrainer(build_models(ModelConfig(), seed=0), x, y,
                      defenses=[build_defense("nopeek:alpha=1"),
                                build_defense("dpsgd:noise_multiplier=1")])
+
+
+# -- the plug-in contract ---------------------------------------------------------------------
+
+
+def test_dp_modes_are_two_classes_each_with_its_own_config():
+    paper = build_defense("dp:mode=paper,epsilon=3")
+    formal = build_defense("dp:mode=formal,noise_multiplier=1")
+    assert type(paper) is PaperDP and type(formal) is FormalDP
+    assert type(build_defense("dp:epsilon=3")) is PaperDP  # paper is the default mode
+    assert paper.name == formal.name == "dp"
+    assert not hasattr(paper.config, "clip") and not hasattr(formal.config, "epsilon")
+    claim = paper.report()
+    assert isinstance(claim, PrivacyClaim) and not claim.formal and claim.epsilon is None
+    assert claim.mechanism == "laplace" and claim.to_dict()["epsilon_per_release"] == 3.0
+
+
+def test_configure_gives_the_runs_epochs_and_batch_size():
+    d = build_defense("dp:mode=formal,mechanism=gaussian,target_epsilon=4")
+    d.configure(epochs=30, batch_size=32)
+    explicit = build_defense("dp:mode=formal,mechanism=gaussian,target_epsilon=4,epochs=30")
+    assert d.noise_multiplier == explicit.noise_multiplier
+    assert d.guarantee(30).epsilon == pytest.approx(4.0, abs=0.05)
+    explicit.configure(epochs=30, batch_size=16)  # agreeing values pass
+    with pytest.raises(ValueError, match="epochs=30, but the run uses epochs=20"):
+        explicit.configure(epochs=20, batch_size=32)
+    g = build_defense("dpsgd:target_epsilon=3")
+    g.configure(epochs=2, batch_size=16)
+    assert (g.epochs, g.batch_size) == (2, 16)
+    with pytest.raises(ValueError, match="batch_size=8, but the run uses batch_size=32"):
+        build_defense("dpsgd:noise_multiplier=1,batch_size=8").configure(epochs=1, batch_size=32)
+    with pytest.raises(ValueError, match="epochs=3, but the run uses epochs=2"):
+        build_defense("dpsgd:target_epsilon=3,epochs=3").configure(epochs=2, batch_size=32)
+
+
+@pytest.mark.parametrize("spec", ["dp:mode=formal,target_epsilon=1", "dpsgd:target_epsilon=1"])
+def test_target_epsilon_without_epochs_needs_the_run(beats, spec):
+    x, y, _, _ = beats
+    d = build_defense(spec)  # builds: the run's configure supplies the epochs
+    with pytest.raises(ValueError, match="needs epochs"):
+        SplitTrainer(build_models(ModelConfig(), seed=0), x[:50], y[:50], defenses=[d])
+
+
+class _PrivateWeights(Defense):
+    """A stand-in for any defense that makes the client's weights private."""
+
+    name = "private-weights"
+    weights_private = True
+
+    def report(self) -> PrivacyClaim:
+        return PrivacyClaim(name=self.name, formal=True, epsilon=1.5, delta=1e-6)
+
+
+def test_formal_dp_composes_with_any_weights_private_defense(beats):
+    x, y, _, _ = beats
+    dp = build_defense("dp:mode=formal,mechanism=gaussian,noise_multiplier=2,adjacency=zero_out")
+    trainer = SplitTrainer(build_models(ModelConfig(), seed=0), x[:100], y[:100], seed=0,
+                           defenses=[dp, _PrivateWeights()])
+    trainer.train_epoch(1)
+    claim = dp.report()
+    r = claim.to_dict()
+    assert claim.formal and claim.epsilon == r["train"]["epsilon"] and claim.delta == 1e-5
+    combined = r["combined_with_private-weights"]
+    assert combined["epsilon"] == pytest.approx(claim.epsilon + 1.5)
+    assert combined["delta"] == pytest.approx(1e-5 + 1e-6)
+
+
+class _Tap(Defense):
+    """Records the gradients it is handed; maps labels to (y + 1) mod 5, halves the cut
+    gradient."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[Kind, torch.Tensor, torch.Tensor | None]] = []
+
+    def transform_labels(self, y):
+        return (y + 1) % 5
+
+    def transform_gradient(self, g, *, kind, y=None):
+        self.seen.append((kind, g.clone(), y))
+        return 0.5 * g if kind == Kind.ACT_GRAD else g
+
+
+@pytest.mark.parametrize("ushape", [False, True])
+def test_parties_pass_labels_and_gradients_through_the_defenses(beats, ushape):
+    x, y, _, _ = beats
+    x, y = x[:64], y[:64]
+    transcript = Transcript(policy=RecordPolicy(phases=None))
+    tap = _Tap()
+    trainer = SplitTrainer(build_models(ModelConfig(), ushape=ushape, seed=0), x, y, seed=0,
+                           channel=InProcessChannel(transcript), defenses=[tap])
+    ids = torch.arange(32)
+    trainer.train_step(ids)
+    kinds = [k for k, _, _ in tap.seen]
+    _, act_grad = transcript.get(Kind.ACT_GRAD, epoch=0)
+    (g_in,) = [g for k, g, _ in tap.seen if k == Kind.ACT_GRAD]
+    assert torch.equal(act_grad, 0.5 * g_in)  # what the defense returned is what crossed
+    if ushape:
+        assert kinds == [Kind.OUTPUT_GRAD, Kind.ACT_GRAD]
+        _, out_grad = transcript.get(Kind.OUTPUT_GRAD, epoch=0)
+        assert torch.equal(out_grad, tap.seen[0][1])
+        assert torch.equal(tap.seen[0][2], y[ids])  # the client holds the labels
+        assert tap.seen[1][2] is None  # the U-shaped server has none
+        assert "labels" not in transcript.kinds()
+    else:
+        assert kinds == [Kind.ACT_GRAD]
+        _, sent = transcript.get(Kind.LABELS, epoch=0)
+        assert torch.equal(sent, (y[ids] + 1) % 5)  # the mapped labels crossed
+        assert torch.equal(tap.seen[0][2], sent)  # the server's y is what it received

@@ -7,6 +7,7 @@ left after a deadline), so a protocol bug fails a test instead of hanging the su
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import time
@@ -41,7 +42,7 @@ from splitpriv.distributed import (
 )
 from splitpriv.models import ModelConfig, build_models
 from splitpriv.parties import Client, Server
-from splitpriv.run import TrainConfig
+from splitpriv.run import TrainConfig, run_training
 from splitpriv.trainer import SplitTrainer, adam, batches
 
 DEADLINE_S = 60.0
@@ -355,12 +356,15 @@ def test_client_stops_when_the_server_dies(beats, tmp_path):
     assert codes[1] == 0
 
 
+def _dir_config(mitdb: str, cache: str, **kw) -> TrainConfig:
+    return TrainConfig(**{"depth": 2, "epochs": 1, "train_subset": 128, "test_subset": 64,
+                          "device": "cpu", "mitdb_dir": mitdb, "cache_dir": cache} | kw)
+
+
 def _run_dir_party(rank: int, port: int, out: str, mitdb: str, cache: str) -> None:
     torch.set_num_threads(1)
-    config = TrainConfig(depth=2, epochs=1, train_subset=128, test_subset=64, device="cpu",
-                         mitdb_dir=mitdb, cache_dir=cache)
     spec = DistSpec(rank=rank, world_size=2, master_port=port, timeout_s=20, turn_timeout_s=40)
-    run_distributed(config, out, spec, progress=False)
+    run_distributed(_dir_config(mitdb, cache), out, spec, progress=False)
 
 
 def test_run_directory_of_a_distributed_run(pool_dirs, tmp_path):
@@ -368,6 +372,8 @@ def test_run_directory_of_a_distributed_run(pool_dirs, tmp_path):
     epoch, the server's transcript (recorded on the server) and its own summary."""
     mitdb, cache = pool_dirs
     port, out = free_port(), tmp_path / "run"
+    out.mkdir()
+    torch.save({"stale": True}, out / "checkpoint.pt")  # an earlier attempt's, of no use here
     codes = run_processes(
         [(_run_dir_party, (r, port, str(out), str(mitdb), str(cache))) for r in (0, 1)],
         deadline_s=DEADLINE_S,
@@ -384,6 +390,40 @@ def test_run_directory_of_a_distributed_run(pool_dirs, tmp_path):
     ids, acts = transcript.get(Kind.ACTIVATIONS, epoch=1)
     assert sorted(ids.tolist()) == list(range(128)) and acts.shape == (128, 16, 32)
     assert TrainConfig(**json.loads((out / "config.json").read_text())).train_subset == 128
+    assert not (out / "checkpoint.pt").exists()  # no later run resumes from a stale checkpoint
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+    # a rerun finds every party finished: nothing joins, nothing is retrained (no peer is
+    # running, so a party that tried to join would fail after its 1 s timeout)
+    config = _dir_config(str(mitdb), str(cache))
+    for rank, record in ((0, "server.json"), (1, "result.json")):
+        spec = DistSpec(rank=rank, world_size=2, master_port=free_port(), timeout_s=1,
+                        turn_timeout_s=1)
+        assert run_distributed(config, out, spec, progress=False) == json.loads(
+            (out / record).read_text())
+    assert not dist.is_initialized()
+    assert run_training(config, out, progress=False) == result  # in-process: finished too
+
+
+def test_distributed_run_refuses_a_foreign_run_directory(pool_dirs, tmp_path):
+    """``--out`` onto a directory written for another run is refused by every party before it
+    joins or writes anything, as an in-process run refuses it."""
+    mitdb, cache = pool_dirs
+    out = tmp_path / "run"
+    out.mkdir()
+    other = _dir_config(str(mitdb), str(cache), depth=3)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(other)))
+    config = _dir_config(str(mitdb), str(cache))
+    for rank in (0, 1):
+        spec = DistSpec(rank=rank, world_size=2, master_port=free_port(), timeout_s=1,
+                        turn_timeout_s=1)
+        with pytest.raises(ValueError, match="another run"):
+            run_distributed(config, out, spec, progress=False)
+    with pytest.raises(ValueError, match="another run"):
+        run_training(config, out, progress=False)
+    assert json.loads((out / "config.json").read_text())["depth"] == 3
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+    assert not dist.is_initialized()
 
 
 def test_spec_from_cli(monkeypatch):

@@ -168,7 +168,7 @@ def test_parse_args_quick_fills_only_what_was_not_given():
     assert args.seeds == common.QUICK["seeds"] and args.train_subset == common.QUICK[
         "train_subset"]
     full = common.parse_args(dp_tradeoff.Args, ["--paper-epsilons", "1", "none"])
-    assert full.paper_epsilons == ["1", "none"] and full.seeds == 3 and full.train_subset is None
+    assert full.paper_epsilons == [1.0, None] and full.seeds == 3 and full.train_subset is None
     assert [common.parse_epsilon(e) for e in full.paper_epsilons] == [1.0, None]
     assert "seeds per setting" in field_docs(dp_tradeoff.Args)["seeds"]
 
@@ -181,3 +181,62 @@ def test_plan_shares_the_baseline_and_matches_formal_epochs():
     assert all(p.name.endswith(f"-s{p.config.seed}") for p in plan)
     formal = [p for p in plan if p.labels["mode"] == "formal"]
     assert all("epochs=12" in p.config.defenses[0] for p in formal)
+
+
+def test_attack_budget_is_nested_and_its_flags_stay_flat():
+    args = common.parse_args(depth.Args, ["--dcor-victims", "123", "--aux", "train:0.2"])
+    assert isinstance(args.budget, common.AttackBudget)
+    assert (args.budget.dcor_victims, args.budget.aux) == (123, "train:0.2")
+    assert args.budget.dtw_victims == common.AttackBudget().dtw_victims
+    quick = common.parse_args(depth.Args, ["--quick", "--dtw-victims", "9"], quick=common.QUICK)
+    assert quick.budget.dcor_victims == common.QUICK["dcor_victims"]  # --quick: small budget
+    assert quick.budget.dtw_victims == 9 and quick.seeds == 1  # ... but what is given wins
+
+
+def test_attacks_say_what_a_study_runs_them_with():
+    from attacks.registry import ATTACKS, load_builtin
+
+    load_builtin()
+    budget = common.AttackBudget(dcor_victims=500, dtw_victims=40, decoder_victims=30)
+    assert ATTACKS["dcor"].study_options(budget) == {
+        "source": "weights", "max_victims": 500, "n_batches": 5, "batch_size": 250,
+        "control_victims": 200}
+    assert ATTACKS["dtw"].study_options(budget)["control_victims"] == 40
+    assert ATTACKS["decoder"].study_options(budget)["epochs"] == budget.decoder_epochs
+    assert ATTACKS["unsplit"].study_options(budget)["max_victims"] == 30
+    assert [n for n, cls in sorted(ATTACKS.items()) if cls.needs_aux()] == [
+        "decoder", "label-direction", "label-kmeans", "label-norm"]
+    cols = common.attack_columns({
+        "dcor": {"paper": {"max": 0.9, "min": 0.3}, "batch": {"mean": 0.5}}, "dtw": None,
+        "label-norm": {"accuracy": 0.5}, "label-direction": {"accuracy": 0.75},
+        "label-kmeans": None})
+    assert (cols["dcor_max"], cols["dcor_min"], cols["dcor_batch"]) == (0.9, 0.3, 0.5)
+    assert math.isnan(cols["dtw_min"])  # not run
+    assert cols["label_attack_accuracy"] == 75.0  # the strongest label attack
+
+
+def test_privacy_columns_read_the_typed_claim():
+    from splitpriv.defense import PrivacyClaim
+
+    dp = PrivacyClaim("dp", formal=True, epsilon=4.0, delta=1e-5,
+                      details={"noise_multiplier": 1.5}).to_dict()
+    paper = PrivacyClaim("dp", details={"epsilon_per_release": 3.0}).to_dict()
+    assert common.privacy_columns({"defenses": [paper, dp]}) == {
+        "accounted_epsilon": 4.0, "noise_multiplier": 1.5}
+    none = common.privacy_columns({"defenses": [paper]})
+    assert all(math.isnan(v) for v in none.values())
+
+
+def test_compare_defenses_labels_are_typed_and_specs_built_from_values():
+    from splitpriv.options import parse_spec
+
+    args = common.parse_args(compare_defenses.Args, ["--seeds", "1", "--epochs", "6"])
+    by = {p.labels["defense"]: p for p in compare_defenses.plan(args)}
+    formal = by["dp-formal-e4"]
+    assert (formal.labels["mode"], formal.labels["epsilon"]) == ("formal", 4.0)
+    assert parse_spec(formal.config.defenses[0]) == ("dp", {
+        "mode": "formal", "mechanism": "gaussian", "target_epsilon": "4", "epochs": "6",
+        "clip": "2"})
+    assert by["dpsgd-e4"].labels == {"defense": "dpsgd-e4", "family": "DP-SGD",
+                                     "mode": "dpsgd", "epsilon": 4.0}
+    assert by["none"].labels["epsilon"] is None and by["depth5"].config.depth == 5

@@ -1,0 +1,108 @@
+"""A training run's configuration: every field lands in DIR/config.json."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from splitpriv.channel import NOTHING, Kind, RecordPolicy
+from splitpriv.models import ModelConfig
+
+TOPOLOGIES = ("vanilla", "ushape")
+
+
+@dataclass
+class TrainConfig:
+    """A training run. Every field lands in config.json.
+
+    Attributes:
+        protocol: data protocol (``paper``, ``paper-unique``, ``inter-patient``).
+        depth: client conv layers, 2..8.
+        epochs: training epochs (the paper: 400).
+        seed: model initialisation and batch order.
+        batch_size: the paper's 32.
+        lr: Adam learning rate (the paper's 1e-3).
+        val_fraction: validation rows carved from the training half; None = 0 for ``paper``
+            (which trained on all 13,245 rows) and 0.1 otherwise.
+        topology: ``vanilla`` (labels cross) or ``ushape`` (labels and head stay on the client).
+        paper_softmax: reproduce the original double softmax.
+        data_seed: seed of the protocol's draws (the paper's 2019).
+        train_subset, test_subset: use only the first n rows (quick runs, tests); None = all.
+        record_epochs: transcript epochs: ``last``, ``none``, ``all`` or a list like ``1,100``.
+        record_kinds: transcript kinds, comma list; empty = all.
+        defenses: defense specs ``name[:key=value,...]`` (see ``defenses``).
+        server: the server's behaviour, ``NAME[:key=value,...]`` (see ``splitpriv.servers``;
+            ``honest``: the protocol as specified).
+        device: ``auto``, ``cpu``, ``cuda``...
+        threads: torch CPU threads during the run (None: torch's default, one per core). One is
+            fastest for this small model on a CPU (``benchmarks/speed.py --threads 2``).
+        mitdb_dir, cache_dir: where the records and the beat-pool cache are (None: defaults).
+    """
+
+    protocol: str = "paper-unique"
+    depth: int = 2
+    epochs: int = 400
+    seed: int = 0
+    batch_size: int = 32
+    lr: float = 1e-3
+    val_fraction: float | None = None
+    topology: str = "vanilla"
+    paper_softmax: bool = False
+    data_seed: int = 2019
+    train_subset: int | None = None
+    test_subset: int | None = None
+    record_epochs: str = "last"
+    record_kinds: str = ""
+    defenses: list[str] = field(default_factory=list)
+    server: str = "honest"
+    device: str = "auto"
+    threads: int | None = 1
+    mitdb_dir: str | None = None
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.topology not in TOPOLOGIES:
+            raise ValueError(f"topology must be one of {TOPOLOGIES}, got {self.topology!r}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        ModelConfig(self.depth)  # validates depth
+
+    @property
+    def resolved_val_fraction(self) -> float:
+        if self.val_fraction is not None:
+            return self.val_fraction
+        return 0.0 if self.protocol == "paper" else 0.1
+
+    def record_policy(self) -> RecordPolicy:
+        spec = self.record_epochs.strip().lower()
+        if spec == "none":
+            return NOTHING
+        epochs: frozenset[int] | None
+        if spec == "all":
+            epochs = None
+        elif spec == "last":
+            epochs = frozenset({self.epochs})
+        else:
+            try:
+                epochs = frozenset(int(e) for e in spec.split(","))
+            except ValueError:
+                raise ValueError(
+                    f"record_epochs: expected last|none|all|1,2,..., got {spec!r}"
+                ) from None
+        kinds = frozenset(Kind(k.strip()) for k in self.record_kinds.split(",") if k.strip())
+        return RecordPolicy(epochs=epochs, kinds=kinds or None)
+
+    def rerun_key(self) -> dict[str, Any]:
+        """The fields that must match for a run directory to be resumed (not epochs, not paths)."""
+        d = dataclasses.asdict(self)
+        for k in ("epochs", "device", "threads", "mitdb_dir", "cache_dir", "record_epochs",
+                  "record_kinds"):
+            d.pop(k)
+        return d
+
+
+__all__ = ["TOPOLOGIES", "TrainConfig"]

@@ -1,0 +1,80 @@
+"""A run's rows: the one place the beat pool is split and turned into tensors for a config.
+
+In-process, batched and distributed runs train on :func:`build_run_data`'s tensors and the
+attacks rebuild a run's private beats with it (``attacks.runs.load_run``), so every consumer sees
+the rows training saw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from splitpriv.channel import PHASES
+from splitpriv.run.config import TrainConfig
+
+
+@dataclass
+class Tensors:
+    """A protocol's rows as the run uses them (the first ``train_subset``/``test_subset`` rows of
+    its split): beats and labels as tensors on the device, and where every row came from.
+
+    Attributes:
+        card: the dataset card of the pool and split (``splitpriv.data.dataset_card``).
+        pool: the beat pool the rows were drawn from.
+    """
+
+    x_train: torch.Tensor  # (N, 1, 128) float32
+    y_train: torch.Tensor  # (N,) int64
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    record_train: np.ndarray  # (N,) MIT-BIH record of every row
+    record_val: np.ndarray
+    record_test: np.ndarray
+    pool_idx_train: np.ndarray  # (N,) row of the beat pool of every row
+    pool_idx_val: np.ndarray
+    pool_idx_test: np.ndarray
+    card: dict[str, Any]
+    pool: Any
+
+    def part(self, name: str, phase: str) -> Any:
+        """One field of one phase: ``part("x", "test")`` is ``x_test``."""
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+        return getattr(self, f"{name}_{phase}")
+
+
+def build_run_data(config: TrainConfig, device: torch.device | str = "cpu") -> Tensors:
+    """Load the beat pool, split it by the config's protocol, keep the config's subsets and move
+    the beats and labels to the device."""
+    from splitpriv.data import dataset_card, load_pool, make_split
+
+    pool = load_pool(config.mitdb_dir, cache_dir=config.cache_dir)
+    split = make_split(
+        pool, config.protocol, val_fraction=config.resolved_val_fraction, seed=config.data_seed
+    )
+    fields: dict[str, Any] = {}
+    for phase in PHASES:
+        n = {"train": config.train_subset, "val": None, "test": config.test_subset}[phase]
+        rows = slice(None, n)
+        x = torch.as_tensor(getattr(split, f"x_{phase}")[rows]).float().reshape(-1, 1, 128)
+        fields[f"x_{phase}"] = x.to(device)
+        fields[f"y_{phase}"] = torch.as_tensor(getattr(split, f"y_{phase}")[rows]).long().to(
+            device)
+        fields[f"record_{phase}"] = np.asarray(getattr(split, f"record_{phase}")[rows])
+        fields[f"pool_idx_{phase}"] = np.asarray(getattr(split, f"pool_idx_{phase}")[rows])
+    return Tensors(**fields, card=dataset_card(pool, split), pool=pool)
+
+
+def load_tensors(config: TrainConfig, device: torch.device) -> tuple[Tensors, dict[str, Any]]:
+    """:func:`build_run_data` and its dataset card (the older two-value form)."""
+    data = build_run_data(config, device)
+    return data, data.card
+
+
+__all__ = ["Tensors", "build_run_data", "load_tensors"]

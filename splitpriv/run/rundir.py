@@ -1,0 +1,191 @@
+"""A run directory: the one writer of what a run leaves behind.
+
+DIR/config.json      everything needed to rerun it
+DIR/metrics.jsonl    one line per epoch: train/val/test loss and accuracy, wall time
+DIR/result.json      final numbers (written last: its presence means the run finished)
+DIR/checkpoint.pt    weights, optimizer and RNG state after the last completed epoch (resume)
+DIR/weights.pt       final weights; DIR/best.pt the weights at the best-validation epoch
+DIR/transcript.npz   what crossed the channel, for the epochs and kinds recorded
+
+A distributed run's parties add their own records (``server.json``, ``client-K.json``,
+``weights-server.pt``, ``distributed.json``); each party's record marks that party finished, as
+result.json marks the run. Every file is written atomically; a run killed mid-way resumes from its
+last completed epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from splitpriv.channel import Transcript
+from splitpriv.io import read_json, torch_load, torch_save, write_json, write_text
+from splitpriv.run.config import TrainConfig
+
+RESULT = "result.json"
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+TRANSCRIPT = "transcript.npz"
+#: what a fresh start of a run removes (a later resume or model selection must not read them)
+STALE = (CHECKPOINT, BEST, TRANSCRIPT)
+
+
+def summarize(history: list[dict[str, Any]], has_val: bool) -> dict[str, Any]:
+    """Model selection: the best-validation epoch when there is a validation set (else the last),
+    and, beside it, the paper's "best test accuracy" (max over epochs, selected on the test set)."""
+    if has_val:
+        best = max(history, key=lambda h: (h["val_accuracy"], -h["epoch"]))
+    else:
+        best = history[-1]
+    best_test = max(history, key=lambda h: (h["test_accuracy"], -h["epoch"]))
+    return {
+        "test_accuracy": best["test_accuracy"],
+        "val_accuracy": best.get("val_accuracy"),
+        "best_epoch": best["epoch"],
+        "selection": "best validation accuracy" if has_val else "last epoch (no validation set)",
+        "best_test_accuracy": best_test["test_accuracy"],
+        "best_test_epoch": best_test["epoch"],
+        "final_test_accuracy": history[-1]["test_accuracy"],
+    }
+
+
+def epoch_row(epoch: int, train, test, val, train_seconds: float, seconds: float
+              ) -> dict[str, Any]:
+    """One line of metrics.jsonl (``val`` None when the protocol has no validation set)."""
+    row: dict[str, Any] = {
+        "epoch": epoch, "train_loss": train.loss, "train_accuracy": train.accuracy,
+        "test_loss": test.loss, "test_accuracy": test.accuracy,
+    }
+    if val is not None:
+        row |= {"val_loss": val.loss, "val_accuracy": val.accuracy}
+    return row | {"train_seconds": train_seconds, "seconds": seconds}
+
+
+def result_doc(config: TrainConfig, history: list[dict[str, Any]], *, rows: dict[str, int],
+               device: torch.device, card: dict[str, Any], topology: str,
+               defenses: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """The content of result.json. ``rows``: the row counts (``n_train``, ``n_val``,
+    ``n_test``); the validation set is used for selection when ``n_val`` > 0."""
+    return {
+        "protocol": config.protocol, "depth": config.depth, "seed": config.seed,
+        "topology": topology, "epochs": config.epochs,
+        **summarize(history, rows.get("n_val", 0) > 0),
+        "seconds": sum(h["seconds"] for h in history),
+        "train_seconds_per_epoch": sum(h["train_seconds"] for h in history) / len(history),
+        **rows,
+        "device": str(device),
+        "defenses": defenses,
+        **extra,
+        "dataset": card,
+    }
+
+
+@dataclass
+class Resumed:
+    """What a checkpoint restores: the trainer's state, the epochs done and their rows."""
+
+    trainer: dict[str, Any]
+    history: list[dict[str, Any]]
+    epoch: int
+
+
+class RunDir:
+    """One run's directory, for one config: check it, (re)start or resume the run, save every
+    epoch, finish.
+
+    Args:
+        path: the directory.
+        config: the run.
+        force: retrain even if the directory holds this run finished, or another run.
+        marker: the file whose presence means finished: ``result.json`` for the run (and the
+            distributed party that writes it); another party's own record (``server.json``).
+    """
+
+    def __init__(self, path: str | Path, config: TrainConfig, *, force: bool = False,
+                 marker: str = RESULT) -> None:
+        self.path, self.config, self.force, self.marker = Path(path), config, force, marker
+        self.best_val = -math.inf
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def has_checkpoint(self) -> bool:
+        return self.file(CHECKPOINT).exists()
+
+    def finished(self) -> dict[str, Any] | None:
+        """The marker's content when the directory holds this run finished (None when it has to
+        be trained or resumed).
+
+        Raises:
+            ValueError: config.json was written for another run (unless ``force``).
+        """
+        if not self.file("config.json").exists() or self.force:
+            return None
+        old = TrainConfig(**read_json(self.file("config.json")))
+        old_key, key = old.rerun_key(), self.config.rerun_key()
+        if old_key != key:
+            diff = {k: (old_key.get(k), v) for k, v in key.items() if old_key.get(k) != v}
+            raise ValueError(
+                f"{self.file('config.json')} was written for another run: {diff}; use --force")
+        if self.file(self.marker).exists() and old.epochs == self.config.epochs:
+            return read_json(self.file(self.marker))
+        return None
+
+    def start(self, *, resumable: bool = True, stale: Sequence[str] = STALE) -> Resumed | None:
+        """Write config.json and begin: the checkpoint's state when there is one to resume
+        (``resumable`` and not ``force``), else None after removing the ``stale`` files another
+        attempt left (a fresh start must not be resumed or selected from later). The marker goes
+        first either way: the directory is finished only once :meth:`finish` writes it again."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.file(self.marker).unlink(missing_ok=True)
+        write_json(self.file("config.json"), asdict(self.config))
+        if resumable and not self.force and self.has_checkpoint:
+            state = torch_load(self.file(CHECKPOINT))
+            rows = self.file("metrics.jsonl").read_text().splitlines()
+            self.best_val = state["best_val"]
+            return Resumed(state["trainer"], [json.loads(r) for r in rows][: state["epoch"]],
+                           state["epoch"])
+        for name in stale:
+            self.file(name).unlink(missing_ok=True)
+        return None
+
+    def save_epoch(self, history: list[dict[str, Any]], weights: Callable[[], dict],
+                   trainer_state: Callable[[], dict] | None = None) -> None:
+        """After an epoch (its row last in ``history``): best.pt when validation improved, then
+        metrics.jsonl and (given the trainer's state) the checkpoint."""
+        row = history[-1]
+        if "val_accuracy" in row and row["val_accuracy"] > self.best_val:
+            self.best_val = row["val_accuracy"]
+            torch_save(weights(), self.file(BEST))
+        write_text(self.file("metrics.jsonl"), "".join(json.dumps(h) + "\n" for h in history))
+        if trainer_state is not None:
+            torch_save({"trainer": trainer_state(), "epoch": row["epoch"],
+                        "best_val": self.best_val}, self.file(CHECKPOINT))
+
+    def save_weights(self, state: dict, name: str = "weights.pt") -> None:
+        torch_save(state, self.file(name))
+
+    def save_transcript(self, transcript: Transcript | None) -> None:
+        """DIR/transcript.npz, when anything was recorded."""
+        if transcript is not None and transcript.chunks:
+            transcript.save(self.file(TRANSCRIPT))
+
+    def write_record(self, name: str, doc: dict[str, Any]) -> None:
+        """A JSON record beside the run's files (``distributed.json``)."""
+        write_json(self.file(name), doc)
+
+    def finish(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Write the marker (result.json, or the party's record): the run is done."""
+        write_json(self.file(self.marker), doc)
+        return doc
+
+
+__all__ = ["BEST", "CHECKPOINT", "RESULT", "STALE", "TRANSCRIPT", "Resumed", "RunDir", "epoch_row",
+           "result_doc", "summarize"]

@@ -1,0 +1,164 @@
+"""What the server does with what crosses: the honest server, or an adversary's plug-in.
+
+A *server behaviour* sits inside :class:`~splitpriv.parties.Server` and chooses what the server
+returns across the cut; the server's task network, loss and optimizer stay the server's and keep
+running as in the protocol. The default, ``honest``, is the curious-but-honest server of the
+paper's threat model (Abuadbba et al. 2020): it follows the protocol and returns the true
+d loss / d activations. Adversaries that deviate from it are plug-ins in ``attacks/servers/``
+(one file each, discovered like defenses), chosen by a spec ``NAME[:key=value,...]`` with a typed
+``Config`` (``build_server("scaled:factor=2")``).
+
+Hooks and when the server calls them:
+
+========================  ===================================================================
+hook                      when
+========================  ===================================================================
+``configure``             once, with the run's plan, before anything is written
+``attach``                once, when the server is built (its ``net``, ``optimizer``, device)
+``begin_phase``           before every pass: ``(epoch, "train" | "val" | "test")``
+``cut_gradient``          every training step: the gradient the server returns, from the
+                          activations and labels received and the honest gradient
+``server_output``         every time the server sends its output (U-shape training, evaluation)
+``end_epoch``             after every training epoch
+``report``                the behaviour's entry of result.json
+========================  ===================================================================
+
+A behaviour sees only what crossed the channel (detached copies of the received activations, the
+labels in the vanilla topology, the sample ids) and what the server computes itself (the honest
+gradient, its output). It may keep its own models, optimizers and auxiliary data and train them
+in ``cut_gradient``. A feature-space hijacking server (FSHA, Pasquini et al., CCS 2021, arXiv
+2012.02670) fits as one: its ``Config`` names its public auxiliary beats; ``attach`` builds the
+pilot encoder, its decoder and the discriminator on the server's device; ``cut_gradient`` takes a
+step of each (pilot and decoder on the auxiliary beats, the discriminator on ``a`` against the
+pilot's features) and returns d(adversarial loss)/d a instead of ``g``, which steers the client's
+layers into the pilot's feature space; ``server_output`` sees every evaluation release, which the
+decoder inverts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from splitpriv.options import build_config, parse_spec
+
+if TYPE_CHECKING:
+    from splitpriv.parties import Server
+
+#: the package whose modules hold the adversarial behaviours
+PLUGINS = "attacks.servers"
+
+
+class ServerBehaviour:
+    """Base class: the hooks, each defaulting to the honest server's action.
+
+    Subclasses define a nested ``Config`` dataclass of their parameters (validated in its
+    ``__post_init__``), take it as their only constructor argument, and are registered with
+    :func:`register_server`.
+    """
+
+    name: str = "honest"
+    #: whether the behaviour returns what the protocol prescribes (reported in result.json)
+    follows_protocol: bool = True
+
+    @dataclass
+    class Config:
+        """No parameters."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def configure(self, *, epochs: int, batch_size: int) -> None:
+        """Called once with the run's plan, before anything is written; may refuse it with a
+        ValueError naming the parameter."""
+
+    def attach(self, server: Server) -> None:
+        """Called once when the server is built; ``server.net`` and ``server.optimizer`` are the
+        server's task model and optimizer (and give the device)."""
+
+    def begin_phase(self, epoch: int, phase: str) -> None:
+        """Called before every pass over a phase (``train``, ``val``, ``test``)."""
+
+    def cut_gradient(self, a: torch.Tensor, g: torch.Tensor, ids: torch.Tensor, *,
+                     y: torch.Tensor | None) -> torch.Tensor:
+        """The gradient the server returns for a training batch.
+
+        Shape:
+            a: (B, C, L) the activations received (detached); g: (B, C, L) the honest
+            d loss / d a; ids: (B,) their sample ids; y: (B,) the labels received (vanilla
+            topology; None U-shaped) -> (B, C, L).
+        """
+        return g
+
+    def server_output(self, a: torch.Tensor, out: torch.Tensor, ids: torch.Tensor
+                      ) -> torch.Tensor:
+        """The output the server sends for activations ``a`` (detached): the U-shape hidden
+        (B, 128) in training, logits (B, 5) or the hidden in evaluation; honest: ``out``. In
+        training the server backpropagates from its true ``out`` whatever is sent; evaluation
+        runs under ``torch.no_grad()`` (a behaviour that trains here enables grad itself)."""
+        return out
+
+    def end_epoch(self, epoch: int) -> None:
+        """Called after every training epoch."""
+
+    def report(self) -> dict[str, Any]:
+        """The behaviour and its parameters, for result.json."""
+        return {"name": self.name, "follows_protocol": self.follows_protocol,
+                **dataclasses.asdict(self.config)}
+
+
+SERVERS: dict[str, type[ServerBehaviour]] = {}
+
+
+def register_server(name: str) -> Callable[[type[ServerBehaviour]], type[ServerBehaviour]]:
+    """Class decorator: make a behaviour available to :func:`build_server` by ``name``."""
+
+    def deco(cls: type[ServerBehaviour]) -> type[ServerBehaviour]:
+        if SERVERS.setdefault(name, cls) is not cls:
+            raise ValueError(f"server behaviour {name!r} registered twice")
+        cls.name = name
+        return cls
+
+    return deco
+
+
+@register_server("honest")
+class HonestServer(ServerBehaviour):
+    """The curious-but-honest server: it follows the protocol (the base class's hooks)."""
+
+
+def honest() -> ServerBehaviour:
+    return HonestServer(HonestServer.Config())
+
+
+def load_plugins() -> dict[str, type[ServerBehaviour]]:
+    """Import every module of ``attacks/servers/`` so that its behaviours register."""
+    package = importlib.import_module(PLUGINS)
+    for mod in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{PLUGINS}.{mod.name}")
+    return SERVERS
+
+
+def build_server(spec: str) -> ServerBehaviour:
+    """A behaviour from its spec ``NAME[:key=value,...]`` (``honest``, ``scaled:factor=2``).
+
+    Raises:
+        ValueError: an unknown name (the known ones are listed), an unknown option or a value of
+            the wrong type (naming it), or the Config's own checks.
+    """
+    name, raw = parse_spec(spec, "server")
+    load_plugins()
+    if name not in SERVERS:
+        raise ValueError(f"unknown server behaviour {name!r}; known: {sorted(SERVERS)}")
+    cls = SERVERS[name]
+    return cls(build_config(cls.Config, raw, f"server {name!r}"))
+
+
+__all__ = ["SERVERS", "HonestServer", "ServerBehaviour", "build_server", "honest",
+           "load_plugins", "register_server"]

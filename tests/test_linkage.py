@@ -1,0 +1,74 @@
+"""Re-identification (linkage) of reconstructions, on real beats, with hand-worked expectations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from attacks.metrics import linkage, wilson_interval
+
+
+def test_wilson_interval_worked_by_hand():
+    # 8 of 10, z = 1.96: p = .8, centre = (.8 + 1.96^2/20) / (1 + 1.96^2/10) = .99208 / 1.38415
+    # = .71674; half = 1.96 sqrt(.8 * .2 / 10 + 1.96^2 / 400) / 1.38415 = .22659
+    lo, hi = wilson_interval(8, 10)
+    assert lo == pytest.approx(0.71674 - 0.22659, abs=1e-4)
+    assert hi == pytest.approx(0.71674 + 0.22659, abs=1e-4)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def beats(take_beats):
+    x, y, _, _ = take_beats(3000)
+    return x, y
+
+
+@pytest.mark.parametrize("normalise", [False, True])
+def test_perfect_reconstructions_link_every_victim(beats, normalise):
+    # a reconstruction equal to its beat is at distance 0 from it and > 0 from any other beat
+    x, y = beats
+    out = linkage(x, x, y, k=10, normalise=normalise)
+    assert out["accuracy"] == 1.0 and out["advantage"] == 1.0
+    assert out["chance"] == pytest.approx(1 / 11)
+
+
+@pytest.mark.parametrize("k", [10, 100])
+def test_the_mean_beat_links_at_chance(beats, k):
+    # the same reconstruction for every victim: by exchangeability a victim is the nearest of
+    # itself and k random beats of its class with probability exactly 1 / (k + 1) on average
+    x, y = beats
+    mean_beat = x.mean(0, keepdim=True).expand_as(x)
+    out = linkage(x, mean_beat, y, k=k, seed=1)
+    sd = math.sqrt(out["chance"] * (1 - out["chance"]) / out["n"])
+    assert abs(out["accuracy"] - out["chance"]) < 4 * sd
+    assert out["ci_low"] <= out["chance"] <= out["ci_high"] or abs(out["advantage"]) < 0.05
+
+
+def test_reconstructions_shuffled_among_victims_link_at_chance(beats):
+    # each victim gets another victim's perfect reconstruction: nearer to that other beat (at
+    # distance 0, a candidate only when drawn) than to its own, so accuracy <= chance
+    x, y = beats
+    perm = torch.from_numpy(np.random.default_rng(0).permutation(len(x)))
+    out = linkage(x, x[perm], y, k=10, seed=2)
+    sd = math.sqrt(out["chance"] * (1 - out["chance"]) / out["n"])
+    assert out["accuracy"] < out["chance"] + 4 * sd
+    assert out["advantage"] < 0.05
+
+
+def test_noisy_reconstructions_link_between_chance_and_one(beats):
+    x, y = beats
+    noisy = x + 0.02 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    out = linkage(x, noisy, y, k=10)
+    assert out["chance"] < out["accuracy"] <= 1.0
+    assert out["ci_low"] <= out["accuracy"] <= out["ci_high"]
+
+
+def test_linkage_rejects_mismatched_inputs(beats):
+    x, y = beats
+    with pytest.raises(ValueError, match="do not match"):
+        linkage(x[:10], x[:9], y[:10], k=5)
+    with pytest.raises(ValueError, match="k must be"):
+        linkage(x[:10], x[:10], y[:10], k=0)
