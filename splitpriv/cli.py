@@ -93,7 +93,7 @@ def _train(args: argparse.Namespace, config: TrainConfig) -> int:
             master_port=args.master_port, backend=args.backend, timeout_s=args.timeout,
         )
         result = run_distributed(config, args.out, spec, mode=args.clients_mode,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, force=args.force)
         if spec.rank != 1:  # the server and clients 2..K: what crossed their links
             print(json.dumps({"role": spec.role, "rank": spec.rank,
                               "bytes_total": result["wire"]["bytes_total"]}, indent=2))

@@ -22,8 +22,9 @@ hook                      party   when
 ``report``                run     the :class:`PrivacyClaim` for result.json
 ========================  ======  =================================================================
 
-In one process both parties hold the same defense instances, so ``begin_phase`` and
-``end_epoch`` arrive once from each party: they must be idempotent for a repeated argument.
+In one process both parties hold the same defense instances; ``begin_phase`` and ``end_epoch``
+still arrive once per pass (the trainer calls each distinct plug-in once,
+:func:`splitpriv.parties.distinct_plugins`). In two processes each party's copy gets its own.
 Defenses find each other by capability (:attr:`Defense.weights_private`,
 :attr:`Defense.couples_rows`), never by name. What the server itself does (honest or an
 adversary) is not a defense: see :mod:`splitpriv.servers`.

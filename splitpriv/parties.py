@@ -22,6 +22,7 @@ with ``end_epoch``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,6 +44,28 @@ def outgoing_gradient(defenses: Sequence[Defense], g: torch.Tensor, *, kind: Kin
     for d in defenses:
         g = d.transform_gradient(g, kind=kind, y=y)
     return g
+
+
+def distinct_plugins(parties: Sequence[Client | Server]) -> list[Any]:
+    """The parties' plug-ins, each once, in order: in one process the client and the server hold
+    the same defense objects, whose phase hooks must still run once per pass."""
+    seen: dict[int, Any] = {}
+    for party in parties:
+        for p in party.plugins():
+            seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def begin_phase_of(parties: Sequence[Client | Server], epoch: int, phase: str) -> None:
+    """Every distinct plug-in's ``begin_phase`` (see :func:`distinct_plugins`)."""
+    for p in distinct_plugins(parties):
+        p.begin_phase(epoch, phase)
+
+
+def end_epoch_of(parties: Sequence[Client | Server], epoch: int) -> None:
+    """Every distinct plug-in's ``end_epoch`` (see :func:`distinct_plugins`)."""
+    for p in distinct_plugins(parties):
+        p.end_epoch(epoch)
 
 
 class Client:
@@ -68,15 +91,17 @@ class Client:
         for d in self.defenses:
             d.attach(self)
 
+    def plugins(self) -> list[Any]:
+        """The plug-ins whose phase hooks this party drives: its defenses."""
+        return list(self.defenses)
+
     def begin_phase(self, epoch: int, phase: str) -> None:
         """Before every pass over ``phase`` (``train``, ``val``, ``test``) of ``epoch``."""
-        for d in self.defenses:
-            d.begin_phase(epoch, phase)
+        begin_phase_of((self,), epoch, phase)
 
     def end_epoch(self, epoch: int) -> None:
         """After every training epoch."""
-        for d in self.defenses:
-            d.end_epoch(epoch)
+        end_epoch_of((self,), epoch)
 
     def _activations(self, x: torch.Tensor, training: bool) -> torch.Tensor:
         a = self.net(x)  # (B, 1, 128) -> (B, 16, 32)
@@ -163,17 +188,17 @@ class Server:
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
         self.behaviour.attach(self)
 
+    def plugins(self) -> list[Any]:
+        """The plug-ins whose phase hooks this party drives: its defenses, then its behaviour."""
+        return [*self.defenses, self.behaviour]
+
     def begin_phase(self, epoch: int, phase: str) -> None:
         """Before every pass over ``phase`` (``train``, ``val``, ``test``) of ``epoch``."""
-        for d in self.defenses:
-            d.begin_phase(epoch, phase)
-        self.behaviour.begin_phase(epoch, phase)
+        begin_phase_of((self,), epoch, phase)
 
     def end_epoch(self, epoch: int) -> None:
         """After every training epoch."""
-        for d in self.defenses:
-            d.end_epoch(epoch)
-        self.behaviour.end_epoch(epoch)
+        end_epoch_of((self,), epoch)
 
     def _send_cut_gradient(self, a: torch.Tensor, ids: torch.Tensor,
                            y: torch.Tensor | None) -> None:

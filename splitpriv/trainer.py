@@ -17,7 +17,7 @@ from splitpriv.channel import Channel, InProcessChannel
 from splitpriv.defense import Defense
 from splitpriv.models import SplitModels
 from splitpriv.optim import adam
-from splitpriv.parties import Client, Server, cross_entropy
+from splitpriv.parties import Client, Server, begin_phase_of, cross_entropy, end_epoch_of
 from splitpriv.servers import ServerBehaviour
 
 #: rows per evaluation chunk: (512, 16, 128) float32 activations are 4 MiB; 4,096-row chunks
@@ -58,10 +58,9 @@ class Accumulator:
 
 def begin_phase(channel: Channel, parties: Sequence[Any], epoch: int, phase: str) -> None:
     """Before every pass over a phase: stamp the channel (the transcript keys on it), then each
-    party's ``begin_phase`` (which calls its defenses' and behaviour's)."""
+    distinct plug-in's of the parties (a defense both parties hold is called once)."""
     channel.begin_phase(epoch, phase)
-    for party in parties:
-        party.begin_phase(epoch, phase)
+    begin_phase_of(parties, epoch, phase)
 
 
 def eval_chunks(n: int, device: torch.device, batch_size: int = EVAL_BATCH) -> tuple:
@@ -145,8 +144,7 @@ class SplitTrainer:
         for ids in batches(len(y), self.batch_size, self.generator, self.device):
             loss, logits = self.train_step(ids)
             acc.add(loss, logits, y[ids])
-        self.client.end_epoch(epoch)
-        self.server.end_epoch(epoch)
+        end_epoch_of((self.client, self.server), epoch)
         return acc.stats()
 
     @torch.no_grad()

@@ -60,7 +60,7 @@ def run_distributed(
     if done is not None:
         return done
     defenses = build_defenses(config)  # bad parameters fail before anything is written
-    build_behaviour(config)
+    behaviour = build_behaviour(config).report()  # its name, protocol and options
     device = resolve_device(config.device)
     info = {"mode": mode, "clients": spec.n_clients, "backend": spec.backend,
             "world_size": spec.world_size}
@@ -69,8 +69,8 @@ def run_distributed(
         res = run_server(config, spec, mode=mode, device=device)
         run_dir.save_transcript(res.transcript)
         run_dir.save_weights(res.state, "weights-server.pt")
-        return run_dir.finish({"role": "server", **info, "history": res.history,
-                               "wire": res.wire})
+        return run_dir.finish({"role": "server", **info, "server": behaviour,
+                               "history": res.history, "wire": res.wire})
     data = build_run_data(config, device)
     share = client_share(data, spec.rank, spec.n_clients)
     if spec.rank != 1:

@@ -23,7 +23,6 @@ from typing import Any
 import torch
 
 from splitpriv.channel import PHASES, CountingChannel, Transcript
-from splitpriv.defense import PrivacyClaim
 from splitpriv.io import resolve_device, torch_threads
 from splitpriv.models import ModelConfig, SplitModels, build_models
 from splitpriv.run.config import TOPOLOGIES, TrainConfig
@@ -62,8 +61,7 @@ def build_behaviour(config: TrainConfig) -> ServerBehaviour:
 
 def defense_reports(defenses: list) -> list[dict[str, Any]]:
     """What every defense claims (its :class:`~splitpriv.defense.PrivacyClaim`), for result.json."""
-    claims = [d.report() for d in defenses]
-    return [c.to_dict() if isinstance(c, PrivacyClaim) else c for c in claims]
+    return [d.report().to_dict() for d in defenses]
 
 
 def resolve_topology(config: TrainConfig, defenses: list) -> str:
