@@ -2,44 +2,72 @@
 
 from __future__ import annotations
 
+import copy
+import itertools
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from attacks.base import AttackInputError, Knowledge, lookup, observed
-from attacks.inversion import InversionAttack, InversionConfig
+from attacks.base import AttackInputError, Knowledge
+from attacks.inversion import InversionAttack, InversionConfig, aux_activations, split_aux
 from attacks.registry import register
-from splitpriv.channel import Kind, Transcript
+
+
+def parse_grid(text: str, name: str) -> tuple[float, ...]:
+    """A comma-separated grid of numbers (``"0.001,0.003"``) as a tuple of floats."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{name} must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise ValueError(f"{name} must hold at least one number")
+    return values
 
 
 @dataclass
 class DecoderConfig(InversionConfig):
     """Attributes:
-        epochs: training epochs of the decoder on the aux pairs.
+        epochs: at most this many training epochs on the aux pairs (held-out early stopping).
+        patience: stop after this many epochs without a better held-out MSE.
         batch_size: its minibatch.
-        lr: its Adam learning rate.
+        lrs: Adam learning rates of the tuning grid (comma-separated).
+        weight_decays: Adam weight decays (L2) of the tuning grid (comma-separated).
         width: channels of its hidden layers.
     """
 
     epochs: int = 60
+    patience: int = 10
     batch_size: int = 64
-    lr: float = 1e-3
+    lrs: str = "0.001,0.003"
+    weight_decays: str = "0,0.0001"
     width: int = 64
 
     def __post_init__(self) -> None:
-        if min(self.epochs, self.batch_size, self.width) < 1 or self.lr <= 0:
-            raise ValueError("epochs, batch_size and width must be >= 1 and lr > 0")
+        super().__post_init__()
+        if min(self.epochs, self.patience, self.batch_size, self.width) < 1:
+            raise ValueError("epochs, patience, batch_size and width must be >= 1")
+        if min(parse_grid(self.lrs, "lrs")) <= 0 or min(parse_grid(self.weight_decays,
+                                                                   "weight_decays")) < 0:
+            raise ValueError("lrs must be > 0 and weight_decays >= 0")
+
+    def grid(self) -> list[tuple[float, float]]:
+        """(lr, weight_decay) pairs tried."""
+        return list(itertools.product(parse_grid(self.lrs, "lrs"),
+                                      parse_grid(self.weight_decays, "weight_decays")))
 
 
 class InverseNet(nn.Module):
     """Activations (B, C, L) -> beats (B, 1, out_len): convolutions and two nearest upsamplings,
-    the mirror image of the client (inputs standardised per channel with the aux statistics)."""
+    the mirror image of the client (inputs standardised per channel with the aux statistics),
+    added to the aux mean beat (a residual parameterisation: the last layer starts at zero, so the
+    untrained decoder outputs the mean beat)."""
 
     def __init__(self, channels: int, length: int, out_len: int, width: int = 64) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(1, channels, 1))
         self.register_buffer("std", torch.ones(1, channels, 1))
+        self.register_buffer("mean_beat", torch.zeros(1, 1, out_len))
         mid = max(length, out_len // 2)
         self.layers = nn.Sequential(
             nn.Conv1d(channels, width, 3, padding=1), nn.LeakyReLU(),
@@ -47,24 +75,56 @@ class InverseNet(nn.Module):
             nn.Upsample(size=out_len), nn.Conv1d(width // 2, width // 4, 5, padding=2),
             nn.LeakyReLU(), nn.Conv1d(width // 4, 1, 7, padding=3),
         )
+        last = self.layers[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
-        return self.layers((a - self.mean) / self.std)  # (B, C, L) -> (B, 1, out_len)
+        # (B, C, L) -> (B, 1, out_len)
+        return self.mean_beat + self.layers((a - self.mean) / self.std)
 
 
-def aux_activations(attack, transcript: Transcript, knowledge: Knowledge) -> torch.Tensor:
-    """The aux beats' activations: given (queried from the client), or read by id."""
-    aux = knowledge.aux
-    assert aux is not None
-    if aux.activations is not None:
-        return aux.activations.float()
-    if aux.ids is None:
-        raise AttackInputError(f"attack {attack.name!r}: the aux set has neither activations "
-                               "nor transcript ids to read them by")
-    cfg = attack.config
-    ids, values = observed(transcript, Kind.ACTIVATIONS, phase=cfg.phase, epoch=cfg.epoch,
-                           attack=attack.name)
-    return lookup(ids, values, aux.ids, "aux activations").float()
+@torch.no_grad()
+def decode(net: nn.Module, acts: torch.Tensor) -> torch.Tensor:
+    net.eval()
+    return torch.cat([net(chunk) for chunk in acts.split(4096)])
+
+
+def train_decoder(a_fit: torch.Tensor, x_fit: torch.Tensor, a_held: torch.Tensor,
+                  x_held: torch.Tensor, cfg: DecoderConfig, lr: float, weight_decay: float
+                  ) -> tuple[InverseNet, float, int]:
+    """A decoder trained on (a_fit, x_fit) with held-out early stopping: the weights of the epoch
+    (0 = untrained, the mean beat) with the lowest MSE on (a_held, x_held). Returns the net, that
+    MSE and that epoch.
+
+    Shape:
+        a_fit: (M, C, L), x_fit: (M, 1, 128), a_held: (H, C, L), x_held: (H, 1, 128).
+    """
+    net = InverseNet(a_fit.shape[1], a_fit.shape[2], x_fit.shape[-1], cfg.width)
+    net.mean.copy_(a_fit.mean((0, 2), keepdim=True))
+    net.std.copy_(a_fit.std((0, 2), keepdim=True).clamp(min=1e-6))
+    net.mean_beat.copy_(x_fit.mean(0, keepdim=True))
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    def held_mse() -> float:
+        return float(nn.functional.mse_loss(decode(net, a_held), x_held))
+
+    best, best_epoch, best_state = held_mse(), 0, copy.deepcopy(net.state_dict())
+    for epoch in range(1, cfg.epochs + 1):
+        net.train()
+        for idx in torch.randperm(len(a_fit), generator=gen).split(cfg.batch_size):
+            loss = nn.functional.mse_loss(net(a_fit[idx]), x_fit[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        mse = held_mse()
+        if mse < best:
+            best, best_epoch, best_state = mse, epoch, copy.deepcopy(net.state_dict())
+        elif epoch - best_epoch >= cfg.patience:
+            break
+    net.load_state_dict(best_state)
+    return net, best, best_epoch
 
 
 @register("decoder")
@@ -73,6 +133,12 @@ class DecoderInversion(InversionAttack):
     Collaborative Inference", ACSAC 2019 (black box): the attacker trains a decoder from
     activations to inputs on auxiliary beats of the same distribution and applies it to the
     victims' activations.
+
+    Tuned by the attacker on its own beats, never on the victims: ``holdout`` of the aux beats are
+    held out; for every (lr, weight decay) of the grid a decoder (AdamW, residual on the aux mean
+    beat) is trained on the rest, early-stopped at its best held-out MSE; the best on the held-out
+    beats inverts the victims. Epoch 0 (the mean beat itself) is a candidate, so on the held-out
+    aux beats the decoder is never worse than the mean-beat prior.
 
     Adaptive: the aux activations come from the same (possibly defended) channel, or from querying
     the defended client, so the decoder learns to invert the defense too.
@@ -87,10 +153,6 @@ class DecoderInversion(InversionAttack):
     Config = DecoderConfig
     uses = ("aux", "defenses")
     requires = ("aux",)
-    study_columns = {"inversion_pearson_r": ("metrics", "pearson", "median"),
-                     "inversion_prd": ("metrics", "prd", "median"),
-                     "inversion_prdn": ("metrics", "prdn", "median"),
-                     "baseline_pearson_r": ("baseline_mean_beat", "pearson", "median")}
 
     @classmethod
     def study_options(cls, budget):
@@ -104,22 +166,32 @@ class DecoderInversion(InversionAttack):
         if a_aux.shape[1:] != acts.shape[1:]:
             raise AttackInputError(f"aux activations {tuple(a_aux.shape[1:])} and victims' "
                                    f"{tuple(acts.shape[1:])} differ in shape")
-        net = InverseNet(acts.shape[1], acts.shape[2], beat_length, cfg.width)
-        net.mean.copy_(a_aux.mean((0, 2), keepdim=True))
-        net.std.copy_(a_aux.std((0, 2), keepdim=True).clamp(min=1e-6))
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        net.train()
-        for _ in range(cfg.epochs):
-            for idx in torch.randperm(len(a_aux), generator=gen).split(cfg.batch_size):
-                loss = nn.functional.mse_loss(net(a_aux[idx]), x_aux[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        self.final_train_loss = float(loss.detach())
-        net.eval()
-        with torch.no_grad():
-            return torch.cat([net(chunk) for chunk in acts.split(4096)])
+        fit, held = split_aux(len(a_aux), cfg.holdout, cfg.seed)
+        mean_mse = float(nn.functional.mse_loss(x_aux[fit].mean(0, keepdim=True).expand(
+            len(held), -1, -1), x_aux[held]))
+        self.tuning = {"heldout_beats": len(held), "heldout_mse_mean_beat": mean_mse,
+                       "grid": []}
+        best = None
+        for lr, wd in cfg.grid():
+            torch.manual_seed(cfg.seed)
+            net, mse, epoch = train_decoder(a_aux[fit], x_aux[fit], a_aux[held], x_aux[held],
+                                            cfg, lr, wd)
+            self.tuning["grid"].append({"lr": lr, "weight_decay": wd, "heldout_mse": mse,
+                                        "best_epoch": epoch})
+            if best is None or mse < best[1]:
+                best = (net, mse, lr, wd, epoch)
+        net, mse, lr, wd, epoch = best
+        self.tuning |= {"chosen": {"lr": lr, "weight_decay": wd, "best_epoch": epoch},
+                        "heldout_mse": mse}
+        return decode(net, acts)
 
-    def notes(self, knowledge):
-        return [f"decoder final training MSE on the aux set: {self.final_train_loss:.3g}"]
+    def describe_reconstruction(self, obs, truth):
+        return {"tuning": self.tuning}
+
+    def notes(self, knowledge: Knowledge) -> list[str]:
+        t = self.tuning
+        return [f"decoder tuned on {t['heldout_beats']} held-out aux beats: lr "
+                f"{t['chosen']['lr']:g}, weight decay {t['chosen']['weight_decay']:g}, epoch "
+                f"{t['chosen']['best_epoch']}; held-out MSE {t['heldout_mse']:.3g} (mean beat "
+                f"{t['heldout_mse_mean_beat']:.3g})"]
+

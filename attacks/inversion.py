@@ -4,10 +4,15 @@ diagnosis check, and the optimisation loop of the model-based attacks.
 An inversion attack maps the victims' activations (N, C, L) to beats (N, 1, 128). Victims are the
 observed beats that the attacker's auxiliary set does not contain. Each reconstruction is scored
 against its true beat (MSE, Pearson r, PRD, PRDN, SNR, DTW; see ``attacks.metrics``), reported as
-distributions, beside two references:
+distributions, with their linkage (re-identification: is a reconstruction nearer its own true beat
+than k = 10 or 100 random other true beats of its class? ``attacks.metrics.linkage``), beside
+these references:
 
-* ``baseline``: the same metrics for the mean beat (the aux mean when there is an aux set, else
-  the victims' own mean), what an attacker who learned nothing per beat would get;
+* ``baselines``: the priors, what an attacker who learned nothing per beat would get, each with
+  the same metrics and its own linkage (chance by construction): ``mean_beat`` (the aux mean, else
+  the victims' own) and ``class_mean`` (class means, the class read where the labels crossed, else
+  predicted by the server; :func:`prior_reconstructions`). ``baseline_mean_beat`` is the mean
+  beat's metrics in the older flat layout;
 * ``diagnosis``: the accuracy of the evaluator's reference classifier (``GroundTruth.classifier``,
   trained on beats the victims are not among) on the true beats and on the reconstructions, and how
   often its two predictions agree: does the diagnosis survive the reconstruction?
@@ -27,12 +32,21 @@ from attacks.base import (
     Attack,
     AttackInputError,
     AttackResult,
+    AuxData,
     CommonConfig,
     GroundTruth,
     Knowledge,
+    Observed,
+    lookup,
     observe_victims,
+    observed,
 )
-from attacks.metrics import distribution, reconstruction_metrics, summarize_reconstruction
+from attacks.metrics import (
+    distribution,
+    linkage_report,
+    reconstruction_metrics,
+    summarize_reconstruction,
+)
 from splitpriv.channel import Kind, Transcript
 
 
@@ -40,9 +54,17 @@ from splitpriv.channel import Kind, Transcript
 class InversionConfig(CommonConfig):
     """Attributes:
         max_victims: beats reconstructed (a seeded random subset of the victims).
+        holdout: fraction of the aux beats an attack that tunes on them holds out to choose its
+            hyperparameters (and ``strongest`` its attack): chosen on the attacker's own beats,
+            never on the victims.
     """
 
     max_victims: int | None = 1000
+    holdout: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not 0 < self.holdout < 1:
+            raise ValueError(f"holdout must be in (0, 1), got {self.holdout}")
 
 
 @dataclass
@@ -64,16 +86,161 @@ class OptimConfig(InversionConfig):
     init: float = 0.5
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.lr <= 0 or self.tv < 0:
             raise ValueError("lr must be > 0 and tv >= 0")
         if self.lower is not None and self.upper is not None and self.lower >= self.upper:
             raise ValueError(f"lower ({self.lower}) must be below upper ({self.upper})")
 
 
+#: the priors reported beside every inversion (:func:`prior_reconstructions`)
+PRIORS = ("mean_beat", "class_mean")
+
+#: the results.csv columns every inversion result gives (``Attack.study_columns``): the attack's
+#: median r / PRD / PRDN, its linkage, and the same for each prior
+INVERSION_COLUMNS: dict[str, tuple[str, ...]] = {
+    "inversion_pearson_r": ("metrics", "pearson", "median"),
+    "inversion_prd": ("metrics", "prd", "median"),
+    "inversion_prdn": ("metrics", "prdn", "median"),
+    "linkage_k10": ("linkage", "k10", "accuracy"),
+    "linkage_k10_ci_low": ("linkage", "k10", "ci_low"),
+    "linkage_k10_ci_high": ("linkage", "k10", "ci_high"),
+    "linkage_k10_chance": ("linkage", "k10", "chance"),
+    "linkage_k10_advantage": ("linkage", "k10", "advantage"),
+    "linkage_k100": ("linkage", "k100", "accuracy"),
+    "linkage_k100_advantage": ("linkage", "k100", "advantage"),
+    "linkage_znorm_k10_advantage": ("linkage_znorm", "k10", "advantage"),
+    "linkage_znorm_k100_advantage": ("linkage_znorm", "k100", "advantage"),
+    "baseline_pearson_r": ("baseline_mean_beat", "pearson", "median"),
+    **{f"prior_{prior}_{col}": ("baselines", prior, *path)
+       for prior in PRIORS
+       for col, path in (("pearson_r", ("metrics", "pearson", "median")),
+                         ("prdn", ("metrics", "prdn", "median")),
+                         ("linkage_k10", ("linkage", "k10", "accuracy")),
+                         ("linkage_k10_advantage", ("linkage", "k10", "advantage")))},
+}
+
+
+def split_aux(n: int, holdout: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (fit, held) of a seeded random split of ``n`` aux beats, ``holdout`` of them
+    (at least 2, at most n - 2) held out for the attacker's own tuning and model choice.
+
+    Raises:
+        AttackInputError: fewer than 4 aux beats.
+    """
+    if n < 4:
+        raise AttackInputError(f"{n} aux beats cannot be split for held-out tuning (need 4)")
+    n_held = min(max(2, int(round(holdout * n))), n - 2)
+    perm = torch.from_numpy(np.random.default_rng(seed + 7).permutation(n))
+    return perm[n_held:].sort().values, perm[:n_held].sort().values
+
+
+def aux_subset(aux: AuxData, rows: torch.Tensor, activations: torch.Tensor,
+               what: str) -> AuxData:
+    """The aux beats ``rows`` with their activations given explicitly."""
+    return AuxData(x=aux.x[rows], y=aux.y[rows], activations=activations[rows],
+                   source=f"{aux.source}; {what} ({len(rows)} beats)")
+
+
+def known_labels(transcript: Transcript, ids: torch.Tensor, cfg: CommonConfig) -> torch.Tensor | None:
+    """The victims' labels as they crossed the channel (vanilla topology: in the clear), or None
+    when the transcript holds no label message of the attacked phase for every victim."""
+    try:
+        got_ids, labels = transcript.get(Kind.LABELS, phase=cfg.phase, epoch=cfg.epoch)
+    except KeyError:
+        return None
+    where = {int(i): k for k, i in enumerate(got_ids.tolist())}
+    if not all(int(i) in where for i in ids.tolist()):
+        return None
+    return labels[torch.tensor([where[int(i)] for i in ids.tolist()], dtype=torch.long)].long()
+
+
+def predicted_labels(a_aux: torch.Tensor, y_aux: torch.Tensor, acts: torch.Tensor,
+                     seed: int) -> torch.Tensor:
+    """The server's own class predictions for the victims when no label crossed (U-shape): a
+    multinomial logistic regression on the standardised flattened aux activations.
+
+    Shape:
+        a_aux: (M, C, L), y_aux: (M,), acts: (N, C, L) -> (N,).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    fa, fv = a_aux.reshape(len(a_aux), -1).double(), acts.reshape(len(acts), -1).double()
+    mu, sd = fa.mean(0), fa.std(0).clamp(min=1e-6)
+    y = y_aux.numpy()
+    if len(np.unique(y)) < 2:
+        return torch.full((len(acts),), int(y[0]), dtype=torch.long)
+    clf = LogisticRegression(max_iter=300, C=1.0, random_state=seed)
+    clf.fit(((fa - mu) / sd).numpy(), y)
+    return torch.from_numpy(clf.predict(((fv - mu) / sd).numpy())).long()
+
+
+def class_mean_beats(x_ref: torch.Tensor, y_ref: torch.Tensor, classes: torch.Tensor
+                     ) -> torch.Tensor:
+    """Each victim's class mean beat (the overall mean where the reference lacks its class).
+
+    Shape:
+        x_ref: (M, 1, L), y_ref: (M,), classes: (N,) -> (N, 1, L) float64.
+    """
+    x_ref = x_ref.double()
+    overall = x_ref.mean(0)
+    means = {int(c): x_ref[y_ref == c].mean(0) for c in torch.unique(y_ref)}
+    return torch.stack([means.get(int(c), overall) for c in classes])
+
+
+def prior_reconstructions(obs: Observed, knowledge: Knowledge, transcript: Transcript,
+                          a_aux: torch.Tensor | None, cfg: CommonConfig
+                          ) -> dict[str, tuple[torch.Tensor, str]]:
+    """The priors' reconstructions of the victims, an attacker who learned nothing per beat:
+
+    * ``mean_beat``: the aux mean beat (no aux set: the victims' own mean, an evaluator's
+      reference);
+    * ``class_mean``: the mean aux beat of each victim's class, the class known where the labels
+      crossed (vanilla topology: read from the transcript's label messages), else predicted by the
+      server from the activations (a logistic regression on the aux activations, U-shape), else
+      (no aux set) the victims' own class means under their true labels (an evaluator's
+      reference).
+
+    Returns {name: ((N, 1, L) float64 reconstructions, their source in words)}.
+    """
+    aux = knowledge.aux
+    ref_x, ref_y = (aux.x, aux.y) if aux is not None else (obs.x, obs.y)
+    ref = "aux" if aux is not None else "victims' own (evaluator reference, no aux set)"
+    mean = ref_x.double().mean(0, keepdim=True).expand(len(obs.x), -1, -1)
+    classes, how = known_labels(transcript, obs.ids, cfg), "labels crossed in the clear"
+    if classes is None and aux is not None and a_aux is not None:
+        classes = predicted_labels(a_aux, aux.y, obs.values.float(), cfg.seed)
+        how = "classes predicted by the server (logistic regression on the aux activations)"
+    if classes is None:
+        classes, how = obs.y, "true classes (evaluator reference)"
+    return {
+        "mean_beat": (mean, f"{ref} mean beat"),
+        "class_mean": (class_mean_beats(ref_x, ref_y, classes), f"{ref} class means; {how}"),
+    }
+
+
+def score_reconstructions(x_hat: torch.Tensor, obs: Observed, truth: GroundTruth, seed: int
+                          ) -> tuple[dict, dict[str, np.ndarray]]:
+    """Metric distributions and linkage of reconstructions (N, 1, L) of the victims ``obs``,
+    candidates drawn from the phase's ground truth (same class, not the victim's own beat);
+    returns the summary part and the per-beat metrics."""
+    metrics = reconstruction_metrics(obs.x, x_hat)
+    return ({"metrics": summarize_reconstruction(metrics),
+             **linkage_report(obs.x, x_hat, obs.y, pool_x=truth.x, pool_y=truth.y, seed=seed)},
+            metrics)
+
+
 class InversionAttack(Attack):
-    """Base of the inversion attacks: subclasses implement :meth:`reconstruct`."""
+    """Base of the inversion attacks: subclasses implement :meth:`reconstruct`.
+
+    Every result carries, besides the metrics of the reconstructions, their linkage
+    (re-identification among k = 10 and 100 other true beats of the victim's class, by MSE and
+    z-normalised; ``attacks.metrics.linkage_report``) and the same for each prior
+    (``baselines``: ``mean_beat``, ``class_mean``; :func:`prior_reconstructions`).
+    """
 
     Config = InversionConfig
+    study_columns = INVERSION_COLUMNS
 
     @classmethod
     def study_options(cls, budget):
@@ -81,7 +248,7 @@ class InversionAttack(Attack):
                 "reference_epochs": budget.reference_epochs}
 
     def run(self, transcript: Transcript, knowledge: Knowledge, truth: GroundTruth) -> AttackResult:
-        aux = knowledge.aux
+        cfg = self.config
         obs = observe_victims(
             self, transcript, Kind.ACTIVATIONS, truth, exclude=knowledge.not_victims
         )
@@ -93,16 +260,21 @@ class InversionAttack(Attack):
             raise RuntimeError(f"{self.name}: reconstructions {tuple(x_hat.shape)} for beats "
                                f"{tuple(obs.x.shape)}")
         x_hat = x_hat.detach().float()
-        metrics = reconstruction_metrics(obs.x, x_hat)
-        mean_beat = (aux.x if aux is not None else obs.x).double().mean(0, keepdim=True)
-        baseline = reconstruction_metrics(obs.x, mean_beat.expand_as(obs.x))
+        scored, metrics = score_reconstructions(x_hat, obs, truth, cfg.seed)
+        a_aux = (aux_activations(self, transcript, knowledge)
+                 if knowledge.aux is not None else None)
+        baselines, flat = {}, {}
+        for name, (rec, source) in prior_reconstructions(obs, knowledge, transcript, a_aux,
+                                                         cfg).items():
+            prior, per_beat = score_reconstructions(rec, obs, truth, cfg.seed)
+            baselines[name] = {"source": source, **prior}
+            flat[name] = {"source": source, **{k: distribution(v) for k, v in per_beat.items()}}
         summary = {
             "n_victims": len(obs.ids),
-            "metrics": summarize_reconstruction(metrics),
-            "baseline_mean_beat": {
-                "source": "aux mean beat" if aux is not None else "victims' mean beat",
-                **{k: distribution(v) for k, v in baseline.items()},
-            },
+            **scored,
+            "baselines": baselines,
+            "baseline_mean_beat": flat["mean_beat"],
+            **self.describe_reconstruction(obs, truth),
         }
         scores = {"ids": obs.ids.numpy(), "y": obs.y.numpy(), **metrics,
                   "reconstructions": x_hat.reshape(len(x_hat), -1).numpy()}
@@ -119,6 +291,13 @@ class InversionAttack(Attack):
             out[f"{k}_median"] = m[k]["median"]
             out[f"{k}_iqr"] = [m[k]["q1"], m[k]["q3"]]
             out[f"baseline_{k}_median"] = b[k]["median"]
+        for k in ("k10", "k100"):
+            link = summary["linkage"][k]
+            out[f"linkage_{k}"] = [link["accuracy"], link["ci_low"], link["ci_high"]]
+            out[f"linkage_{k}_chance"] = link["chance"]
+        for name, prior in summary["baselines"].items():
+            out[f"prior_{name}_pearson_median"] = prior["metrics"]["pearson"]["median"]
+            out[f"prior_{name}_linkage_k10"] = prior["linkage"]["k10"]["accuracy"]
         if "diagnosis" in summary:
             out.update(summary["diagnosis"])
         return out
@@ -126,11 +305,30 @@ class InversionAttack(Attack):
     def notes(self, knowledge: Knowledge) -> list[str]:
         return []
 
+    def describe_reconstruction(self, obs: Observed, truth: GroundTruth) -> dict:
+        """Further summary entries of a subclass (after :meth:`reconstruct`); default none."""
+        return {}
+
     @abstractmethod
     def reconstruct(
         self, acts: torch.Tensor, knowledge: Knowledge, transcript: Transcript, *, beat_length: int
     ) -> torch.Tensor:
         """Beats (N, 1, beat_length) from the victims' activations (N, C, L)."""
+
+
+def aux_activations(attack: Attack, transcript: Transcript, knowledge: Knowledge) -> torch.Tensor:
+    """The aux beats' activations: given (queried from the client), or read by id."""
+    aux = knowledge.aux
+    assert aux is not None
+    if aux.activations is not None:
+        return aux.activations.float()
+    if aux.ids is None:
+        raise AttackInputError(f"attack {attack.name!r}: the aux set has neither activations "
+                               "nor transcript ids to read them by")
+    cfg = attack.config
+    ids, values = observed(transcript, Kind.ACTIVATIONS, phase=cfg.phase, epoch=cfg.epoch,
+                           attack=attack.name)
+    return lookup(ids, values, aux.ids, "aux activations").float()
 
 
 @torch.no_grad()

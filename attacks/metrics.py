@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from attacks.measures import dtw_pairs
+from attacks.measures import dtw_pairs, znorm
 
 RECONSTRUCTION_METRICS = ("mse", "pearson", "prd", "prdn", "snr_db", "dtw")
 
@@ -122,13 +122,6 @@ def wilson_interval(successes: float, n: int, z: float = 1.959963984540054) -> t
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def znorm(x: np.ndarray) -> np.ndarray:
-    """Per-row z-normalisation (a constant row becomes 0). Shape: (N, L) -> (N, L)."""
-    x = np.asarray(x, dtype=np.float64)
-    sd = x.std(1, keepdims=True)
-    return (x - x.mean(1, keepdims=True)) / np.where(sd > 0, sd, 1.0)
-
-
 def linkage(
     x: torch.Tensor | np.ndarray,
     x_hat: torch.Tensor | np.ndarray,
@@ -171,14 +164,17 @@ def linkage(
     if normalise:
         x, x_hat, px = znorm(x), znorm(x_hat), znorm(px)
     rng = np.random.default_rng(seed)
-    by_class = {c: np.flatnonzero(py == c) for c in np.unique(py)}
+    by_class = {c: px[py == c] for c in np.unique(py)}  # class -> (M_c, L) beats
+    empty = np.empty((0, px.shape[1]))
     hits, chance = np.zeros(len(x)), np.zeros(len(x))
     for i in range(len(x)):
-        members = by_class.get(y[i], np.empty(0, dtype=np.int64))
-        others = members[np.any(px[members] != x[i], axis=1)]  # not the victim's own beat
-        cand = others if len(others) <= k else rng.choice(others, size=k, replace=False)
+        members = by_class.get(y[i], empty)
+        same = members[:, 0] == x[i, 0]  # cheap first test; the whole row only where it holds
+        same[same] = np.all(members[same] == x[i], axis=1)
+        others = members[~same]  # not the victim's own beat
+        cand = others if len(others) <= k else others[rng.choice(len(others), k, replace=False)]
         d_own = np.mean((x_hat[i] - x[i]) ** 2)
-        d = np.mean((px[cand] - x_hat[i]) ** 2, axis=1)  # (k_i,)
+        d = np.mean((cand - x_hat[i]) ** 2, axis=1)  # (k_i,)
         closer, tied = int((d < d_own).sum()), int((d == d_own).sum())
         hits[i] = 0.0 if closer else 1.0 / (1 + tied)
         chance[i] = 1.0 / (len(cand) + 1)
@@ -187,3 +183,36 @@ def linkage(
     lo, hi = wilson_interval(float(hits.sum()), n)
     return {"accuracy": acc, "ci_low": lo, "ci_high": hi, "chance": ch,
             "advantage": (acc - ch) / (1 - ch) if ch < 1 else math.nan, "k": k, "n": n}
+
+
+#: the candidate counts of the reported linkage
+LINKAGE_KS = (10, 100)
+LINKAGE_KEYS = ("accuracy", "ci_low", "ci_high", "chance", "advantage")
+
+
+def linkage_report(
+    x: torch.Tensor | np.ndarray,
+    x_hat: torch.Tensor | np.ndarray,
+    y: torch.Tensor | np.ndarray,
+    *,
+    pool_x: torch.Tensor | np.ndarray | None = None,
+    pool_y: torch.Tensor | np.ndarray | None = None,
+    seed: int = 0,
+    ks: tuple[int, ...] = LINKAGE_KS,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The linkage of one set of reconstructions as every result reports it: for k in ``ks``,
+    ``{"k10": {accuracy, ci_low, ci_high, chance, advantage}, ...}`` by MSE (``linkage``) and
+    after per-beat z-normalisation (``linkage_znorm``); the same seed (the same candidates) for
+    every k and both distances, so that an attack and its priors are compared on equal draws.
+
+    Shape:
+        x, x_hat: (N, L) or (N, 1, L); y: (N,); pool_x: (M, L) or (M, 1, L), pool_y: (M,).
+    """
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for key, normalise in (("linkage", False), ("linkage_znorm", True)):
+        out[key] = {}
+        for k in ks:
+            r = linkage(x, x_hat, y, k=k, pool_x=pool_x, pool_y=pool_y, normalise=normalise,
+                        seed=seed)
+            out[key][f"k{k}"] = {name: r[name] for name in LINKAGE_KEYS} | {"n": r["n"]}
+    return out

@@ -121,12 +121,21 @@ def query_client(run: RunData, x: torch.Tensor, *, training: bool, seed: int = 0
 
 def weights_transcript(run: RunData, phase: str, *, seed: int = 0) -> Transcript:
     """A transcript holding the activations of every beat of ``phase`` as the client would send
-    them at inference (final weights, defenses in evaluation mode), for runs that recorded none."""
+    them at inference (final weights, defenses in evaluation mode), for runs that recorded none;
+    in the vanilla topology, for the training phase, also the labels as they crossed in the clear
+    (each defense's ``transform_labels`` applied), which the inversions' class-mean prior reads."""
+    from splitpriv.run import build_defenses, resolve_topology
+
     acts = query_client(run, run.x[phase], training=False, seed=seed)
     t = Transcript(policy=RecordPolicy(phases=None))
-    t.chunks[(Kind.ACTIVATIONS.value, phase, run.config.epochs)] = [
-        (torch.arange(len(acts)), acts)
-    ]
+    ids = torch.arange(len(acts))
+    t.chunks[(Kind.ACTIVATIONS.value, phase, run.config.epochs)] = [(ids, acts)]
+    defenses = build_defenses(run.config)
+    if phase == "train" and resolve_topology(run.config, defenses) != "ushape":
+        y = run.y[phase]
+        for d in defenses:
+            y = d.transform_labels(y)
+        t.chunks[(Kind.LABELS.value, phase, run.config.epochs)] = [(ids, y)]
     return t
 
 

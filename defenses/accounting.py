@@ -1,23 +1,44 @@
-"""Privacy accounting shared by the defenses: Opacus accountants and the Laplace mechanism.
+"""Privacy accounting shared by the defenses: exact composition at sample rate 1, privacy-loss
+distributions, and Opacus's accountants.
 
-Two mechanisms are accounted here:
+Two mechanisms are accounted here, each given a noise multiplier (noise scale / sensitivity) and a
+number of releases (``steps``):
 
-* the (sub)sampled Gaussian mechanism, through an Opacus accountant (``rdp`` or ``prv``), given a
-  noise multiplier (noise std / sensitivity), a sampling rate and a number of steps. With
-  ``sample_rate=1.0`` this is the plain Gaussian mechanism composed ``steps`` times;
+* the Gaussian mechanism. At sample rate 1 (every beat released once per epoch: activation DP)
+  the default accountant, ``exact``, composes it exactly: T releases of noise multiplier sigma are
+  mu-GDP with ``mu = sqrt(T) / sigma`` (Dong, Roth & Su 2022, "Gaussian differential privacy",
+  JRSS-B, Cor. 3.3), whose tight (epsilon, delta) curve is the analytic Gaussian one
+  ``delta(eps) = Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2)`` (Balle & Wang 2018, ICML,
+  Thm. 8; Dong et al. Cor. 2.13). Epsilon is its root in eps, the calibration its root in mu (no
+  bound is involved: it is the mechanism's privacy profile). ``pld`` evaluates the same with
+  Google's ``dp-accounting`` privacy-loss distributions (a pessimistic discretisation, Koskela et
+  al. 2020; Doroshenko et al. 2022), ``rdp`` and ``prv`` with Opacus (RDP, Mironov 2017, loose by
+  a few percent at sample rate 1; PRV, Gopi et al. 2021). Subsampled mechanisms (``dpsgd``) use
+  Opacus's ``rdp`` or ``prv`` (:data:`ACCOUNTANTS`);
 * the Laplace mechanism of noise multiplier ``lam`` (scale / L1 sensitivity, so one release is
-  ``1/lam``-DP), composed ``releases`` times, by the smaller of two valid bounds: basic
-  composition, ``releases / lam`` at delta 0, and RDP through zCDP: an eps0-DP mechanism is
-  ``eps0**2 / 2``-zCDP (Bun & Steinke 2016, Prop. 3.3), i.e. ``(alpha, alpha * eps0**2 / 2)``-RDP
-  for every alpha, and is trivially ``(alpha, eps0)``-RDP; RDP adds up over releases and is turned
-  into (epsilon, delta) by Opacus's conversion (Balle et al. 2020, Thm. 21).
+  ``1/lam``-DP). ``exact`` and ``pld``: the smaller of basic composition (``releases / lam`` at
+  delta 0, tight at delta 0: the privacy loss reaches ``1/lam`` with positive probability in
+  every release) and the privacy-loss distribution of ``dp-accounting`` (pessimistic, so an upper
+  bound within its discretisation, chosen here as 1e-4 of one release's epsilon). ``rdp``: the
+  smaller of basic composition and RDP through zCDP (an eps0-DP mechanism is ``eps0**2 / 2``-zCDP,
+  Bun & Steinke 2016, Prop. 3.3, i.e. ``(alpha, min(eps0, alpha eps0**2 / 2))``-RDP, composed and
+  converted by Opacus, Balle et al. 2020, Thm. 21): valid, 7-20% looser.
 
-Noise calibration inverts these by bisection (Opacus's ``get_noise_multiplier`` for the Gaussian).
+An accountant that cannot answer in bounded time or memory refuses (:class:`AccountingError`)
+instead of running for minutes: Opacus's PRV discretises the privacy loss on a mesh whose size
+grows without bound as the noise falls (at sample rate 1 and epsilon 1024 it ran 10 minutes and
+2.7 GB without finishing), so it refuses a domain above :data:`MAX_PRV_POINTS` points; the PLD
+refuses a composition above :data:`MAX_PLD_RELEASES` releases.
+
+Calibrations (the smallest noise multiplier within a target epsilon) are roots of the same
+functions: closed form in mu for ``exact`` Gaussian, Opacus's ``get_noise_multiplier`` for
+``rdp``, bisection (:func:`smallest_noise`) otherwise; they are cached.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 import warnings
@@ -28,6 +49,8 @@ import numpy as np
 from opacus.accountants import create_accountant
 from opacus.accountants.analysis import rdp as rdp_analysis
 from opacus.accountants.utils import get_noise_multiplier
+from scipy.optimize import brentq
+from scipy.special import log_ndtr, ndtr
 
 #: Opacus's default RDP orders, extended upwards, used at sample_rate 1 (where the RDP is the closed
 #: form alpha / (2 sigma^2)): with a large noise multiplier the optimal order lies far beyond
@@ -38,7 +61,23 @@ ALPHAS: list[float] = (
     + list(range(12, 64))
     + [64 * 2 ** (k / 4) for k in range(0, 41)]
 )
+#: Opacus's accountants, valid at any sample rate (what ``dpsgd`` takes)
 ACCOUNTANTS = ("rdp", "prv")
+#: the accountants of the plain (sample rate 1) mechanisms of activation DP; ``exact`` first, the
+#: default: analytic GDP for the Gaussian, the privacy-loss distribution for the Laplace
+RELEASE_ACCOUNTANTS = ("exact", "pld", "rdp", "prv")
+DEFAULT_ACCOUNTANT = "exact"
+#: Opacus's PRV refuses a discretisation domain above this many points (about 0.5 GB and a
+#: second here at 1e6; Gopi et al.'s mesh grows as the noise falls)
+MAX_PRV_POINTS = 2_000_000
+#: the PLD refuses compositions of more releases than this (each adds 2e4 points to the support)
+MAX_PLD_RELEASES = 5_000
+#: the Laplace PLD's discretisation interval, relative to one release's epsilon 1/lam
+PLD_RELATIVE_INTERVAL = 1e-4
+
+
+class AccountingError(ValueError):
+    """An accountant refuses a question it cannot answer in bounded time or memory."""
 
 
 @dataclass(frozen=True)
@@ -70,18 +109,121 @@ def rdp_orders(sample_rate: float) -> list[float] | None:
     return ALPHAS if sample_rate == 1.0 else None
 
 
+# -- the Gaussian mechanism, exactly: mu-GDP --------------------------------------------------
+
+
+def gdp_delta(epsilon: float, mu: float) -> float:
+    """delta(epsilon) of mu-GDP: ``Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2)`` (Balle &
+    Wang 2018, Thm. 8; Dong, Roth & Su 2022, Cor. 2.13); the second term in log space (e^eps
+    overflows from eps 710)."""
+    if mu == 0:
+        return 0.0
+    if math.isinf(mu):
+        return 1.0
+    second = math.exp(epsilon + float(log_ndtr(-epsilon / mu - mu / 2)))
+    return max(0.0, float(ndtr(-epsilon / mu + mu / 2)) - second)
+
+
+def gdp_epsilon(mu: float, delta: float) -> float:
+    """The smallest epsilon with ``gdp_delta(epsilon, mu) <= delta`` (root finding; 0 when even
+    epsilon 0 holds)."""
+    if mu == 0:
+        return 0.0
+    if math.isinf(mu):
+        return math.inf
+    if gdp_delta(0.0, mu) <= delta:
+        return 0.0
+    hi = max(1.0, mu * mu)
+    while gdp_delta(hi, mu) > delta:
+        hi *= 2
+    return float(brentq(lambda e: gdp_delta(e, mu) - delta, 0.0, hi, xtol=1e-12, rtol=1e-14))
+
+
+def gdp_mu(epsilon: float, delta: float) -> float:
+    """The largest mu with ``gdp_delta(epsilon, mu) <= delta`` (delta grows with mu)."""
+    hi = 1.0
+    while gdp_delta(epsilon, hi) < delta:
+        hi *= 2
+    mu = float(brentq(lambda m: gdp_delta(epsilon, m) - delta, 0.0, hi, xtol=1e-14, rtol=1e-15))
+    while gdp_delta(epsilon, mu) > delta:  # the root to the safe side
+        mu = math.nextafter(mu, 0.0)
+    return mu
+
+
+# -- privacy-loss distributions (dp-accounting) ------------------------------------------------
+
+
+def _pld_epsilon(make: Callable[..., object], parameter: float, releases: int, delta: float,
+                 interval: float) -> float:
+    """Epsilon of ``releases`` compositions of one dp-accounting PLD (pessimistic estimate)."""
+    if releases > MAX_PLD_RELEASES:
+        raise AccountingError(
+            f"accountant pld: {releases} releases exceed the {MAX_PLD_RELEASES} it composes in "
+            "bounded memory; use accountant=exact (Gaussian) or rdp")
+    pld = make(parameter, sensitivity=1.0, value_discretization_interval=interval)
+    return float(pld.self_compose(releases).get_epsilon_for_delta(delta))
+
+
+def _gaussian_pld(noise_multiplier: float, releases: int, delta: float) -> float:
+    from dp_accounting.pld.privacy_loss_distribution import from_gaussian_mechanism
+
+    return _pld_epsilon(from_gaussian_mechanism, noise_multiplier, releases, delta, 1e-4)
+
+
+def prv_domain_points(*, noise_multiplier: float, sample_rate: float, steps: int,
+                      delta: float) -> int:
+    """Points of the mesh Opacus's PRV accountant would discretise on (its own domain rule,
+    Gopi et al. 2021, Remark 5.6, with its default errors); cheap: RDP only."""
+    from opacus.accountants import PRVAccountant
+    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV
+
+    with _quiet():
+        domain = PRVAccountant()._get_domain(
+            prvs=[PoissonSubsampledGaussianPRV(sample_rate, noise_multiplier)],
+            num_self_compositions=[steps], eps_error=0.01, delta_error=delta / 1000)
+    return int(domain.size)
+
+
+def _check_prv(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> None:
+    points = prv_domain_points(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
+                               steps=steps, delta=delta)
+    if points > MAX_PRV_POINTS:
+        raise AccountingError(
+            f"accountant prv: noise multiplier {noise_multiplier:.4g} over {steps} steps at "
+            f"sample rate {sample_rate:g} needs a {points:,}-point discretisation (limit "
+            f"{MAX_PRV_POINTS:,}): it would not finish in bounded time or memory; use "
+            "accountant=exact (sample rate 1) or rdp")
+
+
+def _check_accountant(accountant: str, sample_rate: float) -> None:
+    if accountant not in RELEASE_ACCOUNTANTS:
+        raise ValueError(f"accountant must be one of {RELEASE_ACCOUNTANTS}, got {accountant!r}")
+    if accountant in ("exact", "pld") and sample_rate != 1.0:
+        raise ValueError(f"accountant {accountant} composes the plain mechanism (sample rate 1) "
+                         f"only, got sample rate {sample_rate}; use rdp or prv")
+
+
 def gaussian_epsilon(
     *, noise_multiplier: float, sample_rate: float, steps: int, delta: float,
     accountant: str = "rdp",
 ) -> float:
-    """Epsilon of ``steps`` compositions of the sampled Gaussian mechanism, by Opacus.
+    """Epsilon of ``steps`` compositions of the (sampled) Gaussian mechanism.
 
-    ``rdp`` uses the orders :func:`rdp_orders`; ``prv`` returns the PRV accountant's upper bound.
+    ``exact`` (sample rate 1): mu-GDP, ``mu = sqrt(steps) / noise_multiplier``; ``pld``
+    (sample rate 1): dp-accounting's PLD; ``rdp`` (orders :func:`rdp_orders`) and ``prv`` (its
+    upper bound; refused past :data:`MAX_PRV_POINTS`): Opacus.
     """
+    _check_accountant(accountant, sample_rate)
     if steps <= 0:
         return 0.0
     if noise_multiplier == 0:
         return math.inf
+    if accountant == "exact":
+        return gdp_epsilon(math.sqrt(steps) / noise_multiplier, delta)
+    if accountant == "pld":
+        return _gaussian_pld(noise_multiplier, steps, delta)
+    if accountant == "prv":
+        _check_prv(noise_multiplier, sample_rate, steps, delta)
     acc = create_accountant(accountant)
     acc.history = [(noise_multiplier, sample_rate, steps)]
     with _quiet():
@@ -90,10 +232,43 @@ def gaussian_epsilon(
         return float(acc.get_epsilon(delta=delta))
 
 
+def smallest_noise(epsilon_of: Callable[[float], float], target_epsilon: float, *,
+                   lo: float = 0.0, hi: float = 1.0, rtol: float = 1e-4) -> float:
+    """The smallest noise multiplier (to a relative ``rtol``, rounded up) whose epsilon,
+    ``epsilon_of(noise)`` (non-increasing), is within ``target_epsilon``: bisection, from a
+    bracket ``lo`` (too little noise, or 0) and ``hi`` (doubled until enough)."""
+    while epsilon_of(hi) > target_epsilon:
+        lo, hi = hi, hi * 2
+        if hi > 1e9:
+            raise ValueError(f"target epsilon {target_epsilon} is out of reach")
+    while hi - lo > rtol * hi:
+        mid = (lo + hi) / 2
+        if epsilon_of(mid) > target_epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+@functools.lru_cache(maxsize=256)
 def gaussian_noise_multiplier(
     *, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
 ) -> float:
-    """The smallest noise multiplier (to Opacus's tolerance) giving ``target_epsilon``."""
+    """The smallest noise multiplier giving ``target_epsilon``: exactly (the root in mu) for
+    ``exact``; Opacus's search (tolerance 0.01 in epsilon) for ``rdp`` and subsampled ``prv``;
+    else bisection from the exact multiplier, a lower bound on any valid accountant's."""
+    _check_accountant(accountant, sample_rate)
+    if accountant == "exact" or (accountant in ("pld", "prv") and sample_rate == 1.0):
+        sigma = math.sqrt(steps) / gdp_mu(target_epsilon, delta)
+        while gaussian_epsilon(noise_multiplier=sigma, sample_rate=1.0, steps=steps,
+                               delta=delta, accountant="exact") > target_epsilon:
+            sigma = math.nextafter(sigma, math.inf)
+        if accountant == "exact":
+            return sigma
+        return smallest_noise(
+            lambda s: gaussian_epsilon(noise_multiplier=s, sample_rate=1.0, steps=steps,
+                                       delta=delta, accountant=accountant),
+            target_epsilon, lo=sigma, hi=sigma * 1.05)
     kwargs = {"alphas": rdp_orders(sample_rate)} if accountant == "rdp" else {}
     with _quiet():
         return float(get_noise_multiplier(
@@ -102,45 +277,61 @@ def gaussian_noise_multiplier(
         ))
 
 
-def laplace_guarantee(*, noise_multiplier: float, releases: int, delta: float) -> Guarantee:
+# -- the Laplace mechanism --------------------------------------------------------------------
+
+
+def _laplace_pld(noise_multiplier: float, releases: int, delta: float) -> float:
+    from dp_accounting.pld.privacy_loss_distribution import from_laplace_mechanism
+
+    interval = PLD_RELATIVE_INTERVAL / noise_multiplier
+    return _pld_epsilon(from_laplace_mechanism, noise_multiplier, releases, delta, interval)
+
+
+def laplace_guarantee(*, noise_multiplier: float, releases: int, delta: float,
+                      accountant: str = DEFAULT_ACCOUNTANT) -> Guarantee:
     """``releases`` compositions of a Laplace mechanism with scale = noise_multiplier * L1 sens.
 
-    The smaller of basic composition (at delta 0, which also holds at any larger delta) and the
-    zCDP/RDP bound described in the module docstring.
+    The smaller of basic composition (at delta 0, which also holds at any larger delta) and, by
+    ``accountant``: ``exact`` / ``pld``, dp-accounting's privacy-loss distribution; ``rdp``, the
+    zCDP/RDP bound (see the module docstring). At delta 0 only basic composition holds (and is
+    tight).
     """
+    if accountant not in RELEASE_ACCOUNTANTS or accountant == "prv":
+        raise ValueError(f"the Laplace mechanism's accountant must be exact, pld or rdp, got "
+                         f"{accountant!r}")
     if releases <= 0:
         return Guarantee(0.0, 0.0, "none")
     if noise_multiplier == 0:
         return Guarantee(math.inf, delta, "no noise")
     eps0 = 1.0 / noise_multiplier
     basic = releases * eps0
-    alphas = np.asarray(ALPHAS)
-    rdp = releases * np.minimum(eps0, alphas * eps0**2 / 2)
-    with _quiet():
-        via_rdp, _ = rdp_analysis.get_privacy_spent(orders=alphas, rdp=rdp, delta=delta)
-    if basic <= via_rdp:
+    if delta == 0:
         return Guarantee(basic, 0.0, "basic composition")
-    return Guarantee(float(via_rdp), delta, "RDP via zCDP (Bun & Steinke 2016)")
+    if accountant == "rdp":
+        alphas = np.asarray(ALPHAS)
+        rdp = releases * np.minimum(eps0, alphas * eps0**2 / 2)
+        with _quiet():
+            composed, _ = rdp_analysis.get_privacy_spent(orders=alphas, rdp=rdp, delta=delta)
+        method = "RDP via zCDP (Bun & Steinke 2016)"
+    else:
+        composed = _laplace_pld(noise_multiplier, releases, delta)
+        method = "privacy-loss distribution (dp-accounting, pessimistic)"
+    if basic <= composed:
+        return Guarantee(basic, 0.0, "basic composition")
+    return Guarantee(float(composed), delta, method)
 
 
-def laplace_noise_multiplier(*, target_epsilon: float, delta: float, releases: int) -> float:
+@functools.lru_cache(maxsize=256)
+def laplace_noise_multiplier(*, target_epsilon: float, delta: float, releases: int,
+                             accountant: str = DEFAULT_ACCOUNTANT) -> float:
     """The smallest Laplace noise multiplier whose ``releases``-fold composition is within
-    ``target_epsilon`` (bisection to a relative 1e-4)."""
-    lo, hi = 0.0, 1.0
+    ``target_epsilon`` (bisection to a relative 1e-4; basic composition's ``releases /
+    target_epsilon`` always suffices)."""
     def eps(lam: float) -> float:
-        return laplace_guarantee(noise_multiplier=lam, releases=releases, delta=delta).epsilon
+        return laplace_guarantee(noise_multiplier=lam, releases=releases, delta=delta,
+                                 accountant=accountant).epsilon
 
-    while eps(hi) > target_epsilon:
-        lo, hi = hi, hi * 2
-        if hi > 1e9:
-            raise ValueError(f"target epsilon {target_epsilon} is out of reach")
-    while hi - lo > 1e-4 * hi:
-        mid = (lo + hi) / 2
-        if eps(mid) > target_epsilon:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    return smallest_noise(eps, target_epsilon, hi=releases / target_epsilon)
 
 
 def stream_seed(base: int, *key: object) -> int:
@@ -156,8 +347,10 @@ def stream_seed(base: int, *key: object) -> int:
 
 __all__ = [
     "stream_seed",
-    "ACCOUNTANTS", "ALPHAS", "Guarantee", "gaussian_epsilon", "gaussian_noise_multiplier",
-    "laplace_guarantee", "laplace_noise_multiplier", "rdp_orders",
+    "ACCOUNTANTS", "ALPHAS", "AccountingError", "DEFAULT_ACCOUNTANT", "Guarantee",
+    "MAX_PLD_RELEASES", "MAX_PRV_POINTS", "RELEASE_ACCOUNTANTS", "gaussian_epsilon",
+    "gaussian_noise_multiplier", "gdp_delta", "gdp_epsilon", "gdp_mu", "laplace_guarantee",
+    "laplace_noise_multiplier", "prv_domain_points", "rdp_orders", "smallest_noise",
     "check_noise_plan", "needs_epochs", "planned",
 ]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -70,10 +69,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     Raises:
         ValueError: a value the config refuses, naming its flag.
     """
-    config = dataclass_from_args(TrainConfig, args)
-    if config.threads == 0:  # the command line's spelling of torch's default
-        config = dataclasses.replace(config, threads=None)
-    return config
+    return dataclass_from_args(TrainConfig, args)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

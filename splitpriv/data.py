@@ -21,7 +21,11 @@ notebooks rather than from the paper text:
 Two alternatives to the paper's split are offered: ``paper-unique`` (same sizes, drawn without
 replacement, so no beat is in both halves) and ``inter-patient`` (de Chazal, O'Dwyer & Reilly,
 "Automatic classification of heartbeats using ECG morphology and heartbeat interval features",
-IEEE TBME 51(7), 2004: DS1 records train, DS2 records test).
+IEEE TBME 51(7):1196-1206, 2004: DS1 records train, DS2 records test). ``inter-patient`` has its
+own pool (:func:`protocol_prep`): de Chazal's 44 records (every record but the paced 102, 104, 107
+and 217, so 114 is in), each read from its MLII lead whichever channel holds it (channel 1 of
+record 114, channel 0 elsewhere), steps 2-5 as above. Its labels are the paper's five beat types
+or the AAMI classes (:data:`LABEL_SCHEMES`).
 
 Data: Moody GB, Mark RG, "The impact of the MIT-BIH Arrhythmia Database", IEEE EMB 20(3), 2001;
 Goldberger AL et al., "PhysioBank, PhysioToolkit, and PhysioNet", Circulation 101(23), 2000.
@@ -45,8 +49,12 @@ import numpy as np
 from splitpriv.io import atomic_path
 
 __all__ = [
+    "AAMI_CLASSES",
+    "AAMI_SYMBOLS",
     "DS1_RECORDS",
     "DS2_RECORDS",
+    "LABEL_SCHEMES",
+    "PACED_RECORDS",
     "PAPER_CLASS_DRAWS",
     "PREP_VERSION",
     "PROTOCOLS",
@@ -55,12 +63,14 @@ __all__ = [
     "PrepConfig",
     "Split",
     "build_pool",
+    "check_labels",
     "count_duplicate_rows",
     "dataset_card",
     "load_pool",
     "make_split",
     "missing_record_files",
     "pool_cache_path",
+    "protocol_prep",
     "read_paper_hdf5",
     "read_record",
     "record_names",
@@ -80,8 +90,11 @@ CACHE_ENV = "SPLITPRIV_CACHE"
 #: Per-class draw sizes of the paper's protocol (classes N, L, R, A, V); half go to each side.
 PAPER_CLASS_DRAWS = (6000, 6000, 6000, 2490, 6000)
 
+#: The paced records, in neither of de Chazal's sets (AAMI EC57 leaves them out).
+PACED_RECORDS = (102, 104, 107, 217)
 #: de Chazal et al. 2004 training set DS1 (paced records 102, 104, 107, 217 are in neither set).
-#: The paper's preprocessing also drops 114, so DS1 in a default pool has 21 of these 22 records.
+#: The paper's preprocessing also drops 114, so DS1 in a default pool has 21 of these 22 records;
+#: the ``inter-patient`` pool (:func:`protocol_prep`) has all 22.
 DS1_RECORDS = (
     101, 106, 108, 109, 112, 114, 115, 116, 118, 119, 122,
     124, 201, 203, 205, 207, 208, 209, 215, 220, 223, 230,
@@ -91,6 +104,24 @@ DS2_RECORDS = (
     100, 103, 105, 111, 113, 117, 121, 123, 200, 202, 210,
     212, 213, 214, 219, 221, 222, 228, 231, 232, 233, 234,
 )  # fmt: skip
+
+#: The AAMI heartbeat classes (ANSI/AAMI EC57; de Chazal et al. 2004, Table I): N normal and
+#: bundle branch block beats, S supraventricular ectopic, V ventricular ectopic, F fusion of
+#: ventricular and normal, Q paced, fusion of paced and normal, and unclassifiable.
+AAMI_CLASSES = "NSVFQ"
+#: MIT-BIH beat annotation symbol -> AAMI class (the standard EC57 mapping, de Chazal et al.
+#: 2004 Table I). Other symbols (rhythm, noise, flutter waves ``!``, non-conducted P waves ``x``,
+#: isolated QRS-like artefacts ``|``) are not beats of any class and are skipped.
+AAMI_SYMBOLS: dict[str, str] = {
+    "N": "N", "L": "N", "R": "N", "e": "N", "j": "N",
+    "A": "S", "a": "S", "J": "S", "S": "S",
+    "V": "V", "E": "V",
+    "F": "F",
+    "/": "Q", "f": "Q", "Q": "Q",
+}  # fmt: skip
+#: Label schemes: ``paper``, the paper's five beat types (``PrepConfig.classes``, each symbol its
+#: own class), and ``aami``, :data:`AAMI_CLASSES` from :data:`AAMI_SYMBOLS`.
+LABEL_SCHEMES = ("paper", "aami")
 
 #: The database's record index (one record name per line) and checksum file (``sha256sum`` format).
 RECORDS_FILE = "RECORDS"
@@ -121,7 +152,12 @@ class PrepConfig:
         beat_length: Samples per beat after ``scipy.signal.resample``.
         wavelet: PyWavelets wavelet name for denoising.
         threshold_scale: Soft threshold is ``threshold_scale * sqrt(2 * log2(beat_length))``.
-        classes: Annotation symbols kept; the label of a beat is its symbol's index here.
+        classes: Class names; the label of a beat is its class's index here. Under
+            ``labels="paper"`` the classes are the annotation symbols kept; under ``"aami"`` they
+            must be :data:`AAMI_CLASSES`.
+        lead: Read the channel whose signal name is this (``"MLII"``) in every record, instead of
+            ``channel``; empty: ``channel`` everywhere. A record without the lead is an error.
+        labels: Label scheme, one of :data:`LABEL_SCHEMES`.
     """
 
     excluded_records: tuple[int, ...] = (102, 104, 107, 114, 217)
@@ -131,9 +167,20 @@ class PrepConfig:
     wavelet: str = "bior4.4"
     threshold_scale: float = 0.005
     classes: str = "NLRAV"
+    lead: str = ""
+    labels: str = "paper"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "excluded_records", tuple(int(r) for r in self.excluded_records))
+        if self.labels not in LABEL_SCHEMES:
+            raise DataError(
+                f"PrepConfig.labels must be one of {LABEL_SCHEMES}, got {self.labels!r}"
+            )
+        if self.labels == "aami" and self.classes != AAMI_CLASSES:
+            raise DataError(
+                f"PrepConfig.classes must be {AAMI_CLASSES!r} under labels='aami', "
+                f"got {self.classes!r}"
+            )
         if self.channel < 0:
             raise DataError(f"PrepConfig.channel must be >= 0, got {self.channel}")
         if self.half_window < 1:
@@ -156,6 +203,13 @@ class PrepConfig:
         """Soft threshold applied to every wavelet coefficient array."""
         return float(self.threshold_scale * np.sqrt(2.0 * np.log2(self.beat_length)))
 
+    @property
+    def symbol_labels(self) -> dict[str, int]:
+        """Annotation symbol -> label of every beat symbol the pool keeps."""
+        if self.labels == "aami":
+            return {s: AAMI_CLASSES.index(c) for s, c in AAMI_SYMBOLS.items()}
+        return {c: i for i, c in enumerate(self.classes)}
+
     def to_dict(self) -> dict[str, Any]:
         """Return the fields as JSON-ready values."""
         d = dataclasses.asdict(self)
@@ -163,9 +217,17 @@ class PrepConfig:
         return d
 
     def cache_key(self) -> str:
-        """Return a 16-hex-digit key over every field and :data:`PREP_VERSION`."""
+        """Return a 16-hex-digit key over every field and :data:`PREP_VERSION`.
+
+        ``lead`` and ``labels`` enter the key only when set (not ``""`` / ``"paper"``), so the
+        paper pool's cache, written before they existed, keeps its key; the record list enters
+        through ``excluded_records``."""
+        d = self.to_dict()
+        for name, default in (("lead", ""), ("labels", "paper")):
+            if d[name] == default:
+                del d[name]
         payload = json.dumps(
-            {"prep_version": PREP_VERSION, **self.to_dict()}, sort_keys=True, separators=(",", ":")
+            {"prep_version": PREP_VERSION, **d}, sort_keys=True, separators=(",", ":")
         )
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
@@ -379,14 +441,16 @@ def _check_record_files(d: Path, name: str) -> None:
 
 
 def read_record(
-    mitdb_dir: Path | str, name: str | int, *, channel: int = 0
+    mitdb_dir: Path | str, name: str | int, *, channel: int = 0, lead: str = ""
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Read one channel and the reference annotations of a record.
 
     Args:
         mitdb_dir: Directory holding ``<name>.hea/.dat/.atr``.
         name: Record name, e.g. ``100``.
-        channel: Channel index.
+        channel: Channel index (unless ``lead`` is given).
+        lead: Signal name of the channel to read (``"MLII"``: channel 1 of record 114, channel 0
+            of the other records that have it); empty: read ``channel``.
 
     Returns:
         ``(signal, ann_samples, ann_symbols)``: signal (n_samples,) float64 in physical units;
@@ -394,13 +458,18 @@ def read_record(
 
     Raises:
         DataError: naming the file or record, when a file is missing, a .dat file is shorter than
-            its header implies, or wfdb fails.
+            its header implies, the record has no ``lead``, or wfdb fails.
     """
     wfdb = _wfdb()
     d = Path(mitdb_dir)
     name = str(name)
     _check_record_files(d, name)
     base = str(d / name)
+    if lead:
+        names = list(wfdb.rdheader(base).sig_name or [])
+        if lead not in names:
+            raise DataError(f"record {name} in {d} has no {lead} lead (signals: {names})")
+        channel = names.index(lead)
     try:
         with warnings.catch_warnings():
             # wfdb's annotation tables trip a pandas deprecation warning; not ours to fix.
@@ -478,7 +547,7 @@ def progress_bar(items: list, enabled: bool, desc: str, unit: str):
 def _record_beats(
     sig: np.ndarray, samples: np.ndarray, symbols: list[str], prep: PrepConfig
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Select the beats of one record (paper steps 3-4).
+    """Select the beats of one record (paper steps 3-4), of the symbols ``prep`` labels.
 
     Returns:
         ``(rpeaks, labels)``: (n_beats,) int64 R-peak indices, (n_beats,) int64 labels.
@@ -487,7 +556,7 @@ def _record_beats(
     sym = symbols[1:-1]
     w = prep.half_window
     last = len(sig) - 1
-    label_of = {c: i for i, c in enumerate(prep.classes)}
+    label_of = prep.symbol_labels
     keep_r: list[int] = []
     keep_y: list[int] = []
     for i in range(1, len(r) - 1):
@@ -562,10 +631,11 @@ def build_pool(
     xs, ys, recs, peaks = [], [], [], []
     offsets = np.arange(-prep.half_window, prep.half_window + 1)  # (2w+1,)
     for name in progress_bar(names, progress, "beats", "record"):
-        sig, samples, symbols = read_record(d, name, channel=prep.channel)
+        sig, samples, symbols = read_record(d, name, channel=prep.channel, lead=prep.lead)
         lo, hi = sig.min(), sig.max()
         if hi <= lo:
-            raise DataError(f"record {name} in {d}: channel {prep.channel} is constant")
+            which = prep.lead or prep.channel
+            raise DataError(f"record {name} in {d}: channel {which} is constant")
         sig = (sig - lo) / (hi - lo)  # min-max to [0, 1]
         rpeaks, labels = _record_beats(sig, samples, symbols, prep)
         if len(rpeaks) == 0:
@@ -782,6 +852,24 @@ class _Protocol:
     split: ProtocolFn
     carve_val: CarveFn
     doc: str = field(default="")
+    #: the protocol's pool for a label scheme (schemes it cannot take raise DataError)
+    prep: Callable[[str], PrepConfig] | None = None
+
+
+def _paper_prep(labels: str) -> PrepConfig:
+    if labels != "paper":
+        raise DataError(f"the paper's protocols take labels='paper' only, got {labels!r}")
+    return PrepConfig()
+
+
+def _inter_patient_prep(labels: str) -> PrepConfig:
+    """de Chazal et al. 2004's records (all but the paced ones), each on its MLII lead."""
+    if labels not in LABEL_SCHEMES:
+        raise DataError(f"labels must be one of {LABEL_SCHEMES}, got {labels!r}")
+    return PrepConfig(
+        excluded_records=PACED_RECORDS, lead="MLII", labels=labels,
+        classes=AAMI_CLASSES if labels == "aami" else PrepConfig.classes,
+    )
 
 
 def _class_rows(pool: BeatPool) -> list[np.ndarray]:
@@ -849,9 +937,9 @@ def _split_inter_patient(pool: BeatPool, seed: int) -> tuple[np.ndarray, np.ndar
     """de Chazal et al. 2004 inter-patient split: DS1 records train, DS2 records test.
 
     Every pool beat of a DS1 record trains and every beat of a DS2 record tests, in pool order,
-    without class balancing, so class counts are imbalanced (mostly N). Record 114 belongs to
-    DS1 but the paper's preprocessing excludes it, so DS1 has 21 records in a default pool.
-    ``seed`` is unused.
+    without class balancing, so class counts are imbalanced (mostly N). On the protocol's own
+    pool (:func:`protocol_prep`) DS1 has its 22 records; on the paper's pool, which excludes
+    114, 21. ``seed`` is unused.
     """
     del seed
     tr = np.flatnonzero(np.isin(pool.record, DS1_RECORDS))
@@ -882,18 +970,40 @@ def _carve_stratified(
 def _carve_records(
     pool: BeatPool, train: np.ndarray, fraction: float, rng: np.random.RandomState
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Move whole training records to validation, in seeded random order, until the
-    validation rows reach ``fraction`` of the training rows (validation patients are unseen)."""
-    recs = pool.record[train]
-    order = rng.permutation(np.unique(recs))
-    target = fraction * len(train)
+    """Move whole training records to validation (validation patients are unseen).
+
+    Records are taken in one seeded random order. First, for each class of the training rows,
+    rarest first, that no chosen record holds yet, the first record holding it, provided another
+    record holding it stays in training (so every class appears in validation where it can
+    without leaving training); then further records until the validation rows reach
+    ``fraction`` of the training rows, skipping any that would take the last training record of
+    a class.
+    """
+    recs, labels = pool.record[train], pool.y[train]
+    order = [int(r) for r in rng.permutation(np.unique(recs))]
+    holds = {r: set(np.unique(labels[recs == r]).tolist()) for r in order}
+    size = {r: int(np.sum(recs == r)) for r in order}
     chosen: list[int] = []
-    count = 0
+
+    def keeps_every_class(r: int) -> bool:
+        """Whether moving r leaves every class it holds in some other training record."""
+        left = [q for q in order if q != r and q not in chosen]
+        return all(any(c in holds[q] for q in left) for c in holds[r])
+
+    counts = np.bincount(labels, minlength=len(pool.classes))
+    for c in sorted(np.flatnonzero(counts).tolist(), key=lambda c: (counts[c], c)):
+        if any(c in holds[r] for r in chosen):
+            continue
+        r = next((r for r in order if c in holds[r] and r not in chosen
+                  and keeps_every_class(r)), None)
+        if r is not None:
+            chosen.append(r)
+    target = fraction * len(train)
     for r in order:
-        if count >= target:
+        if sum(size[q] for q in chosen) >= target:
             break
-        chosen.append(int(r))
-        count += int(np.sum(recs == r))
+        if r not in chosen and keeps_every_class(r):
+            chosen.append(r)
     if len(chosen) == len(order):
         raise DataError(f"val_fraction={fraction} would move every training record to validation")
     take = np.isin(recs, chosen)
@@ -905,10 +1015,37 @@ _PROTOCOL_REGISTRY: dict[str, _Protocol] = {
     "paper-unique": _Protocol(
         _split_paper_unique, _carve_stratified, "paper sizes, no replacement"
     ),
-    "inter-patient": _Protocol(_split_inter_patient, _carve_records, "de Chazal et al. 2004"),
+    "inter-patient": _Protocol(
+        _split_inter_patient, _carve_records, "de Chazal et al. 2004", _inter_patient_prep
+    ),
 }
 #: Names accepted by :func:`make_split`.
 PROTOCOLS: tuple[str, ...] = tuple(_PROTOCOL_REGISTRY)
+
+
+def protocol_prep(protocol: str, labels: str = "paper") -> PrepConfig:
+    """The preprocessing of a protocol's pool under a label scheme.
+
+    ``paper`` and ``paper-unique``: the paper's pool (:class:`PrepConfig` defaults; labels
+    ``paper`` only). ``inter-patient``: de Chazal et al. 2004's 44 records (the paced 102, 104,
+    107, 217 excluded), each read from its MLII lead, labelled by ``labels``.
+
+    Raises:
+        DataError: naming the protocol or the label scheme.
+    """
+    spec = _PROTOCOL_REGISTRY.get(protocol)
+    if spec is None:
+        raise DataError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    return spec.prep(labels) if spec.prep is not None else _paper_prep(labels)
+
+
+def check_labels(protocol: str, labels: str) -> None:
+    """Raise DataError unless ``labels`` is a scheme that ``protocol`` takes (an unknown protocol
+    is left to :func:`make_split`)."""
+    if protocol in _PROTOCOL_REGISTRY:
+        protocol_prep(protocol, labels)
+    elif labels not in LABEL_SCHEMES:
+        raise DataError(f"labels must be one of {LABEL_SCHEMES}, got {labels!r}")
 
 
 def make_split(
@@ -996,12 +1133,17 @@ def _records_of(rec: np.ndarray) -> list[int]:
     return sorted(int(r) for r in np.unique(rec) if r >= 0)
 
 
-def dataset_card(pool: BeatPool | None, split: Split) -> dict[str, Any]:
+def dataset_card(
+    pool: BeatPool | None, split: Split, prep: PrepConfig | None = None
+) -> dict[str, Any]:
     """Summarise a split for logs and result files.
 
     Args:
         pool: The pool the split came from, or ``None`` (pool fields are then ``None``).
         split: The split.
+        prep: The pool's preprocessing; when given, the card also has ``classes``, ``labels``,
+            ``lead`` (``""``: channel ``channel``), ``channel``, ``excluded_records``,
+            ``records_val`` and ``class_counts_by_val_record`` (``{record: {class: n}}``).
 
     Returns:
         Dict with keys protocol, pool_size, pool_class_counts, n_train, n_val, n_test,
@@ -1010,7 +1152,7 @@ def dataset_card(pool: BeatPool | None, split: Split) -> dict[str, Any]:
         (sorted record numbers; empty when unknown) and records_shared (records on both sides).
     """
     rtr, rte = _records_of(split.record_train), _records_of(split.record_test)
-    return {
+    card = {
         "protocol": split.protocol,
         "pool_size": None if pool is None else len(pool),
         "pool_class_counts": None if pool is None else pool.class_counts(),
@@ -1025,6 +1167,18 @@ def dataset_card(pool: BeatPool | None, split: Split) -> dict[str, Any]:
         "records_test": rte,
         "records_shared": len(set(rtr) & set(rte)),
     }
+    if prep is not None:
+        rva = _records_of(split.record_val)
+        card |= {
+            "classes": split.classes, "labels": prep.labels, "lead": prep.lead,
+            "channel": prep.channel, "excluded_records": list(prep.excluded_records),
+            "records_val": rva,
+            "class_counts_by_val_record": {
+                str(r): _class_counts(split.y_val[split.record_val == r], split.classes)
+                for r in rva
+            },
+        }
+    return card
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +40,17 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file's content.
+
+    Raises:
+        ValueError: the file is missing, unreadable or not JSON (named).
+    """
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot be read as JSON ({exc})") from None
 
 
 def torch_save(obj: Any, path: str | Path) -> None:
@@ -48,14 +59,39 @@ def torch_save(obj: Any, path: str | Path) -> None:
 
 
 def torch_load(path: str | Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A tensor file written by :func:`torch_save`, on the CPU, tensors and plain containers only.
+
+    Raises:
+        ValueError: the file is missing, truncated, corrupt or holds something else (named).
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: cannot be read as a torch file ({reason})") from None
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
+    """``auto`` picks CUDA when present, else the CPU.
+
+    Raises:
+        ValueError: a name torch does not know, or a CUDA device this machine does not have.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device: unknown device {name!r} (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {name!r} asked for, but torch sees no CUDA device here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {name!r} asked for, but there are only "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 @contextlib.contextmanager

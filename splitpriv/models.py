@@ -44,14 +44,18 @@ class ModelConfig:
     Attributes:
         depth: number of client conv layers, 2..8 (``docs/reference.md``, "Model").
         paper_softmax: apply Softmax before the loss, as the original code does (double softmax).
+        n_classes: outputs of the last layer (the label scheme's class count; the paper's 5).
     """
 
     depth: int = 2
     paper_softmax: bool = False
+    n_classes: int = N_CLASSES
 
     def __post_init__(self) -> None:
         if not MIN_DEPTH <= self.depth <= MAX_DEPTH:
             raise ValueError(f"depth must be in {MIN_DEPTH}..{MAX_DEPTH}, got {self.depth}")
+        if self.n_classes < 2:
+            raise ValueError(f"n_classes must be >= 2, got {self.n_classes}")
 
 
 class _PairMax(torch.autograd.Function):
@@ -139,11 +143,12 @@ class ClientNet(nn.Module):
 class ServerNet(nn.Module):
     """The server's dense layers. Shape: (B, 16, 32) -> (B, 5), or (B, 128) when U-shaped."""
 
-    def __init__(self, *, with_head: bool = True, paper_softmax: bool = False) -> None:
+    def __init__(self, *, with_head: bool = True, paper_softmax: bool = False,
+                 n_classes: int = N_CLASSES) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten(), nn.Linear(CUT_FEATURES, HIDDEN), nn.LeakyReLU()]
         if with_head:
-            layers += head_layers(paper_softmax)
+            layers += head_layers(paper_softmax, n_classes)
         self.layers = nn.Sequential(*layers)
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
@@ -153,17 +158,18 @@ class ServerNet(nn.Module):
 class HeadNet(nn.Module):
     """The U-shaped client's head. Shape: (B, 128) -> (B, 5)."""
 
-    def __init__(self, *, paper_softmax: bool = False) -> None:
+    def __init__(self, *, paper_softmax: bool = False, n_classes: int = N_CLASSES) -> None:
         super().__init__()
-        self.layers = nn.Sequential(*head_layers(paper_softmax))
+        self.layers = nn.Sequential(*head_layers(paper_softmax, n_classes))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.layers(h)
 
 
-def head_layers(paper_softmax: bool) -> list[nn.Module]:
-    """The last layer, Linear(128, 5), plus the original code's Softmax when reproducing it."""
-    layers: list[nn.Module] = [nn.Linear(HIDDEN, N_CLASSES)]
+def head_layers(paper_softmax: bool, n_classes: int = N_CLASSES) -> list[nn.Module]:
+    """The last layer, Linear(128, n_classes) (the paper's 5), plus the original code's Softmax
+    when reproducing it."""
+    layers: list[nn.Module] = [nn.Linear(HIDDEN, n_classes)]
     if paper_softmax:
         layers.append(nn.Softmax(dim=1))
     return layers
@@ -208,6 +214,8 @@ def build_models(config: ModelConfig, *, ushape: bool = False, seed: int = 0) ->
     """
     torch.manual_seed(seed)
     client = ClientNet(config.depth)
-    server = ServerNet(with_head=not ushape, paper_softmax=config.paper_softmax)
-    head = HeadNet(paper_softmax=config.paper_softmax) if ushape else None
+    server = ServerNet(with_head=not ushape, paper_softmax=config.paper_softmax,
+                       n_classes=config.n_classes)
+    head = (HeadNet(paper_softmax=config.paper_softmax, n_classes=config.n_classes) if ushape
+            else None)
     return SplitModels(client=client, server=server, head=head)

@@ -79,9 +79,12 @@ def convert(value: str, annotation: Any, key: str, where: str) -> Any:
                 if value.lower() in ("0", "false", "no"):
                     return False
                 raise ValueError(value)
-            return kind(value)
+            out = kind(value)
         except (TypeError, ValueError):
             continue
+        if isinstance(out, float) and not math.isfinite(out):
+            raise ValueError(f"{where}: {key} must be a finite number, got {value!r}")
+        return out
     raise ValueError(f"{where}: cannot read {key}={value!r} as {_type_name(annotation)}")
 
 
@@ -211,9 +214,11 @@ def _reader(leaf: _Leaf, item: Any):
     def read(text: str) -> Any:
         try:
             return convert(text, item, leaf.field.name, "value")
-        except ValueError:
+        except ValueError as e:
+            finite = "must be a finite number" in str(e)
             raise argparse.ArgumentTypeError(
-                f"cannot read {text!r} as {_type_name(item)}"
+                f"{text!r} is not a finite number" if finite
+                else f"cannot read {text!r} as {_type_name(item)}"
             ) from None
 
     return read

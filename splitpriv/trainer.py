@@ -10,11 +10,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from splitpriv.channel import Channel, InProcessChannel
 from splitpriv.defense import Defense
+from splitpriv.metrics import ConfusionAccumulator, summary
 from splitpriv.models import SplitModels
 from splitpriv.optim import adam
 from splitpriv.parties import Client, Server, begin_phase_of, cross_entropy, end_epoch_of
@@ -33,27 +35,46 @@ def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.d
 
 @dataclass
 class EpochStats:
+    """One pass over a phase: mean loss, accuracy (percent) and, when the pass counted them, the
+    confusion matrix ``confusion[true][predicted]`` (:mod:`splitpriv.metrics`)."""
+
     loss: float
     accuracy: float
+    confusion: list[list[int]] | None = None
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """``macro_f1`` and ``balanced_accuracy`` (percent; empty without a confusion matrix)."""
+        if self.confusion is None:
+            return {}
+        s = summary(self.confusion)
+        return {"macro_f1": s["macro_f1"], "balanced_accuracy": s["balanced_accuracy"]}
 
 
 class Accumulator:
-    """Sums loss and correct counts on the device; one host sync when read."""
+    """Sums loss and the confusion matrix on the device; one host sync when read."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, n_classes: int | None = None) -> None:
         self.loss = torch.zeros((), device=device)
-        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.confusion = ConfusionAccumulator(device, n_classes)
         self.n = 0
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         self.loss += loss * len(y)
-        self.correct += (logits.argmax(1) == y).sum()
+        self.confusion.add_logits(logits, y)
         self.n += len(y)
+
+    @property
+    def correct(self) -> torch.Tensor:
+        """Correctly classified rows so far (a 0-d device tensor: no sync)."""
+        return self.confusion.correct()
 
     def stats(self) -> EpochStats:
         if self.n == 0:
             return EpochStats(float("nan"), float("nan"))
-        return EpochStats(self.loss.item() / self.n, 100.0 * self.correct.item() / self.n)
+        cm = self.confusion.matrix()
+        return EpochStats(self.loss.item() / self.n, 100.0 * int(np.trace(cm)) / self.n,
+                          cm.tolist())
 
 
 def begin_phase(channel: Channel, parties: Sequence[Any], epoch: int, phase: str) -> None:

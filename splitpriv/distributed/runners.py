@@ -50,6 +50,7 @@ from splitpriv.run import (
     defense_reports,
     resolve_topology,
 )
+from splitpriv.run.rundir import phase_fields
 from splitpriv.trainer import (
     EVAL_BATCH,
     Accumulator,
@@ -233,8 +234,7 @@ def run_client(
                     acc.add(loss, logits, data.y_train[ids])
                 client.apply_gradient()
             if ushape:
-                stats = acc.stats()
-                row |= {"train_loss": stats.loss, "train_accuracy": stats.accuracy}
+                row |= phase_fields("train", acc.stats())
             else:
                 loss_sum, correct, n = channel.recv_tensor(Code.STATS).tolist()
                 row |= {"train_loss": loss_sum / n, "train_accuracy": 100.0 * correct / n}
@@ -254,10 +254,9 @@ def run_client(
                 channel.expect_control(Op.ACK, spec.turn_timeout_s)
             if evaluates:
                 te = evaluate(data.x_test, data.y_test, epoch, "test")
-                row |= {"test_loss": te.loss, "test_accuracy": te.accuracy}
+                row |= phase_fields("test", te)
                 if data.y_val is not None and len(data.y_val):
-                    va = evaluate(data.x_val, data.y_val, epoch, "val")
-                    row |= {"val_loss": va.loss, "val_accuracy": va.accuracy}
+                    row |= phase_fields("val", evaluate(data.x_val, data.y_val, epoch, "val"))
             row["seconds"] = time.perf_counter() - t0
             row["wire_bytes"] = channel.wire.total(epoch=epoch)
             row["wire_train_bytes"] = channel.wire.total(epoch=epoch, phase="train")

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import torch
+
 from splitpriv.channel import NOTHING, Kind, RecordPolicy
+from splitpriv.data import check_labels
+from splitpriv.io import read_json
+from splitpriv.metrics import SELECT_BY
 from splitpriv.models import ModelConfig
 
 TOPOLOGIES = ("vanilla", "ushape")
@@ -28,6 +35,11 @@ class TrainConfig:
         topology: ``vanilla`` (labels cross) or ``ushape`` (labels and head stay on the client).
         paper_softmax: reproduce the original double softmax.
         data_seed: seed of the protocol's draws (the paper's 2019).
+        labels: label scheme (``splitpriv.data.LABEL_SCHEMES``): ``paper``, the paper's five beat
+            types N/L/R/A/V, or ``aami``, the ANSI/AAMI EC57 classes N/S/V/F/Q (inter-patient
+            only); the model's output size follows it.
+        select_by: the validation number that selects the reported epoch and best.pt
+            (``accuracy``, ``macro_f1``, ``balanced_accuracy``).
         train_subset, test_subset: use only the first n rows (quick runs, tests); None = all.
         record_epochs: transcript epochs: ``last``, ``none``, ``all`` or a list like ``1,100``.
         record_kinds: transcript kinds, comma list; empty = all.
@@ -35,7 +47,7 @@ class TrainConfig:
         server: the server's behaviour, ``NAME[:key=value,...]`` (see ``splitpriv.servers``;
             ``honest``: the protocol as specified).
         device: ``auto``, ``cpu``, ``cuda``...
-        threads: torch CPU threads during the run (None: torch's default, one per core). One is
+        threads: torch CPU threads during the run (0 or None: torch's default, one per core). One is
             fastest for this small model on a CPU (``benchmarks/speed.py --threads 2``).
         mitdb_dir, cache_dir: where the records and the beat-pool cache are (None: defaults).
     """
@@ -50,6 +62,8 @@ class TrainConfig:
     topology: str = "vanilla"
     paper_softmax: bool = False
     data_seed: int = 2019
+    labels: str = "paper"
+    select_by: str = "accuracy"
     train_subset: int | None = None
     test_subset: int | None = None
     record_epochs: str = "last"
@@ -64,12 +78,36 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.topology not in TOPOLOGIES:
             raise ValueError(f"topology must be one of {TOPOLOGIES}, got {self.topology!r}")
+        check_labels(self.protocol, self.labels)
+        if self.select_by not in SELECT_BY:
+            raise ValueError(f"select_by must be one of {SELECT_BY}, got {self.select_by!r}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        for name in ("seed", "data_seed"):
+            if not 0 <= getattr(self, name) < 2**32:  # numpy's legacy seeding takes 32 bits
+                raise ValueError(f"{name} must be in 0..2**32-1, got {getattr(self, name)}")
+        for name in ("train_subset", "test_subset"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (None: all rows), got "
+                                 f"{getattr(self, name)}")
+        if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.threads is not None and self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 or None: torch's default), got "
+                             f"{self.threads}")
+        if self.threads == 0:
+            self.threads = None
+        if self.device != "auto":
+            try:  # the name only: whether this machine has the device is checked at run time
+                torch.device(self.device)
+            except (RuntimeError, ValueError):
+                raise ValueError(f"device: unknown device {self.device!r} (auto, cpu, cuda, "
+                                 "cuda:N)") from None
         ModelConfig(self.depth)  # validates depth
+        self.record_policy()  # validates record_epochs and record_kinds
 
     @property
     def resolved_val_fraction(self) -> float:
@@ -93,8 +131,33 @@ class TrainConfig:
                 raise ValueError(
                     f"record_epochs: expected last|none|all|1,2,..., got {spec!r}"
                 ) from None
-        kinds = frozenset(Kind(k.strip()) for k in self.record_kinds.split(",") if k.strip())
+        names = [k.strip() for k in self.record_kinds.split(",") if k.strip()]
+        known = [k.value for k in Kind]
+        bad = [k for k in names if k not in known]
+        if bad:
+            raise ValueError(f"record_kinds: unknown kind(s) {bad}; known: {known}")
+        kinds = frozenset(Kind(k) for k in names)
         return RecordPolicy(epochs=epochs, kinds=kinds or None)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        """A run's config.json; fields it lacks take their defaults (older runs).
+
+        Raises:
+            ValueError: unreadable JSON, a key this version does not know, or a bad value (the
+                file is named).
+        """
+        doc = read_json(path)
+        if not isinstance(doc, dict):
+            raise ValueError(f"{path}: expected a JSON object of TrainConfig fields")
+        unknown = sorted(set(doc) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"{path}: unknown config field(s) {unknown} (written by another "
+                             "version of splitpriv?)")
+        try:
+            return cls(**doc)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
 
     def rerun_key(self) -> dict[str, Any]:
         """The fields that must match for a run directory to be resumed (not epochs, not paths)."""

@@ -23,7 +23,8 @@ class Tensors:
     its split): beats and labels as tensors on the device, and where every row came from.
 
     Attributes:
-        card: the dataset card of the pool and split (``splitpriv.data.dataset_card``).
+        card: the dataset card of the pool and split (``splitpriv.data.dataset_card`` with the
+            pool's preprocessing: it has ``classes``, ``labels`` and ``records_val``).
         pool: the beat pool the rows were drawn from.
     """
 
@@ -50,11 +51,14 @@ class Tensors:
 
 
 def build_run_data(config: TrainConfig, device: torch.device | str = "cpu") -> Tensors:
-    """Load the beat pool, split it by the config's protocol, keep the config's subsets and move
-    the beats and labels to the device."""
-    from splitpriv.data import dataset_card, load_pool, make_split
+    """Load the protocol's beat pool under the config's label scheme
+    (:func:`splitpriv.data.protocol_prep`), split it by the protocol, keep the config's subsets
+    and move the beats and labels to the device. The card lists the classes, the label scheme,
+    the lead and the validation records (``records_val``) with their class counts."""
+    from splitpriv.data import dataset_card, load_pool, make_split, protocol_prep
 
-    pool = load_pool(config.mitdb_dir, cache_dir=config.cache_dir)
+    prep = protocol_prep(config.protocol, config.labels)
+    pool = load_pool(config.mitdb_dir, cache_dir=config.cache_dir, prep=prep)
     split = make_split(
         pool, config.protocol, val_fraction=config.resolved_val_fraction, seed=config.data_seed
     )
@@ -68,7 +72,7 @@ def build_run_data(config: TrainConfig, device: torch.device | str = "cpu") -> T
             device)
         fields[f"record_{phase}"] = np.asarray(getattr(split, f"record_{phase}")[rows])
         fields[f"pool_idx_{phase}"] = np.asarray(getattr(split, f"pool_idx_{phase}")[rows])
-    return Tensors(**fields, card=dataset_card(pool, split), pool=pool)
+    return Tensors(**fields, card=dataset_card(pool, split, prep), pool=pool)
 
 
 def load_tensors(config: TrainConfig, device: torch.device) -> tuple[Tensors, dict[str, Any]]:

@@ -1,7 +1,8 @@
 """A run directory: the one writer of what a run leaves behind.
 
 DIR/config.json      everything needed to rerun it
-DIR/metrics.jsonl    one line per epoch: train/val/test loss and accuracy, wall time
+DIR/metrics.jsonl    one line per epoch: train/val/test loss, accuracy, macro-F1 and balanced
+                     accuracy, the val/test confusion matrices, wall time
 DIR/result.json      final numbers (written last: its presence means the run finished)
 DIR/checkpoint.pt    weights, optimizer and RNG state after the last completed epoch (resume)
 DIR/weights.pt       final weights; DIR/best.pt the weights at the best-validation epoch
@@ -26,6 +27,7 @@ import torch
 
 from splitpriv.channel import Transcript
 from splitpriv.io import read_json, torch_load, torch_save, write_json, write_text
+from splitpriv.metrics import report
 from splitpriv.run.config import TrainConfig
 
 RESULT = "result.json"
@@ -36,34 +38,59 @@ TRANSCRIPT = "transcript.npz"
 STALE = (CHECKPOINT, BEST, TRANSCRIPT)
 
 
-def summarize(history: list[dict[str, Any]], has_val: bool) -> dict[str, Any]:
-    """Model selection: the best-validation epoch when there is a validation set (else the last),
-    and, beside it, the paper's "best test accuracy" (max over epochs, selected on the test set)."""
+def summarize(history: list[dict[str, Any]], has_val: bool, select_by: str = "accuracy",
+              classes: str | None = None) -> dict[str, Any]:
+    """Model selection: the epoch of the best validation ``select_by`` (``accuracy``,
+    ``macro_f1``, ``balanced_accuracy``) when there is a validation set (else the last), and,
+    beside it, the paper's "best test accuracy" (max over epochs, selected on the test set).
+
+    With ``classes`` and the selected row's confusion matrices, the selected epoch's per-class
+    table (:func:`splitpriv.metrics.report`) is added as ``test_metrics`` / ``val_metrics``."""
     if has_val:
-        best = max(history, key=lambda h: (h["val_accuracy"], -h["epoch"]))
+        key = f"val_{select_by}"
+        if key not in history[-1]:
+            raise ValueError(f"select_by={select_by!r}: the epoch rows have no {key!r}")
+        best = max(history, key=lambda h: (h[key], -h["epoch"]))
+        selection = f"best validation {select_by.replace('_', '-')}"
     else:
-        best = history[-1]
+        best, selection = history[-1], "last epoch (no validation set)"
     best_test = max(history, key=lambda h: (h["test_accuracy"], -h["epoch"]))
-    return {
+    out = {
         "test_accuracy": best["test_accuracy"],
         "val_accuracy": best.get("val_accuracy"),
+        "test_macro_f1": best.get("test_macro_f1"),
+        "test_balanced_accuracy": best.get("test_balanced_accuracy"),
+        "val_macro_f1": best.get("val_macro_f1"),
         "best_epoch": best["epoch"],
-        "selection": "best validation accuracy" if has_val else "last epoch (no validation set)",
+        "selection": selection,
         "best_test_accuracy": best_test["test_accuracy"],
         "best_test_epoch": best_test["epoch"],
         "final_test_accuracy": history[-1]["test_accuracy"],
     }
+    for phase in ("test", "val"):
+        if classes is not None and best.get(f"{phase}_confusion") is not None:
+            out[f"{phase}_metrics"] = report(best[f"{phase}_confusion"], classes)
+    return out
+
+
+def phase_fields(phase: str, stats) -> dict[str, Any]:
+    """One phase's numbers in an epoch row: ``{phase}_loss``, ``{phase}_accuracy`` and, when
+    ``stats`` counted a confusion matrix, ``{phase}_macro_f1``, ``{phase}_balanced_accuracy``
+    and (not for training) ``{phase}_confusion``. Every driver's rows are built with this."""
+    row = {f"{phase}_loss": stats.loss, f"{phase}_accuracy": stats.accuracy}
+    row |= {f"{phase}_{k}": v for k, v in stats.metrics.items()}
+    if phase != "train" and stats.confusion is not None:
+        row[f"{phase}_confusion"] = stats.confusion
+    return row
 
 
 def epoch_row(epoch: int, train, test, val, train_seconds: float, seconds: float
               ) -> dict[str, Any]:
     """One line of metrics.jsonl (``val`` None when the protocol has no validation set)."""
-    row: dict[str, Any] = {
-        "epoch": epoch, "train_loss": train.loss, "train_accuracy": train.accuracy,
-        "test_loss": test.loss, "test_accuracy": test.accuracy,
-    }
+    row: dict[str, Any] = {"epoch": epoch, **phase_fields("train", train),
+                           **phase_fields("test", test)}
     if val is not None:
-        row |= {"val_loss": val.loss, "val_accuracy": val.accuracy}
+        row |= phase_fields("val", val)
     return row | {"train_seconds": train_seconds, "seconds": seconds}
 
 
@@ -73,9 +100,9 @@ def result_doc(config: TrainConfig, history: list[dict[str, Any]], *, rows: dict
     """The content of result.json. ``rows``: the row counts (``n_train``, ``n_val``,
     ``n_test``); the validation set is used for selection when ``n_val`` > 0."""
     return {
-        "protocol": config.protocol, "depth": config.depth, "seed": config.seed,
-        "topology": topology, "epochs": config.epochs,
-        **summarize(history, rows.get("n_val", 0) > 0),
+        "protocol": config.protocol, "labels": config.labels, "depth": config.depth,
+        "seed": config.seed, "topology": topology, "epochs": config.epochs,
+        **summarize(history, rows.get("n_val", 0) > 0, config.select_by, card.get("classes")),
         "seconds": sum(h["seconds"] for h in history),
         "train_seconds_per_epoch": sum(h["train_seconds"] for h in history) / len(history),
         **rows,
@@ -110,6 +137,8 @@ class RunDir:
     def __init__(self, path: str | Path, config: TrainConfig, *, force: bool = False,
                  marker: str = RESULT) -> None:
         self.path, self.config, self.force, self.marker = Path(path), config, force, marker
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"--out {self.path}: exists and is not a directory")
         self.best_val = -math.inf
 
     def file(self, name: str) -> Path:
@@ -128,12 +157,18 @@ class RunDir:
         """
         if not self.file("config.json").exists() or self.force:
             return None
-        old = TrainConfig(**read_json(self.file("config.json")))
+        old = TrainConfig.load(self.file("config.json"))
         old_key, key = old.rerun_key(), self.config.rerun_key()
         if old_key != key:
             diff = {k: (old_key.get(k), v) for k, v in key.items() if old_key.get(k) != v}
             raise ValueError(
                 f"{self.file('config.json')} was written for another run: {diff}; use --force")
+        metrics = self.file("metrics.jsonl")
+        done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+        if done > self.config.epochs:
+            raise ValueError(f"{self.path} holds {done} trained epochs, more than the "
+                             f"{self.config.epochs} asked for; use --force to retrain it, or "
+                             "another --out")
         if self.file(self.marker).exists() and old.epochs == self.config.epochs:
             return read_json(self.file(self.marker))
         return None
@@ -158,11 +193,13 @@ class RunDir:
 
     def save_epoch(self, history: list[dict[str, Any]], weights: Callable[[], dict],
                    trainer_state: Callable[[], dict] | None = None) -> None:
-        """After an epoch (its row last in ``history``): best.pt when validation improved, then
-        metrics.jsonl and (given the trainer's state) the checkpoint."""
+        """After an epoch (its row last in ``history``): best.pt when the validation number the
+        run selects by (``config.select_by``) improved, then metrics.jsonl and (given the
+        trainer's state) the checkpoint."""
         row = history[-1]
-        if "val_accuracy" in row and row["val_accuracy"] > self.best_val:
-            self.best_val = row["val_accuracy"]
+        key = f"val_{self.config.select_by}"
+        if key in row and row[key] > self.best_val:
+            self.best_val = row[key]
             torch_save(weights(), self.file(BEST))
         write_text(self.file("metrics.jsonl"), "".join(json.dumps(h) + "\n" for h in history))
         if trainer_state is not None:
@@ -188,4 +225,4 @@ class RunDir:
 
 
 __all__ = ["BEST", "CHECKPOINT", "RESULT", "STALE", "TRANSCRIPT", "Resumed", "RunDir", "epoch_row",
-           "result_doc", "summarize"]
+           "phase_fields", "result_doc", "summarize"]

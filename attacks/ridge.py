@@ -1,0 +1,112 @@
+"""Black-box inversion in closed form: ridge regression from the flattened activations to beats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from attacks.base import AttackInputError
+from attacks.decoder import parse_grid
+from attacks.inversion import InversionAttack, InversionConfig, aux_activations, split_aux
+from attacks.registry import register
+
+
+@dataclass
+class RidgeConfig(InversionConfig):
+    """Attributes:
+        lambdas: ridge penalties tried, relative to the largest squared singular value of the
+            standardised aux activations (comma-separated); the best on the held-out aux beats
+            is refitted on all of them.
+    """
+
+    lambdas: str = "1e-8,1e-7,1e-6,1e-5,1e-4,1e-3,1e-2,1e-1,1"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if min(parse_grid(self.lambdas, "lambdas")) <= 0:
+            raise ValueError("lambdas must be > 0")
+
+
+class RidgeMap:
+    """x^ = mean_x + W (a - mean_a) / sd_a on flattened rows, W the ridge solution for every
+    penalty of a grid from one SVD of the standardised activations.
+
+    Shape:
+        a: (M, D) activations, x: (M, P) beats; predict (N, D) -> (N, P).
+    """
+
+    def __init__(self, a: torch.Tensor, x: torch.Tensor) -> None:
+        a, x = a.double(), x.double()
+        self.mu_a, self.sd_a = a.mean(0), a.std(0).clamp(min=1e-8)
+        self.mu_x = x.mean(0)
+        z = (a - self.mu_a) / self.sd_a
+        self.u, self.s, self.vt = torch.linalg.svd(z, full_matrices=False)
+        self.uty = self.u.T @ (x - self.mu_x)  # (r, P)
+
+    def weights(self, lam: float) -> torch.Tensor:
+        """(D, P) ridge weights for penalty ``lam`` times the largest squared singular value."""
+        s = self.s
+        shrink = s / (s * s + lam * float(s[0]) ** 2)
+        return self.vt.T @ (shrink[:, None] * self.uty)
+
+    def predict(self, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return self.mu_x + ((a.double() - self.mu_a) / self.sd_a) @ w
+
+
+@register("ridge")
+class RidgeInversion(InversionAttack):
+    """A linear inverse network in closed form: the black-box setting of He, Zhang & Lee, "Model
+    Inversion Attacks against Collaborative Inference", ACSAC 2019 (an inverse mapping learned from
+    auxiliary pairs of inputs and activations), with the inverse restricted to a linear map and
+    fitted by ridge regression (Hoerl & Kennard, Technometrics 1970) instead of SGD: no epochs,
+    no learning rate, one penalty chosen on held-out aux beats (never on the victims), then refitted
+    on every aux beat.
+
+    A strong baseline where a client is nearly linear in its input (a shallow client, or noise
+    that a linear map averages out).
+
+    Shape:
+        aux: x (M, 1, 128) with activations (M, C, L); victims (N, C, L) -> (N, 1, 128).
+    """
+
+    citation = ("He, Zhang & Lee, Model Inversion Attacks against Collaborative Inference, "
+                "ACSAC 2019; Hoerl & Kennard, Ridge Regression, Technometrics 1970")
+    Config = RidgeConfig
+    uses = ("aux", "defenses")
+    requires = ("aux",)
+
+    def reconstruct(self, acts, knowledge, transcript, *, beat_length):
+        cfg: RidgeConfig = self.config  # type: ignore[assignment]
+        assert knowledge.aux is not None
+        a_aux = aux_activations(self, transcript, knowledge)
+        if a_aux.shape[1:] != acts.shape[1:]:
+            raise AttackInputError(f"aux activations {tuple(a_aux.shape[1:])} and victims' "
+                                   f"{tuple(acts.shape[1:])} differ in shape")
+        a = a_aux.reshape(len(a_aux), -1)
+        x = knowledge.aux.x.reshape(len(a), -1)
+        fit, held = split_aux(len(a), cfg.holdout, cfg.seed)
+        part = RidgeMap(a[fit], x[fit])
+        grid = []
+        for lam in parse_grid(cfg.lambdas, "lambdas"):
+            pred = part.predict(a[held], part.weights(lam))
+            grid.append({"lambda": lam, "heldout_mse": float(((pred - x[held].double()) ** 2)
+                                                             .mean())})
+        chosen = min(grid, key=lambda g: g["heldout_mse"])
+        self.tuning = {"heldout_beats": len(held), "grid": grid, "chosen": chosen,
+                       "heldout_mse": chosen["heldout_mse"],
+                       "heldout_mse_mean_beat": float(((x[fit].double().mean(0) -
+                                                        x[held].double()) ** 2).mean())}
+        full = RidgeMap(a, x)
+        out = full.predict(acts.reshape(len(acts), -1), full.weights(chosen["lambda"]))
+        return out.float().reshape(len(acts), 1, beat_length)
+
+    def describe_reconstruction(self, obs, truth):
+        return {"tuning": self.tuning}
+
+    def notes(self, knowledge):
+        t = self.tuning
+        return [f"ridge lambda {t['chosen']['lambda']:g} (relative) chosen on {t['heldout_beats']} "
+                f"held-out aux beats: MSE {t['heldout_mse']:.3g} (mean beat "
+                f"{t['heldout_mse_mean_beat']:.3g})"]
+
