@@ -227,18 +227,22 @@ class AttackBudget:
     control_victims: int = 200
     """beats of the shuffled-pairs control of dCor and DTW (at most their victims)"""
     decoder_epochs: int = 30
-    """training epochs of the inversion decoder"""
+    """training epochs (at most: held-out early stopping) of the inversion decoder, alone and as
+    a candidate of the strongest inversion"""
     decoder_victims: int = 1000
     """beats the inversions reconstruct"""
     reference_epochs: int = 0
     """epochs of the reference classifier of the inversion's diagnosis check (0: skip)"""
 
 
-def _summary_value(summary: Mapping[str, Any] | None, path: Sequence[str]) -> float:
-    """The number at ``path`` in a summary; NaN when there is no summary or no number there."""
+def _summary_value(summary: Mapping[str, Any] | None, path: Sequence[str]) -> float | str:
+    """The number (or name, e.g. ``strongest``'s ``winner``) at ``path`` in a summary; NaN when
+    there is no summary or nothing there."""
     value: Any = summary
     for key in path:
         value = value.get(key) if isinstance(value, Mapping) else None
+    if isinstance(value, str):
+        return value
     return float(value) if isinstance(value, (int, float)) else math.nan
 
 
@@ -430,10 +434,11 @@ class Attack(ABC):
         return "aux" in cls.uses
 
     @classmethod
-    def columns(cls, summary: Mapping[str, Any] | None) -> dict[str, float]:
-        """The attack's columns of a study row from its summary (NaN when it was not run).
-        Several attacks may report one column (the label attacks' ``label_attack_accuracy``):
-        a row keeps the highest, so such a column must grow with the attack's success."""
+    def columns(cls, summary: Mapping[str, Any] | None) -> dict[str, float | str]:
+        """The attack's columns of a study row from its summary (NaN when it was not run; a
+        column may hold a name, e.g. ``strongest_attack``). Several attacks may report one
+        numeric column (the label attacks' ``label_attack_accuracy``): a row keeps the highest, so
+        such a column must grow with the attack's success."""
         return {col: _summary_value(summary, path) for col, path in cls.study_columns.items()}
 
     def __init__(self, config: CommonConfig | None = None) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attacks.base import AttackInputError, Knowledge
+from attacks.base import Knowledge
 from attacks.inversion import InversionAttack, InversionConfig, aux_activations, split_aux
 from attacks.registry import register
 
@@ -161,11 +161,8 @@ class DecoderInversion(InversionAttack):
     def reconstruct(self, acts, knowledge, transcript, *, beat_length):
         cfg: DecoderConfig = self.config  # type: ignore[assignment]
         assert knowledge.aux is not None
-        a_aux = aux_activations(self, transcript, knowledge)  # (M, C, L)
+        a_aux = aux_activations(self, transcript, knowledge, like=acts)  # (M, C, L)
         x_aux = knowledge.aux.x.float()  # (M, 1, 128)
-        if a_aux.shape[1:] != acts.shape[1:]:
-            raise AttackInputError(f"aux activations {tuple(a_aux.shape[1:])} and victims' "
-                                   f"{tuple(acts.shape[1:])} differ in shape")
         fit, held = split_aux(len(a_aux), cfg.holdout, cfg.seed)
         mean_mse = float(nn.functional.mse_loss(x_aux[fit].mean(0, keepdim=True).expand(
             len(held), -1, -1), x_aux[held]))
@@ -184,9 +181,6 @@ class DecoderInversion(InversionAttack):
         self.tuning |= {"chosen": {"lr": lr, "weight_decay": wd, "best_epoch": epoch},
                         "heldout_mse": mse}
         return decode(net, acts)
-
-    def describe_reconstruction(self, obs, truth):
-        return {"tuning": self.tuning}
 
     def notes(self, knowledge: Knowledge) -> list[str]:
         t = self.tuning

@@ -142,7 +142,8 @@ def aux_subset(aux: AuxData, rows: torch.Tensor, activations: torch.Tensor,
                    source=f"{aux.source}; {what} ({len(rows)} beats)")
 
 
-def known_labels(transcript: Transcript, ids: torch.Tensor, cfg: CommonConfig) -> torch.Tensor | None:
+def known_labels(transcript: Transcript, ids: torch.Tensor,
+                 cfg: CommonConfig) -> torch.Tensor | None:
     """The victims' labels as they crossed the channel (vanilla topology: in the clear), or None
     when the transcript holds no label message of the attacked phase for every victim."""
     try:
@@ -306,8 +307,10 @@ class InversionAttack(Attack):
         return []
 
     def describe_reconstruction(self, obs: Observed, truth: GroundTruth) -> dict:
-        """Further summary entries of a subclass (after :meth:`reconstruct`); default none."""
-        return {}
+        """Further summary entries of a subclass (after :meth:`reconstruct`); default: its
+        attacker-side ``tuning`` (the grid and what the held-out aux beats chose), if any."""
+        tuning = getattr(self, "tuning", None)
+        return {"tuning": tuning} if tuning is not None else {}
 
     @abstractmethod
     def reconstruct(
@@ -316,12 +319,22 @@ class InversionAttack(Attack):
         """Beats (N, 1, beat_length) from the victims' activations (N, C, L)."""
 
 
-def aux_activations(attack: Attack, transcript: Transcript, knowledge: Knowledge) -> torch.Tensor:
-    """The aux beats' activations: given (queried from the client), or read by id."""
+def aux_activations(attack: Attack, transcript: Transcript, knowledge: Knowledge, *,
+                    like: torch.Tensor | None = None) -> torch.Tensor:
+    """The aux beats' activations: given (queried from the client), or read by id; checked to
+    have the shape of the victims' activations ``like`` (N, C, L) when given."""
     aux = knowledge.aux
     assert aux is not None
-    if aux.activations is not None:
-        return aux.activations.float()
+    a_aux = aux.activations.float() if aux.activations is not None else None
+    if a_aux is None:
+        a_aux = _aux_from_transcript(attack, transcript, aux)
+    if like is not None and a_aux.shape[1:] != like.shape[1:]:
+        raise AttackInputError(f"aux activations {tuple(a_aux.shape[1:])} and victims' "
+                               f"{tuple(like.shape[1:])} differ in shape")
+    return a_aux
+
+
+def _aux_from_transcript(attack: Attack, transcript: Transcript, aux: AuxData) -> torch.Tensor:
     if aux.ids is None:
         raise AttackInputError(f"attack {attack.name!r}: the aux set has neither activations "
                                "nor transcript ids to read them by")

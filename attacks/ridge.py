@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks.base import AttackInputError
 from attacks.decoder import parse_grid
 from attacks.inversion import InversionAttack, InversionConfig, aux_activations, split_aux
 from attacks.registry import register
@@ -79,10 +78,7 @@ class RidgeInversion(InversionAttack):
     def reconstruct(self, acts, knowledge, transcript, *, beat_length):
         cfg: RidgeConfig = self.config  # type: ignore[assignment]
         assert knowledge.aux is not None
-        a_aux = aux_activations(self, transcript, knowledge)
-        if a_aux.shape[1:] != acts.shape[1:]:
-            raise AttackInputError(f"aux activations {tuple(a_aux.shape[1:])} and victims' "
-                                   f"{tuple(acts.shape[1:])} differ in shape")
+        a_aux = aux_activations(self, transcript, knowledge, like=acts)
         a = a_aux.reshape(len(a_aux), -1)
         x = knowledge.aux.x.reshape(len(a), -1)
         fit, held = split_aux(len(a), cfg.holdout, cfg.seed)
@@ -100,9 +96,6 @@ class RidgeInversion(InversionAttack):
         full = RidgeMap(a, x)
         out = full.predict(acts.reshape(len(acts), -1), full.weights(chosen["lambda"]))
         return out.float().reshape(len(acts), 1, beat_length)
-
-    def describe_reconstruction(self, obs, truth):
-        return {"tuning": self.tuning}
 
     def notes(self, knowledge):
         t = self.tuning

@@ -366,10 +366,10 @@ def check_noise_plan(
     by ``configure``). ``bad(message)`` makes the error to raise."""
     if (noise_multiplier is None) == (target_epsilon is None):
         raise bad("needs exactly one of noise_multiplier and target_epsilon")
-    if noise_multiplier is not None and not noise_multiplier >= 0:
-        raise bad(f"noise_multiplier must be >= 0, got {noise_multiplier}")
-    if target_epsilon is not None and not target_epsilon > 0:
-        raise bad(f"target_epsilon must be > 0, got {target_epsilon}")
+    if noise_multiplier is not None and not 0 <= noise_multiplier < math.inf:
+        raise bad(f"noise_multiplier must be a finite number >= 0, got {noise_multiplier}")
+    if target_epsilon is not None and not 0 < target_epsilon < math.inf:
+        raise bad(f"target_epsilon must be a finite number > 0, got {target_epsilon}")
     if epochs is not None and epochs < 1:
         raise bad(f"epochs must be >= 1, got {epochs}")
 

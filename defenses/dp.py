@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from defenses.accounting import (
-    ACCOUNTANTS,
+    DEFAULT_ACCOUNTANT,
+    RELEASE_ACCOUNTANTS,
     Guarantee,
     check_noise_plan,
     gaussian_epsilon,
@@ -78,15 +79,17 @@ class LaplaceMechanism(Mechanism):
         return exp1() - exp1()
 
     def guarantee(self, *, noise_multiplier, releases, delta, accountant):
-        return laplace_guarantee(noise_multiplier=noise_multiplier, releases=releases, delta=delta)
+        return laplace_guarantee(noise_multiplier=noise_multiplier, releases=releases, delta=delta,
+                                 accountant=accountant)
 
     def calibrate(self, *, target_epsilon, releases, delta, accountant):
         return laplace_noise_multiplier(target_epsilon=target_epsilon, delta=delta,
-                                        releases=releases)
+                                        releases=releases, accountant=accountant)
 
 
 class GaussianMechanism(Mechanism):
-    """N(0, 1) per coordinate; L2 sensitivity; composed by an Opacus accountant at sample rate 1."""
+    """N(0, 1) per coordinate; L2 sensitivity; composed at sample rate 1 (exactly by default, see
+    :mod:`defenses.accounting`)."""
 
     name, norm_ord = "gaussian", 2
 
@@ -96,7 +99,10 @@ class GaussianMechanism(Mechanism):
     def guarantee(self, *, noise_multiplier, releases, delta, accountant):
         eps = gaussian_epsilon(noise_multiplier=noise_multiplier, sample_rate=1.0, steps=releases,
                                delta=delta, accountant=accountant)
-        return Guarantee(eps, delta if releases else 0.0, f"opacus {accountant}, sample_rate=1")
+        methods = {"exact": "mu-GDP, analytic conversion (Dong et al. 2022; Balle & Wang 2018)",
+                   "pld": "privacy-loss distribution (dp-accounting, pessimistic)"}
+        method = methods.get(accountant, f"opacus {accountant}")
+        return Guarantee(eps, delta if releases else 0.0, f"{method}, sample_rate=1")
 
     def calibrate(self, *, target_epsilon, releases, delta, accountant):
         return gaussian_noise_multiplier(target_epsilon=target_epsilon, delta=delta,
@@ -116,6 +122,17 @@ def clip_rows(a: torch.Tensor, bound: float, norm_ord: int) -> torch.Tensor:
     norms = torch.linalg.vector_norm(a.flatten(1).double(), ord=norm_ord, dim=1)  # (B,)
     factor = (bound / norms.clamp_min(1e-300)).clamp(max=1.0).to(a.dtype)
     return a * factor.view(-1, *([1] * (a.dim() - 1)))
+
+
+def standardise_rows(a: torch.Tensor) -> torch.Tensor:
+    """Each beat's activation vector to zero mean and unit (population) standard deviation over
+    its values; a function of the row alone, so clipping after it keeps the sensitivity 2C.
+
+    Shape: (B, *) -> (B, *). A constant row becomes 0 (its variance is floored at 1e-12)."""
+    flat = a.flatten(1)
+    mean = flat.mean(1, keepdim=True)
+    var = flat.var(1, unbiased=False, keepdim=True)
+    return ((flat - mean) * torch.rsqrt(var + 1e-12)).view_as(a)
 
 
 def paper_sensitivity(a: torch.Tensor) -> torch.Tensor:
@@ -325,13 +342,25 @@ class FormalConfig(NoiseConfig):
 
     Attributes:
         noise_multiplier: noise scale / sensitivity (0 = no noise).
-        target_epsilon: total epsilon over the ``epochs`` training releases; the noise
-            multiplier is calibrated to it.
+        target_epsilon: total epsilon over the training releases of each beat (``releases``,
+            else one per epoch of ``epochs``); the noise multiplier is calibrated to it.
         delta: the delta of the reported (epsilon, delta).
-        clip: the bound C on each beat's activation norm.
+        clip: the bound C on each beat's activation norm. Chosen without looking at the protected
+            data: a fixed value (the study's 2 for the 512-value cut; with ``standardise`` every
+            row has norm sqrt(C * L) before clipping, so any C below it gives the same
+            signal-to-noise ratio).
         epochs: training epochs the budget covers (None: the run's, from ``configure``).
+        releases: the release budget R: each training beat's noisy activations are sent in the
+            first R epochs only; later epochs train the server on the releases it already holds
+            (post-processing, no privacy cost) with the client frozen. None: one release per
+            epoch. The accounting composes R releases, whatever the epochs.
+        standardise: standardise each beat's activation vector (zero mean, unit std over its
+            values) before clipping.
         adjacency: ``replace`` or ``zero_out`` (see :class:`FormalDP`).
-        accountant: ``rdp`` or ``prv`` (Gaussian only).
+        accountant: ``exact`` (default: analytic mu-GDP for the Gaussian, the privacy-loss
+            distribution for the Laplace), ``pld`` (dp-accounting for both), ``rdp`` (Opacus
+            RDP; the Laplace's RDP-via-zCDP bound) or ``prv`` (Opacus PRV, Gaussian only;
+            refused where it would not finish). See :mod:`defenses.accounting`.
     """
 
     noise_multiplier: float | None = None
@@ -339,21 +368,26 @@ class FormalConfig(NoiseConfig):
     delta: float = 1e-5
     clip: float = 1.0
     epochs: int | None = None
+    releases: int | None = None
+    standardise: bool = False
     adjacency: str = "replace"
-    accountant: str = "rdp"
+    accountant: str = DEFAULT_ACCOUNTANT
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.adjacency not in ADJACENCY:
             raise _bad(f"adjacency must be one of {sorted(ADJACENCY)}, got {self.adjacency!r}")
-        if self.accountant not in ACCOUNTANTS:
-            raise _bad(f"accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
+        if self.accountant not in RELEASE_ACCOUNTANTS:
+            raise _bad(f"accountant must be one of {RELEASE_ACCOUNTANTS}, got "
+                       f"{self.accountant!r}")
+        if self.releases is not None and self.releases < 1:
+            raise _bad(f"releases must be >= 1, got {self.releases}")
         check_noise_plan(self.noise_multiplier, self.target_epsilon, self.epochs, _bad)
         if not 0 < self.delta < 1:
             raise _bad(f"delta must be in (0, 1), got {self.delta}")
         if not (self.clip > 0 and math.isfinite(self.clip)):
             raise _bad(f"clip must be a finite number > 0, got {self.clip}")
-        if self.mechanism == "laplace" and self.accountant != "rdp":
+        if self.mechanism == "laplace" and self.accountant == "prv":
             raise _bad("the prv accountant applies to the Gaussian mechanism only")
 
 
@@ -371,11 +405,20 @@ class FormalDP(ActivationDP):
         not protected (labels cross in the clear in the vanilla topology).
         Adjacency: ``replace`` (default; the beat's input replaced by any other, sensitivity 2C)
         or ``zero_out`` (replaced by a null record sending pure noise, sensitivity C).
-        Mechanism: Gaussian (L2) or Laplace (L1), one release per beat per pass over it.
-        Composition: every epoch releases every training beat once more (the whole set is
-        processed each epoch: no subsampling amplification), so training is ``epochs``-fold
-        composition, Gaussian by the Opacus RDP/PRV accountant at sample_rate 1, Laplace by the
-        smaller of basic composition and RDP via zCDP (see ``defenses.accounting``). Test-time
+        Mechanism: Gaussian (L2) or Laplace (L1), one release per beat per pass over it; with
+        ``standardise`` each row is standardised (a function of the row alone) before clipping.
+        Composition: every release epoch releases every training beat once more (the whole set
+        is processed each epoch: no subsampling amplification), so training is R-fold
+        composition, R = ``releases`` (default: the epochs), Gaussian exactly (mu-GDP, Dong, Roth
+        & Su 2022) by default, Laplace by its privacy-loss distribution (see
+        ``defenses.accounting``; ``accountant=rdp`` keeps Opacus RDP).
+        Release budget: with ``releases=R`` the client sends fresh noisy activations of its
+        training beats in epochs 1..R and keeps them (per sample id); from epoch R + 1 the
+        :meth:`replay` hook hands the client the release the server already holds for each
+        batch: the client sends it again without a forward pass and takes no step (frozen),
+        while the server trains on it. Re-sending a past release is post-processing and costs
+        no privacy (Dwork & Roth 2014, Prop. 2.1). The kept releases are not checkpointed: a
+        run resumed after its release epochs is refused. Test-time
         releases are accounted separately, per evaluated phase (``test``, ``val``), one release
         per held-out beat per evaluation pass; with ``test_noise=False`` they have no guarantee.
         Assumptions: (1) the guarantee covers what the beat's own releases reveal given the
@@ -397,14 +440,25 @@ class FormalDP(ActivationDP):
         super().__init__(config)
         self.epochs = config.epochs
         self.noise_multiplier = config.noise_multiplier
-        if config.epochs is not None:
+        self._kept: torch.Tensor | None = None  # (N, C, L) the training releases, per sample id
+        self._kept_mask: torch.Tensor | None = None  # (N,) which ids have one
+        self._batch_ids: torch.Tensor | None = None
+        if config.epochs is not None or config.releases is not None:
             self._calibrate()
+
+    @property
+    def budget_releases(self) -> int:
+        """R, the training releases of each beat the budget covers: ``releases``, else one per
+        epoch."""
+        if self.config.releases is not None:
+            return self.config.releases
+        return needs_epochs(self.epochs, _bad)
 
     def _calibrate(self) -> None:
         c = self.config
         if c.target_epsilon is not None:
             self.noise_multiplier = self.mechanism.calibrate(
-                target_epsilon=c.target_epsilon, releases=needs_epochs(self.epochs, _bad),
+                target_epsilon=c.target_epsilon, releases=self.budget_releases,
                 delta=c.delta, accountant=c.accountant,
             )
 
@@ -419,11 +473,50 @@ class FormalDP(ActivationDP):
             needs_epochs(self.epochs, _bad)
         super().attach(client)
 
+    def _releasing(self) -> bool:
+        """Whether the current training epoch sends fresh releases (always without a budget)."""
+        return self.config.releases is None or self._epoch <= self.config.releases
+
+    def replay(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """After the release epochs, the kept release of the batch ``ids``; before, None (and the
+        ids, to keep this batch's release under)."""
+        if self.config.releases is None:
+            return None
+        if self._releasing():
+            self._batch_ids = ids
+            return None
+        if self._kept is None or self._kept_mask is None or not bool(self._kept_mask[ids].all()):
+            raise _bad(f"releases={self.config.releases}: epoch {self._epoch} would replay "
+                       "releases this process does not hold (a run resumed after its release "
+                       "epochs: they are not checkpointed); rerun it from the start")
+        return self._kept[ids]
+
+    def _keep(self, sent: torch.Tensor) -> None:
+        """Keep the batch's training release under its sample ids (given by :meth:`replay`)."""
+        ids, self._batch_ids = self._batch_ids, None
+        if ids is None or self._n_train is None:
+            return
+        if self._kept is None or self._kept_mask is None:
+            self._kept = sent.new_zeros((self._n_train, *sent.shape[1:]))
+            self._kept_mask = torch.zeros(self._n_train, dtype=torch.bool, device=sent.device)
+        self._kept[ids] = sent.detach()
+        self._kept_mask[ids] = True
+
+    def end_epoch(self, epoch: int) -> None:
+        if not self._seen_epoch and epoch > 1 and self.config.releases is not None:
+            epoch = min(epoch, self.config.releases + 1)  # a resumed run released <= R epochs
+        super().end_epoch(epoch)
+
     def _release(self, a: torch.Tensor, training: bool) -> torch.Tensor:
+        if self.config.standardise:
+            a = standardise_rows(a)
         clipped = clip_rows(a, self.config.clip, self.mechanism.norm_ord)
         if not training and not self.config.test_noise:
             return clipped
-        return clipped + (self.noise_scale * self._noise(a.shape, a)).detach()
+        sent = clipped + (self.noise_scale * self._noise(a.shape, a)).detach()
+        if training and self.config.releases is not None:
+            self._keep(sent)
+        return sent
 
     @property
     def sensitivity(self) -> float:
@@ -455,6 +548,8 @@ class FormalDP(ActivationDP):
             "sensitivity": self.sensitivity,
             "noise_multiplier": self.noise_multiplier,
             "noise_scale": self.noise_scale,
+            "standardise": c.standardise,
+            "release_budget": c.releases,
             "train": {"releases_per_beat": self.train_releases, **train.as_dict()},
             "test": {
                 phase: {"releases_per_beat": n, **self.guarantee(n, noisy=c.test_noise).as_dict()}
@@ -462,8 +557,9 @@ class FormalDP(ActivationDP):
             },
         }
         if c.target_epsilon is not None:
+            budget = self.budget_releases
             details["planned"] = {"target_epsilon": c.target_epsilon, "epochs": self.epochs,
-                                  "exceeded": self.train_releases > (self.epochs or 0)}
+                                  "releases": budget, "exceeded": self.train_releases > budget}
         weights = next((d for d in self._siblings if d.weights_private), None)
         if weights is not None:
             details[f"combined_with_{weights.name}"] = self._combined(train, weights.report())
@@ -472,7 +568,7 @@ class FormalDP(ActivationDP):
             privacy_unit="one beat's input signal; labels and sample ids not protected",
             scope="activation releases of each training beat",
             epsilon=train.epsilon, delta=train.delta,
-            accountant=c.accountant if c.mechanism == "gaussian" else "laplace (see method)",
+            accountant=c.accountant,
             conditions=[
                 "client weights treated as given: unless they are private too (dpsgd) they are "
                 "trained on the beat and other beats' activations may reveal it",
@@ -503,4 +599,4 @@ ActivationDP.variants = {cls.mode: cls for cls in (PaperDP, FormalDP)}
 
 
 __all__ = ["ActivationDP", "ADJACENCY", "FormalDP", "MECHANISMS", "NoiseConfig", "PaperDP",
-           "clip_rows", "paper_sensitivity"]
+           "clip_rows", "paper_sensitivity", "standardise_rows"]

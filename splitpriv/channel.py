@@ -13,6 +13,7 @@ in-process :class:`CountingChannel` counts what a two-process run would send.
 from __future__ import annotations
 
 from collections import defaultdict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -122,10 +123,11 @@ class Transcript:
         ids, tensors = zip(*self.chunks[key], strict=True)
         return torch.cat(ids), torch.cat(tensors)
 
-    def save(self, path: str | Path) -> None:
-        """Write to ``.npz`` (one ids and one values array per key), atomically."""
+    def save(self, path: str | Path, keys: Iterable[tuple[str, str, int]] | None = None) -> None:
+        """Write to ``.npz`` (one ids and one values array per key; ``keys``: only those),
+        atomically."""
         arrays: dict[str, np.ndarray] = {}
-        for kind, phase, epoch in self.keys():
+        for kind, phase, epoch in sorted(self.keys() if keys is None else keys):
             ids, values = self.get(kind, phase=phase, epoch=epoch)
             name = f"{kind}|{phase}|{epoch}"
             arrays[name + "|ids"] = ids.numpy()
@@ -133,6 +135,10 @@ class Transcript:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
+
+    def update(self, other: Transcript) -> None:
+        """Take ``other``'s keys (replacing this transcript's chunks of the same keys)."""
+        self.chunks.update(other.chunks)
 
     @classmethod
     def load(cls, path: str | Path) -> Transcript:

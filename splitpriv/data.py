@@ -973,15 +973,18 @@ def _carve_records(
     """Move whole training records to validation (validation patients are unseen).
 
     Records are taken in one seeded random order. First, for each class of the training rows,
-    rarest first, that no chosen record holds yet, the first record holding it, provided another
-    record holding it stays in training (so every class appears in validation where it can
-    without leaving training); then further records until the validation rows reach
+    rarest first, of which the records chosen so far hold less than ``fraction`` of its
+    training beats, one more record holding the class: the first (in the seeded order) holding
+    between ``fraction`` and half of them, else the one holding most short of half, else the one
+    holding most; never the class's last training record. So every class appears in validation
+    where it can, without leaving training. Then further records until the validation rows reach
     ``fraction`` of the training rows, skipping any that would take the last training record of
     a class.
     """
     recs, labels = pool.record[train], pool.y[train]
     order = [int(r) for r in rng.permutation(np.unique(recs))]
-    holds = {r: set(np.unique(labels[recs == r]).tolist()) for r in order}
+    per_rec = {r: np.bincount(labels[recs == r], minlength=len(pool.classes)) for r in order}
+    holds = {r: set(np.flatnonzero(per_rec[r]).tolist()) for r in order}
     size = {r: int(np.sum(recs == r)) for r in order}
     chosen: list[int] = []
 
@@ -992,12 +995,14 @@ def _carve_records(
 
     counts = np.bincount(labels, minlength=len(pool.classes))
     for c in sorted(np.flatnonzero(counts).tolist(), key=lambda c: (counts[c], c)):
-        if any(c in holds[r] for r in chosen):
+        if sum(per_rec[r][c] for r in chosen) >= fraction * counts[c]:
             continue
-        r = next((r for r in order if c in holds[r] and r not in chosen
-                  and keeps_every_class(r)), None)
-        if r is not None:
-            chosen.append(r)
+        cands = [r for r in order if c in holds[r] and r not in chosen and keeps_every_class(r)]
+        share = {r: per_rec[r][c] / counts[c] for r in cands}
+        fits = [r for r in cands if fraction <= share[r] <= 0.5]
+        under = [r for r in cands if share[r] <= 0.5]
+        if cands:
+            chosen.append(fits[0] if fits else max(under or cands, key=share.__getitem__))
     target = fraction * len(train)
     for r in order:
         if sum(size[q] for q in chosen) >= target:

@@ -191,16 +191,21 @@ def privacy_columns(result: dict[str, Any]) -> dict[str, float]:
             "noise_multiplier": math.nan if sigma is None else float(sigma)}
 
 
-def attack_columns(summaries: Mapping[str, Mapping[str, Any] | None]) -> dict[str, float]:
+def attack_columns(summaries: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any]:
     """The flat leakage columns of a row: each attack's ``columns`` of its summary (None: not run,
-    NaN columns); a column several attacks report keeps the highest finite value."""
+    NaN columns); a numeric column several attacks report keeps the highest finite value, a
+    named one (``strongest_attack``) the first name."""
     from attacks.registry import ATTACKS, load_builtin
 
     load_builtin()
-    cols: dict[str, float] = {}
+    cols: dict[str, Any] = {}
     for name, summary in summaries.items():
         for col, value in ATTACKS[name].columns(summary).items():
-            finite = [v for v in (cols.get(col, math.nan), value) if not math.isnan(v)]
+            old = cols.get(col, math.nan)
+            if isinstance(old, str) or isinstance(value, str):
+                cols[col] = old if isinstance(old, str) else value
+                continue
+            finite = [v for v in (old, value) if not math.isnan(v)]
             cols[col] = max(finite, default=math.nan)
     return cols
 

@@ -495,3 +495,149 @@ def test_missing_or_non_hdf5_file_is_named(tmp_path: Path, good_test_file: Path)
     )
     with pytest.raises(DataError, match=str(train)):
         read_paper_hdf5(train, train)  # train file has no x_test
+
+
+# ---------------------------------------------------------------------------- de Chazal / AAMI
+
+#: de Chazal, O'Dwyer & Reilly, IEEE TBME 51(7):1196-1206, 2004, section II-A: the two sets of 22
+#: records each (the paced 102, 104, 107, 217 in neither), written out here, not imported.
+DE_CHAZAL_DS1 = [101, 106, 108, 109, 112, 114, 115, 116, 118, 119, 122, 124, 201, 203, 205, 207,
+                 208, 209, 215, 220, 223, 230]
+DE_CHAZAL_DS2 = [100, 103, 105, 111, 113, 117, 121, 123, 200, 202, 210, 212, 213, 214, 219, 221,
+                 222, 228, 231, 232, 233, 234]
+
+#: Every annotation symbol in the mitdb reference annotations -> its AAMI class (None: not a beat
+#: of any class), the ANSI/AAMI EC57 mapping of de Chazal et al. 2004 Table I.
+AAMI_TABLE = {
+    "N": "N", "L": "N", "R": "N", "e": "N", "j": "N",
+    "A": "S", "a": "S", "J": "S", "S": "S",
+    "V": "V", "E": "V",
+    "F": "F",
+    "/": "Q", "f": "Q", "Q": "Q",
+    "+": None, "~": None, "|": None, "x": None, "[": None, "]": None, "!": None, '"': None,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def ip_pools(mitdb_dir: Path, pool_cache_dir: Path) -> dict[str, BeatPool]:
+    """The inter-patient pools under both label schemes (built once, a few seconds each)."""
+    return {
+        labels: load_pool(mitdb_dir, cache_dir=pool_cache_dir,
+                          prep=data.protocol_prep("inter-patient", labels))
+        for labels in ("paper", "aami")
+    }  # fmt: skip
+
+
+def test_ds1_ds2_are_de_chazals() -> None:
+    assert list(DS1_RECORDS) == DE_CHAZAL_DS1 and list(DS2_RECORDS) == DE_CHAZAL_DS2
+    assert len(DE_CHAZAL_DS1) == len(DE_CHAZAL_DS2) == 22
+    prep = data.protocol_prep("inter-patient")
+    assert prep.excluded_records == (102, 104, 107, 217) and prep.lead == "MLII"
+
+
+def test_inter_patient_pool_holds_ds1_and_ds2(ip_pools: dict[str, BeatPool]) -> None:
+    for pool in ip_pools.values():
+        assert sorted(set(pool.record.tolist())) == sorted(DE_CHAZAL_DS1 + DE_CHAZAL_DS2)
+    split = make_split(ip_pools["aami"], "inter-patient")
+    assert sorted(set(split.record_train.tolist())) == DE_CHAZAL_DS1
+    assert sorted(set(split.record_test.tolist())) == DE_CHAZAL_DS2
+
+
+def test_record_114_is_read_from_its_mlii_channel(
+    ip_pools: dict[str, BeatPool], mitdb_dir: Path
+) -> None:
+    """Record 114's channel 0 is V5 and channel 1 MLII: its pool rows are channel 1's beats."""
+    import wfdb
+
+    assert wfdb.rdheader(str(mitdb_dir / "114")).sig_name == ["V5", "MLII"]
+    pool = ip_pools["paper"]
+    rows = np.flatnonzero(pool.record == 114)
+    assert len(rows) > 1000
+    prep = data.protocol_prep("inter-patient")
+    for channel, equal in ((1, True), (0, False)):
+        sig = wfdb.rdrecord(str(mitdb_dir / "114"), channels=[channel]).p_signal[:, 0]
+        sig = (sig - sig.min()) / (sig.max() - sig.min())
+        windows = sig[pool.rpeak[rows[:5], None] + np.arange(-100, 101)[None, :]]
+        assert np.array_equal(data._denoise(windows, prep), pool.x[rows[:5]]) is equal
+
+
+def test_other_records_keep_channel_0(ip_pools: dict[str, BeatPool], pool: BeatPool) -> None:
+    """Every other record's MLII is channel 0: its beats equal the paper pool's, bit for bit."""
+    ip = ip_pools["paper"]
+    for rec in (100, 201, 232):
+        a, b = ip.record == rec, pool.record == rec
+        np.testing.assert_array_equal(ip.x[a], pool.x[b])
+        np.testing.assert_array_equal(ip.rpeak[a], pool.rpeak[b])
+
+
+def test_aami_mapping_of_every_mitdb_symbol(mitdb_dir: Path) -> None:
+    import wfdb
+
+    seen = set()
+    for name in data.record_names(mitdb_dir):
+        seen |= set(wfdb.rdann(str(mitdb_dir / name), "atr").symbol)
+    assert seen == set(AAMI_TABLE)  # the table covers every symbol the database uses
+    prep = PrepConfig(labels="aami", classes="NSVFQ")
+    labels = prep.symbol_labels
+    for symbol, cls in AAMI_TABLE.items():
+        assert (data.AAMI_CLASSES[labels[symbol]] if symbol in labels else None) == cls, symbol
+    with pytest.raises(DataError, match="NSVFQ"):
+        PrepConfig(labels="aami")
+    with pytest.raises(DataError, match="labels"):
+        PrepConfig(labels="bogus")
+
+
+def test_aami_pool_keeps_the_symbols_the_paper_pool_drops(ip_pools: dict[str, BeatPool]) -> None:
+    paper, aami = ip_pools["paper"], ip_pools["aami"]
+    assert aami.classes == "NSVFQ" and len(aami) > len(paper)
+    counts = aami.class_counts()
+    assert counts["F"] > 700 and counts["Q"] > 0 and counts["S"] > paper.class_counts()["A"]
+    # the same window rule: the paper pool's beats are the aami pool's N/L/R/A/V-symbol beats
+    key = {(int(r), int(p)) for r, p in zip(aami.record, aami.rpeak, strict=True)}
+    assert all((int(r), int(p)) in key for r, p in zip(paper.record, paper.rpeak, strict=True))
+
+
+def test_cache_key_follows_lead_labels_and_records() -> None:
+    keys = {
+        PrepConfig().cache_key(),
+        data.protocol_prep("inter-patient").cache_key(),
+        data.protocol_prep("inter-patient", "aami").cache_key(),
+        PrepConfig(lead="MLII").cache_key(),
+        PrepConfig(excluded_records=(102, 104, 107, 217)).cache_key(),
+    }
+    assert len(keys) == 5
+    assert PrepConfig().cache_key() == dataclasses.replace(PrepConfig()).cache_key()
+
+
+def test_paper_protocols_refuse_aami_labels(ip_pools: dict[str, BeatPool]) -> None:
+    with pytest.raises(DataError, match="labels"):
+        data.protocol_prep("paper", "aami")
+    with pytest.raises(DataError, match="NLRAV"):
+        make_split(ip_pools["aami"], "paper-unique")
+
+
+@pytest.mark.parametrize("labels", ["paper", "aami"])
+def test_inter_patient_validation_covers_the_classes(
+    ip_pools: dict[str, BeatPool], labels: str
+) -> None:
+    pool = ip_pools[labels]
+    prep = data.protocol_prep("inter-patient", labels)
+    for seed in (2019, 3):
+        split = make_split(pool, "inter-patient", val_fraction=0.1, seed=seed)
+        sets = [set(r.tolist()) for r in (split.record_train, split.record_val,
+                                          split.record_test)]
+        assert not sets[0] & sets[1] and not sets[1] & sets[2] and not sets[0] & sets[2]
+        assert sets[0] | sets[1] == set(DE_CHAZAL_DS1) and sets[2] == set(DE_CHAZAL_DS2)
+        card = dataset_card(pool, split, prep)
+        assert card["records_val"] == sorted(sets[1])
+        assert card["labels"] == labels and card["lead"] == "MLII"
+        for c in pool.classes:  # every DS1 class held by two or more records is in both
+            holders = {int(r) for r in np.unique(split.record_train.tolist()
+                                                 + split.record_val.tolist())
+                       if np.any((pool.record == r) & (pool.y == pool.classes.index(c)))}
+            if len(holders) >= 2:
+                assert card["class_counts_val"][c] > 0 and card["class_counts_train"][c] > 0, c
+        by_record = card["class_counts_by_val_record"]
+        assert sum(sum(v.values()) for v in by_record.values()) == split.n_val
+    again = make_split(pool, "inter-patient", val_fraction=0.1, seed=3)
+    np.testing.assert_array_equal(again.pool_idx_val, split.pool_idx_val)

@@ -1,14 +1,21 @@
 """The wire format of the distributed channel: header, codes, declared specs, errors.
 
-Each message is three point-to-point transfers (gloo over TCP, or nccl):
+Each message is a header and the frames of its body, point-to-point (gloo over TCP, or nccl):
 
     header   int64[16]  magic, version, seq, code, dtype, epoch, phase, n_ids, ndim, shape[4],
                         numel, 0, 0                                     (tag 1)
-    ids      int64[n_ids]  the sample ids of the rows                   (tag 2, absent if 0)
-    payload  dtype[shape]                                               (tag 2, absent if empty)
+    frames   uint8[<= FRAME_BYTES] each: int64[5] prefix (FRAME_MAGIC, seq, index, body bytes,
+             bytes in this frame), then that many bytes of the body: the ids (int64[n_ids]) then
+             the payload (dtype[shape])                                 (tag 2, none if empty)
 
 No pickle crosses. The receiver checks every header against what it expects next
-(:func:`check_header`) before it allocates anything.
+(:func:`check_header`: kind, order, dtype, shape, at most ``max_bytes``) before it allocates
+anything, then posts one receive of FRAME_BYTES per frame the header implies. A frame is never
+larger than FRAME_BYTES, so gloo never sees a transfer longer than the buffer posted for it (which
+aborts the process, gloo's enforce); a body of the wrong size, or a frame of another message, is
+named by the frame prefix and refused with a :class:`WireError`. (A process that bypasses this
+module and sends a raw transfer longer than a frame can still abort gloo: that is why peers
+authenticate, :mod:`splitpriv.distributed.handshake`, before any training message.)
 """
 
 from __future__ import annotations
@@ -27,6 +34,11 @@ VERSION = 1
 MAX_NDIM = 4
 TAG_HEADER, TAG_BODY = 1, 2
 MODES = ("sequential", "splitfed")
+FRAME_MAGIC = 0x4652414D45  # "FRAME"
+FRAME_PREFIX = 5  # int64s before a frame's bytes
+FRAME_BYTES = 256 * 1024  # the largest transfer of a body (prefix included)
+CHUNK_BYTES = FRAME_BYTES - 8 * FRAME_PREFIX  # body bytes per frame
+CONFIG_BYTES = 64 * 1024  # the longest run config the handshake exchanges (JSON)
 
 
 class Code(IntEnum):
@@ -40,6 +52,9 @@ class Code(IntEnum):
     CONTROL = 16  # int64 (4,): op, a, b, c
     STATS = 17  # float64 (3,): loss sum, correct, rows (vanilla: server -> client)
     WEIGHTS = 18  # float32 (n,): client state handed from client to client (sequential)
+    NONCE = 19  # uint8 (33,): holds-a-secret flag, 32 random bytes (handshake)
+    PROOF = 20  # uint8 (32,): HMAC-SHA256 of the peer's nonce (handshake)
+    CONFIG = 21  # uint8 (<= CONFIG_BYTES,): the run's config as JSON (handshake)
 
     @property
     def label(self) -> str:
@@ -83,6 +98,14 @@ class Spec:
     shape: tuple[int, ...]
     dtype: torch.dtype
     rows: bool = True
+    upto: bool = False  # rowless, 1-d: any length 1..shape[0]
+
+    def max_bytes(self, max_rows: int) -> int:
+        """The longest body (ids and payload) a message of this kind may have."""
+        item = torch.empty((), dtype=self.dtype).element_size()
+        if self.rows:
+            return max_rows * (8 + math_prod(self.shape) * item)
+        return math_prod(self.shape) * item
 
 
 def kind_specs(ushape: bool, weights_numel: int | None = None) -> dict[Code, Spec]:
@@ -101,6 +124,14 @@ def kind_specs(ushape: bool, weights_numel: int | None = None) -> dict[Code, Spe
     if weights_numel is not None:
         specs[Code.WEIGHTS] = Spec((weights_numel,), torch.float32, rows=False)
     return specs
+
+
+#: the messages of the handshake (:mod:`splitpriv.distributed.handshake`)
+HANDSHAKE_SPECS = {
+    Code.NONCE: Spec((33,), torch.uint8, rows=False),
+    Code.PROOF: Spec((32,), torch.uint8, rows=False),
+    Code.CONFIG: Spec((CONFIG_BYTES,), torch.uint8, rows=False, upto=True),
+}
 
 
 @dataclass(frozen=True)
@@ -144,6 +175,13 @@ class Header:
             raise WireError(f"numel {h.numel} does not match shape {shape}")
         return h
 
+    def body_bytes(self) -> int:
+        """Bytes of the body this header declares (ids and payload); -1 for an unknown dtype."""
+        dtype = DTYPE_OF.get(self.dtype)
+        if dtype is None:
+            return -1
+        return 8 * self.n_ids + self.numel * torch.empty((), dtype=dtype).element_size()
+
     def describe(self) -> str:
         name = Code(self.code).label if self.code in Code._value2member_map_ else f"#{self.code}"
         dtype = DTYPE_OF.get(self.dtype, f"dtype#{self.dtype}")
@@ -159,9 +197,10 @@ def math_prod(shape: Iterable[int]) -> int:
 
 def check_header(
     h: Header, expect: Code, spec: Spec, *, seq: int, epoch: int | None, phase: str | None,
-    max_rows: int, what: str,
+    max_rows: int, what: str, max_bytes: int | None = None,
 ) -> None:
-    """Raise :class:`WireError` unless ``h`` is the message ``expect`` the receiver awaits."""
+    """Raise :class:`WireError` unless ``h`` is the message ``expect`` the receiver awaits (and
+    declares at most ``max_bytes`` of body)."""
 
     def fail(reason: str) -> None:
         raise WireError(f"{what}: got {h.describe()} — {reason}")
@@ -172,7 +211,15 @@ def check_header(
         fail(f"sequence number {h.seq}, expected {seq} (a message was lost or repeated)")
     if h.dtype != DTYPES[spec.dtype]:
         fail(f"expected dtype {spec.dtype}")
-    if spec.rows:
+    if max_bytes is not None and h.body_bytes() > max_bytes:
+        fail(f"declares {h.body_bytes():,} bytes, more than the maximum {max_bytes:,} "
+             "(--max-message-mb)")
+    if spec.upto:
+        if len(h.shape) != 1 or not 0 < h.shape[0] <= spec.shape[0]:
+            fail(f"expected shape (n,) with n in 1..{spec.shape[0]}")
+        if h.n_ids != 0:
+            fail(f"{h.n_ids} ids on a message that carries none")
+    elif spec.rows:
         if len(h.shape) != 1 + len(spec.shape) or h.shape[1:] != spec.shape:
             fail(f"expected shape (B, {', '.join(map(str, spec.shape))})".replace(", )", ")"))
         if h.shape[0] != h.n_ids:
@@ -191,7 +238,8 @@ def check_header(
 
 
 __all__ = [
-    "DTYPES", "DTYPE_OF", "HEADER_BYTES", "HEADER_LEN", "MAGIC", "MAX_NDIM", "MODES", "PHASES",
-    "TAG_BODY", "TAG_HEADER", "VERSION", "ChannelError", "Code", "Header", "Op", "PeerError",
-    "Spec", "WireError", "check_header", "kind_specs", "math_prod",
+    "CHUNK_BYTES", "CONFIG_BYTES", "DTYPES", "DTYPE_OF", "FRAME_BYTES", "FRAME_MAGIC",
+    "FRAME_PREFIX", "HANDSHAKE_SPECS", "HEADER_BYTES", "HEADER_LEN", "MAGIC", "MAX_NDIM", "MODES",
+    "PHASES", "TAG_BODY", "TAG_HEADER", "VERSION", "ChannelError", "Code", "Header", "Op",
+    "PeerError", "Spec", "WireError", "check_header", "kind_specs", "math_prod",
 ]

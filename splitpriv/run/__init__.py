@@ -16,6 +16,7 @@ Drivers only train.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -124,11 +125,15 @@ def _train(config: TrainConfig, run_dir: RunDir, *, progress: bool) -> dict[str,
     for epoch in bar:
         t0 = time.perf_counter()
         tr = trainer.train_epoch(epoch)
+        if not math.isfinite(tr.loss):
+            raise ValueError(f"{run_dir.path}: the training loss of epoch {epoch} is {tr.loss} "
+                             "(diverged: lower --lr or check the defenses' parameters); the run "
+                             f"keeps its epochs 1..{epoch - 1}")
         train_seconds = time.perf_counter() - t0
         te = trainer.evaluate(data.x_test, data.y_test, epoch=epoch, phase="test")
         va = trainer.evaluate(data.x_val, data.y_val, epoch=epoch, phase="val") if has_val else None
         history.append(epoch_row(epoch, tr, te, va, train_seconds, time.perf_counter() - t0))
-        run_dir.save_epoch(history, models.state_dicts, trainer.state_dict)
+        run_dir.save_epoch(history, models.state_dicts, trainer.state_dict, transcript)
         bar.set_postfix(test=f"{te.accuracy:.2f}", val=f"{va.accuracy if va else float('nan'):.2f}")
 
     run_dir.save_weights(models.state_dicts())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,8 +35,10 @@ RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 TRANSCRIPT = "transcript.npz"
+#: one npz per trained epoch (what that epoch recorded), merged into transcript.npz at the end
+TRANSCRIPT_PARTS = "transcript.parts"
 #: what a fresh start of a run removes (a later resume or model selection must not read them)
-STALE = (CHECKPOINT, BEST, TRANSCRIPT)
+STALE = (CHECKPOINT, BEST, TRANSCRIPT, TRANSCRIPT_PARTS)
 
 
 def summarize(history: list[dict[str, Any]], has_val: bool, select_by: str = "accuracy",
@@ -140,6 +143,7 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"--out {self.path}: exists and is not a directory")
         self.best_val = -math.inf
+        self._saved_keys: set[tuple[str, str, int]] = set()
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -179,6 +183,8 @@ class RunDir:
         attempt left (a fresh start must not be resumed or selected from later). The marker goes
         first either way: the directory is finished only once :meth:`finish` writes it again."""
         self.path.mkdir(parents=True, exist_ok=True)
+        for orphan in [*self.path.glob(".*.tmp"), *self.path.glob(f"{TRANSCRIPT_PARTS}/.*.tmp")]:
+            orphan.unlink(missing_ok=True)  # a temporary file of a killed attempt
         self.file(self.marker).unlink(missing_ok=True)
         write_json(self.file("config.json"), asdict(self.config))
         if resumable and not self.force and self.has_checkpoint:
@@ -188,15 +194,23 @@ class RunDir:
             return Resumed(state["trainer"], [json.loads(r) for r in rows][: state["epoch"]],
                            state["epoch"])
         for name in stale:
-            self.file(name).unlink(missing_ok=True)
+            if self.file(name).is_dir():
+                shutil.rmtree(self.file(name))
+            else:
+                self.file(name).unlink(missing_ok=True)
         return None
 
     def save_epoch(self, history: list[dict[str, Any]], weights: Callable[[], dict],
-                   trainer_state: Callable[[], dict] | None = None) -> None:
-        """After an epoch (its row last in ``history``): best.pt when the validation number the
-        run selects by (``config.select_by``) improved, then metrics.jsonl and (given the
-        trainer's state) the checkpoint."""
+                   trainer_state: Callable[[], dict] | None = None,
+                   transcript: Transcript | None = None) -> None:
+        """After an epoch (its row last in ``history``): what ``transcript`` recorded up to this
+        epoch and has not saved yet (one part file per epoch, so that a resumed run loses no
+        recorded epoch), best.pt when the validation number the run selects by
+        (``config.select_by``) improved, then metrics.jsonl and (given the trainer's state) the
+        checkpoint."""
         row = history[-1]
+        if transcript is not None:
+            self._save_part(transcript, row["epoch"])
         key = f"val_{self.config.select_by}"
         if key in row and row[key] > self.best_val:
             self.best_val = row[key]
@@ -209,10 +223,25 @@ class RunDir:
     def save_weights(self, state: dict, name: str = "weights.pt") -> None:
         torch_save(state, self.file(name))
 
+    def _save_part(self, transcript: Transcript, epoch: int) -> None:
+        keys = [k for k in transcript.keys() if k[2] <= epoch and k not in self._saved_keys]
+        if keys:
+            transcript.save(self.file(TRANSCRIPT_PARTS) / f"epoch-{epoch:05d}.npz", keys)
+            self._saved_keys.update(keys)
+
     def save_transcript(self, transcript: Transcript | None) -> None:
-        """DIR/transcript.npz, when anything was recorded."""
-        if transcript is not None and transcript.chunks:
-            transcript.save(self.file(TRANSCRIPT))
+        """DIR/transcript.npz: the epoch parts on disk (earlier attempts of a resumed run
+        included) and what ``transcript`` holds, when anything was recorded; then the parts go."""
+        merged = Transcript()
+        parts = sorted(self.file(TRANSCRIPT_PARTS).glob("epoch-*.npz"))
+        for part in parts:
+            merged.update(Transcript.load(part))
+        if transcript is not None:
+            merged.update(transcript)
+        if merged.chunks:
+            merged.save(self.file(TRANSCRIPT))
+        if self.file(TRANSCRIPT_PARTS).exists():
+            shutil.rmtree(self.file(TRANSCRIPT_PARTS))
 
     def write_record(self, name: str, doc: dict[str, Any]) -> None:
         """A JSON record beside the run's files (``distributed.json``)."""
@@ -224,5 +253,5 @@ class RunDir:
         return doc
 
 
-__all__ = ["BEST", "CHECKPOINT", "RESULT", "STALE", "TRANSCRIPT", "Resumed", "RunDir", "epoch_row",
-           "phase_fields", "result_doc", "summarize"]
+__all__ = ["BEST", "CHECKPOINT", "RESULT", "STALE", "TRANSCRIPT", "TRANSCRIPT_PARTS", "Resumed",
+           "RunDir", "epoch_row", "phase_fields", "result_doc", "summarize"]
