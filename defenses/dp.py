@@ -502,11 +502,6 @@ class FormalDP(ActivationDP):
         self._kept[ids] = sent.detach()
         self._kept_mask[ids] = True
 
-    def end_epoch(self, epoch: int) -> None:
-        if not self._seen_epoch and epoch > 1 and self.config.releases is not None:
-            epoch = min(epoch, self.config.releases + 1)  # a resumed run released <= R epochs
-        super().end_epoch(epoch)
-
     def _release(self, a: torch.Tensor, training: bool) -> torch.Tensor:
         if self.config.standardise:
             a = standardise_rows(a)
@@ -559,7 +554,8 @@ class FormalDP(ActivationDP):
         if c.target_epsilon is not None:
             budget = self.budget_releases
             details["planned"] = {"target_epsilon": c.target_epsilon, "epochs": self.epochs,
-                                  "releases": budget, "exceeded": self.train_releases > budget}
+                                  **({"releases": budget} if c.releases is not None else {}),
+                                  "exceeded": self.train_releases > budget}
         weights = next((d for d in self._siblings if d.weights_private), None)
         if weights is not None:
             details[f"combined_with_{weights.name}"] = self._combined(train, weights.report())

@@ -81,12 +81,12 @@ class LabelDP(Defense):
     however many epochs it is sent (resending is post-processing). ``prior=true`` is
     RR-with-prior (their Alg. 2) with a data-independent prior over the classes: ``protocol``
     (the class frequencies the data protocol draws by design, :data:`PUBLIC_PRIOR`, public, an
-    estimate the attacker equally knows) or ``uniform``. Ghazi et al. take the prior from a model trained on an earlier
-    stage's noisy labels (multi-stage training); one stage with a public prior is the simplest
-    instance, and a class-frequency prior concentrates the output on the frequent classes, which
-    keeps more labels right at small epsilon at the cost of the rare classes (here the protocol
-    draws A beats at 0.4 times the others: at epsilon 1 the top-4 classes are kept, A is never
-    output).
+    estimate the attacker equally knows) or ``uniform``. Ghazi et al. take the prior from a
+    model trained on an earlier stage's noisy labels (multi-stage training); one stage with a
+    public prior is the simplest instance. A class-frequency prior concentrates the output on
+    the frequent classes, which keeps more labels right at small epsilon at the cost of the rare
+    ones (the protocol draws A beats at 0.4 times the others: at epsilon 1 the top-4 classes are
+    kept and A is never output).
 
     Notes:
         The claim covers the labels only (privacy unit: one beat's label, replace-one

@@ -154,7 +154,7 @@ class PrepConfig:
         threshold_scale: Soft threshold is ``threshold_scale * sqrt(2 * log2(beat_length))``.
         classes: Class names; the label of a beat is its class's index here. Under
             ``labels="paper"`` the classes are the annotation symbols kept; under ``"aami"`` they
-            must be :data:`AAMI_CLASSES`.
+            are :data:`AAMI_CLASSES` (the paper's default ``"NLRAV"`` becomes them).
         lead: Read the channel whose signal name is this (``"MLII"``) in every record, instead of
             ``channel``; empty: ``channel`` everywhere. A record without the lead is an error.
         labels: Label scheme, one of :data:`LABEL_SCHEMES`.
@@ -176,6 +176,8 @@ class PrepConfig:
             raise DataError(
                 f"PrepConfig.labels must be one of {LABEL_SCHEMES}, got {self.labels!r}"
             )
+        if self.labels == "aami" and self.classes == "NLRAV":  # the default follows the scheme
+            object.__setattr__(self, "classes", AAMI_CLASSES)
         if self.labels == "aami" and self.classes != AAMI_CLASSES:
             raise DataError(
                 f"PrepConfig.classes must be {AAMI_CLASSES!r} under labels='aami', "
@@ -866,10 +868,7 @@ def _inter_patient_prep(labels: str) -> PrepConfig:
     """de Chazal et al. 2004's records (all but the paced ones), each on its MLII lead."""
     if labels not in LABEL_SCHEMES:
         raise DataError(f"labels must be one of {LABEL_SCHEMES}, got {labels!r}")
-    return PrepConfig(
-        excluded_records=PACED_RECORDS, lead="MLII", labels=labels,
-        classes=AAMI_CLASSES if labels == "aami" else PrepConfig.classes,
-    )
+    return PrepConfig(excluded_records=PACED_RECORDS, lead="MLII", labels=labels)
 
 
 def _class_rows(pool: BeatPool) -> list[np.ndarray]:

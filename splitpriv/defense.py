@@ -12,6 +12,9 @@ hook                      party   when
 ``configure``             run     once, with the run's plan, before anything is written
 ``attach``                client  once before training (may wrap the client's model/optimizer)
 ``begin_phase``           both    before every pass: ``(epoch, "train" | "val" | "test")``
+``replay``                client  before every training batch, with its sample ids: a release
+                                  to send again instead of computing one (the client is then
+                                  frozen for the batch)
 ``transform_activations`` client  activations about to be sent (training and evaluation)
 ``transform_labels``      client  labels about to be sent (vanilla topology, training)
 ``client_loss``           client  an extra loss term from inputs and activations
@@ -129,6 +132,16 @@ class Defense:
     def begin_phase(self, epoch: int, phase: str) -> None:
         """Called by each party before every pass over a phase (``train``, ``val``, ``test``);
         before the first call a defense is in ``(0, "train")``, the set-up."""
+
+    def replay(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """Called by the client before every training batch with its sample ids (B,): a defense
+        that already released these beats may return the activations (B, C, L) the server holds
+        for them (detached), to be sent again instead of new ones (post-processing of a past
+        release). The client then sends them as they are, without a forward pass, the other
+        defenses' transforms or local losses, and takes no step on that batch (frozen: it
+        receives the cut gradient and discards it). None (the default): compute as usual. The
+        first defense returning a tensor wins."""
+        return None
 
     def transform_activations(self, a: torch.Tensor, *, training: bool) -> torch.Tensor:
         """Map the activations (B, C, L) the client is about to send. Keep the autograd graph."""

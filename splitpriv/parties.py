@@ -87,7 +87,7 @@ class Client:
         self.optimizer = make_optimizer(list(net.parameters()))
         self.head_optimizer = make_optimizer(list(head.parameters())) if head is not None else None
         self.defenses = list(defenses)
-        self._pending: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._pending: tuple[torch.Tensor, torch.Tensor | None, bool] | None = None
         for d in self.defenses:
             d.attach(self)
 
@@ -110,11 +110,18 @@ class Client:
         return a
 
     def send_activations(self, ids: torch.Tensor) -> None:
-        """Phase 1: forward the batch ``ids`` and send what crosses the cut."""
-        x = self.x[ids]
-        a = self._activations(x, training=True)
-        extra = [t for d in self.defenses if (t := d.client_loss(x, a)) is not None]
-        self._pending = (a, torch.stack(extra).sum() if extra else None)
+        """Phase 1: forward the batch ``ids`` and send what crosses the cut (or a defense's
+        :meth:`~splitpriv.defense.Defense.replay` of it: then no forward pass and no step)."""
+        replayed = next((r for d in self.defenses if (r := d.replay(ids)) is not None), None)
+        extra: torch.Tensor | None = None
+        if replayed is not None:
+            a = replayed
+        else:
+            x = self.x[ids]
+            a = self._activations(x, training=True)
+            terms = [t for d in self.defenses if (t := d.client_loss(x, a)) is not None]
+            extra = torch.stack(terms).sum() if terms else None
+        self._pending = (a, extra, replayed is not None)
         self.channel.send(Kind.ACTIVATIONS, a, ids)
         if not self.ushape:
             y = self.y[ids]
@@ -139,9 +146,11 @@ class Client:
     def apply_gradient(self) -> None:
         """Last phase: backpropagate the received d loss / d activations (plus local loss terms)."""
         assert self._pending is not None, "apply_gradient before send_activations"
-        a, extra = self._pending
+        a, extra, frozen = self._pending
         self._pending = None
         g = self.channel.recv(Kind.ACT_GRAD)
+        if frozen:
+            return  # a replayed release: the client takes no step
         self.optimizer.zero_grad(set_to_none=True)
         if extra is None:
             a.backward(g)

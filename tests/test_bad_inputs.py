@@ -96,3 +96,14 @@ def test_a_finished_run_rerun_with_fewer_epochs_is_refused(pool_dirs, tmp_path, 
     err = capsys.readouterr().err
     assert "holds 2 trained epochs, more than the 1 asked for" in err
     assert (out / "result.json").read_text() == before
+
+
+def test_a_changed_record_policy_on_an_existing_run_is_named(pool_dirs, tmp_path, capsys):
+    mitdb, cache = pool_dirs
+    out = tmp_path / "run"
+    base = ["train", "--out", str(out), "--mitdb-dir", str(mitdb), "--cache-dir", str(cache),
+            "--train-subset", "200", "--test-subset", "100", "--no-progress", "--epochs", "1"]
+    assert main(base) == 0
+    capsys.readouterr()
+    assert main([*base, "--record-epochs", "all"]) == 2
+    assert "record_epochs" in capsys.readouterr().err

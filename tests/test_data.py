@@ -242,6 +242,8 @@ def test_cache_key_depends_on_every_field() -> None:
         "wavelet": "db4",
         "threshold_scale": 0.01,
         "classes": "NLRAVF",
+        "lead": "MLII",
+        "labels": "aami",
     }
     assert set(changes) == {f.name for f in dataclasses.fields(PrepConfig)}
     keys = {dataclasses.replace(base, **{k: v}).cache_key() for k, v in changes.items()}
@@ -577,12 +579,13 @@ def test_aami_mapping_of_every_mitdb_symbol(mitdb_dir: Path) -> None:
     for name in data.record_names(mitdb_dir):
         seen |= set(wfdb.rdann(str(mitdb_dir / name), "atr").symbol)
     assert seen == set(AAMI_TABLE)  # the table covers every symbol the database uses
-    prep = PrepConfig(labels="aami", classes="NSVFQ")
+    prep = PrepConfig(labels="aami")
+    assert prep.classes == "NSVFQ"
     labels = prep.symbol_labels
     for symbol, cls in AAMI_TABLE.items():
         assert (data.AAMI_CLASSES[labels[symbol]] if symbol in labels else None) == cls, symbol
     with pytest.raises(DataError, match="NSVFQ"):
-        PrepConfig(labels="aami")
+        PrepConfig(labels="aami", classes="NLRAVF")
     with pytest.raises(DataError, match="labels"):
         PrepConfig(labels="bogus")
 

@@ -3,8 +3,10 @@
 Every wait has a deadline: a peer that goes silent or dies makes the other side raise
 :class:`~splitpriv.distributed.wire.PeerError` naming the awaited message, never hang. The
 receiver checks every header (kind, dtype, trailing shape, rows equal to the ids, the step's ids,
-sequence number, epoch and phase) and stops with a
-:class:`~splitpriv.distributed.wire.WireError` naming the message. What crossed (both
+sequence number, epoch and phase, at most ``max_bytes``), every frame of the body (its message,
+index and size) and every float payload (finite), and stops with a
+:class:`~splitpriv.distributed.wire.WireError` naming the message; a sender refuses to send a
+non-finite tensor too. What crossed (both
 directions) is recorded into the transcript on this side, and bytes are counted per message.
 """
 
@@ -27,8 +29,12 @@ from splitpriv.channel import (
     message_bytes,
 )
 from splitpriv.distributed.wire import (
+    CHUNK_BYTES,
     DTYPE_OF,
     DTYPES,
+    FRAME_BYTES,
+    FRAME_MAGIC,
+    FRAME_PREFIX,
     HEADER_LEN,
     MAX_NDIM,
     PHASES,
@@ -44,6 +50,12 @@ from splitpriv.distributed.wire import (
     check_header,
 )
 from splitpriv.models import N_CLASSES
+
+
+def finite_or_raise(tensor: torch.Tensor, what: str) -> None:
+    """Raise :class:`WireError` if a float ``tensor`` holds NaN or an infinity."""
+    if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+        raise WireError(f"{what}: non-finite values (NaN or inf) in the payload")
 
 
 def _describe_failure(exc: BaseException) -> str:
@@ -65,6 +77,9 @@ class DistChannel(Channel):
         transcript: what crossed (sent and received), recorded on this side.
         wire: bytes and messages per kind, epoch and phase.
         last: the last tensor received per kind.
+        max_bytes: the longest body a received header may declare (default: twice the longest
+            message ``specs`` and ``max_rows`` allow; ``max_message_mb`` sets it, and must leave
+            room for the longest such message).
     """
 
     def __init__(
@@ -78,8 +93,16 @@ class DistChannel(Channel):
         train_ids: torch.Tensor | None = None,
         device: torch.device | str = "cpu",
         group: Any = None,
+        max_message_mb: float | None = None,
     ) -> None:
         self.peer, self.specs, self.timeout_s, self.max_rows = peer, specs, timeout_s, max_rows
+        longest = max(spec.max_bytes(max_rows) for spec in specs.values())
+        self.max_bytes = 2 * longest
+        if max_message_mb is not None:
+            self.max_bytes = int(max_message_mb * 2**20)
+            if self.max_bytes < longest:
+                raise ValueError(f"--max-message-mb {max_message_mb:g} is below this run's "
+                                 f"longest message ({longest / 2**20:.3f} MB)")
         self.transcript = transcript if transcript is not None else Transcript(policy=NOTHING)
         self.train_ids = train_ids.cpu() if train_ids is not None else None
         self.device = torch.device(device)
@@ -181,23 +204,58 @@ class DistChannel(Channel):
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         if tensor.dtype not in DTYPES or tensor.dim() > MAX_NDIM:
             raise WireError(f"cannot send {tensor.dtype} tensor of {tensor.dim()} dims")
-        payload = tensor.to(self.wire_device).contiguous()
-        header = Header(self._send_seq, int(code), DTYPES[tensor.dtype], self.epoch,
-                        PHASES.index(self.phase), len(ids), tuple(tensor.shape), tensor.numel())
-        parts = [(header.encode().to(self.wire_device), TAG_HEADER)]
-        if len(ids):
-            parts.append((ids.to(self.wire_device, torch.int64).contiguous(), TAG_BODY))
-        if payload.numel():
-            parts.append((payload, TAG_BODY))
         what = (f"rank {self.rank} sending {code.label!r} message #{self._send_seq} to rank "
                 f"{self.peer} (epoch {self.epoch}, {self.phase})")
+        finite_or_raise(tensor, what)
+        header = Header(self._send_seq, int(code), DTYPES[tensor.dtype], self.epoch,
+                        PHASES.index(self.phase), len(ids), tuple(tensor.shape), tensor.numel())
+        body = torch.cat([ids.to(torch.int64).cpu().contiguous().view(torch.uint8),
+                          tensor.cpu().contiguous().reshape(-1).view(torch.uint8)])
+        self._transmit(header, body, what, timeout_s)
+        self.wire.add("sent", code.label, self.epoch, self.phase,
+                      message_bytes(tensor, len(ids)))
+
+    def _transmit(self, header: Header, body: torch.Tensor, what: str, timeout_s: float) -> None:
+        """Send ``header``, then ``body`` (uint8) in frames of at most FRAME_BYTES (nccl: padded
+        to FRAME_BYTES, as it needs equal sizes on both ends)."""
+        parts = [(header.encode(), TAG_HEADER)]
+        for i, start in enumerate(range(0, len(body), CHUNK_BYTES)):
+            chunk = body[start : start + CHUNK_BYTES]
+            prefix = torch.tensor([FRAME_MAGIC, header.seq, i, len(body), len(chunk)],
+                                  dtype=torch.int64).view(torch.uint8)
+            pad = FRAME_BYTES - len(prefix) - len(chunk) if self.backend == "nccl" else 0
+            parts.append((torch.cat([prefix, chunk, torch.zeros(pad, dtype=torch.uint8)]),
+                          TAG_BODY))
         # a send completes when the peer posts the matching receive; per tag, order is kept
-        works = [dist.isend(t, self.peer, group=self.group, tag=tag) for t, tag in parts]
+        works = [dist.isend(t.to(self.wire_device), self.peer, group=self.group, tag=tag)
+                 for t, tag in parts]
         for work in works:
             self._wait(work, what, timeout_s)
         self._send_seq += 1
-        self.wire.add("sent", code.label, self.epoch, self.phase,
-                      message_bytes(tensor, len(ids)))
+
+    def _recv_body(self, h: Header, what: str, timeout_s: float) -> torch.Tensor:
+        """The body ``h`` declares (uint8), from its frames, each checked against ``h``."""
+        n = h.body_bytes()
+        n_frames = -(-n // CHUNK_BYTES)
+        buf = torch.zeros(n_frames, FRAME_BYTES, dtype=torch.uint8, device=self.wire_device)
+        works = [dist.irecv(buf[i], self.peer, group=self.group, tag=TAG_BODY)
+                 for i in range(n_frames)]
+        for work in works:
+            self._wait(work, what, timeout_s)
+        buf = buf.cpu()
+        prefixes = buf[:, : 8 * FRAME_PREFIX].contiguous().view(torch.int64)
+        chunks = []
+        for i in range(n_frames):
+            magic, seq, index, total, size = (int(v) for v in prefixes[i])
+            expected = min(CHUNK_BYTES, n - i * CHUNK_BYTES)
+            if magic != FRAME_MAGIC or seq != h.seq or index != i:
+                raise WireError(f"{what}: frame {i} of {n_frames} is not one of this message's "
+                                f"(magic {magic:#x}, message #{seq}, frame {index})")
+            if total != n or size != expected:
+                raise WireError(f"{what}: a payload of {total:,} bytes (frame {i}: {size:,}), "
+                                f"the header declared {n:,}")
+            chunks.append(buf[i, 8 * FRAME_PREFIX : 8 * FRAME_PREFIX + size])
+        return torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.uint8)
 
     def post_header(self) -> Any:
         """Start receiving the next header (used by :func:`select`)."""
@@ -224,13 +282,11 @@ class DistChannel(Channel):
         check_header(h, code, spec, seq=self._recv_seq,
                      epoch=self.epoch if data_kind else None,
                      phase=self.phase if data_kind else None,
-                     max_rows=self.max_rows, what=what)
-        ids = torch.empty(h.n_ids, dtype=torch.int64, device=self.wire_device)
-        payload = torch.empty(h.shape, dtype=DTYPE_OF[h.dtype], device=self.wire_device)
-        works = [dist.irecv(t, self.peer, group=self.group, tag=TAG_BODY)
-                 for t in (ids, payload) if t.numel()]
-        for work in works:
-            self._wait(work, what, timeout_s)
+                     max_rows=self.max_rows, what=what, max_bytes=self.max_bytes)
+        body = self._recv_body(h, what, timeout_s)
+        ids = body[: 8 * h.n_ids].view(torch.int64)
+        payload = body[8 * h.n_ids :].view(DTYPE_OF[h.dtype]).reshape(h.shape)
+        finite_or_raise(payload, what)
         self._recv_seq += 1
         # counted under the epoch and phase the sender stamped, as the sender counts it
         self.wire.add("received", code.label, h.epoch, PHASES[h.phase],

@@ -156,8 +156,10 @@ class Header:
     @classmethod
     def decode(cls, buf: torch.Tensor) -> Header:
         """Parse a received header; raises :class:`WireError` on a malformed layout."""
-        v = [int(x) for x in buf.tolist()]
-        if len(v) != HEADER_LEN or v[0] != MAGIC:
+        v = [int(x) for x in buf.reshape(-1).tolist()]
+        if len(v) != HEADER_LEN:
+            raise WireError(f"a header of {len(v)} values, expected {HEADER_LEN}")
+        if v[0] != MAGIC:
             raise WireError(f"bad magic {v[0]:#x} (not a splitpriv header)")
         if v[1] != VERSION:
             raise WireError(f"wire version {v[1]}, this side speaks {VERSION}")

@@ -160,10 +160,12 @@ class TrainConfig:
             raise ValueError(f"{path}: {exc}") from None
 
     def rerun_key(self) -> dict[str, Any]:
-        """The fields that must match for a run directory to be resumed (not epochs, not paths)."""
+        """The fields that must match for a run directory to be resumed: everything that changes
+        what the run produces (the transcript's epochs and kinds included), not the epochs (a run
+        can be extended), the device, the threads or where the records and caches are (the pool
+        cache is keyed by the records' content)."""
         d = dataclasses.asdict(self)
-        for k in ("epochs", "device", "threads", "mitdb_dir", "cache_dir", "record_epochs",
-                  "record_kinds"):
+        for k in ("epochs", "device", "threads", "mitdb_dir", "cache_dir"):
             d.pop(k)
         return d
 
