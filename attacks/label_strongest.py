@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,6 +113,13 @@ class StrongestLabelAttack(LabelAttack):
                            "criterion": "held-out aux accuracy (ties: mean AUC)"}
         result.notes.append(f"strongest label attack by held-out aux accuracy: {chosen.name}")
         return result
+
+    @classmethod
+    def columns(cls, summary):
+        """The label columns, and the chosen attack's name as ``strongest_label_attack``."""
+        chosen = summary.get("chosen") if summary else None
+        return super().columns(summary) | {
+            "strongest_label_attack": chosen if isinstance(chosen, str) else math.nan}
 
     def headline(self, summary):
         return super().headline(summary) | {"chosen": summary.get("chosen")}

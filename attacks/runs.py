@@ -18,6 +18,7 @@ Auxiliary-set specs (``--aux``):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def _client(run: RunData, x: torch.Tensor, y: torch.Tensor):
     from splitpriv.run import build_defenses
     from splitpriv.trainer import adam
 
-    net = ClientNet(run.config.depth)
+    net = ClientNet(run.config.depth, run.config.cut_channels)
     net.load_state_dict(run.weights["client"])
     transcript = Transcript(policy=RecordPolicy(phases=None, kinds=frozenset({Kind.ACTIVATIONS})))
     channel = InProcessChannel(transcript)
@@ -192,6 +193,8 @@ def knowledge_for(run: RunData, aux: AuxData | None) -> Knowledge:
     return Knowledge(
         aux=aux, depth=run.config.depth, client_state=run.weights["client"],
         defenses=tuple(run.config.defenses),
+        build_client=(functools.partial(ClientNet, run.config.depth, run.config.cut_channels)
+                      if run.config.cut_channels is not None else None),
     )
 
 

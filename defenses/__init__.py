@@ -12,6 +12,12 @@ Built-in defenses (each documents its parameters in its ``Config``):
 * ``ushape`` (:mod:`defenses.ushape`): U-shaped topology, labels and head stay on the client.
 * ``nopeek`` (:mod:`defenses.nopeek`): client loss ``alpha * dCor(inputs, activations)``.
 * ``dpsgd`` (:mod:`defenses.dpsgd`): DP-SGD (Opacus) on the client's layers.
+* ``labeldp`` (:mod:`defenses.labeldp`): randomised response on the labels sent (vanilla), formal
+  label-DP epsilon per beat's label; ``prior=true`` is RR-with-prior (Ghazi et al. 2021).
+* ``maxnorm`` (:mod:`defenses.maxnorm`): Gaussian noise raising every output gradient's expected
+  squared norm to the batch's largest (U-shape; Li et al. 2022).
+* ``marvell`` (:mod:`defenses.marvell`): noise bounding every one-vs-rest label AUC under the
+  paper's Gaussian model, ``auc_bound`` (U-shape; Li et al. 2022, simplified).
 
 Accounting helpers shared by ``dp`` and ``dpsgd`` live in :mod:`defenses.accounting`. Every
 defense's ``report()`` is a :class:`splitpriv.defense.PrivacyClaim`.

@@ -122,7 +122,6 @@ class LabelDP(Defense):
     def __init__(self, config: Config) -> None:
         self.config = config
         self._noisy: torch.Tensor | None = None
-        self._ids: torch.Tensor | None = None
         self._kept: float | None = None
 
     def prior(self) -> np.ndarray | None:
@@ -135,8 +134,7 @@ class LabelDP(Defense):
         return p / p.sum()
 
     def attach(self, client: Client) -> None:
-        """Draw every training beat's noisy label once; note the ids of each batch sent (the
-        client's ``send_activations`` is wrapped so that ``transform_labels`` knows its rows)."""
+        """Draw every training beat's noisy label once."""
         if client.ushape:
             raise ValueError("defense 'labeldp': the U-shaped topology sends no labels; "
                              "labeldp protects the labels of the vanilla topology")
@@ -146,20 +144,10 @@ class LabelDP(Defense):
         self._noisy = randomised_response(y, self.config.epsilon, prior=self.prior(),
                                           generator=gen).to(client.y.device)
         self._kept = float((self._noisy.cpu() == y).float().mean()) if len(y) else None
-        send = client.send_activations
 
-        def send_noting_ids(ids: torch.Tensor) -> None:
-            self._ids = ids
-            try:
-                send(ids)
-            finally:
-                self._ids = None
-
-        client.send_activations = send_noting_ids  # type: ignore[method-assign]
-
-    def transform_labels(self, y: torch.Tensor) -> torch.Tensor:
-        if self._noisy is not None and self._ids is not None:
-            return self._noisy[self._ids]
+    def transform_labels(self, y: torch.Tensor, *, ids: torch.Tensor) -> torch.Tensor:
+        if self._noisy is not None:
+            return self._noisy[ids]  # the same noisy label every epoch: one release per beat
         return randomised_response(y.cpu(), self.config.epsilon,  # a fresh release
                                    prior=self.prior()).to(y.device)
 

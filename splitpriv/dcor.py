@@ -244,3 +244,39 @@ def dcor_batches(
             out["dcor"][k] = float(dcor_from_distances(ak, bk))
             out["u_dcor_sqr"][k] = u_dcor_sqr_from_distances(ak, bk) if m > 3 else np.nan
     return out
+
+
+def u_dcor_sqr_per_channel(x: torch.Tensor | np.ndarray, acts: torch.Tensor | np.ndarray
+                           ) -> torch.Tensor:
+    """The bias-corrected squared dCor (:func:`u_dcor_sqr_from_distances`) of the paper's
+    per-beat, per-channel pairs (:func:`dcor_per_channel`): each beat's L input values against
+    each channel's L values, about 0 where they are independent.
+
+    Shape:
+        x: (B, L), acts: (B, C, L), L > 3. Returns (B, C) float64.
+    """
+    x = torch.as_tensor(x).to(torch.float64)
+    acts = torch.as_tensor(acts).to(torch.float64)
+    if x.ndim != 2 or acts.ndim != 3 or x.shape[0] != acts.shape[0] or x.shape[1] != acts.shape[2]:
+        raise ValueError(f"u_dcor_sqr_per_channel: expected x (B, L) and acts (B, C, L), got "
+                         f"{tuple(x.shape)} and {tuple(acts.shape)}")
+    n = x.shape[1]
+    if n < 4:
+        raise ValueError("the bias-corrected dCor needs at least 4 observations")
+    off_diagonal = 1 - torch.eye(n, dtype=torch.float64)
+
+    def ucentre(d: torch.Tensor) -> torch.Tensor:  # (..., n, n) -> (..., n, n)
+        row, col = d.sum(-1, keepdim=True), d.sum(-2, keepdim=True)
+        total = d.sum((-1, -2), keepdim=True)
+        return (d - row / (n - 2) - col / (n - 2) + total / ((n - 1) * (n - 2))) * off_diagonal
+
+    out = torch.empty(acts.shape[:2], dtype=torch.float64)
+    with torch_threads(1):
+        for s in range(0, len(x), _CHUNK):
+            ua = ucentre((x[s:s + _CHUNK, :, None] - x[s:s + _CHUNK, None, :]).abs())[:, None]
+            ys = acts[s:s + _CHUNK]
+            ub = ucentre((ys[..., :, None] - ys[..., None, :]).abs())  # (b, C, n, n)
+            cov = (ua * ub).sum((-1, -2))
+            den = ((ua * ua).sum((-1, -2)) * (ub * ub).sum((-1, -2))).sqrt()
+            out[s:s + _CHUNK] = torch.where(den > 0, cov / torch.where(den > 0, den, 1.0), 0.0)
+    return out

@@ -147,8 +147,9 @@ class Defense:
         """Map the activations (B, C, L) the client is about to send. Keep the autograd graph."""
         return a
 
-    def transform_labels(self, y: torch.Tensor) -> torch.Tensor:
-        """Map the labels (B,) the client is about to send (vanilla topology, training only)."""
+    def transform_labels(self, y: torch.Tensor, *, ids: torch.Tensor) -> torch.Tensor:
+        """Map the labels (B,) of sample ``ids`` (B,) the client is about to send (vanilla
+        topology, training only)."""
         return y
 
     def client_loss(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor | None:

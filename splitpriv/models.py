@@ -8,6 +8,13 @@ Client (data owner): ``depth`` convolutional layers, cut after the second max-po
 
 Server: Linear(512,128) - LeakyReLU - Linear(128,5).
 
+An optional bottleneck at the cut (``cut_channels=c``, a DP-friendly cut): a 1x1 Conv1d(16, c)
+after the client's last pool, so that the client sends (B, c, 32) = 32 c values per beat and the
+server's first layer is Linear(32 c, 128). Activation DP clips each beat's vector to norm C and
+adds noise of the same std to every value: the signal's energy is at most C^2 whatever the cut's
+size d, the noise's is d sigma^2, so a smaller cut keeps more of the signal (d = 128 for c = 4
+against 512).
+
 The U-shaped topology (Vepakomma et al., arXiv 1812.00564) keeps the last layer on the client:
 the server runs Linear(512,128) - LeakyReLU and the client's head runs Linear(128,5).
 
@@ -22,6 +29,7 @@ The protocol, the model and the paper's numbers are described in ``docs/referenc
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +43,7 @@ CUT_LENGTH = 32
 CUT_FEATURES = CUT_CHANNELS * CUT_LENGTH  # 512
 HIDDEN = 128
 MIN_DEPTH, MAX_DEPTH = 2, 8
+MAX_CUT_CHANNELS = 64
 
 
 @dataclass(frozen=True)
@@ -45,17 +54,30 @@ class ModelConfig:
         depth: number of client conv layers, 2..8 (``docs/reference.md``, "Model").
         paper_softmax: apply Softmax before the loss, as the original code does (double softmax).
         n_classes: outputs of the last layer (the label scheme's class count; the paper's 5).
+        cut_channels: channels of a 1x1 bottleneck convolution at the cut, 1..64 (None: no
+            bottleneck, the paper's 16 x 32 cut).
     """
 
     depth: int = 2
     paper_softmax: bool = False
     n_classes: int = N_CLASSES
+    cut_channels: int | None = None
 
     def __post_init__(self) -> None:
         if not MIN_DEPTH <= self.depth <= MAX_DEPTH:
             raise ValueError(f"depth must be in {MIN_DEPTH}..{MAX_DEPTH}, got {self.depth}")
         if self.n_classes < 2:
             raise ValueError(f"n_classes must be >= 2, got {self.n_classes}")
+        c = self.cut_channels
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int)
+                              or not 1 <= c <= MAX_CUT_CHANNELS):
+            raise ValueError(f"cut_channels must be an integer in 1..{MAX_CUT_CHANNELS} (None: no "
+                             f"bottleneck), got {c!r}")
+
+
+def cut_shape(cut_channels: int | None = None) -> tuple[int, int]:
+    """The (C, L) of the activations at the cut: (16, 32), or (cut_channels, 32)."""
+    return (cut_channels or CUT_CHANNELS, CUT_LENGTH)
 
 
 class _PairMax(torch.autograd.Function):
@@ -120,9 +142,10 @@ class MaxPool2(nn.Module):
 
 
 class ClientNet(nn.Module):
-    """The client's convolutional layers. Shape: (B, 1, 128) -> (B, 16, 32)."""
+    """The client's convolutional layers. Shape: (B, 1, 128) -> (B, 16, 32), or
+    (B, cut_channels, 32) through the 1x1 bottleneck."""
 
-    def __init__(self, depth: int = 2) -> None:
+    def __init__(self, depth: int = 2, cut_channels: int | None = None) -> None:
         super().__init__()
         layers: list[nn.Module] = [
             nn.Conv1d(1, 16, kernel_size=7, padding=3),
@@ -134,19 +157,23 @@ class ClientNet(nn.Module):
         for _ in range(depth - 2):
             layers += [nn.Conv1d(16, 16, kernel_size=5, padding=2), nn.LeakyReLU()]
         layers.append(MaxPool2())
+        if cut_channels is not None:
+            layers.append(nn.Conv1d(CUT_CHANNELS, cut_channels, kernel_size=1))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)  # (B, 1, 128) -> (B, 16, 32)
+        return self.layers(x)  # (B, 1, 128) -> (B, 16, 32) or (B, c, 32)
 
 
 class ServerNet(nn.Module):
-    """The server's dense layers. Shape: (B, 16, 32) -> (B, 5), or (B, 128) when U-shaped."""
+    """The server's dense layers. Shape: (B, 16, 32) -> (B, 5), or (B, 128) when U-shaped
+    ((B, cut_channels, 32) in with a bottleneck)."""
 
     def __init__(self, *, with_head: bool = True, paper_softmax: bool = False,
-                 n_classes: int = N_CLASSES) -> None:
+                 n_classes: int = N_CLASSES, cut_channels: int | None = None) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Flatten(), nn.Linear(CUT_FEATURES, HIDDEN), nn.LeakyReLU()]
+        features = math.prod(cut_shape(cut_channels))
+        layers: list[nn.Module] = [nn.Flatten(), nn.Linear(features, HIDDEN), nn.LeakyReLU()]
         if with_head:
             layers += head_layers(paper_softmax, n_classes)
         self.layers = nn.Sequential(*layers)
@@ -213,9 +240,9 @@ def build_models(config: ModelConfig, *, ushape: bool = False, seed: int = 0) ->
     same initial weights.
     """
     torch.manual_seed(seed)
-    client = ClientNet(config.depth)
+    client = ClientNet(config.depth, config.cut_channels)
     server = ServerNet(with_head=not ushape, paper_softmax=config.paper_softmax,
-                       n_classes=config.n_classes)
+                       n_classes=config.n_classes, cut_channels=config.cut_channels)
     head = (HeadNet(paper_softmax=config.paper_softmax, n_classes=config.n_classes) if ushape
             else None)
     return SplitModels(client=client, server=server, head=head)

@@ -126,7 +126,7 @@ class Client:
         if not self.ushape:
             y = self.y[ids]
             for d in self.defenses:
-                y = d.transform_labels(y)
+                y = d.transform_labels(y, ids=ids)
             self.channel.send(Kind.LABELS, y, ids)
 
     def head_step(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -144,7 +144,9 @@ class Planned:
     config: TrainConfig
     labels: dict[str, Any]
     """the study's own columns, typed (an epsilon is a float, None for no defense)"""
-    attacks: tuple[str, ...] = ("dcor", "dtw", "decoder")
+    attacks: tuple[str, ...] = ("dcor", "dtw", "strongest")
+    """the attacks run on it: the leakage measures and the strongest inversion (its winner's
+    linkage is the studies' privacy axis)"""
 
 
 def attack_done(path: Path, epochs: int, options: dict[str, Any]) -> bool:
@@ -189,6 +191,29 @@ def privacy_columns(result: dict[str, Any]) -> dict[str, float]:
     sigma = claim.details.get("noise_multiplier")
     return {"accounted_epsilon": math.nan if claim.epsilon is None else float(claim.epsilon),
             "noise_multiplier": math.nan if sigma is None else float(sigma)}
+
+
+def claim_scope(result: dict[str, Any]) -> str:
+    """What the run's formal privacy claims cover, in words, from result.json's
+    :class:`~splitpriv.defense.PrivacyClaim` scopes and the topology: e.g. "activation releases
+    of each training beat; client weights not private; labels in the clear" (formal activation DP
+    alone), "end-to-end: ..." where a claim composes the activation releases with private client
+    weights (DP + DP-SGD), "no formal claim" without one."""
+    claims = [PrivacyClaim.from_dict(c) for c in result.get("defenses", [])]
+    formal = [c for c in claims if c.formal]
+    if not formal:
+        return "no formal claim"
+    scopes = [c.scope or c.name for c in formal]
+    combined = any(isinstance(v, dict) and v.get("epsilon") is not None
+                   for c in formal for k, v in c.details.items() if k.startswith("combined_with"))
+    parts = [("end-to-end: " if combined else "") + " + ".join(scopes)]
+    if not any(s.startswith("client weights") for s in scopes):
+        parts.append("client weights not private")
+    if not any("activation" in s for s in scopes):
+        parts.append("a beat's own activation releases not covered")
+    parts.append("labels stay on the client (no formal guarantee)"
+                 if result.get("topology") == "ushape" else "labels in the clear")
+    return "; ".join(parts)
 
 
 def attack_columns(summaries: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any]:
@@ -261,12 +286,22 @@ def sweep(plan: Sequence[Planned], out: Path, budget: AttackBudget, *, study: st
             "best_test_accuracy": result["best_test_accuracy"],
             "final_test_accuracy": result["final_test_accuracy"],
             **attack_columns({a: summaries.get(a) for a in every_attack}),
-            **privacy_columns(result),
+            **privacy_columns(result), "claim_scope": claim_scope(result),
             "train_seconds": result["seconds"], "wall_seconds": time.perf_counter() - t0,
             "run_dir": str(run_dir),
         })
     return rows
 
+
+#: the studies' privacy axis: the strongest inversion's linkage advantage among 10 same-class
+#: candidates, (accuracy - chance) / (1 - chance): 0 = chance (nothing re-identified), 1 = every
+#: victim picked out
+PRIVACY_AXIS = "linkage_k10_advantage"
+PRIVACY_AXIS_LABEL = ("re-identification advantage of the strongest inversion, k = 10 "
+                      "(0 = chance, 1 = all)")
+#: the inversion columns a study table shows beside the privacy axis
+INVERSION_TABLE = ("linkage_k10_advantage", "linkage_k100_advantage", "inversion_pearson_r",
+                   "inversion_prdn", "prior_mean_beat_pearson_r", "prior_class_mean_pearson_r")
 
 # ---------------------------------------------------------------------------------------------
 # Tables
@@ -277,8 +312,9 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]
     """``rows`` as CSV with ``columns`` first, then any other key; values as
     :func:`~splitpriv.options.format_value` writes them (floats in full precision, ``3.0`` as
     ``3``, None as ``none``), NaN as ``nan``."""
+    columns = list(dict.fromkeys(columns))
     extra = [k for r in rows for k in r if k not in columns]
-    header = list(columns) + list(dict.fromkeys(extra))
+    header = columns + list(dict.fromkeys(extra))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=header, restval="", lineterminator="\n")
     w.writeheader()
@@ -329,14 +365,18 @@ def group(rows: Sequence[dict[str, Any]], *keys: str) -> dict[tuple, list[dict[s
     return out
 
 
-def aggregate(rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequence[str]
-              ) -> list[dict[str, Any]]:
-    """One dict per setting (the values of ``keys``): those values, ``n`` and a :class:`Stat`
-    (mean, sd over seeds) per metric."""
+def aggregate(rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequence[str],
+              texts: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """One dict per setting (the values of ``keys``): those values, ``n``, a :class:`Stat`
+    (mean, sd over seeds) per metric and, per text column (``strongest_attack``,
+    ``claim_scope``), its distinct values over the seeds joined by " / "."""
     out = []
     for k, rs in group(rows, *keys).items():
         stats = {m: stat(r.get(m) for r in rs) for m in metrics}
-        out.append({**dict(zip(keys, k, strict=True)), "n": len(rs), **stats})
+        words = {t: " / ".join(dict.fromkeys(str(r[t]) for r in rs
+                                             if isinstance(r.get(t), str) and r[t])) or "-"
+                 for t in texts}
+        out.append({**dict(zip(keys, k, strict=True)), "n": len(rs), **stats, **words})
     return out
 
 

@@ -6,8 +6,11 @@ activation DP (a few total training epsilons); U-shape (labels stay on the clien
 (an alpha grid); client DP-SGD; deeper clients (depth 3..8, no other defense); and combinations
 (U-shape + DP, NoPeek + DP).
 
-Metrics per run: test accuracy (validation-selected) and the paper's best test accuracy; dCor and
-DTW of the defended activations; the learned-decoder inversion (median Pearson r, PRD); label
+Metrics per run: test accuracy (validation-selected) and the paper's best test accuracy; dCor
+(V-statistic and bias-corrected) and DTW of the defended activations; the strongest inversion
+(``attacks.strongest``: ridge or the tuned decoder, whichever re-identifies the attacker's
+held-out aux beats best): its linkage advantage, the privacy axis (0 = chance), median Pearson r
+and PRDN beside the mean-beat and class-mean priors'; the scope of the formal claim; label
 inference: in the vanilla topology the labels cross in the clear (100%), in the U-shaped one the
 best of the norm, direction and k-means attacks on the output gradients.
 
@@ -29,6 +32,9 @@ import matplotlib.pyplot as plt
 
 from splitpriv.options import format_spec
 from studies.common import (
+    INVERSION_TABLE,
+    PRIVACY_AXIS,
+    PRIVACY_AXIS_LABEL,
     QUICK,
     FigureSet,
     Planned,
@@ -45,13 +51,15 @@ from studies.common import (
 from studies.dp_tradeoff import COLUMNS as DP_COLUMNS
 
 STUDY = "compare_defenses"
-LEAKAGE = ("dcor", "dtw", "decoder")
+LEAKAGE = ("dcor", "dtw", "strongest")
 LABELS_CLEAR = ("label-direction",)  # vanilla topology: the labels cross, read not inferred
 LABELS_USHAPE = ("label-norm", "label-direction", "label-kmeans")
-COLUMNS = ["study", "defense", "family", *DP_COLUMNS[1:-1],
-           *attack_column_names(LABELS_USHAPE), "run_dir"]
-METRICS = ["test_accuracy", "best_test_accuracy", "dcor_max", "dcor_batch", "dtw_min",
-           "inversion_pearson_r", "inversion_prd", "label_attack_accuracy", "accounted_epsilon"]
+COLUMNS = ["study", "defense", "family", *DP_COLUMNS[1:-1], *attack_column_names(LEAKAGE),
+           "claim_scope", *attack_column_names(LABELS_USHAPE), "run_dir"]
+METRICS = ["test_accuracy", "best_test_accuracy", "dcor_max", "dcor_batch",
+           "dcor_batch_unbiased", "dtw_min", *INVERSION_TABLE, "inversion_prd",
+           "label_attack_accuracy", "accounted_epsilon"]
+TEXTS = ["strongest_attack", "claim_scope"]
 
 
 @dataclass
@@ -144,36 +152,52 @@ def plan(args: Args) -> list[Planned]:
 
 
 def summary_markdown(rows: list[dict], title: str) -> tuple[str, list[dict]]:
-    agg = aggregate(rows, ["defense", "family"], METRICS)
-    front = set(pareto_front([s["inversion_pearson_r"].mean for s in agg],
+    agg = aggregate(rows, ["defense", "family"], METRICS, TEXTS)
+    front = set(pareto_front([s[PRIVACY_AXIS].mean for s in agg],
                              [s["test_accuracy"].mean for s in agg]))
     header = ["defense", "family", "n", "test acc (val-selected, %)", "best test acc (%)",
-              "dCor max", "dCor batch", "DTW min", "inversion r", "inversion PRD (%)",
-              "label attack acc (%)", "accounted epsilon", "Pareto"]
+              "dCor max", "dCor batch (V / unbiased dCor²)", "DTW min",
+              "linkage adv. k10 / k100", "strongest", "inversion r (mean beat / class mean)",
+              "inversion PRDN (%)", "label attack acc (%)", "accounted epsilon", "claim scope",
+              "Pareto"]
     body = [[s["defense"], s["family"], s["n"], s["test_accuracy"], s["best_test_accuracy"],
-             s["dcor_max"], s["dcor_batch"], s["dtw_min"], s["inversion_pearson_r"],
-             s["inversion_prd"], s["label_attack_accuracy"], s["accounted_epsilon"],
+             s["dcor_max"], f"{s['dcor_batch']} / {s['dcor_batch_unbiased']}", s["dtw_min"],
+             f"{s['linkage_k10_advantage']} / {s['linkage_k100_advantage']}",
+             s["strongest_attack"],
+             f"{s['inversion_pearson_r']} ({s['prior_mean_beat_pearson_r']} / "
+             f"{s['prior_class_mean_pearson_r']})", s["inversion_prdn"],
+             s["label_attack_accuracy"], s["accounted_epsilon"],
+             s["claim_scope"] if s["accounted_epsilon"].n else "-",
              "*" if i in front else ""] for i, s in enumerate(agg)]
     md = "\n".join([
         f"# Defenses compared ({title})", "", markdown_table(header, body), "",
         "Mean ± sd over seeds. Leakage of the defended activations the server receives "
         "(recomputed from the final weights with the run's defenses, training beats). "
-        "Inversion: decoder trained on the attacker's auxiliary 10% (defended activations). "
+        "Privacy axis: the linkage advantage of the strongest inversion (ridge or the tuned "
+        "decoder, chosen on the attacker's held-out aux beats, trained on the defended "
+        "activations of its auxiliary 10%): how often a reconstruction is nearer its own beat "
+        "than k random beats of its class, (accuracy - chance) / (1 - chance); 0 = chance, "
+        "which the priors (mean beat, class mean) score by construction. Their median r is in "
+        "brackets: an inversion r near them has learned little per beat. dCor batch: the "
+        "V-statistic (floor about .3 on independent data at these sizes) / the bias-corrected "
+        "dCor² (about 0 on independent data). "
         "Label attack: vanilla topology = labels read in the clear (100%); U-shape = best of "
         "the norm, direction and k-means attacks on the output gradients. Pareto (*): no "
-        "other setting has both a lower inversion r and a higher test accuracy. Only formal "
-        "DP and DP-SGD carry a formal guarantee (accounted epsilon, delta 1e-5).", ""])
+        "other setting has both a lower linkage advantage and a higher test accuracy. Only "
+        "formal DP and DP-SGD carry a formal guarantee (accounted epsilon, delta 1e-5), and "
+        "only over what the claim scope says.", ""])
     return md, agg
 
 
 def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
-    """The trade-off: accuracy against inversion quality and against dCor, Pareto fronts."""
+    """The trade-off: accuracy against re-identification and against dCor, Pareto fronts."""
     apply_style()
     agg = aggregate(rows, ["defense", "family"], METRICS)
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4), sharey=True, layout="constrained")
-    plot_tradeoff(axes[0], agg, x="inversion_pearson_r", y="test_accuracy", group_key="family",
-                  label_key="defense", xlabel="decoder inversion, median Pearson r (unitless)",
+    plot_tradeoff(axes[0], agg, x=PRIVACY_AXIS, y="test_accuracy", group_key="family",
+                  label_key="defense", xlabel=PRIVACY_AXIS_LABEL,
                   ylabel="test accuracy, val-selected (%)")
+    axes[0].axvline(0, color="0.5", linewidth=0.8, linestyle=":")
     plot_tradeoff(axes[1], agg, x="dcor_max", y="test_accuracy", group_key="family",
                   label_key="defense", xlabel="dCor, paper def., max over channels (unitless)",
                   ylabel="")
@@ -182,11 +206,14 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
     figs.save(fig, "tradeoff",
               "Accuracy against leakage for every defense: one marker per setting (mean ± sd "
               "over seeds), one colour and marker per family; the dashed line is the Pareto "
-              "front (no other setting has lower leakage and higher accuracy). Left: median "
-              "Pearson r of a learned decoder's reconstructions from the defended activations; "
-              "right: distance correlation of those activations with the input. Where labels "
-              "would overlap, one is written with the number of settings it hides, \"(+n)\" "
-              "(summary.md lists every setting). " + note)
+              "front (no other setting has lower leakage and higher accuracy). Left: "
+              "re-identification advantage of the strongest inversion (ridge or tuned decoder, "
+              "chosen on the attacker's held-out beats) from the defended activations: 0 "
+              "(dotted) = chance, what the mean-beat and class-mean priors score; 1 = every "
+              "victim picked out among 10 beats of its class. Right: distance correlation of "
+              "those activations with the input. Where labels would overlap, one is written "
+              "with the number of settings it hides, \"(+n)\" (summary.md lists every setting). "
+              + note)
     figs.write_captions()
 
 

@@ -5,10 +5,13 @@ by depth (98.52 at 2 down to 95.07 at 8) and, at 2 and 8 layers, the leakage at 
 max/min, DTW min/max per channel). This study trains every depth over seeds, measures the same
 leakage on the activations the server receives (each activation against its own input) and
 prints both beside the paper's numbers (``splitpriv.published``; how they were obtained:
-docs/reference.md).
+docs/reference.md), with the floor of dCor (bias-corrected dCor², about 0 on independent data) and
+the privacy axis of the other studies: the re-identification (linkage) advantage of the strongest
+inversion (ridge or the tuned decoder, chosen on the attacker's held-out aux beats; 0 = chance),
+with its median Pearson r beside the priors'.
 
-Writes OUT/results.csv (one row per run), OUT/summary.md and OUT/figures/depth (accuracy, dCor
-and DTW against depth).
+Writes OUT/results.csv (one row per run), OUT/summary.md and OUT/figures/depth (accuracy, dCor,
+DTW and the linkage advantage against depth).
 
     python studies/depth.py                # 30 epochs, 3 seeds, depths 2..8
     python studies/depth.py --quick        # smoke budget
@@ -22,7 +25,9 @@ import matplotlib.pyplot as plt
 
 from splitpriv.published import ACCURACY_BY_DEPTH, LEAKAGE_BY_DEPTH
 from studies.common import (
+    INVERSION_TABLE,
     OKABE_ITO,
+    PRIVACY_AXIS_LABEL,
     QUICK,
     FigureSet,
     Planned,
@@ -36,11 +41,12 @@ from studies.common import (
 )
 
 STUDY = "depth"
-ATTACKS = ("dcor", "dtw")
+ATTACKS = ("dcor", "dtw", "strongest")
 COLUMNS = ["study", "seed", "protocol", "depth", "epochs", "defenses", "test_accuracy",
            "best_test_accuracy", "final_test_accuracy", *attack_column_names(ATTACKS),
            "train_seconds", "wall_seconds", "run_dir"]
-METRICS = ["test_accuracy", "best_test_accuracy", "dcor_max", "dcor_min", "dtw_min", "dtw_max"]
+METRICS = ["test_accuracy", "best_test_accuracy", "dcor_max", "dcor_min", "dcor_batch",
+           "dcor_batch_unbiased", "dtw_min", "dtw_max", *INVERSION_TABLE]
 
 
 @dataclass
@@ -57,21 +63,32 @@ def plan(args: Args) -> list[Planned]:
 
 def summary_markdown(rows: list[dict], title: str) -> str:
     body = []
-    for s in sorted(aggregate(rows, ["depth"], METRICS), key=lambda s: s["depth"]):
+    for s in sorted(aggregate(rows, ["depth"], METRICS, ["strongest_attack"]),
+                    key=lambda s: s["depth"]):
         d = int(s["depth"])
         p = LEAKAGE_BY_DEPTH.get(d)
         body.append([d, s["n"], s["test_accuracy"], s["best_test_accuracy"],
                      ACCURACY_BY_DEPTH.get(d, "-"), f"{s['dcor_max']} / {s['dcor_min']}",
                      f"{p['dcor_max']} / {p['dcor_min']}" if p else "-",
+                     f"{s['dcor_batch']} / {s['dcor_batch_unbiased']}",
                      f"{s['dtw_min']} / {s['dtw_max']}",
-                     f"{p['dtw_min']} / {p['dtw_max']}" if p else "-"])
+                     f"{p['dtw_min']} / {p['dtw_max']}" if p else "-",
+                     f"{s['linkage_k10_advantage']} / {s['linkage_k100_advantage']}",
+                     s["strongest_attack"],
+                     f"{s['inversion_pearson_r']} ({s['prior_mean_beat_pearson_r']} / "
+                     f"{s['prior_class_mean_pearson_r']})", s["inversion_prdn"]])
     header = ["depth", "n", "test acc (val-selected, %)", "best test acc (%)",
-              "paper best acc", "dCor max / min", "paper dCor max / min", "DTW min / max",
-              "paper DTW min / max"]
+              "paper best acc", "dCor max / min", "paper dCor max / min",
+              "dCor batch (V / unbiased dCor²)", "DTW min / max", "paper DTW min / max",
+              "linkage adv. k10 / k100", "strongest", "inversion r (mean beat / class mean)",
+              "inversion PRDN (%)"]
     return "\n".join([
         f"# Client depth ({title})", "", markdown_table(header, body), "",
         "Mean ± sd over seeds; dCor and DTW per channel (paper definitions), max/min over the "
-        "16 channels, training beats, each activation paired with its own input. Paper: "
+        "16 channels, training beats, each activation paired with its own input; dCor batch: "
+        "V-statistic / bias-corrected dCor². Linkage advantage of the strongest inversion "
+        "(0 = chance, what the priors score), its median r with the mean-beat and class-mean "
+        "priors' in brackets. Paper: "
         "Abuadbba et al. 2020, 10 runs, 400 epochs, paper protocol, leakage at epoch 100.", ""])
 
 
@@ -79,20 +96,23 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
     apply_style()
     ss = sorted(aggregate(rows, ["depth"], METRICS), key=lambda s: s["depth"])
     depths = [int(s["depth"]) for s in ss]
-    fig, axes = plt.subplots(1, 3, figsize=(8.4, 2.8), layout="constrained")
+    fig, axes = plt.subplots(1, 4, figsize=(10.4, 2.8), layout="constrained")
     panels = [(("test_accuracy", "best_test_accuracy"), "test accuracy (%)", ACCURACY_BY_DEPTH),
               (("dcor_max", "dcor_min"), "dCor, paper def. (unitless)", None),
-              (("dtw_min", "dtw_max"), "DTW distance (normalised amplitude)", None)]
+              (("dtw_min", "dtw_max"), "DTW distance (normalised amplitude)", None),
+              (("linkage_k10_advantage", "linkage_k100_advantage"),
+               PRIVACY_AXIS_LABEL.replace(", k = 10", "").replace("re-identification ",
+                                                                   "re-identification\n"), {})]
     for ax, (keys, ylabel, paper) in zip(axes, panels, strict=True):
         for i, key in enumerate(keys):
             ax.errorbar(depths, [s[key].mean for s in ss], yerr=[s[key].sd for s in ss],
                         marker="os"[i], color=OKABE_ITO[i], capsize=2,
                         linestyle="-" if i == 0 else "--", label=key.replace("_", " "))
-            if paper is None:
+            if paper is None and key in LEAKAGE_BY_DEPTH.get(2, {}):
                 pd = [d for d in depths if d in LEAKAGE_BY_DEPTH]
                 ax.plot(pd, [LEAKAGE_BY_DEPTH[d][key] for d in pd], "x", color=OKABE_ITO[i],
                         markersize=7, label=f"paper {key.replace('_', ' ')}")
-        if paper is not None:
+        if paper:
             pd = [d for d in depths if d in paper]
             ax.plot(pd, [paper[d] for d in pd], "x", color=OKABE_ITO[7],
                     label="Abuadbba et al. 2020")
@@ -103,9 +123,11 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
         ax.set_xticks(depths)
         ax.legend(fontsize=6)
     figs.save(fig, "depth",
-              "Client depth against accuracy (left), distance correlation (middle; max and min "
-              "over the 16 channels, higher = more leakage) and DTW distance (right; lower = "
-              "more similar) of the cut activations. Mean ± sd over seeds; crosses: Abuadbba "
+              "Client depth against accuracy (left), distance correlation (second; max and min "
+              "over the 16 channels, higher = more leakage), DTW distance (third; lower = "
+              "more similar) of the cut activations, and the re-identification advantage of the "
+              "strongest inversion (right; among 10 and 100 beats of the victim's class, 0 = "
+              "chance, 1 = every victim picked out). Mean ± sd over seeds; crosses: Abuadbba "
               "et al. 2020. " + note)
     figs.write_captions()
 

@@ -11,8 +11,9 @@ a missing folder skips its figures) and draws into OUT:
 * ``dp_accuracy_vs_epsilon``, ``dp_leakage_vs_epsilon``, ``dp_tradeoff``: from dp_tradeoff's
   results.csv;
 * ``defenses_tradeoff``: accuracy vs leakage of every defense with the Pareto front;
-* ``reconstructions``: raw vs reconstructed beats (the learned decoder's saved reconstructions)
-  under each defense;
+* ``reconstructions``: raw vs reconstructed beats (the strongest inversion's saved
+  reconstructions, ``strongest.npz``; older results: the decoder's) under each defense, with the
+  winner and its re-identification advantage;
 * ``depth``: the depth table as a figure.
 
 Each figure is a vector PDF and a PNG with a caption file; OUT/captions.md collects the captions.
@@ -185,16 +186,28 @@ def per_channel_leakage(run_dir: Path, figs: FigureSet) -> bool:
     return True
 
 
+#: the inversion results the reconstruction figure reads, the first found in a run
+INVERSIONS = ("strongest", "decoder")
+
+
+def inversion_result(run_dir: Path) -> Path | None:
+    """RUN/attacks/NAME.npz of the first of :data:`INVERSIONS` the run holds."""
+    for name in INVERSIONS:
+        path = run_dir / "attacks" / f"{name}.npz"
+        if path.exists() and path.with_suffix(".json").exists():
+            return path
+    return None
+
+
 def reconstructions(rows: list[dict], label_key: str, figs: FigureSet, examples: int,
                     settings: list[str], family_key: str | None = None) -> bool:
-    """Raw vs decoder-reconstructed beats, one column per setting (first seed): the given
-    settings, else the first of each family (at most 8)."""
+    """Raw vs reconstructed beats (the strongest inversion's), one column per setting (first
+    seed): the given settings, else the first of each family (at most 8)."""
     cols: dict[str, Path] = {}
     families: set[str] = set()
     for r in rows:
-        path = Path(r["run_dir"]) / "attacks" / "decoder.npz"
         name = str(r[label_key])
-        if name in cols or not path.exists():
+        if name in cols or inversion_result(Path(r["run_dir"])) is None:
             continue
         if settings:
             if name not in settings:
@@ -209,10 +222,16 @@ def reconstructions(rows: list[dict], label_key: str, figs: FigureSet, examples:
     cols = dict(list(cols.items())[:8])
     if not cols:
         return False
-    scores = {}
+    scores, titles = {}, {}
     for name, d in cols.items():
-        with np.load(d / "attacks" / "decoder.npz") as z:
+        path = inversion_result(d)
+        assert path is not None
+        with np.load(path) as z:
             scores[name] = {k: z[k] for k in ("ids", "reconstructions", "pearson")}
+        summary = read_json(path.with_suffix(".json"))["summary"]
+        adv = summary.get("linkage", {}).get("k10", {}).get("advantage")
+        titles[name] = (f"{name}\n{summary.get('winner', path.stem)}"
+                        + (f", adv. {adv:.2f}" if isinstance(adv, float) else ""))
     common = set.intersection(*(set(s["ids"].tolist()) for s in scores.values()))
     ids = sorted(common)[:examples] or scores[next(iter(scores))]["ids"][:examples].tolist()
     run = load(next(iter(cols.values())))
@@ -233,17 +252,20 @@ def reconstructions(rows: list[dict], label_key: str, figs: FigureSet, examples:
                 ax.text(0.03, 0.88, f"r = {s['pearson'][k]:.2f}", transform=ax.transAxes,
                         fontsize=6)
             if i == 0:
-                ax.set_title(name, fontsize=7)
+                ax.set_title(titles[name], fontsize=7)
             if i == len(ids) - 1:
                 ax.set_xlabel("time from R-peak (ms)", fontsize=7)
         axes[0, 0].legend(fontsize=5, loc="lower left")
     for i in range(len(ids)):
         axes[i, 0].set_ylabel("amplitude")
     figs.save(fig, "reconstructions",
-              "Reconstructions by a learned decoder (He et al. 2019, trained on the defended "
-              "activations of the attacker's auxiliary 10% of training beats): raw beat (black) "
-              "and its reconstruction (vermillion) for the same victim beats under each defense "
-              "(columns; first seed), with the Pearson r of each reconstruction.")
+              "Reconstructions by the strongest inversion of each run (ridge or the tuned "
+              "decoder of He et al. 2019, whichever re-identifies the attacker's held-out beats "
+              "best; both trained on the defended activations of its auxiliary 10% of training "
+              "beats): raw beat (black) and its reconstruction (vermillion) for the same victim "
+              "beats under each defense (columns; first seed; the title names the winner and "
+              "its re-identification advantage among 10 beats of the victim's class, 0 = "
+              "chance), with the Pearson r of each reconstruction.")
     return True
 
 

@@ -464,3 +464,118 @@ def test_every_attack_declares_what_a_study_runs_it_with():
         for col in unrun:
             columns.setdefault(col, name)
     assert {"dcor_max", "dtw_min", "inversion_pearson_r", "label_attack_accuracy"} <= set(columns)
+
+
+# ---- priors, linkage, tuned and strongest inversions (issue 12) ---------------------------------
+
+
+def test_ridge_recovers_the_input_of_a_linear_client(linear_client):
+    # acts = W * x + b is linear and injective (4 channels of a width-5 convolution), so the best
+    # linear map from acts back to beats is exact up to what 200 aux beats span; ECG beats are
+    # low-rank, so unseen victims come back almost exactly and pick out their own beat
+    transcript, knowledge, truth = linear_client
+    r = build_attack("ridge", {"max_victims": "100"})(transcript, knowledge, truth)
+    m, link = r.summary["metrics"], r.summary["linkage"]
+    assert m["pearson"]["q1"] > 0.99 and m["prdn"]["median"] < 10
+    assert link["k10"]["accuracy"] > 0.95 and link["k100"]["advantage"] > 0.9
+    assert r.summary["tuning"]["chosen"]["lambda"] in [g["lambda"] for g in
+                                                       r.summary["tuning"]["grid"]]
+    assert not r.knowledge["client_weights"]
+
+
+def test_every_inversion_reports_priors_with_chance_linkage(linear_client):
+    # the priors give every victim of a class the same beat: by exchangeability its own beat is
+    # the nearest of itself and k random same-class beats with probability 1 / (k + 1)
+    transcript, knowledge, truth = linear_client
+    x, y = truth.x, truth.y
+    with_labels = _transcript(activations=transcript.get("activations"),
+                              labels=(torch.arange(len(y)), y))  # vanilla: labels in the clear
+    r = build_attack("ridge", {"max_victims": "300"})(with_labels, knowledge, truth)
+    s = r.summary
+    assert s["baseline_mean_beat"]["pearson"] == s["baselines"]["mean_beat"]["metrics"]["pearson"]
+    assert "clear" in s["baselines"]["class_mean"]["source"]
+    for prior in ("mean_beat", "class_mean"):
+        for key in ("linkage", "linkage_znorm"):
+            for k in ("k10", "k100"):
+                link = s["baselines"][prior][key][k]
+                assert set(link) >= {"accuracy", "ci_low", "ci_high", "chance", "advantage"}
+                sd = math.sqrt(link["chance"] * (1 - link["chance"]) / link["n"])
+                assert abs(link["accuracy"] - link["chance"]) < 4 * sd, (prior, key, k)
+    cols = ATTACKS["ridge"].columns(s)
+    assert cols["linkage_k10_advantage"] > 0.9 and abs(cols["prior_class_mean_linkage_k10"]
+                                                         - s["linkage"]["k10"]["chance"]) < 0.1
+    # without labels crossing (U-shape) the class comes from the server's own prediction
+    r = build_attack("ridge", {"max_victims": "50"})(transcript, knowledge, truth)
+    assert "predicted" in r.summary["baselines"]["class_mean"]["source"]
+
+
+def test_tuned_decoder_is_not_worse_than_the_mean_beat_on_heavy_noise(linear_client):
+    # activations drowned in noise (sd 30 against signal sd ~0.3) carry almost nothing: the
+    # residual decoder starts at the mean beat (epoch 0) and early stopping keeps the best
+    # held-out epoch, so its held-out MSE cannot exceed the mean beat's
+    transcript, knowledge, truth = linear_client
+    ids, acts = transcript.get("activations")
+    noisy = acts + 30 * torch.randn(acts.shape, generator=torch.Generator().manual_seed(0))
+    r = build_attack("decoder", {"epochs": "5", "max_victims": "100"})(
+        _transcript(activations=(ids, noisy)), knowledge, truth)
+    t = r.summary["tuning"]
+    assert t["heldout_mse"] <= t["heldout_mse_mean_beat"] + 1e-9
+    assert len(t["grid"]) == 4 and "weight decay" in r.notes[0]
+    m, base = r.summary["metrics"], r.summary["baselines"]["mean_beat"]["metrics"]
+    assert m["mse"]["median"] < 1.5 * base["mse"]["median"]  # near the prior on the victims too
+
+
+def test_unbiased_dcor_is_zero_for_independent_and_one_for_identical_data(beats):
+    from splitpriv.dcor import u_dcor_sqr_per_channel
+
+    x, _ = beats
+    flat = x[:400].reshape(400, -1).double()
+    noise = torch.randn(400, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    a = pairwise_euclidean(flat)
+    # identical samples: U-centred matrices equal, so cov / sqrt(var var) = 1 exactly
+    assert u_dcor_sqr_from_distances(a, a) == pytest.approx(1.0)
+    # independent: the estimator is unbiased for 0 (its sd at n = 400 is about 1 / n)
+    assert abs(u_dcor_sqr_from_distances(a, pairwise_euclidean(noise))) < 0.01
+    pooled = paper_pool(x[:200], 32)
+    same = u_dcor_sqr_per_channel(pooled, pooled[:, None, :].repeat(1, 3, 1))
+    torch.testing.assert_close(same, torch.ones(200, 3, dtype=torch.float64))
+    indep = u_dcor_sqr_per_channel(pooled, torch.randn(200, 2, 32, dtype=torch.float64))
+    assert abs(float(indep.mean())) < 0.02  # V-statistic dCor of these pairs is about .45
+    assert float(dcor_per_channel(pooled, torch.randn(200, 2, 32)).mean()) > 0.3
+
+
+def test_strongest_picks_the_better_attack_on_held_out_aux_and_never_looks_at_victims(
+        linear_client):
+    transcript, knowledge, truth = linear_client
+    opts = {"candidates": "ridge,decoder", "decoder_epochs": "1", "max_victims": "80"}
+    r = build_attack("strongest", opts)(transcript, knowledge, truth)
+    s = r.summary
+    held = {n: c["heldout"] for n, c in s["selection"]["candidates"].items()}
+    # ridge inverts a linear client almost exactly; a one-epoch decoder does not
+    assert s["winner"] == "ridge" and held["ridge"]["mse"] < held["decoder"]["mse"]
+    assert held["ridge"]["linkage_k10"]["advantage"] >= held["decoder"]["linkage_k10"][
+        "advantage"]
+    assert s["linkage"] == s["selection"]["candidates"]["ridge"]["victims"]["linkage"]
+    assert ATTACKS["strongest"].columns(s)["strongest_attack"] == "ridge"
+    # the victims' true beats replaced by noise: the choice and the reconstructions are the same
+    x = truth.x.clone()
+    victims = ~torch.isin(torch.arange(len(x)), knowledge.aux.ids)
+    x[victims] = torch.rand(x[victims].shape, generator=torch.Generator().manual_seed(1))
+    blind = build_attack("strongest", opts)(transcript, knowledge, GroundTruth(x, truth.y))
+    assert blind.summary["winner"] == s["winner"]
+    np.testing.assert_array_equal(blind.scores["reconstructions"], r.scores["reconstructions"])
+    assert blind.summary["selection"]["candidates"]["ridge"]["heldout"] == held["ridge"]
+
+
+def test_cli_strongest_writes_its_result(ushape_run_dir):
+    out = run_attack_cli("strongest", str(ushape_run_dir), "train:0.2",
+                         {"decoder_epochs": "1", "max_victims": "30", "reference_epochs": "0"},
+                         echo=False)
+    assert out["json"] == str(ushape_run_dir / "attacks" / "strongest.json")
+    doc = json.loads((ushape_run_dir / "attacks" / "strongest.json").read_text())
+    s = doc["summary"]
+    assert s["winner"] in ("ridge", "decoder") and out["headline"]["winner"] == s["winner"]
+    for k in ("k10", "k100"):
+        assert {"accuracy", "ci_low", "ci_high", "chance", "advantage"} <= set(s["linkage"][k])
+    assert set(s["baselines"]) == {"mean_beat", "class_mean"}
+    assert "predicted" in s["baselines"]["class_mean"]["source"]  # U-shape: no labels cross

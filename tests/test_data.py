@@ -572,6 +572,7 @@ def test_other_records_keep_channel_0(ip_pools: dict[str, BeatPool], pool: BeatP
         np.testing.assert_array_equal(ip.rpeak[a], pool.rpeak[b])
 
 
+@pytest.mark.filterwarnings("ignore:.*inplace keyword")
 def test_aami_mapping_of_every_mitdb_symbol(mitdb_dir: Path) -> None:
     import wfdb
 

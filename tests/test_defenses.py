@@ -484,7 +484,7 @@ class _Tap(Defense):
     def __init__(self) -> None:
         self.seen: list[tuple[Kind, torch.Tensor, torch.Tensor | None]] = []
 
-    def transform_labels(self, y):
+    def transform_labels(self, y, *, ids):
         return (y + 1) % 5
 
     def transform_gradient(self, g, *, kind, y=None):

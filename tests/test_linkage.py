@@ -72,3 +72,21 @@ def test_linkage_rejects_mismatched_inputs(beats):
         linkage(x[:10], x[:9], y[:10], k=5)
     with pytest.raises(ValueError, match="k must be"):
         linkage(x[:10], x[:10], y[:10], k=0)
+
+
+def test_report_layout_and_the_class_mean_prior_links_at_chance(beats):
+    # the class mean is one beat per class and candidates share the victim's class: as for the
+    # mean beat, the victim is the nearest of k + 1 exchangeable beats with probability 1/(k+1)
+    from attacks.inversion import class_mean_beats
+    from attacks.metrics import linkage_report
+
+    x, y = beats
+    report = linkage_report(x[:600], class_mean_beats(x, y, y[:600]), y[:600], pool_x=x,
+                            pool_y=y, seed=3)
+    assert set(report) == {"linkage", "linkage_znorm"}
+    for per_k in report.values():
+        assert set(per_k) == {"k10", "k100"}
+        for link in per_k.values():
+            assert {"accuracy", "ci_low", "ci_high", "chance", "advantage"} <= set(link)
+            sd = math.sqrt(link["chance"] * (1 - link["chance"]) / link["n"])
+            assert abs(link["accuracy"] - link["chance"]) < 4 * sd

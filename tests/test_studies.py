@@ -204,8 +204,10 @@ def test_attacks_say_what_a_study_runs_them_with():
     assert ATTACKS["dtw"].study_options(budget)["control_victims"] == 40
     assert ATTACKS["decoder"].study_options(budget)["epochs"] == budget.decoder_epochs
     assert ATTACKS["unsplit"].study_options(budget)["max_victims"] == 30
-    assert [n for n, cls in sorted(ATTACKS.items()) if cls.needs_aux()] == [
-        "decoder", "label-direction", "label-kmeans", "label-norm"]
+    aux = {n for n, cls in ATTACKS.items() if cls.needs_aux()}  # (more label attacks may join)
+    assert aux >= {"decoder", "label-direction", "label-kmeans", "label-norm", "ridge",
+                   "strongest"}
+    assert not aux & {"dcor", "dtw", "whitebox", "unsplit"}
     cols = common.attack_columns({
         "dcor": {"paper": {"max": 0.9, "min": 0.3}, "batch": {"mean": 0.5}}, "dtw": None,
         "label-norm": {"accuracy": 0.5}, "label-direction": {"accuracy": 0.75},
@@ -240,3 +242,34 @@ def test_compare_defenses_labels_are_typed_and_specs_built_from_values():
     assert by["dpsgd-e4"].labels == {"defense": "dpsgd-e4", "family": "DP-SGD",
                                      "mode": "dpsgd", "epsilon": 4.0}
     assert by["none"].labels["epsilon"] is None and by["depth5"].config.depth == 5
+
+
+def test_claim_scope_says_what_an_epsilon_covers():
+    from splitpriv.defense import PrivacyClaim
+
+    dp = PrivacyClaim("dp", formal=True, epsilon=4.0, delta=1e-5,
+                      scope="activation releases of each training beat")
+    assert common.claim_scope({"defenses": [dp.to_dict()], "topology": "vanilla"}) == (
+        "activation releases of each training beat; client weights not private; labels in the "
+        "clear")
+    both = PrivacyClaim("dp", formal=True, epsilon=4.0, delta=1e-5,
+                        scope="activation releases of each training beat",
+                        details={"combined_with_dpsgd": {"epsilon": 8.0}})
+    sgd = PrivacyClaim("dpsgd", formal=True, epsilon=4.0, delta=1e-5,
+                       scope="client weights (and what is computed from them)")
+    text = common.claim_scope({"defenses": [both.to_dict(), sgd.to_dict()],
+                               "topology": "ushape"})
+    assert text.startswith("end-to-end: ") and "not private" not in text
+    assert text.endswith("labels stay on the client (no formal guarantee)")
+    assert common.claim_scope({"defenses": [], "topology": "vanilla"}) == "no formal claim"
+
+
+def test_strongest_names_its_winner_in_the_row():
+    cols = common.attack_columns({"strongest": {"winner": "ridge", "linkage": {"k10": {
+        "accuracy": 0.5, "advantage": 0.45}}}, "dcor": {"batch_unbiased": {"mean": 0.01}}})
+    assert cols["strongest_attack"] == "ridge" and cols["linkage_k10_advantage"] == 0.45
+    assert cols["dcor_batch_unbiased"] == 0.01
+    assert {"linkage_k10", "linkage_k10_advantage", "linkage_k100_advantage", "strongest_attack",
+            "dcor_batch_unbiased", "prior_mean_beat_linkage_k10",
+            "prior_class_mean_pearson_r"} <= set(common.attack_column_names(
+                common.Planned.attacks))

@@ -38,6 +38,7 @@ from torch import nn
 
 from splitpriv.channel import Kind, Transcript, WireCounter
 from splitpriv.distributed.channel import DistChannel, select
+from splitpriv.distributed.handshake import handshake, run_key
 from splitpriv.distributed.partition import ClientData
 from splitpriv.distributed.spec import DistSpec, init_process_group
 from splitpriv.distributed.wire import MODES, PHASES, Code, Op, Spec, WireError, kind_specs
@@ -186,10 +187,11 @@ def run_client(
         group = _client_group(spec, mode)
         device = data.x_train.device
         models = build_run_models(config, "ushape" if ushape else "vanilla", device)
+        handshake(spec, 0, run_key(config, mode=mode, world_size=spec.world_size))
         channel = DistChannel(
             0, kind_specs(ushape), timeout_s=spec.timeout_s,
             max_rows=max(config.batch_size, eval_batch_size), train_ids=data.train_ids,
-            device=device,
+            device=device, max_message_mb=spec.max_message_mb,
         )
         client = Client(models.client, data.x_train, data.y_train, channel, adam(config.lr),
                         head=models.head, defenses=defenses)
@@ -199,9 +201,9 @@ def run_client(
         if sequential:
             hand_specs = {Code.WEIGHTS: Spec((_handover_numel(client),), torch.float32, False)}
             prev = DistChannel(n_clients if k == 1 else k - 1, hand_specs,
-                               timeout_s=spec.timeout_s)
+                               timeout_s=spec.timeout_s, max_message_mb=spec.max_message_mb)
             nxt = DistChannel(1 if k == n_clients else k + 1, hand_specs,
-                              timeout_s=spec.timeout_s)
+                              timeout_s=spec.timeout_s, max_message_mb=spec.max_message_mb)
         evaluates = k == 1 and data.y_test is not None
         channel.send_control(Op.HELLO, int(ushape), config.depth, MODES.index(mode))
 
@@ -303,9 +305,13 @@ def run_server(
         if transcript is None:
             transcript = Transcript(policy=config.record_policy())
         ranks = list(range(1, spec.world_size))
+        key = run_key(config, mode=mode, world_size=spec.world_size)
+        for r in ranks:  # every client authenticated, on this run, before any training message
+            handshake(spec, r, key)
         channels = {
             r: DistChannel(r, kind_specs(ushape), transcript=transcript, timeout_s=spec.timeout_s,
-                           max_rows=max(config.batch_size, eval_batch_size), device=device)
+                           max_rows=max(config.batch_size, eval_batch_size), device=device,
+                           max_message_mb=spec.max_message_mb)
             for r in ranks
         }
 

@@ -1,13 +1,29 @@
-"""How one process of a distributed run reaches the others: ranks, rendezvous, timeouts."""
+"""How one process of a distributed run reaches the others: ranks, rendezvous, timeouts.
+
+The rendezvous is a :class:`torch.distributed.TCPStore` that rank 0 creates itself, on a socket
+bound to ``master_addr`` only (not every interface), and hands to ``init_process_group``. Every
+rank registers with its world size first, so a lone server, a client of another world size or an
+unreachable server fails within ``timeout_s`` with one line naming it. (The store only rendezvous:
+who may then take part is the handshake's, :mod:`splitpriv.distributed.handshake`. gloo's own
+connections between ranks listen on the address of this host's name, or of
+``$GLOO_SOCKET_IFNAME``; torch has no argument to bind them to ``master_addr``.)
+"""
 
 from __future__ import annotations
 
 import datetime
+import math
 import os
-from dataclasses import dataclass
+import socket
+import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch.distributed as dist
+
+from splitpriv.distributed.wire import PeerError
+
+SECRET_ENV = "SPLITPRIV_SECRET"
 
 
 @dataclass
@@ -18,9 +34,14 @@ class DistSpec:
         rank, world_size: this process and the number of processes (K + 1).
         master_addr, master_port: the rendezvous (the server's address works).
         backend: ``gloo`` (CPU, TCP) or ``nccl``.
-        timeout_s: longest wait for a message mid-protocol (a silent peer fails after this).
+        timeout_s: longest wait for the rendezvous (every rank joining) and for a message
+            mid-protocol (a silent peer fails after this).
         turn_timeout_s: longest wait for a turn: the first message, a handed-over model, or the
-            end of a SplitFed round (the slowest client's epoch).
+            end of a SplitFed round (the slowest client's epoch); None: ``timeout_s``.
+        secret: the shared secret every party must hold (None: unauthenticated, with a warning);
+            never sent, never shown.
+        max_message_mb: the longest message body a header may declare (None: twice the run's
+            longest message).
     """
 
     rank: int
@@ -29,9 +50,20 @@ class DistSpec:
     master_port: int = 29500
     backend: str = "gloo"
     timeout_s: float = 120.0
-    turn_timeout_s: float = 3600.0
+    turn_timeout_s: float | None = None
+    secret: str | None = field(default=None, repr=False)
+    max_message_mb: float | None = None
 
     def __post_init__(self) -> None:
+        if self.turn_timeout_s is None:
+            self.turn_timeout_s = self.timeout_s
+        for name, flag in (("timeout_s", "--timeout"), ("turn_timeout_s", "--turn-timeout"),
+                           ("max_message_mb", "--max-message-mb")):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{flag} must be a finite number > 0, got {value}")
+        if self.secret == "":
+            raise ValueError(f"the shared secret (--secret / ${SECRET_ENV}) is empty")
         if self.world_size < 2:
             raise ValueError(f"world_size must be >= 2 (a server and a client), got "
                              f"{self.world_size}")
@@ -52,7 +84,8 @@ class DistSpec:
         env = os.environ
         return cls(rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]),
                    master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-                   master_port=int(env.get("MASTER_PORT", 29500)), **kw)
+                   master_port=int(env.get("MASTER_PORT", 29500)),
+                   **({"secret": env.get(SECRET_ENV)} | kw))
 
 
 def spec_from_cli(
@@ -73,6 +106,8 @@ def spec_from_cli(
             raise ValueError(f"--{name.lower().replace('_', '-')} not given and ${name} unset")
         return default
 
+    if kw.get("secret") is None:
+        kw["secret"] = env.get(SECRET_ENV)
     if role not in ("server", "client", "auto"):
         raise ValueError(f"role must be server, client or auto, got {role!r}")
     rank = int(pick(rank, "RANK", 0 if role == "server" else None))
@@ -87,16 +122,79 @@ def spec_from_cli(
     return spec
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket bound to ``host`` only."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as exc:
+        raise PeerError(f"rank 0: cannot listen on {host}:{port} for the rendezvous: "
+                        f"{exc.strerror or exc}") from None
+    return sock
+
+
+def rendezvous(spec: DistSpec) -> dist.Store:
+    """The run's store: rank 0 opens it on ``master_addr`` and waits for every client rank to
+    register with the same world size; a client reaches it and checks the world size. Each
+    within ``spec.timeout_s`` (module docstring)."""
+    wait = datetime.timedelta(seconds=spec.timeout_s)
+    where = f"{spec.master_addr}:{spec.master_port}"
+    within = f"within {spec.timeout_s:g} s (--timeout)"
+    if spec.rank == 0:
+        if spec.secret is None:
+            print(f"splitpriv: warning: no shared secret (--secret / ${SECRET_ENV}): any process "
+                  f"that reaches {where} can join this run", file=sys.stderr, flush=True)
+        sock = _listen(spec.master_addr, spec.master_port)
+        store = dist.TCPStore(spec.master_addr, spec.master_port, None, True, wait,
+                              wait_for_workers=False, master_listen_fd=sock.detach())
+        store.set("splitpriv/world_size", str(spec.world_size))
+        keys = [f"splitpriv/join/{r}" for r in range(1, spec.world_size)]
+        try:
+            store.wait(keys, wait)
+        except RuntimeError:
+            joined = [r for r, k in enumerate(keys, 1) if store.check([k])]
+            raise PeerError(
+                f"rank 0: rendezvous at {where}: "
+                f"{'client ranks ' + str(joined) if joined else 'no client'} of "
+                f"1..{spec.world_size - 1} joined {within}") from None
+        for r, k in enumerate(keys, 1):
+            theirs = int(store.get(k))
+            if theirs != spec.world_size:
+                raise PeerError(f"rank 0: client rank {r} was started with world size {theirs}, "
+                                f"the server with {spec.world_size}")
+        return store
+    try:
+        store = dist.TCPStore(spec.master_addr, spec.master_port, None, False, wait)
+        store.set(f"splitpriv/join/{spec.rank}", str(spec.world_size))
+        store.wait(["splitpriv/world_size"], wait)
+        theirs = int(store.get("splitpriv/world_size"))
+    except RuntimeError:
+        raise PeerError(f"rank {spec.rank}: no rendezvous at {where} {within} (is the server, "
+                        "rank 0, running there?)") from None
+    if theirs != spec.world_size:
+        raise PeerError(f"rank {spec.rank}: started with world size {spec.world_size}, the "
+                        f"server (rank 0) with {theirs}")
+    return store
+
+
 def init_process_group(spec: DistSpec) -> bool:
-    """Join the group (unless already joined); True if this call joined it."""
+    """Join the group (unless already joined) through :func:`rendezvous`; True if this call
+    joined it."""
     if dist.is_initialized():
         return False
-    dist.init_process_group(
-        spec.backend, init_method=f"tcp://{spec.master_addr}:{spec.master_port}",
-        rank=spec.rank, world_size=spec.world_size,
-        timeout=datetime.timedelta(seconds=spec.turn_timeout_s),
-    )
+    store = rendezvous(spec)
+    try:
+        dist.init_process_group(spec.backend, store=store, rank=spec.rank,
+                                world_size=spec.world_size,
+                                timeout=datetime.timedelta(seconds=spec.turn_timeout_s))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PeerError(f"rank {spec.rank}: joining the group at {spec.master_addr}:"
+                        f"{spec.master_port} failed: {first}") from None
     return True
 
 
-__all__ = ["DistSpec", "init_process_group", "spec_from_cli"]
+__all__ = ["SECRET_ENV", "DistSpec", "init_process_group", "rendezvous", "spec_from_cli"]

@@ -72,7 +72,8 @@ def resolve_topology(config: TrainConfig, defenses: list) -> str:
 
 def build_run_models(config: TrainConfig, topology: str, device: torch.device) -> SplitModels:
     """The run's split model, initialised from its seed, on the device."""
-    return build_models(ModelConfig(config.depth, config.paper_softmax),
+    return build_models(ModelConfig(config.depth, config.paper_softmax,
+                                    cut_channels=config.cut_channels),
                         ushape=topology == "ushape", seed=config.seed).to(device)
 
 

@@ -34,6 +34,8 @@ class TrainConfig:
             (which trained on all 13,245 rows) and 0.1 otherwise.
         topology: ``vanilla`` (labels cross) or ``ushape`` (labels and head stay on the client).
         paper_softmax: reproduce the original double softmax.
+        cut_channels: a 1x1 bottleneck convolution to this many channels at the cut (None: the
+            paper's 16 x 32 cut; see ``splitpriv.models``).
         data_seed: seed of the protocol's draws (the paper's 2019).
         labels: label scheme (``splitpriv.data.LABEL_SCHEMES``): ``paper``, the paper's five beat
             types N/L/R/A/V, or ``aami``, the ANSI/AAMI EC57 classes N/S/V/F/Q (inter-patient
@@ -61,6 +63,7 @@ class TrainConfig:
     val_fraction: float | None = None
     topology: str = "vanilla"
     paper_softmax: bool = False
+    cut_channels: int | None = None
     data_seed: int = 2019
     labels: str = "paper"
     select_by: str = "accuracy"
@@ -106,7 +109,7 @@ class TrainConfig:
             except (RuntimeError, ValueError):
                 raise ValueError(f"device: unknown device {self.device!r} (auto, cpu, cuda, "
                                  "cuda:N)") from None
-        ModelConfig(self.depth)  # validates depth
+        ModelConfig(self.depth, cut_channels=self.cut_channels)  # validates the architecture
         self.record_policy()  # validates record_epochs and record_kinds
 
     @property
