@@ -11,7 +11,8 @@ attacker's declared :class:`Knowledge` and the evaluator's :class:`GroundTruth`,
 Registered: ``dcor``, ``dtw`` (correlation leakage), ``label-norm``, ``label-direction``,
 ``label-kmeans`` (label inference, U-shaped topology), ``decoder``, ``ridge``, ``whitebox``,
 ``unsplit`` (reconstruction of the raw beats) and ``strongest`` (the best of the inversions on the
-attacker's held-out aux beats; every inversion result carries its linkage and the priors'). ``attacks.cli.run_attack_cli`` runs one on a run directory.
+attacker's held-out aux beats; every inversion result carries its linkage and the priors').
+``attacks.cli.run_attack_cli`` runs one on a run directory.
 """
 
 from attacks.base import (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from splitpriv.distributed import ChannelError
@@ -28,7 +29,7 @@ TRAIN_FLAGS: dict[str, dict[str, object]] = {
     "cache_dir": {"help": "where the beat-pool cache goes (else the user cache)"},
 }
 #: the TrainConfig fields ``data prepare`` takes
-DATA_FIELDS = ("mitdb_dir", "cache_dir", "protocol", "val_fraction", "data_seed")
+DATA_FIELDS = ("mitdb_dir", "cache_dir", "protocol", "labels", "val_fraction", "data_seed")
 
 
 def _print_card(card: dict) -> None:
@@ -39,19 +40,17 @@ def _print_card(card: dict) -> None:
         print(f"{part:<22} {card[f'n_{part}']:>6,}  {counts}")
     print(f"test rows duplicating a training row: {card['test_rows_duplicating_train']:,}")
     print(f"records train ({len(card['records_train'])}): {card['records_train']}")
+    if card.get("records_val"):
+        print(f"records val   ({len(card['records_val'])}): {card['records_val']}")
     print(f"records test  ({len(card['records_test'])}): {card['records_test']}")
     print(f"records in both halves: {card['records_shared']}")
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
-    from splitpriv.data import dataset_card, load_pool, make_split, write_paper_hdf5
+    from splitpriv.data import write_paper_hdf5
+    from splitpriv.run.data import load_split
 
-    cfg = dataclass_from_args(TrainConfig, args)
-    pool = load_pool(cfg.mitdb_dir, cache_dir=cfg.cache_dir)
-    split = make_split(
-        pool, cfg.protocol, val_fraction=cfg.resolved_val_fraction, seed=cfg.data_seed
-    )
-    card = dataset_card(pool, split)
+    _, split, card = load_split(dataclass_from_args(TrainConfig, args))
     if args.export_hdf5:
         write_paper_hdf5(split, args.export_hdf5)
     if args.json:
@@ -119,6 +118,10 @@ class _AttackHelp(argparse.HelpFormatter):
 
             return "the attack: " + ", ".join(sorted(load_builtin()))
         return super()._get_help_string(action)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        # never break a hyphenated attack name (label-strongest) across lines
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -297,8 +297,7 @@ def sweep(plan: Sequence[Planned], out: Path, budget: AttackBudget, *, study: st
 #: candidates, (accuracy - chance) / (1 - chance): 0 = chance (nothing re-identified), 1 = every
 #: victim picked out
 PRIVACY_AXIS = "linkage_k10_advantage"
-PRIVACY_AXIS_LABEL = ("re-identification advantage of the strongest inversion, k = 10 "
-                      "(0 = chance, 1 = all)")
+PRIVACY_AXIS_LABEL = "re-identification advantage, k = 10\n(strongest inversion; 0 = chance)"
 #: the inversion columns a study table shows beside the privacy axis
 INVERSION_TABLE = ("linkage_k10_advantage", "linkage_k100_advantage", "inversion_pearson_r",
                    "inversion_prdn", "prior_mean_beat_pearson_r", "prior_class_mean_pearson_r")

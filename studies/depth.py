@@ -27,7 +27,6 @@ from splitpriv.published import ACCURACY_BY_DEPTH, LEAKAGE_BY_DEPTH
 from studies.common import (
     INVERSION_TABLE,
     OKABE_ITO,
-    PRIVACY_AXIS_LABEL,
     QUICK,
     FigureSet,
     Planned,
@@ -101,8 +100,7 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
               (("dcor_max", "dcor_min"), "dCor, paper def. (unitless)", None),
               (("dtw_min", "dtw_max"), "DTW distance (normalised amplitude)", None),
               (("linkage_k10_advantage", "linkage_k100_advantage"),
-               PRIVACY_AXIS_LABEL.replace(", k = 10", "").replace("re-identification ",
-                                                                   "re-identification\n"), {})]
+               "re-identification advantage\n(strongest inversion; 0 = chance)", {})]
     for ax, (keys, ylabel, paper) in zip(axes, panels, strict=True):
         for i, key in enumerate(keys):
             ax.errorbar(depths, [s[key].mean for s in ss], yerr=[s[key].sd for s in ss],
@@ -118,6 +116,9 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
                     label="Abuadbba et al. 2020")
         if keys[0] == "dtw_min":
             ax.set_yscale("log")
+        if keys[0] == "linkage_k10_advantage":
+            ax.set_ylim(-0.05, 1.05)  # the whole range: 0 = chance, 1 = every victim
+            ax.axhline(0, color="0.5", linewidth=0.8, linestyle=":")
         ax.set_xlabel("client conv layers")
         ax.set_ylabel(ylabel)
         ax.set_xticks(depths)

@@ -487,7 +487,7 @@ def test_every_inversion_reports_priors_with_chance_linkage(linear_client):
     # the priors give every victim of a class the same beat: by exchangeability its own beat is
     # the nearest of itself and k random same-class beats with probability 1 / (k + 1)
     transcript, knowledge, truth = linear_client
-    x, y = truth.x, truth.y
+    y = truth.y
     with_labels = _transcript(activations=transcript.get("activations"),
                               labels=(torch.arange(len(y)), y))  # vanilla: labels in the clear
     r = build_attack("ridge", {"max_victims": "300"})(with_labels, knowledge, truth)

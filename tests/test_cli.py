@@ -19,9 +19,11 @@ def test_data_prepare_json_card(pool_dirs, capsys):
     assert main([*args, "--protocol", "inter-patient"]) == 0
     card = json.loads(capsys.readouterr().out)
     assert CARD_KEYS <= set(card)
-    assert card["pool_size"] == 96049 and card["records_shared"] == 0
+    # de Chazal's DS1 + DS2 (44 records, 114 read from its MLII lead), not the paper's 43
+    assert card["pool_size"] == 97915 and card["records_shared"] == 0
     assert set(card["records_train"]).isdisjoint(card["records_test"])
-    assert card["n_train"] + card["n_val"] + card["n_test"] == 96049
+    assert set(card["records_val"]).isdisjoint(card["records_train"] + card["records_test"])
+    assert card["n_train"] + card["n_val"] + card["n_test"] == 97915
 
     assert main([*args, "--protocol", "paper"]) == 0
     card = json.loads(capsys.readouterr().out)

@@ -72,8 +72,11 @@ def resolve_topology(config: TrainConfig, defenses: list) -> str:
 
 def build_run_models(config: TrainConfig, topology: str, device: torch.device) -> SplitModels:
     """The run's split model, initialised from its seed, on the device."""
+    from splitpriv.data import protocol_prep
+
+    n_classes = len(protocol_prep(config.protocol, config.labels).classes)
     return build_models(ModelConfig(config.depth, config.paper_softmax,
-                                    cut_channels=config.cut_channels),
+                                    cut_channels=config.cut_channels, n_classes=n_classes),
                         ushape=topology == "ushape", seed=config.seed).to(device)
 
 

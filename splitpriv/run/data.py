@@ -50,11 +50,11 @@ class Tensors:
         return getattr(self, f"{name}_{phase}")
 
 
-def build_run_data(config: TrainConfig, device: torch.device | str = "cpu") -> Tensors:
-    """Load the protocol's beat pool under the config's label scheme
-    (:func:`splitpriv.data.protocol_prep`), split it by the protocol, keep the config's subsets
-    and move the beats and labels to the device. The card lists the classes, the label scheme,
-    the lead and the validation records (``records_val``) with their class counts."""
+def load_split(config: TrainConfig) -> tuple[Any, Any, dict[str, Any]]:
+    """The protocol's beat pool under the config's label scheme
+    (:func:`splitpriv.data.protocol_prep`), its split by the protocol, and the dataset card (the
+    classes, the label scheme, the lead and the validation records, ``records_val``, with their
+    class counts)."""
     from splitpriv.data import dataset_card, load_pool, make_split, protocol_prep
 
     prep = protocol_prep(config.protocol, config.labels)
@@ -62,6 +62,13 @@ def build_run_data(config: TrainConfig, device: torch.device | str = "cpu") -> T
     split = make_split(
         pool, config.protocol, val_fraction=config.resolved_val_fraction, seed=config.data_seed
     )
+    return pool, split, dataset_card(pool, split, prep)
+
+
+def build_run_data(config: TrainConfig, device: torch.device | str = "cpu") -> Tensors:
+    """The run's rows (:func:`load_split`, the first ``train_subset``/``test_subset`` rows) with
+    the beats and labels on the device, and the dataset card."""
+    pool, split, card = load_split(config)
     fields: dict[str, Any] = {}
     for phase in PHASES:
         n = {"train": config.train_subset, "val": None, "test": config.test_subset}[phase]
@@ -72,7 +79,7 @@ def build_run_data(config: TrainConfig, device: torch.device | str = "cpu") -> T
             device)
         fields[f"record_{phase}"] = np.asarray(getattr(split, f"record_{phase}")[rows])
         fields[f"pool_idx_{phase}"] = np.asarray(getattr(split, f"pool_idx_{phase}")[rows])
-    return Tensors(**fields, card=dataset_card(pool, split, prep), pool=pool)
+    return Tensors(**fields, card=card, pool=pool)
 
 
 def load_tensors(config: TrainConfig, device: torch.device) -> tuple[Tensors, dict[str, Any]]:
