@@ -256,6 +256,8 @@ class InversionAttack(Attack):
         if obs.values.ndim != 3:
             raise AttackInputError(f"activations must be (N, C, L), got {tuple(obs.values.shape)}")
         acts = obs.values.float()  # (N, C, L)
+        #: the victims' sample ids, for an attack that uses what crossed with them (labels)
+        self.victim_ids = obs.ids
         x_hat = self.reconstruct(acts, knowledge, transcript, beat_length=truth.x.shape[-1])
         if x_hat.shape != obs.x.shape:
             raise RuntimeError(f"{self.name}: reconstructions {tuple(x_hat.shape)} for beats "

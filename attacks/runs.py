@@ -135,7 +135,7 @@ def weights_transcript(run: RunData, phase: str, *, seed: int = 0) -> Transcript
     if phase == "train" and resolve_topology(run.config, defenses) != "ushape":
         y = run.y[phase]
         for d in defenses:
-            y = d.transform_labels(y)
+            y = d.transform_labels(y, ids=ids)
         t.chunks[(Kind.LABELS.value, phase, run.config.epochs)] = [(ids, y)]
     return t
 

@@ -16,6 +16,9 @@ from attacks.inversion import (
     InversionConfig,
     aux_activations,
     aux_subset,
+    class_mean_beats,
+    known_labels,
+    predicted_labels,
     score_reconstructions,
     split_aux,
 )
@@ -33,6 +36,8 @@ class StrongestConfig(InversionConfig):
         whitebox_steps: the white-box candidate's Adam steps.
         unsplit_rounds: the UnSplit candidate's rounds.
         select_k: candidates of the held-out linkage the choice is made by.
+        priors: also try the priors (``mean-beat``, ``class-mean``) as candidates, so that the
+            reported reconstruction is never worse than a prior on the attacker's held-out beats.
     """
 
     candidates: str = "ridge,decoder"
@@ -40,6 +45,7 @@ class StrongestConfig(InversionConfig):
     whitebox_steps: int = 300
     unsplit_rounds: int = 50
     select_k: int = 10
+    priors: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,8 +88,13 @@ class StrongestInversion(InversionAttack):
     hyperparameters on a further split of those) and reconstructs the held-out beats and the
     victims in one call. The winner is the candidate with the highest held-out linkage advantage
     (``select_k`` same-class aux beats as candidates; ties broken by the lower held-out MSE); its
-    victims' reconstructions are the result. The victims are never looked at for the choice; the
-    summary lists every candidate's held-out and (evaluator-side) victims' scores.
+    victims' reconstructions are the result. A candidate is chosen by linkage only when its
+    held-out linkage beats chance (its Wilson interval above the chance level); otherwise the one
+    with the lowest held-out MSE is, the priors among them (``priors``: the fit part's mean beat,
+    and its class means under the classes the server has: the labels that crossed, in the vanilla
+    topology, else its own predictions from the activations), so that no reported inversion is
+    worse than what the attacker gets for free. The victims are never looked at for the choice;
+    the summary lists every candidate's held-out and (evaluator-side) victims' scores.
 
     Shape:
         aux: x (M, 1, 128) with activations (M, C, L); victims (N, C, L) -> (N, 1, 128).
@@ -122,22 +133,68 @@ class StrongestInversion(InversionAttack):
         for name, attack in self.candidates.items():
             torch.manual_seed(cfg.seed)
             rec = attack.reconstruct(both, k_fit.restricted(attack.uses), transcript,
-                                     beat_length=beat_length).detach().float()
-            held_rec = rec[: len(held)]
-            link = linkage(x_held, held_rec, y_held, k=cfg.select_k, pool_x=aux.x, pool_y=aux.y,
-                           seed=cfg.seed)
-            self.results[name] = {
-                "heldout": {"mse": float(((held_rec - x_held) ** 2).mean()),
-                            f"linkage_k{cfg.select_k}": link},
-                "victims_reconstruction": rec[len(held):],
-                "notes": attack.notes(k_fit),
-                "tuning": getattr(attack, "tuning", None),
-            }
-        self.winner = max(self.results, key=lambda n: (
-            self.results[n]["heldout"][f"linkage_k{cfg.select_k}"]["advantage"],
-            -self.results[n]["heldout"]["mse"]))
+                                     beat_length=beat_length)
+            self._add(name, rec, x_held, y_held, aux, attack.notes(k_fit),
+                      getattr(attack, "tuning", None))
+        if cfg.priors:
+            for name, rec in self.prior_candidates(a_aux, fit, held, acts, knowledge,
+                                                   transcript).items():
+                self._add(name, rec, x_held, y_held, aux, [], None)
+        self.winner = self.choose()
         self.heldout_beats = len(held)
         return self.results[self.winner]["victims_reconstruction"]
+
+    def _add(self, name: str, rec: torch.Tensor, x_held: torch.Tensor, y_held: torch.Tensor,
+             aux: Any, notes: list[str], tuning: Any) -> None:
+        """Score candidate ``name``'s reconstructions (held-out aux beats first, then victims)."""
+        cfg: StrongestConfig = self.config  # type: ignore[assignment]
+        rec = rec.detach().float()
+        held_rec = rec[: len(x_held)]
+        link = linkage(x_held, held_rec, y_held, k=cfg.select_k, pool_x=aux.x, pool_y=aux.y,
+                       seed=cfg.seed)
+        self.results[name] = {
+            "heldout": {"mse": float(((held_rec - x_held) ** 2).mean()),
+                        f"linkage_k{cfg.select_k}": link},
+            "victims_reconstruction": rec[len(x_held):],
+            "notes": notes, "tuning": tuning,
+        }
+
+    def choose(self) -> str:
+        """Best held-out linkage among the candidates that beat chance there, else the lowest
+        held-out MSE (the priors included)."""
+        key = f"linkage_k{self.config.select_k}"  # type: ignore[attr-defined]
+        linked = [n for n, r in self.results.items()
+                  if r["heldout"][key]["ci_low"] > r["heldout"][key]["chance"]]
+        if linked:
+            return max(linked, key=lambda n: (self.results[n]["heldout"][key]["advantage"],
+                                              -self.results[n]["heldout"]["mse"]))
+        return min(self.results, key=lambda n: self.results[n]["heldout"]["mse"])
+
+    def prior_candidates(self, a_aux: torch.Tensor, fit: torch.Tensor, held: torch.Tensor,
+                         acts: torch.Tensor, knowledge: Knowledge, transcript: Any
+                         ) -> dict[str, torch.Tensor]:
+        """The priors as candidates: reconstructions of the held-out aux beats (fitted on the fit
+        part of the aux set), then of the victims (fitted on the whole aux set, as the priors
+        reported beside every inversion are), ``(H + N, 1, L)`` each."""
+        cfg: StrongestConfig = self.config  # type: ignore[assignment]
+        aux = knowledge.aux
+        assert aux is not None
+        x_fit, y_fit = aux.x[fit], aux.y[fit]
+        crossed = known_labels(transcript, self.victim_ids, cfg)
+        if crossed is not None:  # vanilla: the victims' labels crossed; the aux labels are known
+            c_held, c_victims = aux.y[held], crossed
+        else:  # no label crossed: the server's own predictions from the activations
+            c_held = predicted_labels(a_aux[fit], y_fit, a_aux[held], cfg.seed)
+            c_victims = predicted_labels(a_aux, aux.y, acts, cfg.seed)
+
+        def means(x_ref: torch.Tensor, n: int) -> torch.Tensor:
+            return x_ref.double().mean(0, keepdim=True).expand(n, -1, -1)
+
+        return {
+            "mean-beat": torch.cat([means(x_fit, len(held)), means(aux.x, len(acts))]),
+            "class-mean": torch.cat([class_mean_beats(x_fit, y_fit, c_held),
+                                     class_mean_beats(aux.x, aux.y, c_victims)]),
+        }
 
     def describe_reconstruction(self, obs, truth):
         cfg: StrongestConfig = self.config  # type: ignore[assignment]
@@ -153,7 +210,9 @@ class StrongestInversion(InversionAttack):
         return {"winner": self.winner,
                 "selection": {
                     "criterion": f"held-out aux linkage advantage, k = {cfg.select_k} same-class "
-                                 "aux beats (ties: lower held-out MSE); victims never consulted",
+                                 "aux beats (ties: lower held-out MSE), among the candidates "
+                                 "whose held-out linkage beats chance; else the lowest held-out "
+                                 "MSE, priors included; victims never consulted",
                     "heldout_beats": self.heldout_beats, "candidates": candidates}}
 
     def headline(self, summary):
@@ -162,8 +221,9 @@ class StrongestInversion(InversionAttack):
     def notes(self, knowledge: Knowledge) -> list[str]:
         cfg: StrongestConfig = self.config  # type: ignore[assignment]
         key = f"linkage_k{cfg.select_k}"
-        out = [f"winner {self.winner} of " + ", ".join(
-            f"{n} (held-out {key} {r['heldout'][key]['accuracy']:.3f}, MSE "
-            f"{r['heldout']['mse']:.3g})" for n, r in self.results.items())]
+        tried = ", ".join(f"{n} (held-out {key} {r['heldout'][key]['accuracy']:.3f}, MSE "
+                          f"{r['heldout']['mse']:.3g})" for n, r in self.results.items())
+        out = [f"winner {self.winner} (held-out linkage above chance, else the lowest held-out "
+               f"MSE) of {tried}"]
         return out + [f"{n}: {note}" for n, r in self.results.items() for note in r["notes"]]
 

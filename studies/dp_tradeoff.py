@@ -1,41 +1,68 @@
-"""Activation DP at the cut: what each epsilon costs in accuracy and buys in privacy.
+"""Activation DP at the cut: the whole accuracy curve of formal DP, and what it costs in leakage.
 
-Sweeps the ``dp`` defense in two modes, over seeds:
+Formal activation DP (``dp:mode=formal``; Gaussian, replace adjacency, delta 1e-5) is swept over
+its total training epsilon, accounted exactly (mu-GDP, Dong, Roth & Su 2022, with the analytic
+conversion of Balle & Wang 2018; ``defenses.accounting``), far enough to see the accuracy
+recover, along the levers that move the curve:
 
-* paper mode (Abuadbba et al. 2020's Laplace recipe, no formal guarantee): per-release epsilon in
-  {1, 3, 5, 7, 10, none};
-* formal mode (clipped activations, Gaussian noise calibrated to a total training epsilon over
-  all epochs, delta 1e-5): epsilon in {0.5, 1, 2, 4, 8, 16, none}.
+* the total epsilon: {1, 4, 16, 64, 256, 1024, 4096};
+* the number of releases the budget is spent over (``releases=R``: each training beat's noisy
+  activations are sent in the first R epochs, later epochs train the server on the releases it
+  holds, the client frozen; Abadi et al.'s composition argument run backwards: fewer releases,
+  less noise per release): 30 (every epoch), 10, 3 and 1;
+* the cut: the paper's 512-value cut (16 x 32), clip 2, or a 1x1 bottleneck to 4 channels (128
+  values) with per-row standardisation before the clip (``--cut-channels 4``,
+  ``standardise=true``), clip 1.
 
-``none`` is the undefended run, shared by both modes (one run directory per seed). For every run:
-the test accuracy at the best-validation epoch and the paper's "best test accuracy" (max over
-epochs); leakage of what the server really sees (the defended activations, recomputed from the
-final weights with the run's defenses): dCor (paper per-channel and NoPeek batch definitions), DTW
-(paper and scale-free); and a learned-decoder inversion trained on defended activations of an
-auxiliary 10% of the training beats (median Pearson r and PRD of the reconstructed beats).
+Paper mode (Abuadbba et al. 2020's Laplace recipe, no formal guarantee) at per-release epsilon 3
+and 10 and the undefended model are the reference lines. Every run is trained for ``--epochs``
+epochs and attacked: dCor, DTW and the strongest inversion (``attacks/strongest.py``), whose
+re-identification (linkage) advantage among 10 same-class beats is the privacy axis.
 
-Writes OUT/results.csv (one row per run), OUT/summary.md (mean ± sd per setting beside the
-paper's numbers, ``splitpriv.published.LAPLACE_DP``; how they were obtained: docs/reference.md)
-and OUT/figures/ (accuracy vs epsilon, leakage vs epsilon, accuracy vs leakage).
-Run directories live in OUT/runs/; rerunning skips finished runs and attacks.
+How the clip is chosen, without looking at the protected data: it is a fixed number, never
+tuned on the training beats. For the 512-value cut, C = 2, about the median L2 norm of an
+untrained client's activations (2.4, a property of the initialisation, data-independent up to
+the input's scale; the curve barely moves with C); with ``standardise=true`` every row has norm
+sqrt(32 c) before clipping, so any C below it (C = 1 here) gives the same signal-to-noise ratio
+and the choice carries no information at all.
 
-    python studies/dp_tradeoff.py                 # default budget: 30 epochs, 3 seeds
-    python studies/dp_tradeoff.py --quick         # smoke budget, under 5 minutes
-    python studies/dp_tradeoff.py --epochs 100 --seeds 5 --out studies/out/dp-e100
+Default budget: 30 epochs, paper-unique, all beats, ONE seed (``--formal-seeds``; the
+references too), the study-wide attack budget; 29 runs: the undefended model, paper mode at 3
+and 10, every epsilon at 30 releases for both cuts (14 runs), and 1, 3 and 10 releases at
+epsilon 16 and 1024 (``--release-epsilons``) for both cuts (12 runs, cheap: a frozen epoch
+trains the server only). ``--full-grid`` crosses every epsilon with every release count (56
+formal runs). Measured on one thread with the two cores shared (load 4): a 30-release run trains
+in 76 s, a 1- or 3-release run in 16 s, the three attacks take 55 s per run; about half that on a
+free core, so the default is about 25 minutes there (50 under that load).
+
+Writes OUT/results.csv (one row per run), OUT/summary.md and OUT/figures/ (accuracy and linkage
+against total epsilon, one line per cut and release count, the references as horizontal lines;
+accuracy against linkage). Run directories live in OUT/runs/; rerunning skips finished runs.
+
+    python studies/dp_tradeoff.py                 # default budget (about 25 minutes)
+    python studies/dp_tradeoff.py --quick         # smoke budget, under 2 minutes
+    python studies/dp_tradeoff.py --full-grid --formal-seeds 3 --out studies/out/dp-full
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 
+from splitpriv.io import read_json
 from splitpriv.options import format_spec
 from splitpriv.published import LAPLACE_DP
 from splitpriv.run import TrainConfig
 from studies.common import (
+    INVERSION_TABLE,
     MARKERS,
     OKABE_ITO,
+    PRIVACY_AXIS,
+    PRIVACY_AXIS_LABEL,
     QUICK,
     FigureSet,
     Planned,
@@ -43,7 +70,6 @@ from studies.common import (
     aggregate,
     apply_style,
     attack_column_names,
-    epsilon_axis,
     epsilon_label,
     markdown_table,
     parse_args,
@@ -54,225 +80,301 @@ from studies.common import (
 
 STUDY = "dp_tradeoff"
 
-#: the attacks on every run (Planned's default)
+#: the attacks on every run (Planned's default: dcor, dtw, strongest)
 ATTACKS = Planned.attacks
-COLUMNS = ["study", "mode", "epsilon", "seed", "protocol", "depth", "epochs", "defenses",
-           "test_accuracy", "best_test_accuracy", "final_test_accuracy",
-           *attack_column_names(ATTACKS),
-           "accounted_epsilon", "noise_multiplier", "train_seconds", "wall_seconds", "run_dir"]
-METRICS = ["test_accuracy", "best_test_accuracy", "dcor_max", "dcor_min", "dcor_batch",
-           "dtw_min", "dtw_max", "dtw_scale_free_min", "inversion_pearson_r", "inversion_prd",
-           "accounted_epsilon", "noise_multiplier"]
-MODES = ("paper", "formal")
-MODE_COLORS = {"paper": OKABE_ITO[0], "formal": OKABE_ITO[1], "none": OKABE_ITO[7]}
-MODE_NAMES = {"paper": "paper mode (no guarantee)", "formal": "formal mode", "none": "no defense"}
+COLUMNS = ["study", "mode", "design", "releases", "epsilon", "seed", "protocol", "depth",
+           "epochs", "defenses", "test_accuracy", "best_test_accuracy", "final_test_accuracy",
+           *attack_column_names(ATTACKS), "accounted_epsilon", "noise_multiplier",
+           "claim_scope", "train_seconds", "wall_seconds", "run_dir"]
+METRICS = ["test_accuracy", "best_test_accuracy", "dcor_max", "dcor_batch_unbiased", "dtw_min",
+           *INVERSION_TABLE, "accounted_epsilon", "noise_multiplier", "releases_per_beat"]
+DESIGNS = ("512", "bottleneck")
+DESIGN_NAMES = {"512": "512-value cut", "bottleneck": "bottleneck"}
+RELEASE_STYLES = {30: "-", 10: "--", 3: "-.", 1: ":"}
 
 
 @dataclass
 class Args(StudyArgs):
-    paper_epsilons: list[float | None] = field(
-        default_factory=lambda: [1.0, 3.0, 5.0, 7.0, 10.0, None])
-    """paper mode: per-release epsilons of the Laplace noise (none: no noise)"""
     formal_epsilons: list[float | None] = field(
-        default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, None])
-    """formal mode: total training epsilons (delta 1e-5) over all epochs (none: no noise)"""
-    formal_mechanism: str = "gaussian"
-    """formal mode: gaussian (L2 clip) or laplace (L1 clip)"""
+        default_factory=lambda: [1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, None])
+    """formal mode: total training epsilons (delta 1e-5), spent over --epochs releases (none:
+    the undefended baseline)"""
+    release_counts: list[int] = field(default_factory=lambda: [1, 3, 10])
+    """formal mode: the release budgets R < epochs tried besides one release per epoch"""
+    release_epsilons: list[float] = field(default_factory=lambda: [16.0, 1024.0])
+    """formal mode: the total epsilons the release budgets are tried at"""
+    full_grid: bool = False
+    """cross every formal epsilon with every release budget (instead of release_epsilons)"""
+    formal_seeds: int | None = 1
+    """seeds of every formal and reference setting (None: --seeds)"""
+    paper_epsilons: list[float | None] = field(default_factory=lambda: [3.0, 10.0, None])
+    """paper mode (reference lines): per-release epsilons of the Laplace noise (none: the
+    undefended baseline)"""
+    designs: list[str] = field(default_factory=lambda: list(DESIGNS))
+    """the cuts of the formal grid: 512 (the paper's 16 x 32 cut) and/or bottleneck"""
     formal_clip: float = 2.0
-    """formal mode: clip bound on each beat's activation vector (the untrained client's median
-    L2 norm is about 2.4)"""
+    """512-value cut: the fixed clip bound on each beat's L2 norm (see the module docstring)"""
+    cut_channels: int = 4
+    """bottleneck: channels of the 1x1 convolution at the cut (32 values each)"""
+    bottleneck_clip: float = 1.0
+    """bottleneck: the clip after per-row standardisation (any value gives the same ratio)"""
     depth: int = 2
     """client conv layers"""
 
+    def __post_init__(self) -> None:
+        if any(e is not None and not 0 < e < math.inf
+               for e in [*self.formal_epsilons, *self.release_epsilons, *self.paper_epsilons]):
+            raise ValueError("epsilons must be finite numbers > 0 (or none)")
+        if not self.designs or not set(self.designs) <= set(DESIGNS):
+            raise ValueError(f"designs must be among {DESIGNS}, got {self.designs}")
+        if any(r < 1 for r in self.release_counts):
+            raise ValueError("release_counts must be >= 1")
+        for name in ("formal_clip", "bottleneck_clip"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number > 0")
+        if self.formal_seeds is not None and self.formal_seeds < 1:
+            raise ValueError("formal_seeds must be >= 1")
+
+    def seeds_of_grid(self) -> list[int]:
+        n = self.formal_seeds if self.formal_seeds is not None else self.seeds
+        return list(range(self.seed, self.seed + n))
+
+
+def formal_spec(args: Args, design: str, epsilon: float, releases: int) -> str:
+    """The ``dp`` spec of one formal setting."""
+    params: dict[str, Any] = {"mode": "formal", "mechanism": "gaussian",
+                              "target_epsilon": epsilon, "epochs": args.epochs}
+    if releases < args.epochs:
+        params["releases"] = releases
+    if design == "bottleneck":
+        params |= {"clip": args.bottleneck_clip, "standardise": True}
+    else:
+        params["clip"] = args.formal_clip
+    return format_spec("dp", params)
+
+
+def formal_grid(args: Args) -> list[tuple[float, int]]:
+    """(total epsilon, releases) of the formal settings: every epsilon at one release per epoch,
+    and the release budgets at ``release_epsilons`` (every epsilon with ``full_grid``)."""
+    formal = [e for e in args.formal_epsilons if e is not None]
+    grid = [(e, args.epochs) for e in formal]
+    at = formal if args.full_grid else args.release_epsilons
+    grid += [(e, r) for r in sorted(set(args.release_counts)) if r < args.epochs for e in at]
+    return list(dict.fromkeys(grid))
+
 
 def plan(args: Args) -> list[Planned]:
-    """The runs: the undefended baseline and every (mode, epsilon), for every seed."""
-    paper = [e for e in args.paper_epsilons if e is not None]
-    formal = [e for e in args.formal_epsilons if e is not None]
+    """The runs: the undefended baseline, paper mode at ``paper_epsilons`` and the formal grid,
+    for both cuts, for every seed."""
     runs = []
-    for seed in args.seed_list():
-        def config(specs: list[str], seed: int = seed) -> TrainConfig:
-            return args.train_config(seed=seed, depth=args.depth, defenses=specs)
+    for seed in args.seeds_of_grid():
+        def config(specs: list[str], cut: int | None = None, seed: int = seed) -> TrainConfig:
+            return args.train_config(seed=seed, depth=args.depth, defenses=specs,
+                                     cut_channels=cut)
 
+        none = {"mode": "none", "design": "512", "releases": None, "epsilon": None}
         if None in args.paper_epsilons or None in args.formal_epsilons:
-            runs.append(Planned(f"none-s{seed}", config([]), {"mode": "none", "epsilon": None}))
-        for eps in paper:
+            runs.append(Planned(f"none-s{seed}", config([]), none, attacks=ATTACKS))
+        for eps in [e for e in args.paper_epsilons if e is not None]:
             spec = format_spec("dp", {"mode": "paper", "epsilon": eps})
             runs.append(Planned(f"paper-eps{eps:g}-s{seed}", config([spec]),
-                                {"mode": "paper", "epsilon": eps}))
-        for eps in formal:
-            spec = format_spec("dp", {"mode": "formal", "mechanism": args.formal_mechanism,
-                                      "target_epsilon": eps, "epochs": args.epochs,
-                                      "clip": args.formal_clip})
-            runs.append(Planned(f"formal-{args.formal_mechanism}-eps{eps:g}-s{seed}",
-                                config([spec]), {"mode": "formal", "epsilon": eps}))
+                                {**none, "mode": "paper", "epsilon": eps}, attacks=ATTACKS))
+        for design in [d for d in DESIGNS if d in args.designs]:
+            cut = args.cut_channels if design == "bottleneck" else None
+            for eps, releases in formal_grid(args):
+                name = f"formal-{design}-r{releases}-eps{eps:g}-s{seed}"
+                labels = {"mode": "formal", "design": design, "releases": releases,
+                          "epsilon": eps}
+                runs.append(Planned(name, config([formal_spec(args, design, eps, releases)], cut),
+                                    labels, attacks=ATTACKS))
     return runs
 
 
-def settings(rows: list[dict]) -> dict[str, list[dict]]:
-    """Per mode, one aggregated setting per epsilon (the undefended baseline as ``none`` in both
-    modes), ordered by increasing epsilon with ``none`` last."""
-    agg = aggregate(rows, ["mode", "epsilon"], METRICS)
+def _releases(value: Any) -> int | None:
+    return None if parse_epsilon(value) is None else int(float(value))
+
+
+def reported_releases(row: dict) -> float:
+    """The training releases per beat the run's result.json reports (NaN where it is gone)."""
+    path = Path(str(row.get("run_dir", ""))) / "result.json"
+    if not path.is_file():
+        return math.nan
+    formal = [c for c in read_json(path).get("defenses", []) if c.get("formal_guarantee")]
+    train = formal[-1].get("train", {}) if formal else {}
+    return float(train.get("releases_per_beat", math.nan))
+
+
+def formal_settings(rows: list[dict]) -> dict[tuple[str, int], list[dict]]:
+    """Per (design, releases), the aggregated formal settings by increasing epsilon (with the
+    releases per beat each run's result.json reports)."""
+    formal = [r | {"releases_per_beat": reported_releases(r)} for r in rows
+              if r["mode"] == "formal"]
+    agg = aggregate(formal, ["design", "releases", "epsilon"], METRICS, ["strongest_attack"])
+    out: dict[tuple[str, int], list[dict]] = {}
     for s in agg:
-        s["epsilon"] = parse_epsilon(s["epsilon"])
+        s["epsilon"], s["releases"], s["design"] = (parse_epsilon(s["epsilon"]),
+                                                    _releases(s["releases"]), str(s["design"]))
+        s["design"] = s["design"].removesuffix(".0")
+        out.setdefault((s["design"], s["releases"]), []).append(s)
+    for ss in out.values():
+        ss.sort(key=lambda s: s["epsilon"])
+    return dict(sorted(out.items(), key=lambda kv: (DESIGNS.index(kv[0][0]), -kv[0][1])))
+
+
+def references(rows: list[dict]) -> dict[str, dict]:
+    """The reference settings: ``none`` and ``paper eps E``."""
     out = {}
-    for mode in MODES:
-        mine = [dict(s) for s in agg if s["mode"] == mode]
-        mine += [dict(s, mode=mode) for s in agg if s["mode"] == "none"]
-        if any(s["mode"] == mode for s in agg):
-            out[mode] = sorted(mine, key=lambda s: (s["epsilon"] is None, s["epsilon"] or 0))
+    for s in aggregate([r for r in rows if r["mode"] != "formal"], ["mode", "epsilon"], METRICS,
+                       ["strongest_attack"]):
+        eps = parse_epsilon(s["epsilon"])
+        out["none" if s["mode"] == "none" else f"paper eps {epsilon_label(eps)}"] = s
     return out
 
 
+def reaching(rows: list[dict]) -> list[str]:
+    """Sentences: the smallest total epsilon at which formal DP reaches each paper-mode
+    reference's accuracy, by design and release count, and the leakage left there."""
+    refs, grid = references(rows), formal_settings(rows)
+    lines = []
+    for name, ref in refs.items():
+        if not name.startswith("paper"):
+            continue
+        target = ref["test_accuracy"].mean
+        hits = []
+        for (design, releases), ss in grid.items():
+            hit = next((s for s in ss if s["test_accuracy"].mean >= target), None)
+            if hit is not None:
+                hits.append((hit["epsilon"], design, releases, hit))
+        if not hits:
+            lines.append(f"No formal setting reaches the accuracy of {name} ({target:.1f}%).")
+            continue
+        eps, design, releases, s = min(hits, key=lambda h: h[0])
+        lines.append(
+            f"Formal activation DP first reaches the accuracy of {name} ({target:.1f}%) at total "
+            f"epsilon {eps:g} ({DESIGN_NAMES[design]}, {releases} release(s) per beat: "
+            f"{s['test_accuracy']} %), where the strongest inversion's linkage advantage is "
+            f"{s[PRIVACY_AXIS]} (paper mode there: {ref[PRIVACY_AXIS]}).")
+    return lines
+
+
 def summary_markdown(rows: list[dict], title: str) -> str:
-    """summary.md: mean ± sd over seeds per setting, the paper's numbers beside ours."""
-    lines = [f"# {title}", ""]
-    for mode, ss in settings(rows).items():
-        if mode == "paper":
-            lines += ["## Paper mode (Laplace, sensitivity = the batch's range; no formal "
-                      "guarantee)", "",
-                      "Paper columns: Abuadbba et al. 2020, paper protocol, 400 epochs, "
-                      "leakage at epoch 100 with first-of-batch pairing.", ""]
-            header = ["epsilon", "n", "test acc (val-selected, %)", "best test acc (%)",
-                      "paper best acc", "dCor max / min", "paper dCor max / min",
-                      "dCor batch", "DTW min / max", "paper DTW min / max",
-                      "inversion r", "inversion PRD (%)"]
-            body = []
-            for s in ss:
-                p = LAPLACE_DP.get(s["epsilon"])
-                body.append([
-                    epsilon_label(s["epsilon"]), s["n"], s["test_accuracy"],
-                    s["best_test_accuracy"], p["acc"] if p else "-",
-                    f"{s['dcor_max']} / {s['dcor_min']}",
-                    f"{p['dcor_max']} / {p['dcor_min']}" if p else "-", s["dcor_batch"],
-                    f"{s['dtw_min']} / {s['dtw_max']}",
-                    f"{p['dtw_min']} / {p['dtw_max']}" if p else "-",
-                    s["inversion_pearson_r"], s["inversion_prd"],
-                ])
-        else:
-            lines += ["## Formal mode (clipped activations, calibrated noise, accounted over "
-                      "every training epoch; delta 1e-5)", ""]
-            header = ["target epsilon", "n", "accounted epsilon", "noise multiplier",
-                      "test acc (val-selected, %)", "best test acc (%)", "dCor max",
-                      "dCor batch", "DTW min", "inversion r", "inversion PRD (%)"]
-            body = [[epsilon_label(s["epsilon"]), s["n"], s["accounted_epsilon"],
-                     s["noise_multiplier"], s["test_accuracy"], s["best_test_accuracy"],
-                     s["dcor_max"], s["dcor_batch"], s["dtw_min"], s["inversion_pearson_r"],
-                     s["inversion_prd"]] for s in ss]
-        lines += [markdown_table(header, body), ""]
-    lines += ["Mean ± sd over seeds. Leakage is measured on the defended activations the server "
-              "receives (recomputed from the final weights with the run's defenses, training "
-              "beats, each activation paired with its own input). Inversion: a decoder trained "
-              "on the defended activations of the attacker's auxiliary beats; median Pearson r "
-              "and PRD over the other beats (r of the mean beat alone: "
-              f"{aggregate(rows, ['study'], ['baseline_pearson_r'])[0]['baseline_pearson_r']}).",
-              ""]
+    """summary.md: the formal grid, the references and where the curve reaches them."""
+    lines = [f"# {title}", "", "## Formal mode (Gaussian, replace adjacency, delta 1e-5, exact "
+             "mu-GDP accounting of the training releases)", ""]
+    header = ["cut", "releases / beat (planned, reported)", "total epsilon", "n",
+              "accounted epsilon",
+              "noise multiplier", "test acc (val-selected, %)", "best test acc (%)",
+              "linkage adv. k10", "strongest", "inversion r", "dCor batch (unbiased)"]
+    body = [[DESIGN_NAMES[d], f"{r}, {s['releases_per_beat']}", epsilon_label(s["epsilon"]),
+             s["n"], s["accounted_epsilon"],
+             s["noise_multiplier"], s["test_accuracy"], s["best_test_accuracy"],
+             s[PRIVACY_AXIS], s["strongest_attack"], s["inversion_pearson_r"],
+             s["dcor_batch_unbiased"]]
+            for (d, r), ss in formal_settings(rows).items() for s in ss]
+    lines += [markdown_table(header, body), "",
+              "## Paper mode and no defense (the references; paper mode: Laplace, sensitivity = "
+              "the batch's range, no formal guarantee)", "",
+              "Paper column: Abuadbba et al. 2020's best test accuracy (paper protocol, 400 "
+              "epochs).", ""]
+    header = ["setting", "n", "test acc (val-selected, %)", "paper's best acc",
+              "linkage adv. k10", "strongest", "inversion r", "dCor batch (unbiased)"]
+    body = []
+    for name, s in references(rows).items():
+        p = LAPLACE_DP.get(parse_epsilon(s["epsilon"]))
+        body.append([name, s["n"], s["test_accuracy"], p["acc"] if p else "-", s[PRIVACY_AXIS],
+                     s["strongest_attack"], s["inversion_pearson_r"], s["dcor_batch_unbiased"]])
+    lines += [markdown_table(header, body), "", *reaching(rows), "",
+              "Mean ± sd over seeds. Releases per beat: each training beat's noisy activations "
+              "cross in that many epochs (the accounted epsilon composes them; the remaining "
+              "epochs train the server on the releases it holds, the client frozen). Leakage is "
+              "measured on the defended activations the server receives; the linkage advantage "
+              "is the strongest inversion's re-identification among 10 same-class beats (0 = "
+              "chance, 1 = every victim).", ""]
     return "\n".join(lines)
 
 
+def _reference_lines(ax: plt.Axes, refs: dict[str, dict], key: str) -> None:
+    styles = {"none": ("0.2", (0, (1, 1))), "paper eps 3": (OKABE_ITO[3], (0, (4, 2))),
+              "paper eps 10": (OKABE_ITO[4], (0, (6, 2, 1, 2)))}
+    for name, s in refs.items():
+        value = s[key].mean
+        if math.isfinite(value):
+            color, dash = styles.get(name, ("0.5", (0, (2, 2))))
+            label = "no defense" if name == "none" else f"{name} (no guarantee)"
+            ax.axhline(value, color=color, linestyle=dash, linewidth=0.9, label=label)
+
+
 def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
-    """Accuracy vs epsilon, leakage vs epsilon, and accuracy vs leakage, from results rows."""
+    """Accuracy and linkage against total epsilon (log axis, one line per cut and release
+    count), and accuracy against linkage."""
     apply_style()
-    by_mode = settings(rows)
-    xlabels = {"paper": "per-release epsilon (paper mode, no guarantee)",
-               "formal": "total training epsilon (formal mode, δ = 1e-5)"}
-
-    # accuracy vs epsilon, one panel per mode
-    fig, axes = plt.subplots(1, len(by_mode), figsize=(3.5 * len(by_mode), 3.0), squeeze=False,
-                             layout="constrained")
-    for ax, (mode, ss) in zip(axes[0], by_mode.items(), strict=True):
-        pos = epsilon_axis(ax, [s["epsilon"] for s in ss])
-        xs = [pos(s["epsilon"]) for s in ss]
-        for i, (key, what) in enumerate((("test_accuracy", "test acc. (val-selected)"),
-                                         ("best_test_accuracy", "best test acc. (max over "
-                                                                "epochs)"))):
-            ax.errorbar(xs, [s[key].mean for s in ss], yerr=[s[key].sd for s in ss],
-                        marker=MARKERS[i], color=MODE_COLORS[mode], capsize=2,
-                        linestyle="-" if i == 0 else "--", label=what)
-        if mode == "paper":
-            eps = [e for e in LAPLACE_DP if any(s["epsilon"] == e for s in ss)]
-            ax.plot([pos(e) for e in eps], [LAPLACE_DP[e]["acc"] for e in eps], "x",
-                    color=OKABE_ITO[7], label="Abuadbba et al. 2020")
-        ax.axhline(100 / 5, color="0.5", linewidth=0.8, linestyle=":", label="uniform guess")
-        ax.set_xlabel(xlabels[mode])
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_ylim(0, 100)
-        ax.legend(loc="best", fontsize=6)
-    figs.save(fig, "accuracy_vs_epsilon",
-              "Test accuracy of the 2-conv split model against the epsilon of activation DP: "
-              "paper mode (left; the paper's Laplace recipe, no formal guarantee) and formal mode "
-              "(right; clipped, calibrated noise, total training epsilon). Mean ± sd over seeds; "
-              "'none' is the undefended model; crosses are the paper's best test accuracy. "
-              + note)
-
-    # leakage vs epsilon
-    panels = [("dcor_max", "dCor, paper def. (max over channels)", "dCor (unitless)"),
-              ("dcor_batch", "dCor, batch def. (mean over batches)", "dCor (unitless)"),
-              ("dtw_min", "DTW, paper def. (min over channels)",
-               "DTW distance (normalised amplitude)"),
-              ("inversion_pearson_r", "decoder inversion (median over beats)",
-               "Pearson r (unitless)")]
-    fig, axes = plt.subplots(2, 2, figsize=(7.0, 5.6), layout="constrained")
-    every_eps = list({s["epsilon"] for ss in by_mode.values() for s in ss})
-    for ax, (key, title, ylabel) in zip(axes.flat, panels, strict=True):
-        pos = epsilon_axis(ax, every_eps)
-        for i, (mode, ss) in enumerate(by_mode.items()):
-            ax.errorbar([pos(s["epsilon"]) for s in ss], [s[key].mean for s in ss],
-                        yerr=[s[key].sd for s in ss], marker=MARKERS[i], color=MODE_COLORS[mode],
-                        capsize=2, label=MODE_NAMES[mode])
-        if key in ("dcor_max", "dtw_min") and "paper" in by_mode:
-            eps = [e for e in LAPLACE_DP if any(s["epsilon"] == e for s in by_mode["paper"])]
-            ax.plot([pos(e) for e in eps], [LAPLACE_DP[e][key] for e in eps], "x",
-                    color=OKABE_ITO[7], label="Abuadbba et al. 2020 (paper mode)")
-        if key == "dtw_min":
-            ax.set_yscale("log")
-        ax.set_title(title)
-        ax.set_xlabel("epsilon (paper: per release; formal: total)")
+    grid, refs = formal_settings(rows), references(rows)
+    releases = sorted({r for _, r in grid}, reverse=True)
+    for key, ylabel, name, what in (
+        ("test_accuracy", "test accuracy, val-selected (%)", "accuracy_vs_epsilon",
+         "Test accuracy"),
+        (PRIVACY_AXIS, PRIVACY_AXIS_LABEL, "leakage_vs_epsilon",
+         "Re-identification advantage of the strongest inversion (0 = chance)"),
+    ):
+        fig, ax = plt.subplots(figsize=(5.2, 3.4), layout="constrained")
+        for (design, r), ss in grid.items():
+            ax.errorbar([s["epsilon"] for s in ss], [s[key].mean for s in ss],
+                        yerr=[s[key].sd for s in ss], capsize=2,
+                        color=OKABE_ITO[DESIGNS.index(design)],
+                        marker=MARKERS[releases.index(r) % len(MARKERS)],
+                        linestyle=RELEASE_STYLES.get(r, "-"),
+                        label=f"{DESIGN_NAMES[design]}, {r} release(s)")
+        _reference_lines(ax, refs, key)
+        if key == "test_accuracy":
+            ax.axhline(100 / 5, color="0.6", linewidth=0.8, linestyle=":",
+                       label="chance (uniform guess)")
+            ax.set_ylim(0, 100)
+        ax.set_xscale("log", base=2)
+        eps = sorted({s["epsilon"] for ss in grid.values() for s in ss})
+        ax.set_xticks(eps, [f"{e:g}" for e in eps])
+        ax.minorticks_off()
+        ax.set_xlabel("total training epsilon of formal DP (δ = 1e-5, exact accounting)")
         ax.set_ylabel(ylabel)
-        ax.legend(fontsize=6)
-    figs.save(fig, "leakage_vs_epsilon",
-              "Leakage of the defended activations the server receives, against epsilon: "
-              "distance correlation with the input (paper per-channel and NoPeek batch "
-              "definitions; higher = more leakage), DTW distance (lower = more similar) and the "
-              "median Pearson r of a learned decoder's reconstructions (higher = better "
-              "inversion). Mean ± sd over seeds; crosses: the paper's values, measured with a "
-              "flawed pairing. " + note)
+        ax.legend(fontsize=5.5, loc="best", ncol=2)
+        figs.save(fig, name,
+                  f"{what} of the 2-conv split model under formal activation DP against the "
+                  "total training epsilon, per cut (colour: the 512-value cut, clip 2; the 4x32 "
+                  "bottleneck with per-row standardisation, clip 1) and number of releases per "
+                  "beat (line style). Horizontal lines: the undefended model and paper mode "
+                  "(Abuadbba et al. 2020's recipe, no guarantee) at epsilon 3 and 10. Mean ± sd "
+                  "over seeds. " + note)
 
-    # accuracy vs leakage
-    flat = [s for ss in by_mode.values() for s in ss]
-    seen, points = set(), []
-    for s in flat:  # the baseline once, as its own group
-        if s["epsilon"] is None:
-            if None in seen:
-                continue
-            seen.add(None)
-            s = dict(s, mode="none")
-        points.append(dict(s, label=epsilon_label(s["epsilon"]), group=MODE_NAMES[s["mode"]]))
-    colors = {MODE_NAMES[m]: c for m, c in MODE_COLORS.items()}
-    fig, axes = plt.subplots(1, 2, figsize=(7.0, 3.0), sharey=True, layout="constrained")
-    plot_tradeoff(axes[0], points, x="dcor_max", y="test_accuracy", group_key="group",
-                  label_key="label", xlabel="dCor, paper def., max over channels (unitless)",
-                  ylabel="test accuracy, val-selected (%)", colors=colors)
-    plot_tradeoff(axes[1], points, x="inversion_pearson_r", y="test_accuracy",
-                  group_key="group", label_key="label", colors=colors,
-                  xlabel="decoder inversion, median Pearson r (unitless)", ylabel="")
-    axes[0].legend(loc="lower right")
+    points = [dict(s, label=epsilon_label(s["epsilon"]),
+                   group=f"{DESIGN_NAMES[d]}, {r} rel.") for (d, r), ss in grid.items()
+              for s in ss]
+    points += [dict(s, label=n, group="references") for n, s in refs.items()]
+    fig, ax = plt.subplots(figsize=(5.2, 3.4), layout="constrained")
+    plot_tradeoff(ax, points, x=PRIVACY_AXIS, y="test_accuracy", group_key="group",
+                  label_key="label", xlabel=PRIVACY_AXIS_LABEL,
+                  ylabel="test accuracy, val-selected (%)")
+    ax.legend(fontsize=5.5, loc="lower right")
     figs.save(fig, "tradeoff",
-              "Accuracy against leakage for activation DP: each marker is one setting (mean ± sd "
-              "over seeds), labelled with its epsilon (\"(+n)\": n more settings hidden under the "
-              "label); the dashed line is the Pareto front "
-              "(no other setting has lower leakage and higher accuracy). Left: distance "
-              "correlation of the defended activations with the input; right: how well a learned "
-              "decoder inverts them. " + note)
+              "Accuracy against the strongest inversion's re-identification advantage: each "
+              "marker is one setting (mean ± sd over seeds), labelled with its total epsilon; "
+              "the dashed line is the Pareto front. " + note)
     figs.write_captions()
 
 
+#: --quick: two epochs on a subset, the 512-value cut and the bottleneck at two epsilons and
+#: one release budget (QUICK's attack budget)
+QUICK_DP: dict[str, Any] = QUICK | dict(epochs=3, train_subset=1500, test_subset=500,
+                                        formal_epsilons=[16.0, 4096.0, None],
+                                        release_counts=[1], release_epsilons=[4096.0],
+                                        paper_epsilons=[3.0])
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
-    args = parse_args(Args, argv, quick=QUICK, description=__doc__)
+    args = parse_args(Args, argv, quick=QUICK_DP, description=__doc__)
     return run_study(
         args, study=STUDY, plan=plan(args), columns=COLUMNS,
         summarize=lambda rows, b: summary_markdown(
-            rows, f"Activation DP trade-off (depth {args.depth}, {b})"
+            rows, f"Activation DP: the whole curve (depth {args.depth}, {b}; formal grid and "
+                  f"references: {len(args.seeds_of_grid())} seed(s))"
         ),
         draw=draw_figures,
     )

@@ -191,7 +191,8 @@ def test_formal_dp_defaults_to_the_exact_accountant():
 
 
 @pytest.mark.parametrize("spec,match", [
-    ("dp:mode=formal,mechanism=laplace,noise_multiplier=1,accountant=prv", "Gaussian mechanism only"),
+    ("dp:mode=formal,mechanism=laplace,noise_multiplier=1,accountant=prv",
+     "Gaussian mechanism only"),
     ("dp:mode=formal,noise_multiplier=1,accountant=moments", "accountant must be one of"),
     ("dp:mode=formal,noise_multiplier=1,releases=0", "releases must be >= 1"),
 ])

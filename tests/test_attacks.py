@@ -567,6 +567,27 @@ def test_strongest_picks_the_better_attack_on_held_out_aux_and_never_looks_at_vi
     assert blind.summary["selection"]["candidates"]["ridge"]["heldout"] == held["ridge"]
 
 
+def test_strongest_falls_back_to_a_prior_when_nothing_links_on_held_out_beats(linear_client):
+    # activations replaced by pure noise carry nothing about the beats: no candidate's held-out
+    # linkage beats chance, so the lowest held-out MSE wins, and with the labels in the clear
+    # the class-mean prior has it (ridge and the decoder can only add noise to a mean)
+    transcript, knowledge, truth = linear_client
+    ids, acts = transcript.get("activations")
+    noise = torch.randn(acts.shape, generator=torch.Generator().manual_seed(0))
+    y = truth.y
+    blind = _transcript(activations=(ids, noise), labels=(torch.arange(len(y)), y))
+    opts = {"candidates": "ridge,decoder", "decoder_epochs": "2", "max_victims": "200"}
+    s = build_attack("strongest", opts)(blind, knowledge, truth).summary
+    assert s["winner"] in ("class-mean", "mean-beat")
+    held = {n: c["heldout"]["mse"] for n, c in s["selection"]["candidates"].items()}
+    assert held[s["winner"]] == min(held.values())
+    # the reported inversion is the prior's reconstruction: never worse than the prior itself
+    prior = s["baselines"]["class_mean"]["metrics"]["pearson"]["median"]
+    if s["winner"] == "class-mean":
+        assert s["metrics"]["pearson"]["median"] == pytest.approx(prior)
+    assert abs(s["linkage"]["k10"]["advantage"]) < 0.1
+
+
 def test_cli_strongest_writes_its_result(ushape_run_dir):
     out = run_attack_cli("strongest", str(ushape_run_dir), "train:0.2",
                          {"decoder_epochs": "1", "max_victims": "30", "reference_epochs": "0"},

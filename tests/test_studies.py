@@ -55,7 +55,7 @@ def dp_out(pool_dirs, tmp_path_factory) -> tuple[Path, float]:
     out = tmp_path_factory.mktemp("dp_tradeoff")
     t0 = time.perf_counter()
     dp_tradeoff.main(tiny(pool_dirs, out, "--paper-epsilons", "3", "none",
-                          "--formal-epsilons", "4", "none"))
+                          "--formal-epsilons", "4", "none", "--designs", "512"))
     return out, time.perf_counter() - t0
 
 
@@ -94,7 +94,7 @@ def test_dp_tradeoff_rerun_skips_finished_runs_and_attacks(dp_out, pool_dirs):
     missing.unlink()  # a study killed during this attack
     t0 = time.perf_counter()
     dp_tradeoff.main(tiny(pool_dirs, out, "--paper-epsilons", "3", "none",
-                          "--formal-epsilons", "4", "none"))
+                          "--formal-epsilons", "4", "none", "--designs", "512"))
     again = time.perf_counter() - t0
     assert {p: p.stat().st_mtime_ns for p in done} == before  # nothing retrained or re-attacked
     assert missing.exists()  # ... but the missing attack was run
@@ -174,10 +174,11 @@ def test_parse_args_quick_fills_only_what_was_not_given():
 
 
 def test_plan_shares_the_baseline_and_matches_formal_epochs():
-    args = common.parse_args(dp_tradeoff.Args, ["--seeds", "2", "--epochs", "12"])
+    args = common.parse_args(dp_tradeoff.Args, ["--formal-seeds", "2", "--epochs", "12"])
     plan = dp_tradeoff.plan(args)
     names = [p.name for p in plan]
-    assert len(names) == len(set(names)) == 2 * (1 + 5 + 6)
+    # per seed: none, paper 3 and 10, and per cut 7 epsilons at 12 releases + 3 budgets x 2
+    assert len(names) == len(set(names)) == 2 * (1 + 2 + 2 * (7 + 3 * 2))
     assert all(p.name.endswith(f"-s{p.config.seed}") for p in plan)
     formal = [p for p in plan if p.labels["mode"] == "formal"]
     assert all("epochs=12" in p.config.defenses[0] for p in formal)
@@ -273,3 +274,25 @@ def test_strongest_names_its_winner_in_the_row():
             "dcor_batch_unbiased", "prior_mean_beat_linkage_k10",
             "prior_class_mean_pearson_r"} <= set(common.attack_column_names(
                 common.Planned.attacks))
+
+
+def test_dp_tradeoff_plans_the_whole_curve_releases_and_the_bottleneck():
+    args = common.parse_args(dp_tradeoff.Args, [])
+    plan = {p.name: p for p in dp_tradeoff.plan(args)}
+    formal = [p for p in plan.values() if p.labels["mode"] == "formal"]
+    # the whole curve at one release per epoch, for both cuts, up to epsilon 4096
+    for design in ("512", "bottleneck"):
+        eps = sorted(p.labels["epsilon"] for p in formal
+                     if p.labels["design"] == design and p.labels["releases"] == 30)
+        assert eps == [1, 4, 16, 64, 256, 1024, 4096]
+    r1 = plan["formal-512-r1-eps1024-s0"]
+    assert "releases=1" in r1.config.defenses[0] and "target_epsilon=1024" in r1.config.defenses[0]
+    assert r1.config.epochs == 30 and r1.config.cut_channels is None
+    assert "releases" not in plan["formal-512-r30-eps1024-s0"].config.defenses[0]
+    bottleneck = plan["formal-bottleneck-r30-eps4096-s0"]
+    assert bottleneck.config.cut_channels == 4
+    assert "standardise=true" in bottleneck.config.defenses[0]
+    assert {p.labels["releases"] for p in formal} == {1, 3, 10, 30}
+    assert plan["none-s0"].attacks == common.Planned.attacks
+    full = dp_tradeoff.plan(common.parse_args(dp_tradeoff.Args, ["--full-grid"]))
+    assert sum(p.labels["mode"] == "formal" for p in full) == 2 * 7 * 4
