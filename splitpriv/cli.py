@@ -86,6 +86,8 @@ def _train(args: argparse.Namespace, config: TrainConfig) -> int:
         spec = spec_from_cli(
             args.role, rank=args.rank, world_size=args.world_size, master_addr=args.master_addr,
             master_port=args.master_port, backend=args.backend, timeout_s=args.timeout,
+            turn_timeout_s=args.turn_timeout, secret=args.secret,
+            max_message_mb=args.max_message_mb,
         )
         result = run_distributed(config, args.out, spec, mode=args.clients_mode,
                                  progress=not args.no_progress, force=args.force)
@@ -159,7 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--clients-mode", default="sequential", choices=("sequential", "splitfed"),
                       help="with K > 1 clients: weights handed client to client, or SplitFed")
     dist.add_argument("--timeout", type=float, default=120.0,
-                      help="seconds a party waits for a message before it stops")
+                      help="seconds a party waits for the rendezvous or a message before it stops")
+    dist.add_argument("--turn-timeout", type=float, default=None,
+                      help="seconds a party waits for its turn (another client's epoch, a "
+                      "SplitFed round); default: --timeout")
+    dist.add_argument("--secret", default=None,
+                      help="shared secret every party must hold (else $SPLITPRIV_SECRET, which "
+                      "keeps it out of the process list); without one any process that reaches "
+                      "the port can join")
+    dist.add_argument("--max-message-mb", type=float, default=None,
+                      help="the longest message a peer may declare (default: twice the run's "
+                      "longest)")
     train.set_defaults(func=cmd_train)
 
     att = sub.add_parser(

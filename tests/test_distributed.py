@@ -31,12 +31,14 @@ from splitpriv.distributed import (
     _party_main,
     check_header,
     free_port,
+    handshake,
     init_process_group,
     kind_specs,
     launch_local,
     message_bytes,
     partition_by_record,
     run_distributed,
+    run_key,
     run_processes,
     spec_from_cli,
 )
@@ -276,8 +278,9 @@ def test_k_clients_equal_in_process_reference(beats, mode, k, topology, tmp_path
 def _fake_client(port: int, behaviour: str) -> None:
     """Rank 1 that speaks the protocol up to a point, then misbehaves."""
     torch.set_num_threads(1)
-    init_process_group(DistSpec(rank=1, world_size=2, master_port=port, timeout_s=20,
-                                turn_timeout_s=20))
+    spec = DistSpec(rank=1, world_size=2, master_port=port, timeout_s=20, turn_timeout_s=20)
+    init_process_group(spec)
+    handshake(spec, 0, run_key(_config("vanilla", epochs=1), mode="sequential", world_size=2))
     specs = kind_specs(ushape=False)
     ch = DistChannel(0, specs, timeout_s=20)
     ch.send_control(Op.HELLO, 0, 2, 0)
@@ -299,8 +302,9 @@ def _fake_client(port: int, behaviour: str) -> None:
 def _fake_server(port: int) -> None:
     """Rank 0 that accepts the client's hello and then dies."""
     torch.set_num_threads(1)
-    init_process_group(DistSpec(rank=0, world_size=2, master_port=port, timeout_s=20,
-                                turn_timeout_s=20))
+    spec = DistSpec(rank=0, world_size=2, master_port=port, timeout_s=20, turn_timeout_s=20)
+    init_process_group(spec)
+    handshake(spec, 1, run_key(_config("vanilla", epochs=1), mode="sequential", world_size=2))
     DistChannel(1, kind_specs(ushape=False), timeout_s=20).expect_control(Op.HELLO)
     time.sleep(1)
     os._exit(4)
@@ -330,7 +334,7 @@ def test_server_stops_on_a_misbehaving_client(behaviour, error, match, tmp_path)
     )
     out = torch.load(path, weights_only=True)
     assert not out["ok"]
-    assert out["error"] == error
+    assert out["error"] == error, out
     import re
 
     assert re.search(match, out["message"]), out["message"]

@@ -58,6 +58,43 @@ def finite_or_raise(tensor: torch.Tensor, what: str) -> None:
         raise WireError(f"{what}: non-finite values (NaN or inf) in the payload")
 
 
+def unframe(h: Header, frames: torch.Tensor, what: str) -> torch.Tensor:
+    """The body (uint8) of the message ``h`` from its received ``frames`` (uint8
+    ``(n, FRAME_BYTES)``); raises :class:`WireError` on a frame of another message, out of
+    order, or a body of another size than ``h`` declares."""
+    n = h.body_bytes()
+    n_frames = -(-n // CHUNK_BYTES)
+    if frames.dtype != torch.uint8 or tuple(frames.shape) != (n_frames, FRAME_BYTES):
+        raise WireError(f"{what}: {tuple(frames.shape)} frames, expected ({n_frames}, "
+                        f"{FRAME_BYTES})")
+    prefixes = frames[:, : 8 * FRAME_PREFIX].contiguous().view(torch.int64)
+    chunks = []
+    for i in range(n_frames):
+        magic, seq, index, total, size = (int(v) for v in prefixes[i])
+        expected = min(CHUNK_BYTES, n - i * CHUNK_BYTES)
+        if magic != FRAME_MAGIC or seq != h.seq or index != i:
+            raise WireError(f"{what}: frame {i} of {n_frames} is not one of this message's "
+                            f"(magic {magic:#x}, message #{seq}, frame {index})")
+        if total != n or size != expected:
+            raise WireError(f"{what}: a payload of {total:,} bytes (frame {i}: {size:,}), "
+                            f"the header declared {n:,}")
+        chunks.append(frames[i, 8 * FRAME_PREFIX : 8 * FRAME_PREFIX + size])
+    return torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.uint8)
+
+
+def frame(h: Header, body: torch.Tensor, *, pad: bool = False) -> list[torch.Tensor]:
+    """The frames (uint8) that carry ``body`` of the message ``h``; ``pad``: each padded to
+    FRAME_BYTES (nccl needs equal sizes on both ends; gloo takes a shorter send)."""
+    out = []
+    for i, start in enumerate(range(0, len(body), CHUNK_BYTES)):
+        chunk = body[start : start + CHUNK_BYTES]
+        prefix = torch.tensor([FRAME_MAGIC, h.seq, i, len(body), len(chunk)],
+                              dtype=torch.int64).view(torch.uint8)
+        fill = FRAME_BYTES - len(prefix) - len(chunk) if pad else 0
+        out.append(torch.cat([prefix, chunk, torch.zeros(fill, dtype=torch.uint8)]))
+    return out
+
+
 def _describe_failure(exc: BaseException) -> str:
     text = str(exc)
     if "Timed out" in text or "timed out" in text or "timeout" in text.lower():
@@ -184,18 +221,27 @@ class DistChannel(Channel):
         return (f"rank {self.rank} awaiting {code.label!r} message #{seq} from rank {self.peer} "
                 f"(epoch {self.epoch}, {self.phase})")
 
+    @staticmethod
+    def _peer_error(exc: RuntimeError, what: str, timeout_s: float) -> PeerError:
+        why = _describe_failure(exc)
+        if why == "timed out":
+            return PeerError(f"{what}: nothing within {timeout_s:g} s (peer silent or stuck)")
+        if why == "closed":
+            return PeerError(f"{what}: the peer closed the connection (it died or exited)")
+        return PeerError(f"{what}: transfer failed: {str(exc).strip().splitlines()[0]}")
+
+    def _post(self, op: Any, tensor: torch.Tensor, tag: int, what: str, timeout_s: float) -> Any:
+        """``dist.isend`` / ``dist.irecv`` to the peer (posting fails at once on a closed link)."""
+        try:
+            return op(tensor, self.peer, group=self.group, tag=tag)
+        except RuntimeError as exc:
+            raise self._peer_error(exc, what, timeout_s) from exc
+
     def _wait(self, work: Any, what: str, timeout_s: float) -> None:
         try:
             ok = work.wait(datetime.timedelta(seconds=timeout_s))
         except RuntimeError as exc:
-            why = _describe_failure(exc)
-            if why == "timed out":
-                raise PeerError(f"{what}: nothing within {timeout_s:g} s (peer silent or stuck)"
-                                ) from exc
-            if why == "closed":
-                raise PeerError(f"{what}: the peer closed the connection (it died or exited)"
-                                ) from exc
-            raise PeerError(f"{what}: transfer failed: {exc}") from exc
+            raise self._peer_error(exc, what, timeout_s) from exc
         if ok is False:
             raise PeerError(f"{what}: nothing within {timeout_s:g} s (peer silent or stuck)")
 
@@ -216,18 +262,11 @@ class DistChannel(Channel):
                       message_bytes(tensor, len(ids)))
 
     def _transmit(self, header: Header, body: torch.Tensor, what: str, timeout_s: float) -> None:
-        """Send ``header``, then ``body`` (uint8) in frames of at most FRAME_BYTES (nccl: padded
-        to FRAME_BYTES, as it needs equal sizes on both ends)."""
+        """Send ``header``, then ``body`` (uint8) in :func:`frame` s."""
         parts = [(header.encode(), TAG_HEADER)]
-        for i, start in enumerate(range(0, len(body), CHUNK_BYTES)):
-            chunk = body[start : start + CHUNK_BYTES]
-            prefix = torch.tensor([FRAME_MAGIC, header.seq, i, len(body), len(chunk)],
-                                  dtype=torch.int64).view(torch.uint8)
-            pad = FRAME_BYTES - len(prefix) - len(chunk) if self.backend == "nccl" else 0
-            parts.append((torch.cat([prefix, chunk, torch.zeros(pad, dtype=torch.uint8)]),
-                          TAG_BODY))
+        parts += [(f, TAG_BODY) for f in frame(header, body, pad=self.backend == "nccl")]
         # a send completes when the peer posts the matching receive; per tag, order is kept
-        works = [dist.isend(t.to(self.wire_device), self.peer, group=self.group, tag=tag)
+        works = [self._post(dist.isend, t.to(self.wire_device), tag, what, timeout_s)
                  for t, tag in parts]
         for work in works:
             self._wait(work, what, timeout_s)
@@ -238,29 +277,16 @@ class DistChannel(Channel):
         n = h.body_bytes()
         n_frames = -(-n // CHUNK_BYTES)
         buf = torch.zeros(n_frames, FRAME_BYTES, dtype=torch.uint8, device=self.wire_device)
-        works = [dist.irecv(buf[i], self.peer, group=self.group, tag=TAG_BODY)
+        works = [self._post(dist.irecv, buf[i], TAG_BODY, what, timeout_s)
                  for i in range(n_frames)]
         for work in works:
             self._wait(work, what, timeout_s)
-        buf = buf.cpu()
-        prefixes = buf[:, : 8 * FRAME_PREFIX].contiguous().view(torch.int64)
-        chunks = []
-        for i in range(n_frames):
-            magic, seq, index, total, size = (int(v) for v in prefixes[i])
-            expected = min(CHUNK_BYTES, n - i * CHUNK_BYTES)
-            if magic != FRAME_MAGIC or seq != h.seq or index != i:
-                raise WireError(f"{what}: frame {i} of {n_frames} is not one of this message's "
-                                f"(magic {magic:#x}, message #{seq}, frame {index})")
-            if total != n or size != expected:
-                raise WireError(f"{what}: a payload of {total:,} bytes (frame {i}: {size:,}), "
-                                f"the header declared {n:,}")
-            chunks.append(buf[i, 8 * FRAME_PREFIX : 8 * FRAME_PREFIX + size])
-        return torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.uint8)
+        return unframe(h, buf.cpu(), what)
 
-    def post_header(self) -> Any:
-        """Start receiving the next header (used by :func:`select`)."""
+    def post_header(self, what: str, timeout_s: float) -> Any:
+        """Start receiving the next header."""
         buf = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.wire_device)
-        return buf, dist.irecv(buf, self.peer, group=self.group, tag=TAG_HEADER)
+        return buf, self._post(dist.irecv, buf, TAG_HEADER, what, timeout_s)
 
     def _recv(self, code: Code, timeout_s: float | None = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,7 +295,7 @@ class DistChannel(Channel):
         if self._header is not None:
             buf, self._header = self._header, None
         else:
-            buf, work = self.post_header()
+            buf, work = self.post_header(what, timeout_s)
             self._wait(work, what, timeout_s)
         try:
             h = Header.decode(buf.cpu())
@@ -336,4 +362,4 @@ def select(channels: Sequence[DistChannel], timeout_s: float) -> DistChannel:
     raise WireError(f"rank {first.rank}: a header from rank {src}, not one of ranks {ranks}")
 
 
-__all__ = ["DistChannel", "select"]
+__all__ = ["DistChannel", "finite_or_raise", "frame", "select", "unframe"]

@@ -168,9 +168,9 @@ def rendezvous(spec: DistSpec) -> dist.Store:
         return store
     try:
         store = dist.TCPStore(spec.master_addr, spec.master_port, None, False, wait)
-        store.set(f"splitpriv/join/{spec.rank}", str(spec.world_size))
         store.wait(["splitpriv/world_size"], wait)
         theirs = int(store.get("splitpriv/world_size"))
+        store.set(f"splitpriv/join/{spec.rank}", str(spec.world_size))  # the server checks too
     except RuntimeError:
         raise PeerError(f"rank {spec.rank}: no rendezvous at {where} {within} (is the server, "
                         "rank 0, running there?)") from None
