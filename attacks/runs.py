@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,21 +63,47 @@ class RunData:
         return GroundTruth(self.x[phase], self.y[phase], classifier=classifier)
 
 
-def load_run(run_dir: str | Path) -> RunData:
+def load_run(
+    run_dir: str | Path, *, cache_dir: str | Path | None = None,
+    mitdb_dir: str | Path | None = None,
+) -> RunData:
     """Load a run directory (its data rebuilt from config.json).
+
+    The run may come from another machine: the pool cache goes to ``cache_dir`` (else the local
+    default, ``$SPLITPRIV_CACHE`` or the user cache), never to the ``cache_dir`` its config.json
+    names; the records are ``mitdb_dir``, else the config's ``mitdb_dir`` where it holds them
+    here, else the local ones (``$SPLITPRIV_MITDB`` or the user cache), with a warning. The data
+    rebuilt must have the sizes the run recorded in result.json (``dataset``).
 
     Raises:
         FileNotFoundError: config.json or weights.pt missing (an unfinished run).
+        ValueError: a bad config.json or weights.pt, or local records that give another pool
+            than the run trained on (named).
     """
+    from splitpriv.data import missing_record_files
+
     path = Path(run_dir)
     for name in ("config.json", "weights.pt"):
         if not (path / name).exists():
             raise FileNotFoundError(f"{path / name} not found: not a finished run directory")
-    config = TrainConfig(**read_json(path / "config.json"))
+    config = TrainConfig.load(path / "config.json")
+    records = None if mitdb_dir is None else str(mitdb_dir)
+    if records is None and config.mitdb_dir is not None:
+        if missing_record_files(config.mitdb_dir):
+            warnings.warn(
+                f"{path / 'config.json'} names mitdb_dir {config.mitdb_dir}, which does not hold "
+                "the MIT-BIH records here; using the local records ($SPLITPRIV_MITDB, else the "
+                "user cache)", stacklevel=2,
+            )
+        else:
+            records = config.mitdb_dir
+    local = dataclasses.replace(config, mitdb_dir=records,
+                                cache_dir=None if cache_dir is None else str(cache_dir))
     weights = torch_load(path / "weights.pt")
     transcript = (Transcript.load(path / "transcript.npz") if (path / "transcript.npz").exists()
                   else Transcript(policy=RecordPolicy(phases=None)))
-    data = build_run_data(config, "cpu")
+    data = build_run_data(local, "cpu")
+    _check_rebuilt_rows(path, data.card)
     return RunData(
         path, config, weights, transcript,
         **{field: {p: data.part(name, p) for p in PHASES}
@@ -84,6 +111,22 @@ def load_run(run_dir: str | Path) -> RunData:
                                ("pool_idx", "pool_idx"))},
         pool=data.pool,
     )
+
+
+def _check_rebuilt_rows(path: Path, card: dict) -> None:
+    """Refuse rebuilt data whose pool or split sizes differ from the run's result.json."""
+    if not (path / "result.json").is_file():
+        return
+    recorded = read_json(path / "result.json").get("dataset") or {}
+    keys = ("pool_size", "pool_class_counts", "n_train", "n_val", "n_test", "classes")
+    differ = [k for k in keys if k in recorded and recorded[k] != card.get(k)]
+    if differ:
+        k = differ[0]
+        raise ValueError(
+            f"{path}: the data rebuilt here is not the run's: {k} = {card.get(k)!r} here, "
+            f"{recorded[k]!r} in {path / 'result.json'} (other records? give the run's with "
+            "mitdb_dir / $SPLITPRIV_MITDB)"
+        )
 
 
 def _client(run: RunData, x: torch.Tensor, y: torch.Tensor):
@@ -168,6 +211,9 @@ def parse_aux(spec: str | None, run: RunData, *, phase: str, seed: int = 0) -> A
         except ValueError:
             raise ValueError(f"--aux {spec!r}: expected records:R1,R2,...") from None
         pool = run.pool
+        if run.config.hdf5 is not None:
+            raise ValueError(f"--aux {spec!r}: the run trained on HDF5 files ({run.config.hdf5}), "
+                             "whose beats have no record numbers")
         used = np.concatenate([run.pool_idx[p] for p in PHASES])
         free = np.ones(len(pool.y), dtype=bool)
         free[used[used >= 0]] = False

@@ -270,7 +270,7 @@ class PaperConfig(NoiseConfig):
     """Parameters of ``dp:mode=paper``.
 
     Attributes:
-        epsilon: the per-release epsilon of each coordinate's noise (> 0; inf: no noise).
+        epsilon: the per-release epsilon of each coordinate's noise (a finite number > 0).
         eval_batch: rows per sensitivity group at test time (the paper's test loader, 32).
     """
 

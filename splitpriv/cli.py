@@ -29,7 +29,7 @@ TRAIN_FLAGS: dict[str, dict[str, object]] = {
     "cache_dir": {"help": "where the beat-pool cache goes (else the user cache)"},
 }
 #: the TrainConfig fields ``data prepare`` takes
-DATA_FIELDS = ("mitdb_dir", "cache_dir", "protocol", "labels", "val_fraction", "data_seed")
+DATA_FIELDS = ("mitdb_dir", "cache_dir", "protocol", "labels", "val_fraction", "data_seed", "hdf5")
 
 
 def _print_card(card: dict) -> None:
@@ -50,7 +50,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     from splitpriv.data import write_paper_hdf5
     from splitpriv.run.data import load_split
 
-    _, split, card = load_split(dataclass_from_args(TrainConfig, args))
+    _, split, card = load_split(dataclass_from_args(TrainConfig, args), rebuild=args.rebuild,
+                                allow_unlisted=args.allow_unlisted)
     if args.export_hdf5:
         write_paper_hdf5(split, args.export_hdf5)
     if args.json:
@@ -137,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_dataclass_arguments(prep, TrainConfig, only=DATA_FIELDS, flags=TRAIN_FLAGS)
     prep.add_argument("--json", action="store_true", help="print the card as JSON")
+    prep.add_argument("--rebuild", action="store_true",
+                      help="rebuild the beat-pool cache from the records even if it is valid")
+    prep.add_argument("--allow-unlisted", action="store_true",
+                      help="accept record files SHA256SUMS.txt has no line for (their WFDB header "
+                      "checksums are still checked); runs then use the pool cached here")
     prep.add_argument("--export-hdf5", metavar="DIR",
                       help="also write the paper's train_ecg.hdf5 / test_ecg.hdf5 to DIR")
     prep.set_defaults(func=cmd_data_prepare)

@@ -59,6 +59,7 @@ __all__ = [
     "PREP_VERSION",
     "PROTOCOLS",
     "BeatPool",
+    "CacheWriteError",
     "DataError",
     "PrepConfig",
     "Split",
@@ -69,14 +70,18 @@ __all__ = [
     "load_pool",
     "make_split",
     "missing_record_files",
+    "paper_hdf5_split",
+    "parse_hdf5_pair",
     "pool_cache_path",
     "protocol_prep",
     "read_paper_hdf5",
     "read_record",
+    "record_digests",
     "record_names",
     "resolve_mitdb_dir",
     "user_cache_dir",
     "verify_checksums",
+    "verify_header_checksums",
     "write_paper_hdf5",
 ]
 
@@ -129,10 +134,20 @@ SUMS_FILE = "SHA256SUMS.txt"
 #: The files of every record named in RECORDS: header, signals, reference annotations.
 RECORD_EXTENSIONS = (".hea", ".dat", ".atr")
 _POOL_KEYS = ("x", "y", "record", "rpeak")
+#: The memo of record-file digests in a cache root: ``{path: [size, mtime_ns, ctime_ns, inode,
+#: sha256]}``, so a cache hit stats the record files instead of hashing them.
+DIGESTS_FILE = "record-digests.json"
+#: A temporary file (``.NAME.*.tmp``, :func:`splitpriv.io.atomic_path`) in the cache older than
+#: this many seconds is an orphan of a killed process (a pool write takes seconds) and is removed.
+STALE_TMP_S = 600.0
 
 
 class DataError(ValueError):
     """Bad or missing input data; the message names the offending file or argument."""
+
+
+class CacheWriteError(DataError, OSError):
+    """The pool cache could not be written (an OSError, named as a DataError: one line)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,22 +377,26 @@ def _wfdb() -> Any:
     return wfdb
 
 
-def verify_checksums(mitdb_dir: Path | str, files: Sequence[str] | None = None) -> int:
+def verify_checksums(
+    mitdb_dir: Path | str, files: Sequence[str] | None = None, *, allow_unlisted: bool = False
+) -> int:
     """Check files of ``mitdb_dir`` against its ``SHA256SUMS.txt``.
 
     Hashing the whole database (about 100 MB) takes well under a second.
 
     Args:
         mitdb_dir: Directory holding ``SHA256SUMS.txt``.
-        files: File names to check; ``None`` checks every file listed. A name that has no
-            checksum line is skipped.
+        files: File names to check; ``None`` checks every file listed.
+        allow_unlisted: A name of ``files`` that has no checksum line is skipped with a warning
+            naming it, instead of an error.
 
     Returns:
         Number of files checked.
 
     Raises:
-        DataError: naming the file, when ``SHA256SUMS.txt`` or a listed file is missing or a
-            digest does not match.
+        DataError: naming the file, when ``SHA256SUMS.txt`` or a listed file is missing, a
+            digest does not match, or (unless ``allow_unlisted``) a name of ``files`` has no
+            checksum line.
     """
     from splitpriv.download import parse_sha256sums, sha256_file
 
@@ -386,6 +405,19 @@ def verify_checksums(mitdb_dir: Path | str, files: Sequence[str] | None = None) 
     if not sums_path.is_file():
         raise DataError(f"checksum file {sums_path} not found")
     sums = parse_sha256sums(sums_path)
+    unlisted = [] if files is None else [f for f in files if f not in sums]
+    if unlisted:
+        more = f" (and {len(unlisted) - 1} more)" if len(unlisted) > 1 else ""
+        if not allow_unlisted:
+            raise DataError(
+                f"{d / unlisted[0]}{more} has no line in {sums_path}, so it cannot be checked; "
+                "add its line, or accept it unchecked with --allow-unlisted"
+            )
+        warnings.warn(
+            f"{d / unlisted[0]}{more} has no line in {sums_path}: used without its SHA-256 "
+            "check (--allow-unlisted; the WFDB header checksums of its signals are still checked)",
+            stacklevel=2,
+        )
     names = list(sums) if files is None else [f for f in files if f in sums]
     for name in names:
         path = d / name
@@ -397,6 +429,85 @@ def verify_checksums(mitdb_dir: Path | str, files: Sequence[str] | None = None) 
                 f"checksum mismatch for {path}: sha256 {actual}, {sums_path.name} says {sums[name]}"
             )
     return len(names)
+
+
+def verify_header_checksums(mitdb_dir: Path | str, name: str | int) -> int:
+    """Check a record's signals against the checksums its WFDB header carries.
+
+    Each signal line of a ``.hea`` file may end with the 16-bit checksum of that signal's
+    samples (their sum, modulo 2**16, as a signed number); a flipped byte in the ``.dat`` changes
+    it. The ``.atr`` annotations carry no checksum: only ``SHA256SUMS.txt`` covers them.
+
+    Returns:
+        The number of signals checked (those whose header line has a checksum).
+
+    Raises:
+        DataError: naming the ``.dat`` file and the signal, when a checksum does not match.
+    """
+    wfdb = _wfdb()
+    d = Path(mitdb_dir)
+    name = str(name)
+    _check_record_files(d, name)
+    try:
+        rec = wfdb.rdrecord(str(d / name), physical=False)
+    except Exception as exc:
+        raise DataError(f"record {name} in {d}: wfdb could not read it: {exc}") from exc
+    sums = np.asarray(rec.d_signal, dtype=np.int64).sum(axis=0)  # (n_sig,)
+    actual = (sums + 2**15) % 2**16 - 2**15
+    checked = 0
+    for i, expected in enumerate(rec.checksum or []):
+        if expected is None:
+            continue
+        checked += 1
+        if int(actual[i]) != int(expected):
+            raise DataError(
+                f"checksum mismatch for {d / rec.file_name[i]}: signal {i} ({rec.sig_name[i]}) "
+                f"sums to {int(actual[i])}, its header {d / f'{name}.hea'} says {int(expected)} "
+                "(the file is corrupt)"
+            )
+    return checked
+
+
+def record_digests(
+    mitdb_dir: Path | str, names: Sequence[str], cache_dir: Path | str | None = None
+) -> dict[str, str]:
+    """The SHA-256 of every ``.hea``/``.dat``/``.atr`` file of the records ``names``.
+
+    A file whose path, size, modification and change times and inode the memo
+    (:data:`DIGESTS_FILE` in ``cache_dir``, else :func:`user_cache_dir`) knows is not hashed
+    again; the memo is updated when it can be written (it is only a shortcut).
+
+    Returns:
+        ``{file name: hex digest}``.
+    """
+    from splitpriv.download import sha256_file
+    from splitpriv.io import write_json
+
+    d = Path(mitdb_dir)
+    memo_path = (Path(cache_dir) if cache_dir is not None else user_cache_dir()) / DIGESTS_FILE
+    try:
+        memo = json.loads(memo_path.read_text(encoding="utf-8"))
+        if not isinstance(memo, dict):
+            memo = {}
+    except (OSError, ValueError):
+        memo = {}
+    out: dict[str, str] = {}
+    changed = False
+    for fname in (f"{n}{ext}" for n in names for ext in RECORD_EXTENSIONS):
+        path = (d / fname).resolve()
+        st = path.stat()
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        known = memo.get(str(path))
+        if isinstance(known, list) and len(known) == 5 and known[:4] == stamp:
+            out[fname] = str(known[4])
+            continue
+        out[fname] = sha256_file(path)
+        memo[str(path)] = [*stamp, out[fname]]
+        changed = True
+    if changed:
+        with contextlib.suppress(OSError):
+            write_json(memo_path, memo)
+    return out
 
 
 # Bytes per sample group of WFDB signal formats: (samples per group, bytes per group).
@@ -485,6 +596,8 @@ def read_record(
     sig = np.asarray(rec.p_signal[:, 0], dtype=np.float64)  # (n_samples,)
     if not np.all(np.isfinite(sig)):
         raise DataError(f"record {name} in {d}: channel {channel} holds NaN/inf samples")
+    if len(ann.sample) == 0:
+        raise DataError(f"record {name}: annotation file {d / f'{name}.atr'} holds no annotation")
     return sig, np.asarray(ann.sample, dtype=np.int64), list(ann.symbol)
 
 
@@ -601,6 +714,7 @@ def build_pool(
     progress: bool = False,
     *,
     verify: bool = True,
+    allow_unlisted: bool = False,
 ) -> BeatPool:
     """Build the beat pool from raw records (paper steps 1-6).
 
@@ -608,8 +722,12 @@ def build_pool(
         mitdb_dir: Directory with ``RECORDS`` and the records' .hea/.dat/.atr files.
         prep: Preprocessing parameters.
         progress: Show a tqdm progress bar over records.
-        verify: Check the used records' files against ``SHA256SUMS.txt`` when that file exists
-            (a warning is issued when it does not).
+        verify: Check the used records' files against ``SHA256SUMS.txt`` when that file exists;
+            when it does not (a warning says so), and with ``allow_unlisted``, check every used
+            record's signals against its WFDB header checksums
+            (:func:`verify_header_checksums`).
+        allow_unlisted: Accept, with a warning, a used file that ``SHA256SUMS.txt`` has no line
+            for (else that is an error naming it).
 
     Returns:
         The pool; with the default ``prep`` on mitdb 1.0.0, 96,049 beats.
@@ -626,10 +744,19 @@ def build_pool(
     for name in names:
         _check_record_files(d, name)
     if verify:
-        if (d / SUMS_FILE).is_file():
-            verify_checksums(d, [f"{n}{ext}" for n in names for ext in RECORD_EXTENSIONS])
+        files = [f"{n}{ext}" for n in names for ext in RECORD_EXTENSIONS]
+        has_sums = (d / SUMS_FILE).is_file()
+        if has_sums:
+            verify_checksums(d, files, allow_unlisted=allow_unlisted)
         else:
-            warnings.warn(f"{d / SUMS_FILE} not found; record files not checksummed", stacklevel=2)
+            warnings.warn(
+                f"{d / SUMS_FILE} not found; record files not checksummed: only the signals are "
+                "checked, against their WFDB header checksums (not the .atr annotations)",
+                stacklevel=2,
+            )
+        if allow_unlisted or not has_sums:
+            for name in names:
+                verify_header_checksums(d, name)
     xs, ys, recs, peaks = [], [], [], []
     offsets = np.arange(-prep.half_window, prep.half_window + 1)  # (2w+1,)
     for name in progress_bar(names, progress, "beats", "record"):
@@ -673,22 +800,29 @@ def _atomic_h5(path: Path) -> Iterator[Any]:
         yield fh
 
 
-def _write_pool_cache(path: Path, pool: BeatPool, prep: PrepConfig, records: list[str]) -> None:
-    with _atomic_h5(path) as fh:
-        for key in _POOL_KEYS:
-            fh.create_dataset(key, data=getattr(pool, key))
-        fh.attrs["prep"] = json.dumps(prep.to_dict(), sort_keys=True)
-        fh.attrs["prep_version"] = PREP_VERSION
-        fh.attrs["cache_key"] = prep.cache_key()
-        fh.attrs["classes"] = pool.classes
-        fh.attrs["records"] = json.dumps([int(r) for r in records])
+def _write_pool_cache(
+    path: Path, pool: BeatPool, prep: PrepConfig, records: list[str], sources: dict[str, str]
+) -> None:
+    try:
+        with _atomic_h5(path) as fh:
+            for key in _POOL_KEYS:
+                fh.create_dataset(key, data=getattr(pool, key))
+            fh.attrs["prep"] = json.dumps(prep.to_dict(), sort_keys=True)
+            fh.attrs["prep_version"] = PREP_VERSION
+            fh.attrs["cache_key"] = prep.cache_key()
+            fh.attrs["classes"] = pool.classes
+            fh.attrs["records"] = json.dumps([int(r) for r in records])
+            fh.attrs["sources"] = json.dumps(sources, sort_keys=True)
+    except OSError as exc:
+        raise CacheWriteError(f"pool cache {path} could not be written: {exc}") from exc
 
 
 _POOL_DTYPES = {"x": np.float64, "y": np.int64, "record": np.int32, "rpeak": np.int64}
 
 
-def _read_pool_cache(path: Path, prep: PrepConfig) -> tuple[BeatPool, list[int]]:
-    """Read and validate a pool cache file; raises DataError naming it when anything is off."""
+def _read_pool_cache(path: Path, prep: PrepConfig) -> tuple[BeatPool, dict[str, str]]:
+    """Read and validate a pool cache file, returning it and the digests of the record files it
+    was built from; raises DataError naming it when anything is off."""
     import h5py
 
     try:
@@ -698,8 +832,13 @@ def _read_pool_cache(path: Path, prep: PrepConfig) -> tuple[BeatPool, list[int]]
                 raise DataError(f"pool cache {path} lacks dataset {missing[0]!r}")
             if fh.attrs.get("cache_key") != prep.cache_key():
                 raise DataError(f"pool cache {path} was written for another PrepConfig")
+            if "sources" not in fh.attrs:
+                raise DataError(
+                    f"pool cache {path} predates the record-content check (no digests of its "
+                    "record files)"
+                )
             arrays = {k: fh[k][()] for k in _POOL_KEYS}
-            records = json.loads(fh.attrs.get("records", "[]"))
+            sources = json.loads(fh.attrs["sources"])
     except DataError:
         raise
     except Exception as exc:
@@ -720,7 +859,63 @@ def _read_pool_cache(path: Path, prep: PrepConfig) -> tuple[BeatPool, list[int]]
     if arrays["y"].min() < 0 or arrays["y"].max() >= len(prep.classes):
         raise DataError(f"pool cache {path}: labels outside 0..{len(prep.classes) - 1}")
     pool = BeatPool(**arrays, classes=prep.classes)
-    return pool, [int(r) for r in records]
+    return pool, {str(k): str(v) for k, v in sources.items()}
+
+
+def _sources_differ(cached: dict[str, str], current: dict[str, str]) -> str:
+    """How the record files a cache was built from differ from the current ones ("" if not)."""
+    changed = sorted(f for f in set(cached) & set(current) if cached[f] != current[f])
+    gone, new = sorted(set(cached) - set(current)), sorted(set(current) - set(cached))
+    parts = [f"{what} {', '.join(files[:3])}{' ...' if len(files) > 3 else ''}"
+             for what, files in (("changed:", changed), ("not here:", gone), ("new:", new))
+             if files]
+    return "; ".join(parts)
+
+
+def _sweep_stale_tmp(directory: Path, prefix: str) -> None:
+    """Remove the orphaned temporary files ``.PREFIX*.tmp`` of killed writers in ``directory``
+    (those older than :data:`STALE_TMP_S`; a live writer's file is younger)."""
+    import time
+
+    if not directory.is_dir():
+        return
+    cutoff = time.time() - STALE_TMP_S
+    for tmp in directory.glob(f".{prefix}*.tmp"):
+        with contextlib.suppress(OSError):
+            if tmp.is_file() and tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+
+
+def _check_cache_dir(directory: Path) -> None:
+    """Create ``directory`` and make sure a file can be written in it, before any work.
+
+    Raises:
+        DataError: naming the directory, when it is a file, or cannot be created or written.
+    """
+    import tempfile
+
+    hint = "give a writable --cache-dir or $SPLITPRIV_CACHE"
+    if directory.exists() and not directory.is_dir():
+        raise DataError(f"pool cache directory {directory} is a file, not a directory; {hint}")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise DataError(f"pool cache directory {directory} is not writable ({reason}); "
+                        f"{hint}") from None
+
+
+def _local_records(mitdb_dir: Path | str | None) -> Path | None:
+    """The records a cache is checked against: ``mitdb_dir`` or ``$SPLITPRIV_MITDB`` (an error
+    when incomplete), else the user cache's copy if complete, else ``None`` (none here)."""
+    if mitdb_dir is not None or os.environ.get(MITDB_ENV):
+        return resolve_mitdb_dir(mitdb_dir)
+    try:
+        return resolve_mitdb_dir(download=False)
+    except DataError:
+        return None
 
 
 def load_pool(
@@ -730,14 +925,21 @@ def load_pool(
     prep: PrepConfig = PrepConfig(),
     refresh: bool = False,
     progress: bool = False,
+    allow_unlisted: bool = False,
 ) -> BeatPool:
     """Return the beat pool, from the HDF5 cache when possible.
 
     The cache file is ``pool_cache_path(prep, cache_dir)``; its name holds ``prep.cache_key()``,
-    so changing any preprocessing parameter never reads a stale pool. A cache hit needs no raw
-    records (and does no checksumming) unless ``mitdb_dir`` is given explicitly, in which case
-    the cached record list must match that directory's. A cache that fails validation is rebuilt
-    (with a warning naming it). Writes go to a temporary file that is renamed into place.
+    so changing any preprocessing parameter never reads a stale pool. It also holds the SHA-256
+    of every record file (.hea/.dat/.atr) it was built from, and is served only while the
+    records at hand (``mitdb_dir``, else ``$SPLITPRIV_MITDB``, else the user cache's copy) have
+    those digests (:func:`record_digests`: a memo keyed by path, size and times makes this a few
+    ``stat`` calls): an edited, emptied or swapped file or another record directory rebuilds it,
+    with a warning naming what differs. With no records anywhere (none given, none in the user
+    cache) a valid cache is served as it is. A cache that fails validation, or was written
+    before the digests were kept, is rebuilt (with a warning naming it). Before building, the
+    cache directory must be writable (else an error naming it); writes go to a temporary file
+    renamed into place, and temporary files that killed processes left are removed.
 
     Args:
         mitdb_dir: Raw records; ``None`` resolves through :func:`resolve_mitdb_dir`.
@@ -745,32 +947,43 @@ def load_pool(
         prep: Preprocessing parameters.
         refresh: Rebuild even when a valid cache exists.
         progress: Progress bar while building.
+        allow_unlisted: Passed to :func:`build_pool`.
 
     Returns:
         The pool.
 
     Raises:
-        DataError: naming the file at fault, when records are missing or bad.
+        DataError: naming the file or directory at fault, when records are missing or bad or
+            the cache directory cannot be written.
     """
     path = pool_cache_path(prep, cache_dir)
+    root = path.parent.parent
+    _sweep_stale_tmp(path.parent, "pool-")
+    _sweep_stale_tmp(root, DIGESTS_FILE)
+    d = _local_records(mitdb_dir)
     if path.exists() and not refresh:
         try:
-            pool, cached_records = _read_pool_cache(path, prep)
+            pool, sources = _read_pool_cache(path, prep)
         except DataError as exc:
             warnings.warn(f"{exc}; rebuilding it", stacklevel=2)
         else:
-            if mitdb_dir is None:
+            if d is None:
                 return pool
-            wanted = [int(r) for r in _used_records(resolve_mitdb_dir(mitdb_dir), prep)]
-            if wanted == cached_records:
+            differ = _sources_differ(sources, record_digests(d, _used_records(d, prep), root))
+            if not differ:
                 return pool
             warnings.warn(
-                f"pool cache {path} was built from other records than {mitdb_dir}; rebuilding it",
+                f"pool cache {path} was built from other records than those in {d} ({differ}); "
+                "rebuilding it",
                 stacklevel=2,
             )
-    d = resolve_mitdb_dir(mitdb_dir)
-    pool = build_pool(d, prep, progress=progress)
-    _write_pool_cache(path, pool, prep, _used_records(d, prep))
+    if d is None:
+        d = resolve_mitdb_dir(None)  # downloads into the user cache
+    _check_cache_dir(path.parent)
+    names = _used_records(d, prep)
+    sources = record_digests(d, names, root)
+    pool = build_pool(d, prep, progress=progress, allow_unlisted=allow_unlisted)
+    _write_pool_cache(path, pool, prep, names, sources)
     return pool
 
 
@@ -1285,3 +1498,47 @@ def read_paper_hdf5(train_path: Path | str, test_path: Path | str) -> Split:
         unknown(len(ytr), np.int32), unknown(0, np.int32), unknown(len(yte), np.int32),
         classes,
     )  # fmt: skip
+
+
+def parse_hdf5_pair(spec: str) -> tuple[Path, Path]:
+    """``"TRAIN,TEST"`` -> the two paths (the ``hdf5`` run option).
+
+    Raises:
+        DataError: naming ``hdf5``, unless there are exactly two non-empty names.
+    """
+    parts = [p.strip() for p in str(spec).split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise DataError(
+            f"hdf5: expected TRAIN,TEST (the paper's train_ecg.hdf5 and test_ecg.hdf5, separated "
+            f"by a comma), got {spec!r}"
+        )
+    return Path(parts[0]).expanduser(), Path(parts[1]).expanduser()
+
+
+def paper_hdf5_split(
+    train_path: Path | str, test_path: Path | str, *, val_fraction: float = 0.0, seed: int = 2019
+) -> tuple[BeatPool, Split]:
+    """The paper's HDF5 files (:func:`read_paper_hdf5`, validated as it does) as a run's pool and
+    split.
+
+    The pool is the files' rows, the training file's first (records and R-peaks unknown: -1);
+    the split (protocol ``"hdf5"``) trains on the training file's rows and tests on the test
+    file's. With ``val_fraction`` > 0, ``round(val_fraction * n_c)`` seeded random training rows
+    of each class c move to validation (``RandomState(seed + 1)``, as :func:`make_split` carves
+    the ``paper`` protocol's).
+
+    Raises:
+        DataError: naming the file (see :func:`read_paper_hdf5`) or ``val_fraction``.
+    """
+    files = read_paper_hdf5(train_path, test_path)
+    frac = float(val_fraction)
+    if not 0.0 <= frac < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    n, m = files.n_train, files.n_test
+    pool = BeatPool(np.concatenate([files.x_train, files.x_test])[:, 0, :],
+                    np.concatenate([files.y_train, files.y_test]), np.full(n + m, -1, np.int32),
+                    np.full(n + m, -1, np.int64), files.classes)
+    train, val = np.arange(n), np.zeros(0, np.int64)
+    if frac > 0:
+        train, val = _carve_stratified(pool, train, frac, np.random.RandomState(seed + 1))
+    return pool, Split.from_pool(pool, "hdf5", train, val, np.arange(n, n + m))

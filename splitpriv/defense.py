@@ -21,6 +21,9 @@ hook                      party   when
 ``transform_gradient``    sender  a gradient about to cross: the cut gradient the server returns
                                   (``Kind.ACT_GRAD``), or, U-shaped, the output gradient the
                                   client head returns (``Kind.OUTPUT_GRAD``)
+``observe_gradient``      client  the cut gradient received for a training batch, before the
+                                  client backpropagates it: returns it, or None to take no step
+                                  on the batch (a detector's probe: SplitGuard's fake batches)
 ``end_epoch``             both    after every training epoch (accountants step here)
 ``report``                run     the :class:`PrivacyClaim` for result.json
 ========================  ======  =================================================================
@@ -161,6 +164,14 @@ class Defense:
         """Map a gradient the sending party is about to return across the cut: ``Kind.ACT_GRAD``
         (server -> client, (B, C, L)) or ``Kind.OUTPUT_GRAD`` (client head -> server, (B, H)).
         ``y`` is the batch's labels where the sending party holds them (else None)."""
+        return g
+
+    def observe_gradient(self, g: torch.Tensor, *, ids: torch.Tensor) -> torch.Tensor | None:
+        """Called by the client with the cut gradient (B, C, L) received for the training batch
+        ``ids`` (B,), before it backpropagates it (a detector of a malicious server reads it
+        here). Returns the gradient to backpropagate (default ``g``), or None: the client takes
+        no step on this batch (e.g. a probe batch sent with fake labels). The first None wins;
+        a replayed batch is not observed."""
         return g
 
     def end_epoch(self, epoch: int) -> None:

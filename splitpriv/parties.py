@@ -87,7 +87,7 @@ class Client:
         self.optimizer = make_optimizer(list(net.parameters()))
         self.head_optimizer = make_optimizer(list(head.parameters())) if head is not None else None
         self.defenses = list(defenses)
-        self._pending: tuple[torch.Tensor, torch.Tensor | None, bool] | None = None
+        self._pending: tuple[torch.Tensor, torch.Tensor | None, bool, torch.Tensor] | None = None
         for d in self.defenses:
             d.attach(self)
 
@@ -121,7 +121,7 @@ class Client:
             a = self._activations(x, training=True)
             terms = [t for d in self.defenses if (t := d.client_loss(x, a)) is not None]
             extra = torch.stack(terms).sum() if terms else None
-        self._pending = (a, extra, replayed is not None)
+        self._pending = (a, extra, replayed is not None, ids)
         self.channel.send(Kind.ACTIVATIONS, a, ids)
         if not self.ushape:
             y = self.y[ids]
@@ -144,13 +144,17 @@ class Client:
         return loss.detach(), logits.detach()
 
     def apply_gradient(self) -> None:
-        """Last phase: backpropagate the received d loss / d activations (plus local loss terms)."""
+        """Last phase: backpropagate the received d loss / d activations (plus local loss terms),
+        after every defense's ``observe_gradient`` (which may cancel the step)."""
         assert self._pending is not None, "apply_gradient before send_activations"
-        a, extra, frozen = self._pending
+        a, extra, frozen, ids = self._pending
         self._pending = None
         g = self.channel.recv(Kind.ACT_GRAD)
         if frozen:
             return  # a replayed release: the client takes no step
+        for d in self.defenses:  # a detector reads it; a probe batch takes no step
+            if (g := d.observe_gradient(g, ids=ids)) is None:
+                return
         self.optimizer.zero_grad(set_to_none=True)
         if extra is None:
             a.backward(g)

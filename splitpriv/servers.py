@@ -14,6 +14,9 @@ Hooks and when the server calls them:
 hook                      when
 ========================  ===================================================================
 ``configure``             once, with the run's plan, before anything is written
+``provide``               once, after the run's data is built: the public auxiliary beats the
+                          behaviour's ``aux_spec`` names (resolved by the run, never the
+                          client's) and the evaluator's ``record`` sink for reconstructions
 ``attach``                once, when the server is built (its ``net``, ``optimizer``, device)
 ``begin_phase``           before every pass: ``(epoch, "train" | "val" | "test")``
 ``cut_gradient``          every training step: the gradient the server returns, from the
@@ -32,7 +35,7 @@ pilot encoder, its decoder and the discriminator on the server's device; ``cut_g
 step of each (pilot and decoder on the auxiliary beats, the discriminator on ``a`` against the
 pilot's features) and returns d(adversarial loss)/d a instead of ``g``, which steers the client's
 layers into the pilot's feature space; ``server_output`` sees every evaluation release, which the
-decoder inverts.
+decoder inverts. It is ``attacks/servers/fsha.py``; its public beats arrive through ``provide``.
 """
 
 from __future__ import annotations
@@ -50,6 +53,25 @@ from splitpriv.options import build_config, parse_spec
 
 if TYPE_CHECKING:
     from splitpriv.parties import Server
+
+#: the evaluator's sink for a behaviour's reconstructions: ``record(step, ids, x_hat)`` with the
+#: training step, the sample ids (B,) that crossed and the reconstructions (B, 1, 128); the run
+#: scores them against the true beats the behaviour never sees
+RecordSink = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass
+class AuxBeats:
+    """Public auxiliary beats handed to a behaviour by the run (``ServerBehaviour.provide``).
+
+    Attributes:
+        x: (M, 1, 128) float32 beats the client does not hold; y: (M,) their labels.
+        source: where they come from, in words (for result.json).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    source: str
 
 #: the package whose modules hold the adversarial behaviours
 PLUGINS = "attacks.servers"
@@ -77,6 +99,17 @@ class ServerBehaviour:
     def configure(self, *, epochs: int, batch_size: int) -> None:
         """Called once with the run's plan, before anything is written; may refuse it with a
         ValueError naming the parameter."""
+
+    def aux_spec(self) -> str | None:
+        """The public auxiliary beats the behaviour needs, as a spec the run resolves
+        (``splitpriv.run.behaviour_aux``: ``train:F``, ``heldout:N``, ``records:R1,...``); None
+        (the default): none, and :meth:`provide` receives ``aux=None``."""
+        return None
+
+    def provide(self, *, aux: AuxBeats | None, record: RecordSink | None) -> None:
+        """Called once by the run after its data is built (before training): the beats
+        :meth:`aux_spec` named, and the evaluator's sink for reconstructions (None when nothing
+        scores them, e.g. a bare ``SplitTrainer``)."""
 
     def attach(self, server: Server) -> None:
         """Called once when the server is built; ``server.net`` and ``server.optimizer`` are the
@@ -160,5 +193,6 @@ def build_server(spec: str) -> ServerBehaviour:
     return cls(build_config(cls.Config, raw, f"server {name!r}"))
 
 
-__all__ = ["SERVERS", "HonestServer", "ServerBehaviour", "build_server", "honest",
+__all__ = ["SERVERS", "AuxBeats", "HonestServer", "RecordSink", "ServerBehaviour", "build_server",
+           "honest",
            "load_plugins", "register_server"]

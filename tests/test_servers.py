@@ -72,7 +72,7 @@ def test_scaled_zero_freezes_the_client_while_the_server_trains(beats, ushape):
 
 @pytest.mark.parametrize("spec,match", [
     ("scaled:factor=abc", "cannot read factor='abc'"),
-    ("scaled:factor=nan", "factor must be finite"),
+    ("scaled:factor=nan", "factor must be a finite number"),
     ("scaled:colour=red", r"unknown parameter\(s\) \['colour'\]"),
     ("scaled:factor", "expected key=value"),
     ("honest:factor=2", r"unknown parameter\(s\) \['factor'\]"),

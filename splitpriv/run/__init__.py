@@ -6,7 +6,9 @@ The pipeline every driver goes through (in-process :func:`run_training`, the bat
 * :class:`TrainConfig` (``config``): the run;
 * :func:`build_defenses`, :func:`build_behaviour`, :func:`resolve_topology`,
   :func:`build_run_models`: what the config asks for, checked before anything is written;
-* :func:`build_run_data` (``data``): the run's rows as tensors;
+* :func:`build_run_data` (``data``): the run's rows as tensors; :func:`behaviour_aux` resolves the
+  public beats a server behaviour asks for and :class:`ReconstructionLog` is the evaluator that
+  scores what a behaviour reconstructs (into ``NAME.jsonl`` of the run, e.g. ``fsha.jsonl``);
 * :class:`RunDir` (``rundir``): refuses a directory written for another run, skips a finished
   run, resumes a killed one, and writes config.json, metrics.jsonl, best.pt, checkpoint.pt,
   weights.pt, transcript.npz and result.json (layout in ``splitpriv.run.rundir``).
@@ -16,11 +18,13 @@ Drivers only train.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from splitpriv.channel import PHASES, CountingChannel, Transcript
@@ -39,7 +43,7 @@ from splitpriv.run.rundir import (
     result_doc,
     summarize,
 )
-from splitpriv.servers import ServerBehaviour, build_server
+from splitpriv.servers import AuxBeats, ServerBehaviour, build_server
 from splitpriv.trainer import SplitTrainer
 
 
@@ -58,6 +62,99 @@ def build_behaviour(config: TrainConfig) -> ServerBehaviour:
     behaviour = build_server(config.server)
     behaviour.configure(epochs=config.epochs, batch_size=config.batch_size)
     return behaviour
+
+
+def behaviour_aux(spec: str | None, data: Tensors, *, seed: int) -> AuxBeats | None:
+    """The public auxiliary beats a server behaviour asks for (:meth:`ServerBehaviour.aux_spec`):
+    beats of the run's pool that the run uses nowhere (not a train, validation or test row), so
+    same-domain data the client does not hold (Pasquini et al. 2021's threat model):
+
+    * ``train:F`` (0 < F < 1) or ``train:N``: F times the training rows (or N) of those beats, a
+      seeded choice (the size the honest attacks' ``--aux train:F`` has, disjoint from the
+      client's beats);
+    * ``records:R1,R2,...``: all of them from those MIT-BIH records.
+
+    Raises:
+        ValueError: a malformed spec, or too few unused beats.
+    """
+    if spec is None:
+        return None
+    kind, _, arg = spec.partition(":")
+    pool = data.pool
+    used = np.concatenate([data.pool_idx_train, data.pool_idx_val, data.pool_idx_test])
+    free = np.ones(len(pool.y), dtype=bool)
+    free[used[used >= 0]] = False
+    if kind == "train":
+        value = float(arg)
+        n = int(round(value * len(data.y_train))) if 0 < value < 1 else int(value)
+        rows_free = np.flatnonzero(free)
+        if not 1 <= n <= len(rows_free):
+            raise ValueError(f"server aux {spec!r}: {n} beats of {len(rows_free)} unused ones")
+        rows = np.sort(np.random.default_rng(seed).choice(rows_free, size=n, replace=False))
+        source = f"train:{arg} ({n} pool beats the run uses nowhere, seed {seed})"
+    elif kind == "records":
+        wanted = sorted({int(r) for r in arg.replace(";", ",").split(",") if r.strip()})
+        rows = np.flatnonzero(np.isin(pool.record, wanted) & free)
+        if len(rows) == 0:
+            raise ValueError(f"server aux {spec!r}: no unused beats of records {wanted}")
+        source = f"records:{','.join(map(str, wanted))} ({len(rows)} unused pool beats)"
+    else:
+        raise ValueError(f"server aux {spec!r}: expected train:F, train:N or records:R1,...")
+    device = data.x_train.device
+    return AuxBeats(x=torch.as_tensor(pool.x[rows]).float().reshape(-1, 1, 128).to(device),
+                    y=torch.as_tensor(pool.y[rows]).long().to(device), source=source)
+
+
+class ReconstructionLog:
+    """The evaluator of a server behaviour's reconstructions (its ``record`` sink): scores each
+    recorded batch against the true training beats the behaviour never sees, with the inversion
+    attacks' metrics (``attacks.metrics``: r, PRDN, SNR... and linkage among k = 10, 100 training
+    beats of the victim's class), beside the mean aux beat's prior, and appends a line to
+    ``path`` (JSON lines, one per record).
+
+    Shape:
+        x_train: (N, 1, 128), y_train: (N,); a record: step, ids (B,), x_hat (B, 1, 128).
+    """
+
+    #: the reconstruction quality whose first step :meth:`summary` reports
+    THRESHOLDS = {"linkage_k10_advantage": 0.5, "pearson_median": 0.9}
+
+    def __init__(self, path: Path, x_train: torch.Tensor, y_train: torch.Tensor,
+                 prior: torch.Tensor | None, *, seed: int) -> None:
+        self.path, self.seed = path, seed
+        self.x, self.y = x_train.detach().cpu(), y_train.detach().cpu()
+        self.prior = None if prior is None else prior.detach().cpu().reshape(1, 1, -1)
+        self.rows: list[dict[str, Any]] = []
+        path.unlink(missing_ok=True)  # a (re)started behaviour starts its log afresh
+
+    def __call__(self, step: int, ids: torch.Tensor, x_hat: torch.Tensor) -> None:
+        from attacks.metrics import linkage_report, reconstruction_metrics
+
+        ids = ids.detach().cpu().long()
+        x, y, x_hat = self.x[ids], self.y[ids], x_hat.detach().cpu().float()
+        row: dict[str, Any] = {"step": int(step), "n": len(ids)}
+        for name, rec in (("", x_hat), ("prior_mean_beat_", self.prior)):
+            if rec is None:
+                continue
+            rec = rec.expand_as(x) if rec.shape[0] == 1 else rec
+            m = reconstruction_metrics(x, rec)
+            row |= {f"{name}{k}_median": float(np.median(m[k]))
+                    for k in ("pearson", "prdn", "snr_db", "mse")}
+            link = linkage_report(x, rec, y, pool_x=self.x, pool_y=self.y, seed=self.seed)
+            row |= {f"{name}linkage_{k}_advantage": link["linkage"][k]["advantage"]
+                    for k in ("k10", "k100")}
+        self.rows.append(row)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def summary(self) -> dict[str, Any]:
+        """The first and last record and the first step passing each of :data:`THRESHOLDS`."""
+        if not self.rows:
+            return {"records": 0}
+        first_pass = {f"steps_to_{k}_{v}": next((r["step"] for r in self.rows if r[k] >= v), None)
+                      for k, v in self.THRESHOLDS.items()}
+        return {"records": len(self.rows), "log": self.path.name, **first_pass,
+                "first": self.rows[0], "final": self.rows[-1]}
 
 
 def defense_reports(defenses: list) -> list[dict[str, Any]]:
@@ -105,6 +202,11 @@ def _train(config: TrainConfig, run_dir: RunDir, *, progress: bool) -> dict[str,
     data = build_run_data(config, device)
     topology = resolve_topology(config, defenses)
     models = build_run_models(config, topology, device)
+    aux = behaviour_aux(behaviour.aux_spec(), data, seed=config.seed)
+    log = ReconstructionLog(run_dir.path / f"{behaviour.name}.jsonl", data.x_train, data.y_train,
+                            None if aux is None else aux.x.mean(0), seed=config.seed
+                            ) if not behaviour.follows_protocol else None
+    behaviour.provide(aux=aux, record=log)
     transcript = Transcript(policy=config.record_policy())
     channel = CountingChannel(transcript)  # counts the bytes a two-process run would send
     trainer = SplitTrainer(
@@ -146,7 +248,9 @@ def _train(config: TrainConfig, run_dir: RunDir, *, progress: bool) -> dict[str,
         config, history, rows=row_counts(data), device=device, card=data.card,
         topology=topology, defenses=defense_reports(defenses),
         # per epoch run in this process (a resumed run: the epochs after the resume)
-        server=trainer.server.behaviour.report(), wire=channel.wire.summary(),
+        server=trainer.server.behaviour.report() | (
+            {"reconstructions": log.summary()} if log is not None and log.rows else {}),
+        wire=channel.wire.summary(),
     ))
 
 
@@ -157,7 +261,8 @@ def row_counts(data: Tensors) -> dict[str, int]:
 
 __all__ = [
     "BEST", "CHECKPOINT", "PHASES", "RESULT", "TOPOLOGIES", "TRANSCRIPT", "Resumed", "RunDir",
-    "Tensors", "TrainConfig", "build_behaviour", "build_defenses", "build_run_data",
+    "ReconstructionLog", "Tensors", "TrainConfig", "behaviour_aux", "build_behaviour",
+    "build_defenses", "build_run_data",
     "build_run_models", "defense_reports", "epoch_row", "load_tensors", "resolve_topology",
     "result_doc", "row_counts", "run_training", "summarize",
 ]

@@ -52,6 +52,9 @@ class TrainConfig:
         threads: torch CPU threads during the run (0 or None: torch's default, one per core). One is
             fastest for this small model on a CPU (``benchmarks/speed.py --threads 2``).
         mitdb_dir, cache_dir: where the records and the beat-pool cache are (None: defaults).
+        hdf5: ``TRAIN,TEST``: train and test on the paper's HDF5 files (``train_ecg.hdf5``,
+            ``test_ecg.hdf5``) instead of the records (labels ``paper``; validation rows only
+            with ``val_fraction``); None: the protocol's split of the records.
     """
 
     protocol: str = "paper-unique"
@@ -77,6 +80,7 @@ class TrainConfig:
     threads: int | None = 1
     mitdb_dir: str | None = None
     cache_dir: str | None = None
+    hdf5: str | None = None
 
     def __post_init__(self) -> None:
         if self.topology not in TOPOLOGIES:

@@ -50,19 +50,57 @@ class Tensors:
         return getattr(self, f"{name}_{phase}")
 
 
-def load_split(config: TrainConfig) -> tuple[Any, Any, dict[str, Any]]:
+def load_split(
+    config: TrainConfig, *, rebuild: bool = False, allow_unlisted: bool = False
+) -> tuple[Any, Any, dict[str, Any]]:
     """The protocol's beat pool under the config's label scheme
     (:func:`splitpriv.data.protocol_prep`), its split by the protocol, and the dataset card (the
     classes, the label scheme, the lead and the validation records, ``records_val``, with their
-    class counts)."""
+    class counts).
+
+    With ``config.hdf5`` (``TRAIN,TEST``), the split is the paper's HDF5 files
+    (:func:`splitpriv.data.paper_hdf5_split`: the pool is the files' rows, records unknown) and
+    the card names the files and their SHA-256 (``hdf5``). ``rebuild`` rebuilds the pool cache;
+    ``allow_unlisted`` accepts record files that ``SHA256SUMS.txt`` has no line for
+    (:func:`splitpriv.data.load_pool`).
+
+    Raises:
+        DataError: naming the file, the directory or the option at fault.
+    """
     from splitpriv.data import dataset_card, load_pool, make_split, protocol_prep
 
+    if config.hdf5 is not None:
+        return _hdf5_split(config)
     prep = protocol_prep(config.protocol, config.labels)
-    pool = load_pool(config.mitdb_dir, cache_dir=config.cache_dir, prep=prep)
+    pool = load_pool(config.mitdb_dir, cache_dir=config.cache_dir, prep=prep, refresh=rebuild,
+                     allow_unlisted=allow_unlisted)
     split = make_split(
         pool, config.protocol, val_fraction=config.resolved_val_fraction, seed=config.data_seed
     )
     return pool, split, dataset_card(pool, split, prep)
+
+
+def _hdf5_split(config: TrainConfig) -> tuple[Any, Any, dict[str, Any]]:
+    """The pool and split of the paper's HDF5 files ``config.hdf5`` names, and the card."""
+    from splitpriv.data import DataError, dataset_card, paper_hdf5_split, parse_hdf5_pair
+    from splitpriv.download import sha256_file
+
+    train, test = parse_hdf5_pair(config.hdf5)
+    if config.labels != "paper":
+        raise DataError(f"hdf5: the paper's files hold its five beat types N/L/R/A/V; labels "
+                        f"must be 'paper', got {config.labels!r}")
+    if config.protocol == "inter-patient":
+        raise DataError("hdf5: the files hold their own train/test split; protocol "
+                        "'inter-patient' cannot apply to them (leave --protocol out)")
+    pool, split = paper_hdf5_split(train, test, val_fraction=config.val_fraction or 0.0,
+                                   seed=config.data_seed)
+    card = dataset_card(pool, split) | {
+        "classes": split.classes, "labels": "paper", "records_val": [],
+        "class_counts_by_val_record": {},
+        "hdf5": {"train": str(train), "test": str(test),
+                 "train_sha256": sha256_file(train), "test_sha256": sha256_file(test)},
+    }
+    return pool, split, card
 
 
 def build_run_data(config: TrainConfig, device: torch.device | str = "cpu") -> Tensors:
@@ -88,4 +126,4 @@ def load_tensors(config: TrainConfig, device: torch.device) -> tuple[Tensors, di
     return data, data.card
 
 
-__all__ = ["Tensors", "build_run_data", "load_tensors"]
+__all__ = ["Tensors", "build_run_data", "load_split", "load_tensors"]

@@ -1,0 +1,240 @@
+"""Feature-space hijacking: a malicious server that steers the client into its own feature space.
+
+Pasquini, Ateniese & Bernaschi, "Unleashing the Tiger: Inference Attacks on Split Learning", CCS
+2021 (arXiv 2012.02670). The server holds public beats of the same domain (``aux``) and trains
+three networks of its own:
+
+* a pilot encoder f~ (beats -> the cut's shape) and its inverse, the decoder f~^-1, as an
+  autoencoder on the public beats: min ||f~^-1(f~(x_pub)) - x_pub||^2;
+* a critic D (a WGAN-GP discriminator, Gulrajani et al. 2017, as in the paper) that tells the
+  client's activations a = f(x_priv) from the pilot's f~(x_pub):
+  min D(f~(x_pub)) - D(a) + gp_weight * (||grad D(a^)|| - 1)^2 on interpolates a^.
+
+Instead of the task gradient it returns to the client d mean D(a) / d a: descending it makes the
+client's layers f map private beats where the pilot maps public ones, so that f~^-1(a) inverts
+the client. The server's own task network still trains on what it receives (its loss is
+honest); the client's task accuracy collapses because its layers no longer learn the task.
+
+Every ``record_every`` training steps (and at step 1) the decoder's reconstructions of the batch
+that crossed are handed to the run's ``record`` sink (``splitpriv.run.ReconstructionLog``), which
+scores them against the true beats: the behaviour itself never sees a client input.
+
+Shape:
+    received a: (B, C, L) (any client depth or bottleneck: the pilot is built from the first
+    activations received); public beats (M, 1, 128); returned gradient (B, C, L).
+
+Notes:
+    The public beats are pool beats the run uses nowhere (``splitpriv.run.behaviour_aux``):
+    same domain and patients, disjoint from the client's beats, the paper's threat model.
+    ``aux=train:0.1`` sizes them like the honest attacks' ``--aux train:0.1`` (a tenth of the
+    training rows); ``aux=records:R1;R2`` takes the unused beats of those records. The
+    adversary's networks are not checkpointed: a resumed run restarts them (and its log).
+    It works in the vanilla and U-shaped topologies alike (it ignores the labels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from splitpriv.servers import AuxBeats, RecordSink, ServerBehaviour, register_server
+
+BEAT = 128
+
+
+def _pools(length: int) -> int:
+    """How many halvings take a beat (128 samples) to about ``length`` samples."""
+    return max(0, round(math.log2(BEAT / max(1, length))))
+
+
+class Pilot(nn.Module):
+    """The pilot encoder f~. Shape: (B, 1, 128) -> (B, C, L)."""
+
+    def __init__(self, channels: int, length: int, width: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv1d(1, width, 7, padding=3), nn.LeakyReLU()]
+        for _ in range(_pools(length)):
+            layers += [nn.MaxPool1d(2), nn.Conv1d(width, width, 5, padding=2), nn.LeakyReLU()]
+        layers += [nn.AdaptiveAvgPool1d(length), nn.Conv1d(width, channels, 3, padding=1)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class Decoder(nn.Module):
+    """The pilot's inverse f~^-1. Shape: (B, C, L) -> (B, 1, 128)."""
+
+    def __init__(self, channels: int, length: int, width: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv1d(channels, width, 3, padding=1), nn.LeakyReLU()]
+        for _ in range(_pools(length)):
+            layers += [nn.Upsample(scale_factor=2), nn.Conv1d(width, width, 5, padding=2),
+                       nn.LeakyReLU()]
+        layers += [nn.Upsample(size=BEAT), nn.Conv1d(width, 1, 7, padding=3)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return self.layers(a)
+
+
+class Critic(nn.Module):
+    """The WGAN-GP discriminator D (no normalisation layers, as the gradient penalty requires).
+    Shape: (B, C, L) -> (B,)."""
+
+    def __init__(self, channels: int, length: int, width: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv1d(channels, 2 * width, 3, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv1d(2 * width, 2 * width, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Flatten(), nn.Linear(2 * width * ((length + 1) // 2), 1))
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return self.layers(a).squeeze(1)
+
+
+def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                     generator: torch.Generator) -> torch.Tensor:
+    """Gulrajani et al. 2017: mean (||d D / d a^|| - 1)^2 on random interpolates a^ of ``real``
+    and ``fake``. Shape: real, fake: (B, C, L) -> ()."""
+    eps = torch.rand(len(real), 1, 1, generator=generator).to(real.device)
+    mix = (eps * real + (1 - eps) * fake).requires_grad_()
+    (grad,) = torch.autograd.grad(critic(mix).sum(), mix, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+@register_server("fsha")
+class FeatureSpaceHijacking(ServerBehaviour):
+    """FSHA (Pasquini et al., CCS 2021): returns d(adversarial loss)/d a instead of the task
+    gradient, and logs the decoder's reconstructions of what crossed (module docstring).
+
+    Shape:
+        a, g: (B, C, L) -> (B, C, L).
+    """
+
+    follows_protocol = False
+
+    @dataclass
+    class Config:
+        """Parameters of ``fsha``.
+
+        Attributes:
+            aux: the public beats (``train:F``, ``train:N`` or ``records:R1;R2``: see the module
+                notes; ``;`` separates records inside a ``--server`` spec).
+            lr_pilot: Adam learning rate of the pilot encoder and decoder.
+            lr_critic: Adam learning rate of the discriminator.
+            gp_weight: the WGAN-GP gradient-penalty weight (Gulrajani et al. 2017: 10; the
+                paper's code uses larger ones).
+            width: channels of the pilot, decoder and discriminator (twice for D).
+            record_every: log reconstructions every N training steps (and at step 1).
+            seed: seeds the adversary's networks and its draws of public batches.
+        """
+
+        aux: str = "train:0.1"
+        lr_pilot: float = 1e-3
+        lr_critic: float = 1e-4
+        gp_weight: float = 10.0
+        width: int = 32
+        record_every: int = 25
+        seed: int = 0
+
+        def __post_init__(self) -> None:
+            for name in ("lr_pilot", "lr_critic", "gp_weight"):
+                v = getattr(self, name)
+                if not math.isfinite(v) or v < 0 or (v == 0 and name != "gp_weight"):
+                    raise ValueError(f"server 'fsha': {name} must be finite and > 0"
+                                     f"{' (or 0)' if name == 'gp_weight' else ''}, got {v}")
+            for name in ("width", "record_every"):
+                if getattr(self, name) < 1:
+                    raise ValueError(f"server 'fsha': {name} must be >= 1, "
+                                     f"got {getattr(self, name)}")
+            if self.aux.split(":")[0] not in ("train", "records"):
+                raise ValueError(f"server 'fsha': aux must be train:F, train:N or records:R1;R2,"
+                                 f" got {self.aux!r}")
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.aux: AuxBeats | None = None
+        self.record: RecordSink | None = None
+        self.nets: nn.ModuleDict | None = None
+        self.step = 0
+        self.losses: dict[str, float] = {}
+        self.generator = torch.Generator().manual_seed(config.seed)
+
+    def aux_spec(self) -> str | None:
+        return self.config.aux
+
+    def provide(self, *, aux: AuxBeats | None, record: RecordSink | None) -> None:
+        self.aux, self.record = aux, record
+
+    def _build(self, a: torch.Tensor) -> nn.ModuleDict:
+        _, c, length = a.shape
+        w = self.config.width
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            nets = nn.ModuleDict({"pilot": Pilot(c, length, w), "decoder": Decoder(c, length, w),
+                                  "critic": Critic(c, length, w)}).to(a.device)
+        betas = (0.5, 0.9)  # the usual WGAN-GP Adam betas
+        self.opt_ae = torch.optim.Adam([*nets["pilot"].parameters(),
+                                        *nets["decoder"].parameters()],
+                                       lr=self.config.lr_pilot, betas=betas)
+        self.opt_d = torch.optim.Adam(nets["critic"].parameters(), lr=self.config.lr_critic,
+                                      betas=betas)
+        return nets
+
+    def _public_batch(self, n: int) -> torch.Tensor:
+        assert self.aux is not None
+        rows = torch.randint(len(self.aux.x), (n,), generator=self.generator)
+        return self.aux.x[rows.to(self.aux.x.device)]
+
+    def cut_gradient(self, a: torch.Tensor, g: torch.Tensor, ids: torch.Tensor, *,
+                     y: torch.Tensor | None) -> torch.Tensor:
+        if self.aux is None:
+            raise ValueError("server 'fsha' has no public beats: the run provides them "
+                             "(splitpriv.run), a bare trainer must call provide(aux=...)")
+        if self.nets is None:
+            self.nets = self._build(a)
+        pilot, decoder, critic = self.nets["pilot"], self.nets["decoder"], self.nets["critic"]
+        self.step += 1
+        with torch.enable_grad():
+            # the pilot autoencoder on public beats
+            x_pub = self._public_batch(len(a))
+            z_pub = pilot(x_pub)
+            ae_loss = nn.functional.mse_loss(decoder(z_pub), x_pub)
+            self.opt_ae.zero_grad(set_to_none=True)
+            ae_loss.backward()
+            self.opt_ae.step()
+            # the gradient returned: the client should look public to the current critic
+            a_in = a.detach().requires_grad_()
+            f_loss = critic(a_in).mean()
+            (grad,) = torch.autograd.grad(f_loss, a_in)
+            # the critic: public features low, the client's high
+            z = z_pub.detach()
+            d_loss = critic(z).mean() - critic(a.detach()).mean()
+            if self.config.gp_weight:
+                d_loss = d_loss + self.config.gp_weight * gradient_penalty(
+                    critic, a.detach(), z, self.generator)
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_d.step()
+        self.losses = {"autoencoder": float(ae_loss), "critic": float(d_loss),
+                       "client_adv": float(f_loss)}
+        if self.record is not None and (self.step == 1 or
+                                        self.step % self.config.record_every == 0):
+            with torch.no_grad():
+                self.record(self.step, ids, decoder(a.detach()))
+        return grad.to(g.dtype)
+
+    def report(self) -> dict[str, Any]:
+        return {"name": self.name, "follows_protocol": self.follows_protocol,
+                **dataclasses.asdict(self.config), "steps": self.step,
+                "aux_source": None if self.aux is None else self.aux.source,
+                "last_losses": self.losses}
+
+
+__all__ = ["Critic", "Decoder", "FeatureSpaceHijacking", "Pilot", "gradient_penalty"]
