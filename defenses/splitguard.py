@@ -265,7 +265,7 @@ class LabelGap(Detector):
         """
 
         warmup: int = 20
-        threshold: float = 0.05
+        threshold: float = 0.2
         window: int = 10
         every: int = 1
         stop: bool = False

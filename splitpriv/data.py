@@ -895,8 +895,11 @@ def _check_cache_dir(directory: Path) -> None:
     import tempfile
 
     hint = "give a writable --cache-dir or $SPLITPRIV_CACHE"
-    if directory.exists() and not directory.is_dir():
-        raise DataError(f"pool cache directory {directory} is a file, not a directory; {hint}")
+    for p in (directory, *directory.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise DataError(f"pool cache directory {p} is a file, not a directory; {hint}")
+            break
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):

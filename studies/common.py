@@ -106,6 +106,13 @@ class StudyArgs:
     batched: bool = True
     """train the seeds of an undefended setting together as one stacked model
     (splitpriv.batched; equal to one-by-one runs up to float rounding, which grows over epochs)"""
+    utility: str = "test_accuracy"
+    """utility axis of the trade-off figures: test_accuracy, test_macro_f1 or
+    test_balanced_accuracy (all at the validation-selected epoch)"""
+
+    def __post_init__(self) -> None:
+        if self.utility not in UTILITIES:
+            raise ValueError(f"utility must be one of {sorted(UTILITIES)}, got {self.utility!r}")
 
     def out_dir(self, study: str) -> Path:
         if self.out:
@@ -283,6 +290,9 @@ def sweep(plan: Sequence[Planned], out: Path, budget: AttackBudget, *, study: st
             "depth": p.config.depth, "topology": result["topology"], "epochs": p.config.epochs,
             "defenses": "+".join(p.config.defenses) or "none",
             "test_accuracy": result["test_accuracy"],
+            # per-class measures at the selected epoch (NaN for runs written before they existed)
+            "test_macro_f1": result.get("test_macro_f1", math.nan),
+            "test_balanced_accuracy": result.get("test_balanced_accuracy", math.nan),
             "best_test_accuracy": result["best_test_accuracy"],
             "final_test_accuracy": result["final_test_accuracy"],
             **attack_columns({a: summaries.get(a) for a in every_attack}),
@@ -435,6 +445,19 @@ def apply_style() -> None:
     plt.rcParams["axes.prop_cycle"] = cycler(color=OKABE_ITO)
 
 
+#: the accuracy columns of every study's results.csv (test numbers at the validation-selected
+#: epoch, then the paper's max over epochs and the last epoch's)
+ACCURACY_COLUMNS = ["test_accuracy", "test_macro_f1", "test_balanced_accuracy",
+                    "best_test_accuracy", "final_test_accuracy"]
+
+#: the trade-off figures' utility axis: a results.csv column and its label (``--utility``)
+UTILITIES = {
+    "test_accuracy": "test accuracy, val-selected (%)",
+    "test_macro_f1": "test macro-F1, val-selected epoch (%)",
+    "test_balanced_accuracy": "test balanced accuracy, val-selected epoch (%)",
+}
+
+
 @dataclass
 class FigureSet:
     """A folder of figures: each saved as NAME.pdf (vector), NAME.png and NAME.txt (its caption);
@@ -444,6 +467,12 @@ class FigureSet:
     captions: dict[str, str] = field(default_factory=dict)
     prefix: str = ""
     """prepended to every name (one folder can hold several studies' figures)"""
+    utility: str = "test_accuracy"
+    """the utility axis of the trade-off figures (a key of :data:`UTILITIES`)"""
+
+    @property
+    def utility_label(self) -> str:
+        return UTILITIES[self.utility]
 
     def save(self, fig: plt.Figure, name: str, caption: str) -> Path:
         name = self.prefix + name
@@ -558,7 +587,7 @@ def run_study(
     budget = args.budget_text()
     md = summarize(rows, budget)
     write_text(out / "summary.md", md)
-    draw(rows, FigureSet(out / "figures"), f"Budget: {budget}.")
+    draw(rows, FigureSet(out / "figures", utility=args.utility), f"Budget: {budget}.")
     print_table(md)
     print(f"wrote {out / 'results.csv'}, {out / 'summary.md'} and {out / 'figures'}/")
     return rows

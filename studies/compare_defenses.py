@@ -56,7 +56,7 @@ LABELS_CLEAR = ("label-direction",)  # vanilla topology: the labels cross, read 
 LABELS_USHAPE = ("label-norm", "label-direction", "label-kmeans")
 COLUMNS = ["study", "defense", "family", *DP_COLUMNS[1:-1], *attack_column_names(LEAKAGE),
            "claim_scope", *attack_column_names(LABELS_USHAPE), "run_dir"]
-METRICS = ["test_accuracy", "best_test_accuracy", "dcor_max", "dcor_batch",
+METRICS = ["test_accuracy", "test_macro_f1", "best_test_accuracy", "dcor_max", "dcor_batch",
            "dcor_batch_unbiased", "dtw_min", *INVERSION_TABLE, "inversion_prd",
            "label_attack_accuracy", "accounted_epsilon"]
 TEXTS = ["strongest_attack", "claim_scope"]
@@ -155,12 +155,14 @@ def summary_markdown(rows: list[dict], title: str) -> tuple[str, list[dict]]:
     agg = aggregate(rows, ["defense", "family"], METRICS, TEXTS)
     front = set(pareto_front([s[PRIVACY_AXIS].mean for s in agg],
                              [s["test_accuracy"].mean for s in agg]))
-    header = ["defense", "family", "n", "test acc (val-selected, %)", "best test acc (%)",
+    header = ["defense", "family", "n", "test acc (val-selected, %)", "test macro-F1 (%)",
+              "best test acc (%)",
               "dCor max", "dCor batch (V / unbiased dCor²)", "DTW min",
               "linkage adv. k10 / k100", "strongest", "inversion r (mean beat / class mean)",
               "inversion PRDN (%)", "label attack acc (%)", "accounted epsilon", "claim scope",
               "Pareto"]
-    body = [[s["defense"], s["family"], s["n"], s["test_accuracy"], s["best_test_accuracy"],
+    body = [[s["defense"], s["family"], s["n"], s["test_accuracy"], s["test_macro_f1"],
+             s["best_test_accuracy"],
              s["dcor_max"], f"{s['dcor_batch']} / {s['dcor_batch_unbiased']}", s["dtw_min"],
              f"{s['linkage_k10_advantage']} / {s['linkage_k100_advantage']}",
              s["strongest_attack"],
@@ -194,11 +196,11 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
     apply_style()
     agg = aggregate(rows, ["defense", "family"], METRICS)
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4), sharey=True, layout="constrained")
-    plot_tradeoff(axes[0], agg, x=PRIVACY_AXIS, y="test_accuracy", group_key="family",
+    plot_tradeoff(axes[0], agg, x=PRIVACY_AXIS, y=figs.utility, group_key="family",
                   label_key="defense", xlabel=PRIVACY_AXIS_LABEL,
-                  ylabel="test accuracy, val-selected (%)")
+                  ylabel=figs.utility_label)
     axes[0].axvline(0, color="0.5", linewidth=0.8, linestyle=":")
-    plot_tradeoff(axes[1], agg, x="dcor_max", y="test_accuracy", group_key="family",
+    plot_tradeoff(axes[1], agg, x="dcor_max", y=figs.utility, group_key="family",
                   label_key="defense", xlabel="dCor, paper def., max over channels (unitless)",
                   ylabel="")
     handles, labels = axes[0].get_legend_handles_labels()

@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt
 
 from splitpriv.published import ACCURACY_BY_DEPTH, LEAKAGE_BY_DEPTH
 from studies.common import (
+    ACCURACY_COLUMNS,
     INVERSION_TABLE,
     OKABE_ITO,
     QUICK,
@@ -41,11 +42,11 @@ from studies.common import (
 
 STUDY = "depth"
 ATTACKS = ("dcor", "dtw", "strongest")
-COLUMNS = ["study", "seed", "protocol", "depth", "epochs", "defenses", "test_accuracy",
-           "best_test_accuracy", "final_test_accuracy", *attack_column_names(ATTACKS),
+COLUMNS = ["study", "seed", "protocol", "depth", "epochs", "defenses", *ACCURACY_COLUMNS,
+           *attack_column_names(ATTACKS),
            "train_seconds", "wall_seconds", "run_dir"]
-METRICS = ["test_accuracy", "best_test_accuracy", "dcor_max", "dcor_min", "dcor_batch",
-           "dcor_batch_unbiased", "dtw_min", "dtw_max", *INVERSION_TABLE]
+METRICS = ["test_accuracy", "test_macro_f1", "best_test_accuracy", "dcor_max", "dcor_min",
+           "dcor_batch", "dcor_batch_unbiased", "dtw_min", "dtw_max", *INVERSION_TABLE]
 
 
 @dataclass
@@ -66,7 +67,7 @@ def summary_markdown(rows: list[dict], title: str) -> str:
                     key=lambda s: s["depth"]):
         d = int(s["depth"])
         p = LEAKAGE_BY_DEPTH.get(d)
-        body.append([d, s["n"], s["test_accuracy"], s["best_test_accuracy"],
+        body.append([d, s["n"], s["test_accuracy"], s["test_macro_f1"], s["best_test_accuracy"],
                      ACCURACY_BY_DEPTH.get(d, "-"), f"{s['dcor_max']} / {s['dcor_min']}",
                      f"{p['dcor_max']} / {p['dcor_min']}" if p else "-",
                      f"{s['dcor_batch']} / {s['dcor_batch_unbiased']}",
@@ -76,7 +77,7 @@ def summary_markdown(rows: list[dict], title: str) -> str:
                      s["strongest_attack"],
                      f"{s['inversion_pearson_r']} ({s['prior_mean_beat_pearson_r']} / "
                      f"{s['prior_class_mean_pearson_r']})", s["inversion_prdn"]])
-    header = ["depth", "n", "test acc (val-selected, %)", "best test acc (%)",
+    header = ["depth", "n", "test acc (val-selected, %)", "test macro-F1 (%)", "best test acc (%)",
               "paper best acc", "dCor max / min", "paper dCor max / min",
               "dCor batch (V / unbiased dCor²)", "DTW min / max", "paper DTW min / max",
               "linkage adv. k10 / k100", "strongest", "inversion r (mean beat / class mean)",

@@ -58,6 +58,7 @@ from splitpriv.options import format_spec
 from splitpriv.published import LAPLACE_DP
 from splitpriv.run import TrainConfig
 from studies.common import (
+    ACCURACY_COLUMNS,
     INVERSION_TABLE,
     MARKERS,
     OKABE_ITO,
@@ -83,11 +84,12 @@ STUDY = "dp_tradeoff"
 #: the attacks on every run (Planned's default: dcor, dtw, strongest)
 ATTACKS = Planned.attacks
 COLUMNS = ["study", "mode", "design", "releases", "epsilon", "seed", "protocol", "depth",
-           "epochs", "defenses", "test_accuracy", "best_test_accuracy", "final_test_accuracy",
+           "epochs", "defenses", *ACCURACY_COLUMNS,
            *attack_column_names(ATTACKS), "accounted_epsilon", "noise_multiplier",
            "claim_scope", "train_seconds", "wall_seconds", "run_dir"]
-METRICS = ["test_accuracy", "best_test_accuracy", "dcor_max", "dcor_batch_unbiased", "dtw_min",
-           *INVERSION_TABLE, "accounted_epsilon", "noise_multiplier", "releases_per_beat"]
+METRICS = ["test_accuracy", "test_macro_f1", "best_test_accuracy", "dcor_max",
+           "dcor_batch_unbiased", "dtw_min", *INVERSION_TABLE, "accounted_epsilon",
+           "noise_multiplier", "releases_per_beat"]
 DESIGNS = ("512", "bottleneck")
 DESIGN_NAMES = {"512": "512-value cut", "bottleneck": "bottleneck"}
 RELEASE_STYLES = {30: "-", 10: "--", 3: "-.", 1: ":"}
@@ -349,9 +351,9 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
               for s in ss]
     points += [dict(s, label=n, group="references") for n, s in refs.items()]
     fig, ax = plt.subplots(figsize=(5.2, 3.4), layout="constrained")
-    plot_tradeoff(ax, points, x=PRIVACY_AXIS, y="test_accuracy", group_key="group",
+    plot_tradeoff(ax, points, x=PRIVACY_AXIS, y=figs.utility, group_key="group",
                   label_key="label", xlabel=PRIVACY_AXIS_LABEL,
-                  ylabel="test accuracy, val-selected (%)")
+                  ylabel=figs.utility_label)
     ax.legend(fontsize=5.5, loc="lower right")
     figs.save(fig, "tradeoff",
               "Accuracy against the strongest inversion's re-identification advantage: each "

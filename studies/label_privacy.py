@@ -34,6 +34,7 @@ import matplotlib.pyplot as plt
 from splitpriv.io import read_json
 from splitpriv.options import format_spec
 from studies.common import (
+    ACCURACY_COLUMNS,
     QUICK,
     FigureSet,
     Planned,
@@ -51,9 +52,10 @@ from studies.common import (
 STUDY = "label_privacy"
 ATTACKS = ("label-strongest",)
 COLUMNS = ["study", "setting", "family", "strength", "seed", "protocol", "depth", "topology",
-           "epochs", "defenses", "test_accuracy", "best_test_accuracy", "final_test_accuracy",
+           "epochs", "defenses", *ACCURACY_COLUMNS,
            *attack_column_names(ATTACKS), "train_seconds", "wall_seconds", "run_dir"]
-METRICS = ["test_accuracy", "best_test_accuracy", "label_attack_accuracy", "label_attack_auc"]
+METRICS = ["test_accuracy", "test_macro_f1", "best_test_accuracy", "label_attack_accuracy",
+           "label_attack_auc"]
 
 
 @dataclass
@@ -163,9 +165,9 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
     apply_style()
     agg = aggregate(rows, ["setting", "family", "strength"], METRICS)
     fig, ax = plt.subplots(figsize=(5.6, 3.6), layout="constrained")
-    plot_tradeoff(ax, agg, x="label_attack_auc", y="test_accuracy", group_key="family",
+    plot_tradeoff(ax, agg, x="label_attack_auc", y=figs.utility, group_key="family",
                   label_key="setting", xlabel="strongest label attack, mean one-vs-rest AUC",
-                  ylabel="test accuracy, val-selected (%)")
+                  ylabel=figs.utility_label)
     ax.axvline(0.5, color="0.5", linewidth=0.8, linestyle=":", label="prior (AUC 0.5)")
     ax.legend(loc="lower left", fontsize=6)
     figs.save(fig, "label_tradeoff",

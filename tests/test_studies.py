@@ -139,10 +139,23 @@ def test_depth_quick(pool_dirs, tmp_path):
     for r in table:
         assert json.loads((Path(r["run_dir"]) / "result.json").read_text())["batched"] == 2
     assert_finite(table, ["test_accuracy", "best_test_accuracy", "dcor_max", "dcor_min",
-                          "dtw_min", "dtw_max"])
+                          "dtw_min", "dtw_max", "test_macro_f1", "test_balanced_accuracy"])
+    for r in table:  # the per-class measures come from the run's own result.json
+        result = json.loads((Path(r["run_dir"]) / "result.json").read_text())
+        assert float(r["test_macro_f1"]) == pytest.approx(result["test_macro_f1"])
     summary = (tmp_path / "summary.md").read_text()
-    assert "98.52" in summary and "98.46" in summary
+    assert "98.52" in summary and "98.46" in summary and "macro-F1" in summary
     assert_figures(tmp_path / "figures", ["depth"])
+
+
+def test_the_utility_axis_is_a_known_column():
+    from studies.common import UTILITIES, FigureSet, StudyArgs
+
+    assert StudyArgs(utility="test_macro_f1").utility == "test_macro_f1"
+    with pytest.raises(ValueError, match="utility must be one of"):
+        StudyArgs(utility="fun")
+    assert FigureSet(Path("."), utility="test_macro_f1").utility_label == UTILITIES[
+        "test_macro_f1"]
 
 
 # --- shared helpers, hand-worked ---

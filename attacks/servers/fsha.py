@@ -130,6 +130,7 @@ class FeatureSpaceHijacking(ServerBehaviour):
             lr_critic: Adam learning rate of the discriminator.
             gp_weight: the WGAN-GP gradient-penalty weight (Gulrajani et al. 2017: 10; the
                 paper's code uses larger ones).
+            critic_steps: discriminator updates per training step (WGAN-GP's n_critic).
             width: channels of the pilot, decoder and discriminator (twice for D).
             record_every: log reconstructions every N training steps (and at step 1).
             seed: seeds the adversary's networks and its draws of public batches.
@@ -139,6 +140,7 @@ class FeatureSpaceHijacking(ServerBehaviour):
         lr_pilot: float = 1e-3
         lr_critic: float = 1e-4
         gp_weight: float = 10.0
+        critic_steps: int = 1
         width: int = 32
         record_every: int = 25
         seed: int = 0
@@ -149,7 +151,7 @@ class FeatureSpaceHijacking(ServerBehaviour):
                 if not math.isfinite(v) or v < 0 or (v == 0 and name != "gp_weight"):
                     raise ValueError(f"server 'fsha': {name} must be finite and > 0"
                                      f"{' (or 0)' if name == 'gp_weight' else ''}, got {v}")
-            for name in ("width", "record_every"):
+            for name in ("critic_steps", "width", "record_every"):
                 if getattr(self, name) < 1:
                     raise ValueError(f"server 'fsha': {name} must be >= 1, "
                                      f"got {getattr(self, name)}")
@@ -215,13 +217,14 @@ class FeatureSpaceHijacking(ServerBehaviour):
             (grad,) = torch.autograd.grad(f_loss, a_in)
             # the critic: public features low, the client's high
             z = z_pub.detach()
-            d_loss = critic(z).mean() - critic(a.detach()).mean()
-            if self.config.gp_weight:
-                d_loss = d_loss + self.config.gp_weight * gradient_penalty(
-                    critic, a.detach(), z, self.generator)
-            self.opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            self.opt_d.step()
+            for _ in range(self.config.critic_steps):
+                d_loss = critic(z).mean() - critic(a.detach()).mean()
+                if self.config.gp_weight:
+                    d_loss = d_loss + self.config.gp_weight * gradient_penalty(
+                        critic, a.detach(), z, self.generator)
+                self.opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                self.opt_d.step()
         self.losses = {"autoencoder": float(ae_loss), "critic": float(d_loss),
                        "client_adv": float(f_loss)}
         if self.record is not None and (self.step == 1 or

@@ -110,7 +110,8 @@ class ReconstructionLog:
     recorded batch against the true training beats the behaviour never sees, with the inversion
     attacks' metrics (``attacks.metrics``: r, PRDN, SNR... and linkage among k = 10, 100 training
     beats of the victim's class), beside the mean aux beat's prior, and appends a line to
-    ``path`` (JSON lines, one per record).
+    ``path`` (JSON lines, one per record, with the first :data:`EXAMPLES` true beats and their
+    reconstructions for figures).
 
     Shape:
         x_train: (N, 1, 128), y_train: (N,); a record: step, ids (B,), x_hat (B, 1, 128).
@@ -118,6 +119,8 @@ class ReconstructionLog:
 
     #: the reconstruction quality whose first step :meth:`summary` reports
     THRESHOLDS = {"linkage_k10_advantage": 0.5, "pearson_median": 0.9}
+    #: beats of every record whose true and reconstructed samples the log keeps
+    EXAMPLES = 3
 
     def __init__(self, path: Path, x_train: torch.Tensor, y_train: torch.Tensor,
                  prior: torch.Tensor | None, *, seed: int) -> None:
@@ -144,8 +147,11 @@ class ReconstructionLog:
             row |= {f"{name}linkage_{k}_advantage": link["linkage"][k]["advantage"]
                     for k in ("k10", "k100")}
         self.rows.append(row)
+        keep = slice(0, self.EXAMPLES)  # a few true beats and their reconstructions, for figures
+        examples = {"ids": ids[keep].tolist(), "x": x[keep, 0].round(decimals=4).tolist(),
+                    "x_hat": x_hat[keep, 0].round(decimals=4).tolist()}
         with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(row | {"examples": examples}) + "\n")
 
     def summary(self) -> dict[str, Any]:
         """The first and last record and the first step passing each of :data:`THRESHOLDS`."""
