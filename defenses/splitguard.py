@@ -12,7 +12,7 @@ F the fake batches' gradients and R1, R2 a random halving of the regular ones si
 means and mean norms over each set, CR = (R1 + R2) / 2, the paper's score is
 
     x = angle(F, CR) |F| - |CR|| / m  -  angle(R1, R2) ||R1| - |R2|| / m,
-    m = ||F| - |CR|| + ||R1| - |R2||,        SG = sigmoid(mult * x) ** exp,
+    m = ||F| - |CR|| + ||R1| - |R2||,        SG = sigmoid(mult * (x - shift)) ** exp,
 
 angles in degrees; SG near 1 for an honest server and near 0 for a label-independent one. The
 alarm fires when the mean of the last ``window`` scores is below ``threshold``.
@@ -95,7 +95,7 @@ class GradientSet:
 
 
 def splitguard_score(fakes: GradientSet, r1: GradientSet, r2: GradientSet, *, mult: float,
-                     exp: float) -> float:
+                     exp: float, shift: float = 0.0) -> float:
     """The SplitGuard score (module docstring) of fake and regular gradient sets, in [0, 1]."""
     cr = (r1.mean + r2.mean) / 2
     cr_mag = (r1.magnitude + r2.magnitude) / 2
@@ -104,7 +104,7 @@ def splitguard_score(fakes: GradientSet, r1: GradientSet, r2: GradientSet, *, mu
     if m == 0:
         return 0.0
     x = (angle_degrees(fakes.mean, cr) * d_fake - angle_degrees(r1.mean, r2.mean) * d_reg) / m
-    return float(1 / (1 + math.exp(-max(-50.0, min(50.0, mult * x))))) ** exp
+    return float(1 / (1 + math.exp(-max(-50.0, min(50.0, mult * (x - shift)))))) ** exp
 
 
 class Detector(Defense):
@@ -160,7 +160,10 @@ class SplitGuard(Detector):
         Attributes:
             p_fake: probability that a training batch after the warm-up is a fake one.
             warmup: training batches before the first fake one (the paper's N = 20).
-            mult, exp: the score's squashing sigmoid(mult x) ** exp (paper: 5, 2).
+            mult, exp, shift: the score's squashing sigmoid(mult (x - shift)) ** exp (the
+                paper's code: 5, 2 and a shift it sets per task; 10 degrees here, calibrated on
+                the cut gradient: a hijacker's x stays at a few degrees from sampling noise
+                alone, an honest server's is tens).
             threshold: the alarm fires when the mean of the last ``window`` scores is below.
             window: scores averaged for the alarm.
             stop: raise :class:`HijackDetected` (end training) when the alarm fires.
@@ -171,6 +174,7 @@ class SplitGuard(Detector):
         warmup: int = 20
         mult: float = 5.0
         exp: float = 2.0
+        shift: float = 10.0
         threshold: float = 0.5
         window: int = 3
         stop: bool = False
@@ -178,7 +182,7 @@ class SplitGuard(Detector):
 
         def __post_init__(self) -> None:
             _check("splitguard", p_fake=self.p_fake, mult=self.mult, exp=self.exp,
-                   threshold=self.threshold)
+                   shift=self.shift, threshold=self.threshold)
             if not 0 < self.p_fake < 1:
                 raise ValueError(f"defense 'splitguard': p_fake must be in (0, 1), "
                                  f"got {self.p_fake}")
@@ -218,7 +222,8 @@ class SplitGuard(Detector):
             if self.r1.n and self.r2.n:
                 self._score(self.batches, splitguard_score(self.fakes, self.r1, self.r2,
                                                            mult=self.config.mult,
-                                                           exp=self.config.exp))
+                                                           exp=self.config.exp,
+                                                           shift=self.config.shift))
             return None  # the client takes no step on a fake batch
         if self.batches > self.config.warmup:
             (self.r1 if self.rng.random() < 0.5 else self.r2).add(v)

@@ -1518,6 +1518,24 @@ def parse_hdf5_pair(spec: str) -> tuple[Path, Path]:
     return Path(parts[0]).expanduser(), Path(parts[1]).expanduser()
 
 
+def check_hdf5_run(spec: str, *, protocol: str, labels: str) -> tuple[Path, Path]:
+    """The two paths of a run's ``hdf5`` option, checked against the run's other options before
+    anything is written.
+
+    Raises:
+        DataError: naming ``hdf5``: not ``TRAIN,TEST``, labels other than the paper's, or the
+            ``inter-patient`` protocol (the files hold their own split).
+    """
+    pair = parse_hdf5_pair(spec)
+    if labels != "paper":
+        raise DataError(f"hdf5: the paper's files hold its five beat types N/L/R/A/V; labels "
+                        f"must be 'paper', got {labels!r}")
+    if protocol == "inter-patient":
+        raise DataError("hdf5: the files hold their own train/test split; protocol "
+                        "'inter-patient' cannot apply to them (leave --protocol out)")
+    return pair
+
+
 def paper_hdf5_split(
     train_path: Path | str, test_path: Path | str, *, val_fraction: float = 0.0, seed: int = 2019
 ) -> tuple[BeatPool, Split]:

@@ -107,3 +107,15 @@ def test_a_changed_record_policy_on_an_existing_run_is_named(pool_dirs, tmp_path
     capsys.readouterr()
     assert main([*base, "--record-epochs", "all"]) == 2
     assert "record_epochs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("value", "named"), [
+    ("only-one.hdf5", "expected TRAIN,TEST"),
+    ("a.hdf5,b.hdf5 --protocol inter-patient", "cannot apply to them"),
+])
+def test_a_bad_hdf5_pair_is_refused_before_anything_is_written(tmp_path, capsys, value, named):
+    out = tmp_path / "run"
+    hdf5, *rest = value.split(" ")
+    assert main(["train", "--out", str(out), "--epochs", "1", "--hdf5", hdf5, *rest]) == 2
+    assert named in capsys.readouterr().err
+    assert not out.exists()

@@ -256,9 +256,9 @@ def test_bad_hdf5_options_are_named(
     paper_files: tuple[Path, Path], tmp_path: Path, spec: str, extra: dict, message: str
 ) -> None:
     train, test = paper_files
-    config = TrainConfig(hdf5=spec.format(train=train, test=test,
-                                          missing=tmp_path / "missing.hdf5"), **extra)
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(DataError, match=message):  # the config itself, or reading the files
+        config = TrainConfig(hdf5=spec.format(train=train, test=test,
+                                              missing=tmp_path / "missing.hdf5"), **extra)
         load_split(config)
 
 

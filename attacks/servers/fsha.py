@@ -225,8 +225,8 @@ class FeatureSpaceHijacking(ServerBehaviour):
                 self.opt_d.zero_grad(set_to_none=True)
                 d_loss.backward()
                 self.opt_d.step()
-        self.losses = {"autoencoder": float(ae_loss), "critic": float(d_loss),
-                       "client_adv": float(f_loss)}
+        self.losses = {"autoencoder": ae_loss.item(), "critic": d_loss.item(),
+                       "client_adv": f_loss.item()}
         if self.record is not None and (self.step == 1 or
                                         self.step % self.config.record_every == 0):
             with torch.no_grad():

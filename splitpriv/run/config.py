@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from splitpriv.channel import NOTHING, Kind, RecordPolicy
-from splitpriv.data import check_labels
+from splitpriv.data import check_hdf5_run, check_labels
 from splitpriv.io import read_json
 from splitpriv.metrics import SELECT_BY
 from splitpriv.models import ModelConfig
@@ -86,6 +86,8 @@ class TrainConfig:
         if self.topology not in TOPOLOGIES:
             raise ValueError(f"topology must be one of {TOPOLOGIES}, got {self.topology!r}")
         check_labels(self.protocol, self.labels)
+        if self.hdf5 is not None:  # before anything is written; the files are read at run time
+            check_hdf5_run(self.hdf5, protocol=self.protocol, labels=self.labels)
         if self.select_by not in SELECT_BY:
             raise ValueError(f"select_by must be one of {SELECT_BY}, got {self.select_by!r}")
         for name in ("epochs", "batch_size"):

@@ -82,16 +82,10 @@ def load_split(
 
 def _hdf5_split(config: TrainConfig) -> tuple[Any, Any, dict[str, Any]]:
     """The pool and split of the paper's HDF5 files ``config.hdf5`` names, and the card."""
-    from splitpriv.data import DataError, dataset_card, paper_hdf5_split, parse_hdf5_pair
+    from splitpriv.data import check_hdf5_run, dataset_card, paper_hdf5_split
     from splitpriv.download import sha256_file
 
-    train, test = parse_hdf5_pair(config.hdf5)
-    if config.labels != "paper":
-        raise DataError(f"hdf5: the paper's files hold its five beat types N/L/R/A/V; labels "
-                        f"must be 'paper', got {config.labels!r}")
-    if config.protocol == "inter-patient":
-        raise DataError("hdf5: the files hold their own train/test split; protocol "
-                        "'inter-patient' cannot apply to them (leave --protocol out)")
+    train, test = check_hdf5_run(config.hdf5, protocol=config.protocol, labels=config.labels)
     pool, split = paper_hdf5_split(train, test, val_fraction=config.val_fraction or 0.0,
                                    seed=config.data_seed)
     card = dataset_card(pool, split) | {
