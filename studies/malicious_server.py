@@ -16,7 +16,7 @@ it).
 Writes OUT/results.csv (one row per run), OUT/summary.md and OUT/figures (detection scores over
 training, honest vs FSHA; true beats beside FSHA's reconstructions at a few steps).
 
-    python studies/malicious_server.py           # 8 epochs, 3,000 beats, 3 seeds (~20 min, 1 core)
+    python studies/malicious_server.py           # 5 epochs, 3,000 beats, 3 seeds (~22 min, 1 core)
     python studies/malicious_server.py --quick   # 1 seed, 3 epochs of 1,000 beats (< 3 min)
 """
 
@@ -62,7 +62,7 @@ QUICK = dict(seeds=1, epochs=3, train_subset=1000, test_subset=500)
 
 @dataclass
 class Args(StudyArgs):
-    epochs: int = 8
+    epochs: int = 5
     """training epochs of every run"""
     train_subset: int | None = 3000
     """training beats (FSHA's cost grows with its steps; 3,000 beats = 94 steps an epoch)"""
