@@ -41,6 +41,8 @@ class EpochStats:
     loss: float
     accuracy: float
     confusion: list[list[int]] | None = None
+    #: the first step (1-based) whose loss was NaN or infinite, None when every one was finite
+    first_nonfinite_step: int | None = None
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -58,11 +60,16 @@ class Accumulator:
         self.loss = torch.zeros((), device=device)
         self.confusion = ConfusionAccumulator(device, n_classes)
         self.n = 0
+        self.steps = 0
+        self._first_bad = torch.full((), -1, device=device, dtype=torch.long)
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         self.loss += loss * len(y)
         self.confusion.add_logits(logits, y)
         self.n += len(y)
+        self.steps += 1
+        bad = (self._first_bad < 0) & ~torch.isfinite(loss)  # stays on the device: no sync
+        self._first_bad = torch.where(bad, self.steps, self._first_bad)
 
     @property
     def correct(self) -> torch.Tensor:
@@ -73,8 +80,9 @@ class Accumulator:
         if self.n == 0:
             return EpochStats(float("nan"), float("nan"))
         cm = self.confusion.matrix()
+        first_bad = int(self._first_bad.item())
         return EpochStats(self.loss.item() / self.n, 100.0 * int(np.trace(cm)) / self.n,
-                          cm.tolist())
+                          cm.tolist(), first_bad if first_bad > 0 else None)
 
 
 def begin_phase(channel: Channel, parties: Sequence[Any], epoch: int, phase: str) -> None:

@@ -119,3 +119,17 @@ def test_a_bad_hdf5_pair_is_refused_before_anything_is_written(tmp_path, capsys,
     assert main(["train", "--out", str(out), "--epochs", "1", "--hdf5", hdf5, *rest]) == 2
     assert named in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_an_attempt_that_failed_before_its_first_epoch_does_not_block_the_corrected_rerun(
+        pool_dirs, tmp_path, capsys):
+    mitdb, cache = pool_dirs
+    out = tmp_path / "run"
+    base = ["train", "--out", str(out), "--cache-dir", str(cache), "--train-subset", "200",
+            "--test-subset", "100", "--no-progress", "--epochs", "1"]
+    # records that are not there: refused after config.json, before any epoch
+    assert main([*base, "--mitdb-dir", str(tmp_path / "no-records"), "--depth", "3"]) == 2
+    assert (out / "config.json").exists() and not (out / "metrics.jsonl").exists()
+    capsys.readouterr()
+    assert main([*base, "--mitdb-dir", str(mitdb)]) == 0  # another depth, no --force needed
+    assert (out / "result.json").exists()

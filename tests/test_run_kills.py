@@ -89,4 +89,5 @@ def test_a_diverging_run_stops_with_an_error_naming_the_epoch(pool_dirs, tmp_pat
     assert rc == 2
     err = capsys.readouterr().err
     assert "training loss of epoch" in err and "\n" not in err.strip()
+    assert "first non-finite at step" in err
     assert not (out / "result.json").exists()

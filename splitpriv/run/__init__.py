@@ -238,9 +238,11 @@ def _train(config: TrainConfig, run_dir: RunDir, *, progress: bool) -> dict[str,
         t0 = time.perf_counter()
         tr = trainer.train_epoch(epoch)
         if not math.isfinite(tr.loss):
-            raise ValueError(f"{run_dir.path}: the training loss of epoch {epoch} is {tr.loss} "
-                             "(diverged: lower --lr or check the defenses' parameters); the run "
-                             f"keeps its epochs 1..{epoch - 1}")
+            step = (f" (first non-finite at step {tr.first_nonfinite_step})"
+                    if tr.first_nonfinite_step else "")
+            raise ValueError(f"{run_dir.path}: the training loss of epoch {epoch} is {tr.loss}"
+                             f"{step}: diverged; lower --lr or check the defenses' parameters; "
+                             f"the run keeps its epochs 1..{epoch - 1}")
         train_seconds = time.perf_counter() - t0
         te = trainer.evaluate(data.x_test, data.y_test, epoch=epoch, phase="test")
         va = trainer.evaluate(data.x_val, data.y_val, epoch=epoch, phase="val") if has_val else None
