@@ -121,15 +121,15 @@ def test_a_bad_hdf5_pair_is_refused_before_anything_is_written(tmp_path, capsys,
     assert not out.exists()
 
 
-def test_an_attempt_that_failed_before_its_first_epoch_does_not_block_the_corrected_rerun(
+def test_a_run_that_fails_on_its_data_writes_nothing_and_does_not_block_the_rerun(
         pool_dirs, tmp_path, capsys):
     mitdb, cache = pool_dirs
     out = tmp_path / "run"
     base = ["train", "--out", str(out), "--cache-dir", str(cache), "--train-subset", "200",
             "--test-subset", "100", "--no-progress", "--epochs", "1"]
-    # records that are not there: refused after config.json, before any epoch
+    # records that are not there: refused before config.json is written
     assert main([*base, "--mitdb-dir", str(tmp_path / "no-records"), "--depth", "3"]) == 2
-    assert (out / "config.json").exists() and not (out / "metrics.jsonl").exists()
+    assert not (out / "config.json").exists()
     capsys.readouterr()
     assert main([*base, "--mitdb-dir", str(mitdb)]) == 0  # another depth, no --force needed
     assert (out / "result.json").exists()

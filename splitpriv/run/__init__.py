@@ -203,12 +203,12 @@ def _train(config: TrainConfig, run_dir: RunDir, *, progress: bool) -> dict[str,
     defenses = build_defenses(config)  # bad defense parameters fail before anything is written
     behaviour = build_behaviour(config)
     device = resolve_device(config.device)
-    resumed = run_dir.start()
-
+    # the data, models and the adversary's beats first: what fails here writes nothing
     data = build_run_data(config, device)
     topology = resolve_topology(config, defenses)
     models = build_run_models(config, topology, device)
     aux = behaviour_aux(behaviour.aux_spec(), data, seed=config.seed)
+    resumed = run_dir.start()
     log = ReconstructionLog(run_dir.path / f"{behaviour.name}.jsonl", data.x_train, data.y_train,
                             None if aux is None else aux.x.mean(0), seed=config.seed
                             ) if not behaviour.follows_protocol else None

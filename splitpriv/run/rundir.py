@@ -161,9 +161,6 @@ class RunDir:
         """
         if not self.file("config.json").exists() or self.force:
             return None
-        trained = any(self.file(n).exists() for n in ("metrics.jsonl", CHECKPOINT, self.marker))
-        if not trained:  # an attempt that failed before its first epoch: nothing to protect
-            return None
         old = TrainConfig.load(self.file("config.json"))
         old_key, key = old.rerun_key(), self.config.rerun_key()
         if old_key != key:
