@@ -409,6 +409,23 @@ def test_run_directory_of_a_distributed_run(pool_dirs, tmp_path):
     assert run_training(config, out, progress=False) == result  # in-process: finished too
 
 
+def test_a_bottleneck_cut_crosses_between_processes(beats, tmp_path):
+    # --cut-channels 4: (B, 4, 32) activations on the wire, the same training as in one process
+    x, y, xt, yt, _ = beats
+    config = dataclasses.replace(_config("vanilla", epochs=1), cut_channels=4)
+    server, client = launch_local(
+        config, [ClientData(x, y, x_test=xt, y_test=yt)], workdir=tmp_path, timeout_s=30,
+        deadline_s=DEADLINE_S,
+    )
+    models = build_models(ModelConfig(2, cut_channels=4), seed=config.seed)
+    trainer = SplitTrainer(models, x, y, seed=config.seed)
+    trainer.train_epoch(1)
+    assert _max_diff(server["state"]["server"], models.server) < 1e-6
+    assert _max_diff(client["state"]["client"], models.client) < 1e-6
+    ids, acts = Transcript(chunks=server["transcript"]).get("activations")
+    assert tuple(acts.shape[1:]) == (4, 32)
+
+
 def test_distributed_run_refuses_a_foreign_run_directory(pool_dirs, tmp_path):
     """``--out`` onto a directory written for another run is refused by every party before it
     joins or writes anything, as an in-process run refuses it."""

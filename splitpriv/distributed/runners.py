@@ -189,7 +189,7 @@ def run_client(
         models = build_run_models(config, "ushape" if ushape else "vanilla", device)
         handshake(spec, 0, run_key(config, mode=mode, world_size=spec.world_size))
         channel = DistChannel(
-            0, kind_specs(ushape), timeout_s=spec.timeout_s,
+            0, kind_specs(ushape, cut_channels=config.cut_channels), timeout_s=spec.timeout_s,
             max_rows=max(config.batch_size, eval_batch_size), train_ids=data.train_ids,
             device=device, max_message_mb=spec.max_message_mb,
         )
@@ -309,7 +309,8 @@ def run_server(
         for r in ranks:  # every client authenticated, on this run, before any training message
             handshake(spec, r, key)
         channels = {
-            r: DistChannel(r, kind_specs(ushape), transcript=transcript, timeout_s=spec.timeout_s,
+            r: DistChannel(r, kind_specs(ushape, cut_channels=config.cut_channels),
+                           transcript=transcript, timeout_s=spec.timeout_s,
                            max_rows=max(config.batch_size, eval_batch_size), device=device,
                            max_message_mb=spec.max_message_mb)
             for r in ranks

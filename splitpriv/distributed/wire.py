@@ -108,9 +108,11 @@ class Spec:
         return math_prod(self.shape) * item
 
 
-def kind_specs(ushape: bool, weights_numel: int | None = None) -> dict[Code, Spec]:
-    """The declared shape and dtype of every kind, for a topology."""
-    cut = (CUT_CHANNELS, CUT_LENGTH)
+def kind_specs(ushape: bool, weights_numel: int | None = None, *,
+               cut_channels: int | None = None) -> dict[Code, Spec]:
+    """The declared shape and dtype of every kind, for a topology (and the run's bottleneck at
+    the cut, ``cut_channels``: None for the model's 16 channels)."""
+    cut = (cut_channels or CUT_CHANNELS, CUT_LENGTH)
     out = (HIDDEN,) if ushape else (N_CLASSES,)
     specs = {
         Code.ACTIVATIONS: Spec(cut, torch.float32),
