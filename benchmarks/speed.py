@@ -4,6 +4,9 @@ Measured on the paper protocol's 13,245 training beats, 2-conv model, batch 32, 
 medians of repeated epochs timed round-robin (every row sees the same machine state):
 
 - split: :class:`splitpriv.trainer.SplitTrainer` (client and server parties, in-process channel).
+- split + test evaluation: a split training epoch followed by the evaluation of the test set,
+  what a run (``splitpriv train``, ``benchmarks/reproduce_baseline.py``) spends per epoch less
+  its checkpoint writes; x 400 it estimates the paper protocol's 400-epoch run.
 - unsplit: :func:`splitpriv.trainer.train_monolithic`, the same network in one module.
 - plain loop: the loop a tutorial writes: a DataLoader over a TensorDataset (shuffle, batch 32),
   client and server modules of stock layers (``nn.MaxPool1d``), two ``torch.optim.Adam``,
@@ -12,8 +15,8 @@ medians of repeated epochs timed round-robin (every row sees the same machine st
   and once more with ``torch.optim.Adam(fused=True)``, the fastest stock optimizer, which the
   split trainer should match (target: split / this row <= 1.0).
 - max-pool: forward + backward of :class:`splitpriv.models.MaxPool2` against ``nn.MaxPool1d(2)``
-  on the paper model's two pool inputs at batch 32 and on 10 batched runs' (the numbers behind
-  :data:`splitpriv.models.PAIR_MAX_MIN_NUMEL`).
+  on the paper model's two pool inputs at batch 32, a smaller one and 10 batched runs' (the
+  numbers behind :data:`splitpriv.models.PAIR_MAX_MIN_NUMEL`).
 - batched: :class:`splitpriv.batched.BatchedSplitTrainer` with K = 1, 2, 5, 10 seeds, against K
   times one split epoch.
 - leakage metrics: beat-channel pairs per second of the paper's per-channel dCor
@@ -23,7 +26,11 @@ medians of repeated epochs timed round-robin (every row sees the same machine st
   beats and the activations of an untrained 2-conv client (the loops are timed on a sample of
   pairs).
 
-Peak resident memory of the process is reported. On a CUDA machine pass ``--device cuda``.
+Peak resident memory of the process is reported. ``--device auto`` (the default) runs the
+training rows on CUDA where torch sees one, else on the CPU; the output and the JSON say which
+(the max-pool and leakage-metric rows always run on the CPU). Besides the table it prints the two
+ratios the trainer is held to: split / plain loop with fused Adam (target <= 1.0) and the plain
+stock-Adam loop / split (the split trainer's speed-up over the loop a tutorial writes).
 Writes OUT/speed.json and OUT/speed.md.
 
     python benchmarks/speed.py            # 3 repeats
@@ -67,11 +74,15 @@ class Args:
     """batched run counts"""
     subset: int | None = None
     """training rows (None: all 13,245)"""
-    device: str = "cpu"
+    device: str = "auto"
+    """torch device of the training rows: auto (CUDA where present, else cpu), cpu, cuda..."""
     metric_beats: int = 10_000
     """beats for the leakage-metric throughput (x 16 channels = pairs)"""
     metric_loop_pairs: int = 2_000
     """pairs timed for the per-pair reference loops"""
+    default_threads_row: bool = True
+    """time the plain loop with torch's default thread count too (slow where the other cores are
+    busy: 110 s/epoch on a 2-core machine with one core taken)"""
     out: str = "benchmarks/out/speed"
     quick: bool = False
 
@@ -123,6 +134,12 @@ def plain_loop(cfg: ModelConfig, device: torch.device, x: torch.Tensor, y: torch
     return epoch
 
 
+def _sync() -> None:
+    """Wait for queued CUDA work (a no-op without CUDA), so that a timing covers its kernels."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int
                       ) -> dict[str, list[float]]:
     """Seconds of each function per round, timed round-robin (one warm-up call each first), so
@@ -133,8 +150,10 @@ def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            _sync()
             t0 = time.perf_counter()
             fn()
+            _sync()
             times[name].append(time.perf_counter() - t0)
     return times
 
@@ -158,6 +177,31 @@ def split_unsplit_epochs(
     }
 
 
+#: the row of a training epoch followed by the test set's evaluation
+SPLIT_EVAL = "split + test evaluation"
+
+
+def split_with_evaluation(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor,
+                          y_test: torch.Tensor, device: torch.device) -> Callable[[], object]:
+    """One epoch as a run spends it (less the checkpoint): train, then evaluate the test set."""
+    trainer = SplitTrainer(build_models(ModelConfig(), seed=0).to(device), x, y, seed=0)
+    epoch = iter(range(1, 10**9))
+
+    def run() -> None:
+        e = next(epoch)
+        trainer.train_epoch(e)
+        trainer.evaluate(x_test, y_test, epoch=e, phase="test")
+
+    return run
+
+
+def describe(device: torch.device) -> str:
+    """The device in words: ``cuda:0 (NVIDIA ...)`` or ``cpu (N threads)``."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device} ({torch.get_num_threads()} torch thread(s))"
+
+
 def split_unsplit_seconds(
     x: torch.Tensor, y: torch.Tensor, repeats: int, device: torch.device
 ) -> dict[str, float]:
@@ -166,9 +210,10 @@ def split_unsplit_seconds(
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-#: Pool inputs timed: the paper model's first and second pool at batch 32, and 10 batched runs'
-#: second pool (the grouped (B, K * C, L) layout of :mod:`splitpriv.batched`).
-POOL_SHAPES = ((32, 16, 128), (32, 16, 64), (32, 160, 64))
+#: Pool inputs timed: the paper model's first and second pool at batch 32, a smaller one (below
+#: :data:`splitpriv.models.PAIR_MAX_MIN_NUMEL`), and 10 batched runs' second pool (the grouped
+#: (B, K * C, L) layout of :mod:`splitpriv.batched`).
+POOL_SHAPES = ((32, 16, 128), (32, 16, 64), (32, 16, 32), (32, 160, 64))
 
 
 def pool_microseconds(shape: tuple[int, ...], repeats: int, calls: int = 200
@@ -227,17 +272,22 @@ def main() -> None:
 
     fns = {
         **split_unsplit_epochs(x, y, device),
+        SPLIT_EVAL: split_with_evaluation(x, y, data.x_test, data.y_test, device),
         "plain loop": plain_loop(cfg, device, x, y),
-        f"plain loop, torch default threads ({default_threads})":
-            plain_loop(cfg, device, x, y, threads=default_threads),
         "plain loop, fused Adam": plain_loop(cfg, device, x, y, fused=True),
     }
+    if args.default_threads_row:
+        fns[f"plain loop, torch default threads ({default_threads})"] = plain_loop(
+            cfg, device, x, y, threads=default_threads)
     for k in args.ks:
         runs = [build_models(cfg, seed=s).to(device) for s in range(k)]
         fns[f"batched {k}"] = BatchedSplitTrainer(runs, x, y, seeds=list(range(k))).train_epoch
     times = interleaved_times(fns, args.repeats)
     seconds = {name: statistics.median(ts) for name, ts in times.items()}
     rows = {name: s for name, s in seconds.items() if not name.startswith("batched")}
+    split_over_fused = paired_ratio(times, "split", "plain loop, fused Adam")
+    stock_over_split = paired_ratio(times, "plain loop", "split")
+    minutes_400 = 400 * rows[SPLIT_EVAL] / 60
     batched = {k: seconds[f"batched {k}"] for k in args.ks}
     metrics = metric_throughput(data.x_train[: args.metric_beats].cpu(), args.metric_loop_pairs)
     pools = {"x".join(map(str, shape)): pool_microseconds(shape, args.repeats)
@@ -245,9 +295,12 @@ def main() -> None:
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     lines = [
+        f"Device: {describe(device)}.",
+        "",
         f"Seconds per training epoch ({len(y):,} beats, batch 32, {device}, "
         f"{args.threads} thread(s), median of {args.repeats} rounds; ratios: median of the "
-        "per-round ratios):",
+        f"per-round ratios; '{SPLIT_EVAL}': a training epoch and the evaluation of the "
+        f"{len(data.y_test):,} test beats, as a run does every epoch):",
         "",
         "| loop | s/epoch (min-max) | vs unsplit | vs plain loop | vs plain loop, fused Adam |",
         "|---|---|---|---|---|",
@@ -257,6 +310,14 @@ def main() -> None:
                      f"{paired_ratio(times, name, 'unsplit'):.2f}x | "
                      f"{paired_ratio(times, name, 'plain loop'):.2f}x | "
                      f"{paired_ratio(times, name, 'plain loop, fused Adam'):.2f}x |")
+    lines += [
+        "",
+        f"split / plain loop, fused Adam: {split_over_fused:.3f} (target <= 1.0); "
+        f"plain loop (stock Adam) / split: {stock_over_split:.2f}x (the split trainer's speed-up; "
+        "aim 2x).",
+        f"400 epochs of train + test evaluation at {rows[SPLIT_EVAL]:.3f} s/epoch: "
+        f"{minutes_400:.1f} min (without a run's per-epoch checkpoint writes).",
+    ]
     lines += ["", "| K runs batched | s/epoch | vs 1 split run | vs K split runs |",
               "|---|---|---|---|"]
     for k, s in batched.items():
@@ -270,8 +331,7 @@ def main() -> None:
     lines += ["", "| max-pool input (forward + backward, CPU) | nn.MaxPool1d(2) (us) | "
               "MaxPool2 (us) | MaxPool2 takes |", "|---|---|---|---|"]
     for shape, us in zip(POOL_SHAPES, pools.values(), strict=True):
-        kernel = ("pair-max" if math.prod(shape) > PAIR_MAX_MIN_NUMEL and device.type == "cpu"
-                  else "native")
+        kernel = "pair-max" if math.prod(shape) > PAIR_MAX_MIN_NUMEL else "native"
         lines.append(f"| {shape} | {us['nn.MaxPool1d(2)']:.0f} | {us['MaxPool2']:.0f} | "
                      f"{kernel} |")
     lines.append("")
@@ -284,10 +344,14 @@ def main() -> None:
         "seconds_per_round": times,
         "split_over_unsplit": paired_ratio(times, "split", "unsplit"),
         "plain_over_split": paired_ratio(times, "plain loop", "split"),
-        "split_over_plain_fused_adam": paired_ratio(times, "split", "plain loop, fused Adam"),
+        "split_over_plain_fused_adam": split_over_fused,
+        "stock_loop_over_split": stock_over_split,
+        "split_with_eval_seconds_per_epoch": rows[SPLIT_EVAL],
+        "minutes_400_epochs_train_and_eval": minutes_400,
         "maxpool_microseconds": pools,
         "metric_pairs_per_second": metrics,
-        "peak_rss_mib": peak_mib, "n_train": len(y), "device": str(device),
+        "peak_rss_mib": peak_mib, "n_train": len(y), "n_test": len(data.y_test),
+        "device": str(device), "device_name": describe(device),
         "args": dataclasses.asdict(args),
     })
     write_text(out / "speed.md", table + "\n")

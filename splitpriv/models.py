@@ -80,22 +80,62 @@ def cut_shape(cut_channels: int | None = None) -> tuple[int, int]:
     return (cut_channels or CUT_CHANNELS, CUT_LENGTH)
 
 
+def _pair_max_forward(x: torch.Tensor, *, eager: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max over adjacent pairs of the last axis and ``nn.MaxPool1d(2)``'s argmax, (..., L/2).
+
+    The values come from the no-gradient kernel, the argmax from one comparison (ties and NaN
+    resolved as the native kernel does: the first of equal values, a NaN wins). ``eager`` (no
+    ``torch.func`` transform around, so a host check is allowed): test for NaN on the sum of the
+    output (4 us) and look for the NaNs (22 us on the strided half) only when there is one."""
+    with torch.no_grad():
+        out = F.max_pool1d(x, 2)  # (..., C, L) -> (..., C, L/2)
+        odd, even = x[..., 1::2], x[..., 0::2]
+        take = odd > even
+        if not eager or out.sum().isnan():  # an output is NaN iff a NaN is in its pair
+            take |= odd.isnan()
+        idx = torch.arange(0, x.shape[-1], 2, device=x.device).add(take)
+    return out, idx
+
+
+def _pair_max_backward(grad: torch.Tensor, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """The native max-pool backward with the argmax of :func:`_pair_max_forward`."""
+    return torch.ops.aten.max_pool2d_with_indices_backward(
+        grad.unsqueeze(-2), x.unsqueeze(-2), [1, 2], [1, 2], [0, 0], [1, 1], False,
+        idx.unsqueeze(-2),
+    ).squeeze(-2)
+
+
 class _PairMax(torch.autograd.Function):
     """Max over adjacent pairs of the last axis, with ``nn.MaxPool1d(2)``'s gradient.
 
     PyTorch's CPU max-pool with gradient (``max_pool2d_with_indices``) takes ~5 ns per element
-    here, 15x its no-gradient kernel; this takes the values from the no-gradient kernel and the
-    argmax from one comparison (ties and NaN resolved as the native kernel does: the first of
-    equal values, a NaN wins), then reuses the native backward with those indices.
+    here, 15x its no-gradient kernel; this takes the values and the argmax from
+    :func:`_pair_max_forward`, then reuses the native backward with those indices.
+
+    The eager (``ctx``) form: under ``torch.func`` transforms :class:`_PairMaxVmap` runs instead
+    (the same computation), since the form those require binds the arguments through
+    ``inspect.signature`` on every call, which cost ~25 us a call here.
     """
 
     @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out, idx = _pair_max_forward(x, eager=True)
+        ctx.save_for_backward(x, idx)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        x, idx = ctx.saved_tensors
+        return _pair_max_backward(grad, x, idx)
+
+
+class _PairMaxVmap(torch.autograd.Function):
+    """:class:`_PairMax` in the form ``torch.func.vmap`` (batched runs) accepts."""
+
+    @staticmethod
     def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            out = F.max_pool1d(x, 2)  # (..., C, L) -> (..., C, L/2)
-        odd, even = x[..., 1::2], x[..., 0::2]
-        idx = torch.arange(0, x.shape[-1], 2, device=x.device).add((odd > even) | odd.isnan())
-        return out, idx
+        return _pair_max_forward(x)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -105,40 +145,40 @@ class _PairMax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
         x, idx = ctx.saved_tensors
-        return torch.ops.aten.max_pool2d_with_indices_backward(
-            grad.unsqueeze(-2), x.unsqueeze(-2), [1, 2], [1, 2], [0, 0], [1, 1], False,
-            idx.unsqueeze(-2),
-        ).squeeze(-2)
+        return _pair_max_backward(grad, x, idx)
 
     @staticmethod
     def vmap(info, in_dims, x: torch.Tensor):
-        """Under ``torch.func.vmap`` (batched runs): fold the run axis into the batch axis."""
+        """Under ``torch.func.vmap``: fold the run axis into the batch axis."""
         x = x.movedim(in_dims[0], 0)
-        out, idx = _PairMax.apply(x.reshape(-1, *x.shape[-2:]))
+        out, idx = _PairMaxVmap.apply(x.reshape(-1, *x.shape[-2:]))
         return (out.view(*x.shape[:-1], -1), idx.view(*x.shape[:-1], -1)), (0, 0)
 
 
-#: :class:`_PairMax` pays a fixed ~60 us (three extra small kernels) and saves ~2 ns per input
-#: element over the native kernel with gradient, so it wins on inputs above about 30,000 elements.
-#: Forward + backward, one thread (``python benchmarks/speed.py``, "max-pool" table):
-#: (32, 16, 128) native 400 us, pair-max 331 us; (32, 16, 64) 208 / 206 us (a tie);
-#: (32, 16, 32) 104 / 131 us; (32, 160, 64) (10 batched runs) 2,114 / 1,183 us.
-PAIR_MAX_MIN_NUMEL = 1 << 15
+#: :class:`_PairMax` pays a fixed cost (three extra small kernels, a Python autograd node) and
+#: saves ~2 ns per input element over the native kernel with gradient, so it wins on inputs above
+#: about 16,000 elements. Forward + backward, one thread, a contended 2-core machine (the
+#: "max-pool" table of ``python benchmarks/speed.py``; interleaved medians):
+#: (32, 16, 128) native 597-716 us, pair-max 316-443; (32, 16, 64) 293-433 / 219-353;
+#: (32, 16, 32) 129 / 217 (native wins); (512, 16, 128) 8,785 / 3,806.
+PAIR_MAX_MIN_NUMEL = 1 << 14
 
 
 class MaxPool2(nn.Module):
     """``nn.MaxPool1d(2)`` on (B, C, L), L even: the same outputs and gradients, faster on CPU.
 
-    With gradient on a CPU input of more than :data:`PAIR_MAX_MIN_NUMEL` elements (the paper
-    model's first pool at batch 32, any pool of batched runs) it runs :class:`_PairMax`;
-    otherwise (the second pool at batch 32, evaluation, other devices) the native kernel.
+    With gradient on a CPU input of more than :data:`PAIR_MAX_MIN_NUMEL` elements (both pools of
+    the paper model at batch 32, any pool of batched runs) it runs :class:`_PairMax`; otherwise
+    (smaller inputs, evaluation, other devices) the native kernel.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (not torch.is_grad_enabled() or x.device.type != "cpu"
                 or x.numel() <= PAIR_MAX_MIN_NUMEL):
             return F.max_pool1d(x, 2)
-        return _PairMax.apply(x)[0]  # (B, C, L) -> (B, C, L/2)
+        if torch._C._are_functorch_transforms_active():  # vmap (batched runs), grad, ...
+            return _PairMaxVmap.apply(x)[0]
+        return _PairMax.apply(x)  # (B, C, L) -> (B, C, L/2)
 
 
 class ClientNet(nn.Module):

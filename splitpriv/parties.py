@@ -109,31 +109,41 @@ class Client:
             a = d.transform_activations(a, training=training)
         return a
 
-    def send_activations(self, ids: torch.Tensor) -> None:
+    def send_activations(self, ids: torch.Tensor, *, x: torch.Tensor | None = None,
+                         y: torch.Tensor | None = None) -> None:
         """Phase 1: forward the batch ``ids`` and send what crosses the cut (or a defense's
-        :meth:`~splitpriv.defense.Defense.replay` of it: then no forward pass and no step)."""
-        replayed = next((r for d in self.defenses if (r := d.replay(ids)) is not None), None)
+        :meth:`~splitpriv.defense.Defense.replay` of it: then no forward pass and no step).
+
+        ``x``, ``y``: rows ``ids`` of the client's beats and labels, when the caller has already
+        gathered them (the trainer gathers a whole epoch at once); default: taken here."""
+        replayed = None
+        for d in self.defenses:
+            if (replayed := d.replay(ids)) is not None:
+                break
         extra: torch.Tensor | None = None
         if replayed is not None:
             a = replayed
         else:
-            x = self.x[ids]
+            x = self.x[ids] if x is None else x
             a = self._activations(x, training=True)
             terms = [t for d in self.defenses if (t := d.client_loss(x, a)) is not None]
             extra = torch.stack(terms).sum() if terms else None
         self._pending = (a, extra, replayed is not None, ids)
         self.channel.send(Kind.ACTIVATIONS, a, ids)
         if not self.ushape:
-            y = self.y[ids]
+            y = self.y[ids] if y is None else y
             for d in self.defenses:
                 y = d.transform_labels(y, ids=ids)
             self.channel.send(Kind.LABELS, y, ids)
 
-    def head_step(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """U-shape phase: loss on the server's output; send its gradient. Returns (loss, logits)."""
+    def head_step(self, ids: torch.Tensor, *, y: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """U-shape phase: loss on the server's output; send its gradient. Returns (loss, logits).
+
+        ``y``: the labels of rows ``ids``, when the caller has gathered them."""
         assert self.head is not None and self.head_optimizer is not None
         h = self.channel.recv(Kind.SERVER_OUTPUT).requires_grad_()  # (B, 128)
-        y = self.y[ids]
+        y = self.y[ids] if y is None else y
         logits = self.head(h)  # (B, 5)
         loss = cross_entropy(logits, y)
         self.head_optimizer.zero_grad(set_to_none=True)

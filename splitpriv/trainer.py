@@ -1,7 +1,9 @@
 """The split trainer: drives a client and a server through a channel, epoch by epoch.
 
 Training follows the paper (Abuadbba et al. 2020): Adam, lr 1e-3, batch 32, cross-entropy, the
-training rows reshuffled every epoch. Data sits in memory as tensors on the device; no DataLoader.
+training rows reshuffled every epoch. Data sits in memory as tensors on the device; no DataLoader:
+each epoch gathers its rows once, in the shuffled order, and every batch is a slice of them. The
+batch order comes from a CPU generator, so a seed trains on the same batches on every device.
 """
 
 from __future__ import annotations
@@ -27,10 +29,15 @@ from splitpriv.servers import ServerBehaviour
 EVAL_BATCH = 512
 
 
+def shuffled(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Row ids 0..n-1 in one epoch's order, drawn from ``generator`` (a CPU generator, so that a
+    seed gives the same order on every device), on ``device``."""
+    return torch.randperm(n, generator=generator).to(device)
+
+
 def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device):
     """Shuffled row ids for one epoch, in batches (the last may be short, as in the paper)."""
-    perm = torch.randperm(n, generator=generator).to(device)
-    return perm.split(batch_size)
+    return shuffled(n, generator, device).split(batch_size)
 
 
 @dataclass
@@ -54,35 +61,73 @@ class EpochStats:
 
 
 class Accumulator:
-    """Sums loss and the confusion matrix on the device; one host sync when read."""
+    """Loss, accuracy and confusion matrix of a pass, reduced when read.
+
+    :meth:`add` only keeps references to the batch's (detached) loss, logits and labels: no kernel
+    and no host sync per batch. Reading (:meth:`stats`, :attr:`loss`, :attr:`correct`) reduces
+    them in one pass: the summed loss in the order of the batches, in float32, as a running sum
+    on the device adds it (the same number bit for bit), and the confusion matrix from one
+    ``bincount``. The added tensors must not be modified afterwards.
+    """
 
     def __init__(self, device: torch.device, n_classes: int | None = None) -> None:
-        self.loss = torch.zeros((), device=device)
-        self.confusion = ConfusionAccumulator(device, n_classes)
+        self.device = torch.device(device)
+        self.n_classes = n_classes
         self.n = 0
         self.steps = 0
-        self._first_bad = torch.full((), -1, device=device, dtype=torch.long)
+        self._losses: list[torch.Tensor] = []
+        self._sizes: list[int] = []
+        self._logits: list[torch.Tensor] = []
+        self._y: list[torch.Tensor] = []
+        self._reduced: tuple[float, int | None, ConfusionAccumulator] | None = None
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        self.loss += loss * len(y)
-        self.confusion.add_logits(logits, y)
+        self._losses.append(loss.detach())
+        self._logits.append(logits.detach())
+        self._y.append(y)
+        self._sizes.append(len(y))
         self.n += len(y)
         self.steps += 1
-        bad = (self._first_bad < 0) & ~torch.isfinite(loss)  # stays on the device: no sync
-        self._first_bad = torch.where(bad, self.steps, self._first_bad)
+        self._reduced = None
+
+    def _reduce(self) -> tuple[float, int | None, ConfusionAccumulator]:
+        """(summed loss, first non-finite step or None, confusion counts on the device)."""
+        if self._reduced is None:
+            losses = torch.stack(self._losses)  # (steps,)
+            sizes = torch.tensor(self._sizes, device=losses.device)
+            # loss * batch size per step, then summed in step order in float32: the former
+            # running ``total += loss * len(y)`` on the device (torch's sum would pair them)
+            weighted = (losses * sizes).to(torch.float32)
+            bad = (~torch.isfinite(losses)).nonzero()
+            weighted, bad = weighted.cpu().numpy(), bad.cpu()
+            total = float(np.add.accumulate(weighted)[-1])
+            first_bad = int(bad[0]) + 1 if len(bad) else None
+            logits = torch.cat(self._logits)
+            confusion = ConfusionAccumulator(self.device, self.n_classes or logits.shape[1])
+            confusion.add_logits(logits, torch.cat(self._y))
+            self._reduced = (total, first_bad, confusion)
+        return self._reduced
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """The summed loss (each batch's mean times its rows), a 0-d float32 device tensor."""
+        total = self._reduce()[0] if self.steps else 0.0
+        return torch.tensor(total, dtype=torch.float32, device=self.device)
 
     @property
     def correct(self) -> torch.Tensor:
-        """Correctly classified rows so far (a 0-d device tensor: no sync)."""
-        return self.confusion.correct()
+        """Correctly classified rows so far (a 0-d device tensor)."""
+        if not self.steps:
+            return torch.zeros((), dtype=torch.long, device=self.device)
+        return self._reduce()[2].correct()
 
     def stats(self) -> EpochStats:
         if self.n == 0:
             return EpochStats(float("nan"), float("nan"))
-        cm = self.confusion.matrix()
-        first_bad = int(self._first_bad.item())
-        return EpochStats(self.loss.item() / self.n, 100.0 * int(np.trace(cm)) / self.n,
-                          cm.tolist(), first_bad if first_bad > 0 else None)
+        total, first_bad, confusion = self._reduce()
+        cm = confusion.matrix()
+        return EpochStats(total / self.n, 100.0 * int(np.trace(cm)) / self.n, cm.tolist(),
+                          first_bad)
 
 
 def begin_phase(channel: Channel, parties: Sequence[Any], epoch: int, phase: str) -> None:
@@ -152,12 +197,16 @@ class SplitTrainer:
     def begin_phase(self, epoch: int, phase: str) -> None:
         begin_phase(self.channel, (self.client, self.server), epoch, phase)
 
-    def train_step(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step of both parties; returns (loss, logits) from whichever party holds the loss."""
-        self.client.send_activations(ids)
+    def train_step(self, ids: torch.Tensor, *, x: torch.Tensor | None = None,
+                   y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of both parties; returns (loss, logits) from whichever party holds the loss.
+
+        ``x``, ``y``: the batch's rows when the caller has gathered them (default: the client
+        takes rows ``ids`` of its data)."""
+        self.client.send_activations(ids, x=x, y=y)
         if self.ushape:
             self.server.forward(ids)
-            loss, logits = self.client.head_step(ids)
+            loss, logits = self.client.head_step(ids, y=y)
             self.server.backward(ids)
         else:
             loss, logits = self.server.step(ids)
@@ -169,10 +218,16 @@ class SplitTrainer:
         self.client.train(True)
         self.server.train(True)
         acc = Accumulator(self.device)
-        y = self.client.y
-        for ids in batches(len(y), self.batch_size, self.generator, self.device):
-            loss, logits = self.train_step(ids)
-            acc.add(loss, logits, y[ids])
+        perm = shuffled(len(self.client.y), self.generator, self.device)  # as batches() draws it
+        # the epoch's rows in batch order, gathered once: each batch is then a contiguous slice
+        x, y = self.client.x.index_select(0, perm), self.client.y.index_select(0, perm)
+        steps = perm.split(self.batch_size)
+        start = 0
+        for ids in steps:
+            rows = slice(start, start + len(ids))
+            start = rows.stop
+            loss, logits = self.train_step(ids, x=x[rows], y=y[rows])
+            acc.add(loss, logits, y[rows])
         end_epoch_of((self.client, self.server), epoch)
         return acc.stats()
 
@@ -238,4 +293,4 @@ def train_monolithic(
 
 
 __all__ = ["SplitTrainer", "train_monolithic", "Accumulator", "EpochStats", "batches",
-           "EVAL_BATCH", "adam", "begin_phase", "eval_chunks", "evaluate_client"]
+           "EVAL_BATCH", "adam", "begin_phase", "eval_chunks", "evaluate_client", "shuffled"]

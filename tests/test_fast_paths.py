@@ -1,6 +1,7 @@
 """The CPU fast paths: the project's Adam (torch's fused kernel) against the stock
-torch.optim.Adam (real training steps, checkpoints, skipped gradients), and MaxPool2 against
-nn.MaxPool1d(2) bit for bit."""
+torch.optim.Adam (real training steps, checkpoints, skipped gradients) and, bit for bit, against
+torch's own fused path; MaxPool2 against nn.MaxPool1d(2) bit for bit; the trainer's deferred
+Accumulator against the running sum it replaced."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from torch import nn
 from torch.func import vmap
 
 from splitpriv.models import PAIR_MAX_MIN_NUMEL, MaxPool2, ModelConfig, build_models
-from splitpriv.optim import make_adam
+from splitpriv.optim import FusedAdam, make_adam
 from splitpriv.parties import cross_entropy
+from splitpriv.trainer import Accumulator
 
 #: Fused Adam evaluates the same formula as the stock single-tensor path in a different order of
 #: floating-point operations, so the two agree to rounding, not bit for bit. Measured here: weights
@@ -170,11 +172,15 @@ def _pool_inputs(beats) -> torch.Tensor:
     return a
 
 
-@pytest.mark.parametrize("length", [128, 64])  # the pair-max kernel, and the native below its size
+# the pair-max kernel on both pools' inputs at batch 32, and the native one below its size
+@pytest.mark.parametrize("length", [128, 64, 32])
 @pytest.mark.parametrize("batched", [False, True])
-def test_maxpool2_equals_nn_maxpool1d_with_gradients(beats, batched, length):
+@pytest.mark.parametrize("nan", [True, False])  # the eager kernel looks for NaNs only if any
+def test_maxpool2_equals_nn_maxpool1d_with_gradients(beats, batched, length, nan):
     a = _pool_inputs(beats)[..., :length].contiguous()
-    assert (a.numel() > PAIR_MAX_MIN_NUMEL) == (length == 128)
+    if not nan:
+        a = a.nan_to_num(nan=0.0)
+    assert (a.numel() > PAIR_MAX_MIN_NUMEL) == (length != 32)
     g = torch.randn(*a.shape[:-1], a.shape[-1] // 2, generator=torch.Generator().manual_seed(1))
     if batched:  # three "runs" under vmap, as BatchedSplitTrainer stacks them
         a, g = torch.stack([a, a.flip(0), a * 2]), torch.stack([g, g, -g])
@@ -192,3 +198,62 @@ def test_maxpool2_equals_nn_maxpool1d_with_gradients(beats, batched, length):
     with torch.no_grad():  # evaluation takes the native kernel
         a3 = a.reshape(-1, *a.shape[-2:])
         assert torch.equal(MaxPool2()(a3).nan_to_num(), nn.MaxPool1d(2)(a3).nan_to_num())
+
+
+def test_fused_adam_short_path_equals_torch_fused_adam_bit_for_bit(beats):
+    """FusedAdam's step launches the kernel torch's fused path launches, on the same arguments:
+    the same weights and state bit for bit, a parameter without gradient skipped alike, and
+    registered step hooks run once per step."""
+    def fused_torch(params, lr=1e-3):
+        return torch.optim.Adam(params, lr=lr, fused=True)
+
+    (ref, ref_opts), (ours, our_opts) = runs = [_train(m, beats, 0)
+                                                for m in (fused_torch, make_adam)]
+    assert all(isinstance(o, FusedAdam) for o in our_opts)
+    calls = []
+    our_opts[1].register_step_pre_hook(lambda *_: calls.append("pre"))
+    our_opts[1].register_step_post_hook(lambda *_: calls.append("post"))
+    _lockstep(runs, beats, range(6))
+    for models, _ in runs:  # a step where one bias has no gradient
+        models.server.layers[1].bias.grad = None
+    for _, opts in runs:
+        for o in opts:
+            o.step()
+    _lockstep(runs, beats, range(6, 12))
+    for (ka, va), (kb, vb) in zip(ref.monolithic().state_dict().items(),
+                                  ours.monolithic().state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb), ka
+    for oa, ob in zip(ref_opts, our_opts, strict=True):
+        sa, sb = oa.state_dict(), ob.state_dict()
+        assert sa["param_groups"] == sb["param_groups"]
+        for k in sa["state"]:
+            for name, v in sa["state"][k].items():
+                assert torch.equal(v, sb["state"][k][name]), (k, name)
+    assert calls == ["pre", "post"] * 13
+    our_opts[0].zero_grad()
+    assert all(p.grad is None for p in ours.client.parameters())
+
+
+def test_accumulator_sums_as_the_running_sum_did():
+    """The deferred Accumulator reports the loss a float32 running sum on the device gave, bit for
+    bit, the confusion matrix and the first non-finite step."""
+    gen = torch.Generator().manual_seed(0)
+    acc, running = Accumulator(torch.device("cpu")), torch.zeros(())
+    for step in range(50):
+        b = 32 if step < 49 else 29
+        loss = torch.rand((), generator=gen) * 3
+        if step == 40:
+            loss = torch.tensor(float("inf"))
+        logits, y = torch.randn(b, 5, generator=gen), torch.randint(0, 5, (b,), generator=gen)
+        acc.add(loss, logits, y)
+        running += loss * len(y)
+    stats = acc.stats()
+    assert stats.loss == running.item() / acc.n and stats.first_nonfinite_step == 41
+    assert acc.loss.item() == running.item()
+    assert sum(map(sum, stats.confusion)) == acc.n == 49 * 32 + 29
+    assert int(acc.correct) == sum(stats.confusion[i][i] for i in range(5))
+
+
+def test_maxpool2_takes_the_eager_pair_max_outside_transforms():
+    x = torch.randn(32, 16, 64, requires_grad=True)
+    assert "_PairMax" in type(MaxPool2()(x).grad_fn).__name__
