@@ -186,6 +186,13 @@ class ActivationDP(Defense):
     variants: ClassVar[dict[str, type[ActivationDP]]] = {}
     mode: ClassVar[str] = ""
 
+    @classmethod
+    def stacks(cls, config: Any) -> bool:
+        """Whether K runs of this defense can train as one stacked model (``splitpriv.batched``),
+        each with its own instance from ``config`` on its own slice: yes, the noise, its
+        generator and the release counts are the instance's own."""
+        return True
+
     def __init__(self, config: Any) -> None:
         self.config = config
         self.mechanism = MECHANISMS[config.mechanism]
@@ -435,6 +442,12 @@ class FormalDP(ActivationDP):
 
     mode = "formal"
     Config = FormalConfig
+
+    @classmethod
+    def stacks(cls, config: FormalConfig) -> bool:
+        """Not with a release budget: replayed releases freeze the client for the batch, which a
+        stacked model (one optimizer step for all K runs) cannot do for one run alone."""
+        return config.releases is None
 
     def __init__(self, config: FormalConfig) -> None:
         super().__init__(config)

@@ -39,6 +39,13 @@ class NoPeek(Defense):
             if not self.alpha >= 0:
                 raise ValueError(f"defense 'nopeek': alpha must be >= 0, got {self.alpha}")
 
+    @classmethod
+    def stacks(cls, config: Config) -> bool:
+        """Whether K runs of NoPeek can train as one stacked model (``splitpriv.batched``), each
+        with its own instance and alpha: yes, the loss is of its own run's inputs and
+        activations."""
+        return True
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self._sum = torch.zeros(())

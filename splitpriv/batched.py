@@ -14,20 +14,31 @@ the rounding grows, as it does between two machines, so long runs agree in distr
 bit for bit).
 
 The split is kept: the server's forward starts from detached activations and the client's
-backward from the gradient the server returns. No transcript is recorded and defenses are not
-applied here; runs that need either use :class:`~splitpriv.trainer.SplitTrainer`.
+backward from the gradient the server returns. No transcript is recorded.
 
-:func:`run_training_batched` trains the seeds of one undefended configuration this way and
-writes each run's directory as :func:`splitpriv.run.run_training` does (the studies use it for
-their undefended settings); a run killed mid-way resumes alone from its checkpoint.
+Defenses that act per run (``stacks``: paper or formal activation DP without a release budget,
+NoPeek) are applied per run: each run has its own instances, built from its own config and
+attached as :class:`~splitpriv.trainer.SplitTrainer` attaches them, and the batched step calls
+run k's hooks on run k's slice (B, C, L) of the stacked activations, in the order the client
+does (transforms, then local losses); their noise comes from each instance's own generator, so
+run k draws the noise it draws alone, and each run's accounting (``report()``) is its own.
+Runs that need a transcript, a U-shape, a server behaviour or a defense that does not stack
+(DP-SGD, label defenses, a release budget, SplitGuard) use SplitTrainer.
+
+:func:`run_training_batched` trains the runs of one :func:`batch_key` this way (seeds and the
+defenses' parameters may differ) and writes each run's directory as
+:func:`splitpriv.run.run_training` does; a run killed mid-way resumes alone from its checkpoint.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +47,21 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from splitpriv.channel import NOTHING
+from splitpriv.defense import Defense
 from splitpriv.io import resolve_device, torch_threads
 from splitpriv.models import MaxPool2, SplitModels
 from splitpriv.run import (
     RunDir,
+    build_behaviour,
+    build_defenses,
     build_run_data,
     build_run_models,
+    defense_reports,
     epoch_row,
     result_doc,
     row_counts,
     run_training,
+    stateful_plugins,
 )
 from splitpriv.trainer import EVAL_BATCH, Accumulator, EpochStats, adam, batches
 
@@ -123,13 +139,62 @@ class _Stacked:
         self.template.train(mode)
 
 
+def stacks(defense: Defense) -> bool:
+    """Whether K runs, each with its own instance of ``defense``, can train as one stacked model:
+    the defense class's ``stacks(config)`` capability (``defenses.dp`` without a release budget,
+    ``defenses.nopeek``; a class without it does not stack).
+
+    Such a defense acts on its own run only, through ``attach`` (reading the run's inputs, labels
+    and defense list, never wrapping its model or optimizer), ``begin_phase``,
+    ``transform_activations`` (of its run's (B, C, L) slice), ``client_loss``, ``end_epoch`` and
+    ``report``; its other hooks keep the base class's behaviour (``replay`` returns None, labels
+    and gradients pass unchanged), so the batched step does not call them.
+    """
+    return _class_stacks(type(defense), getattr(defense, "config", None))
+
+
+def _class_stacks(cls: type, config: Any) -> bool:
+    test = getattr(cls, "stacks", None)
+    return callable(test) and bool(test(config))
+
+
+def _spec_class(spec: str) -> tuple[type, Any]:
+    """A defense spec's class and typed config, checked as ``build_defense`` checks them but not
+    built: building calibrates formal DP's noise, which takes seconds to a minute."""
+    from defenses import registry
+    from splitpriv.options import build_config
+
+    registry._load_builtin()  # noqa: SLF001  (what build_defense does first)
+    name, raw = registry.parse_spec(spec, "defense")
+    if name not in registry.DEFENSES:
+        raise ValueError(f"unknown defense {name!r}")
+    cls = registry.resolve(name, raw)
+    return cls, build_config(cls.Config, raw, f"defense {name!r}")  # type: ignore[attr-defined]
+
+
+@dataclass
+class _RunClient:
+    """What a stacking defense's ``attach`` reads of its run's client."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    defenses: list[Defense]
+
+
 class BatchedSplitTrainer:
-    """Train K vanilla split runs (same architecture and data, different seeds) in one process.
+    """Train K vanilla split runs (same architecture and data; their own seeds and, optionally,
+    defenses) in one process.
 
     Args:
         runs: the K runs' models (vanilla topology), e.g. ``build_models(cfg, seed=s)``.
         x_train: (N, 1, 128) inputs shared by the runs; y_train: (N,) labels.
         seeds: the K batch-order seeds (as ``SplitTrainer(seed=...)``).
+        defenses: each run's defenses (default: none), its own instances, every one stacking
+            (:func:`stacks`). They are attached here as :class:`~splitpriv.trainer.SplitTrainer`
+            attaches them after ``build_models(cfg, seed=s)``: a noise seed left to the run
+            (``dp``'s ``seed=None``) is the run's seed. In every step run k's transforms, then its
+            local losses, act on its slice of the stacked activations; their phase hooks are
+            called by :meth:`train_epoch` and :meth:`evaluate`.
     """
 
     def __init__(
@@ -141,11 +206,24 @@ class BatchedSplitTrainer:
         seeds: Sequence[int],
         lr: float = 1e-3,
         batch_size: int = 32,
+        defenses: Sequence[Sequence[Defense]] | None = None,
     ) -> None:
         if len(runs) != len(seeds):
             raise ValueError(f"got {len(runs)} runs but {len(seeds)} seeds")
         if any(r.head is not None for r in runs):
             raise ValueError("BatchedSplitTrainer supports the vanilla topology only")
+        self.defenses = ([list(ds) for ds in defenses] if defenses is not None
+                         else [[] for _ in runs])
+        if len(self.defenses) != len(runs):
+            raise ValueError(f"got {len(runs)} runs but {len(self.defenses)} defense lists")
+        instances = [d for ds in self.defenses for d in ds]
+        if len({id(d) for d in instances}) != len(instances):
+            raise ValueError("BatchedSplitTrainer: every run needs its own defense instances")
+        refused = sorted({d.name for d in instances if not stacks(d)})
+        if refused:
+            raise ValueError(f"BatchedSplitTrainer: defense(s) {refused} do not stack (they need "
+                             "the client's model, optimizer or a frozen step); use SplitTrainer")
+        self.defended = bool(instances)
         self.client = _Stacked([r.client for r in runs])
         self.server = _Stacked([r.server for r in runs])
         self.client_opt = adam(lr)(list(self.client.params.values()))
@@ -153,8 +231,43 @@ class BatchedSplitTrainer:
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
         self.x, self.y, self.batch_size = x_train, y_train, batch_size
         self.k = len(runs)
+        self.epoch = 0  # the last training epoch begun
+        for ds, seed in zip(self.defenses, seeds, strict=True):
+            if not ds:
+                continue
+            view = _RunClient(x_train, y_train, ds)
+            with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
+                torch.default_generator.manual_seed(seed)  # torch.initial_seed(): the run's seed
+                for d in ds:
+                    d.attach(view)
 
-    def train_epoch(self) -> list[EpochStats]:
+    def _plugins(self) -> list[Defense]:
+        """Every run's defenses, each instance once."""
+        return list({id(d): d for ds in self.defenses for d in ds}.values())
+
+    def _defend(self, x: torch.Tensor | None, a: torch.Tensor, *, training: bool
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each run's defenses on its own slice, in the client's order: transforms, then (in
+        training) local losses on the inputs x[k] (B, 1, 128) and the activations as sent.
+
+        Shape: a (K, B, C, L) -> (the activations sent (K, B, C, L), the sum of every run's local
+        loss terms or None). Runs share no parameter, so the sum's gradient is each run's own.
+        """
+        sent, terms = [], []
+        for k, ds in enumerate(self.defenses):
+            ak = a[k]
+            for d in ds:
+                ak = d.transform_activations(ak, training=training)
+            if training and x is not None:
+                terms += [t for d in ds if (t := d.client_loss(x[k], ak)) is not None]
+            sent.append(ak)
+        return torch.stack(sent), (torch.stack(terms).sum() if terms else None)
+
+    def train_epoch(self, epoch: int | None = None) -> list[EpochStats]:
+        """One epoch of every run (``epoch``: announced to the defenses; default the next)."""
+        self.epoch = self.epoch + 1 if epoch is None else epoch
+        for d in self._plugins():
+            d.begin_phase(self.epoch, "train")
         self.client.train(True)
         self.server.train(True)
         n, device = len(self.y), self.x.device
@@ -163,7 +276,11 @@ class BatchedSplitTrainer:
         correct = torch.zeros(self.k, device=device, dtype=torch.long)
         for step_ids in zip(*per_run, strict=True):
             ids = torch.stack(step_ids)  # (K, B)
-            a = self.client(self.x[ids])  # (K, B, 1, 128) -> (K, B, 16, 32)
+            x = self.x[ids]  # (K, B, 1, 128)
+            a = self.client(x)  # (K, B, 1, 128) -> (K, B, 16, 32)
+            extra = None
+            if self.defended:
+                a, extra = self._defend(x, a, training=True)
             received = a.detach().requires_grad_()  # what the server gets
             logits = self.server(received)  # (K, B, 5)
             y = self.y[ids]  # (K, B)
@@ -174,25 +291,47 @@ class BatchedSplitTrainer:
             losses.sum().backward()  # runs do not share parameters: each gets its own gradient
             self.server_opt.step()
             self.client_opt.zero_grad(set_to_none=True)
-            a.backward(received.grad)
+            if extra is None:
+                a.backward(received.grad)
+            else:
+                torch.autograd.backward([a, extra], [received.grad, torch.ones_like(extra)])
             self.client_opt.step()
             loss_sum += losses.detach() * y.shape[1]
             correct += (logits.detach().argmax(-1) == y).sum(1)
+        for d in self._plugins():
+            d.end_epoch(self.epoch)
         return [EpochStats(loss / n, 100.0 * c / n)
                 for loss, c in zip(loss_sum.tolist(), correct.tolist(), strict=True)]
 
     @torch.no_grad()
     def evaluate(
-        self, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None
+        self, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None, *,
+        epoch: int | None = None, phase: str = "test",
     ) -> list[EpochStats]:
-        """Each run's loss and accuracy on (x, y), in chunks of ``batch_size`` rows (default:
-        EVAL_BATCH / K, so that the K runs' activations together stay as small)."""
-        batch_size = batch_size or max(32, EVAL_BATCH // self.k)
+        """Each run's loss and accuracy on (x, y), in chunks of ``batch_size`` rows.
+
+        Undefended, the default chunk is EVAL_BATCH / K rows, so that the K runs' activations
+        together stay as small. With defenses it is EVAL_BATCH, the chunks of
+        :meth:`SplitTrainer.evaluate <splitpriv.trainer.SplitTrainer.evaluate>` (paper DP groups
+        its sensitivity and draws its noise per chunk), the client computing it in pieces of
+        EVAL_BATCH / K rows; the pass is announced to the defenses as (``epoch``, ``phase``),
+        ``epoch`` defaulting to the last trained one.
+        """
+        epoch = self.epoch if epoch is None else epoch
+        for d in self._plugins():
+            d.begin_phase(epoch, phase)
+        piece = max(32, EVAL_BATCH // self.k)
+        batch_size = batch_size or (EVAL_BATCH if self.defended else piece)
+        piece = min(piece, batch_size)
         self.client.train(False)
         self.server.train(False)
         accs = [Accumulator(x.device) for _ in range(self.k)]
         for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
-            logits = self.server(self.client(xb.expand(self.k, *xb.shape)))  # (K, B, 5)
+            parts = [self.client(p.expand(self.k, *p.shape)) for p in xb.split(piece)]
+            a = parts[0] if len(parts) == 1 else torch.cat(parts, 1)  # (K, B, C, L)
+            if self.defended:
+                a, _ = self._defend(None, a, training=False)
+            logits = self.server(a)  # (K, B, 5)
             for k, acc in enumerate(accs):
                 acc.add(nn.functional.cross_entropy(logits[k], yb), logits[k], yb)
         return [acc.stats() for acc in accs]
@@ -219,36 +358,64 @@ class BatchedSplitTrainer:
         }
 
 
+def batch_key(config) -> str | None:
+    """The key of the runs ``config`` trains together with, or None when it trains alone.
+
+    Runs with equal keys go to one :func:`run_training_batched`: they agree on everything but
+    the seed and their defenses' parameters, and their defenses are of the same kinds in the
+    same order (each defense's class: ``dp`` paper mode, ``dp`` formal mode, ``nopeek``; e.g.
+    ``dp:mode=paper,epsilon=1`` and ``dp:mode=paper,epsilon=10`` at any seeds stack, not with
+    ``nopeek`` or the undefended runs). None: a transcript, a U-shape, a server behaviour, a
+    defense that does not stack (:func:`stacks`), or defense specs with bad parameters (training
+    the run alone reports why). Cheap: the specs are resolved and checked, not built (building
+    calibrates formal DP's noise).
+    """
+    if (config.topology != "vanilla" or config.record_policy() != NOTHING
+            or config.server.partition(":")[0].strip().lower() != "honest"):
+        return None
+    try:
+        specs = [_spec_class(spec) for spec in config.defenses]
+    except ValueError:
+        return None
+    if not all(getattr(cls, "topology", None) is None and _class_stacks(cls, cfg)
+               for cls, cfg in specs):
+        return None
+    kinds = [f"{cls.__module__}.{cls.__qualname__}" for cls, _ in specs]
+    rest = dataclasses.asdict(dataclasses.replace(config, seed=0, defenses=[]))
+    return json.dumps({"config": rest, "defense_kinds": kinds}, sort_keys=True)
+
+
 def batchable(config) -> bool:
-    """Whether a run can be trained in a batch of seeds: no defense, labels crossing (vanilla),
-    no transcript, an honest server."""
-    return (not config.defenses and config.topology == "vanilla"
-            and config.record_policy() == NOTHING
-            and config.server.partition(":")[0].strip().lower() == "honest")
+    """Whether a run can be trained stacked with others (:func:`batch_key` is not None): labels
+    crossing (vanilla), no transcript, an honest server, only defenses that stack."""
+    return batch_key(config) is not None
 
 
 def run_training_batched(configs: Sequence, out_dirs: Sequence[str | Path], *,
                          progress: bool = True) -> list[dict[str, Any]]:
-    """Train runs that differ only in their seed together, each into its own directory.
+    """Train runs of one :func:`batch_key` together, each into its own directory.
 
     Each directory gets what :func:`splitpriv.run.run_training` writes (config.json,
-    metrics.jsonl, best.pt, checkpoint.pt every epoch, weights.pt, result.json); a finished run
-    is skipped, a run with a checkpoint resumes alone (``run_training``), and so does a single
-    pending run. The numbers equal training each run alone up to floating-point summation order
-    (tested); result.json says ``"batched": K`` and has no ``wire`` count (no channel is run).
+    metrics.jsonl, best.pt, checkpoint.pt every epoch, weights.pt, result.json with each run's
+    own defense claims); a finished run is skipped, a run with a checkpoint resumes alone
+    (``run_training``), and so does a single pending run. The numbers equal training each run
+    alone up to floating-point summation order (tested); result.json says ``"batched": K`` and
+    has no ``wire`` count or ``server`` report (no channel is run, the server is honest).
 
     Args:
-        configs: :class:`splitpriv.run.TrainConfig` s, all :func:`batchable`, equal but for seed.
+        configs: :class:`splitpriv.run.TrainConfig` s, all with one :func:`batch_key`.
         out_dirs: one run directory per config.
     """
     if len(configs) != len(out_dirs):
         raise ValueError(f"got {len(configs)} configs but {len(out_dirs)} run directories")
-    for c in configs:
-        if not batchable(c):
-            raise ValueError(f"run_training_batched: {c} has defenses, a U-shape, a "
-                             "transcript or a server behaviour")
-        if dataclasses.replace(c, seed=0) != dataclasses.replace(configs[0], seed=0):
-            raise ValueError("run_training_batched: the configs differ in more than the seed")
+    keys = [batch_key(c) for c in configs]
+    for c, key in zip(configs, keys, strict=True):
+        if key is None:
+            raise ValueError(f"run_training_batched: {c} has defenses that do not stack, a "
+                             "U-shape, a transcript or a server behaviour")
+    if len(set(keys)) > 1:
+        raise ValueError("run_training_batched: the configs differ in more than the seed and "
+                         "their defenses' parameters (batch_key)")
     run_dirs = [RunDir(d, c) for c, d in zip(configs, out_dirs, strict=True)]
     results: dict[int, dict[str, Any]] = {}
     pending = []
@@ -276,6 +443,8 @@ def _train_together(configs: Sequence, run_dirs: Sequence[RunDir], progress: boo
     """The epoch loop of :func:`splitpriv.run.run_training`, for K fresh runs at once."""
     from tqdm.auto import tqdm
 
+    defenses = [build_defenses(c) for c in configs]  # bad parameters fail before any write
+    behaviours = [build_behaviour(c) for c in configs]  # honest (batch_key)
     device = resolve_device(configs[0].device)
     for run_dir in run_dirs:
         run_dir.start(resumable=False)
@@ -283,32 +452,45 @@ def _train_together(configs: Sequence, run_dirs: Sequence[RunDir], progress: boo
     trainer = BatchedSplitTrainer(
         [build_run_models(c, "vanilla", device) for c in configs],
         data.x_train, data.y_train, seeds=[c.seed for c in configs],
-        lr=configs[0].lr, batch_size=configs[0].batch_size,
+        lr=configs[0].lr, batch_size=configs[0].batch_size, defenses=defenses,
     )
     k = len(configs)
+    plugins = [stateful_plugins(ds, b, None) for ds, b in zip(defenses, behaviours, strict=True)]
+
+    def checkpoint(j: int) -> dict[str, Any]:  # run_training's checkpoint, for resuming alone
+        return trainer.trainer_state(j) | {
+            "plugins": {key: p.state_dict() for key, p in plugins[j].items()}, "stopped": None}
+
     has_val = len(data.y_val) > 0
     histories: list[list[dict[str, Any]]] = [[] for _ in configs]
-    name = f"{run_dirs[0].path.name} (+{k - 1} seeds batched)"
+    name = f"{run_dirs[0].path.name} (+{k - 1} runs batched)"
     bar = tqdm(range(1, configs[0].epochs + 1), desc=f"train {name}", disable=not progress,
                unit="epoch")
     for epoch in bar:
         t0 = time.perf_counter()
-        train = trainer.train_epoch()
+        train = trainer.train_epoch(epoch)
+        for j, tr in enumerate(train):
+            if not math.isfinite(tr.loss):  # as run_training: the run keeps its finite epochs
+                raise ValueError(
+                    f"{run_dirs[j].path}: the training loss of epoch {epoch} is {tr.loss}: "
+                    f"diverged; lower --lr or check the defenses' parameters; the run keeps its "
+                    f"epochs 1..{epoch - 1} (so do the {k - 1} runs trained with it, each to "
+                    "resume alone)")
         train_seconds = (time.perf_counter() - t0) / k  # each run's share
-        test = trainer.evaluate(data.x_test, data.y_test)
-        val = trainer.evaluate(data.x_val, data.y_val) if has_val else [None] * k
+        test = trainer.evaluate(data.x_test, data.y_test, epoch=epoch, phase="test")
+        val = (trainer.evaluate(data.x_val, data.y_val, epoch=epoch, phase="val") if has_val
+               else [None] * k)
         seconds = (time.perf_counter() - t0) / k
         for j in range(k):
             histories[j].append(epoch_row(epoch, train[j], test[j], val[j], train_seconds,
                                           seconds))
             run_dirs[j].save_epoch(histories[j], lambda j=j: trainer.run_state(j),
-                                   lambda j=j: trainer.trainer_state(j))
+                                   lambda j=j: checkpoint(j))
         bar.set_postfix(test=f"{test[0].accuracy:.2f}")
     results = []
     for j, (c, run_dir) in enumerate(zip(configs, run_dirs, strict=True)):
         run_dir.save_weights(trainer.run_state(j))
         results.append(run_dir.finish(result_doc(
             c, histories[j], rows=row_counts(data), device=device, card=data.card,
-            topology="vanilla", defenses=[], batched=k)))
+            topology="vanilla", defenses=defense_reports(defenses[j]), batched=k)))
     return results
-

@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from splitpriv.batched import BatchedSplitTrainer, batchable, run_training_batched
+from defenses import build_defense
+from splitpriv.batched import BatchedSplitTrainer, batch_key, batchable, run_training_batched
 from splitpriv.models import ModelConfig, build_models
 from splitpriv.run import TrainConfig, run_training
 from splitpriv.trainer import SplitTrainer
@@ -123,9 +124,9 @@ def test_batched_run_directories_match_runs_trained_alone(pool_dirs, tmp_path, m
 def _counting(calls):
     original = BatchedSplitTrainer.train_epoch
 
-    def counted(self):
+    def counted(self, *args, **kw):
         calls.append(self.k)
-        return original(self)
+        return original(self, *args, **kw)
 
     return counted
 
@@ -149,7 +150,8 @@ def test_run_training_batched_refuses_what_it_cannot_batch(pool_dirs, tmp_path):
     a = _config(pool_dirs, seed=1)
     cases = [
         ([a, _config(pool_dirs, seed=2, depth=3)], "more than the seed"),
-        ([a, _config(pool_dirs, seed=2, defenses=["nopeek:alpha=1"])], "defenses"),
+        ([a, _config(pool_dirs, seed=2, defenses=["nopeek:alpha=1"])], "more than the seed"),
+        ([a, _config(pool_dirs, seed=2, defenses=["labeldp:epsilon=1"])], "do not stack"),
         ([a, _config(pool_dirs, seed=2, topology="ushape")], "U-shape"),
         ([a, _config(pool_dirs, seed=2, record_epochs="last")], "transcript"),
     ]
@@ -201,3 +203,140 @@ def test_stacked_forward_equals_each_runs_forward(beats, paper_softmax):
         out = trainer.server(trainer.client(xs))  # (K, B, 5)
         for k, r in enumerate(runs):
             torch.testing.assert_close(out[k], r.server(r.client(xs[k])), atol=1e-5, rtol=1e-4)
+
+
+def test_batch_key_stacks_seeds_and_defense_parameters_of_one_kind(pool_dirs):
+    """Seeds and defense parameters may differ within a key; the defenses' kinds (class, in
+    order) and everything else may not; what cannot stack has no key."""
+    def key(seed=1, **kw):
+        return batch_key(_config(pool_dirs, seed=seed, **kw))
+
+    paper = key(defenses=["dp:mode=paper,epsilon=1"])
+    assert paper is not None and paper == key(seed=7, defenses=["dp:mode=paper,epsilon=10"])
+    formal = key(defenses=["dp:mode=formal,mechanism=gaussian,target_epsilon=2"])
+    assert formal == key(seed=2, defenses=["dp:mode=formal,mechanism=laplace,noise_multiplier=1,"
+                                           "clip=3,seed=5"])
+    nopeek = key(defenses=["nopeek:alpha=1"])
+    assert nopeek == key(seed=3, defenses=["nopeek:alpha=0.1"])
+    both = key(defenses=["dp:mode=paper,epsilon=1", "nopeek:alpha=1"])
+    assert both == key(seed=2, defenses=["dp:mode=paper,epsilon=3", "nopeek:alpha=3"])
+    assert both != key(defenses=["nopeek:alpha=1", "dp:mode=paper,epsilon=1"])
+    assert len({key(), paper, formal, nopeek, both}) == 5
+    assert key() == key(seed=9) and key() != key(depth=3)
+    assert paper != key(depth=3, defenses=["dp:mode=paper,epsilon=1"])
+    for kw in (dict(defenses=["dp:mode=formal,noise_multiplier=1,releases=1"]),  # frozen steps
+               dict(defenses=["dpsgd:noise_multiplier=1"]), dict(defenses=["labeldp:epsilon=1"]),
+               dict(defenses=["maxnorm"]), dict(defenses=["ushape"]),
+               dict(defenses=["dp:mode=paper"]),  # does not build (no epsilon)
+               dict(topology="ushape"), dict(record_epochs="last"), dict(server="scaled")):
+        assert key(**kw) is None, kw
+        assert not batchable(_config(pool_dirs, **kw))
+    assert batchable(_config(pool_dirs, defenses=["nopeek:alpha=1"]))
+
+
+#: K = 3 runs of one defense kind, each with its own parameters
+DEFENDED = {
+    "paper-dp": ["dp:mode=paper,epsilon=1", "dp:mode=paper,epsilon=3", "dp:mode=paper,epsilon=10"],
+    "formal-dp": ["dp:mode=formal,mechanism=gaussian,target_epsilon=2,clip=2",
+                  "dp:mode=formal,mechanism=gaussian,noise_multiplier=0.5,clip=1,seed=7",
+                  "dp:mode=formal,mechanism=gaussian,target_epsilon=8,clip=4,standardise=true"],
+    "nopeek": ["nopeek:alpha=0.5", "nopeek:alpha=2", "nopeek:alpha=5"],
+}
+
+
+def _built(spec: str, epochs: int = 2) -> list:
+    d = build_defense(spec)
+    d.configure(epochs=epochs, batch_size=32)  # as splitpriv.run.build_defenses does
+    return [d]
+
+
+def _claims(defenses: list) -> list[dict]:
+    return [d.report().to_dict() for d in defenses]
+
+
+@pytest.mark.parametrize("kind", sorted(DEFENDED))
+def test_batched_defended_runs_equal_runs_trained_alone(beats, kind):
+    """K defended runs stacked (own seeds, own defense parameters, own noise generators) give
+    each run's weights, training loss, noisy evaluation and privacy claim of the run trained
+    alone, over an epoch of 4 steps and its evaluation."""
+    x, y, xt, yt = beats
+    specs, seeds = DEFENDED[kind], [3, 4, 3]  # runs 0 and 2 share a seed: only the defense differs
+    cfg = ModelConfig(depth=2)
+    batched = BatchedSplitTrainer([build_models(cfg, seed=s) for s in seeds], x[:128], y[:128],
+                                  seeds=seeds, defenses=[_built(s) for s in specs])
+    stats = batched.train_epoch(1)
+    evals = batched.evaluate(xt, yt, epoch=1, phase="test")
+    for k, (spec, seed) in enumerate(zip(specs, seeds, strict=True)):
+        defenses = _built(spec)
+        alone = SplitTrainer(build_models(cfg, seed=seed), x[:128], y[:128], seed=seed,
+                             defenses=defenses)
+        alone_stats = alone.train_epoch(1)
+        alone_eval = alone.evaluate(xt, yt, epoch=1, phase="test")
+        state = batched.run_state(k)
+        for part, module in (("client", alone.models.client), ("server", alone.models.server)):
+            _assert_weights_close(state[part], module.state_dict(), atol=1e-5)
+        assert stats[k].loss == pytest.approx(alone_stats.loss, rel=1e-5)
+        assert evals[k].loss == pytest.approx(alone_eval.loss, rel=1e-4)
+        assert evals[k].accuracy == pytest.approx(alone_eval.accuracy, abs=0.7)  # 2 of 300
+        mine, theirs = _claims(batched.defenses[k]), _claims(defenses)
+        if kind == "nopeek":  # the per-epoch mean batch dCor: float rounding
+            for m, t in zip(mine, theirs, strict=True):
+                assert m.pop("train_batch_dcor_per_epoch") == pytest.approx(
+                    t.pop("train_batch_dcor_per_epoch"), rel=1e-5)
+        assert mine == theirs
+        # the defense mattered: the same seed undefended ends elsewhere
+        plain = SplitTrainer(build_models(cfg, seed=seed), x[:128], y[:128], seed=seed)
+        plain.train_epoch(1)
+        assert any((state["client"][n] - w).abs().max() > 1e-4
+                   for n, w in plain.models.client.state_dict().items())
+    # two runs of one seed but different parameters are different runs
+    a, b = batched.run_state(0)["client"], batched.run_state(2)["client"]
+    assert any((a[n] - b[n]).abs().max() > 1e-4 for n in a)
+
+
+def test_batched_refuses_defenses_that_do_not_stack(beats):
+    x, y, _, _ = beats
+    models = [build_models(ModelConfig(), seed=s) for s in (0, 1)]
+    with pytest.raises(ValueError, match="do not stack"):
+        BatchedSplitTrainer(models, x, y, seeds=[0, 1],
+                            defenses=[[build_defense("labeldp:epsilon=1")], []])
+    shared = build_defense("nopeek:alpha=1")
+    with pytest.raises(ValueError, match="own defense instances"):
+        BatchedSplitTrainer(models, x, y, seeds=[0, 1], defenses=[[shared], [shared]])
+
+
+def test_batched_defended_run_directories_match_runs_trained_alone(pool_dirs, tmp_path):
+    """Formal DP at two target epsilons and two seeds, trained with run_training_batched: each
+    directory's accounting (result.json's claim) is exactly that of the run trained alone, and
+    its weights and metrics agree as undefended batched runs do."""
+    specs = ["dp:mode=formal,mechanism=gaussian,target_epsilon=2,clip=2",
+             "dp:mode=formal,mechanism=gaussian,target_epsilon=8,clip=2"]
+    configs = [_config(pool_dirs, seed=s, defenses=[spec])
+               for s, spec in zip((1, 2), specs, strict=True)]
+    dirs = [tmp_path / f"b-{i}" for i in range(2)]
+    results = run_training_batched(configs, dirs, progress=False)
+    for i, (config, run_dir, result) in enumerate(zip(configs, dirs, results, strict=True)):
+        assert result["batched"] == 2
+        alone = run_training(config, tmp_path / f"alone-{i}", progress=False)
+        assert result["defenses"] == alone["defenses"]
+        assert result["defenses"][0]["train"]["releases_per_beat"] == 2
+        _assert_same_run(run_dir, tmp_path / f"alone-{i}")
+    eps = [r["defenses"][0]["epsilon"] for r in results]
+    assert eps == [pytest.approx(2.0, rel=1e-3), pytest.approx(8.0, rel=1e-3)]
+
+
+def test_batched_defended_checkpoint_resumes_alone(pool_dirs, tmp_path):
+    """A formal-DP run trained batched for 2 epochs, then asked for 3, resumes alone from the
+    batched checkpoint and accounts for its 3 releases as the run trained alone does."""
+    spec = "dp:mode=formal,mechanism=gaussian,noise_multiplier=2,clip=2"
+    configs = [_config(pool_dirs, seed=s, defenses=[spec]) for s in (1, 2)]
+    dirs = [tmp_path / "s1", tmp_path / "s2"]
+    run_training_batched(configs, dirs, progress=False)
+    longer = [_config(pool_dirs, seed=s, epochs=3, defenses=[spec]) for s in (1, 2)]
+    results = run_training_batched(longer, dirs, progress=False)
+    for config, run_dir, result in zip(longer, dirs, results, strict=True):
+        assert "batched" not in result  # resumed alone
+        alone = run_training(config, tmp_path / f"alone-{run_dir.name}", progress=False)
+        assert result["defenses"] == alone["defenses"]
+        assert result["defenses"][0]["train"]["releases_per_beat"] == 3
+        _assert_same_run(run_dir, tmp_path / f"alone-{run_dir.name}")
