@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from splitpriv.channel import Kind, Transcript
-from splitpriv.io import atomic_path, torch_threads, write_json
+from splitpriv.io import atomic_path, resolve_device, torch_threads, write_json
 
 #: Knowledge fields an attack may declare in ``uses``.
 KNOWLEDGE_FIELDS = ("aux", "depth", "client_state", "defenses")
@@ -195,6 +195,11 @@ class CommonConfig:
         threads: torch threads while the attack runs; the attacks loop over small tensors, where
             more threads mostly contend (one thread measured 5 to 20 times faster than two on a
             busy 2-core host). None leaves torch's setting.
+        device: torch device of the attack's own training and optimisation (the inversions'
+            decoders, ridge's SVD, the white-box and UnSplit optimisations; ``cuda`` or
+            ``cuda:N`` where the host has one, ``auto`` picks it when present). What the attack
+            reads and returns stays on the host, and its scoring runs there (numpy and C code);
+            the leakage measures and label attacks compute on the host whatever is given.
     """
 
     phase: str = "train"
@@ -202,6 +207,7 @@ class CommonConfig:
     max_victims: int | None = None
     seed: int = 0
     threads: int | None = 1
+    device: str = "cpu"
 
 
 @dataclass
@@ -233,6 +239,9 @@ class AttackBudget:
     """beats the inversions reconstruct"""
     reference_epochs: int = 0
     """epochs of the reference classifier of the inversion's diagnosis check (0: skip)"""
+    attack_device: str = "cpu"
+    """torch device of the inversions' training (decoders, ridge, optimisations): cpu, cuda,
+    cuda:N or auto; scoring stays on the host"""
 
 
 def _summary_value(summary: Mapping[str, Any] | None, path: Sequence[str]) -> float | str:
@@ -447,6 +456,21 @@ class Attack(ABC):
             raise TypeError(f"{type(self).__name__} takes a {self.Config.__name__}")
         if self.config.max_victims is not None and self.config.max_victims < 1:
             raise ValueError(f"max_victims must be >= 1, got {self.config.max_victims}")
+        if self.config.device != "auto":
+            try:
+                torch.device(self.config.device)
+            except (RuntimeError, ValueError):
+                raise ValueError(f"device: unknown device {self.config.device!r} (auto, cpu, "
+                                 "cuda, cuda:N)") from None
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the attack's own computations (``config.device``), checked to be here.
+
+        Raises:
+            ValueError: a CUDA device this machine does not have.
+        """
+        return resolve_device(self.config.device)
 
     def __call__(
         self,

@@ -25,14 +25,7 @@ from attacks.base import AttackResult
 from attacks.inversion import InversionAttack
 from attacks.labels import LabelAttack
 from attacks.registry import build_attack
-from attacks.runs import (
-    RunData,
-    config_summary,
-    knowledge_for,
-    load_run,
-    parse_aux,
-    weights_transcript,
-)
+from attacks.runs import SHARED, RunData, config_summary, knowledge_for
 from splitpriv.channel import Kind
 from splitpriv.io import torch_load, torch_save
 
@@ -58,7 +51,11 @@ def reference_classifier(run: RunData, phase: str, epochs: int, seed: int = 0) -
 def run_attack(
     name: str, run_dir: str | Path, aux: str | None = None, options: dict[str, Any] | None = None
 ) -> tuple[AttackResult, Path]:
-    """Run attack ``name`` on a run directory; save and return the result and its JSON path."""
+    """Run attack ``name`` on a run directory; save and return the result and its JSON path.
+
+    The run's data, its client's activations and its aux sets are computed once in a process
+    and shared by the attacks of the same run (``attacks.runs.SHARED``): the attacks a study
+    runs on one run (dcor, dtw, strongest) rebuild and query nothing twice."""
     options = dict(options or {})
     source = str(options.pop("source", "auto"))
     if source not in SOURCES:
@@ -66,17 +63,17 @@ def run_attack(
     ref_epochs = int(options.pop("reference_epochs", 5))
     attack = build_attack(name, options)
     cfg = attack.config
-    run = load_run(run_dir)
+    run = SHARED.load(run_dir)
 
     transcript, notes = run.transcript, []
     reads_activations = not isinstance(attack, LabelAttack)
     has_acts = any(k == Kind.ACTIVATIONS.value and p == cfg.phase for k, p, _ in transcript.keys())
     if reads_activations and (source == "weights" or (source == "auto" and not has_acts)):
-        transcript = weights_transcript(run, cfg.phase, seed=cfg.seed)
+        transcript = SHARED.weights_transcript(run, cfg.phase, seed=cfg.seed)
         notes.append(f"activations of phase {cfg.phase!r} recomputed from the final weights "
                      "(as the client sends them at inference), not read from a transcript")
 
-    aux_data = parse_aux(aux, run, phase=cfg.phase, seed=cfg.seed)
+    aux_data = SHARED.parse_aux(aux, run, phase=cfg.phase, seed=cfg.seed)
     classifier = None
     if isinstance(attack, InversionAttack) and ref_epochs > 0:
         classifier = reference_classifier(run, cfg.phase, ref_epochs, seed=cfg.seed)

@@ -25,6 +25,9 @@ def parse_grid(text: str, name: str) -> tuple[float, ...]:
     return values
 
 
+STACK_GRID = ("auto", "on", "off")
+
+
 @dataclass
 class DecoderConfig(InversionConfig):
     """Attributes:
@@ -34,6 +37,12 @@ class DecoderConfig(InversionConfig):
         lrs: Adam learning rates of the tuning grid (comma-separated).
         weight_decays: Adam weight decays (L2) of the tuning grid (comma-separated).
         width: channels of its hidden layers.
+        stack_grid: train the grid's decoders together as one network of grouped convolutions
+            (:class:`StackedInverseNets`: every grid point starts from the same weights and sees
+            the same minibatches, so one forward pass serves all) instead of one after another;
+            ``auto``: together on CUDA, where the small kernels are launch-bound, one after
+            another on the CPU, where they are compute-bound and grouped convolutions measured
+            slower. The same decoders up to float rounding (``on`` / ``off`` force it).
     """
 
     epochs: int = 60
@@ -42,11 +51,14 @@ class DecoderConfig(InversionConfig):
     lrs: str = "0.001,0.003"
     weight_decays: str = "0,0.0001"
     width: int = 64
+    stack_grid: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if min(self.epochs, self.patience, self.batch_size, self.width) < 1:
             raise ValueError("epochs, patience, batch_size and width must be >= 1")
+        if self.stack_grid not in STACK_GRID:
+            raise ValueError(f"stack_grid must be one of {STACK_GRID}, got {self.stack_grid!r}")
         if min(parse_grid(self.lrs, "lrs")) <= 0 or min(parse_grid(self.weight_decays,
                                                                    "weight_decays")) < 0:
             raise ValueError("lrs must be > 0 and weight_decays >= 0")
@@ -86,24 +98,35 @@ class InverseNet(nn.Module):
 
 @torch.no_grad()
 def decode(net: nn.Module, acts: torch.Tensor) -> torch.Tensor:
+    """``net`` applied to ``acts`` in chunks on the net's device; the result on ``acts``'s."""
     net.eval()
-    return torch.cat([net(chunk) for chunk in acts.split(4096)])
+    device = next(net.parameters()).device
+    return torch.cat([net(chunk.to(device)).to(acts.device) for chunk in acts.split(4096)])
+
+
+def new_decoder(a_fit: torch.Tensor, x_fit: torch.Tensor, cfg: DecoderConfig) -> InverseNet:
+    """An untrained decoder (from torch's global generator) standardising with the fit part's
+    statistics and starting at its mean beat."""
+    net = InverseNet(a_fit.shape[1], a_fit.shape[2], x_fit.shape[-1], cfg.width)
+    with torch.no_grad():
+        net.mean.copy_(a_fit.mean((0, 2), keepdim=True))
+        net.std.copy_(a_fit.std((0, 2), keepdim=True).clamp(min=1e-6))
+        net.mean_beat.copy_(x_fit.mean(0, keepdim=True))
+    return net
 
 
 def train_decoder(a_fit: torch.Tensor, x_fit: torch.Tensor, a_held: torch.Tensor,
-                  x_held: torch.Tensor, cfg: DecoderConfig, lr: float, weight_decay: float
-                  ) -> tuple[InverseNet, float, int]:
+                  x_held: torch.Tensor, cfg: DecoderConfig, lr: float, weight_decay: float,
+                  device: torch.device | str = "cpu") -> tuple[InverseNet, float, int]:
     """A decoder trained on (a_fit, x_fit) with held-out early stopping: the weights of the epoch
-    (0 = untrained, the mean beat) with the lowest MSE on (a_held, x_held). Returns the net, that
-    MSE and that epoch.
+    (0 = untrained, the mean beat) with the lowest MSE on (a_held, x_held). Returns the net (on
+    ``device``), that MSE and that epoch.
 
     Shape:
         a_fit: (M, C, L), x_fit: (M, 1, 128), a_held: (H, C, L), x_held: (H, 1, 128).
     """
-    net = InverseNet(a_fit.shape[1], a_fit.shape[2], x_fit.shape[-1], cfg.width)
-    net.mean.copy_(a_fit.mean((0, 2), keepdim=True))
-    net.std.copy_(a_fit.std((0, 2), keepdim=True).clamp(min=1e-6))
-    net.mean_beat.copy_(x_fit.mean(0, keepdim=True))
+    net = new_decoder(a_fit, x_fit, cfg).to(device)
+    a_fit, x_fit, a_held, x_held = (t.to(device) for t in (a_fit, x_fit, a_held, x_held))
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
 
@@ -114,6 +137,7 @@ def train_decoder(a_fit: torch.Tensor, x_fit: torch.Tensor, a_held: torch.Tensor
     for epoch in range(1, cfg.epochs + 1):
         net.train()
         for idx in torch.randperm(len(a_fit), generator=gen).split(cfg.batch_size):
+            idx = idx.to(device)
             loss = nn.functional.mse_loss(net(a_fit[idx]), x_fit[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -125,6 +149,111 @@ def train_decoder(a_fit: torch.Tensor, x_fit: torch.Tensor, a_held: torch.Tensor
             break
     net.load_state_dict(best_state)
     return net, best, best_epoch
+
+
+class StackedInverseNets(nn.Module):
+    """G :class:`InverseNet` s of one architecture and one standardisation as one network: each
+    convolution of the G members is one grouped convolution (member g's channels are group g),
+    the members' weights kept as their own parameters (concatenated at every forward pass, so
+    that each member keeps its own optimiser settings and its gradients only its own loss).
+
+    Shape:
+        (B, C, L) -> (B, G, out_len): member g's output is ``[:, g]``.
+    """
+
+    CONVS = (0, 3, 6, 8)  # the convolutions of ``InverseNet.layers``
+
+    def __init__(self, members: list[InverseNet]) -> None:
+        super().__init__()
+        first = members[0]
+        for m in members[1:]:
+            if not all(torch.equal(getattr(m, b), getattr(first, b))
+                       for b in ("mean", "std", "mean_beat")):
+                raise ValueError("stacked decoders must share their standardisation")
+        self.members = nn.ModuleList(members)
+        self.mid = first.layers[2].size
+        self.out_len = first.layers[5].size
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        first, g = self.members[0], len(self.members)
+        h = ((a - first.mean) / first.std).repeat(1, g, 1)  # (B, G*C, L)
+        for i, layer in enumerate(self.CONVS):
+            conv = first.layers[layer]
+            w = torch.cat([m.layers[layer].weight for m in self.members])
+            b = torch.cat([m.layers[layer].bias for m in self.members])
+            h = nn.functional.conv1d(h, w, b, padding=conv.padding, groups=g)
+            if i < 3:
+                h = nn.functional.leaky_relu(h)
+            if i == 0:
+                h = nn.functional.interpolate(h, size=self.mid)
+            elif i == 1:
+                h = nn.functional.interpolate(h, size=self.out_len)
+        return first.mean_beat + h  # (1, 1, out_len) + (B, G, out_len)
+
+
+def train_decoders(a_fit: torch.Tensor, x_fit: torch.Tensor, a_held: torch.Tensor,
+                   x_held: torch.Tensor, cfg: DecoderConfig, grid: list[tuple[float, float]],
+                   device: torch.device | str = "cpu") -> list[tuple[InverseNet, float, int]]:
+    """:func:`train_decoder` for every (lr, weight decay) of ``grid``, trained together.
+
+    Sequentially, every grid point starts from the same weights (torch's generator seeded with
+    ``cfg.seed``) and draws the same minibatches (its own generator, the same seed); here one
+    :class:`StackedInverseNets` of the grid's members is trained on those minibatches, the loss
+    the sum of the members' own MSEs (each member's gradient is its own), one AdamW parameter
+    group per member. Each member keeps its own held-out early stopping: its best epoch's
+    weights, and it is frozen once its patience runs out; training stops when every member has
+    stopped. Returns (net, held-out MSE, epoch) per grid point, in grid order: the decoders of
+    :func:`train_decoder` up to float rounding.
+    """
+    members = []
+    for _ in grid:
+        torch.manual_seed(cfg.seed)
+        members.append(new_decoder(a_fit, x_fit, cfg))
+    stacked = StackedInverseNets(members).to(device)
+    a_fit, x_fit, a_held, x_held = (t.to(device) for t in (a_fit, x_fit, a_held, x_held))
+    opt = torch.optim.AdamW([{"params": list(m.parameters()), "lr": lr, "weight_decay": wd}
+                             for m, (lr, wd) in zip(stacked.members, grid, strict=True)])
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    @torch.no_grad()
+    def held_mse() -> list[float]:
+        stacked.eval()
+        out = torch.cat([stacked(chunk) for chunk in a_held.split(4096)])  # (H, G, out_len)
+        return ((out - x_held) ** 2).mean((0, 2)).tolist()
+
+    best = held_mse()
+    best_epoch = [0] * len(grid)
+    best_state = [copy.deepcopy(m.state_dict()) for m in stacked.members]
+    active = [True] * len(grid)
+    for epoch in range(1, cfg.epochs + 1):
+        stacked.train()
+        for idx in torch.randperm(len(a_fit), generator=gen).split(cfg.batch_size):
+            idx = idx.to(device)
+            out = stacked(a_fit[idx])  # (B, G, out_len)
+            loss = ((out - x_fit[idx]) ** 2).mean((0, 2)).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for m, on in zip(stacked.members, active, strict=True):
+                if not on:  # stopped: AdamW skips parameters without a gradient
+                    for p in m.parameters():
+                        p.grad = None
+            opt.step()
+        mse = held_mse()
+        for g, m in enumerate(stacked.members):
+            if not active[g]:
+                continue
+            if mse[g] < best[g]:
+                best[g], best_epoch[g], best_state[g] = mse[g], epoch, copy.deepcopy(
+                    m.state_dict())
+            elif epoch - best_epoch[g] >= cfg.patience:
+                active[g] = False
+        if not any(active):
+            break
+    out = []
+    for g, m in enumerate(stacked.members):
+        m.load_state_dict(best_state[g])
+        out.append((m, best[g], best_epoch[g]))
+    return out
 
 
 @register("decoder")
@@ -168,19 +297,27 @@ class DecoderInversion(InversionAttack):
             len(held), -1, -1), x_aux[held]))
         self.tuning = {"heldout_beats": len(held), "heldout_mse_mean_beat": mean_mse,
                        "grid": []}
+        grid, device = cfg.grid(), self.device
+        parts = (a_aux[fit], x_aux[fit], a_aux[held], x_aux[held])
+        stack = cfg.stack_grid == "on" or (cfg.stack_grid == "auto" and device.type == "cuda")
+        if stack and len(grid) > 1:
+            trained = train_decoders(*parts, cfg, grid, device)
+        else:
+            trained = []
+            for lr, wd in grid:
+                torch.manual_seed(cfg.seed)
+                trained.append(train_decoder(*parts, cfg, lr, wd, device))
         best = None
-        for lr, wd in cfg.grid():
-            torch.manual_seed(cfg.seed)
-            net, mse, epoch = train_decoder(a_aux[fit], x_aux[fit], a_aux[held], x_aux[held],
-                                            cfg, lr, wd)
+        for (lr, wd), (net, mse, epoch) in zip(grid, trained, strict=True):
             self.tuning["grid"].append({"lr": lr, "weight_decay": wd, "heldout_mse": mse,
                                         "best_epoch": epoch})
             if best is None or mse < best[1]:
                 best = (net, mse, lr, wd, epoch)
         net, mse, lr, wd, epoch = best
         self.tuning |= {"chosen": {"lr": lr, "weight_decay": wd, "best_epoch": epoch},
-                        "heldout_mse": mse}
-        return decode(net, acts)
+                        "heldout_mse": mse, "grid_trained": "together" if stack and len(grid) > 1
+                        else "one after another"}
+        return decode(net, acts.cpu()).cpu()
 
     def notes(self, knowledge: Knowledge) -> list[str]:
         t = self.tuning

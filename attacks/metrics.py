@@ -122,6 +122,127 @@ def wilson_interval(successes: float, n: int, z: float = 1.959963984540054) -> t
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+#: the candidate counts of the reported linkage
+LINKAGE_KS = (10, 100)
+LINKAGE_KEYS = ("accuracy", "ci_low", "ci_high", "chance", "advantage")
+
+
+def _rows(t: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(N, ...) tensor or array -> (N, D) float64 array on the host."""
+    t = torch.as_tensor(t).detach()
+    return np.asarray(t.double().cpu().reshape(len(t), -1))
+
+
+class LinkageScorer:
+    """The linkage of any number of reconstructions of the same victims (:func:`linkage`,
+    :func:`linkage_report`), their candidates drawn once.
+
+    The candidates depend on the victims' beats, their classes, the pool, ``k``, the seed and
+    whether beats are z-normalised, never on the reconstructions: each (k, normalise) is drawn
+    once, with the same random stream as :func:`linkage` (a fresh ``default_rng(seed)`` per
+    (k, normalise)), and every reconstruction scored against those draws in one vectorised
+    pass. The results are those of one :func:`linkage` call per reconstruction, bit for bit.
+
+    Shape:
+        x: (N, L) or (N, 1, L); y: (N,); pool_x: (M, L) or (M, 1, L), pool_y: (M,).
+    """
+
+    #: victims per chunk of the vectorised distances ((chunk, k, L) float64 at once)
+    CHUNK = 128
+
+    def __init__(
+        self,
+        x: torch.Tensor | np.ndarray,
+        y: torch.Tensor | np.ndarray,
+        *,
+        pool_x: torch.Tensor | np.ndarray | None = None,
+        pool_y: torch.Tensor | np.ndarray | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.x = _rows(x)
+        self.y = np.asarray(torch.as_tensor(y).cpu()).astype(np.int64)
+        if len(self.y) != len(self.x):
+            raise ValueError(f"linkage: beats {self.x.shape} and labels {self.y.shape} do not "
+                             "match")
+        self.px = self.x if pool_x is None else _rows(pool_x)
+        self.py = (self.y if pool_y is None
+                   else np.asarray(torch.as_tensor(pool_y).cpu()).astype(np.int64))
+        self.seed = seed
+        self._normalised: tuple[np.ndarray, np.ndarray] | None = None
+        self._draws: dict[tuple[int, bool], tuple[np.ndarray, np.ndarray]] = {}
+
+    def _beats(self, normalise: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(victims' beats, pool), z-normalised with ``normalise``."""
+        if not normalise:
+            return self.x, self.px
+        if self._normalised is None:
+            self._normalised = (znorm(self.x), znorm(self.px))
+        return self._normalised
+
+    def draws(self, k: int, normalise: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate rows of the pool (N, k') (k' = min(k, the largest class), -1 where a
+        victim's class has fewer) and their validity mask (N, k')."""
+        if k < 1:
+            raise ValueError(f"linkage: k must be >= 1, got {k}")
+        key = (k, normalise)
+        if key not in self._draws:
+            x, px = self._beats(normalise)
+            rng = np.random.default_rng(self.seed)
+            members = {c: np.flatnonzero(self.py == c) for c in np.unique(self.py)}
+            first = {c: px[rows, 0] for c, rows in members.items()}  # (M_c,) per class
+            none, no_first = np.empty(0, dtype=np.int64), np.empty(0)
+            width = min(k, max((len(m) for m in members.values()), default=0))
+            cand = np.full((len(x), width), -1, dtype=np.int64)
+            for i in range(len(x)):
+                rows = members.get(self.y[i], none)
+                same = first.get(self.y[i], no_first) == x[i, 0]  # cheap first test; whole
+                if same.any():  # rows only where it holds
+                    same[same] = np.all(px[rows[same]] == x[i], axis=1)
+                others = rows[~same]  # not the victim's own beat
+                pick = (others if len(others) <= k
+                        else others[rng.choice(len(others), k, replace=False)])
+                cand[i, :len(pick)] = pick
+            self._draws[key] = (cand, cand >= 0)
+        return self._draws[key]
+
+    def linkage(self, x_hat: torch.Tensor | np.ndarray, *, k: int,
+                normalise: bool = False) -> dict[str, float]:
+        """:func:`linkage` of reconstructions ``x_hat`` (N, L) or (N, 1, L)."""
+        x_hat = _rows(x_hat)
+        if x_hat.shape != self.x.shape:
+            raise ValueError(f"linkage: beats {self.x.shape}, reconstructions {x_hat.shape} and "
+                             f"labels {self.y.shape} do not match")
+        cand, valid = self.draws(k, normalise)
+        x, px = self._beats(normalise)
+        if normalise:
+            x_hat = znorm(x_hat)
+        n = len(x)
+        hits = np.zeros(n)
+        for lo in range(0, n, self.CHUNK):
+            sl = slice(lo, lo + self.CHUNK)
+            d_own = np.mean((x_hat[sl] - x[sl]) ** 2, axis=-1)  # (c,)
+            d = np.mean((px[np.maximum(cand[sl], 0)] - x_hat[sl, None, :]) ** 2, axis=-1)
+            closer = ((d < d_own[:, None]) & valid[sl]).sum(1)  # (c,)
+            tied = ((d == d_own[:, None]) & valid[sl]).sum(1)
+            hits[sl] = np.where(closer > 0, 0.0, 1.0 / (1 + tied))
+        chance = 1.0 / (valid.sum(1) + 1)
+        acc, ch = float(hits.mean()), float(chance.mean())
+        lo_ci, hi_ci = wilson_interval(float(hits.sum()), n)
+        return {"accuracy": acc, "ci_low": lo_ci, "ci_high": hi_ci, "chance": ch,
+                "advantage": (acc - ch) / (1 - ch) if ch < 1 else math.nan, "k": k, "n": n}
+
+    def report(self, x_hat: torch.Tensor | np.ndarray, ks: tuple[int, ...] = LINKAGE_KS
+               ) -> dict[str, dict[str, dict[str, float]]]:
+        """:func:`linkage_report` of reconstructions ``x_hat``."""
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for key, normalise in (("linkage", False), ("linkage_znorm", True)):
+            out[key] = {}
+            for k in ks:
+                r = self.linkage(x_hat, k=k, normalise=normalise)
+                out[key][f"k{k}"] = {name: r[name] for name in LINKAGE_KEYS} | {"n": r["n"]}
+        return out
+
+
 def linkage(
     x: torch.Tensor | np.ndarray,
     x_hat: torch.Tensor | np.ndarray,
@@ -141,7 +262,8 @@ def linkage(
     victim is re-identified when its reconstruction is nearer (MSE; with ``normalise``, after
     per-beat z-normalisation) to ``x[i]`` than to every candidate; a tie at the minimum counts as
     the expected success of a random choice among the tied. A class with fewer than ``k`` other
-    beats uses all of them, and the chance level is averaged accordingly.
+    beats uses all of them, and the chance level is averaged accordingly. (Several
+    reconstructions of the same victims: :class:`LinkageScorer` draws the candidates once.)
 
     Shape:
         x, x_hat: (N, L) or (N, 1, L); y: (N,). pool_x: (M, L) or (M, 1, L), pool_y: (M,).
@@ -150,44 +272,13 @@ def linkage(
         ``accuracy`` (top-1 rate), ``ci_low``/``ci_high`` (Wilson 95%), ``chance`` (the mean of
         1 / (k_i + 1)), ``advantage`` = (accuracy - chance) / (1 - chance), ``k`` and ``n``.
     """
-    x = np.asarray(torch.as_tensor(x).double().reshape(len(x), -1))
-    x_hat = np.asarray(torch.as_tensor(x_hat).double().reshape(len(x_hat), -1))
-    y = np.asarray(torch.as_tensor(y)).astype(np.int64)
-    if x.shape != x_hat.shape or len(y) != len(x):
-        raise ValueError(f"linkage: beats {x.shape}, reconstructions {x_hat.shape} and labels "
-                         f"{y.shape} do not match")
+    if len(x_hat) != len(x) or len(y) != len(x):
+        raise ValueError(f"linkage: beats {tuple(np.shape(x))}, reconstructions "
+                         f"{tuple(np.shape(x_hat))} and labels {tuple(np.shape(y))} do not match")
     if k < 1:
         raise ValueError(f"linkage: k must be >= 1, got {k}")
-    px = x if pool_x is None else np.asarray(torch.as_tensor(pool_x).double().reshape(
-        len(pool_x), -1))
-    py = y if pool_y is None else np.asarray(torch.as_tensor(pool_y)).astype(np.int64)
-    if normalise:
-        x, x_hat, px = znorm(x), znorm(x_hat), znorm(px)
-    rng = np.random.default_rng(seed)
-    by_class = {c: px[py == c] for c in np.unique(py)}  # class -> (M_c, L) beats
-    empty = np.empty((0, px.shape[1]))
-    hits, chance = np.zeros(len(x)), np.zeros(len(x))
-    for i in range(len(x)):
-        members = by_class.get(y[i], empty)
-        same = members[:, 0] == x[i, 0]  # cheap first test; the whole row only where it holds
-        same[same] = np.all(members[same] == x[i], axis=1)
-        others = members[~same]  # not the victim's own beat
-        cand = others if len(others) <= k else others[rng.choice(len(others), k, replace=False)]
-        d_own = np.mean((x_hat[i] - x[i]) ** 2)
-        d = np.mean((cand - x_hat[i]) ** 2, axis=1)  # (k_i,)
-        closer, tied = int((d < d_own).sum()), int((d == d_own).sum())
-        hits[i] = 0.0 if closer else 1.0 / (1 + tied)
-        chance[i] = 1.0 / (len(cand) + 1)
-    n = len(x)
-    acc, ch = float(hits.mean()), float(chance.mean())
-    lo, hi = wilson_interval(float(hits.sum()), n)
-    return {"accuracy": acc, "ci_low": lo, "ci_high": hi, "chance": ch,
-            "advantage": (acc - ch) / (1 - ch) if ch < 1 else math.nan, "k": k, "n": n}
-
-
-#: the candidate counts of the reported linkage
-LINKAGE_KS = (10, 100)
-LINKAGE_KEYS = ("accuracy", "ci_low", "ci_high", "chance", "advantage")
+    scorer = LinkageScorer(x, y, pool_x=pool_x, pool_y=pool_y, seed=seed)
+    return scorer.linkage(x_hat, k=k, normalise=normalise)
 
 
 def linkage_report(
@@ -208,11 +299,4 @@ def linkage_report(
     Shape:
         x, x_hat: (N, L) or (N, 1, L); y: (N,); pool_x: (M, L) or (M, 1, L), pool_y: (M,).
     """
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for key, normalise in (("linkage", False), ("linkage_znorm", True)):
-        out[key] = {}
-        for k in ks:
-            r = linkage(x, x_hat, y, k=k, pool_x=pool_x, pool_y=pool_y, normalise=normalise,
-                        seed=seed)
-            out[key][f"k{k}"] = {name: r[name] for name in LINKAGE_KEYS} | {"n": r["n"]}
-    return out
+    return LinkageScorer(x, y, pool_x=pool_x, pool_y=pool_y, seed=seed).report(x_hat, ks)

@@ -32,11 +32,13 @@ class RidgeMap:
     penalty of a grid from one SVD of the standardised activations.
 
     Shape:
-        a: (M, D) activations, x: (M, P) beats; predict (N, D) -> (N, P).
+        a: (M, D) activations, x: (M, P) beats; predict (N, D) -> (N, P), on ``device``.
     """
 
-    def __init__(self, a: torch.Tensor, x: torch.Tensor) -> None:
-        a, x = a.double(), x.double()
+    def __init__(self, a: torch.Tensor, x: torch.Tensor,
+                 device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        a, x = a.to(self.device, torch.float64), x.to(self.device, torch.float64)
         self.mu_a, self.sd_a = a.mean(0), a.std(0).clamp(min=1e-8)
         self.mu_x = x.mean(0)
         z = (a - self.mu_a) / self.sd_a
@@ -50,7 +52,7 @@ class RidgeMap:
         return self.vt.T @ (shrink[:, None] * self.uty)
 
     def predict(self, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return self.mu_x + ((a.double() - self.mu_a) / self.sd_a) @ w
+        return self.mu_x + ((a.to(self.device, torch.float64) - self.mu_a) / self.sd_a) @ w
 
 
 @register("ridge")
@@ -82,20 +84,21 @@ class RidgeInversion(InversionAttack):
         a = a_aux.reshape(len(a_aux), -1)
         x = knowledge.aux.x.reshape(len(a), -1)
         fit, held = split_aux(len(a), cfg.holdout, cfg.seed)
-        part = RidgeMap(a[fit], x[fit])
+        device = self.device
+        part = RidgeMap(a[fit], x[fit], device)
+        x_held = x[held].to(device, torch.float64)
         grid = []
         for lam in parse_grid(cfg.lambdas, "lambdas"):
             pred = part.predict(a[held], part.weights(lam))
-            grid.append({"lambda": lam, "heldout_mse": float(((pred - x[held].double()) ** 2)
-                                                             .mean())})
+            grid.append({"lambda": lam, "heldout_mse": float(((pred - x_held) ** 2).mean())})
         chosen = min(grid, key=lambda g: g["heldout_mse"])
         self.tuning = {"heldout_beats": len(held), "grid": grid, "chosen": chosen,
                        "heldout_mse": chosen["heldout_mse"],
                        "heldout_mse_mean_beat": float(((x[fit].double().mean(0) -
                                                         x[held].double()) ** 2).mean())}
-        full = RidgeMap(a, x)
+        full = RidgeMap(a, x, device)
         out = full.predict(acts.reshape(len(acts), -1), full.weights(chosen["lambda"]))
-        return out.float().reshape(len(acts), 1, beat_length)
+        return out.float().cpu().reshape(len(acts), 1, beat_length)
 
     def notes(self, knowledge):
         t = self.tuning

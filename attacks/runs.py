@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,6 +243,83 @@ def knowledge_for(run: RunData, aux: AuxData | None) -> Knowledge:
         build_client=(functools.partial(ClientNet, run.config.depth, run.config.cut_channels)
                       if run.config.cut_channels is not None else None),
     )
+
+
+class SharedRun:
+    """The run last attacked in this process, loaded once for all its attacks: its data
+    (:func:`load_run`), the activations its client sends for each phase (:func:`weights_transcript`,
+    the victims' activations of every attack that recomputes them) and its aux sets
+    (:func:`parse_aux`, the client queried once for a ``records:`` set).
+
+    A run is kept while its files are the same (path, and size and modification time of
+    config.json, weights.pt, transcript.npz and result.json) and the local data sources
+    (``$SPLITPRIV_MITDB``, ``$SPLITPRIV_CACHE``) too; another run replaces it. Everything handed
+    out is the object computed first (attacks read their inputs, never write them), so that an
+    attack gets what it would have computed itself: the same tensors, bit for bit.
+    """
+
+    FILES = ("config.json", "weights.pt", "transcript.npz", "result.json")
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.run: RunData | None = None
+        self.transcripts: dict[tuple[str, int], Transcript] = {}
+        self.aux: dict[tuple[str, str, int], AuxData | None] = {}
+        self.hits = 0
+
+    def _key(self, run_dir: str | Path) -> tuple:
+        path = Path(run_dir).resolve()
+        stats = []
+        for name in self.FILES:
+            try:
+                st = (path / name).stat()
+                stats.append((name, st.st_size, st.st_mtime_ns))
+            except FileNotFoundError:
+                stats.append((name, None, None))
+        env = tuple(os.environ.get(v) for v in ("SPLITPRIV_MITDB", "SPLITPRIV_CACHE"))
+        return (str(path), tuple(stats), env)
+
+    def load(self, run_dir: str | Path) -> RunData:
+        """:func:`load_run` of ``run_dir``, kept for its next attacks."""
+        key = self._key(run_dir)
+        if key != self.key or self.run is None:
+            self.clear()
+            self.run = load_run(run_dir)  # raises for an unfinished run: nothing is kept
+            self.key = key
+        else:
+            self.hits += 1
+        return self.run
+
+    def weights_transcript(self, run: RunData, phase: str, *, seed: int = 0) -> Transcript:
+        """:func:`weights_transcript` of the kept run, computed once per (phase, seed)."""
+        if run is not self.run:
+            return weights_transcript(run, phase, seed=seed)
+        if (phase, seed) not in self.transcripts:
+            self.transcripts[(phase, seed)] = weights_transcript(run, phase, seed=seed)
+        else:
+            self.hits += 1
+        return self.transcripts[(phase, seed)]
+
+    def parse_aux(self, spec: str | None, run: RunData, *, phase: str,
+                  seed: int = 0) -> AuxData | None:
+        """:func:`parse_aux` on the kept run, computed once per (spec, phase, seed)."""
+        if run is not self.run:
+            return parse_aux(spec, run, phase=phase, seed=seed)
+        key = (str(spec), phase, seed)
+        if key not in self.aux:
+            self.aux[key] = parse_aux(spec, run, phase=phase, seed=seed)
+        else:
+            self.hits += 1
+        return self.aux[key]
+
+    def clear(self) -> None:
+        self.key, self.run, self.hits = None, None, 0
+        self.transcripts.clear()
+        self.aux.clear()
+
+
+#: the run the attacks of this process share (``attacks.cli.run_attack``)
+SHARED = SharedRun()
 
 
 def config_summary(run: RunData) -> dict:

@@ -19,10 +19,9 @@ from attacks.inversion import (
     class_mean_beats,
     known_labels,
     predicted_labels,
-    score_reconstructions,
     split_aux,
 )
-from attacks.metrics import linkage
+from attacks.metrics import LinkageScorer
 from attacks.registry import build_attack, register
 
 
@@ -64,7 +63,7 @@ class StrongestConfig(InversionConfig):
                "whitebox": {"steps": self.whitebox_steps},
                "unsplit": {"rounds": self.unsplit_rounds, "max_victims": None}}
         return {"seed": self.seed, "threads": self.threads, "holdout": self.holdout,
-                **own.get(name, {})}
+                "device": self.device, **own.get(name, {})}
 
 
 def candidate_attacks(cfg: StrongestConfig) -> dict[str, InversionAttack]:
@@ -129,6 +128,9 @@ class StrongestInversion(InversionAttack):
         k_fit = dataclasses.replace(knowledge, aux=aux_subset(aux, fit, a_aux, "fit part"))
         both = torch.cat([a_aux[held], acts])  # one fit reconstructs held-out beats and victims
         x_held, y_held = aux.x[held], aux.y[held]
+        # every candidate's held-out linkage against the same candidates, drawn once
+        self.heldout_scorer = LinkageScorer(x_held, y_held, pool_x=aux.x, pool_y=aux.y,
+                                            seed=cfg.seed)
         self.results: dict[str, dict[str, Any]] = {}
         for name, attack in self.candidates.items():
             torch.manual_seed(cfg.seed)
@@ -148,10 +150,9 @@ class StrongestInversion(InversionAttack):
              aux: Any, notes: list[str], tuning: Any) -> None:
         """Score candidate ``name``'s reconstructions (held-out aux beats first, then victims)."""
         cfg: StrongestConfig = self.config  # type: ignore[assignment]
-        rec = rec.detach().float()
+        rec = rec.detach().float().cpu()
         held_rec = rec[: len(x_held)]
-        link = linkage(x_held, held_rec, y_held, k=cfg.select_k, pool_x=aux.x, pool_y=aux.y,
-                       seed=cfg.seed)
+        link = self.heldout_scorer.linkage(held_rec, k=cfg.select_k)
         self.results[name] = {
             "heldout": {"mse": float(((held_rec - x_held) ** 2).mean()),
                         f"linkage_k{cfg.select_k}": link},
@@ -200,7 +201,7 @@ class StrongestInversion(InversionAttack):
         cfg: StrongestConfig = self.config  # type: ignore[assignment]
         candidates = {}
         for name, r in self.results.items():
-            scored, _ = score_reconstructions(r["victims_reconstruction"], obs, truth, cfg.seed)
+            scored, _ = self.score(r["victims_reconstruction"], obs, truth)
             candidates[name] = {
                 "heldout": r["heldout"], "tuning": r["tuning"],
                 "victims": {"pearson_median": scored["metrics"]["pearson"]["median"],

@@ -63,8 +63,10 @@ class UnSplit(InversionAttack):
     def reconstruct(self, acts, knowledge, transcript, *, beat_length):
         cfg: UnsplitConfig = self.config  # type: ignore[assignment]
         torch.manual_seed(cfg.seed)
-        surrogate = knowledge.client()
-        x = start_beats(len(acts), beat_length, cfg)
+        device = self.device
+        surrogate = knowledge.client().to(device)  # initialised on the host: the same weights
+        acts = acts.to(device)
+        x = start_beats(len(acts), beat_length, cfg, device)
         opt_x = torch.optim.Adam([x], lr=cfg.lr)
         opt_m = torch.optim.Adam(surrogate.parameters(), lr=cfg.model_lr)
         for _ in range(cfg.rounds):
@@ -85,7 +87,7 @@ class UnSplit(InversionAttack):
                 opt_m.step()
         with torch.no_grad():
             self.final_mismatch = float(((surrogate(x) - acts) ** 2).mean())
-        return x.detach()
+        return x.detach().cpu()
 
     def notes(self, knowledge):
         return [f"final activation mismatch of the surrogate (MSE): {self.final_mismatch:.3g}"]

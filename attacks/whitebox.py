@@ -55,8 +55,10 @@ class WhiteboxInversion(InversionAttack):
 
     def reconstruct(self, acts, knowledge, transcript, *, beat_length):
         cfg: WhiteboxConfig = self.config  # type: ignore[assignment]
-        net = client_from_state(knowledge)
-        x = start_beats(len(acts), beat_length, cfg)
+        device = self.device
+        net = client_from_state(knowledge).to(device)
+        acts = acts.to(device)
+        x = start_beats(len(acts), beat_length, cfg, device)
         opt = torch.optim.Adam([x], lr=cfg.lr)
         for _ in range(cfg.steps):
             loss = activation_loss(net, x, acts, cfg.tv)
@@ -65,7 +67,7 @@ class WhiteboxInversion(InversionAttack):
             opt.step()
             with torch.no_grad():
                 clamp_(x, cfg.lower, cfg.upper)
-        return x.detach()
+        return x.detach().cpu()
 
 
 def client_from_state(knowledge) -> torch.nn.Module:

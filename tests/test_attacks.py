@@ -600,3 +600,122 @@ def test_cli_strongest_writes_its_result(ushape_run_dir):
         assert {"accuracy", "ci_low", "ci_high", "chance", "advantage"} <= set(s["linkage"][k])
     assert set(s["baselines"]) == {"mean_beat", "class_mean"}
     assert "predicted" in s["baselines"]["class_mean"]["source"]  # U-shape: no labels cross
+
+
+# ---- the same attacks for less time (issue 16): shared and batched paths -------------------------
+
+
+def test_decoders_trained_together_equal_decoders_trained_one_after_another(linear_client):
+    # the grid's decoders start from the same weights and see the same minibatches: trained as
+    # one stacked network (grouped convolutions, one AdamW group each, each member early-stopped
+    # on its own) they are the sequential ones up to float rounding; patience 2 of 6 epochs lets
+    # members stop at different epochs (narrow decoders: the test is about the bookkeeping)
+    from attacks.decoder import DecoderConfig, decode, train_decoder, train_decoders
+    from attacks.inversion import split_aux
+
+    _, knowledge, _ = linear_client
+    aux = knowledge.aux
+    a = linear_client[0].get("activations")[1][aux.ids].float()
+    fit, held = split_aux(len(a), 0.2, 0)
+    cfg = DecoderConfig(epochs=6, patience=2, lrs="0.001,0.05", weight_decays="0,0.01",
+                        width=16)
+    parts = (a[fit], aux.x[fit], a[held], aux.x[held])
+    together = train_decoders(*parts, cfg, cfg.grid())
+    for (lr, wd), (net, mse, epoch) in zip(cfg.grid(), together, strict=True):
+        torch.manual_seed(cfg.seed)
+        ref_net, ref_mse, ref_epoch = train_decoder(*parts, cfg, lr, wd)
+        assert epoch == ref_epoch, (lr, wd)
+        assert mse == pytest.approx(ref_mse, rel=1e-4, abs=1e-7), (lr, wd)
+        torch.testing.assert_close(decode(net, a), decode(ref_net, a), rtol=1e-4, atol=1e-5)
+    epochs = {e for _, _, e in together}
+    assert len(epochs) > 1  # members stopped at different epochs: each kept its own best
+    # the attack: the same chosen grid point and reconstructions either way
+    transcript, knowledge, truth = linear_client
+    opts = {"epochs": "2", "max_victims": "60", "width": "16"}
+    off = build_attack("decoder", {**opts, "stack_grid": "off"})(transcript, knowledge, truth)
+    on = build_attack("decoder", {**opts, "stack_grid": "on"})(transcript, knowledge, truth)
+    assert on.summary["tuning"]["grid_trained"] == "together"
+    assert off.summary["tuning"]["grid_trained"] == "one after another"
+    assert on.summary["tuning"]["chosen"] == off.summary["tuning"]["chosen"]
+    np.testing.assert_allclose(on.scores["reconstructions"], off.scores["reconstructions"],
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="stack_grid"):
+        build_attack("decoder", {"stack_grid": "sometimes"})
+
+
+def test_shared_scoring_equals_scoring_every_reconstruction_afresh(linear_client, monkeypatch):
+    # strongest scores every candidate, the winner again and the priors on the same victims: one
+    # linkage scorer (candidates drawn once) and no reconstruction scored twice give the summary
+    # that scoring each afresh gives, number for number
+    from attacks.inversion import InversionAttack, score_reconstructions
+
+    transcript, knowledge, truth = linear_client
+    y = truth.y
+    vanilla = _transcript(activations=transcript.get("activations"),
+                          labels=(torch.arange(len(y)), y))
+    opts = {"candidates": "ridge,decoder", "decoder_epochs": "2", "max_victims": "120"}
+    for t in (transcript, vanilla):  # classes predicted (U-shape), labels in the clear
+        shared = build_attack("strongest", opts)(t, knowledge, truth)
+        with monkeypatch.context() as m:
+            m.setattr(InversionAttack, "score", lambda self, x_hat, obs, truth:
+                      score_reconstructions(x_hat, obs, truth, self.config.seed))
+            fresh = build_attack("strongest", opts)(t, knowledge, truth)
+        assert shared.summary == fresh.summary
+        for k, v in fresh.scores.items():
+            np.testing.assert_array_equal(shared.scores[k], v)
+
+
+def test_attacks_of_one_run_share_its_data_and_activations(ushape_run_dir):
+    # the second attack of a run reuses the loaded run, the client's activations and the aux set
+    # (attacks.runs.SHARED); the results are those of an attack that computed them itself, and a
+    # rewritten weights file is a new run
+    import os
+
+    from attacks.cli import run_attack
+    from attacks.runs import SHARED
+
+    opts = {"decoder_epochs": "1", "max_victims": "30", "reference_epochs": "0",
+            "source": "weights"}
+    SHARED.clear()
+    first, _ = run_attack("strongest", ushape_run_dir, "train:0.2", dict(opts))
+    assert SHARED.hits == 0 and SHARED.run is not None
+    again, _ = run_attack("strongest", ushape_run_dir, "train:0.2", dict(opts))
+    assert SHARED.hits == 3  # run, activations and aux set reused
+    SHARED.clear()
+    fresh, _ = run_attack("strongest", ushape_run_dir, "train:0.2", dict(opts))
+    for r in (again, fresh):
+        assert {k: v for k, v in r.summary.items() if k != "run"} == {
+            k: v for k, v in first.summary.items() if k != "run"}
+        for k, v in first.scores.items():
+            np.testing.assert_array_equal(r.scores[k], v)
+    weights = ushape_run_dir / "weights.pt"
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    kept = SHARED.run
+    run_attack("dcor", ushape_run_dir, None, {"max_victims": "50", "batch_size": "20",
+                                               "n_batches": "2", "source": "weights"})
+    assert SHARED.run is not kept and SHARED.hits == 0
+    SHARED.clear()
+
+
+def test_attacks_honour_their_device(linear_client):
+    # every inversion trains on config.device and hands back host tensors; an unknown device is
+    # refused when built, a CUDA device this host lacks when run; with CUDA here, the decoder,
+    # ridge and the white-box attack agree with their CPU runs
+    transcript, knowledge, truth = linear_client
+    with pytest.raises(ValueError, match="unknown device"):
+        build_attack("decoder", {"device": "tpu"})
+    assert build_attack("ridge", {"device": "auto"}).device.type in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            build_attack("ridge", {"device": "cuda"})(transcript, knowledge, truth)
+        return
+    for name, opts in (("ridge", {}), ("decoder", {"epochs": "2"}),
+                       ("whitebox", {"steps": "20"}), ("unsplit", {"rounds": "2"}),
+                       ("strongest", {"decoder_epochs": "2"})):
+        base = {**opts, "max_victims": "40"}
+        cpu = build_attack(name, base)(transcript, knowledge, truth)
+        gpu = build_attack(name, {**base, "device": "cuda"})(transcript, knowledge, truth)
+        assert gpu.config["device"] == "cuda"
+        np.testing.assert_allclose(gpu.scores["reconstructions"], cpu.scores["reconstructions"],
+                                   rtol=1e-3, atol=1e-3, err_msg=name)

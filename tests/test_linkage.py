@@ -90,3 +90,73 @@ def test_report_layout_and_the_class_mean_prior_links_at_chance(beats):
             assert {"accuracy", "ci_low", "ci_high", "chance", "advantage"} <= set(link)
             sd = math.sqrt(link["chance"] * (1 - link["chance"]) / link["n"])
             assert abs(link["accuracy"] - link["chance"]) < 4 * sd
+
+
+def _linkage_loop(x, x_hat, y, *, k, pool_x=None, pool_y=None, normalise=False, seed=0):
+    """The original one-victim-at-a-time linkage, the reference of the vectorised one."""
+    from attacks.measures import znorm
+    from attacks.metrics import wilson_interval
+
+    x = np.asarray(torch.as_tensor(x).double().reshape(len(x), -1))
+    x_hat = np.asarray(torch.as_tensor(x_hat).double().reshape(len(x_hat), -1))
+    y = np.asarray(torch.as_tensor(y)).astype(np.int64)
+    px = x if pool_x is None else np.asarray(torch.as_tensor(pool_x).double().reshape(
+        len(pool_x), -1))
+    py = y if pool_y is None else np.asarray(torch.as_tensor(pool_y)).astype(np.int64)
+    if normalise:
+        x, x_hat, px = znorm(x), znorm(x_hat), znorm(px)
+    rng = np.random.default_rng(seed)
+    by_class = {c: px[py == c] for c in np.unique(py)}
+    empty = np.empty((0, px.shape[1]))
+    hits, chance = np.zeros(len(x)), np.zeros(len(x))
+    for i in range(len(x)):
+        members = by_class.get(y[i], empty)
+        same = members[:, 0] == x[i, 0]
+        same[same] = np.all(members[same] == x[i], axis=1)
+        others = members[~same]
+        cand = others if len(others) <= k else others[rng.choice(len(others), k, replace=False)]
+        d_own = np.mean((x_hat[i] - x[i]) ** 2)
+        d = np.mean((cand - x_hat[i]) ** 2, axis=1)
+        closer, tied = int((d < d_own).sum()), int((d == d_own).sum())
+        hits[i] = 0.0 if closer else 1.0 / (1 + tied)
+        chance[i] = 1.0 / (len(cand) + 1)
+    n = len(x)
+    acc, ch = float(hits.mean()), float(chance.mean())
+    lo, hi = wilson_interval(float(hits.sum()), n)
+    return {"accuracy": acc, "ci_low": lo, "ci_high": hi, "chance": ch,
+            "advantage": (acc - ch) / (1 - ch) if ch < 1 else math.nan, "k": k, "n": n}
+
+
+@pytest.mark.parametrize("normalise", [False, True])
+def test_vectorised_linkage_equals_the_victim_by_victim_loop(beats, normalise):
+    # candidates drawn once per (k, normalise) and scored in one pass: the same numbers, bit for
+    # bit, as one victim at a time; for several reconstructions sharing one scorer's draws too,
+    # with ties (a reconstruction equal to a pool beat), a class smaller than k and a class the
+    # pool lacks
+    from attacks.metrics import LinkageScorer, linkage_report
+
+    x, y = beats
+    y = y.clone()
+    y[:3] = 7  # a class of 3 beats in the victims, absent from the pool below
+    pool_x, pool_y = x[200:], y[200:]
+    victims, labels = x[:300], y[:300]
+    gen = torch.Generator().manual_seed(0)
+    recs = {"noisy": victims + 0.05 * torch.randn(victims.shape, generator=gen),
+            "tied": x[200:500].clone(),
+            "mean": victims.mean(0, keepdim=True).expand_as(victims),
+            "float32": (victims + 0.01 * torch.randn(victims.shape, generator=gen)).float()}
+    scorer = LinkageScorer(victims, labels, pool_x=pool_x, pool_y=pool_y, seed=5)
+    for rec in recs.values():
+        for k in (1, 10, 100, 5000):
+            want = _linkage_loop(victims, rec, labels, k=k, pool_x=pool_x, pool_y=pool_y,
+                                 normalise=normalise, seed=5)
+            assert scorer.linkage(rec, k=k, normalise=normalise) == want
+            assert linkage(victims, rec, labels, k=k, pool_x=pool_x, pool_y=pool_y,
+                           normalise=normalise, seed=5) == want
+        want_own = _linkage_loop(victims, rec, labels, k=10, normalise=normalise, seed=1)
+        assert linkage(victims, rec, labels, k=10, normalise=normalise, seed=1) == want_own
+    report = linkage_report(victims, recs["noisy"], labels, pool_x=pool_x, pool_y=pool_y, seed=5)
+    key = "linkage_znorm" if normalise else "linkage"
+    ref = _linkage_loop(victims, recs["noisy"], labels, k=100, pool_x=pool_x, pool_y=pool_y,
+                        normalise=normalise, seed=5)
+    assert report[key]["k100"] == {k: ref[k] for k in (*report[key]["k100"],)}
