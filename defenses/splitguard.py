@@ -8,14 +8,16 @@ offset modulo the class count (every label wrong), through ``transform_labels``;
 on the gradient returned for it (``observe_gradient`` returns None). An honest server's gradient
 for wrong labels differs from the regular ones in direction and size; a hijacking server (FSHA,
 Pasquini et al. 2021), whose gradient does not depend on the labels, returns the same kind. With
-F the fake batches' gradients and R1, R2 a random halving of the regular ones since the warm-up,
-means and mean norms over each set, CR = (R1 + R2) / 2, the paper's score is
+F the fake batches' probe vectors and R1, R2 a random halving of the regular ones since the
+warm-up, means and mean norms over each set, CR = (R1 + R2) / 2, the paper's score is
 
     x = angle(F, CR) |F| - |CR|| / m  -  angle(R1, R2) ||R1| - |R2|| / m,
     m = ||F| - |CR|| + ||R1| - |R2||,        SG = sigmoid(mult * (x - shift)) ** exp,
 
-angles in degrees; SG near 1 for an honest server and near 0 for a label-independent one. The
-alarm fires when the mean of the last ``window`` scores is below ``threshold``.
+angles in radians and mult = 5, exp = 2, shift = 0 as in the paper's code: SG near 1 for an
+honest server (fakes point away from the regular gradients, x near pi) and near
+sigmoid(0) ** 2 = 0.25 for a label-independent one (every angle small, x near 0). The alarm fires
+when the mean of the last ``window`` scores is below ``threshold``.
 
 ``labelgap`` (passive, no fake batch, no accuracy cost; a simple documented statistic in the
 spirit of Gradients Scrutinizer, Fu et al., NDSS 2023): an honest server's cut gradient of a
@@ -26,16 +28,43 @@ last ``window`` batches after ``warmup`` is below ``threshold``. A hijacker's gr
 discriminator, follows the activations, not the labels.
 
 Shape:
-    cut gradients (B, C, L); labels (B,).
+    cut gradients (B, C, L); labels (B,); SplitGuard's probe vector (K * C * L,), K classes.
 
 Notes:
-    SplitGuard needs labels that cross (the vanilla topology); it adapts the paper's probe,
-    which read the gradient of the client's first layer, to the cut gradient the client
-    receives, summed over the batch (B, C, L) -> (C * L,). The server's model does train on the
-    fake labels (an honest server cannot tell them): that and the skipped client steps are
-    SplitGuard's accuracy cost. Neither detector's state is checkpointed: a resumed run starts
-    them afresh. ``stop=true`` raises :class:`HijackDetected` when the alarm fires (the run then
-    stops, unfinished); ``stop=false`` only reports when it would have.
+    SplitGuard needs labels that cross (the vanilla topology). The paper's probe reads the
+    gradient of the client's first layer; here it is the cut gradient the client receives,
+    summed over the batch's beats *of each true class* (B, C, L) -> (K, C * L), concatenated.
+    The plain batch sum does not work at the cut: it equals W^T times the gradient of the
+    server's first bias (W: its first weight), which the server's own optimizer keeps near zero
+    mean over batches, so the means of two halves of the regular gradients point apart
+    (measured: 35-150 degrees between R1 and R2 under an honest server) and the score's
+    control term swamps it (false alarms; FSHA then scored like an honest server on some
+    seeds). Per class, an honest server's regular means
+    agree (R1 vs R2: median 4-9 degrees, at most 21) and the fakes point away (87-157 degrees;
+    honest runs of the calibration below).
+
+    Calibration (honest servers only; no FSHA run chose a parameter): the score's form and its
+    mult, exp, shift are the paper's; ``threshold`` = 0.5 was fixed beforehand (between the
+    honest level, about 1, and the label-independent 0.25); ``window`` is the shortest window
+    whose every mean stayed >= threshold + 0.25 over honest runs of seeds 100-111 at the
+    malicious-server study's quick budget (900 training beats, 3 epochs: 3-10 probes each) and
+    seeds 100-105 at its default one (2,700 beats, 5 epochs: 36-53 probes each), each with
+    ``seed`` = the run's: the lowest window mean was 0.44 / 0.63 / 0.72 / 0.78 for windows
+    2 / 3 / 4 / 5 at the quick budget (one seed, 106; every other seed >= 0.99) and >= 0.99 at
+    the default one, hence 5. (The harness trains those runs with the detector, records every
+    probe's score, angles, magnitude gaps and x, and recomputes the window means.) Under the old
+    batch-sum probe with angles in degrees, a shift of 10 degrees and window 3, seed 105 at the
+    default budget raised a false alarm (x of -17 to -26 degrees over 3 probes), as seed 0 did
+    in the quick study. The passive label gap needed no change: its lowest 10-batch mean was
+    0.94 over the same honest runs, against a threshold of 0.2 (FSHA: about 0).
+
+    The server's model does train on the fake labels (an honest server cannot tell them): that
+    and the skipped client steps are SplitGuard's accuracy cost. Both detectors' state (the
+    probe draws, the gradient sets, the scores) is checkpointed with the run
+    (:meth:`Detector.state_dict`): a killed-and-resumed run probes and scores as an uninterrupted
+    one. ``stop=true`` raises :class:`HijackDetected` when the alarm fires; the run
+    (``splitpriv.run.run_training``) then ends training there and records it in result.json
+    (``stopped``); ``stop=false`` only reports when it would have.
 """
 
 from __future__ import annotations
@@ -55,7 +84,17 @@ if TYPE_CHECKING:
 
 
 class HijackDetected(RuntimeError):
-    """A detector's alarm fired with ``stop=true``: training ends here."""
+    """A detector's alarm fired with ``stop=true``: training ends here.
+
+    Attributes:
+        by: the detector's name; batch: the training batch of the alarm (counted from the
+        run's first); score: the mean score that fired it; threshold: the detector's.
+    """
+
+    def __init__(self, message: str, *, by: str, batch: int, score: float,
+                 threshold: float) -> None:
+        super().__init__(message)
+        self.by, self.batch, self.score, self.threshold = by, batch, score, threshold
 
 
 def _check(name: str, **values: float) -> None:
@@ -64,12 +103,20 @@ def _check(name: str, **values: float) -> None:
             raise ValueError(f"defense {name!r}: {key} must be finite, got {v}")
 
 
-def angle_degrees(u: torch.Tensor, v: torch.Tensor) -> float:
-    """The angle between two vectors, in degrees (90 when either is zero)."""
+def angle(u: torch.Tensor, v: torch.Tensor) -> float:
+    """The angle between two vectors, in radians (pi / 2 when either is zero)."""
     den = float(u.norm() * v.norm())
     if den == 0:
-        return 90.0
-    return math.degrees(math.acos(max(-1.0, min(1.0, float(u @ v) / den))))
+        return math.pi / 2
+    return math.acos(max(-1.0, min(1.0, float(u @ v) / den)))
+
+
+def class_sums(g: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """SplitGuard's probe vector: the cut gradients summed over the beats of each true class,
+    concatenated (module notes). Shape: g (B, C, L), y (B,) -> (n_classes * C * L,) float64."""
+    flat = g.detach().flatten(1).double().cpu()
+    out = torch.zeros(n_classes, flat.shape[1], dtype=torch.float64)
+    return out.index_add_(0, y.detach().cpu().long(), flat).flatten()
 
 
 class GradientSet:
@@ -78,6 +125,12 @@ class GradientSet:
     def __init__(self) -> None:
         self.total: torch.Tensor | None = None
         self.norms, self.n = 0.0, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "norms": self.norms, "n": self.n}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.total, self.norms, self.n = state["total"], float(state["norms"]), int(state["n"])
 
     def add(self, v: torch.Tensor) -> None:
         self.total = v.clone() if self.total is None else self.total + v
@@ -94,22 +147,27 @@ class GradientSet:
         return self.norms / self.n
 
 
-def splitguard_score(fakes: GradientSet, r1: GradientSet, r2: GradientSet, *, mult: float,
-                     exp: float, shift: float = 0.0) -> float:
-    """The SplitGuard score (module docstring) of fake and regular gradient sets, in [0, 1]."""
+def splitguard_x(fakes: GradientSet, r1: GradientSet, r2: GradientSet) -> float:
+    """The paper's x (module docstring), in radians, of fake and regular gradient sets."""
     cr = (r1.mean + r2.mean) / 2
     cr_mag = (r1.magnitude + r2.magnitude) / 2
     d_fake, d_reg = abs(fakes.magnitude - cr_mag), abs(r1.magnitude - r2.magnitude)
     m = d_fake + d_reg
     if m == 0:
         return 0.0
-    x = (angle_degrees(fakes.mean, cr) * d_fake - angle_degrees(r1.mean, r2.mean) * d_reg) / m
+    return (angle(fakes.mean, cr) * d_fake - angle(r1.mean, r2.mean) * d_reg) / m
+
+
+def splitguard_score(fakes: GradientSet, r1: GradientSet, r2: GradientSet, *, mult: float,
+                     exp: float, shift: float = 0.0) -> float:
+    """The SplitGuard score (module docstring) of fake and regular gradient sets, in [0, 1]."""
+    x = splitguard_x(fakes, r1, r2)
     return float(1 / (1 + math.exp(-max(-50.0, min(50.0, mult * (x - shift)))))) ** exp
 
 
 class Detector(Defense):
     """Base of the detectors: a score per probe, an alarm on the mean of the last ``window``
-    scores below ``threshold`` (after the warm-up), and its report."""
+    scores below ``threshold`` (after the warm-up), its report and its checkpointed state."""
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -127,10 +185,21 @@ class Detector(Defense):
                 and float(np.mean(recent)) < self.config.threshold):
             self.detected_at = batch
             if self.config.stop:
+                mean = float(np.mean(recent))
                 raise HijackDetected(
                     f"defense {self.name!r}: the server is hijacking training (mean score "
-                    f"{np.mean(recent):.3f} < {self.config.threshold} over the last "
-                    f"{self.config.window} probes, training batch {batch}); stopping")
+                    f"{mean:.3f} < {self.config.threshold} over the last "
+                    f"{self.config.window} probes, training batch {batch}); stopping",
+                    by=self.name, batch=batch, score=mean, threshold=self.config.threshold)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to go on as an uninterrupted one (the run checkpoints it)."""
+        return {"batches": self.batches, "scores": [[b, s] for b, s in self.scores],
+                "detected_at": self.detected_at}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.batches, self.detected_at = int(state["batches"]), state["detected_at"]
+        self.scores = [(int(b), float(s)) for b, s in state["scores"]]
 
     def report(self) -> PrivacyClaim:
         return PrivacyClaim(
@@ -158,25 +227,25 @@ class SplitGuard(Detector):
         """Parameters of ``splitguard`` (the paper's defaults where it gives them).
 
         Attributes:
-            p_fake: probability that a training batch after the warm-up is a fake one.
+            p_fake: probability that a training batch after the warm-up is a fake one (the
+                paper's 0.1).
             warmup: training batches before the first fake one (the paper's N = 20).
-            mult, exp, shift: the score's squashing sigmoid(mult (x - shift)) ** exp (the
-                paper's code: 5, 2 and a shift it sets per task; 10 degrees here, calibrated on
-                the cut gradient: a hijacker's x stays at a few degrees from sampling noise
-                alone, an honest server's is tens).
-            threshold: the alarm fires when the mean of the last ``window`` scores is below.
-            window: scores averaged for the alarm.
+            mult, exp, shift: the score's squashing sigmoid(mult (x - shift)) ** exp, x in
+                radians (the paper's code: 5, 2, 0).
+            threshold: the alarm fires when the mean of the last ``window`` scores is below
+                (0.5; calibrated with ``window`` on honest servers only: module notes).
+            window: scores averaged for the alarm (5: module notes).
             stop: raise :class:`HijackDetected` (end training) when the alarm fires.
-            seed: seeds which batches are fake and their label offsets.
+            seed: seeds which batches are fake, their label offsets and the R1 / R2 halving.
         """
 
         p_fake: float = 0.1
         warmup: int = 20
         mult: float = 5.0
         exp: float = 2.0
-        shift: float = 10.0
+        shift: float = 0.0
         threshold: float = 0.5
-        window: int = 3
+        window: int = 5
         stop: bool = False
         seed: int = 0
 
@@ -215,7 +284,7 @@ class SplitGuard(Detector):
         return (y + shift) % self.n_classes
 
     def observe_gradient(self, g: torch.Tensor, *, ids: torch.Tensor) -> torch.Tensor | None:
-        v = g.detach().sum(0).flatten().double().cpu()
+        v = class_sums(g, self.labels[ids], self.n_classes)  # (K * C * L,)
         if self._fake:
             self._fake = False
             self.fakes.add(v)
@@ -233,6 +302,20 @@ class SplitGuard(Detector):
         claim = super().report()
         claim.details["fake_batches"] = self.fakes.n
         return claim
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {
+            "rng": self.rng.bit_generator.state,
+            "sets": {k: s.state_dict() for k, s in self._sets().items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.rng.bit_generator.state = state["rng"]
+        for k, s in self._sets().items():
+            s.load_state_dict(state["sets"][k])
+
+    def _sets(self) -> dict[str, GradientSet]:
+        return {"fakes": self.fakes, "r1": self.r1, "r2": self.r2}
 
 
 def label_gap(g: torch.Tensor, y: torch.Tensor) -> float | None:
@@ -293,5 +376,5 @@ class LabelGap(Detector):
         return g
 
 
-__all__ = ["GradientSet", "HijackDetected", "LabelGap", "SplitGuard", "angle_degrees",
-           "label_gap", "splitguard_score"]
+__all__ = ["Detector", "GradientSet", "HijackDetected", "LabelGap", "SplitGuard", "angle",
+           "class_sums", "label_gap", "splitguard_score", "splitguard_x"]

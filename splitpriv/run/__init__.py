@@ -22,7 +22,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ from splitpriv.run.rundir import (
     summarize,
 )
 from splitpriv.servers import AuxBeats, ServerBehaviour, build_server
-from splitpriv.trainer import SplitTrainer
+from splitpriv.trainer import EpochStats, SplitTrainer
 
 
 def build_defenses(config: TrainConfig) -> list:
@@ -128,6 +128,7 @@ class ReconstructionLog:
         self.x, self.y = x_train.detach().cpu(), y_train.detach().cpu()
         self.prior = None if prior is None else prior.detach().cpu().reshape(1, 1, -1)
         self.rows: list[dict[str, Any]] = []
+        self.lines: list[str] = []  # the file's lines (rows with their examples)
         path.unlink(missing_ok=True)  # a (re)started behaviour starts its log afresh
 
     def __call__(self, step: int, ids: torch.Tensor, x_hat: torch.Tensor) -> None:
@@ -150,8 +151,21 @@ class ReconstructionLog:
         keep = slice(0, self.EXAMPLES)  # a few true beats and their reconstructions, for figures
         examples = {"ids": ids[keep].tolist(), "x": x[keep, 0].round(decimals=4).tolist(),
                     "x_hat": x_hat[keep, 0].round(decimals=4).tolist()}
+        self.lines.append(json.dumps(row | {"examples": examples}) + "\n")
         with self.path.open("a") as f:
-            f.write(json.dumps(row | {"examples": examples}) + "\n")
+            f.write(self.lines[-1])
+
+    def state_dict(self) -> dict[str, Any]:
+        """The records so far (a resumed run's log goes on from them, not afresh)."""
+        return {"lines": list(self.lines)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`: the file holds exactly those records again (a killed
+        epoch's later ones are dropped)."""
+        self.lines = list(state["lines"])
+        self.rows = [{k: v for k, v in json.loads(line).items() if k != "examples"}
+                     for line in self.lines]
+        self.path.write_text("".join(self.lines))
 
     def summary(self) -> dict[str, Any]:
         """The first and last record and the first step passing each of :data:`THRESHOLDS`."""
@@ -161,6 +175,41 @@ class ReconstructionLog:
                       for k, v in self.THRESHOLDS.items()}
         return {"records": len(self.rows), "log": self.path.name, **first_pass,
                 "first": self.rows[0], "final": self.rows[-1]}
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """A plug-in whose state a checkpoint keeps (a defense, the server behaviour, the
+    reconstruction log): :func:`run_training` saves it with the trainer's every epoch and
+    restores it on resume, so a killed-and-resumed run goes on as an uninterrupted one."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def stateful_plugins(defenses: list, behaviour: ServerBehaviour,
+                     log: ReconstructionLog | None) -> dict[str, Stateful]:
+    """The run's plug-ins that keep state, by checkpoint key."""
+    named = {**{f"defense.{i}.{d.name}": d for i, d in enumerate(defenses)},
+             f"server.{behaviour.name}": behaviour, "reconstruction_log": log}
+    return {k: p for k, p in named.items() if isinstance(p, Stateful)}
+
+
+def load_plugin_states(plugins: dict[str, Stateful], states: dict[str, Any] | None,
+                       where: Path) -> None:
+    """Restore every stateful plug-in from a checkpoint (``states``: its ``plugins`` entry).
+
+    Raises:
+        ValueError: the checkpoint lacks one's state (written before it was checkpointed).
+    """
+    missing = sorted(set(plugins) - set(states or {}))
+    if missing:
+        raise ValueError(f"{where}: the checkpoint holds no state of {missing} (written by an "
+                         "older version); a resumed run would restart them: use --force to "
+                         "retrain from scratch")
+    for key, plugin in plugins.items():
+        plugin.load_state_dict(states[key])
 
 
 def defense_reports(defenses: list) -> list[dict[str, Any]]:
@@ -189,7 +238,11 @@ def run_training(
     """Train one split model into ``out_dir``; resume it if it was interrupted.
 
     Returns the result dict (also DIR/result.json). A finished run is not retrained unless
-    ``force``.
+    ``force``. A detector with ``stop=true`` (``defenses.splitguard.HijackDetected``) ends
+    training in the epoch of its alarm: that epoch is evaluated (its row has no training
+    numbers: NaN) and the run finishes with ``stopped`` = {by, epoch, step, score, threshold}
+    in result.json. The stop is final: a resumed run that was stopped trains no further (even
+    with more ``epochs``); ``force`` retrains from scratch.
     """
     run_dir = RunDir(out_dir, config, force=force)
     done = run_dir.finished()
@@ -221,23 +274,40 @@ def _train(config: TrainConfig, run_dir: RunDir, *, progress: bool) -> dict[str,
         channel=channel, defenses=defenses, behaviour=behaviour,
     )
 
+    from defenses.splitguard import HijackDetected
+
+    plugins = stateful_plugins(defenses, behaviour, log)
+    stopped: dict[str, Any] | None = None
+
+    def state() -> dict[str, Any]:  # the checkpoint: the trainer's, the plug-ins', the stop
+        return trainer.state_dict() | {
+            "plugins": {k: p.state_dict() for k, p in plugins.items()}, "stopped": stopped}
+
     history: list[dict[str, Any]] = []
     start_epoch = 1
     if resumed is not None:
         trainer.load_state_dict(resumed.trainer)
+        load_plugin_states(plugins, resumed.trainer.get("plugins"), run_dir.file(CHECKPOINT))
+        stopped = resumed.trainer.get("stopped")
         history, start_epoch = resumed.history, resumed.epoch + 1
     has_val = len(data.y_val) > 0
 
     from tqdm.auto import tqdm
 
     bar = tqdm(
-        range(start_epoch, config.epochs + 1), initial=start_epoch - 1, total=config.epochs,
+        range(start_epoch, config.epochs + 1) if stopped is None else range(0),
+        initial=start_epoch - 1, total=config.epochs,
         desc=f"train {run_dir.path.name}", disable=not progress, unit="epoch",
     )
     for epoch in bar:
         t0 = time.perf_counter()
-        tr = trainer.train_epoch(epoch)
-        if not math.isfinite(tr.loss):
+        try:
+            tr = trainer.train_epoch(epoch)
+        except HijackDetected as alarm:  # the client stops here: evaluate, record, finish
+            stopped = {"by": alarm.by, "epoch": epoch, "step": alarm.batch,
+                       "score": alarm.score, "threshold": alarm.threshold}
+            tr = EpochStats(math.nan, math.nan)
+        if stopped is None and not math.isfinite(tr.loss):
             step = (f" (first non-finite at step {tr.first_nonfinite_step})"
                     if tr.first_nonfinite_step else "")
             raise ValueError(f"{run_dir.path}: the training loss of epoch {epoch} is {tr.loss}"
@@ -247,8 +317,10 @@ def _train(config: TrainConfig, run_dir: RunDir, *, progress: bool) -> dict[str,
         te = trainer.evaluate(data.x_test, data.y_test, epoch=epoch, phase="test")
         va = trainer.evaluate(data.x_val, data.y_val, epoch=epoch, phase="val") if has_val else None
         history.append(epoch_row(epoch, tr, te, va, train_seconds, time.perf_counter() - t0))
-        run_dir.save_epoch(history, models.state_dicts, trainer.state_dict, transcript)
+        run_dir.save_epoch(history, models.state_dicts, state, transcript)
         bar.set_postfix(test=f"{te.accuracy:.2f}", val=f"{va.accuracy if va else float('nan'):.2f}")
+        if stopped is not None:
+            break
 
     run_dir.save_weights(models.state_dicts())
     run_dir.save_transcript(transcript)
@@ -258,7 +330,7 @@ def _train(config: TrainConfig, run_dir: RunDir, *, progress: bool) -> dict[str,
         # per epoch run in this process (a resumed run: the epochs after the resume)
         server=trainer.server.behaviour.report() | (
             {"reconstructions": log.summary()} if log is not None and log.rows else {}),
-        wire=channel.wire.summary(),
+        wire=channel.wire.summary(), **({"stopped": stopped} if stopped is not None else {}),
     ))
 
 
@@ -269,7 +341,8 @@ def row_counts(data: Tensors) -> dict[str, int]:
 
 __all__ = [
     "BEST", "CHECKPOINT", "PHASES", "RESULT", "TOPOLOGIES", "TRANSCRIPT", "Resumed", "RunDir",
-    "ReconstructionLog", "Tensors", "TrainConfig", "behaviour_aux", "build_behaviour",
+    "ReconstructionLog", "Stateful", "Tensors", "TrainConfig", "behaviour_aux",
+    "build_behaviour", "load_plugin_states", "stateful_plugins",
     "build_defenses", "build_run_data",
     "build_run_models", "defense_reports", "epoch_row", "load_tensors", "resolve_topology",
     "result_doc", "row_counts", "run_training", "summarize",

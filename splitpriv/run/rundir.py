@@ -4,7 +4,9 @@ DIR/config.json      everything needed to rerun it
 DIR/metrics.jsonl    one line per epoch: train/val/test loss, accuracy, macro-F1 and balanced
                      accuracy, the val/test confusion matrices, wall time
 DIR/result.json      final numbers (written last: its presence means the run finished)
-DIR/checkpoint.pt    weights, optimizer and RNG state after the last completed epoch (resume)
+DIR/checkpoint.pt    weights, optimizer and RNG state after the last completed epoch (resume),
+                     with the stateful plug-ins' (``splitpriv.run.Stateful``: a detector, an
+                     adversary, its reconstruction log) and a detector's stop, if any
 DIR/weights.pt       final weights; DIR/best.pt the weights at the best-validation epoch
 DIR/transcript.npz   what crossed the channel, for the epochs and kinds recorded
 
