@@ -21,15 +21,14 @@ Writes OUT/defenses.json (every run's result, raw) and OUT/defenses.md (the tabl
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing as mp
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import _unshadow  # noqa: F401, I001  (first: keeps this file from shadowing the package)
-import torch
 
+from splitpriv.executor import Executor
 from splitpriv.io import write_json, write_text
 from splitpriv.options import parse_dataclass_args
 from splitpriv.published import LAPLACE_DP
@@ -60,8 +59,9 @@ class Args:
     """epochs of the U-shape and vanilla runs"""
     quick: bool = False
     """smoke run: 1 seed, 1 epoch each, 500 training and 500 test beats (OUT gets -quick)"""
-    jobs: int = 2
-    """runs in parallel (one torch thread each)"""
+    execution: Executor = field(default_factory=Executor)
+    """where the runs go: --executor local|ray, --jobs N (0: one per core, one torch thread
+    each), --address (splitpriv.executor)"""
     out: str = "benchmarks/out/defenses"
     """output folder (run directories under OUT/runs)"""
 
@@ -109,7 +109,6 @@ def jobs_for(args: Args) -> list[Job]:
 
 
 def _run(job: Job) -> dict[str, Any]:
-    torch.set_num_threads(1)
     result = run_training(job.config, job.out, progress=False)
     return {"experiment": job.experiment, "label": job.label, "out": job.out, **result}
 
@@ -158,12 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     out = Path(args.out)
     jobs = jobs_for(args)
-    from tqdm.auto import tqdm
-
-    results: list[dict[str, Any]] = []
-    with mp.get_context("spawn").Pool(args.jobs) as pool:
-        for r in tqdm(pool.imap_unordered(_run, jobs), total=len(jobs), desc="runs"):
-            results.append(r)
+    with args.execution as ex:
+        results = ex.map(_run, jobs, names=[Path(j.out).name for j in jobs], desc="runs")
     table = tables(results, args)
     print(table)
     write_json(out / "defenses.json", {"args": dataclasses.asdict(args), "paper": PAPER_DP,

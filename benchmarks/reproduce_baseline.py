@@ -8,6 +8,7 @@ measured in this process. Writes OUT/baseline.json and OUT/baseline.md.
 
     python benchmarks/reproduce_baseline.py                       # the full budget
     python benchmarks/reproduce_baseline.py --epochs 5 --seeds 1  # a smoke run
+    python benchmarks/reproduce_baseline.py --device cpu          # on the CPU where CUDA is too
 
 The ``paper`` protocol is run as the original code ran it (double softmax, no validation split);
 ``paper-unique`` and ``inter-patient`` use plain cross-entropy and a 10% validation split.
@@ -27,7 +28,6 @@ predictive value (+P) on DS2, mean over seeds, beside published inter-patient re
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing as mp
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +35,8 @@ from pathlib import Path
 import _unshadow  # noqa: F401, I001  (first: keeps benchmarks/defenses.py from shadowing)
 import torch
 
-from splitpriv.io import write_json, write_text
+from splitpriv.executor import Executor
+from splitpriv.io import resolve_device, write_json, write_text
 from splitpriv.options import parse_dataclass_args
 from splitpriv.published import BASELINE_ACCURACY as PAPER
 from splitpriv.published import PYSYFT_TUTORIAL
@@ -68,8 +69,8 @@ class Args:
     """epochs per run (the paper's 400)"""
     epochs_inter_patient: int | None = None
     """override the epochs for inter-patient (its training half is ~3x larger)"""
-    jobs: int = 2
-    """runs in parallel (one torch thread each)"""
+    execution: Executor = field(default_factory=Executor)
+    """where the runs go (--executor local|ray, --jobs, --address)"""
     timing_epochs: int = 3
     """epochs timed for split vs unsplit seconds per epoch"""
     out: str = "benchmarks/out/reproduce_baseline"
@@ -82,6 +83,8 @@ class Args:
     """train on the first n training rows only (smoke runs)"""
     skip_timing: bool = False
     """skip the split vs unsplit timing"""
+    device: str = "auto"
+    """torch device of the runs and the timing: auto (CUDA where present, else cpu), cpu, cuda"""
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
@@ -94,32 +97,32 @@ def config_for(protocol: str, seed: int, args: Args) -> TrainConfig:
         epochs = args.epochs_inter_patient
     return TrainConfig(
         protocol=protocol, depth=2, epochs=epochs, seed=seed,
-        paper_softmax=protocol == "paper", record_epochs="none", device="cpu",
+        paper_softmax=protocol == "paper", record_epochs="none", device=args.device,
         labels=args.inter_patient_labels if protocol == "inter-patient" else "paper",
         select_by=args.select_by, train_subset=args.train_subset,
     )
 
 
 def _run(job: tuple[TrainConfig, str]) -> dict:
-    torch.set_num_threads(1)
     config, out = job
     return run_training(config, out, progress=False)
 
 
-def time_split_vs_unsplit(epochs: int) -> dict[str, float]:
+def time_split_vs_unsplit(epochs: int, device_name: str = "cpu") -> dict[str, float | str]:
     """Seconds per training epoch on the paper protocol, split and unsplit, same process
-    (``benchmarks/speed.py``'s measurement, one thread)."""
+    (``benchmarks/speed.py``'s measurement, one thread), on ``device_name``."""
     from speed import split_unsplit_seconds
 
     torch.set_num_threads(1)
-    device = torch.device("cpu")
-    data, _ = load_tensors(TrainConfig(protocol="paper", device="cpu"), device)
+    device = resolve_device(device_name)
+    data, _ = load_tensors(TrainConfig(protocol="paper", device=str(device)), device)
     s = split_unsplit_seconds(data.x_train, data.y_train, epochs, device)
     return {
         "split_seconds_per_epoch": s["split"],
         "unsplit_seconds_per_epoch": s["unsplit"],
         "ratio": s["split"] / s["unsplit"],
         "threads": 1,
+        "device": str(device),
     }
 
 
@@ -177,13 +180,10 @@ def main() -> None:
         for p in args.protocols
         for s in range(args.seeds if p == "paper" else (args.seeds_sound or args.seeds))
     ]
-    from tqdm.auto import tqdm
-
-    results: list[dict] = []
-    with mp.get_context("spawn").Pool(args.jobs) as pool:
-        for r in tqdm(pool.imap_unordered(_run, jobs), total=len(jobs), desc="runs"):
-            results.append(r)
-    timing = None if args.skip_timing else time_split_vs_unsplit(args.timing_epochs)
+    with args.execution as ex:
+        results = ex.map(_run, jobs, names=[Path(o).name for _, o in jobs], desc="runs")
+    timing = None if args.skip_timing else time_split_vs_unsplit(args.timing_epochs,
+                                                                 args.device)
 
     rows = []
     for p in args.protocols:
@@ -218,8 +218,8 @@ def main() -> None:
     lines.append("")
     if timing is not None:
         lines.append(
-            f"Split vs unsplit training epoch (paper protocol, 1 thread, median of "
-            f"{args.timing_epochs}): {timing['split_seconds_per_epoch']:.2f} s vs "
+            f"Split vs unsplit training epoch (paper protocol, {timing['device']}, 1 thread, "
+            f"median of {args.timing_epochs}): {timing['split_seconds_per_epoch']:.2f} s vs "
             f"{timing['unsplit_seconds_per_epoch']:.2f} s (ratio {timing['ratio']:.2f})."
         )
     pc_lines, per_class = per_class_table(results)

@@ -198,6 +198,8 @@ def _leaves(cls: type, path: tuple[str, ...] = ()) -> list[_Leaf]:
     hints, docs = typing.get_type_hints(cls), field_docs(cls)
     out: list[_Leaf] = []
     for f in dataclasses.fields(cls):
+        if not f.init:  # internal state, not an option
+            continue
         hint = hints[f.name]
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             out += _leaves(hint, (*path, f.name))

@@ -14,9 +14,7 @@ a caption file beside it (NAME.txt) and all captions collected in FIGURES/captio
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
-import json
 import math
 import statistics
 import sys
@@ -34,6 +32,7 @@ import numpy as np
 
 from attacks.base import AttackBudget
 from splitpriv.defense import PrivacyClaim
+from splitpriv.executor import Executor, TaskFailed
 from splitpriv.io import atomic_path, read_json, write_text
 from splitpriv.options import format_value, parse_dataclass_args
 from splitpriv.run import TrainConfig, run_training
@@ -93,6 +92,9 @@ class StudyArgs:
     """use only the first N test beats (None: all)"""
     budget: AttackBudget = field(default_factory=AttackBudget)
     """how hard each attack works (its fields are flags of their own: --dcor-victims ...)"""
+    execution: Executor = field(default_factory=Executor)
+    """where the runs go (flags of their own: --executor local|ray, --jobs N (0: one per core,
+    each worker one torch thread), --address for a Ray cluster)"""
     mitdb_dir: str | None = None
     """MIT-BIH records (None: $SPLITPRIV_MITDB or the user cache)"""
     cache_dir: str | None = None
@@ -250,57 +252,92 @@ def attack_column_names(names: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(col for name in names for col in ATTACKS[name].columns(None)))
 
 
-def train_batched_groups(plan: Sequence[Planned], out: Path, progress: bool) -> None:
-    """Train the seeds of each undefended setting together (one stacked model per setting);
-    what is finished is skipped and a killed run resumes alone (see ``run_training_batched``)."""
-    from splitpriv.batched import batchable, run_training_batched
+def batch_groups(plan: Sequence[Planned]) -> list[list[Planned]]:
+    """The runs of ``plan`` that train together as one stacked model (``splitpriv.batched``):
+    groups of two or more with the same ``batch_key`` (the same architecture and defense kinds;
+    seeds and defense parameters such as epsilon or alpha may differ)."""
+    from splitpriv.batched import batch_key
 
     groups: dict[str, list[Planned]] = {}
     for p in plan:
-        if batchable(p.config):
-            key = json.dumps(dataclasses.asdict(dataclasses.replace(p.config, seed=0)))
+        key = batch_key(p.config)
+        if key is not None:
             groups.setdefault(key, []).append(p)
-    for ps in groups.values():
-        if len(ps) > 1:
-            run_training_batched([p.config for p in ps], [out / "runs" / p.name for p in ps],
-                                 progress=progress)
+    return [ps for ps in groups.values() if len(ps) > 1]
+
+
+@dataclass
+class RunTask:
+    """One unit of a sweep's work, picklable for a worker: train the run (or find it finished)
+    and attack it; :func:`run_task` returns its row."""
+
+    planned: Planned
+    out: Path
+    budget: AttackBudget
+    study: str
+    every_attack: tuple[str, ...]
+    seed: int = 0
+    threads: int | None = 1
+    progress: bool = True
+
+
+def train_group(task: tuple[Sequence[TrainConfig], Sequence[Path], bool]) -> None:
+    """Train one stacked group; what is finished is skipped and a killed run resumes alone
+    (see ``run_training_batched``)."""
+    from splitpriv.batched import run_training_batched
+
+    configs, dirs, progress = task
+    run_training_batched(list(configs), list(dirs), progress=progress)
+
+
+def run_task(task: RunTask) -> dict[str, Any]:
+    """Train and attack one planned run (each resumable); its flat row."""
+    p, run_dir = task.planned, task.out / "runs" / task.planned.name
+    t0 = time.perf_counter()
+    result = run_training(p.config, run_dir, progress=task.progress)
+    summaries = run_attacks(run_dir, p.attacks, task.budget, p.config.epochs, seed=task.seed,
+                            threads=task.threads)
+    return {
+        "study": task.study, **p.labels, "seed": p.config.seed, "protocol": p.config.protocol,
+        "depth": p.config.depth, "topology": result["topology"], "epochs": p.config.epochs,
+        "defenses": "+".join(p.config.defenses) or "none",
+        "test_accuracy": result["test_accuracy"],
+        # per-class measures at the selected epoch (NaN for runs written before they existed)
+        "test_macro_f1": result.get("test_macro_f1", math.nan),
+        "test_balanced_accuracy": result.get("test_balanced_accuracy", math.nan),
+        "best_test_accuracy": result["best_test_accuracy"],
+        "final_test_accuracy": result["final_test_accuracy"],
+        **attack_columns({a: summaries.get(a) for a in task.every_attack}),
+        **privacy_columns(result), "claim_scope": claim_scope(result),
+        "train_seconds": result["seconds"], "wall_seconds": time.perf_counter() - t0,
+        "run_dir": str(run_dir),
+    }
 
 
 def sweep(plan: Sequence[Planned], out: Path, budget: AttackBudget, *, study: str,
           seed: int = 0, threads: int | None = 1, progress: bool = True,
-          batched: bool = True) -> list[dict[str, Any]]:
-    """Train and attack every planned run (resumable); one flat row per run, with the columns of
-    every attack of the plan (NaN where a run skipped one). The attacks are seeded by ``seed``."""
-    from tqdm.auto import tqdm
+          batched: bool = True, executor: Executor | None = None) -> list[dict[str, Any]]:
+    """Train and attack every planned run (resumable); one flat row per run, in plan order, with
+    the columns of every attack of the plan (NaN where a run skipped one). The attacks are seeded
+    by ``seed``. ``executor`` says where the work runs (default: here, in order); stacked groups
+    train first, each one task, then every run is a task of its own (a finished one is read)."""
+    if len({p.name for p in plan}) != len(plan):
+        raise ValueError(f"{study}: two planned runs share a name")
+    with executor or Executor(jobs=1) as run:
+        return _sweep(plan, out, budget, study, seed, threads, progress, batched, run)
 
-    if batched:
-        train_batched_groups(plan, out, progress)
-    every_attack = list(dict.fromkeys(a for p in plan for a in p.attacks))
-    rows = []
-    bar = tqdm(plan, desc=f"{study}: runs", unit="run", disable=not progress, position=0)
-    for p in bar:
-        bar.set_postfix_str(p.name)
-        run_dir = out / "runs" / p.name
-        t0 = time.perf_counter()
-        result = run_training(p.config, run_dir, progress=progress)
-        summaries = run_attacks(run_dir, p.attacks, budget, p.config.epochs, seed=seed,
-                                threads=threads)
-        rows.append({
-            "study": study, **p.labels, "seed": p.config.seed, "protocol": p.config.protocol,
-            "depth": p.config.depth, "topology": result["topology"], "epochs": p.config.epochs,
-            "defenses": "+".join(p.config.defenses) or "none",
-            "test_accuracy": result["test_accuracy"],
-            # per-class measures at the selected epoch (NaN for runs written before they existed)
-            "test_macro_f1": result.get("test_macro_f1", math.nan),
-            "test_balanced_accuracy": result.get("test_balanced_accuracy", math.nan),
-            "best_test_accuracy": result["best_test_accuracy"],
-            "final_test_accuracy": result["final_test_accuracy"],
-            **attack_columns({a: summaries.get(a) for a in every_attack}),
-            **privacy_columns(result), "claim_scope": claim_scope(result),
-            "train_seconds": result["seconds"], "wall_seconds": time.perf_counter() - t0,
-            "run_dir": str(run_dir),
-        })
-    return rows
+
+def _sweep(plan, out, budget, study, seed, threads, progress, batched, executor):
+    groups = batch_groups(plan) if batched else []
+    inner = progress and not executor.parallel(max(len(groups), len(plan)))
+    executor.map(train_group, [([p.config for p in ps], [out / "runs" / p.name for p in ps],
+                                inner) for ps in groups],
+                 names=[f"{ps[0].name} (+{len(ps) - 1} stacked)" for ps in groups],
+                 threads=threads, desc=f"{study}: stacked groups", progress=progress)
+    every_attack = tuple(dict.fromkeys(a for p in plan for a in p.attacks))
+    tasks = [RunTask(p, out, budget, study, every_attack, seed, threads, inner) for p in plan]
+    return executor.map(run_task, tasks, names=[p.name for p in plan], threads=threads,
+                        desc=f"{study}: runs", progress=progress)
 
 
 #: the studies' privacy axis: the strongest inversion's linkage advantage among 10 same-class
@@ -581,7 +618,7 @@ def run_study(
     seed_everything(args.seed, args.threads)
     out = args.out_dir(study)
     rows = sweep(plan, out, args.budget, study=study, seed=args.seed, threads=args.threads,
-                 progress=args.progress, batched=args.batched)
+                 progress=args.progress, batched=args.batched, executor=args.execution)
     write_csv(out / "results.csv", rows, columns)
     rows = read_csv(out / "results.csv")
     budget = args.budget_text()
@@ -591,3 +628,18 @@ def run_study(
     print_table(md)
     print(f"wrote {out / 'results.csv'}, {out / 'summary.md'} and {out / 'figures'}/")
     return rows
+
+
+def cli(main: Callable[[], Any]) -> None:
+    """A study's ``__main__``: run ``main``; bad input or a failed run ends in one line on stderr
+    (``error: ...``, exit status 2) instead of a traceback (set SPLITPRIV_TRACEBACK=1 for it)."""
+    import os
+
+    try:
+        main()
+    except (TaskFailed, ValueError, FileNotFoundError, KeyError) as exc:
+        if os.environ.get("SPLITPRIV_TRACEBACK"):
+            raise
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        sys.stderr.write(f"error: {message}\n")
+        raise SystemExit(2) from None

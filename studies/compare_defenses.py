@@ -42,6 +42,7 @@ from studies.common import (
     aggregate,
     apply_style,
     attack_column_names,
+    cli,
     markdown_table,
     pareto_front,
     parse_args,
@@ -228,4 +229,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -35,6 +35,7 @@ from studies.common import (
     aggregate,
     apply_style,
     attack_column_names,
+    cli,
     markdown_table,
     parse_args,
     run_study,
@@ -143,4 +144,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

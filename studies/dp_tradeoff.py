@@ -71,6 +71,7 @@ from studies.common import (
     aggregate,
     apply_style,
     attack_column_names,
+    cli,
     epsilon_label,
     markdown_table,
     parse_args,
@@ -383,4 +384,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

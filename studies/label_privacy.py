@@ -42,6 +42,7 @@ from studies.common import (
     aggregate,
     apply_style,
     attack_column_names,
+    cli,
     group,
     markdown_table,
     parse_args,
@@ -189,4 +190,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

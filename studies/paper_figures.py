@@ -38,6 +38,7 @@ from studies.common import (
     REPO_ROOT,
     FigureSet,
     apply_style,
+    cli,
     epsilon_label,
     parse_args,
     read_csv,
@@ -316,5 +317,4 @@ def main(argv: list[str] | None = None) -> FigureSet:
 
 
 if __name__ == "__main__":
-    main()
-
+    cli(main)

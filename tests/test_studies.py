@@ -16,7 +16,7 @@ import pytest
 from splitpriv.options import field_docs
 from studies import common, compare_defenses, depth, dp_tradeoff, paper_figures
 
-TINY = ["--quick", "--no-progress", "--train-subset", "300", "--test-subset", "200",
+TINY = ["--quick", "--no-progress", "--jobs", "1", "--train-subset", "300", "--test-subset", "200",
         "--epochs", "1", "--dcor-victims", "100", "--dtw-victims", "40",
         "--decoder-victims", "50", "--decoder-epochs", "2"]
 
