@@ -14,7 +14,10 @@ the rounding grows, as it does between two machines, so long runs agree in distr
 bit for bit).
 
 The split is kept: the server's forward starts from detached activations and the client's
-backward from the gradient the server returns. No transcript is recorded.
+backward from the gradient the server returns. Each run's transcript records what crossed its
+channel in training (activations, labels, cut gradients: the messages of its own steps, as
+:class:`~splitpriv.trainer.SplitTrainer` would send them); runs whose transcript asks for
+evaluation messages train alone (:func:`records_in_training_only`).
 
 Defenses that act per run (``stacks``: paper or formal activation DP without a release budget,
 NoPeek) are applied per run: each run has its own instances, built from its own config and
@@ -22,8 +25,8 @@ attached as :class:`~splitpriv.trainer.SplitTrainer` attaches them, and the batc
 run k's hooks on run k's slice (B, C, L) of the stacked activations, in the order the client
 does (transforms, then local losses); their noise comes from each instance's own generator, so
 run k draws the noise it draws alone, and each run's accounting (``report()``) is its own.
-Runs that need a transcript, a U-shape, a server behaviour or a defense that does not stack
-(DP-SGD, label defenses, a release budget, SplitGuard) use SplitTrainer.
+Runs that need an evaluation transcript, a U-shape, a server behaviour or a defense that does
+not stack (DP-SGD, label defenses, a release budget, SplitGuard) use SplitTrainer.
 
 :func:`run_training_batched` trains the runs of one :func:`batch_key` this way (seeds and the
 defenses' parameters may differ) and writes each run's directory as
@@ -46,7 +49,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from splitpriv.channel import NOTHING
+from splitpriv.channel import Kind, Message, RecordPolicy, Transcript
 from splitpriv.defense import Defense
 from splitpriv.io import resolve_device, torch_threads
 from splitpriv.models import MaxPool2, SplitModels
@@ -195,6 +198,8 @@ class BatchedSplitTrainer:
             (``dp``'s ``seed=None``) is the run's seed. In every step run k's transforms, then its
             local losses, act on its slice of the stacked activations; their phase hooks are
             called by :meth:`train_epoch` and :meth:`evaluate`.
+        transcripts: each run's transcript (default: none): :meth:`train_epoch` records run k's
+            training messages into its own, as its policy asks.
     """
 
     def __init__(
@@ -207,6 +212,7 @@ class BatchedSplitTrainer:
         lr: float = 1e-3,
         batch_size: int = 32,
         defenses: Sequence[Sequence[Defense]] | None = None,
+        transcripts: Sequence[Transcript] | None = None,
     ) -> None:
         if len(runs) != len(seeds):
             raise ValueError(f"got {len(runs)} runs but {len(seeds)} seeds")
@@ -224,6 +230,9 @@ class BatchedSplitTrainer:
             raise ValueError(f"BatchedSplitTrainer: defense(s) {refused} do not stack (they need "
                              "the client's model, optimizer or a frozen step); use SplitTrainer")
         self.defended = bool(instances)
+        self.transcripts = list(transcripts) if transcripts is not None else []
+        if self.transcripts and len(self.transcripts) != len(runs):
+            raise ValueError(f"got {len(runs)} runs but {len(self.transcripts)} transcripts")
         self.client = _Stacked([r.client for r in runs])
         self.server = _Stacked([r.server for r in runs])
         self.client_opt = adam(lr)(list(self.client.params.values()))
@@ -274,6 +283,8 @@ class BatchedSplitTrainer:
         per_run = [batches(n, self.batch_size, g, device) for g in self.generators]
         loss_sum = torch.zeros(self.k, device=device, dtype=torch.float64)
         correct = torch.zeros(self.k, device=device, dtype=torch.long)
+        wanted = {kind for kind in TRAINING_KINDS for t in self.transcripts
+                  if t.policy.wants(kind, self.epoch, "train")}
         for step_ids in zip(*per_run, strict=True):
             ids = torch.stack(step_ids)  # (K, B)
             x = self.x[ids]  # (K, B, 1, 128)
@@ -296,12 +307,23 @@ class BatchedSplitTrainer:
             else:
                 torch.autograd.backward([a, extra], [received.grad, torch.ones_like(extra)])
             self.client_opt.step()
+            if wanted:
+                self._record(wanted, ids, {Kind.ACTIVATIONS: received, Kind.LABELS: y,
+                                           Kind.ACT_GRAD: received.grad})
             loss_sum += losses.detach() * y.shape[1]
             correct += (logits.detach().argmax(-1) == y).sum(1)
         for d in self._plugins():
             d.end_epoch(self.epoch)
         return [EpochStats(loss / n, 100.0 * c / n)
                 for loss, c in zip(loss_sum.tolist(), correct.tolist(), strict=True)]
+
+    def _record(self, wanted: set[Kind], ids: torch.Tensor,
+                sent: dict[Kind, torch.Tensor]) -> None:
+        """Run k's slice of each message of one step (``sent[kind]``: (K, B, ...)), into run
+        k's transcript (which keeps what its policy asks for)."""
+        for kind in sorted(wanted, key=list(Kind).index):  # the order they cross the channel
+            for k, t in enumerate(self.transcripts):
+                t.record(Message(kind, sent[kind][k].detach(), ids[k], self.epoch, "train"))
 
     @torch.no_grad()
     def evaluate(
@@ -358,6 +380,20 @@ class BatchedSplitTrainer:
         }
 
 
+#: the kinds crossing a vanilla run's channel in training (evaluation sends activations and
+#: returns the server's output, which the batched evaluation does not record)
+TRAINING_KINDS = (Kind.ACTIVATIONS, Kind.LABELS, Kind.ACT_GRAD)
+
+
+def records_in_training_only(policy: RecordPolicy) -> bool:
+    """Whether ``policy`` asks for nothing that crosses in evaluation (activations or the
+    server's output in the test or val phase): the batched trainer records all it asks for."""
+    evaluation = {Kind.ACTIVATIONS, Kind.SERVER_OUTPUT}
+    return (policy.epochs == frozenset()
+            or (policy.phases is not None and not policy.phases & {"test", "val"})
+            or (policy.kinds is not None and not policy.kinds & evaluation))
+
+
 def batch_key(config) -> str | None:
     """The key of the runs ``config`` trains together with, or None when it trains alone.
 
@@ -365,12 +401,13 @@ def batch_key(config) -> str | None:
     the seed and their defenses' parameters, and their defenses are of the same kinds in the
     same order (each defense's class: ``dp`` paper mode, ``dp`` formal mode, ``nopeek``; e.g.
     ``dp:mode=paper,epsilon=1`` and ``dp:mode=paper,epsilon=10`` at any seeds stack, not with
-    ``nopeek`` or the undefended runs). None: a transcript, a U-shape, a server behaviour, a
+    ``nopeek`` or the undefended runs). None: a transcript of evaluation messages
+    (:func:`records_in_training_only`), a U-shape, a server behaviour, a
     defense that does not stack (:func:`stacks`), or defense specs with bad parameters (training
     the run alone reports why). Cheap: the specs are resolved and checked, not built (building
     calibrates formal DP's noise).
     """
-    if (config.topology != "vanilla" or config.record_policy() != NOTHING
+    if (config.topology != "vanilla" or not records_in_training_only(config.record_policy())
             or config.server.partition(":")[0].strip().lower() != "honest"):
         return None
     try:
@@ -387,7 +424,8 @@ def batch_key(config) -> str | None:
 
 def batchable(config) -> bool:
     """Whether a run can be trained stacked with others (:func:`batch_key` is not None): labels
-    crossing (vanilla), no transcript, an honest server, only defenses that stack."""
+    crossing (vanilla), no transcript of evaluation messages, an honest server, only defenses
+    that stack."""
     return batch_key(config) is not None
 
 
@@ -412,7 +450,8 @@ def run_training_batched(configs: Sequence, out_dirs: Sequence[str | Path], *,
     for c, key in zip(configs, keys, strict=True):
         if key is None:
             raise ValueError(f"run_training_batched: {c} has defenses that do not stack, a "
-                             "U-shape, a transcript or a server behaviour")
+                             "U-shape, a transcript of evaluation messages or a server "
+                             "behaviour")
     if len(set(keys)) > 1:
         raise ValueError("run_training_batched: the configs differ in more than the seed and "
                          "their defenses' parameters (batch_key)")
@@ -445,6 +484,7 @@ def _train_together(configs: Sequence, run_dirs: Sequence[RunDir], progress: boo
 
     defenses = [build_defenses(c) for c in configs]  # bad parameters fail before any write
     behaviours = [build_behaviour(c) for c in configs]  # honest (batch_key)
+    transcripts = [Transcript(policy=c.record_policy()) for c in configs]
     device = resolve_device(configs[0].device)
     for run_dir in run_dirs:
         run_dir.start(resumable=False)
@@ -453,6 +493,7 @@ def _train_together(configs: Sequence, run_dirs: Sequence[RunDir], progress: boo
         [build_run_models(c, "vanilla", device) for c in configs],
         data.x_train, data.y_train, seeds=[c.seed for c in configs],
         lr=configs[0].lr, batch_size=configs[0].batch_size, defenses=defenses,
+        transcripts=transcripts,
     )
     k = len(configs)
     plugins = [stateful_plugins(ds, b, None) for ds, b in zip(defenses, behaviours, strict=True)]
@@ -485,11 +526,12 @@ def _train_together(configs: Sequence, run_dirs: Sequence[RunDir], progress: boo
             histories[j].append(epoch_row(epoch, train[j], test[j], val[j], train_seconds,
                                           seconds))
             run_dirs[j].save_epoch(histories[j], lambda j=j: trainer.run_state(j),
-                                   lambda j=j: checkpoint(j))
+                                   lambda j=j: checkpoint(j), transcripts[j])
         bar.set_postfix(test=f"{test[0].accuracy:.2f}")
     results = []
     for j, (c, run_dir) in enumerate(zip(configs, run_dirs, strict=True)):
         run_dir.save_weights(trainer.run_state(j))
+        run_dir.save_transcript(transcripts[j])
         results.append(run_dir.finish(result_doc(
             c, histories[j], rows=row_counts(data), device=device, card=data.card,
             topology="vanilla", defenses=defense_reports(defenses[j]), batched=k)))

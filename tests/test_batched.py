@@ -232,6 +232,43 @@ def test_batch_key_stacks_seeds_and_defense_parameters_of_one_kind(pool_dirs):
         assert key(**kw) is None, kw
         assert not batchable(_config(pool_dirs, **kw))
     assert batchable(_config(pool_dirs, defenses=["nopeek:alpha=1"]))
+    # training-only transcripts stack (labels and cut gradients never cross in evaluation)
+    for kinds in ("labels", "labels,act_grad"):
+        assert key(record_epochs="last", record_kinds=kinds) is not None
+        assert key(record_epochs="last", record_kinds=kinds) != key()
+    assert key(record_epochs="last", record_kinds="activations") is None  # sent in evaluation
+
+
+def test_batched_transcripts_equal_runs_trained_alone(pool_dirs, tmp_path):
+    """A batched run's transcript holds what the run alone sends in training: the same
+    (kind, phase, epoch) keys, the same ids in the same order, the same labels, and cut
+    gradients equal up to the rounding of the stacked kernels."""
+    from splitpriv.channel import Transcript
+
+    configs = [_config(pool_dirs, seed=s, record_epochs="all", record_kinds="labels,act_grad",
+                       defenses=[f"dp:mode=paper,epsilon={e}"])
+               for s, e in ((1, 3), (2, 10))]
+    dirs = [tmp_path / f"b-s{c.seed}" for c in configs]
+    results = run_training_batched(configs, dirs, progress=False)
+    assert [r["batched"] for r in results] == [2, 2]
+    for config, run_dir in zip(configs, dirs, strict=True):
+        run_training(config, tmp_path / f"alone-s{config.seed}", progress=False)
+        batched = Transcript.load(run_dir / "transcript.npz")
+        alone = Transcript.load(tmp_path / f"alone-s{config.seed}" / "transcript.npz")
+        # 2 epochs x (labels, act_grad), train phase only
+        assert sorted(batched.keys()) == sorted(alone.keys()) and len(alone.keys()) == 4
+        for kind, phase, epoch in alone.keys():
+            ids, values = batched.get(kind, phase=phase, epoch=epoch)
+            ids_alone, values_alone = alone.get(kind, phase=phase, epoch=epoch)
+            assert torch.equal(ids, ids_alone)
+            if kind == "labels":
+                assert torch.equal(values, values_alone)
+            elif epoch == 1:  # the first epoch's gradients, before rounding has grown
+                torch.testing.assert_close(values, values_alone, atol=1e-4, rtol=1e-3)
+    # the two runs' transcripts differ (own batch orders)
+    ids0, _ = Transcript.load(dirs[0] / "transcript.npz").get("labels", epoch=1)
+    ids1, _ = Transcript.load(dirs[1] / "transcript.npz").get("labels", epoch=1)
+    assert not torch.equal(ids0, ids1)
 
 
 #: K = 3 runs of one defense kind, each with its own parameters
