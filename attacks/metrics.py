@@ -272,12 +272,7 @@ def linkage(
         ``accuracy`` (top-1 rate), ``ci_low``/``ci_high`` (Wilson 95%), ``chance`` (the mean of
         1 / (k_i + 1)), ``advantage`` = (accuracy - chance) / (1 - chance), ``k`` and ``n``.
     """
-    if len(x_hat) != len(x) or len(y) != len(x):
-        raise ValueError(f"linkage: beats {tuple(np.shape(x))}, reconstructions "
-                         f"{tuple(np.shape(x_hat))} and labels {tuple(np.shape(y))} do not match")
-    if k < 1:
-        raise ValueError(f"linkage: k must be >= 1, got {k}")
-    scorer = LinkageScorer(x, y, pool_x=pool_x, pool_y=pool_y, seed=seed)
+    scorer = LinkageScorer(x, y, pool_x=pool_x, pool_y=pool_y, seed=seed)  # checks the shapes
     return scorer.linkage(x_hat, k=k, normalise=normalise)
 
 

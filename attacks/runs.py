@@ -290,27 +290,27 @@ class SharedRun:
             self.hits += 1
         return self.run
 
+    def _kept(self, run: RunData, table: dict, key: tuple, compute):
+        """``compute()`` for the kept run, once per ``key`` of ``table``; for another run,
+        afresh."""
+        if run is not self.run:
+            return compute()
+        if key in table:
+            self.hits += 1
+        else:
+            table[key] = compute()
+        return table[key]
+
     def weights_transcript(self, run: RunData, phase: str, *, seed: int = 0) -> Transcript:
         """:func:`weights_transcript` of the kept run, computed once per (phase, seed)."""
-        if run is not self.run:
-            return weights_transcript(run, phase, seed=seed)
-        if (phase, seed) not in self.transcripts:
-            self.transcripts[(phase, seed)] = weights_transcript(run, phase, seed=seed)
-        else:
-            self.hits += 1
-        return self.transcripts[(phase, seed)]
+        return self._kept(run, self.transcripts, (phase, seed),
+                          lambda: weights_transcript(run, phase, seed=seed))
 
     def parse_aux(self, spec: str | None, run: RunData, *, phase: str,
                   seed: int = 0) -> AuxData | None:
         """:func:`parse_aux` on the kept run, computed once per (spec, phase, seed)."""
-        if run is not self.run:
-            return parse_aux(spec, run, phase=phase, seed=seed)
-        key = (str(spec), phase, seed)
-        if key not in self.aux:
-            self.aux[key] = parse_aux(spec, run, phase=phase, seed=seed)
-        else:
-            self.hits += 1
-        return self.aux[key]
+        return self._kept(run, self.aux, (str(spec), phase, seed),
+                          lambda: parse_aux(spec, run, phase=phase, seed=seed))
 
     def clear(self) -> None:
         self.key, self.run, self.hits = None, None, 0

@@ -59,6 +59,7 @@ from splitpriv.run import (
     build_defenses,
     build_run_data,
     build_run_models,
+    checkpoint_state,
     defense_reports,
     epoch_row,
     result_doc,
@@ -283,8 +284,8 @@ class BatchedSplitTrainer:
         per_run = [batches(n, self.batch_size, g, device) for g in self.generators]
         loss_sum = torch.zeros(self.k, device=device, dtype=torch.float64)
         correct = torch.zeros(self.k, device=device, dtype=torch.long)
-        wanted = {kind for kind in TRAINING_KINDS for t in self.transcripts
-                  if t.policy.wants(kind, self.epoch, "train")}
+        wanted = [kind for kind in TRAINING_KINDS  # in the order they cross the channel
+                  if any(t.policy.wants(kind, self.epoch, "train") for t in self.transcripts)]
         for step_ids in zip(*per_run, strict=True):
             ids = torch.stack(step_ids)  # (K, B)
             x = self.x[ids]  # (K, B, 1, 128)
@@ -317,11 +318,11 @@ class BatchedSplitTrainer:
         return [EpochStats(loss / n, 100.0 * c / n)
                 for loss, c in zip(loss_sum.tolist(), correct.tolist(), strict=True)]
 
-    def _record(self, wanted: set[Kind], ids: torch.Tensor,
+    def _record(self, wanted: list[Kind], ids: torch.Tensor,
                 sent: dict[Kind, torch.Tensor]) -> None:
         """Run k's slice of each message of one step (``sent[kind]``: (K, B, ...)), into run
         k's transcript (which keeps what its policy asks for)."""
-        for kind in sorted(wanted, key=list(Kind).index):  # the order they cross the channel
+        for kind in wanted:
             for k, t in enumerate(self.transcripts):
                 t.record(Message(kind, sent[kind][k].detach(), ids[k], self.epoch, "train"))
 
@@ -499,8 +500,7 @@ def _train_together(configs: Sequence, run_dirs: Sequence[RunDir], progress: boo
     plugins = [stateful_plugins(ds, b, None) for ds, b in zip(defenses, behaviours, strict=True)]
 
     def checkpoint(j: int) -> dict[str, Any]:  # run_training's checkpoint, for resuming alone
-        return trainer.trainer_state(j) | {
-            "plugins": {key: p.state_dict() for key, p in plugins[j].items()}, "stopped": None}
+        return checkpoint_state(trainer.trainer_state(j), plugins[j], None)
 
     has_val = len(data.y_val) > 0
     histories: list[list[dict[str, Any]]] = [[] for _ in configs]

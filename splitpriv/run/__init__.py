@@ -196,6 +196,15 @@ def stateful_plugins(defenses: list, behaviour: ServerBehaviour,
     return {k: p for k, p in named.items() if isinstance(p, Stateful)}
 
 
+def checkpoint_state(trainer_state: dict[str, Any], plugins: dict[str, Stateful],
+                     stopped: dict[str, Any] | None) -> dict[str, Any]:
+    """What checkpoint.pt keeps of a run besides its epoch: the trainer's state, every stateful
+    plug-in's (:func:`stateful_plugins`, restored by :func:`load_plugin_states`) and the
+    detector's stop, if one fired."""
+    return trainer_state | {"plugins": {k: p.state_dict() for k, p in plugins.items()},
+                            "stopped": stopped}
+
+
 def load_plugin_states(plugins: dict[str, Stateful], states: dict[str, Any] | None,
                        where: Path) -> None:
     """Restore every stateful plug-in from a checkpoint (``states``: its ``plugins`` entry).
@@ -279,9 +288,8 @@ def _train(config: TrainConfig, run_dir: RunDir, *, progress: bool) -> dict[str,
     plugins = stateful_plugins(defenses, behaviour, log)
     stopped: dict[str, Any] | None = None
 
-    def state() -> dict[str, Any]:  # the checkpoint: the trainer's, the plug-ins', the stop
-        return trainer.state_dict() | {
-            "plugins": {k: p.state_dict() for k, p in plugins.items()}, "stopped": stopped}
+    def state() -> dict[str, Any]:
+        return checkpoint_state(trainer.state_dict(), plugins, stopped)
 
     history: list[dict[str, Any]] = []
     start_epoch = 1
@@ -342,7 +350,7 @@ def row_counts(data: Tensors) -> dict[str, int]:
 __all__ = [
     "BEST", "CHECKPOINT", "PHASES", "RESULT", "TOPOLOGIES", "TRANSCRIPT", "Resumed", "RunDir",
     "ReconstructionLog", "Stateful", "Tensors", "TrainConfig", "behaviour_aux",
-    "build_behaviour", "load_plugin_states", "stateful_plugins",
+    "build_behaviour", "checkpoint_state", "load_plugin_states", "stateful_plugins",
     "build_defenses", "build_run_data",
     "build_run_models", "defense_reports", "epoch_row", "load_tensors", "resolve_topology",
     "result_doc", "row_counts", "run_training", "summarize",
