@@ -126,8 +126,12 @@ class _Stacked:
                 if isinstance(layer, nn.Flatten):
                     x = x.flatten(2)  # (K, B, C, L) -> (K, B, C * L)
                 elif isinstance(layer, nn.Linear):  # (K, B, in) -> (K, B, out)
-                    x = (torch.bmm(x, w.transpose(1, 2)) if bias is None
-                         else torch.baddbmm(bias.unsqueeze(1), x, w.transpose(1, 2)))
+                    # as (w x^T)^T: the weight's gradient then comes out of its bmm as
+                    # (K, out, in), contiguous; x w^T gave it transposed, and accumulating it
+                    # copied it (3.5 ms of a 17 ms step for 10 runs here)
+                    x = (torch.bmm(w, x.transpose(1, 2)) if bias is None
+                         else torch.baddbmm(bias.unsqueeze(2), w, x.transpose(1, 2))
+                         ).transpose(1, 2)
                 elif isinstance(layer, MaxPool2):  # on (K, B, C, L)
                     x = layer(x.flatten(0, 1)).unflatten(0, (k, b))
                 else:  # a Softmax on (K, B, C, L), over C (dim 1) or L (dim -1) of each run

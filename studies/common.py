@@ -290,6 +290,39 @@ def train_group(task: tuple[Sequence[TrainConfig], Sequence[Path], bool]) -> Non
     run_training_batched(list(configs), list(dirs), progress=progress)
 
 
+def run_group(tasks: Sequence[RunTask]) -> list[dict[str, Any]]:
+    """One unit of a sweep: a stacked group trained together (or a single run), then each of its
+    runs attacked; their rows, in order."""
+    if len(tasks) > 1:
+        t = tasks[0]
+        train_group(([r.planned.config for r in tasks],
+                     [r.out / "runs" / r.planned.name for r in tasks], t.progress))
+    return [run_task(t) for t in tasks]
+
+
+#: run-epochs of training that one run's attacks cost at the study budget, about (for ordering)
+ATTACK_EPOCHS = 15
+#: a stacked group of K runs costs about this times K separate runs (benchmarks/speed.py)
+STACKED_SHARE = 0.65
+
+
+def estimated_cost(configs: Sequence[TrainConfig]) -> float:
+    """A rough cost of training (stacked when more than one) and attacking ``configs``, in
+    undefended run-epochs on all rows: only to start the longest work first, so that the last
+    tasks of a sweep are short and no core waits long for the others (the measured epoch
+    costs: a depth-d client about 1 + 0.35 (d - 2) times the 2-conv one, client DP-SGD 2.5x,
+    NoPeek 1.3x)."""
+    def one(c: TrainConfig) -> float:
+        factor = 1 + 0.35 * (c.depth - 2)
+        for spec in c.defenses:
+            factor *= {"dpsgd": 2.5, "nopeek": 1.3}.get(spec.split(":")[0], 1.0)
+        rows = min(c.train_subset or 12_000, 12_000) / 12_000
+        return c.epochs * rows * factor
+
+    share = STACKED_SHARE if len(configs) > 1 else 1.0
+    return share * sum(one(c) for c in configs) + ATTACK_EPOCHS * len(configs)
+
+
 def run_task(task: RunTask) -> dict[str, Any]:
     """Train and attack one planned run (each resumable); its flat row."""
     p, run_dir = task.planned, task.out / "runs" / task.planned.name
@@ -319,8 +352,9 @@ def sweep(plan: Sequence[Planned], out: Path, budget: AttackBudget, *, study: st
           batched: bool = True, executor: Executor | None = None) -> list[dict[str, Any]]:
     """Train and attack every planned run (resumable); one flat row per run, in plan order, with
     the columns of every attack of the plan (NaN where a run skipped one). The attacks are seeded
-    by ``seed``. ``executor`` says where the work runs (default: here, in order); stacked groups
-    train first, each one task, then every run is a task of its own (a finished one is read)."""
+    by ``seed``. ``executor`` says where the work runs (default: here); each task is a stacked
+    group (trained together, then each run attacked) or a single run (trained, attacked; a
+    finished one is read), the longest first (:func:`estimated_cost`)."""
     if len({p.name for p in plan}) != len(plan):
         raise ValueError(f"{study}: two planned runs share a name")
     with executor or Executor(jobs=1) as run:
@@ -329,15 +363,19 @@ def sweep(plan: Sequence[Planned], out: Path, budget: AttackBudget, *, study: st
 
 def _sweep(plan, out, budget, study, seed, threads, progress, batched, executor):
     groups = batch_groups(plan) if batched else []
-    inner = progress and not executor.parallel(max(len(groups), len(plan)))
-    executor.map(train_group, [([p.config for p in ps], [out / "runs" / p.name for p in ps],
-                                inner) for ps in groups],
-                 names=[f"{ps[0].name} (+{len(ps) - 1} stacked)" for ps in groups],
-                 threads=threads, desc=f"{study}: stacked groups", progress=progress)
+    stacked = {p.name for ps in groups for p in ps}
+    units = groups + [[p] for p in plan if p.name not in stacked]
+    units.sort(key=lambda ps: -estimated_cost([p.config for p in ps]))  # longest first
+    inner = progress and not executor.parallel(len(units))
     every_attack = tuple(dict.fromkeys(a for p in plan for a in p.attacks))
-    tasks = [RunTask(p, out, budget, study, every_attack, seed, threads, inner) for p in plan]
-    return executor.map(run_task, tasks, names=[p.name for p in plan], threads=threads,
-                        desc=f"{study}: runs", progress=progress)
+    work = [[RunTask(p, out, budget, study, every_attack, seed, threads, inner) for p in ps]
+            for ps in units]
+    names = [ps[0].name if len(ps) == 1 else f"{ps[0].name} (+{len(ps) - 1} stacked)"
+             for ps in units]
+    done = executor.map(run_group, work, names=names, threads=threads, desc=f"{study}: runs",
+                        progress=progress)
+    rows = {row["run_dir"]: row for rows in done for row in rows}
+    return [rows[str(out / "runs" / p.name)] for p in plan]
 
 
 #: the studies' privacy axis: the strongest inversion's linkage advantage among 10 same-class
