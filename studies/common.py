@@ -502,7 +502,9 @@ def parse_epsilon(s: Any) -> float | None:
 #: Okabe & Ito (2008), colour-blind-safe; black last
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442",
              "#000000"]
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h"]
+#: the colour of a group past the palette (a ninth group would otherwise repeat the first)
+OVERFLOW_COLOR = "0.55"
 STYLE = {
     "figure.dpi": 100, "savefig.dpi": 150, "font.size": 9, "axes.titlesize": 9,
     "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8, "ytick.labelsize": 8,
@@ -597,7 +599,8 @@ def plot_tradeoff(ax: plt.Axes, settings: Sequence[dict[str, Any]], *, x: str, y
         ax.errorbar([p[x].mean for p in pts], [p[y].mean for p in pts],
                     xerr=[p[x].sd for p in pts], yerr=[p[y].sd for p in pts],
                     fmt=MARKERS[gi % len(MARKERS)],
-                    color=(colors or {}).get(g, OKABE_ITO[gi % len(OKABE_ITO)]),
+                    color=(colors or {}).get(g, OKABE_ITO[gi] if gi < len(OKABE_ITO)
+                                             else OVERFLOW_COLOR),
                     label=str(g), capsize=2, elinewidth=0.8, alpha=0.9,
                     markeredgecolor="0.15", markeredgewidth=0.4)
     front = pareto_front([s[x].mean for s in settings], [s[y].mean for s in settings])

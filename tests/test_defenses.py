@@ -13,10 +13,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opacus.accountants import PRVAccountant, RDPAccountant
+from scipy import stats
 
 from defenses import DEFENSES, build_defense
 from defenses.accounting import ALPHAS, laplace_guarantee
-from defenses.dp import FormalDP, PaperDP, clip_rows
+from defenses.dp import MECHANISMS, FormalDP, PaperDP, clip_rows
 from splitpriv.channel import InProcessChannel, Kind, RecordPolicy, Transcript
 from splitpriv.cli import main as cli_main
 from splitpriv.dcor import distance_correlation
@@ -94,6 +95,21 @@ def test_formal_noise_scale_matches_formula(mechanism):
     else:
         estimate = noise.std().item()
     assert estimate == pytest.approx(1.2, rel=0.05)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_laplace_unit_noise_is_laplace(dtype):
+    like = torch.zeros((), dtype=dtype)
+    x = MECHANISMS["laplace"].unit_noise((200_000,), torch.Generator().manual_seed(3), like)
+    assert x.dtype == dtype and bool(x.isfinite().all())
+    assert stats.kstest(x.double().numpy(), stats.laplace.cdf).pvalue > 1e-3
+    assert abs((x > 0).double().mean().item() - 0.5) < 0.01  # symmetric
+    # the extreme uniform draw u = 0 maps to a finite value, not -inf
+    g = torch.Generator().manual_seed(0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, "rand", lambda *a, **k: torch.zeros(4, dtype=dtype))
+        edge = MECHANISMS["laplace"].unit_noise((4,), g, like)
+    assert bool(edge.isfinite().all()) and edge.min().item() < -15
 
 
 def test_paper_noise_scale_is_batch_range_over_epsilon():
