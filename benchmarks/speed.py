@@ -14,6 +14,9 @@ medians of repeated epochs timed round-robin (every row sees the same machine st
   once with torch's default thread count (one per core), as a script that never sets it runs;
   and once more with ``torch.optim.Adam(fused=True)``, the fastest stock optimizer, which the
   split trainer should match (target: split / this row <= 1.0).
+- first convolution: forward + backward of the client's first layer (one input channel) as
+  ``conv1d`` and as :func:`splitpriv.models.same_conv1d` (a batched matrix product), for 1, 3
+  and 10 stacked runs.
 - max-pool: forward + backward of :class:`splitpriv.models.MaxPool2` against ``nn.MaxPool1d(2)``
   on the paper model's two pool inputs at batch 32, a smaller one and 10 batched runs' (the
   numbers behind :data:`splitpriv.models.PAIR_MAX_MIN_NUMEL`).
@@ -58,7 +61,13 @@ from attacks.measures import dtw_pairs, paper_pool
 from splitpriv.batched import BatchedSplitTrainer
 from splitpriv.dcor import dcor_per_channel
 from splitpriv.io import resolve_device, torch_threads, write_json, write_text
-from splitpriv.models import PAIR_MAX_MIN_NUMEL, MaxPool2, ModelConfig, build_models
+from splitpriv.models import (
+    PAIR_MAX_MIN_NUMEL,
+    MaxPool2,
+    ModelConfig,
+    build_models,
+    same_conv1d,
+)
 from splitpriv.options import parse_dataclass_args
 from splitpriv.run import TrainConfig, load_tensors
 from splitpriv.trainer import SplitTrainer, train_monolithic
@@ -216,21 +225,46 @@ def split_unsplit_seconds(
 POOL_SHAPES = ((32, 16, 128), (32, 16, 64), (32, 16, 32), (32, 160, 64))
 
 
-def pool_microseconds(shape: tuple[int, ...], repeats: int, calls: int = 200
-                      ) -> dict[str, float]:
+def microseconds(fns: dict[str, Callable[[], object]], repeats: int, calls: int = 200
+                 ) -> dict[str, float]:
+    """Median microseconds of one call of each function, interleaved rounds of ``calls``."""
+    def calls_of(fn: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(calls):
+                fn()
+        return run
+
+    times = interleaved_times({name: calls_of(fn) for name, fn in fns.items()}, max(repeats, 3))
+    return {name: 1e6 * statistics.median(ts) / calls for name, ts in times.items()}
+
+
+def pool_microseconds(shape: tuple[int, ...], repeats: int) -> dict[str, float]:
     """Median microseconds of one forward + backward of each max-pool on a ``shape`` input."""
     x = torch.randn(*shape).requires_grad_()
     g = torch.randn(*shape[:-1], shape[-1] // 2)
+    return microseconds({name: lambda pool=pool: pool(x).backward(g)
+                         for name, pool in (("nn.MaxPool1d(2)", nn.MaxPool1d(2)),
+                                            ("MaxPool2", MaxPool2()))}, repeats)
 
-    def calls_of(pool: nn.Module) -> Callable[[], object]:
-        def run() -> None:
-            for _ in range(calls):
-                pool(x).backward(g)
-        return run
 
-    times = interleaved_times({"nn.MaxPool1d(2)": calls_of(nn.MaxPool1d(2)),
-                               "MaxPool2": calls_of(MaxPool2())}, max(repeats, 3))
-    return {name: 1e6 * statistics.median(ts) / calls for name, ts in times.items()}
+#: Stacked runs whose first convolution is timed: the paper model's (K = 1) at batch 32, and
+#: K runs' as :mod:`splitpriv.batched` groups them
+FIRST_CONV_RUNS = (1, 3, 10)
+
+
+def first_conv_microseconds(runs: int, repeats: int) -> dict[str, float]:
+    """Median microseconds of one forward + backward of the client's first convolution (one
+    input channel, 16 outputs, kernel 7) for ``runs`` stacked runs on (32, runs, 128) beats:
+    ``conv1d`` (oneDNN) against :func:`splitpriv.models.same_conv1d`."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(32, runs, 128, generator=gen)
+    w = torch.randn(runs * 16, 1, 7, generator=gen).requires_grad_()
+    b = torch.randn(runs * 16, generator=gen).requires_grad_()
+    g = torch.randn(32, runs * 16, 128, generator=gen)
+    return microseconds({
+        "conv1d": lambda: nn.functional.conv1d(x, w, b, padding=3, groups=runs).backward(g),
+        "same_conv1d": lambda: same_conv1d(x, w, b, groups=runs).backward(g),
+    }, repeats)
 
 
 def metric_throughput(x: torch.Tensor, n_loop: int) -> dict[str, dict[str, float]]:
@@ -292,6 +326,7 @@ def main() -> None:
     metrics = metric_throughput(data.x_train[: args.metric_beats].cpu(), args.metric_loop_pairs)
     pools = {"x".join(map(str, shape)): pool_microseconds(shape, args.repeats)
              for shape in POOL_SHAPES}
+    convs = {k: first_conv_microseconds(k, args.repeats) for k in FIRST_CONV_RUNS}
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     lines = [
@@ -321,8 +356,8 @@ def main() -> None:
     lines += ["", "| K runs batched | s/epoch | vs 1 split run | vs K split runs |",
               "|---|---|---|---|"]
     for k, s in batched.items():
-        lines.append(f"| {k} | {s:.3f} | {s / rows['split']:.2f}x | "
-                     f"{s / (k * rows['split']):.2f}x |")
+        ratio = paired_ratio(times, f"batched {k}", "split")
+        lines.append(f"| {k} | {s:.3f} | {ratio:.2f}x | {ratio / k:.2f}x |")
     lines += ["", "| leakage metric | ours (pairs/s) | per-pair loop (pairs/s) | speed-up |",
               "|---|---|---|---|"]
     for name, m in metrics.items():
@@ -334,6 +369,11 @@ def main() -> None:
         kernel = "pair-max" if math.prod(shape) > PAIR_MAX_MIN_NUMEL else "native"
         lines.append(f"| {shape} | {us['nn.MaxPool1d(2)']:.0f} | {us['MaxPool2']:.0f} | "
                      f"{kernel} |")
+    lines += ["", "| first convolution, K stacked runs (forward + backward, CPU) | conv1d (us) | "
+              "same_conv1d (us) | speed-up |", "|---|---|---|---|"]
+    for k, us in convs.items():
+        lines.append(f"| K = {k}: (32, {k}, 128) -> (32, {16 * k}, 128) | {us['conv1d']:.0f} | "
+                     f"{us['same_conv1d']:.0f} | {us['conv1d'] / us['same_conv1d']:.2f}x |")
     lines.append("")
     lines.append(f"Peak resident memory: {peak_mib:.0f} MiB.")
     table = "\n".join(lines)
@@ -349,6 +389,9 @@ def main() -> None:
         "split_with_eval_seconds_per_epoch": rows[SPLIT_EVAL],
         "minutes_400_epochs_train_and_eval": minutes_400,
         "maxpool_microseconds": pools,
+        "first_conv_microseconds": {str(k): us for k, us in convs.items()},
+        "batched_over_split": {str(k): paired_ratio(times, f"batched {k}", "split")
+                               for k in args.ks},
         "metric_pairs_per_second": metrics,
         "peak_rss_mib": peak_mib, "n_train": len(y), "n_test": len(data.y_test),
         "device": str(device), "device_name": describe(device),

@@ -52,7 +52,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from splitpriv.channel import Kind, Message, RecordPolicy, Transcript
 from splitpriv.defense import Defense
 from splitpriv.io import resolve_device, torch_threads
-from splitpriv.models import MaxPool2, SplitModels
+from splitpriv.models import MaxPool2, SplitModels, same_conv, same_conv1d
 from splitpriv.run import (
     RunDir,
     build_behaviour,
@@ -112,10 +112,13 @@ class _Stacked:
             if isinstance(layer, nn.Conv1d):
                 if not grouped:
                     x, grouped = x.transpose(0, 1).reshape(b, -1, x.shape[-1]), True
-                x = nn.functional.conv1d(  # (B, K * Cin, L) -> (B, K * Cout, L')
-                    x, w.flatten(0, 1), None if bias is None else bias.flatten(),
-                    padding=layer.padding, groups=k,
-                )
+                if same_conv(layer):  # (B, K * Cin, L) -> (B, K * Cout, L)
+                    x = same_conv1d(x, w.flatten(0, 1), bias.flatten(), groups=k)
+                else:
+                    x = nn.functional.conv1d(  # (B, K * Cin, L) -> (B, K * Cout, L')
+                        x, w.flatten(0, 1), None if bias is None else bias.flatten(),
+                        padding=layer.padding, groups=k,
+                    )
             elif isinstance(layer, nn.LeakyReLU) or (isinstance(layer, MaxPool2) and grouped):
                 x = layer(x)  # elementwise, or pairs along L: either layout
             elif isinstance(layer, nn.Softmax) and not grouped:

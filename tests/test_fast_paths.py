@@ -1,7 +1,8 @@
 """The CPU fast paths: the project's Adam (torch's fused kernel) against the stock
 torch.optim.Adam (real training steps, checkpoints, skipped gradients) and, bit for bit, against
-torch's own fused path; MaxPool2 against nn.MaxPool1d(2) bit for bit; the trainer's deferred
-Accumulator against the running sum it replaced."""
+torch's own fused path; MaxPool2 against nn.MaxPool1d(2) bit for bit; the first convolution as a
+matrix product against nn.Conv1d; the trainer's deferred Accumulator against the running sum it
+replaced."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ import torch
 from torch import nn
 from torch.func import vmap
 
-from splitpriv.models import PAIR_MAX_MIN_NUMEL, MaxPool2, ModelConfig, build_models
+from splitpriv.models import (
+    PAIR_MAX_MIN_NUMEL,
+    ClientNet,
+    MaxPool2,
+    ModelConfig,
+    build_models,
+    same_conv1d,
+)
 from splitpriv.optim import FusedAdam, make_adam
 from splitpriv.parties import cross_entropy
 from splitpriv.trainer import Accumulator
@@ -257,3 +265,46 @@ def test_accumulator_sums_as_the_running_sum_did():
 def test_maxpool2_takes_the_eager_pair_max_outside_transforms():
     x = torch.randn(32, 16, 64, requires_grad=True)
     assert "_PairMax" in type(MaxPool2()(x).grad_fn).__name__
+
+
+@pytest.mark.parametrize("runs", [1, 3])
+def test_one_channel_conv_equals_conv1d_with_gradients(beats, runs):
+    """The first convolution as a batched matrix product: nn.Conv1d's outputs and weight and bias
+    gradients to float rounding, for one run and for 3 stacked runs (grouped), each run on its
+    own beats; the inputs get no gradient, as data."""
+    x, _ = beats
+    gen = torch.Generator().manual_seed(2)
+    xs = torch.stack([x[32 * k:32 * k + 32, 0] for k in range(runs)], 1)  # (32, runs, 128)
+    w = torch.randn(runs * 16, 1, 7, generator=gen) * 0.3
+    b = torch.randn(runs * 16, generator=gen) * 0.1
+    g = torch.randn(32, runs * 16, 128, generator=gen)
+    results = []
+    for conv in (lambda *a: nn.functional.conv1d(*a, padding=3, groups=runs),
+                 lambda *a: same_conv1d(*a, groups=runs)):
+        wk, bk = w.clone().requires_grad_(), b.clone().requires_grad_()
+        out = conv(xs, wk, bk)
+        out.backward(g)
+        results.append((out.detach(), wk.grad, bk.grad, out.grad_fn))
+    (ref, ref_w, ref_b, _), (out, gw, gb, fn) = results
+    assert "OneChannelConv" in type(fn).__name__  # the fast path ran
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(gw, ref_w, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(gb, ref_b, atol=1e-4, rtol=1e-5)
+    assert ref_w.abs().min() > 1e-3  # every weight got a real gradient
+
+
+def test_client_takes_the_native_first_conv_when_hooked_or_evaluating(beats):
+    """ClientNet's first layer runs the matrix product only where nothing hooks it (Opacus's
+    per-sample gradients hook it) and a gradient is being taken; it is the same layer either
+    way."""
+    x, _ = beats
+    net = ClientNet()
+    fast = net(x[:32])
+    seen = []
+    handle = net.layers[0].register_forward_hook(lambda m, i, o: seen.append(o))
+    hooked = net(x[:32])
+    handle.remove()
+    assert len(seen) == 1 and "Convolution" in type(seen[0].grad_fn).__name__
+    torch.testing.assert_close(hooked, fast, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x[:32]), fast.detach(), atol=1e-6, rtol=1e-5)
