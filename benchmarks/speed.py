@@ -97,13 +97,12 @@ class Args:
 
 
 def tutorial_models(cfg: ModelConfig, device: torch.device):
-    """The split model as a tutorial builds it: same layers and initial weights, with the stock
-    ``nn.MaxPool1d`` in place of :class:`splitpriv.models.MaxPool2`."""
+    """The split model as a tutorial builds it: same layers and initial weights, the client a
+    plain ``nn.Sequential`` of stock layers (``nn.MaxPool1d`` in place of
+    :class:`splitpriv.models.MaxPool2`, every convolution ``nn.Conv1d``'s own kernel)."""
     models = build_models(cfg, seed=0).to(device)
-    layers = models.client.layers
-    for i, layer in enumerate(layers):
-        if isinstance(layer, MaxPool2):
-            layers[i] = nn.MaxPool1d(2)
+    models.client = nn.Sequential(*(nn.MaxPool1d(2) if isinstance(layer, MaxPool2) else layer
+                                    for layer in models.client.layers))
     return models
 
 
