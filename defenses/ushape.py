@@ -30,6 +30,12 @@ class UShape(Defense):
     class Config:
         """``ushape`` takes no parameters."""
 
+    @classmethod
+    def stacks(cls, config: Config) -> bool:
+        """Whether K U-shaped runs can train as one stacked model (``splitpriv.batched``): yes,
+        the defense changes no tensor; the stacked trainer runs the clients' heads."""
+        return True
+
     def __init__(self, config: Config) -> None:
         self.config = config
 

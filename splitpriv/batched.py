@@ -15,18 +15,21 @@ bit for bit).
 
 The split is kept: the server's forward starts from detached activations and the client's
 backward from the gradient the server returns. Each run's transcript records what crossed its
-channel in training (activations, labels, cut gradients: the messages of its own steps, as
+channel in training (activations, labels, cut gradients; U-shaped, the server's output and its
+gradient instead of labels: the messages of its own steps, as
 :class:`~splitpriv.trainer.SplitTrainer` would send them); runs whose transcript asks for
-evaluation messages train alone (:func:`records_in_training_only`).
+evaluation messages train alone (:func:`records_in_training_only`). U-shaped runs stack with
+U-shaped runs: the clients' heads are one more stacked module.
 
 Defenses that act per run (``stacks``: paper or formal activation DP without a release budget,
-NoPeek) are applied per run: each run has its own instances, built from its own config and
-attached as :class:`~splitpriv.trainer.SplitTrainer` attaches them, and the batched step calls
-run k's hooks on run k's slice (B, C, L) of the stacked activations, in the order the client
-does (transforms, then local losses); their noise comes from each instance's own generator, so
-run k draws the noise it draws alone, and each run's accounting (``report()``) is its own.
-Runs that need an evaluation transcript, a U-shape, a server behaviour or a defense that does
-not stack (DP-SGD, label defenses, a release budget, SplitGuard) use SplitTrainer.
+NoPeek; ``ushape``, which names the topology and changes no tensor) are applied per run: each
+run has its own instances, built from its own config and attached as
+:class:`~splitpriv.trainer.SplitTrainer` attaches them, and the batched step calls run k's hooks
+on run k's slice (B, C, L) of the stacked activations, in the order the client does
+(transforms, then local losses); their noise comes from each instance's own generator, so run k
+draws the noise it draws alone, and each run's accounting (``report()``) is its own.
+Runs that need an evaluation transcript, a server behaviour or a defense that does not stack
+(DP-SGD, label defenses, a release budget, SplitGuard) use SplitTrainer.
 
 :func:`run_training_batched` trains the runs of one :func:`batch_key` this way (seeds and the
 defenses' parameters may differ) and writes each run's directory as
@@ -62,6 +65,7 @@ from splitpriv.run import (
     checkpoint_state,
     defense_reports,
     epoch_row,
+    resolve_topology,
     result_doc,
     row_counts,
     run_training,
@@ -193,11 +197,17 @@ class _RunClient:
 
 
 class BatchedSplitTrainer:
-    """Train K vanilla split runs (same architecture and data; their own seeds and, optionally,
-    defenses) in one process.
+    """Train K split runs (same architecture, topology and data; their own seeds and,
+    optionally, defenses) in one process.
+
+    U-shaped runs (each with a head, ``build_models(cfg, ushape=True, seed=s)``) step as
+    :class:`~splitpriv.trainer.SplitTrainer` steps them: the server's output crosses detached,
+    the stacked heads take the loss and their own Adam step, the gradient of the output goes
+    back to the server, then the cut gradient to the client.
 
     Args:
-        runs: the K runs' models (vanilla topology), e.g. ``build_models(cfg, seed=s)``.
+        runs: the K runs' models, all vanilla or all U-shaped, e.g.
+            ``build_models(cfg, seed=s)``.
         x_train: (N, 1, 128) inputs shared by the runs; y_train: (N,) labels.
         seeds: the K batch-order seeds (as ``SplitTrainer(seed=...)``).
         defenses: each run's defenses (default: none), its own instances, every one stacking
@@ -224,8 +234,9 @@ class BatchedSplitTrainer:
     ) -> None:
         if len(runs) != len(seeds):
             raise ValueError(f"got {len(runs)} runs but {len(seeds)} seeds")
-        if any(r.head is not None for r in runs):
-            raise ValueError("BatchedSplitTrainer supports the vanilla topology only")
+        if len({r.head is None for r in runs}) > 1:
+            raise ValueError("BatchedSplitTrainer: the runs mix the vanilla and U-shaped "
+                             "topologies")
         self.defenses = ([list(ds) for ds in defenses] if defenses is not None
                          else [[] for _ in runs])
         if len(self.defenses) != len(runs):
@@ -245,6 +256,11 @@ class BatchedSplitTrainer:
         self.server = _Stacked([r.server for r in runs])
         self.client_opt = adam(lr)(list(self.client.params.values()))
         self.server_opt = adam(lr)(list(self.server.params.values()))
+        self.ushape = runs[0].head is not None
+        heads = [r.head for r in runs if r.head is not None]
+        self.head = _Stacked(heads) if self.ushape else None  # the clients' heads (U-shape)
+        self.head_opt = (adam(lr)(list(self.head.params.values())) if self.head is not None
+                         else None)
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
         self.x, self.y, self.batch_size = x_train, y_train, batch_size
         self.k = len(runs)
@@ -285,13 +301,12 @@ class BatchedSplitTrainer:
         self.epoch = self.epoch + 1 if epoch is None else epoch
         for d in self._plugins():
             d.begin_phase(self.epoch, "train")
-        self.client.train(True)
-        self.server.train(True)
+        self.train(True)
         n, device = len(self.y), self.x.device
         per_run = [batches(n, self.batch_size, g, device) for g in self.generators]
         loss_sum = torch.zeros(self.k, device=device, dtype=torch.float64)
         correct = torch.zeros(self.k, device=device, dtype=torch.long)
-        wanted = [kind for kind in TRAINING_KINDS  # in the order they cross the channel
+        wanted = [kind for kind in TRAINING_KINDS[self.ushape]  # in the order they cross
                   if any(t.policy.wants(kind, self.epoch, "train") for t in self.transcripts)]
         for step_ids in zip(*per_run, strict=True):
             ids = torch.stack(step_ids)  # (K, B)
@@ -301,14 +316,21 @@ class BatchedSplitTrainer:
             if self.defended:
                 a, extra = self._defend(x, a, training=True)
             received = a.detach().requires_grad_()  # what the server gets
-            logits = self.server(received)  # (K, B, 5)
+            out = self.server(received)  # (K, B, 5), or U-shaped (K, B, 128)
+            h = out.detach().requires_grad_() if self.ushape else out  # what the heads get
+            logits = self.head(h) if self.ushape else out  # (K, B, 5)
             y = self.y[ids]  # (K, B)
             losses = nn.functional.cross_entropy(
                 logits.flatten(0, 1), y.flatten(), reduction="none"
             ).view_as(y).mean(1)  # (K,) each run's mean loss
-            self.server_opt.zero_grad(set_to_none=True)
+            loss_opt = self.head_opt if self.ushape else self.server_opt  # where the loss is
+            loss_opt.zero_grad(set_to_none=True)
             losses.sum().backward()  # runs do not share parameters: each gets its own gradient
-            self.server_opt.step()
+            loss_opt.step()
+            if self.ushape:  # the output's gradient crosses back to the server
+                self.server_opt.zero_grad(set_to_none=True)
+                out.backward(h.grad)
+                self.server_opt.step()
             self.client_opt.zero_grad(set_to_none=True)
             if extra is None:
                 a.backward(received.grad)
@@ -316,8 +338,10 @@ class BatchedSplitTrainer:
                 torch.autograd.backward([a, extra], [received.grad, torch.ones_like(extra)])
             self.client_opt.step()
             if wanted:
-                self._record(wanted, ids, {Kind.ACTIVATIONS: received, Kind.LABELS: y,
-                                           Kind.ACT_GRAD: received.grad})
+                sent = {Kind.ACTIVATIONS: received, Kind.LABELS: y, Kind.ACT_GRAD: received.grad}
+                if self.ushape:
+                    sent |= {Kind.SERVER_OUTPUT: h, Kind.OUTPUT_GRAD: h.grad}
+                self._record(wanted, ids, sent)
             loss_sum += losses.detach() * y.shape[1]
             correct += (logits.detach().argmax(-1) == y).sum(1)
         for d in self._plugins():
@@ -353,22 +377,32 @@ class BatchedSplitTrainer:
         piece = max(32, EVAL_BATCH // self.k)
         batch_size = batch_size or (EVAL_BATCH if self.defended else piece)
         piece = min(piece, batch_size)
-        self.client.train(False)
-        self.server.train(False)
+        self.train(False)
         accs = [Accumulator(x.device) for _ in range(self.k)]
         for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
             parts = [self.client(p.expand(self.k, *p.shape)) for p in xb.split(piece)]
             a = parts[0] if len(parts) == 1 else torch.cat(parts, 1)  # (K, B, C, L)
             if self.defended:
                 a, _ = self._defend(None, a, training=False)
-            logits = self.server(a)  # (K, B, 5)
+            logits = self.server(a)  # (K, B, 5), or U-shaped (K, B, 128)
+            if self.head is not None:
+                logits = self.head(logits)  # (K, B, 128) -> (K, B, 5)
             for k, acc in enumerate(accs):
                 acc.add(nn.functional.cross_entropy(logits[k], yb), logits[k], yb)
         return [acc.stats() for acc in accs]
 
+    def train(self, mode: bool) -> None:
+        for part in (self.client, self.server, self.head):
+            if part is not None:
+                part.train(mode)
+
     def run_state(self, k: int) -> dict[str, dict[str, torch.Tensor]]:
-        """Run k's weights, as ``{"client": state_dict, "server": state_dict}``."""
-        return {"client": self.client.unstack(k), "server": self.server.unstack(k)}
+        """Run k's weights, as ``{"client": state_dict, "server": state_dict}`` (and ``"head"``
+        when U-shaped), the layout of weights.pt."""
+        state = {"client": self.client.unstack(k), "server": self.server.unstack(k)}
+        if self.head is not None:
+            state["head"] = self.head.unstack(k)
+        return state
 
     def trainer_state(self, k: int) -> dict[str, Any]:
         """Run k's state in :meth:`splitpriv.trainer.SplitTrainer.state_dict`'s format, so that
@@ -380,17 +414,21 @@ class BatchedSplitTrainer:
                          "exp_avg_sq": s["exp_avg_sq"][k].clone()} for i, s in sd["state"].items()}
             return {"state": state, "param_groups": copy.deepcopy(sd["param_groups"])}
 
-        weights = self.run_state(k)
-        return {
-            "model.client": weights["client"], "model.server": weights["server"],
-            "opt.client": adam_state(self.client_opt), "opt.server": adam_state(self.server_opt),
-            "generator": self.generators[k].get_state(),
-        }
+        state = {f"model.{part}": w for part, w in self.run_state(k).items()}
+        state |= {"opt.client": adam_state(self.client_opt),
+                  "opt.server": adam_state(self.server_opt)}
+        if self.head_opt is not None:
+            state["opt.head"] = adam_state(self.head_opt)
+        return state | {"generator": self.generators[k].get_state()}
 
 
-#: the kinds crossing a vanilla run's channel in training (evaluation sends activations and
-#: returns the server's output, which the batched evaluation does not record)
-TRAINING_KINDS = (Kind.ACTIVATIONS, Kind.LABELS, Kind.ACT_GRAD)
+#: the kinds crossing a run's channel in training, in order, vanilla ([False]) and U-shaped
+#: ([True]) (evaluation sends activations and returns the server's output, which the batched
+#: evaluation does not record)
+TRAINING_KINDS = {
+    False: (Kind.ACTIVATIONS, Kind.LABELS, Kind.ACT_GRAD),
+    True: (Kind.ACTIVATIONS, Kind.SERVER_OUTPUT, Kind.OUTPUT_GRAD, Kind.ACT_GRAD),
+}
 
 
 def records_in_training_only(policy: RecordPolicy) -> bool:
@@ -407,23 +445,22 @@ def batch_key(config) -> str | None:
 
     Runs with equal keys go to one :func:`run_training_batched`: they agree on everything but
     the seed and their defenses' parameters, and their defenses are of the same kinds in the
-    same order (each defense's class: ``dp`` paper mode, ``dp`` formal mode, ``nopeek``; e.g.
-    ``dp:mode=paper,epsilon=1`` and ``dp:mode=paper,epsilon=10`` at any seeds stack, not with
-    ``nopeek`` or the undefended runs). None: a transcript of evaluation messages
-    (:func:`records_in_training_only`), a U-shape, a server behaviour, a
+    same order (each defense's class: ``dp`` paper mode, ``dp`` formal mode, ``nopeek``,
+    ``ushape``; e.g. ``dp:mode=paper,epsilon=1`` and ``dp:mode=paper,epsilon=10`` at any seeds
+    stack, not with ``nopeek``, the undefended runs or ``ushape`` + ``dp:mode=paper``). None: a
+    transcript of evaluation messages (:func:`records_in_training_only`), a server behaviour, a
     defense that does not stack (:func:`stacks`), or defense specs with bad parameters (training
     the run alone reports why). Cheap: the specs are resolved and checked, not built (building
     calibrates formal DP's noise).
     """
-    if (config.topology != "vanilla" or not records_in_training_only(config.record_policy())
+    if (not records_in_training_only(config.record_policy())
             or config.server.partition(":")[0].strip().lower() != "honest"):
         return None
     try:
         specs = [_spec_class(spec) for spec in config.defenses]
     except ValueError:
         return None
-    if not all(getattr(cls, "topology", None) is None and _class_stacks(cls, cfg)
-               for cls, cfg in specs):
+    if not all(_class_stacks(cls, cfg) for cls, cfg in specs):
         return None
     kinds = [f"{cls.__module__}.{cls.__qualname__}" for cls, _ in specs]
     rest = dataclasses.asdict(dataclasses.replace(config, seed=0, defenses=[]))
@@ -431,9 +468,8 @@ def batch_key(config) -> str | None:
 
 
 def batchable(config) -> bool:
-    """Whether a run can be trained stacked with others (:func:`batch_key` is not None): labels
-    crossing (vanilla), no transcript of evaluation messages, an honest server, only defenses
-    that stack."""
+    """Whether a run can be trained stacked with others (:func:`batch_key` is not None): no
+    transcript of evaluation messages, an honest server, only defenses that stack."""
     return batch_key(config) is not None
 
 
@@ -458,8 +494,7 @@ def run_training_batched(configs: Sequence, out_dirs: Sequence[str | Path], *,
     for c, key in zip(configs, keys, strict=True):
         if key is None:
             raise ValueError(f"run_training_batched: {c} has defenses that do not stack, a "
-                             "U-shape, a transcript of evaluation messages or a server "
-                             "behaviour")
+                             "transcript of evaluation messages or a server behaviour")
     if len(set(keys)) > 1:
         raise ValueError("run_training_batched: the configs differ in more than the seed and "
                          "their defenses' parameters (batch_key)")
@@ -497,8 +532,9 @@ def _train_together(configs: Sequence, run_dirs: Sequence[RunDir], progress: boo
     for run_dir in run_dirs:
         run_dir.start(resumable=False)
     data = build_run_data(configs[0], device)
+    topology = resolve_topology(configs[0], defenses[0])  # one for all: the same batch_key
     trainer = BatchedSplitTrainer(
-        [build_run_models(c, "vanilla", device) for c in configs],
+        [build_run_models(c, topology, device) for c in configs],
         data.x_train, data.y_train, seeds=[c.seed for c in configs],
         lr=configs[0].lr, batch_size=configs[0].batch_size, defenses=defenses,
         transcripts=transcripts,
@@ -541,5 +577,5 @@ def _train_together(configs: Sequence, run_dirs: Sequence[RunDir], progress: boo
         run_dir.save_transcript(transcripts[j])
         results.append(run_dir.finish(result_doc(
             c, histories[j], rows=row_counts(data), device=device, card=data.card,
-            topology="vanilla", defenses=defense_reports(defenses[j]), batched=k)))
+            topology=topology, defenses=defense_reports(defenses[j]), batched=k)))
     return results

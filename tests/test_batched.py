@@ -66,12 +66,72 @@ def test_batched_runs_equal_runs_trained_alone(beats, explicit):
     assert any((a[n] - b[n]).abs().max() > 0.1 for n in a)
 
 
-def test_batched_rejects_mismatched_seeds_and_ushape(beats):
+def test_batched_rejects_mismatched_seeds_and_mixed_topologies(beats):
     x, y, _, _ = beats
     with pytest.raises(ValueError, match="seeds"):
         BatchedSplitTrainer([build_models(ModelConfig(), seed=0)], x, y, seeds=[0, 1])
-    with pytest.raises(ValueError, match="vanilla"):
-        BatchedSplitTrainer([build_models(ModelConfig(), ushape=True, seed=0)], x, y, seeds=[0])
+    with pytest.raises(ValueError, match="mix the vanilla and U-shaped"):
+        BatchedSplitTrainer([build_models(ModelConfig(), ushape=True, seed=0),
+                             build_models(ModelConfig(), seed=1)], x, y, seeds=[0, 1])
+
+
+@pytest.mark.parametrize("spec", [None, "dp:mode=paper,epsilon=3"])
+def test_batched_ushape_runs_equal_runs_trained_alone(beats, spec):
+    """U-shaped runs stacked (the clients' heads stacked too) give each run's client, server
+    and head weights, training loss, evaluation and training messages (every kind that crosses)
+    of the U-shaped run trained alone, over an epoch of 4 steps; trainer_state(k) resumes as a
+    U-shaped SplitTrainer, head optimizer included."""
+    from splitpriv.channel import InProcessChannel, RecordPolicy, Transcript
+
+    x, y, xt, yt = beats
+    seeds = [3, 4, 5]
+    cfg = ModelConfig(depth=2)
+    training = RecordPolicy(phases=frozenset({"train"}))
+
+    def defenses() -> list:
+        return [d for s in ("ushape", spec) if s for d in _built(s)]
+
+    batched = BatchedSplitTrainer([build_models(cfg, ushape=True, seed=s) for s in seeds],
+                                  x[:128], y[:128], seeds=seeds,
+                                  defenses=[defenses() for _ in seeds],
+                                  transcripts=[Transcript(policy=training) for _ in seeds])
+    assert batched.head is not None and batched.head.layers is not None  # explicit stacked head
+    stats = batched.train_epoch(1)
+    evals = batched.evaluate(xt, yt, epoch=1, phase="test")
+    for k, seed in enumerate(seeds):
+        sent = Transcript(policy=training)
+        alone = SplitTrainer(build_models(cfg, ushape=True, seed=seed), x[:128], y[:128],
+                             seed=seed, defenses=defenses(), channel=InProcessChannel(sent))
+        assert alone.ushape
+        alone_stats = alone.train_epoch(1)
+        alone_eval = alone.evaluate(xt, yt, epoch=1, phase="test")
+        state = batched.run_state(k)
+        assert sorted(state) == ["client", "head", "server"]
+        for part, module in alone.models.modules().items():
+            _assert_weights_close(state[part], module.state_dict())
+        assert stats[k].loss == pytest.approx(alone_stats.loss, rel=1e-5)
+        assert evals[k].loss == pytest.approx(alone_eval.loss, rel=1e-4)
+        assert evals[k].accuracy == pytest.approx(alone_eval.accuracy, abs=0.7)  # 2 of 300
+        kinds = {kind for kind, _, _ in sent.keys()}
+        assert kinds == {"activations", "server_output", "output_grad", "act_grad"}
+        assert sorted(batched.transcripts[k].keys()) == sorted(sent.keys())
+        for kind, phase, epoch in sent.keys():
+            ids, values = batched.transcripts[k].get(kind, phase=phase, epoch=epoch)
+            ids_alone, values_alone = sent.get(kind, phase=phase, epoch=epoch)
+            assert torch.equal(ids, ids_alone)
+            torch.testing.assert_close(values, values_alone, atol=1e-4, rtol=1e-3)
+        resumed = SplitTrainer(build_models(cfg, ushape=True, seed=99), x[:128], y[:128],
+                               seed=99)
+        resumed.load_state_dict(batched.trainer_state(k))
+        head_opt = resumed.client.head_optimizer
+        for name, p in resumed.models.head.named_parameters():
+            q = batched.head.params[name]
+            assert torch.equal(p, q[k])
+            assert torch.equal(head_opt.state[p]["exp_avg"],
+                               batched.head_opt.state[q]["exp_avg"][k])
+            assert head_opt.state[p]["step"].item() == 4
+    a, b = batched.run_state(0)["head"], batched.run_state(1)["head"]
+    assert any((a[n] - b[n]).abs().max() > 1e-3 for n in a)  # the runs are different runs
 
 
 def _config(pool_dirs, **kw) -> TrainConfig:
@@ -159,13 +219,13 @@ def test_run_training_batched_refuses_what_it_cannot_batch(pool_dirs, tmp_path):
         ([a, _config(pool_dirs, seed=2, depth=3)], "more than the seed"),
         ([a, _config(pool_dirs, seed=2, defenses=["nopeek:alpha=1"])], "more than the seed"),
         ([a, _config(pool_dirs, seed=2, defenses=["labeldp:epsilon=1"])], "do not stack"),
-        ([a, _config(pool_dirs, seed=2, topology="ushape")], "U-shape"),
+        ([a, _config(pool_dirs, seed=2, topology="ushape")], "more than the seed"),
         ([a, _config(pool_dirs, seed=2, record_epochs="last")], "transcript"),
     ]
     for configs, match in cases:
         with pytest.raises(ValueError, match=match):
             run_training_batched(configs, [tmp_path / "x", tmp_path / "y"], progress=False)
-    assert batchable(a) and not batchable(_config(pool_dirs, topology="ushape"))
+    assert batchable(a) and batchable(_config(pool_dirs, topology="ushape"))
 
 
 def test_trainer_state_is_each_runs_own_state(beats):
@@ -228,14 +288,20 @@ def test_batch_key_stacks_seeds_and_defense_parameters_of_one_kind(pool_dirs):
     both = key(defenses=["dp:mode=paper,epsilon=1", "nopeek:alpha=1"])
     assert both == key(seed=2, defenses=["dp:mode=paper,epsilon=3", "nopeek:alpha=3"])
     assert both != key(defenses=["nopeek:alpha=1", "dp:mode=paper,epsilon=1"])
-    assert len({key(), paper, formal, nopeek, both}) == 5
+    ushape = key(defenses=["ushape"])
+    assert ushape is not None and ushape == key(seed=4, defenses=["ushape"])
+    ushape_dp = key(defenses=["ushape", "dp:mode=paper,epsilon=1"])
+    assert ushape_dp == key(seed=2, defenses=["ushape", "dp:mode=paper,epsilon=5"])
+    assert key(topology="ushape") is not None
+    assert len({key(), paper, formal, nopeek, both, ushape, ushape_dp,
+                key(topology="ushape")}) == 8
     assert key() == key(seed=9) and key() != key(depth=3)
     assert paper != key(depth=3, defenses=["dp:mode=paper,epsilon=1"])
     for kw in (dict(defenses=["dp:mode=formal,noise_multiplier=1,releases=1"]),  # frozen steps
                dict(defenses=["dpsgd:noise_multiplier=1"]), dict(defenses=["labeldp:epsilon=1"]),
-               dict(defenses=["maxnorm"]), dict(defenses=["ushape"]),
+               dict(defenses=["maxnorm"]), dict(defenses=["ushape", "marvell"]),
                dict(defenses=["dp:mode=paper"]),  # does not build (no epsilon)
-               dict(topology="ushape"), dict(record_epochs="last"), dict(server="scaled")):
+               dict(record_epochs="last"), dict(server="scaled")):
         assert key(**kw) is None, kw
         assert not batchable(_config(pool_dirs, **kw))
     assert batchable(_config(pool_dirs, defenses=["nopeek:alpha=1"]))
@@ -276,6 +342,38 @@ def test_batched_transcripts_equal_runs_trained_alone(pool_dirs, tmp_path):
     ids0, _ = Transcript.load(dirs[0] / "transcript.npz").get("labels", epoch=1)
     ids1, _ = Transcript.load(dirs[1] / "transcript.npz").get("labels", epoch=1)
     assert not torch.equal(ids0, ids1)
+
+
+def test_batched_ushape_run_directories_and_transcripts_equal_runs_trained_alone(pool_dirs,
+                                                                              tmp_path):
+    """U-shaped runs trained with run_training_batched: each directory holds the head's weights,
+    says ``topology: ushape`` and ``batched: 2``, and its transcript holds what the U-shaped run
+    alone sends in training (the output's gradient, the label attacks' input, and the cut
+    gradient), with the same ids in the same order and values equal up to the stacked kernels'
+    rounding. (The server's output also crosses in evaluation: a run recording it trains
+    alone.)"""
+    from splitpriv.channel import Transcript
+
+    configs = [_config(pool_dirs, seed=s, defenses=["ushape"], record_epochs="all",
+                       record_kinds="output_grad,act_grad") for s in (1, 2)]
+    dirs = [tmp_path / f"b-s{c.seed}" for c in configs]
+    results = run_training_batched(configs, dirs, progress=False)
+    for config, run_dir, result in zip(configs, dirs, results, strict=True):
+        assert result["batched"] == 2 and result["topology"] == "ushape"
+        alone_dir = tmp_path / f"alone-s{config.seed}"
+        alone = run_training(config, alone_dir, progress=False)
+        assert "batched" not in alone and alone["topology"] == "ushape"
+        assert sorted(_weights(run_dir)) == ["client", "head", "server"]
+        _assert_same_run(run_dir, alone_dir)
+        batched, mine = Transcript.load(run_dir / "transcript.npz"), Transcript.load(
+            alone_dir / "transcript.npz")
+        assert sorted(batched.keys()) == sorted(mine.keys()) and len(mine.keys()) == 4
+        for kind, phase, epoch in mine.keys():
+            ids, values = batched.get(kind, phase=phase, epoch=epoch)
+            ids_alone, values_alone = mine.get(kind, phase=phase, epoch=epoch)
+            assert torch.equal(ids, ids_alone)
+            if epoch == 1:
+                torch.testing.assert_close(values, values_alone, atol=1e-4, rtol=1e-3)
 
 
 #: K = 3 runs of one defense kind, each with its own parameters
