@@ -157,7 +157,7 @@ class _Stacked:
 def stacks(defense: Defense) -> bool:
     """Whether K runs, each with its own instance of ``defense``, can train as one stacked model:
     the defense class's ``stacks(config)`` capability (``defenses.dp`` without a release budget,
-    ``defenses.nopeek``; a class without it does not stack).
+    ``defenses.nopeek``, ``defenses.ushape``; a class without it does not stack).
 
     Such a defense acts on its own run only, through ``attach`` (reading the run's inputs, labels
     and defense list, never wrapping its model or optimizer), ``begin_phase``,
