@@ -256,9 +256,8 @@ class BatchedSplitTrainer:
         self.server = _Stacked([r.server for r in runs])
         self.client_opt = adam(lr)(list(self.client.params.values()))
         self.server_opt = adam(lr)(list(self.server.params.values()))
-        self.ushape = runs[0].head is not None
-        heads = [r.head for r in runs if r.head is not None]
-        self.head = _Stacked(heads) if self.ushape else None  # the clients' heads (U-shape)
+        # the clients' heads, U-shaped (all runs have one: checked above)
+        self.head = _Stacked([r.head for r in runs]) if runs[0].head is not None else None
         self.head_opt = (adam(lr)(list(self.head.params.values())) if self.head is not None
                          else None)
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
@@ -273,6 +272,10 @@ class BatchedSplitTrainer:
                 torch.default_generator.manual_seed(seed)  # torch.initial_seed(): the run's seed
                 for d in ds:
                     d.attach(view)
+
+    @property
+    def ushape(self) -> bool:
+        return self.head is not None
 
     def _plugins(self) -> list[Defense]:
         """Every run's defenses, each instance once."""
