@@ -26,8 +26,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from attacks.releases import observed_from_log
 from splitpriv.channel import Kind, Transcript
-from splitpriv.io import atomic_path, resolve_device, torch_threads, write_json
+from splitpriv.io import resolve_device, save_npz, torch_threads, write_json
 
 #: Knowledge fields an attack may declare in ``uses``.
 KNOWLEDGE_FIELDS = ("aux", "depth", "client_state", "defenses")
@@ -51,6 +52,8 @@ class AuxData:
             client); None when they are to be read from the transcript by ``ids``.
         exclude_ids: further observed sample ids that are not to be victims (e.g. the beats of
             the aux set's patients).
+        groups: (M,) the patient (record) of each beat, where the attacker knows it (its own
+            beats): the within-patient game on its held-out beats; None otherwise.
     """
 
     x: torch.Tensor
@@ -59,6 +62,7 @@ class AuxData:
     ids: torch.Tensor | None = None
     activations: torch.Tensor | None = None
     exclude_ids: torch.Tensor | None = None
+    groups: torch.Tensor | None = None
 
     def not_victims(self) -> torch.Tensor | None:
         """Observed sample ids excluded from the victims: the aux rows and ``exclude_ids``."""
@@ -69,7 +73,7 @@ class AuxData:
         if self.x.ndim != 3 or self.x.shape[1] != 1:
             raise AttackInputError(f"aux beats must be (M, 1, L), got {tuple(self.x.shape)}")
         n = len(self.x)
-        for name in ("y", "ids", "activations"):
+        for name in ("y", "ids", "activations", "groups"):
             t = getattr(self, name)
             if t is not None and len(t) != n:
                 raise AttackInputError(
@@ -156,11 +160,15 @@ class GroundTruth:
         classifier: the evaluator's reference classifier (beats -> logits), trained on beats
             the victims are not among; inversion attacks report its accuracy on their
             reconstructions. None skips that check.
+        groups: (N,) the patient (record) of each row: re-identification is then also scored
+            within patient (candidates from the victim's own record). None: across patients
+            only.
     """
 
     x: torch.Tensor
     y: torch.Tensor
     classifier: torch.nn.Module | None = None
+    groups: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.x.ndim != 3 or self.x.shape[1] != 1:
@@ -170,6 +178,10 @@ class GroundTruth:
         if len(self.y) != len(self.x):
             raise AttackInputError(
                 f"ground truth: {len(self.x)} beats but {len(self.y)} labels"
+            )
+        if self.groups is not None and len(self.groups) != len(self.x):
+            raise AttackInputError(
+                f"ground truth: {len(self.x)} beats but {len(self.groups)} groups"
             )
 
     def rows(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,10 +227,11 @@ class AttackBudget:
     """How hard each attack works in a study; each attack class turns it into its options
     (:meth:`Attack.study_options`). Studies nest it in their arguments, so every field is a flag.
 
-    Leakage and inversions read the activations the server really sees: recomputed from the final
-    weights with the run's defenses applied (``source=weights``), on the training beats; the
-    decoder is trained on an auxiliary fraction of them (defended activations paired with their
-    beats) and inverts the others."""
+    The leakage measures read the activations recomputed from the final weights with the run's
+    defenses applied (``source=weights``), on the training beats; the inversions and
+    re-identification read what the server received and kept (the run's release log: every
+    training release, combined as the attacker chooses), trained on an auxiliary fraction of the
+    training beats (their releases paired with their beats) and attacking the others."""
 
     aux: str = "train:0.1"
     """the attacker's auxiliary set (decoder inversion, label attacks)"""
@@ -323,9 +336,7 @@ class AttackResult:
         doc = self.to_dict()
         if self.scores:
             npz = directory / f"{name}.npz"
-            with atomic_path(npz) as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez(fh, **{k: np.asarray(v) for k, v in self.scores.items()})
+            save_npz(npz, {k: np.asarray(v) for k, v in self.scores.items()})
             doc["scores_file"] = npz.name
         write_json(path, doc)
         return path
@@ -349,7 +360,9 @@ class AttackResult:
 def observed(
     transcript: Transcript, kind: Kind | str, *, phase: str, epoch: int | None, attack: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ids (N,) and tensors (N, ...) of one kind, first occurrence of each id kept.
+    """Ids (N,) and tensors (N, ...) of one kind, first occurrence of each id kept; training
+    activations the transcript did not record come from its release log (each id's latest
+    release, :func:`attacks.releases.observed_from_log`) where it kept one.
 
     Raises:
         AttackInputError: the transcript lacks the messages (saying what it holds and how to get
@@ -359,6 +372,9 @@ def observed(
     try:
         ids, values = transcript.get(kind, phase=phase, epoch=epoch)
     except KeyError:
+        from_log = observed_from_log(transcript, kind, phase, epoch)
+        if from_log is not None:
+            return from_log
         held = transcript.keys()
         hint = ""
         if kind in (Kind.OUTPUT_GRAD, Kind.ACT_GRAD) and phase != "train":
@@ -518,6 +534,7 @@ class Observed:
         values: (N, ...) what the server observed of them.
         x: (N, 1, 128) their beats.  y: (N,) their labels.
         positions: (N,) positions of the victims among all observed rows (arrival order).
+        groups: (N,) their patients (records), where the ground truth has them.
     """
 
     ids: torch.Tensor
@@ -525,6 +542,7 @@ class Observed:
     x: torch.Tensor
     y: torch.Tensor
     positions: torch.Tensor
+    groups: torch.Tensor | None = None
 
 
 def observe_victims(
@@ -541,4 +559,5 @@ def observe_victims(
     ids, values = observed(transcript, kind, phase=cfg.phase, epoch=cfg.epoch, attack=attack.name)
     pos = pick_victims(ids, exclude=exclude, max_victims=cfg.max_victims, seed=cfg.seed)
     x, y = truth.rows(ids[pos])
-    return Observed(ids=ids[pos], values=values[pos], x=x, y=y, positions=pos)
+    groups = None if truth.groups is None else truth.groups[ids[pos].long()]
+    return Observed(ids=ids[pos], values=values[pos], x=x, y=y, positions=pos, groups=groups)

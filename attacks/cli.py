@@ -4,10 +4,11 @@ run; writes DIR/attacks/NAME.json (+ NAME.npz) and prints a summary.
 Options are the attack's Config fields (``max_victims=2000``, ``phase=test``, ``steps=300``...)
 plus these, which set up the attack rather than parametrise it:
 
-* ``source``: where the victims' activations come from. ``transcript``: DIR/transcript.npz;
-  ``weights``: recomputed as the client would send them at inference (final weights, defenses in
-  evaluation mode), for runs that recorded no transcript; ``auto`` (default): the transcript when
-  it holds activations of the attacked phase, else the weights.
+* ``source``: where the victims' activations come from. ``transcript``: DIR/transcript.npz (the
+  recorded messages, else, for training beats, the run's release log: every release the server
+  kept); ``weights``: recomputed as the client would send them at inference (final weights,
+  defenses in evaluation mode), for runs that recorded neither; ``auto`` (default): the
+  transcript when it holds activations of the attacked phase, else the weights.
 * ``reference_epochs``: epochs of the evaluator's reference classifier (inversions; default 5;
   0 skips the diagnosis check). It is the paper's network, unsplit, trained on the other half
   (the test half when training beats are attacked) and cached in DIR/attacks/.
@@ -25,6 +26,7 @@ from attacks.base import AttackResult
 from attacks.inversion import InversionAttack
 from attacks.labels import LabelAttack
 from attacks.registry import build_attack
+from attacks.releases import observed_from_log, recorded
 from attacks.runs import SHARED, RunData, config_summary, knowledge_for
 from splitpriv.channel import Kind
 from splitpriv.io import torch_load, torch_save
@@ -67,7 +69,9 @@ def run_attack(
 
     transcript, notes = run.transcript, []
     reads_activations = not isinstance(attack, LabelAttack)
-    has_acts = any(k == Kind.ACTIVATIONS.value and p == cfg.phase for k, p, _ in transcript.keys())
+    has_acts = (recorded(transcript, Kind.ACTIVATIONS, cfg.phase, None)
+                or observed_from_log(transcript, Kind.ACTIVATIONS, cfg.phase, cfg.epoch)
+                is not None)
     if reads_activations and (source == "weights" or (source == "auto" and not has_acts)):
         transcript = SHARED.weights_transcript(run, cfg.phase, seed=cfg.seed)
         notes.append(f"activations of phase {cfg.phase!r} recomputed from the final weights "

@@ -5,11 +5,13 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from attacks.base import Knowledge
+from attacks.fitting import fit_regression
 from attacks.inversion import InversionAttack, InversionConfig, aux_activations, split_aux
 from attacks.registry import register
 
@@ -42,6 +44,9 @@ class DecoderConfig(InversionConfig):
             runs measured (undefended, NoPeek, paper DP, DP-SGD, depth 8, formal DP), so it
             doubled the decoder's cost for nothing.
         width: channels of its hidden layers.
+        refit_epochs: epochs of the chosen decoder on every aux beat when it is refitted after
+            a choice (``strongest``: :meth:`~attacks.inversion.InversionAttack.refit`), from its
+            tuned weights.
         stack_grid: train the grid's decoders together as one network of grouped convolutions
             (:class:`StackedInverseNets`: every grid point starts from the same weights and sees
             the same minibatches, so one forward pass serves all) instead of one after another;
@@ -56,6 +61,7 @@ class DecoderConfig(InversionConfig):
     lrs: str = "0.001,0.003"
     weight_decays: str = "0"
     width: int = 64
+    refit_epochs: int = 5
     stack_grid: str = "auto"
 
     def __post_init__(self) -> None:
@@ -122,38 +128,37 @@ def new_decoder(a_fit: torch.Tensor, x_fit: torch.Tensor, cfg: DecoderConfig) ->
 
 def train_decoder(a_fit: torch.Tensor, x_fit: torch.Tensor, a_held: torch.Tensor,
                   x_held: torch.Tensor, cfg: DecoderConfig, lr: float, weight_decay: float,
-                  device: torch.device | str = "cpu") -> tuple[InverseNet, float, int]:
+                  device: torch.device | str = "cpu", net: nn.Module | None = None
+                  ) -> tuple[nn.Module, float, int]:
     """A decoder trained on (a_fit, x_fit) with held-out early stopping: the weights of the epoch
     (0 = untrained, the mean beat) with the lowest MSE on (a_held, x_held). Returns the net (on
-    ``device``), that MSE and that epoch.
+    ``device``), that MSE and that epoch. ``net``: another untrained decoder (activations ->
+    beats) than :func:`new_decoder`'s; ``cfg`` gives its epochs, patience, batch size and seed.
 
     Shape:
         a_fit: (M, C, L), x_fit: (M, 1, 128), a_held: (H, C, L), x_held: (H, 1, 128).
     """
-    net = new_decoder(a_fit, x_fit, cfg).to(device)
-    a_fit, x_fit, a_held, x_held = (t.to(device) for t in (a_fit, x_fit, a_held, x_held))
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)
-
-    def held_mse() -> float:
-        return float(nn.functional.mse_loss(decode(net, a_held), x_held))
-
-    best, best_epoch, best_state = held_mse(), 0, copy.deepcopy(net.state_dict())
-    for epoch in range(1, cfg.epochs + 1):
-        net.train()
-        for idx in torch.randperm(len(a_fit), generator=gen).split(cfg.batch_size):
-            idx = idx.to(device)
-            loss = nn.functional.mse_loss(net(a_fit[idx]), x_fit[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        mse = held_mse()
-        if mse < best:
-            best, best_epoch, best_state = mse, epoch, copy.deepcopy(net.state_dict())
-        elif epoch - best_epoch >= cfg.patience:
-            break
-    net.load_state_dict(best_state)
+    net = net if net is not None else new_decoder(a_fit, x_fit, cfg)
+    best, best_epoch = fit_regression(
+        net, a_fit, x_fit, a_held, x_held, epochs=cfg.epochs, patience=cfg.patience,
+        batch_size=cfg.batch_size, lr=lr, weight_decay=weight_decay, seed=cfg.seed,
+        device=device)
     return net, best, best_epoch
+
+
+def refit_decoder(attack: InversionAttack, acts: torch.Tensor, knowledge: Knowledge,
+                  transcript: Any) -> torch.Tensor:
+    """The victims' reconstruction (N, 1, 128) by ``attack``'s decoder (``attack.net``, tuned by
+    its last :meth:`reconstruct`) trained ``refit_epochs`` more on every aux beat of
+    ``knowledge`` at its chosen learning rate."""
+    cfg = attack.config
+    net = copy.deepcopy(attack.net)
+    a_aux = aux_activations(attack, transcript, knowledge, like=acts)
+    x_aux = knowledge.aux.x.float()  # type: ignore[union-attr]
+    fit_regression(net, a_aux, x_aux, a_aux[:0], x_aux[:0], epochs=cfg.refit_epochs,  # type: ignore[attr-defined]
+                   patience=1, batch_size=cfg.batch_size,  # type: ignore[attr-defined]
+                   lr=attack.tuning["chosen"]["lr"], seed=cfg.seed, device=attack.device)
+    return decode(net, acts.cpu()).cpu()
 
 
 class StackedInverseNets(nn.Module):
@@ -319,10 +324,14 @@ class DecoderInversion(InversionAttack):
             if best is None or mse < best[1]:
                 best = (net, mse, lr, wd, epoch)
         net, mse, lr, wd, epoch = best
+        self.net = net
         self.tuning |= {"chosen": {"lr": lr, "weight_decay": wd, "best_epoch": epoch},
                         "heldout_mse": mse, "grid_trained": "together" if stack and len(grid) > 1
                         else "one after another"}
         return decode(net, acts.cpu()).cpu()
+
+    def refit(self, acts, knowledge, transcript, *, beat_length):
+        return refit_decoder(self, acts, knowledge, transcript)
 
     def notes(self, knowledge: Knowledge) -> list[str]:
         t = self.tuning

@@ -21,10 +21,12 @@ these references:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,10 +48,10 @@ from attacks.base import (
 from attacks.metrics import (
     LinkageScorer,
     distribution,
-    linkage_report,
     reconstruction_metrics,
     summarize_reconstruction,
 )
+from attacks.releases import Windowed, check_releases, pick, recorded, release_windows
 from splitpriv.channel import Kind, Transcript
 
 
@@ -60,14 +62,20 @@ class InversionConfig(CommonConfig):
         holdout: fraction of the aux beats an attack that tunes on them holds out to choose its
             hyperparameters (and ``strongest`` its attack): chosen on the attacker's own beats,
             never on the victims.
+        releases: how each beat's releases are combined, where the run kept them
+            (``attacks.releases``): ``auto`` (the window whose ridge inversion links the
+            attacker's held-out aux beats best), ``last`` (the attacked epoch's activations
+            only), ``all`` (every release kept) or a number of the log's latest blocks.
     """
 
     max_victims: int | None = 1000
     holdout: float = 0.2
+    releases: str = "auto"
 
     def __post_init__(self) -> None:
         if not 0 < self.holdout < 1:
             raise ValueError(f"holdout must be in (0, 1), got {self.holdout}")
+        self.releases = check_releases(self.releases)
 
 
 @dataclass
@@ -114,6 +122,9 @@ INVERSION_COLUMNS: dict[str, tuple[str, ...]] = {
     "linkage_k100_advantage": ("linkage", "k100", "advantage"),
     "linkage_znorm_k10_advantage": ("linkage_znorm", "k10", "advantage"),
     "linkage_znorm_k100_advantage": ("linkage_znorm", "k100", "advantage"),
+    "linkage_within_k10_advantage": ("linkage_within", "k10", "advantage"),
+    "linkage_within_k100_advantage": ("linkage_within", "k100", "advantage"),
+    "inversion_releases": ("releases", "chosen", "releases_mean"),
     "baseline_pearson_r": ("baseline_mean_beat", "pearson", "median"),
     **{f"prior_{prior}_{col}": ("baselines", prior, *path)
        for prior in PRIORS
@@ -248,6 +259,13 @@ def prior_reconstructions(obs: Observed, knowledge: Knowledge, transcript: Trans
     }
 
 
+def victims_scorer(obs: Observed, truth: GroundTruth, seed: int) -> LinkageScorer:
+    """The victims' linkage game: candidates from the phase's ground truth (same class; within
+    patient too where the records are known)."""
+    return LinkageScorer(obs.x, obs.y, pool_x=truth.x, pool_y=truth.y, seed=seed,
+                         groups=obs.groups, pool_groups=truth.groups)
+
+
 def score_reconstructions(x_hat: torch.Tensor, obs: Observed, truth: GroundTruth, seed: int,
                           *, scorer: LinkageScorer | None = None
                           ) -> tuple[dict, dict[str, np.ndarray]]:
@@ -257,8 +275,7 @@ def score_reconstructions(x_hat: torch.Tensor, obs: Observed, truth: GroundTruth
     candidates already drawn (a :class:`~attacks.metrics.LinkageScorer` of ``obs`` against the
     ground truth with ``seed``), for scoring several reconstructions of them."""
     metrics = reconstruction_metrics(obs.x, x_hat)
-    link = (scorer.report(x_hat) if scorer is not None else
-            linkage_report(obs.x, x_hat, obs.y, pool_x=truth.x, pool_y=truth.y, seed=seed))
+    link = (scorer or victims_scorer(obs, truth, seed)).report(x_hat)
     return {"metrics": summarize_reconstruction(metrics), **link}, metrics
 
 
@@ -276,19 +293,26 @@ class InversionAttack(Attack):
 
     @classmethod
     def study_options(cls, budget):
-        return {"source": "weights", "max_victims": budget.decoder_victims,
+        return {"source": "auto", "max_victims": budget.decoder_victims,
                 "reference_epochs": budget.reference_epochs, "device": budget.attack_device}
+
+    def _score_cache(self, obs: Observed, truth: GroundTruth) -> dict[str, Any]:
+        cache = getattr(self, "_scores", None)
+        if cache is None or cache["obs"] is not obs or cache["truth"] is not truth:
+            scorer = victims_scorer(obs, truth, self.config.seed)
+            cache = self._scores = {"obs": obs, "truth": truth, "scorer": scorer, "done": []}
+        return cache
+
+    def victims_scorer(self, obs: Observed, truth: GroundTruth) -> LinkageScorer:
+        """The victims' linkage game of this :meth:`run` (its candidates drawn once)."""
+        return self._score_cache(obs, truth)["scorer"]
 
     def score(self, x_hat: torch.Tensor, obs: Observed, truth: GroundTruth
               ) -> tuple[dict, dict[str, np.ndarray]]:
         """:func:`score_reconstructions` of ``x_hat``, within one :meth:`run`: the victims'
         linkage candidates drawn once, and a reconstruction scored before (the same values and
         dtype) not scored again. The same numbers as scoring each afresh."""
-        cache = getattr(self, "_scores", None)
-        if cache is None or cache["obs"] is not obs or cache["truth"] is not truth:
-            scorer = LinkageScorer(obs.x, obs.y, pool_x=truth.x, pool_y=truth.y,
-                                   seed=self.config.seed)
-            cache = self._scores = {"obs": obs, "truth": truth, "scorer": scorer, "done": []}
+        cache = self._score_cache(obs, truth)
         x_hat = x_hat.detach().cpu()
         for rec, out in cache["done"]:
             if rec.dtype == x_hat.dtype and rec.shape == x_hat.shape and torch.equal(rec, x_hat):
@@ -311,9 +335,12 @@ class InversionAttack(Attack):
         )
         if obs.values.ndim != 3:
             raise AttackInputError(f"activations must be (N, C, L), got {tuple(obs.values.shape)}")
-        acts = obs.values.float()  # (N, C, L)
         #: the victims' sample ids, for an attack that uses what crossed with them (labels)
         self.victim_ids = obs.ids
+        #: every way of combining the victims' releases, and the one this attack inverts
+        self.windows, self.window, tried, note = self.release_choice(transcript, knowledge, obs)
+        acts = self.window.victims.float()  # (N, C, L)
+        knowledge = with_window(knowledge, self.window)
         x_hat = self.reconstruct(acts, knowledge, transcript, beat_length=truth.x.shape[-1])
         if x_hat.shape != obs.x.shape:
             raise RuntimeError(f"{self.name}: reconstructions {tuple(x_hat.shape)} for beats "
@@ -323,6 +350,7 @@ class InversionAttack(Attack):
         a_aux = (aux_activations(self, transcript, knowledge)
                  if knowledge.aux is not None else None)
         baselines, flat = {}, {}
+        obs = dataclasses.replace(obs, values=acts)  # what was inverted (the chosen window)
         for name, (rec, source) in prior_reconstructions(obs, knowledge, transcript, a_aux,
                                                          cfg).items():
             prior, per_beat = self.score(rec, obs, truth)
@@ -333,6 +361,7 @@ class InversionAttack(Attack):
             **scored,
             "baselines": baselines,
             "baseline_mean_beat": flat["mean_beat"],
+            "releases": {"chosen": self.window.describe(), "tried": tried, "note": note},
             **self.describe_reconstruction(obs, truth),
         }
         scores = {"ids": obs.ids.numpy(), "y": obs.y.numpy(), **metrics,
@@ -342,6 +371,23 @@ class InversionAttack(Attack):
             scores.update(preds)
         return AttackResult(attack=self.name, summary=summary, scores=scores,
                             notes=self.notes(knowledge))
+
+    def release_choice(self, transcript: Transcript, knowledge: Knowledge, obs: Observed
+                       ) -> tuple[list[Windowed], Windowed, list[dict[str, Any]], str | None]:
+        """Every way of combining the victims' releases (:func:`attacks.releases.
+        release_windows`), the one ``releases`` picks (``auto``: the ridge proxy on the aux
+        beats, :func:`attacks.ridge.choose_window_by_ridge`), the proxy's table and a note."""
+        windows, note = observation_windows(self, transcript, knowledge, obs)
+        fixed = pick(windows, self.config.releases)  # type: ignore[attr-defined]
+        if fixed is not None:
+            return windows, fixed, [], note
+        if len(windows) == 1 or knowledge.aux is None:
+            return windows, windows[0], [], note
+        from attacks.ridge import choose_window_by_ridge
+
+        best, tried = choose_window_by_ridge(windows, knowledge.aux, self.config,
+                                             self.device)  # type: ignore[arg-type]
+        return windows, windows[best], tried, note
 
     def headline(self, summary):
         m, b = summary["metrics"], summary["baseline_mean_beat"]
@@ -363,6 +409,15 @@ class InversionAttack(Attack):
 
     def notes(self, knowledge: Knowledge) -> list[str]:
         return []
+
+    def refit(self, acts: torch.Tensor, knowledge: Knowledge, transcript: Transcript, *,
+              beat_length: int) -> torch.Tensor:
+        """The victims' reconstruction by this attack refitted on every aux beat of
+        ``knowledge``, after a :meth:`reconstruct` that chose its settings (``strongest``'s
+        winner). Default: :meth:`reconstruct` again (ridge tunes its penalty, then refits on
+        every aux beat); the decoders train their tuned network a few epochs more on all of
+        them."""
+        return self.reconstruct(acts, knowledge, transcript, beat_length=beat_length)
 
     def describe_reconstruction(self, obs: Observed, truth: GroundTruth) -> dict:
         """Further summary entries of a subclass (after :meth:`reconstruct`); default: its
@@ -390,6 +445,29 @@ def aux_activations(attack: Attack, transcript: Transcript, knowledge: Knowledge
         raise AttackInputError(f"aux activations {tuple(a_aux.shape[1:])} and victims' "
                                f"{tuple(like.shape[1:])} differ in shape")
     return a_aux
+
+
+def observation_windows(attack: Attack, transcript: Transcript, knowledge: Knowledge,
+                        obs: Observed) -> tuple[list[Windowed], str | None]:
+    """The victims' (and aux beats') releases combined every way the run allows
+    (:func:`attacks.releases.release_windows`), the attacked activations first."""
+    cfg = attack.config
+    aux = knowledge.aux
+    last_aux = aux_activations(attack, transcript, knowledge) if aux is not None else None
+    paired = aux is not None and aux.activations is None
+    return release_windows(
+        transcript, obs.ids, obs.values.float(),
+        aux_ids=aux.ids if paired else None, last_aux=last_aux, phase=cfg.phase,
+        epoch=cfg.epoch, recorded=recorded(transcript, Kind.ACTIVATIONS, cfg.phase, cfg.epoch))
+
+
+def with_window(knowledge: Knowledge, window: Windowed) -> Knowledge:
+    """``knowledge`` whose aux beats carry the window's combined activations."""
+    if knowledge.aux is None or window.aux is None:
+        return knowledge
+    return dataclasses.replace(knowledge, aux=dataclasses.replace(
+        knowledge.aux, activations=window.aux,
+        source=f"{knowledge.aux.source}; releases: {window.name}"))
 
 
 def _aux_from_transcript(attack: Attack, transcript: Transcript, aux: AuxData) -> torch.Tensor:

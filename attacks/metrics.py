@@ -16,7 +16,7 @@ Reconstruction metrics, for a beat x and its reconstruction x^ (each 128 samples
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -135,16 +135,24 @@ def _rows(t: torch.Tensor | np.ndarray) -> np.ndarray:
 
 class LinkageScorer:
     """The linkage of any number of reconstructions of the same victims (:func:`linkage`,
-    :func:`linkage_report`), their candidates drawn once.
+    :func:`linkage_report`), their candidates drawn once; and the same game played in
+    activation space (:meth:`match`).
 
-    The candidates depend on the victims' beats, their classes, the pool, ``k``, the seed and
-    whether beats are z-normalised, never on the reconstructions: each (k, normalise) is drawn
-    once, with the same random stream as :func:`linkage` (a fresh ``default_rng(seed)`` per
-    (k, normalise)), and every reconstruction scored against those draws in one vectorised
-    pass. The results are those of one :func:`linkage` call per reconstruction, bit for bit.
+    The candidates depend on the victims' beats, their classes (and patients, ``within``), the
+    pool, ``k``, the seed and whether beats are z-normalised, never on the reconstructions: each
+    (k, normalise, within) is drawn once, with the same random stream as :func:`linkage` (a
+    fresh ``default_rng(seed)`` per draw), and every reconstruction scored against those draws in
+    one vectorised pass. The results are those of one :func:`linkage` call per reconstruction,
+    bit for bit.
+
+    Two games: ``within=False`` (across patients), candidates are other beats of the victim's
+    class from the whole pool; ``within=True`` (within patient), only from the victim's own
+    group (its record: the same patient), so that telling a beat from its own patient's other
+    beats of the class is measured apart from telling the patient (both are privacy losses).
 
     Shape:
-        x: (N, L) or (N, 1, L); y: (N,); pool_x: (M, L) or (M, 1, L), pool_y: (M,).
+        x: (N, L) or (N, 1, L); y: (N,); pool_x: (M, L) or (M, 1, L), pool_y: (M,); groups:
+        (N,), pool_groups: (M,) (needed for ``within``).
     """
 
     #: victims per chunk of the vectorised distances ((chunk, k, L) float64 at once)
@@ -158,18 +166,31 @@ class LinkageScorer:
         pool_x: torch.Tensor | np.ndarray | None = None,
         pool_y: torch.Tensor | np.ndarray | None = None,
         seed: int = 0,
+        groups: torch.Tensor | np.ndarray | None = None,
+        pool_groups: torch.Tensor | np.ndarray | None = None,
     ) -> None:
         self.x = _rows(x)
-        self.y = np.asarray(torch.as_tensor(y).cpu()).astype(np.int64)
+        self.y = _ints(y)
         if len(self.y) != len(self.x):
             raise ValueError(f"linkage: beats {self.x.shape} and labels {self.y.shape} do not "
                              "match")
         self.px = self.x if pool_x is None else _rows(pool_x)
-        self.py = (self.y if pool_y is None
-                   else np.asarray(torch.as_tensor(pool_y).cpu()).astype(np.int64))
+        self.py = self.y if pool_y is None else _ints(pool_y)
+        self.g = None if groups is None else _ints(groups)
+        self.pg = self.g if pool_groups is None and pool_x is None else (
+            None if pool_groups is None else _ints(pool_groups))
+        for name, a, n in (("groups", self.g, len(self.x)), ("pool_groups", self.pg,
+                                                              len(self.px))):
+            if a is not None and len(a) != n:
+                raise ValueError(f"linkage: {name} has {len(a)} rows for {n} beats")
         self.seed = seed
         self._normalised: tuple[np.ndarray, np.ndarray] | None = None
-        self._draws: dict[tuple[int, bool], tuple[np.ndarray, np.ndarray]] = {}
+        self._draws: dict[tuple[int, bool, bool], tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def has_groups(self) -> bool:
+        """Whether the victims' and the pool's groups are known (the within-patient game)."""
+        return self.g is not None and self.pg is not None
 
     def _beats(self, normalise: bool) -> tuple[np.ndarray, np.ndarray]:
         """(victims' beats, pool), z-normalised with ``normalise``."""
@@ -179,23 +200,37 @@ class LinkageScorer:
             self._normalised = (znorm(self.x), znorm(self.px))
         return self._normalised
 
-    def draws(self, k: int, normalise: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Candidate rows of the pool (N, k') (k' = min(k, the largest class), -1 where a
-        victim's class has fewer) and their validity mask (N, k')."""
+    def draws(self, k: int, normalise: bool, within: bool = False
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate rows of the pool (N, k') (k' = min(k, the largest class, or class within a
+        group)), -1 where a victim has fewer) and their validity mask (N, k')."""
         if k < 1:
             raise ValueError(f"linkage: k must be >= 1, got {k}")
-        key = (k, normalise)
+        if within and not self.has_groups:
+            raise ValueError("linkage within patient: the victims' and the pool's groups "
+                             "(records) are not known")
+        key = (k, normalise, within)
         if key not in self._draws:
             x, px = self._beats(normalise)
             rng = np.random.default_rng(self.seed)
-            members = {c: np.flatnonzero(self.py == c) for c in np.unique(self.py)}
-            first = {c: px[rows, 0] for c, rows in members.items()}  # (M_c,) per class
+            if within:
+                assert self.g is not None and self.pg is not None
+                who = [(int(c), int(g)) for c, g in zip(self.y, self.g, strict=True)]
+                of_pool = zip(self.py.tolist(), self.pg.tolist(), strict=True)
+            else:
+                who = self.y.tolist()
+                of_pool = iter(self.py.tolist())
+            members: dict = {}
+            for row, m in enumerate(of_pool):
+                members.setdefault(m, []).append(row)
+            members = {m: np.asarray(rows, dtype=np.int64) for m, rows in members.items()}
+            first = {m: px[rows, 0] for m, rows in members.items()}  # (M_c,) per class
             none, no_first = np.empty(0, dtype=np.int64), np.empty(0)
             width = min(k, max((len(m) for m in members.values()), default=0))
             cand = np.full((len(x), width), -1, dtype=np.int64)
             for i in range(len(x)):
-                rows = members.get(self.y[i], none)
-                same = first.get(self.y[i], no_first) == x[i, 0]  # cheap first test; whole
+                rows = members.get(who[i], none)
+                same = first.get(who[i], no_first) == x[i, 0]  # cheap first test; whole
                 if same.any():  # rows only where it holds
                     same[same] = np.all(px[rows[same]] == x[i], axis=1)
                 others = rows[~same]  # not the victim's own beat
@@ -206,22 +241,48 @@ class LinkageScorer:
         return self._draws[key]
 
     def linkage(self, x_hat: torch.Tensor | np.ndarray, *, k: int,
-                normalise: bool = False) -> dict[str, float]:
-        """:func:`linkage` of reconstructions ``x_hat`` (N, L) or (N, 1, L)."""
+                normalise: bool = False, within: bool = False) -> dict[str, float]:
+        """:func:`linkage` of reconstructions ``x_hat`` (N, L) or (N, 1, L); ``within``: the
+        candidates from the victim's own group only."""
         x_hat = _rows(x_hat)
         if x_hat.shape != self.x.shape:
             raise ValueError(f"linkage: beats {self.x.shape}, reconstructions {x_hat.shape} and "
                              f"labels {self.y.shape} do not match")
-        cand, valid = self.draws(k, normalise)
         x, px = self._beats(normalise)
         if normalise:
             x_hat = znorm(x_hat)
-        n = len(x)
+        return self._game(x_hat, x, px, k=k, normalise=normalise, within=within,
+                          distance=_mean_square)
+
+    def match(self, query: torch.Tensor | np.ndarray, own: torch.Tensor | np.ndarray,
+              pool: torch.Tensor | np.ndarray, *, k: int, distance: Callable, within: bool = False
+              ) -> dict[str, float]:
+        """The linkage game played in another space (activation space): victim i is picked out
+        when ``distance(query[i], own[i])`` is below that to every candidate's ``pool`` row,
+        the candidates those of :meth:`linkage` (the same draws). ``own`` and ``pool`` are the
+        victims' and the pool's beats mapped by the attacker (e.g. through a client model).
+
+        Shape:
+            query, own: (N, D); pool: (M, D); ``distance(a (c, D), b (c, k, D)) -> (c, k)``.
+        """
+        query, own, pool = _rows(query), _rows(own), _rows(pool)
+        if own.shape[0] != len(self.x) or pool.shape[0] != len(self.px) or \
+                query.shape != own.shape or pool.shape[1] != own.shape[1]:
+            raise ValueError(f"linkage: queries {query.shape}, victims {own.shape} and pool "
+                             f"{pool.shape} do not match {len(self.x)} victims and "
+                             f"{len(self.px)} pool beats")
+        return self._game(query, own, pool, k=k, normalise=False, within=within,
+                          distance=distance)
+
+    def _game(self, query: np.ndarray, own: np.ndarray, pool: np.ndarray, *, k: int,
+              normalise: bool, within: bool, distance: Callable) -> dict[str, float]:
+        cand, valid = self.draws(k, normalise, within)
+        n = len(query)
         hits = np.zeros(n)
         for lo in range(0, n, self.CHUNK):
             sl = slice(lo, lo + self.CHUNK)
-            d_own = np.mean((x_hat[sl] - x[sl]) ** 2, axis=-1)  # (c,)
-            d = np.mean((px[np.maximum(cand[sl], 0)] - x_hat[sl, None, :]) ** 2, axis=-1)
+            d_own = distance(query[sl], own[sl, None, :])[:, 0]  # (c,)
+            d = distance(query[sl], pool[np.maximum(cand[sl], 0)])  # (c, k')
             closer = ((d < d_own[:, None]) & valid[sl]).sum(1)  # (c,)
             tied = ((d == d_own[:, None]) & valid[sl]).sum(1)
             hits[sl] = np.where(closer > 0, 0.0, 1.0 / (1 + tied))
@@ -235,12 +296,24 @@ class LinkageScorer:
                ) -> dict[str, dict[str, dict[str, float]]]:
         """:func:`linkage_report` of reconstructions ``x_hat``."""
         out: dict[str, dict[str, dict[str, float]]] = {}
-        for key, normalise in (("linkage", False), ("linkage_znorm", True)):
+        games = [("linkage", False, False), ("linkage_znorm", True, False)]
+        if self.has_groups:
+            games.append(("linkage_within", False, True))
+        for key, normalise, within in games:
             out[key] = {}
             for k in ks:
-                r = self.linkage(x_hat, k=k, normalise=normalise)
+                r = self.linkage(x_hat, k=k, normalise=normalise, within=within)
                 out[key][f"k{k}"] = {name: r[name] for name in LINKAGE_KEYS} | {"n": r["n"]}
         return out
+
+
+def _ints(a: torch.Tensor | np.ndarray) -> np.ndarray:
+    return np.asarray(torch.as_tensor(a).cpu()).astype(np.int64)
+
+
+def _mean_square(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Mean squared difference of rows a (c, D) and b (c, k, D): (c, k)."""
+    return np.mean((b - a[:, None, :]) ** 2, axis=-1)
 
 
 def linkage(
@@ -285,13 +358,17 @@ def linkage_report(
     pool_y: torch.Tensor | np.ndarray | None = None,
     seed: int = 0,
     ks: tuple[int, ...] = LINKAGE_KS,
+    groups: torch.Tensor | np.ndarray | None = None,
+    pool_groups: torch.Tensor | np.ndarray | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """The linkage of one set of reconstructions as every result reports it: for k in ``ks``,
-    ``{"k10": {accuracy, ci_low, ci_high, chance, advantage}, ...}`` by MSE (``linkage``) and
-    after per-beat z-normalisation (``linkage_znorm``); the same seed (the same candidates) for
-    every k and both distances, so that an attack and its priors are compared on equal draws.
+    ``{"k10": {accuracy, ci_low, ci_high, chance, advantage}, ...}`` by MSE (``linkage``), after
+    per-beat z-normalisation (``linkage_znorm``) and, where the groups (records) are given,
+    within patient (``linkage_within``); the same seed (the same candidates) for every k and
+    distance, so that an attack and its priors are compared on equal draws.
 
     Shape:
         x, x_hat: (N, L) or (N, 1, L); y: (N,); pool_x: (M, L) or (M, 1, L), pool_y: (M,).
     """
-    return LinkageScorer(x, y, pool_x=pool_x, pool_y=pool_y, seed=seed).report(x_hat, ks)
+    return LinkageScorer(x, y, pool_x=pool_x, pool_y=pool_y, seed=seed, groups=groups,
+                         pool_groups=pool_groups).report(x_hat, ks)

@@ -14,6 +14,7 @@ ATTACKS: dict[str, type[Attack]] = {}
 
 #: modules of the package that hold no attack
 _NOT_ATTACKS = {"base", "registry", "measures", "metrics", "inversion", "labels", "runs", "cli",
+                "releases",
                 "leakage", "servers",
                 "reference"}
 

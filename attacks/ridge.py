@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from attacks.base import AuxData
 from attacks.decoder import parse_grid
 from attacks.inversion import InversionAttack, InversionConfig, aux_activations, split_aux
+from attacks.metrics import LinkageScorer
 from attacks.registry import register
+from attacks.releases import Windowed
 
 
 @dataclass
@@ -54,6 +58,45 @@ class RidgeMap:
     def predict(self, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return self.mu_x + ((a.to(self.device, torch.float64) - self.mu_a) / self.sd_a) @ w
 
+    def tune(self, a_held: torch.Tensor, x_held: torch.Tensor, lambdas: str
+             ) -> tuple[dict[str, float], list[dict[str, float]]]:
+        """The penalty of ``lambdas`` (comma-separated) with the lowest MSE on held-out pairs
+        (a_held (H, D), x_held (H, P)), and the grid: ``({"lambda", "heldout_mse"}, grid)``."""
+        x_held = x_held.to(self.device, torch.float64)
+        grid = []
+        for lam in parse_grid(lambdas, "lambdas"):
+            pred = self.predict(a_held, self.weights(lam))
+            grid.append({"lambda": lam, "heldout_mse": float(((pred - x_held) ** 2).mean())})
+        return min(grid, key=lambda g: g["heldout_mse"]), grid
+
+
+def choose_window_by_ridge(windows: list[Windowed], aux: AuxData, cfg: InversionConfig,
+                           device: torch.device | str = "cpu"
+                           ) -> tuple[int, list[dict[str, Any]]]:
+    """The release window an attacker picks on its own beats: for each window, ridge (penalty
+    tuned on the held-out part) fitted on the fit part of the aux beats, and its linkage of the
+    held-out aux beats (k = 10 same-class aux beats as candidates); the best advantage wins,
+    ties to the lower held-out MSE. Cheap (one SVD per window): the proxy every inversion uses
+    to combine releases (``releases=auto``). Returns the window's index and the table."""
+    m = len(aux.x)
+    fit, held = split_aux(m, cfg.holdout, cfg.seed)
+    x = aux.x.reshape(m, -1)
+    scorer = LinkageScorer(aux.x[held], aux.y[held], pool_x=aux.x, pool_y=aux.y, seed=cfg.seed)
+    rows: list[dict[str, Any]] = []
+    for w in windows:
+        assert w.aux is not None
+        a = w.aux.reshape(m, -1)
+        part = RidgeMap(a[fit], x[fit], device)
+        chosen, _ = part.tune(a[held], x[held], RidgeConfig.lambdas)
+        pred = part.predict(a[held], part.weights(chosen["lambda"])).cpu()
+        link = scorer.linkage(pred, k=10)
+        rows.append({"window": w.name, "releases_mean": w.releases, "lambda": chosen["lambda"],
+                     "heldout_mse": chosen["heldout_mse"],
+                     "heldout_linkage_k10_advantage": link["advantage"]})
+    best = max(range(len(rows)), key=lambda i: (rows[i]["heldout_linkage_k10_advantage"],
+                                                -rows[i]["heldout_mse"]))
+    return best, rows
+
 
 @register("ridge")
 class RidgeInversion(InversionAttack):
@@ -86,12 +129,7 @@ class RidgeInversion(InversionAttack):
         fit, held = split_aux(len(a), cfg.holdout, cfg.seed)
         device = self.device
         part = RidgeMap(a[fit], x[fit], device)
-        x_held = x[held].to(device, torch.float64)
-        grid = []
-        for lam in parse_grid(cfg.lambdas, "lambdas"):
-            pred = part.predict(a[held], part.weights(lam))
-            grid.append({"lambda": lam, "heldout_mse": float(((pred - x_held) ** 2).mean())})
-        chosen = min(grid, key=lambda g: g["heldout_mse"])
+        chosen, grid = part.tune(a[held], x[held], cfg.lambdas)
         self.tuning = {"heldout_beats": len(held), "grid": grid, "chosen": chosen,
                        "heldout_mse": chosen["heldout_mse"],
                        "heldout_mse_mean_beat": float(((x[fit].double().mean(0) -

@@ -61,7 +61,15 @@ class RunData:
     def truth(self, phase: str, classifier: torch.nn.Module | None = None) -> GroundTruth:
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
-        return GroundTruth(self.x[phase], self.y[phase], classifier=classifier)
+        return GroundTruth(self.x[phase], self.y[phase], classifier=classifier,
+                           groups=record_groups(self.records[phase]))
+
+
+def record_groups(records: np.ndarray) -> torch.Tensor | None:
+    """The patient (MIT-BIH record) of each row as attack groups; None where a row's record is
+    unknown (the paper's HDF5 files: -1)."""
+    records = np.asarray(records)
+    return None if (records < 0).any() else torch.as_tensor(records).long()
 
 
 def load_run(
@@ -203,6 +211,7 @@ def parse_aux(spec: str | None, run: RunData, *, phase: str, seed: int = 0) -> A
         ids = torch.from_numpy(np.sort(rng.choice(n_train, size=n, replace=False)))
         return AuxData(
             x=run.x["train"][ids], y=run.y["train"][ids], ids=ids,
+            groups=record_groups(run.records["train"][ids.numpy()]),
             source=f"train:{arg} ({n} of the {n_train} training rows; paired with the transcript "
                    "by id)",
         )
@@ -227,7 +236,7 @@ def parse_aux(spec: str | None, run: RunData, *, phase: str, seed: int = 0) -> A
         with_defenses = " with its defenses" if run.config.defenses else ""
         return AuxData(
             x=x, y=torch.as_tensor(pool.y[rows]).long(), activations=acts,
-            ids=None,
+            ids=None, groups=record_groups(pool.record[rows]),
             source=f"records:{','.join(map(str, wanted))} ({len(rows)} unused pool beats; "
             f"activations by querying the client{with_defenses})",
             exclude_ids=torch.from_numpy(np.flatnonzero(victims_from)),

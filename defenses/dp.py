@@ -518,10 +518,14 @@ class FormalDP(ActivationDP):
         self._kept[ids] = sent.detach()
         self._kept_mask[ids] = True
 
-    def _release(self, a: torch.Tensor, training: bool) -> torch.Tensor:
+    def release_map(self, a: torch.Tensor) -> torch.Tensor:
+        """The release without its noise: standardised (``standardise``), then clipped."""
         if self.config.standardise:
             a = standardise_rows(a)
-        clipped = clip_rows(a, self.config.clip, self.mechanism.norm_ord)
+        return clip_rows(a, self.config.clip, self.mechanism.norm_ord)
+
+    def _release(self, a: torch.Tensor, training: bool) -> torch.Tensor:
+        clipped = self.release_map(a)
         if not training and not self.config.test_noise:
             return clipped
         sent = clipped + (self.noise_scale * self._noise(a.shape, a)).detach()

@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from splitpriv.io import atomic_path
+from splitpriv.io import save_npz
+from splitpriv.releases import PREFIX as RELEASES_PREFIX
+from splitpriv.releases import ReleaseLog
 
 #: the passes of an epoch, in the order the wire codes them
 PHASES = ("train", "val", "test")
@@ -55,11 +57,15 @@ class RecordPolicy:
         epochs: epochs to keep (1-based).
         kinds: message kinds to keep.
         phases: phases to keep (``train``, ``val``, ``test``).
+        releases: blocks of epochs (first, last) over which every training release is kept
+            per sample id (:class:`~splitpriv.releases.ReleaseLog`), whatever the other fields
+            keep; empty: none.
     """
 
     epochs: frozenset[int] | None = None
     kinds: frozenset[Kind] | None = None
     phases: frozenset[str] | None = frozenset({"train", "test"})
+    releases: tuple[tuple[int, int], ...] = ()
 
     def wants(self, kind: Kind, epoch: int, phase: str) -> bool:
         return (
@@ -77,14 +83,24 @@ class Transcript:
     """What crossed the channel: per (kind, phase, epoch), sample ids and tensors.
 
     Tensors are detached CPU copies. ``get`` concatenates a key's chunks in arrival order.
+    ``releases`` keeps every training release per sample id when the policy asks for it
+    (:class:`~splitpriv.releases.ReleaseLog`).
     """
 
     policy: RecordPolicy = field(default_factory=RecordPolicy)
     chunks: dict[tuple[str, str, int], list[tuple[torch.Tensor, torch.Tensor]]] = field(
         default_factory=dict
     )
+    releases: ReleaseLog | None = None
+
+    def __post_init__(self) -> None:
+        if self.releases is None and self.policy.releases:
+            self.releases = ReleaseLog(self.policy.releases)
 
     def record(self, msg: Message) -> None:
+        if (self.releases is not None and msg.kind is Kind.ACTIVATIONS
+                and msg.phase == "train"):
+            self.releases.add(msg.ids, msg.tensor, msg.epoch)
         if not self.policy.wants(msg.kind, msg.epoch, msg.phase):
             return
         key = (msg.kind.value, msg.phase, msg.epoch)
@@ -124,27 +140,34 @@ class Transcript:
         return torch.cat(ids), torch.cat(tensors)
 
     def save(self, path: str | Path, keys: Iterable[tuple[str, str, int]] | None = None) -> None:
-        """Write to ``.npz`` (one ids and one values array per key; ``keys``: only those),
-        atomically."""
+        """Write to ``.npz`` (one ids and one values array per key, and the release log's blocks;
+        ``keys``: only those, no release log), atomically."""
         arrays: dict[str, np.ndarray] = {}
+        if keys is None and self.releases is not None:
+            arrays |= self.releases.arrays()
         for kind, phase, epoch in sorted(self.keys() if keys is None else keys):
             ids, values = self.get(kind, phase=phase, epoch=epoch)
             name = f"{kind}|{phase}|{epoch}"
             arrays[name + "|ids"] = ids.numpy()
             arrays[name + "|values"] = values.numpy()
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
+        save_npz(path, arrays)
 
     def update(self, other: Transcript) -> None:
-        """Take ``other``'s keys (replacing this transcript's chunks of the same keys)."""
+        """Take ``other``'s keys (replacing this transcript's chunks of the same keys) and its
+        release log, if it has one."""
         self.chunks.update(other.chunks)
+        if other.releases is not None:
+            self.releases = other.releases
 
     @classmethod
     def load(cls, path: str | Path) -> Transcript:
         out = cls(policy=RecordPolicy(phases=None))
         with np.load(path, allow_pickle=False) as data:
+            out.releases = ReleaseLog.from_arrays(
+                {n: data[n] for n in data.files if n.startswith(RELEASES_PREFIX + "|")})
             for name in data.files:
+                if name.startswith(RELEASES_PREFIX + "|"):
+                    continue
                 kind, phase, epoch, part = name.split("|")
                 if part != "ids":
                     continue

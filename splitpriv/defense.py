@@ -16,6 +16,8 @@ hook                      party   when
                                   to send again instead of computing one (the client is then
                                   frozen for the batch)
 ``transform_activations`` client  activations about to be sent (training and evaluation)
+``release_map``           attack  the noiseless part of ``transform_activations`` (an adaptive
+                                  attacker's model of the defense)
 ``transform_labels``      client  labels about to be sent (vanilla topology, training)
 ``client_loss``           client  an extra loss term from inputs and activations
 ``transform_gradient``    sender  a gradient about to cross: the cut gradient the server returns
@@ -148,6 +150,13 @@ class Defense:
 
     def transform_activations(self, a: torch.Tensor, *, training: bool) -> torch.Tensor:
         """Map the activations (B, C, L) the client is about to send. Keep the autograd graph."""
+        return a
+
+    def release_map(self, a: torch.Tensor) -> torch.Tensor:
+        """The part of :meth:`transform_activations` that is a fixed function of the activations
+        (B, C, L), without the defense's randomness: what an adaptive attacker who knows the
+        defense and its parameters, but not its noise, computes for a beat it maps through a
+        client (``attacks.match``). Default: the identity (a noise-only or no transform)."""
         return a
 
     def transform_labels(self, y: torch.Tensor, *, ids: torch.Tensor) -> torch.Tensor:

@@ -73,6 +73,34 @@ def torch_load(path: str | Path) -> Any:
         raise ValueError(f"{path}: cannot be read as a torch file ({reason})") from None
 
 
+def save_npz(path: str | Path, arrays: dict[str, Any]) -> None:
+    """``arrays`` as an uncompressed ``.npz``, atomically."""
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def load_npz(path: str | Path) -> dict[str, Any]:
+    """Every array of an ``.npz`` written by :func:`save_npz`, read into memory.
+
+    Raises:
+        ValueError: the file is missing, truncated or not an npz (named).
+    """
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: cannot be read as an npz file ({exc})") from None
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else the CPU.
 

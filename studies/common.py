@@ -131,10 +131,12 @@ class StudyArgs:
                 f"{self.train_subset or 'all'}, test subset {self.test_subset or 'all'}{quick}")
 
     def train_config(self, **kw: Any) -> TrainConfig:
-        """A TrainConfig with the study's common fields (no transcript unless asked)."""
+        """A TrainConfig with the study's common fields: the labels that crossed in the last
+        epoch and the release log (every training release, ``record_releases=windows``) are
+        recorded, what the server holds for the attacks (a study asks for more itself)."""
         base = dict(protocol=self.protocol, epochs=self.epochs, train_subset=self.train_subset,
-                    test_subset=self.test_subset, record_epochs="none", device=self.device,
-                    mitdb_dir=self.mitdb_dir, cache_dir=self.cache_dir)
+                    test_subset=self.test_subset, record_epochs="last", record_kinds="labels",
+                    device=self.device, mitdb_dir=self.mitdb_dir, cache_dir=self.cache_dir)
         return TrainConfig(**(base | kw))
 
 
@@ -378,14 +380,40 @@ def _sweep(plan, out, budget, study, seed, threads, progress, batched, executor)
     return [rows[str(out / "runs" / p.name)] for p in plan]
 
 
-#: the studies' privacy axis: the strongest inversion's linkage advantage among 10 same-class
-#: candidates, (accuracy - chance) / (1 - chance): 0 = chance (nothing re-identified), 1 = every
-#: victim picked out
-PRIVACY_AXIS = "linkage_k10_advantage"
-PRIVACY_AXIS_LABEL = "re-identification advantage, k = 10\n(strongest inversion; 0 = chance)"
-#: the inversion columns a study table shows beside the privacy axis
-INVERSION_TABLE = ("linkage_k10_advantage", "linkage_k100_advantage", "inversion_pearson_r",
-                   "inversion_prdn", "prior_mean_beat_pearson_r", "prior_class_mean_pearson_r")
+#: the studies' privacy axis: the strongest re-identification's advantage among 10 same-class
+#: candidates, (accuracy - chance) / (1 - chance), the larger of the two games (across patients:
+#: candidates from every patient; within patient: from the victim's own record); 0 = chance
+#: (nothing re-identified), 1 = every victim picked out. The strongest attack is chosen on the
+#: attacker's held-out beats among the inversions and the activation-space matchers, each
+#: combining a beat's releases as it chooses (``attacks.strongest``)
+PRIVACY_AXIS = "privacy_k10_advantage"
+PRIVACY_AXIS_LABEL = ("re-identification advantage, k = 10\n(strongest attack, larger of "
+                      "across/within patient; 0 = chance)")
+#: the re-identification and inversion columns a study table shows beside the privacy axis
+INVERSION_TABLE = ("privacy_k10_advantage", "privacy_k100_advantage", "reid_k10_advantage",
+                   "reid_k100_advantage", "reid_within_k10_advantage",
+                   "reid_within_k100_advantage", "reid_releases", "linkage_k10_advantage",
+                   "linkage_k100_advantage", "inversion_pearson_r", "inversion_prdn",
+                   "prior_mean_beat_pearson_r", "prior_class_mean_pearson_r")
+#: the text columns naming the winners (re-identification, then inversion)
+ATTACK_TEXTS = ("reid_attack", "reid_within_attack", "strongest_attack")
+#: a study table's re-identification and inversion header cells (:func:`reid_cells`)
+REID_HEADER = ("re-id adv. k10 / k100, across patients", "within patient",
+               "re-id attack (releases / beat)", "inversion adv. k10 (attack)", "inversion r")
+
+
+def reid_cells(s: dict[str, Any]) -> list[str]:
+    """An aggregated setting's cells under :data:`REID_HEADER`: the strongest
+    re-identification across patients and within patient (k = 10 / 100), its attacks and the
+    releases per beat the across winner combined, the strongest inversion's own linkage and its
+    median r."""
+    attacks = s["reid_attack"] + (f" / within: {s['reid_within_attack']}"
+                                  if s["reid_within_attack"] != s["reid_attack"] else "")
+    return [f"{s['reid_k10_advantage']} / {s['reid_k100_advantage']}",
+            f"{s['reid_within_k10_advantage']} / {s['reid_within_k100_advantage']}",
+            f"{attacks} ({s['reid_releases']})",
+            f"{s['linkage_k10_advantage']} ({s['strongest_attack']})",
+            str(s["inversion_pearson_r"])]
 
 # ---------------------------------------------------------------------------------------------
 # Tables
@@ -453,11 +481,11 @@ def aggregate(rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequ
               texts: Sequence[str] = ()) -> list[dict[str, Any]]:
     """One dict per setting (the values of ``keys``): those values, ``n``, a :class:`Stat`
     (mean, sd over seeds) per metric and, per text column (``strongest_attack``,
-    ``claim_scope``), its distinct values over the seeds joined by " / "."""
+    ``claim_scope``), its distinct values over the seeds joined by " or "."""
     out = []
     for k, rs in group(rows, *keys).items():
         stats = {m: stat(r.get(m) for r in rs) for m in metrics}
-        words = {t: " / ".join(dict.fromkeys(str(r[t]) for r in rs
+        words = {t: " or ".join(dict.fromkeys(str(r[t]) for r in rs
                                              if isinstance(r.get(t), str) and r[t])) or "-"
                  for t in texts}
         out.append({**dict(zip(keys, k, strict=True)), "n": len(rs), **stats, **words})

@@ -32,10 +32,12 @@ import matplotlib.pyplot as plt
 
 from splitpriv.options import format_spec
 from studies.common import (
+    ATTACK_TEXTS,
     INVERSION_TABLE,
     PRIVACY_AXIS,
     PRIVACY_AXIS_LABEL,
     QUICK,
+    REID_HEADER,
     FigureSet,
     Planned,
     StudyArgs,
@@ -47,6 +49,7 @@ from studies.common import (
     pareto_front,
     parse_args,
     plot_tradeoff,
+    reid_cells,
     run_study,
 )
 from studies.dp_tradeoff import COLUMNS as DP_COLUMNS
@@ -60,7 +63,7 @@ COLUMNS = ["study", "defense", "family", *DP_COLUMNS[1:-1], *attack_column_names
 METRICS = ["test_accuracy", "test_macro_f1", "best_test_accuracy", "dcor_max", "dcor_batch",
            "dcor_batch_unbiased", "dtw_min", *INVERSION_TABLE, "inversion_prd",
            "label_attack_accuracy", "accounted_epsilon"]
-TEXTS = ["strongest_attack", "claim_scope"]
+TEXTS = [*ATTACK_TEXTS, "claim_scope"]
 
 
 @dataclass
@@ -159,14 +162,13 @@ def summary_markdown(rows: list[dict], title: str) -> tuple[str, list[dict]]:
     header = ["defense", "family", "n", "test acc (val-selected, %)", "test macro-F1 (%)",
               "best test acc (%)",
               "dCor max", "dCor batch (V / unbiased dCor²)", "DTW min",
-              "linkage adv. k10 / k100", "strongest", "inversion r (mean beat / class mean)",
+              *REID_HEADER[:-1], "inversion r (mean beat / class mean)",
               "inversion PRDN (%)", "label attack acc (%)", "accounted epsilon", "claim scope",
               "Pareto"]
     body = [[s["defense"], s["family"], s["n"], s["test_accuracy"], s["test_macro_f1"],
              s["best_test_accuracy"],
              s["dcor_max"], f"{s['dcor_batch']} / {s['dcor_batch_unbiased']}", s["dtw_min"],
-             f"{s['linkage_k10_advantage']} / {s['linkage_k100_advantage']}",
-             s["strongest_attack"],
+             *reid_cells(s)[:-1],
              f"{s['inversion_pearson_r']} ({s['prior_mean_beat_pearson_r']} / "
              f"{s['prior_class_mean_pearson_r']})", s["inversion_prdn"],
              s["label_attack_accuracy"], s["accounted_epsilon"],
@@ -174,19 +176,24 @@ def summary_markdown(rows: list[dict], title: str) -> tuple[str, list[dict]]:
              "*" if i in front else ""] for i, s in enumerate(agg)]
     md = "\n".join([
         f"# Defenses compared ({title})", "", markdown_table(header, body), "",
-        "Mean ± sd over seeds. Leakage of the defended activations the server receives "
-        "(recomputed from the final weights with the run's defenses, training beats). "
-        "Privacy axis: the linkage advantage of the strongest inversion (ridge or the tuned "
-        "decoder, chosen on the attacker's held-out aux beats, trained on the defended "
-        "activations of its auxiliary 10%): how often a reconstruction is nearer its own beat "
-        "than k random beats of its class, (accuracy - chance) / (1 - chance); 0 = chance, "
-        "which the priors (mean beat, class mean) score by construction. Their median r is in "
+        "Mean ± sd over seeds. dCor and DTW: the defended activations recomputed from the "
+        "final weights with the run's defenses, training beats. "
+        "Privacy axis: the strongest re-identification (inversions: ridge, the convolutional "
+        "and the MLP decoders; activation-space matching with a client model learned from the "
+        "aux pairs; chosen on the attacker's held-out aux beats, its auxiliary 10% of the "
+        "training beats), from every release of a beat the server holds, combined as the "
+        "attacker chose (releases / beat): how often the victim's beat is picked out among k "
+        "random other beats of its class, across patients and within the victim's own "
+        "patient, (accuracy - chance) / (1 - chance); 0 = chance, which the priors (mean beat, "
+        "class mean) score by construction. The inversion columns are the strongest "
+        "reconstruction's own linkage and median r, the priors' r in "
         "brackets: an inversion r near them has learned little per beat. dCor batch: the "
         "V-statistic (floor about .3 on independent data at these sizes) / the bias-corrected "
         "dCor² (about 0 on independent data). "
         "Label attack: vanilla topology = labels read in the clear (100%); U-shape = best of "
         "the norm, direction and k-means attacks on the output gradients. Pareto (*): no "
-        "other setting has both a lower linkage advantage and a higher test accuracy. Only "
+        "other setting has both a lower re-identification advantage (the larger of the two "
+        "games, k = 10) and a higher test accuracy. Only "
         "formal DP and DP-SGD carry a formal guarantee (accounted epsilon, delta 1e-5), and "
         "only over what the claim scope says.", ""])
     return md, agg
@@ -210,8 +217,9 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
               "Accuracy against leakage for every defense: one marker per setting (mean ± sd "
               "over seeds), one colour and marker per family; the dashed line is the Pareto "
               "front (no other setting has lower leakage and higher accuracy). Left: "
-              "re-identification advantage of the strongest inversion (ridge or tuned decoder, "
-              "chosen on the attacker's held-out beats) from the defended activations: 0 "
+              "re-identification advantage of the strongest attack (inversions and "
+              "activation-space matching, chosen on the attacker's held-out beats; every "
+              "release the server holds; the larger of across and within patient): 0 "
               "(dotted) = chance, what the mean-beat and class-mean priors score; 1 = every "
               "victim picked out among 10 beats of its class. Right: distance correlation of "
               "those activations with the input. Where labels would overlap, one is written "

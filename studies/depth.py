@@ -26,9 +26,11 @@ import matplotlib.pyplot as plt
 from splitpriv.published import ACCURACY_BY_DEPTH, LEAKAGE_BY_DEPTH
 from studies.common import (
     ACCURACY_COLUMNS,
+    ATTACK_TEXTS,
     INVERSION_TABLE,
     OKABE_ITO,
     QUICK,
+    REID_HEADER,
     FigureSet,
     Planned,
     StudyArgs,
@@ -38,6 +40,7 @@ from studies.common import (
     cli,
     markdown_table,
     parse_args,
+    reid_cells,
     run_study,
 )
 
@@ -64,7 +67,7 @@ def plan(args: Args) -> list[Planned]:
 
 def summary_markdown(rows: list[dict], title: str) -> str:
     body = []
-    for s in sorted(aggregate(rows, ["depth"], METRICS, ["strongest_attack"]),
+    for s in sorted(aggregate(rows, ["depth"], METRICS, ATTACK_TEXTS),
                     key=lambda s: s["depth"]):
         d = int(s["depth"])
         p = LEAKAGE_BY_DEPTH.get(d)
@@ -74,22 +77,23 @@ def summary_markdown(rows: list[dict], title: str) -> str:
                      f"{s['dcor_batch']} / {s['dcor_batch_unbiased']}",
                      f"{s['dtw_min']} / {s['dtw_max']}",
                      f"{p['dtw_min']} / {p['dtw_max']}" if p else "-",
-                     f"{s['linkage_k10_advantage']} / {s['linkage_k100_advantage']}",
-                     s["strongest_attack"],
+                     *reid_cells(s)[:-1],
                      f"{s['inversion_pearson_r']} ({s['prior_mean_beat_pearson_r']} / "
                      f"{s['prior_class_mean_pearson_r']})", s["inversion_prdn"]])
     header = ["depth", "n", "test acc (val-selected, %)", "test macro-F1 (%)", "best test acc (%)",
               "paper best acc", "dCor max / min", "paper dCor max / min",
               "dCor batch (V / unbiased dCor²)", "DTW min / max", "paper DTW min / max",
-              "linkage adv. k10 / k100", "strongest", "inversion r (mean beat / class mean)",
+              *REID_HEADER[:-1], "inversion r (mean beat / class mean)",
               "inversion PRDN (%)"]
     return "\n".join([
         f"# Client depth ({title})", "", markdown_table(header, body), "",
         "Mean ± sd over seeds; dCor and DTW per channel (paper definitions), max/min over the "
         "16 channels, training beats, each activation paired with its own input; dCor batch: "
-        "V-statistic / bias-corrected dCor². Linkage advantage of the strongest inversion "
-        "(0 = chance, what the priors score), its median r with the mean-beat and class-mean "
-        "priors' in brackets. Paper: "
+        "V-statistic / bias-corrected dCor². Re-identification advantage of the strongest "
+        "attack (inversions and activation-space matching, chosen on the attacker's held-out "
+        "beats; every release the server holds), across patients and within patient (0 = "
+        "chance, what the priors score); the strongest inversion's own linkage, its median r "
+        "with the mean-beat and class-mean priors' in brackets. Paper: "
         "Abuadbba et al. 2020, 10 runs, 400 epochs, paper protocol, leakage at epoch 100.", ""])
 
 
@@ -101,8 +105,8 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
     panels = [(("test_accuracy", "best_test_accuracy"), "test accuracy (%)", ACCURACY_BY_DEPTH),
               (("dcor_max", "dcor_min"), "dCor, paper def. (unitless)", None),
               (("dtw_min", "dtw_max"), "DTW distance (normalised amplitude)", None),
-              (("linkage_k10_advantage", "linkage_k100_advantage"),
-               "re-identification advantage\n(strongest inversion; 0 = chance)", {})]
+              (("privacy_k10_advantage", "privacy_k100_advantage"),
+               "re-identification advantage\n(strongest attack; 0 = chance)", {})]
     for ax, (keys, ylabel, paper) in zip(axes, panels, strict=True):
         for i, key in enumerate(keys):
             ax.errorbar(depths, [s[key].mean for s in ss], yerr=[s[key].sd for s in ss],
@@ -118,7 +122,7 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
                     label="Abuadbba et al. 2020")
         if keys[0] == "dtw_min":
             ax.set_yscale("log")
-        if keys[0] == "linkage_k10_advantage":
+        if keys[0] == "privacy_k10_advantage":
             ax.set_ylim(-0.05, 1.05)  # the whole range: 0 = chance, 1 = every victim
             ax.axhline(0, color="0.5", linewidth=0.8, linestyle=":")
         ax.set_xlabel("client conv layers")
@@ -129,8 +133,9 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
               "Client depth against accuracy (left), distance correlation (second; max and min "
               "over the 16 channels, higher = more leakage), DTW distance (third; lower = "
               "more similar) of the cut activations, and the re-identification advantage of the "
-              "strongest inversion (right; among 10 and 100 beats of the victim's class, 0 = "
-              "chance, 1 = every victim picked out). Mean ± sd over seeds; crosses: Abuadbba "
+              "strongest attack (right; the larger of across and within patient, among 10 and "
+              "100 beats of the victim's class, 0 = chance, 1 = every victim picked out). "
+              "Mean ± sd over seeds; crosses: Abuadbba "
               "et al. 2020. " + note)
     figs.write_captions()
 

@@ -59,12 +59,14 @@ from splitpriv.published import LAPLACE_DP
 from splitpriv.run import TrainConfig
 from studies.common import (
     ACCURACY_COLUMNS,
+    ATTACK_TEXTS,
     INVERSION_TABLE,
     MARKERS,
     OKABE_ITO,
     PRIVACY_AXIS,
     PRIVACY_AXIS_LABEL,
     QUICK,
+    REID_HEADER,
     FigureSet,
     Planned,
     StudyArgs,
@@ -77,6 +79,7 @@ from studies.common import (
     parse_args,
     parse_epsilon,
     plot_tradeoff,
+    reid_cells,
     run_study,
 )
 
@@ -212,7 +215,7 @@ def formal_settings(rows: list[dict]) -> dict[tuple[str, int], list[dict]]:
     releases per beat each run's result.json reports)."""
     formal = [r | {"releases_per_beat": reported_releases(r)} for r in rows
               if r["mode"] == "formal"]
-    agg = aggregate(formal, ["design", "releases", "epsilon"], METRICS, ["strongest_attack"])
+    agg = aggregate(formal, ["design", "releases", "epsilon"], METRICS, ATTACK_TEXTS)
     out: dict[tuple[str, int], list[dict]] = {}
     for s in agg:
         s["epsilon"], s["releases"], s["design"] = (parse_epsilon(s["epsilon"]),
@@ -228,7 +231,7 @@ def references(rows: list[dict]) -> dict[str, dict]:
     """The reference settings: ``none`` and ``paper eps E``."""
     out = {}
     for s in aggregate([r for r in rows if r["mode"] != "formal"], ["mode", "epsilon"], METRICS,
-                       ["strongest_attack"]):
+                       ATTACK_TEXTS):
         eps = parse_epsilon(s["epsilon"])
         out["none" if s["mode"] == "none" else f"paper eps {epsilon_label(eps)}"] = s
     return out
@@ -255,7 +258,7 @@ def reaching(rows: list[dict]) -> list[str]:
         lines.append(
             f"Formal activation DP first reaches the accuracy of {name} ({target:.1f}%) at total "
             f"epsilon {eps:g} ({DESIGN_NAMES[design]}, {releases} release(s) per beat: "
-            f"{s['test_accuracy']} %), where the strongest inversion's linkage advantage is "
+            f"{s['test_accuracy']} %), where the strongest re-identification advantage is "
             f"{s[PRIVACY_AXIS]} (paper mode there: {ref[PRIVACY_AXIS]}).")
     return lines
 
@@ -267,12 +270,11 @@ def summary_markdown(rows: list[dict], title: str) -> str:
     header = ["cut", "releases / beat (planned, reported)", "total epsilon", "n",
               "accounted epsilon",
               "noise multiplier", "test acc (val-selected, %)", "best test acc (%)",
-              "linkage adv. k10", "strongest", "inversion r", "dCor batch (unbiased)"]
+              *REID_HEADER, "dCor batch (unbiased)"]
     body = [[DESIGN_NAMES[d], f"{r}, {s['releases_per_beat']}", epsilon_label(s["epsilon"]),
              s["n"], s["accounted_epsilon"],
              s["noise_multiplier"], s["test_accuracy"], s["best_test_accuracy"],
-             s[PRIVACY_AXIS], s["strongest_attack"], s["inversion_pearson_r"],
-             s["dcor_batch_unbiased"]]
+             *reid_cells(s), s["dcor_batch_unbiased"]]
             for (d, r), ss in formal_settings(rows).items() for s in ss]
     lines += [markdown_table(header, body), "",
               "## Paper mode and no defense (the references; paper mode: Laplace, sensitivity = "
@@ -280,19 +282,24 @@ def summary_markdown(rows: list[dict], title: str) -> str:
               "Paper column: Abuadbba et al. 2020's best test accuracy (paper protocol, 400 "
               "epochs).", ""]
     header = ["setting", "n", "test acc (val-selected, %)", "paper's best acc",
-              "linkage adv. k10", "strongest", "inversion r", "dCor batch (unbiased)"]
+              *REID_HEADER, "dCor batch (unbiased)"]
     body = []
     for name, s in references(rows).items():
         p = LAPLACE_DP.get(parse_epsilon(s["epsilon"]))
-        body.append([name, s["n"], s["test_accuracy"], p["acc"] if p else "-", s[PRIVACY_AXIS],
-                     s["strongest_attack"], s["inversion_pearson_r"], s["dcor_batch_unbiased"]])
+        body.append([name, s["n"], s["test_accuracy"], p["acc"] if p else "-", *reid_cells(s),
+                     s["dcor_batch_unbiased"]])
     lines += [markdown_table(header, body), "", *reaching(rows), "",
               "Mean ± sd over seeds. Releases per beat: each training beat's noisy activations "
               "cross in that many epochs (the accounted epsilon composes them; the remaining "
-              "epochs train the server on the releases it holds, the client frozen). Leakage is "
-              "measured on the defended activations the server receives; the linkage advantage "
-              "is the strongest inversion's re-identification among 10 same-class beats (0 = "
-              "chance, 1 = every victim).", ""]
+              "epochs train the server on the releases it holds, the client frozen). dCor is "
+              "measured on the defended activations recomputed from the final weights. "
+              "Re-identification: the strongest attack (inversions and activation-space "
+              "matching, chosen on the attacker's held-out aux beats) picks the victim's beat "
+              "out among k = 10 / 100 other beats of its class, from every release of it the "
+              "server holds (combined as the attacker chose: releases / beat), across patients "
+              "and within the victim's own patient; advantage (accuracy - chance) / (1 - "
+              "chance), 0 = chance (what the priors score), 1 = every victim. The inversion "
+              "column is the strongest reconstruction's own linkage and median r.", ""]
     return "\n".join(lines)
 
 
@@ -317,7 +324,8 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
         ("test_accuracy", "test accuracy, val-selected (%)", "accuracy_vs_epsilon",
          "Test accuracy"),
         (PRIVACY_AXIS, PRIVACY_AXIS_LABEL, "leakage_vs_epsilon",
-         "Re-identification advantage of the strongest inversion (0 = chance)"),
+         "Re-identification advantage of the strongest attack (the larger of across and "
+         "within patient; 0 = chance)"),
     ):
         fig, ax = plt.subplots(figsize=(5.2, 3.4), layout="constrained")
         for (design, r), ss in grid.items():
@@ -357,7 +365,7 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
                   ylabel=figs.utility_label)
     ax.legend(fontsize=5.5, loc="lower right")
     figs.save(fig, "tradeoff",
-              "Accuracy against the strongest inversion's re-identification advantage: each "
+              "Accuracy against the strongest re-identification advantage: each "
               "marker is one setting (mean ± sd over seeds), labelled with its total epsilon; "
               "the dashed line is the Pareto front. " + note)
     figs.write_captions()

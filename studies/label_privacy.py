@@ -108,7 +108,7 @@ def plan(args: Args) -> list[Planned]:
         for s in settings(args):
             kinds = "server_output,output_grad" if s.ushape else "activations,labels"
             config = args.train_config(seed=seed, defenses=s.defenses, record_epochs="last",
-                                       record_kinds=kinds)
+                                       record_kinds=kinds, record_releases="none")
             runs.append(Planned(f"{s.name}-s{seed}", config,
                                 {"setting": s.name, "family": s.family, "strength": s.strength},
                                 attacks=ATTACKS))

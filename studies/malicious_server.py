@@ -55,7 +55,8 @@ from studies.common import (
 STUDY = "malicious_server"
 DETECTORS = ("splitguard", "labelgap")
 QUALITY = [f"steps_to_{k}_{v}" for k, v in ReconstructionLog.THRESHOLDS.items()]
-FINAL = ["final_linkage_k10_advantage", "final_pearson_median", "final_prdn_median",
+FINAL = ["final_linkage_k10_advantage", "final_linkage_within_k10_advantage",
+         "final_pearson_median", "final_prdn_median",
          "final_snr_db_median", "prior_linkage_k10_advantage", "prior_pearson_median"]
 DETECTION = [f"{d}_{k}" for d in DETECTORS for k in ("detected", "detected_at_batch",
                                                       "mean_score")]
@@ -141,6 +142,8 @@ def enrich(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             fin = rec["final"]
             extra |= {k: math.nan if rec.get(k) is None else rec[k] for k in QUALITY}
             extra |= {"final_linkage_k10_advantage": fin["linkage_k10_advantage"],
+                      "final_linkage_within_k10_advantage": fin.get(
+                          "linkage_within_k10_advantage", math.nan),
                       "final_pearson_median": fin["pearson_median"],
                       "final_prdn_median": fin["prdn_median"],
                       "final_snr_db_median": fin["snr_db_median"],
@@ -169,11 +172,13 @@ def summary_markdown(rows: list[dict], title: str) -> str:
         body.append([s["setting"], s["n"], s["first_test_accuracy"], s["test_accuracy"],
                      s[QUALITY[0]], s[QUALITY[1]],
                      f"{s['final_linkage_k10_advantage']} ({s['prior_linkage_k10_advantage']})",
+                     s["final_linkage_within_k10_advantage"],
                      f"{s['final_pearson_median']} ({s['prior_pearson_median']})",
                      s["final_prdn_median"], s["final_snr_db_median"]])
     header = ["defense", "n", "test acc. epoch 1 (%)", "test acc. (%)",
               "steps to linkage k10 >= 0.5", "steps to median r >= 0.9",
-              "final linkage k10 (prior)", "final median r (prior)", "final PRDN (%)",
+              "final linkage k10 (prior)", "final linkage k10 within patient",
+              "final median r (prior)", "final PRDN (%)",
               "final SNR (dB)"]
     det = []
     for s in aggregate([r for r in rows if r["detector"] != "none" or r["server"] == "honest"],

@@ -111,7 +111,8 @@ class ReconstructionLog:
     attacks' metrics (``attacks.metrics``: r, PRDN, SNR... and linkage among k = 10, 100 training
     beats of the victim's class), beside the mean aux beat's prior, and appends a line to
     ``path`` (JSON lines, one per record, with the first :data:`EXAMPLES` true beats and their
-    reconstructions for figures).
+    reconstructions for figures); given the beats' records (``groups``), the linkage within
+    patient too.
 
     Shape:
         x_train: (N, 1, 128), y_train: (N,); a record: step, ids (B,), x_hat (B, 1, 128).
@@ -123,9 +124,13 @@ class ReconstructionLog:
     EXAMPLES = 3
 
     def __init__(self, path: Path, x_train: torch.Tensor, y_train: torch.Tensor,
-                 prior: torch.Tensor | None, *, seed: int) -> None:
+                 prior: torch.Tensor | None, *, seed: int,
+                 groups: np.ndarray | None = None) -> None:
         self.path, self.seed = path, seed
         self.x, self.y = x_train.detach().cpu(), y_train.detach().cpu()
+        # each beat's record, for linkage within patient (none where a record is unknown)
+        self.groups = (None if groups is None or (np.asarray(groups) < 0).any()
+                       else torch.as_tensor(np.asarray(groups)).long())
         self.prior = None if prior is None else prior.detach().cpu().reshape(1, 1, -1)
         self.rows: list[dict[str, Any]] = []
         self.lines: list[str] = []  # the file's lines (rows with their examples)
@@ -144,8 +149,11 @@ class ReconstructionLog:
             m = reconstruction_metrics(x, rec)
             row |= {f"{name}{k}_median": float(np.median(m[k]))
                     for k in ("pearson", "prdn", "snr_db", "mse")}
-            link = linkage_report(x, rec, y, pool_x=self.x, pool_y=self.y, seed=self.seed)
-            row |= {f"{name}linkage_{k}_advantage": link["linkage"][k]["advantage"]
+            g = self.groups
+            link = linkage_report(x, rec, y, pool_x=self.x, pool_y=self.y, seed=self.seed,
+                                  groups=None if g is None else g[ids], pool_groups=g)
+            row |= {f"{name}{game}_{k}_advantage": link[game][k]["advantage"]
+                    for game in ("linkage", "linkage_within") if game in link
                     for k in ("k10", "k100")}
         self.rows.append(row)
         keep = slice(0, self.EXAMPLES)  # a few true beats and their reconstructions, for figures
@@ -272,8 +280,8 @@ def _train(config: TrainConfig, run_dir: RunDir, *, progress: bool) -> dict[str,
     aux = behaviour_aux(behaviour.aux_spec(), data, seed=config.seed)
     resumed = run_dir.start()
     log = ReconstructionLog(run_dir.path / f"{behaviour.name}.jsonl", data.x_train, data.y_train,
-                            None if aux is None else aux.x.mean(0), seed=config.seed
-                            ) if not behaviour.follows_protocol else None
+                            None if aux is None else aux.x.mean(0), seed=config.seed,
+                            groups=data.record_train) if not behaviour.follows_protocol else None
     behaviour.provide(aux=aux, record=log)
     transcript = Transcript(policy=config.record_policy())
     channel = CountingChannel(transcript)  # counts the bytes a two-process run would send
@@ -295,6 +303,7 @@ def _train(config: TrainConfig, run_dir: RunDir, *, progress: bool) -> dict[str,
     start_epoch = 1
     if resumed is not None:
         trainer.load_state_dict(resumed.trainer)
+        run_dir.restore_releases(transcript, resumed.epoch)
         load_plugin_states(plugins, resumed.trainer.get("plugins"), run_dir.file(CHECKPOINT))
         stopped = resumed.trainer.get("stopped")
         history, start_epoch = resumed.history, resumed.epoch + 1

@@ -15,6 +15,7 @@ from splitpriv.data import check_hdf5_run, check_labels
 from splitpriv.io import read_json
 from splitpriv.metrics import SELECT_BY
 from splitpriv.models import ModelConfig
+from splitpriv.releases import release_blocks
 
 TOPOLOGIES = ("vanilla", "ushape")
 
@@ -45,6 +46,10 @@ class TrainConfig:
         train_subset, test_subset: use only the first n rows (quick runs, tests); None = all.
         record_epochs: transcript epochs: ``last``, ``none``, ``all`` or a list like ``1,100``.
         record_kinds: transcript kinds, comma list; empty = all.
+        record_releases: every training release kept per sample id, for attacks that combine a
+            beat's releases (``splitpriv.releases``): ``windows`` (sums over the last 1, 2, 4, 8
+            epochs and the rest: about 5 float16 copies of the activations), ``all`` (every
+            epoch), ``none``. Independent of ``record_epochs`` and ``record_kinds``.
         defenses: defense specs ``name[:key=value,...]`` (see ``defenses``).
         server: the server's behaviour, ``NAME[:key=value,...]`` (see ``splitpriv.servers``;
             ``honest``: the protocol as specified).
@@ -74,6 +79,7 @@ class TrainConfig:
     test_subset: int | None = None
     record_epochs: str = "last"
     record_kinds: str = ""
+    record_releases: str = "windows"
     defenses: list[str] = field(default_factory=list)
     server: str = "honest"
     device: str = "auto"
@@ -125,9 +131,10 @@ class TrainConfig:
         return 0.0 if self.protocol == "paper" else 0.1
 
     def record_policy(self) -> RecordPolicy:
+        releases = release_blocks(self.epochs, self.record_releases)
         spec = self.record_epochs.strip().lower()
         if spec == "none":
-            return NOTHING
+            return dataclasses.replace(NOTHING, releases=releases)
         epochs: frozenset[int] | None
         if spec == "all":
             epochs = None
@@ -146,7 +153,7 @@ class TrainConfig:
         if bad:
             raise ValueError(f"record_kinds: unknown kind(s) {bad}; known: {known}")
         kinds = frozenset(Kind(k) for k in names)
-        return RecordPolicy(epochs=epochs, kinds=kinds or None)
+        return RecordPolicy(epochs=epochs, kinds=kinds or None, releases=releases)
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:

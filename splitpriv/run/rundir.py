@@ -26,11 +26,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from splitpriv.channel import Transcript
-from splitpriv.io import read_json, torch_load, torch_save, write_json, write_text
+from splitpriv.io import (
+    load_npz,
+    read_json,
+    save_npz,
+    torch_load,
+    torch_save,
+    write_json,
+    write_text,
+)
 from splitpriv.metrics import report
+from splitpriv.releases import ReleaseLog
 from splitpriv.run.config import TrainConfig
 
 RESULT = "result.json"
@@ -230,6 +240,41 @@ class RunDir:
         if keys:
             transcript.save(self.file(TRANSCRIPT_PARTS) / f"epoch-{epoch:05d}.npz", keys)
             self._saved_keys.update(keys)
+        if transcript.releases is not None:
+            self._save_releases(transcript.releases, epoch)
+
+    def _save_releases(self, log: ReleaseLog, epoch: int) -> None:
+        """The release log's blocks that ended with ``epoch`` (one part each) and its state after
+        ``epoch`` (the block in progress, exact; an older state is removed once it is written)."""
+        parts = self.file(TRANSCRIPT_PARTS)
+        for b, (lo, hi) in enumerate(log.blocks):
+            if hi == epoch and b in log.sums:
+                save_npz(parts / f"releases-{lo:05d}-{hi:05d}.npz", log.block_arrays(b))
+        save_npz(parts / f"releases-state-{epoch:05d}.npz", log.state_arrays(epoch))
+        for old in parts.glob("releases-state-*.npz"):
+            if old.name != f"releases-state-{epoch:05d}.npz":
+                old.unlink(missing_ok=True)
+
+    def restore_releases(self, transcript: Transcript, epoch: int) -> bool:
+        """Give a resumed run's release log what it had kept after ``epoch`` (its finished blocks
+        and its state then). Returns False, keeping nothing of before, where the parts do not
+        hold that state (an older run, or one extended beyond its planned epochs, whose blocks
+        were other): the log then holds the releases from the resume on, and says so in the
+        epochs it spans."""
+        log = transcript.releases
+        if log is None:
+            return True
+        parts = self.file(TRANSCRIPT_PARTS)
+        state = parts / f"releases-state-{epoch:05d}.npz"
+        if not state.exists():
+            return False
+        finished: dict[str, np.ndarray] = {}
+        for lo, hi in log.blocks:
+            path = parts / f"releases-{lo:05d}-{hi:05d}.npz"
+            if hi <= epoch and path.exists():
+                finished |= load_npz(path)
+        log.restore(finished, load_npz(state))
+        return True
 
     def save_transcript(self, transcript: Transcript | None) -> None:
         """DIR/transcript.npz: the epoch parts on disk (earlier attempts of a resumed run
