@@ -109,10 +109,12 @@ def distance(name: str, spread: np.ndarray | None) -> Callable[[np.ndarray, np.n
     w = 1.0 / np.maximum(spread, 1e-12) if weighted and spread is not None else None
 
     def dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        d = np.abs(b - a[:, None, :])
         if w is not None:
-            d = d * w
-        return (d * d).sum(-1) if power == 2 else d.sum(-1)
+            a, b = a * w, b * w
+        if power == 2:  # |a|^2 + |b|^2 - 2 a.b: one batched product, no (c, k, D) difference
+            return ((a * a).sum(-1)[:, None] + (b * b).sum(-1)
+                    - 2 * np.einsum("cd,ckd->ck", a, b))
+        return np.abs(b - a[:, None, :]).sum(-1)
 
     return dist
 

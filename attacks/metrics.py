@@ -41,8 +41,9 @@ def distribution(values: np.ndarray | Sequence[float]) -> dict[str, float]:
     }
 
 
-def reconstruction_metrics(x: torch.Tensor | np.ndarray, x_hat: torch.Tensor | np.ndarray):
-    """Per-beat reconstruction metrics.
+def reconstruction_metrics(x: torch.Tensor | np.ndarray, x_hat: torch.Tensor | np.ndarray,
+                           *, dtw: bool = True):
+    """Per-beat reconstruction metrics (``dtw=False``: all but the DTW distance, the costly one).
 
     Shape:
         x, x_hat: (N, L) or (N, 1, L). Returns {metric: (N,) float64}.
@@ -67,7 +68,8 @@ def reconstruction_metrics(x: torch.Tensor | np.ndarray, x_hat: torch.Tensor | n
         "snr_db": 10 * torch.log10(var.clamp(min=tiny) / err.clamp(min=tiny)),
     }
     result = {k: v.numpy() for k, v in out.items()}
-    result["dtw"] = dtw_pairs(x.numpy(), x_hat.numpy())
+    if dtw:
+        result["dtw"] = dtw_pairs(x.numpy(), x_hat.numpy())
     return result
 
 

@@ -75,7 +75,7 @@ def release_windows(transcript: Transcript, victim_ids: torch.Tensor, last_victi
                     {"blocks": 0 if recorded else 1, "releases_mean": 1.0,
                      "source": "recorded messages" if recorded else "release log"})
     log = transcript.releases
-    if log is None or not log.sums:
+    if log is None or not log.held():
         return [last], None
     if phase != "train":
         return [last], f"the release log holds training releases; phase {phase!r} read once"
@@ -136,10 +136,10 @@ def observed_from_log(transcript: Transcript, kind: Kind, phase: str,
     recorded no activation messages (the studies keep only the log); None where it cannot
     serve (another kind or phase, an earlier epoch, no log)."""
     log = transcript.releases
-    if (kind is not Kind.ACTIVATIONS or phase != "train" or log is None or not log.sums
+    if (kind is not Kind.ACTIVATIONS or phase != "train" or log is None or not log.held()
             or (epoch is not None and epoch != max(hi for _, hi in log.blocks))):
         return None
-    ids = torch.nonzero(torch.stack([c > 0 for c in log.counts.values()]).any(0)).flatten()
+    ids = log.released_ids()
     return ids, log.windows(ids)[0].mean
 
 

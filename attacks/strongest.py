@@ -345,7 +345,7 @@ class StrongestInversion(InversionAttack):
             entry = {"kind": r["kind"], "heldout": r["heldout"], "tuning": r["tuning"]}
             if r["kind"] == "inversion":  # evaluator side: its fit-part model's victims
                 rec = r["victims_reconstruction"]
-                m = reconstruction_metrics(obs.x, rec)
+                m = reconstruction_metrics(obs.x, rec, dtw=False)
                 scorer = self.victims_scorer(obs, truth)
                 entry["victims"] = {
                     "pearson_median": float(np.median(m["pearson"])),

@@ -25,6 +25,7 @@ Shape:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -62,12 +63,19 @@ def release_blocks(epochs: int, spec: str) -> tuple[tuple[int, int], ...]:
     return (*blocks, (1, epochs - done))
 
 
+@functools.lru_cache(maxsize=8)
+def _key_weights(d: int) -> np.ndarray:
+    return np.random.default_rng(20201).integers(1, 2**63, size=d, dtype=np.uint64) | 1
+
+
 def _row_keys(rows: torch.Tensor) -> torch.Tensor:
-    """A float64 key per row (B, D): its dot product with fixed pseudo-random weights. Equal rows
-    have equal keys; two different rows share one with probability about 0."""
-    w = torch.randn(rows.shape[1], generator=torch.Generator().manual_seed(20201),
-                    dtype=torch.float64)
-    return rows.double() @ w
+    """A key per float32 row (B, D): its bits as unsigned integers dotted with fixed odd random
+    weights, modulo 2^64 (numpy's unsigned arithmetic wraps): exact, so a row has the same key
+    however it is batched, equal rows equal keys, and two different rows share one with
+    probability about 2^-64. Returned as int64 (the same bits)."""
+    bits = np.ascontiguousarray(rows.numpy()).view(np.uint32)
+    keys = np.einsum("ij,j->i", bits, _key_weights(rows.shape[1]), dtype=np.uint64)
+    return torch.from_numpy(keys.view(np.int64))
 
 
 @dataclass
@@ -110,7 +118,11 @@ class ReleaseLog:
         self.shape: tuple[int, ...] | None = None
         self.sums: dict[int, torch.Tensor] = {}  # block -> (N, D) float32
         self.counts: dict[int, torch.Tensor] = {}  # block -> (N,) int32
-        self.keys = torch.empty(0, dtype=torch.float64)  # (N,) each id's last release's key
+        self.keys = torch.empty(0, dtype=torch.int64)  # (N,) each id's last release's key
+        self.seen = torch.empty(0, dtype=torch.bool)  # (N,) whether it has sent one
+        self._pending: torch.Tensor | None = None  # (N, D) the releases not yet folded in
+        self._pending_mask: torch.Tensor | None = None  # (N,) which ids are buffered
+        self._pending_epoch = 0
 
     def block_of(self, epoch: int) -> int | None:
         return next((b for b, (lo, hi) in enumerate(self.blocks) if lo <= epoch <= hi), None)
@@ -122,39 +134,73 @@ class ReleaseLog:
             raise ValueError(f"release log: activations {shape} after {self.shape}")
         if n > len(self.keys):
             extra = n - len(self.keys)
-            self.keys = torch.cat([self.keys, torch.full((extra,), torch.nan,
-                                                         dtype=torch.float64)])
+            self.keys = torch.cat([self.keys, torch.zeros(extra, dtype=torch.int64)])
+            self.seen = torch.cat([self.seen, torch.zeros(extra, dtype=torch.bool)])
             d = int(np.prod(shape))
             for b in self.sums:
                 self.sums[b] = torch.cat([self.sums[b], torch.zeros(extra, d)])
                 self.counts[b] = torch.cat([self.counts[b],
                                             torch.zeros(extra, dtype=torch.int32)])
+            if self._pending is not None and self._pending_mask is not None:
+                self._pending = torch.cat([self._pending, torch.empty(extra, d)])
+                self._pending_mask = torch.cat([self._pending_mask,
+                                                torch.zeros(extra, dtype=torch.bool)])
 
     def add(self, ids: torch.Tensor, values: torch.Tensor, epoch: int) -> None:
         """Keep the training releases ``values`` (B, *shape) of sample ``ids`` (B,) of ``epoch``
-        (a replayed release, equal to the id's previous one, is not counted again)."""
+        (a replayed release, equal to the id's previous one, is not counted again).
+
+        The rows are buffered and folded in by :meth:`flush` (every reader flushes first): one
+        pass over the epoch's releases instead of one per batch."""
         if len(ids) == 0:
             return
         ids = ids.detach().to("cpu").long()
         rows = values.detach().to("cpu", torch.float32).reshape(len(ids), -1)  # (B, D)
         self._grow(int(ids.max()) + 1, tuple(values.shape[1:]))
+        if self._pending is not None and (self._pending_epoch != epoch
+                                          or bool(self._pending_mask[ids].any())):
+            self.flush()  # another epoch, or an id released twice in one: in order
+        if self._pending is None:
+            self._pending = torch.empty(len(self.keys), rows.shape[1])
+            self._pending_mask = torch.zeros(len(self.keys), dtype=torch.bool)
+            self._pending_epoch = epoch
+        self._pending[ids] = rows
+        self._pending_mask[ids] = True
+
+    def flush(self) -> None:
+        """Fold the buffered releases in: each id's key compared with its last release's (a
+        replay is not counted), the fresh ones summed into their epoch's block."""
+        if self._pending is None:
+            return
+        ids = torch.nonzero(self._pending_mask).flatten()
+        rows, epoch = self._pending[ids], self._pending_epoch
+        self._pending = self._pending_mask = None
         key = _row_keys(rows)
-        fresh = key != self.keys[ids]  # NaN (no release yet) differs from every key
+        fresh = (key != self.keys[ids]) | ~self.seen[ids]
         self.keys[ids] = key
+        self.seen[ids] = True
         b = self.block_of(epoch)
         if b is None or not bool(fresh.any()):
             return
+        if not bool(fresh.all()):
+            ids, rows = ids[fresh], rows[fresh]
         if b not in self.sums:
             self.sums[b] = torch.zeros(len(self.keys), rows.shape[1])
             self.counts[b] = torch.zeros(len(self.keys), dtype=torch.int32)
-        self.sums[b].index_add_(0, ids[fresh], rows[fresh])
-        self.counts[b].index_add_(0, ids[fresh], torch.ones(int(fresh.sum()), dtype=torch.int32))
+        self.sums[b][ids] += rows  # the ids are distinct
+        self.counts[b][ids] += 1
+
+    def held(self) -> list[int]:
+        """The indices of the blocks that hold a release, latest first."""
+        self.flush()
+        return sorted(self.sums)
 
     # -- saving and loading ------------------------------------------------------------------
 
     def block_arrays(self, b: int) -> dict[str, np.ndarray]:
         """Block ``b`` as npz arrays: its mean per id (float16, float32 if that overflows) and
         the count of releases per id (uint16)."""
+        self.flush()
         lo, hi = self.blocks[b]
         count = self.counts[b]
         mean = self.sums[b] / count.clamp(min=1).unsqueeze(1)
@@ -170,7 +216,7 @@ class ReleaseLog:
     def arrays(self, last_epoch: int | None = None) -> dict[str, np.ndarray]:
         """Every block that holds a release (and ends by ``last_epoch``, if given)."""
         out: dict[str, np.ndarray] = {}
-        for b in sorted(self.sums):
+        for b in self.held():
             if last_epoch is None or self.blocks[b][1] <= last_epoch:
                 out |= self.block_arrays(b)
         return out
@@ -178,7 +224,8 @@ class ReleaseLog:
     def state_arrays(self, epoch: int) -> dict[str, np.ndarray]:
         """What a run resumed after ``epoch`` needs beyond the finished blocks: each id's last
         key and the block in progress (exact float32 sums)."""
-        out = {"keys": self.keys.numpy(), "epoch": np.array(epoch)}
+        self.flush()
+        out = {"keys": self.keys.numpy(), "seen": self.seen.numpy(), "epoch": np.array(epoch)}
         b = self.block_of(epoch)
         if b is not None and self.blocks[b][1] > epoch and b in self.sums:
             out |= {"block": np.array(b), "sum": self.sums[b].numpy(),
@@ -191,12 +238,14 @@ class ReleaseLog:
         (:meth:`arrays`) and :meth:`state_arrays`."""
         self.sums.clear()
         self.counts.clear()
+        self._pending = self._pending_mask = None
         for b, mean, count in _read_blocks(finished, self.blocks):
             self.shape = tuple(mean.shape[1:])
             n = len(count)
             self.sums[b] = mean.reshape(n, -1) * count.unsqueeze(1).float()
             self.counts[b] = count
-        self.keys = torch.as_tensor(np.array(state["keys"]), dtype=torch.float64)
+        self.keys = torch.as_tensor(np.array(state["keys"]), dtype=torch.int64)
+        self.seen = torch.as_tensor(np.array(state["seen"]), dtype=torch.bool)
         if "block" in state:
             b = int(state["block"])
             self.sums[b] = torch.as_tensor(np.array(state["sum"]))
@@ -220,6 +269,13 @@ class ReleaseLog:
 
     # -- the windows an attack combines ------------------------------------------------------
 
+    def released_ids(self) -> torch.Tensor:
+        """(n,) the sample ids of which the log holds a release, ascending."""
+        held = self.held()
+        if not held:
+            return torch.empty(0, dtype=torch.long)
+        return torch.nonzero(torch.stack([self.counts[b] > 0 for b in held]).any(0)).flatten()
+
     def windows(self, ids: torch.Tensor) -> list[Window]:
         """For sample ``ids`` (n,), window j = 1, 2, ...: each id's mean release over its
         latest j blocks that hold a release of it (j up to the most any id has).
@@ -227,7 +283,7 @@ class ReleaseLog:
         Raises:
             KeyError: an id with no release at all.
         """
-        held = sorted(self.sums)  # block indices, latest first
+        held = self.held()  # block indices, latest first
         if not held:
             return []
         ids = ids.long()

@@ -248,7 +248,7 @@ class RunDir:
         ``epoch`` (the block in progress, exact; an older state is removed once it is written)."""
         parts = self.file(TRANSCRIPT_PARTS)
         for b, (lo, hi) in enumerate(log.blocks):
-            if hi == epoch and b in log.sums:
+            if hi == epoch and b in log.held():
                 save_npz(parts / f"releases-{lo:05d}-{hi:05d}.npz", log.block_arrays(b))
         save_npz(parts / f"releases-state-{epoch:05d}.npz", log.state_arrays(epoch))
         for old in parts.glob("releases-state-*.npz"):
