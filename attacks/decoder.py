@@ -12,7 +12,13 @@ from torch import nn
 
 from attacks.base import Knowledge
 from attacks.fitting import fit_regression
-from attacks.inversion import InversionAttack, InversionConfig, aux_activations, split_aux
+from attacks.inversion import (
+    InversionAttack,
+    InversionConfig,
+    aux_activations,
+    aux_pairs,
+    mean_beat_mse,
+)
 from attacks.registry import register
 
 
@@ -300,13 +306,9 @@ class DecoderInversion(InversionAttack):
     def reconstruct(self, acts, knowledge, transcript, *, beat_length):
         cfg: DecoderConfig = self.config  # type: ignore[assignment]
         assert knowledge.aux is not None
-        a_aux = aux_activations(self, transcript, knowledge, like=acts)  # (M, C, L)
-        x_aux = knowledge.aux.x.float()  # (M, 1, 128)
-        fit, held = split_aux(len(a_aux), cfg.holdout, cfg.seed)
-        mean_mse = float(nn.functional.mse_loss(x_aux[fit].mean(0, keepdim=True).expand(
-            len(held), -1, -1), x_aux[held]))
-        self.tuning = {"heldout_beats": len(held), "heldout_mse_mean_beat": mean_mse,
-                       "grid": []}
+        a_aux, x_aux, fit, held = aux_pairs(self, acts, knowledge, transcript)
+        self.tuning = {"heldout_beats": len(held),
+                       "heldout_mse_mean_beat": mean_beat_mse(x_aux, fit, held), "grid": []}
         grid, device = cfg.grid(), self.device
         parts = (a_aux[fit], x_aux[fit], a_aux[held], x_aux[held])
         stack = cfg.stack_grid == "on" or (cfg.stack_grid == "auto" and device.type == "cuda")

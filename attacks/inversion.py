@@ -447,6 +447,23 @@ def aux_activations(attack: Attack, transcript: Transcript, knowledge: Knowledge
     return a_aux
 
 
+def aux_pairs(attack: Attack, acts: torch.Tensor, knowledge: Knowledge, transcript: Transcript
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What an attack that learns from the aux pairs starts from: their activations (M, C, L),
+    checked against the victims' ``acts``; their beats (M, 1, L) float32; the attack's seeded
+    (fit, held) split of them (:func:`split_aux`)."""
+    assert knowledge.aux is not None
+    a_aux = aux_activations(attack, transcript, knowledge, like=acts)
+    cfg = attack.config
+    fit, held = split_aux(len(a_aux), cfg.holdout, cfg.seed)  # type: ignore[attr-defined]
+    return a_aux, knowledge.aux.x.float(), fit, held
+
+
+def mean_beat_mse(x: torch.Tensor, fit: torch.Tensor, held: torch.Tensor) -> float:
+    """The held-out MSE of the fit part's mean beat (the mean-beat prior on the aux beats)."""
+    return float(((x[fit].double().mean(0) - x[held].double()) ** 2).mean())
+
+
 def observation_windows(attack: Attack, transcript: Transcript, knowledge: Knowledge,
                         obs: Observed) -> tuple[list[Windowed], str | None]:
     """The victims' (and aux beats') releases combined every way the run allows

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from attacks.decoder import decode, parse_grid, refit_decoder, train_decoder
-from attacks.inversion import InversionAttack, InversionConfig, aux_activations, split_aux
+from attacks.inversion import InversionAttack, InversionConfig, aux_pairs, mean_beat_mse
 from attacks.registry import register
 
 
@@ -94,9 +94,7 @@ class MLPInversion(InversionAttack):
     def reconstruct(self, acts, knowledge, transcript, *, beat_length):
         cfg: MLPConfig = self.config  # type: ignore[assignment]
         assert knowledge.aux is not None
-        a_aux = aux_activations(self, transcript, knowledge, like=acts)  # (M, C, L)
-        x_aux = knowledge.aux.x.float()  # (M, 1, 128)
-        fit, held = split_aux(len(a_aux), cfg.holdout, cfg.seed)
+        a_aux, x_aux, fit, held = aux_pairs(self, acts, knowledge, transcript)
         grid, best = [], None
         for lr in parse_grid(cfg.lrs, "lrs"):
             torch.manual_seed(cfg.seed)
@@ -108,10 +106,8 @@ class MLPInversion(InversionAttack):
                 best = (net, mse, lr, epoch)
         net, mse, lr, epoch = best
         self.net = net
-        mean_mse = float(nn.functional.mse_loss(x_aux[fit].mean(0, keepdim=True).expand(
-            len(held), -1, -1), x_aux[held]))
         self.tuning = {"heldout_beats": len(held), "grid": grid, "heldout_mse": mse,
-                       "heldout_mse_mean_beat": mean_mse,
+                       "heldout_mse_mean_beat": mean_beat_mse(x_aux, fit, held),
                        "chosen": {"lr": lr, "best_epoch": epoch}}
         return decode(net, acts.cpu()).cpu()
 

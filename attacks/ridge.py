@@ -9,7 +9,13 @@ import torch
 
 from attacks.base import AuxData
 from attacks.decoder import parse_grid
-from attacks.inversion import InversionAttack, InversionConfig, aux_activations, split_aux
+from attacks.inversion import (
+    InversionAttack,
+    InversionConfig,
+    aux_pairs,
+    mean_beat_mse,
+    split_aux,
+)
 from attacks.metrics import LinkageScorer
 from attacks.registry import register
 from attacks.releases import Windowed
@@ -125,17 +131,14 @@ class RidgeInversion(InversionAttack):
     def reconstruct(self, acts, knowledge, transcript, *, beat_length):
         cfg: RidgeConfig = self.config  # type: ignore[assignment]
         assert knowledge.aux is not None
-        a_aux = aux_activations(self, transcript, knowledge, like=acts)
-        a = a_aux.reshape(len(a_aux), -1)
-        x = knowledge.aux.x.reshape(len(a), -1)
-        fit, held = split_aux(len(a), cfg.holdout, cfg.seed)
+        a_aux, x_aux, fit, held = aux_pairs(self, acts, knowledge, transcript)
+        a, x = a_aux.reshape(len(a_aux), -1), x_aux.reshape(len(a_aux), -1)
         device = self.device
         part = RidgeMap(a[fit], x[fit], device)
         chosen, grid = part.tune(a[held], x[held], cfg.lambdas)
         self.tuning = {"heldout_beats": len(held), "grid": grid, "chosen": chosen,
                        "heldout_mse": chosen["heldout_mse"],
-                       "heldout_mse_mean_beat": float(((x[fit].double().mean(0) -
-                                                        x[held].double()) ** 2).mean())}
+                       "heldout_mse_mean_beat": mean_beat_mse(x, fit, held)}
         full = RidgeMap(a, x, device)
         out = full.predict(acts.reshape(len(acts), -1), full.weights(chosen["lambda"]))
         return out.float().cpu().reshape(len(acts), 1, beat_length)
