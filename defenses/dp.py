@@ -445,6 +445,7 @@ class FormalDP(ActivationDP):
 
     mode = "formal"
     Config = FormalConfig
+    per_beat_claim = True
 
     @classmethod
     def stacks(cls, config: FormalConfig) -> bool:
@@ -477,6 +478,13 @@ class FormalDP(ActivationDP):
                 target_epsilon=c.target_epsilon, releases=self.budget_releases,
                 delta=c.delta, accountant=c.accountant,
             )
+
+    def fixes_epochs(self) -> str | None:
+        """The noise, calibrated to ``target_epsilon`` over one release per planned epoch."""
+        c = self.config
+        if c.target_epsilon is None or c.releases is not None:
+            return None
+        return f"noise was calibrated to target_epsilon={c.target_epsilon} over its epochs"
 
     def configure(self, *, epochs: int | None = None, **_: Any) -> None:
         """The run's epochs: the budget covers them unless ``epochs`` was given (then they must

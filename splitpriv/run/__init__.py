@@ -33,10 +33,12 @@ from splitpriv.models import ModelConfig, SplitModels, build_models
 from splitpriv.run.config import TOPOLOGIES, TrainConfig
 from splitpriv.run.data import Tensors, build_run_data, load_tensors
 from splitpriv.run.rundir import (
+    ATTACKS,
     BEST,
     CHECKPOINT,
     RESULT,
     TRANSCRIPT,
+    WEIGHTS,
     Resumed,
     RunDir,
     epoch_row,
@@ -55,6 +57,30 @@ def build_defenses(config: TrainConfig) -> list:
     for d in built:
         d.configure(epochs=config.epochs, batch_size=config.batch_size)
     return built
+
+
+def check_distinct_beats(defenses: list, data: Tensors, protocol: str) -> None:
+    """Refuse a defense whose claim is per training beat (``per_beat_claim``: formal ``dp``,
+    ``dpsgd``, ``labeldp``) on training rows that hold a beat more than once (the ``paper``
+    protocol draws with replacement): each copy would be released, and counted, as a beat of its
+    own, so the beat's real releases would exceed the claim's.
+
+    Raises:
+        ValueError: naming the defense, the copies and the protocol to use instead.
+    """
+    claiming = [d.name for d in defenses if d.per_beat_claim]
+    if not claiming:
+        return
+    _, copies = np.unique(data.x_train.detach().cpu().flatten(1).numpy(), axis=0,
+                          return_counts=True)
+    repeated = int((copies > 1).sum())
+    if repeated:
+        raise ValueError(
+            f"defense {claiming[0]!r} claims a guarantee per training beat, but the training rows "
+            f"of protocol {protocol!r} hold {repeated:,} beats more than once (up to "
+            f"{copies.max()} copies: it draws with replacement), which would each be released "
+            "as a beat of their own; use --protocol paper-unique (the same class sizes, drawn "
+            "without replacement)")
 
 
 def build_behaviour(config: TrainConfig) -> ServerBehaviour:
@@ -253,12 +279,12 @@ def run_training(
     in result.json. The stop is final: a resumed run that was stopped trains no further (even
     with more ``epochs``); ``force`` retrains from scratch.
     """
-    run_dir = RunDir(out_dir, config, force=force)
-    done = run_dir.finished()
-    if done is not None:
-        return done
-    with torch_threads(config.threads):
-        return _train(config, run_dir, progress=progress)
+    with RunDir(out_dir, config, force=force) as run_dir:
+        done = run_dir.finished()
+        if done is not None:
+            return done
+        with torch_threads(config.threads):
+            return _train(config, run_dir, progress=progress)
 
 
 def _train(config: TrainConfig, run_dir: RunDir, *, progress: bool) -> dict[str, Any]:
@@ -267,6 +293,7 @@ def _train(config: TrainConfig, run_dir: RunDir, *, progress: bool) -> dict[str,
     device = resolve_device(config.device)
     # the data, models and the adversary's beats first: what fails here writes nothing
     data = build_run_data(config, device)
+    check_distinct_beats(defenses, data, config.protocol)
     topology = resolve_topology(config, defenses)
     models = build_run_models(config, topology, device)
     aux = behaviour_aux(behaviour.aux_spec(), data, seed=config.seed)
@@ -348,10 +375,11 @@ def row_counts(data: Tensors) -> dict[str, int]:
 
 
 __all__ = [
-    "BEST", "CHECKPOINT", "PHASES", "RESULT", "TOPOLOGIES", "TRANSCRIPT", "Resumed", "RunDir",
+    "ATTACKS", "BEST", "CHECKPOINT", "PHASES", "RESULT", "TOPOLOGIES", "TRANSCRIPT", "WEIGHTS",
+    "Resumed", "RunDir",
     "ReconstructionLog", "Stateful", "Tensors", "TrainConfig", "behaviour_aux",
     "build_behaviour", "checkpoint_state", "load_plugin_states", "stateful_plugins",
-    "build_defenses", "build_run_data",
+    "build_defenses", "build_run_data", "check_distinct_beats",
     "build_run_models", "defense_reports", "epoch_row", "load_tensors", "resolve_topology",
     "result_doc", "row_counts", "run_training", "summarize",
 ]
