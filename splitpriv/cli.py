@@ -44,6 +44,9 @@ def _print_card(card: dict) -> None:
         print(f"records val   ({len(card['records_val'])}): {card['records_val']}")
     print(f"records test  ({len(card['records_test'])}): {card['records_test']}")
     print(f"records in both halves: {card['records_shared']}")
+    if card.get("records_missing"):
+        print(f"NOT the whole database: the pool holds no beat of MIT-BIH record(s) "
+              f"{card['records_missing']}")
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
