@@ -26,7 +26,7 @@ from attacks.inversion import InversionAttack
 from attacks.labels import LabelAttack
 from attacks.registry import build_attack
 from attacks.runs import SHARED, RunData, config_summary, knowledge_for
-from splitpriv.channel import Kind
+from splitpriv.channel import PHASES, Kind
 from splitpriv.io import torch_load, torch_save
 
 SOURCES = ("auto", "transcript", "weights")
@@ -48,6 +48,21 @@ def reference_classifier(run: RunData, phase: str, epochs: int, seed: int = 0) -
     return net
 
 
+def check_common(cfg: Any) -> None:
+    """Refuse values of the options every attack takes (``attacks.base.CommonConfig``) that
+    would fail later, deep in the attack, without naming the option."""
+    bad = [
+        ("phase", cfg.phase not in PHASES, f"one of {PHASES}"),
+        ("seed", not 0 <= cfg.seed < 2**32, "in 0..2**32-1"),
+        ("max_victims", cfg.max_victims is not None and cfg.max_victims < 1, ">= 1 (none: all)"),
+        ("epoch", cfg.epoch is not None and cfg.epoch < 0, ">= 0 (none: the last recorded)"),
+        ("threads", cfg.threads is not None and cfg.threads < 0, ">= 0 (none: torch's)"),
+    ]
+    for key, wrong, must in bad:
+        if wrong:
+            raise ValueError(f"--option {key}: must be {must}, got {getattr(cfg, key)!r}")
+
+
 def run_attack(
     name: str, run_dir: str | Path, aux: str | None = None, options: dict[str, Any] | None = None
 ) -> tuple[AttackResult, Path]:
@@ -63,6 +78,7 @@ def run_attack(
     ref_epochs = int(options.pop("reference_epochs", 5))
     attack = build_attack(name, options)
     cfg = attack.config
+    check_common(cfg)
     run = SHARED.load(run_dir)
 
     transcript, notes = run.transcript, []

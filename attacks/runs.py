@@ -31,7 +31,7 @@ from attacks.base import AuxData, GroundTruth, Knowledge
 from splitpriv.channel import InProcessChannel, Kind, RecordPolicy, Transcript
 from splitpriv.io import read_file, read_json, torch_load
 from splitpriv.models import ClientNet
-from splitpriv.options import parse_spec
+from splitpriv.options import fraction_or_count, parse_spec
 from splitpriv.run import PHASES, RESULT, TrainConfig, build_run_data
 from splitpriv.trainer import EVAL_BATCH
 
@@ -252,11 +252,7 @@ def parse_aux(spec: str | None, run: RunData, *, phase: str, seed: int = 0) -> A
     rng = np.random.default_rng(seed)
     if kind == "train":
         n_train = len(run.y["train"])
-        try:
-            value = float(arg)
-        except ValueError:
-            raise ValueError(f"--aux {spec!r}: expected train:FRACTION or train:COUNT") from None
-        n = int(round(value * n_train)) if 0 < value < 1 else int(value)
+        n = fraction_or_count(arg, n_train, f"--aux {spec!r}")
         if not 1 <= n < n_train:
             raise ValueError(f"--aux {spec!r}: {n} rows of a training half of {n_train}")
         ids = torch.from_numpy(np.sort(rng.choice(n_train, size=n, replace=False)))

@@ -204,8 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError, ChannelError) as exc:  # DataError: ValueError
-        print(f"splitpriv: error: {exc}", file=sys.stderr)
+    except (ValueError, OSError, KeyError, ChannelError) as exc:  # DataError: ValueError
+        print(f"splitpriv: error: {exc}", file=sys.stderr)  # an OSError names its file
         return 2
 
 

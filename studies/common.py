@@ -113,6 +113,8 @@ class StudyArgs:
     test_balanced_accuracy (all at the validation-selected epoch)"""
 
     def __post_init__(self) -> None:
+        if self.seeds < 1:  # no run would be planned: an empty results.csv, or an IndexError
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if self.utility not in UTILITIES:
             raise ValueError(f"utility must be one of {sorted(UTILITIES)}, got {self.utility!r}")
 

@@ -30,6 +30,7 @@ import torch
 from splitpriv.channel import PHASES, CountingChannel, Transcript
 from splitpriv.io import resolve_device, torch_threads
 from splitpriv.models import ModelConfig, SplitModels, build_models
+from splitpriv.options import fraction_or_count
 from splitpriv.run.config import TOPOLOGIES, TrainConfig
 from splitpriv.run.data import Tensors, build_run_data, load_tensors
 from splitpriv.run.rundir import (
@@ -111,8 +112,7 @@ def behaviour_aux(spec: str | None, data: Tensors, *, seed: int) -> AuxBeats | N
     free = np.ones(len(pool.y), dtype=bool)
     free[used[used >= 0]] = False
     if kind == "train":
-        value = float(arg)
-        n = int(round(value * len(data.y_train))) if 0 < value < 1 else int(value)
+        n = fraction_or_count(arg, len(data.y_train), f"server aux {spec!r}")
         rows_free = np.flatnonzero(free)
         if not 1 <= n <= len(rows_free):
             raise ValueError(f"server aux {spec!r}: {n} beats of {len(rows_free)} unused ones")
