@@ -539,7 +539,7 @@ def _train_together(configs: Sequence, run_dirs: Sequence[RunDir], progress: boo
     device = resolve_device(configs[0].device)
     data = build_run_data(configs[0], device)  # what fails here writes nothing
     for c, ds in zip(configs, defenses, strict=True):
-        check_distinct_beats(ds, data, c.protocol)
+        check_distinct_beats(ds, data, c)
     for run_dir in run_dirs:
         run_dir.start(resumable=False)
     topology = resolve_topology(configs[0], defenses[0])  # one for all: the same batch_key

@@ -75,7 +75,7 @@ def run_distributed(
             return run_dir.finish({"role": "server", **info, "server": behaviour,
                                    "history": res.history, "wire": res.wire})
         data = build_run_data(config, device)
-        check_distinct_beats(defenses, data, config.protocol)
+        check_distinct_beats(defenses, data, config)
         share = client_share(data, spec.rank, spec.n_clients)
         if spec.rank != 1:
             run_dir.start(resumable=False, stale=())

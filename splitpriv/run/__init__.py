@@ -60,14 +60,15 @@ def build_defenses(config: TrainConfig) -> list:
     return built
 
 
-def check_distinct_beats(defenses: list, data: Tensors, protocol: str) -> None:
+def check_distinct_beats(defenses: list, data: Tensors, config: TrainConfig) -> None:
     """Refuse a defense whose claim is per training beat (``per_beat_claim``: formal ``dp``,
     ``dpsgd``, ``labeldp``) on training rows that hold a beat more than once (the ``paper``
-    protocol draws with replacement): each copy would be released, and counted, as a beat of its
-    own, so the beat's real releases would exceed the claim's.
+    protocol draws with replacement, and so did the paper's HDF5 files): each copy would be
+    released, and counted, as a beat of its own, so the beat's real releases would exceed the
+    claim's.
 
     Raises:
-        ValueError: naming the defense, the copies and the protocol to use instead.
+        ValueError: naming the defense, the copies and what to train on instead.
     """
     claiming = [d.name for d in defenses if d.per_beat_claim]
     if not claiming:
@@ -76,12 +77,15 @@ def check_distinct_beats(defenses: list, data: Tensors, protocol: str) -> None:
                           return_counts=True)
     repeated = int((copies > 1).sum())
     if repeated:
+        source, instead = (
+            (f"--hdf5 {config.hdf5}", "train on files without repeated beats")
+            if config.hdf5 is not None else
+            (f"protocol {config.protocol!r}", "use --protocol paper-unique (the same class "
+             "sizes, drawn without replacement)"))
         raise ValueError(
             f"defense {claiming[0]!r} claims a guarantee per training beat, but the training rows "
-            f"of protocol {protocol!r} hold {repeated:,} beats more than once (up to "
-            f"{copies.max()} copies: it draws with replacement), which would each be released "
-            "as a beat of their own; use --protocol paper-unique (the same class sizes, drawn "
-            "without replacement)")
+            f"of {source} hold {repeated:,} beats more than once (up to {copies.max()} copies), "
+            f"each of which would be released as a beat of its own; {instead}")
 
 
 def build_behaviour(config: TrainConfig) -> ServerBehaviour:
@@ -293,7 +297,7 @@ def _train(config: TrainConfig, run_dir: RunDir, *, progress: bool) -> dict[str,
     device = resolve_device(config.device)
     # the data, models and the adversary's beats first: what fails here writes nothing
     data = build_run_data(config, device)
-    check_distinct_beats(defenses, data, config.protocol)
+    check_distinct_beats(defenses, data, config)
     topology = resolve_topology(config, defenses)
     models = build_run_models(config, topology, device)
     aux = behaviour_aux(behaviour.aux_spec(), data, seed=config.seed)

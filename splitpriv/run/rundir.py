@@ -225,10 +225,11 @@ class RunDir:
             why = build_defense(spec).fixes_epochs()
             if why:
                 raise ValueError(
-                    f"{self.path} was trained for {planned} epochs with defense {spec!r}, whose "
-                    f"{why}; training it on to {self.config.epochs} epochs would release more "
-                    f"than that budget: use --force to retrain it for {self.config.epochs} "
-                    "epochs, or another --out")
+                    f"{self.path} holds a run planned for {planned} epochs with defense "
+                    f"{spec!r}, whose {why}: training it to {self.config.epochs} epochs would "
+                    "recalibrate the noise of the epochs to come, and its claim would not be "
+                    "what its releases compose to; use --force to retrain it for "
+                    f"{self.config.epochs} epochs, or another --out")
 
     def start(self, *, resumable: bool = True, stale: Sequence[str] = STALE) -> Resumed | None:
         """Take the writer's lock, write config.json and begin: the checkpoint's state when there
