@@ -272,11 +272,10 @@ def _reader(leaf: _Leaf, item: Any):
         try:
             return convert(text, item, leaf.field.name, "value")
         except ValueError as e:
-            why = next((w for w in ("a finite number", "fit in 64 bits") if w in str(e)), None)
-            raise argparse.ArgumentTypeError(
-                f"{text!r} must be {why}" if why
-                else f"cannot read {text!r} as {_type_name(item)}"
-            ) from None
+            why = next((w for k, w in (("finite", "is not a finite number"),
+                                       ("64 bits", "does not fit in 64 bits")) if k in str(e)),
+                       f"cannot be read as {_type_name(item)}")
+            raise argparse.ArgumentTypeError(f"{text!r} {why}") from None
 
     return read
 

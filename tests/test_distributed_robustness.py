@@ -380,6 +380,20 @@ def test_max_message_mb_below_the_run_s_longest_message_is_refused_up_front():
         DistSpec(rank=0, world_size=2, timeout_s=float("inf"))
 
 
+@pytest.mark.parametrize(("flag", "value"), [("--timeout", "1e308"),
+                                           ("--turn-timeout", "3e6"),
+                                           ("--max-message-mb", "1e308")])
+def test_waits_and_sizes_beyond_what_torch_takes_are_one_line(tmp_path, capsys, flag, value):
+    from splitpriv.cli import main
+
+    assert main(["train", "--role", "server", "--world-size", "2", "--master-port",
+                 str(free_port()), "--epochs", "1", "--out", str(tmp_path / "run"), flag,
+                 value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{flag} must be a finite number in (0, " in err and "\n" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_non_finite_tensors_are_refused():
     for bad in (float("nan"), float("inf"), -float("inf")):
         with pytest.raises(WireError, match=r"sending 'act_grad'.*non-finite"):

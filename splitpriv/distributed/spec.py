@@ -25,6 +25,11 @@ import torch.distributed as dist
 from splitpriv.distributed.wire import PeerError
 
 SECRET_ENV = "SPLITPRIV_SECRET"
+#: the longest wait a party may be given, in seconds (a week; torch keeps waits in C ints of
+#: milliseconds, which overflow at 24.8 days)
+MAX_WAIT_S = 7 * 24 * 3600
+#: the longest message a peer may be allowed to declare (``--max-message-mb``), in MiB
+MAX_MESSAGE_MB = 2**20
 
 
 @dataclass
@@ -58,11 +63,12 @@ class DistSpec:
     def __post_init__(self) -> None:
         if self.turn_timeout_s is None:
             self.turn_timeout_s = self.timeout_s
-        for name, flag in (("timeout_s", "--timeout"), ("turn_timeout_s", "--turn-timeout"),
-                           ("max_message_mb", "--max-message-mb")):
+        for name, flag, most in (("timeout_s", "--timeout", MAX_WAIT_S),
+                                 ("turn_timeout_s", "--turn-timeout", MAX_WAIT_S),
+                                 ("max_message_mb", "--max-message-mb", MAX_MESSAGE_MB)):
             value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{flag} must be a finite number > 0, got {value}")
+            if value is not None and not (math.isfinite(value) and 0 < value <= most):
+                raise ValueError(f"{flag} must be a finite number in (0, {most:,}], got {value}")
         if self.secret == "":
             raise ValueError(f"the shared secret (--secret / ${SECRET_ENV}) is empty")
         if not 1 <= self.master_port <= 65535:
