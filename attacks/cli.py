@@ -28,6 +28,8 @@ from attacks.registry import build_attack
 from attacks.runs import SHARED, RunData, config_summary, knowledge_for
 from splitpriv.channel import PHASES, Kind
 from splitpriv.io import torch_load, torch_save
+from splitpriv.options import convert
+from splitpriv.run.config import MAX_THREADS
 
 SOURCES = ("auto", "transcript", "weights")
 
@@ -56,7 +58,8 @@ def check_common(cfg: Any) -> None:
         ("seed", not 0 <= cfg.seed < 2**32, "in 0..2**32-1"),
         ("max_victims", cfg.max_victims is not None and cfg.max_victims < 1, ">= 1 (none: all)"),
         ("epoch", cfg.epoch is not None and cfg.epoch < 0, ">= 0 (none: the last recorded)"),
-        ("threads", cfg.threads is not None and cfg.threads < 0, ">= 0 (none: torch's)"),
+        ("threads", cfg.threads is not None and not 0 <= cfg.threads <= MAX_THREADS,
+         f"in 0..{MAX_THREADS} (none: torch's)"),
     ]
     for key, wrong, must in bad:
         if wrong:
@@ -75,7 +78,10 @@ def run_attack(
     source = str(options.pop("source", "auto"))
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-    ref_epochs = int(options.pop("reference_epochs", 5))
+    ref_epochs = convert(str(options.pop("reference_epochs", 5)), int, "reference_epochs",
+                         "--option")
+    if ref_epochs < 0:
+        raise ValueError(f"--option reference_epochs: must be >= 0 (0: no check), got {ref_epochs}")
     attack = build_attack(name, options)
     cfg = attack.config
     check_common(cfg)

@@ -191,6 +191,9 @@ def finished_run(pool_dirs, tmp_path_factory):
     (["dcor", "-o", "phase=bogus"], "--option phase: must be one of ('train', 'val', 'test')"),
     (["dcor", "-o", "seed=-1"], "--option seed: must be in 0..2**32-1, got -1"),
     (["dcor", "-o", "max_victims=5", "-o", "max_victims=9"], "max_victims given twice"),
+    (["dcor", "-o", "threads=100000"], "--option threads: must be in 0..1024"),
+    (["dcor", "-o", "reference_epochs=1e9"], "cannot read reference_epochs='1e9' as int"),
+    (["dcor", "-o", "reference_epochs=-1"], "--option reference_epochs: must be >= 0"),
 ])
 def test_bad_attack_arguments_get_one_line(finished_run, capsys, args, named):
     capsys.readouterr()
