@@ -243,8 +243,32 @@ def weights_transcript(run: RunData, phase: str, *, seed: int = 0) -> Transcript
     return t
 
 
+def check_aux_spec(spec: str | None) -> None:
+    """The form of an aux spec (module docstring), before any run exists to apply it to (a
+    study checks its ``--aux`` before training): a finite fraction in (0, 1) or a whole count
+    >= 1 after ``train:``, record numbers after ``records:``.
+
+    Raises:
+        ValueError: naming the spec.
+    """
+    if spec is None or spec.strip().lower() in ("", "none"):
+        return
+    kind, _, arg = spec.partition(":")
+    where = f"--aux {spec!r}"
+    if kind.strip().lower() == "train":
+        fraction_or_count(arg, 1, where)  # a finite fraction in (0, 1), or a whole count
+        if float(arg) <= 0:
+            raise ValueError(f"{where}: expected a fraction in (0, 1) or a count >= 1")
+    elif kind.strip().lower() == "records":
+        if not all(r.strip().isdigit() for r in arg.split(",") if r.strip()):
+            raise ValueError(f"{where}: expected records:R1,R2,...")
+    else:
+        raise ValueError(f"{where}: expected train:F, train:N or records:R1,R2,...")
+
+
 def parse_aux(spec: str | None, run: RunData, *, phase: str, seed: int = 0) -> AuxData | None:
     """The attacker's auxiliary set from a spec (module docstring)."""
+    check_aux_spec(spec)
     if spec is None or spec.strip().lower() in ("", "none"):
         return None
     kind, _, arg = spec.partition(":")

@@ -216,13 +216,21 @@ def test_a_truncated_transcript_is_named_by_the_attack(finished_run, tmp_path, c
     assert "transcript.npz: cannot be read as a transcript (npz)" in err and "\n" not in err
 
 
-@pytest.mark.parametrize("study", ["compare_defenses", "label_privacy"])
-def test_a_study_with_no_seed_is_refused(tmp_path, capsys, study):
+@pytest.mark.parametrize(("study", "flags", "named"), [
+    ("compare_defenses", ["--seeds", "0"], "seeds must be >= 1, got 0"),
+    ("label_privacy", ["--seeds", "0"], "seeds must be >= 1, got 0"),
+    ("compare_defenses", ["--dcor-victims", "-5"], "dcor_victims must be >= 1, got -5"),
+    ("compare_defenses", ["--threads", "100000"], "threads must be in 1..1024, got 100000"),
+    ("dp_tradeoff", ["--aux", "train:inf"], "--aux 'train:inf': size must be a finite number"),
+    ("depth", ["--aux", "train:0"], "expected a fraction in (0, 1) or a count >= 1"),
+])
+def test_a_study_s_bad_numbers_are_refused_before_it_trains(tmp_path, capsys, study, flags,
+                                                            named):
     import importlib
 
     main_of = importlib.import_module(f"studies.{study}").main
     with pytest.raises(SystemExit):
-        main_of(["--quick", "--seeds", "0", "--out", str(tmp_path / "out")])
+        main_of(["--quick", *flags, "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
-    assert "seeds must be >= 1, got 0" in err and "\n" not in err
+    assert named in err and "\n" not in err
     assert not (tmp_path / "out").exists()
