@@ -128,6 +128,17 @@ def test_a_bad_hdf5_pair_is_refused_before_anything_is_written(tmp_path, capsys,
     assert not out.exists()
 
 
+def test_a_validation_fraction_that_leaves_no_training_row_is_named(pool_dirs, tmp_path,
+                                                                    capsys):
+    mitdb, cache = pool_dirs
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--mitdb-dir", str(mitdb), "--cache-dir", str(cache),
+                 "--val-fraction", "0.99999999", "--epochs", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "val_fraction 0.99999999 leaves no training row of the 13,245" in err
+    assert "\n" not in err and not out.exists()
+
+
 def test_a_run_that_fails_on_its_data_writes_nothing_and_does_not_block_the_rerun(
         pool_dirs, tmp_path, capsys):
     mitdb, cache = pool_dirs
