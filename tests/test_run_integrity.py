@@ -125,12 +125,13 @@ def test_force_clears_what_it_replaces_and_the_attack_refuses_the_unfinished_run
     assert main(base(pool_dirs, out, "--epochs", "1")) == 0
     (out / "attacks").mkdir()
     (out / "attacks" / "dcor.json").write_text("{}")
+    (out / "client-2.json").write_text("{}")  # as a distributed run over it would have left
     kill_in_epoch(monkeypatch, 1)
     with pytest.raises(Killed):
         main(base(pool_dirs, out, "--epochs", "2", "--depth", "3", "--force"))
     left = {p.name for p in out.iterdir()}
     assert not left & {"weights.pt", "best.pt", "attacks", "transcript.npz", "result.json",
-                       "checkpoint.pt"}
+                       "checkpoint.pt", "metrics.jsonl", "client-2.json"}
     capsys.readouterr()
     assert main(["attack", "dcor", "--run", str(out)]) == 2
     assert "not found: not a finished run directory" in one_line_error(capsys)

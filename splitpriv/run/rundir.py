@@ -50,9 +50,11 @@ TRANSCRIPT_PARTS = "transcript.parts"
 WEIGHTS = "weights.pt"
 #: where ``splitpriv attack`` writes its results
 ATTACKS = "attacks"
-#: what a fresh start of a run (``--force`` included) removes: a later resume, model selection or
-#: attack must not read what another attempt or another run left
-STALE = (CHECKPOINT, BEST, TRANSCRIPT, TRANSCRIPT_PARTS, WEIGHTS, ATTACKS)
+#: what a fresh start of a run (``--force`` included) removes (glob patterns): a later resume,
+#: model selection or attack must not read what another attempt or another run left, a
+#: distributed one's records included
+STALE = (CHECKPOINT, BEST, TRANSCRIPT, TRANSCRIPT_PARTS, WEIGHTS, ATTACKS, "metrics.jsonl",
+         "weights-server.pt", "distributed.json", "server.json", "client-*.json")
 
 
 def summarize(history: list[dict[str, Any]], has_val: bool, select_by: str = "accuracy",
@@ -234,9 +236,9 @@ class RunDir:
     def start(self, *, resumable: bool = True, stale: Sequence[str] = STALE) -> Resumed | None:
         """Take the writer's lock, write config.json and begin: the checkpoint's state when there
         is one to resume (``resumable`` and not ``force``), else None after removing the ``stale``
-        files another attempt or run left (a fresh start must not be resumed, selected from or
-        attacked later). The marker goes first either way: the directory is finished only once
-        :meth:`finish` writes it again.
+        files (glob patterns) another attempt or run left (a fresh start must not be resumed,
+        selected from or attacked later). The marker goes first either way: the directory is
+        finished only once :meth:`finish` writes it again.
 
         Raises:
             ValueError: another process writes the directory (its PID named), or the checkpoint
@@ -252,11 +254,11 @@ class RunDir:
             write_json(self.file("config.json"), asdict(self.config))
             return resumed
         self.file(self.marker).unlink(missing_ok=True)
-        for name in stale:
-            if self.file(name).is_dir():
-                shutil.rmtree(self.file(name))
+        for path in (p for pattern in stale for p in self.path.glob(pattern)):
+            if path.is_dir():
+                shutil.rmtree(path)
             else:
-                self.file(name).unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
         write_json(self.file("config.json"), asdict(self.config))
         return None
 
