@@ -258,6 +258,11 @@ def test_garbage_at_the_rendezvous_is_named_and_never_crashes_the_server():
     server, out = _in_thread(rendezvous, DistSpec(rank=0, world_size=2, master_port=port,
                                                   timeout_s=3.0))
     _store(port).set("splitpriv/join/1", "abc")  # an unauthenticated process, before any client
+    import socket
+
+    for junk in (b"abc\n", b"\xff" * 100_000):  # and raw bytes, not the store's protocol
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            raw.sendall(junk)
     server.join(30)
     assert isinstance(out[0], PeerError), out
     assert "no client of 1..1 joined within 3 s" in str(out[0])
