@@ -102,6 +102,9 @@ def run_attack(
     result = attack(transcript, knowledge_for(run, aux_data), run.truth(cfg.phase, classifier))
     result.summary["run"] = {"dir": str(run.path), **config_summary(run)}
     result.notes = notes + result.notes
+    if not SHARED.unchanged(run_dir):  # retrained or extended meanwhile: not this run's result
+        raise ValueError(f"{run.path}: the run's files changed while it was attacked (retrained "
+                         "or extended?); attack it again once it has finished")
     path = result.save(run.path / "attacks", name)
     return result, path
 

@@ -369,6 +369,10 @@ class SharedRun:
             self.hits += 1
         return self.run
 
+    def unchanged(self, run_dir: str | Path) -> bool:
+        """Whether the kept run's files are still those it was loaded from."""
+        return self.key is not None and self._key(run_dir) == self.key
+
     def _kept(self, run: RunData, table: dict, key: tuple, compute):
         """``compute()`` for the kept run, once per ``key`` of ``table``; for another run,
         afresh."""

@@ -212,3 +212,22 @@ def test_a_refused_run_leaves_nothing_that_blocks_the_corrected_command(pool_dir
     assert "U-shaped topology sends no labels" in one_line_error(capsys)
     assert main(base(pool_dirs, out, "--epochs", "1", "--defense", "labeldp:epsilon=1")) == 0
     assert os.path.exists(out / "result.json")
+
+
+def test_an_attack_whose_run_changes_meanwhile_writes_no_result(pool_dirs, tmp_path, capsys,
+                                                                monkeypatch):
+    import attacks.cli
+
+    out = tmp_path / "run"
+    assert main(base(pool_dirs, out, "--epochs", "1")) == 0
+    real = attacks.cli.knowledge_for
+
+    def retrained_meanwhile(*args, **kw):  # another process rewrites the run mid-attack
+        (out / "result.json").write_text((out / "result.json").read_text() + " ")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(attacks.cli, "knowledge_for", retrained_meanwhile)
+    capsys.readouterr()
+    assert main(["attack", "dcor", "--run", str(out)]) == 2
+    assert "the run's files changed while it was attacked" in one_line_error(capsys)
+    assert not (out / "attacks" / "dcor.json").exists()
