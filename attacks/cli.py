@@ -28,8 +28,10 @@ from attacks.labels import LabelAttack
 from attacks.registry import build_attack
 from attacks.releases import observed_from_log, recorded
 from attacks.runs import SHARED, RunData, config_summary, knowledge_for
-from splitpriv.channel import Kind
+from splitpriv.channel import PHASES, Kind
 from splitpriv.io import torch_load, torch_save
+from splitpriv.options import convert
+from splitpriv.run.config import MAX_THREADS
 
 SOURCES = ("auto", "transcript", "weights")
 
@@ -50,6 +52,22 @@ def reference_classifier(run: RunData, phase: str, epochs: int, seed: int = 0) -
     return net
 
 
+def check_common(cfg: Any) -> None:
+    """Refuse values of the options every attack takes (``attacks.base.CommonConfig``) that
+    would fail later, deep in the attack, without naming the option."""
+    bad = [
+        ("phase", cfg.phase not in PHASES, f"one of {PHASES}"),
+        ("seed", not 0 <= cfg.seed < 2**32, "in 0..2**32-1"),
+        ("max_victims", cfg.max_victims is not None and cfg.max_victims < 1, ">= 1 (none: all)"),
+        ("epoch", cfg.epoch is not None and cfg.epoch < 0, ">= 0 (none: the last recorded)"),
+        ("threads", cfg.threads is not None and not 0 <= cfg.threads <= MAX_THREADS,
+         f"in 0..{MAX_THREADS} (none: torch's)"),
+    ]
+    for key, wrong, must in bad:
+        if wrong:
+            raise ValueError(f"--option {key}: must be {must}, got {getattr(cfg, key)!r}")
+
+
 def run_attack(
     name: str, run_dir: str | Path, aux: str | None = None, options: dict[str, Any] | None = None
 ) -> tuple[AttackResult, Path]:
@@ -62,9 +80,13 @@ def run_attack(
     source = str(options.pop("source", "auto"))
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-    ref_epochs = int(options.pop("reference_epochs", 5))
+    ref_epochs = convert(str(options.pop("reference_epochs", 5)), int, "reference_epochs",
+                         "--option")
+    if ref_epochs < 0:
+        raise ValueError(f"--option reference_epochs: must be >= 0 (0: no check), got {ref_epochs}")
     attack = build_attack(name, options)
     cfg = attack.config
+    check_common(cfg)
     run = SHARED.load(run_dir)
 
     transcript, notes = run.transcript, []
@@ -84,6 +106,9 @@ def run_attack(
     result = attack(transcript, knowledge_for(run, aux_data), run.truth(cfg.phase, classifier))
     result.summary["run"] = {"dir": str(run.path), **config_summary(run)}
     result.notes = notes + result.notes
+    if not SHARED.unchanged(run_dir):  # retrained or extended meanwhile: not this run's result
+        raise ValueError(f"{run.path}: the run's files changed while it was attacked (retrained "
+                         "or extended?); attack it again once it has finished")
     path = result.save(run.path / "attacks", name)
     return result, path
 

@@ -29,9 +29,10 @@ import torch
 
 from attacks.base import AuxData, GroundTruth, Knowledge
 from splitpriv.channel import InProcessChannel, Kind, RecordPolicy, Transcript
-from splitpriv.io import read_json, torch_load
+from splitpriv.io import read_file, read_json, torch_load
 from splitpriv.models import ClientNet
-from splitpriv.run import PHASES, TrainConfig, build_run_data
+from splitpriv.options import fraction_or_count, parse_spec
+from splitpriv.run import PHASES, RESULT, TrainConfig, build_run_data
 from splitpriv.trainer import EVAL_BATCH
 
 
@@ -92,10 +93,14 @@ def load_run(
     from splitpriv.data import missing_record_files
 
     path = Path(run_dir)
-    for name in ("config.json", "weights.pt"):
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--run {path}: not a directory")
+    for name in ("config.json", "weights.pt", RESULT):
         if not (path / name).exists():
-            raise FileNotFoundError(f"{path / name} not found: not a finished run directory")
+            raise FileNotFoundError(f"{path / name} not found: not a finished run directory (a "
+                                    "run killed or being trained: rerun its train command)")
     config = TrainConfig.load(path / "config.json")
+    _check_result_matches(path, config)
     records = None if mitdb_dir is None else str(mitdb_dir)
     if records is None and config.mitdb_dir is not None:
         if missing_record_files(config.mitdb_dir):
@@ -108,8 +113,9 @@ def load_run(
             records = config.mitdb_dir
     local = dataclasses.replace(config, mitdb_dir=records,
                                 cache_dir=None if cache_dir is None else str(cache_dir))
-    weights = torch_load(path / "weights.pt")
-    transcript = (Transcript.load(path / "transcript.npz") if (path / "transcript.npz").exists()
+    weights = _checked_weights(path / "weights.pt", config)
+    transcript = (read_file(path / "transcript.npz", Transcript.load, "a transcript (npz)")
+                  if (path / "transcript.npz").exists()
                   else Transcript(policy=RecordPolicy(phases=None)))
     data = build_run_data(local, "cpu")
     _check_rebuilt_rows(path, data.card)
@@ -122,19 +128,72 @@ def load_run(
     )
 
 
-def _check_rebuilt_rows(path: Path, card: dict) -> None:
-    """Refuse rebuilt data whose pool or split sizes differ from the run's result.json."""
-    if not (path / "result.json").is_file():
-        return
-    recorded = read_json(path / "result.json").get("dataset") or {}
-    keys = ("pool_size", "pool_class_counts", "n_train", "n_val", "n_test", "classes")
-    differ = [k for k in keys if k in recorded and recorded[k] != card.get(k)]
+#: config fields that do not change what a run produced (where it ran, where its data was)
+WHERE_FIELDS = ("device", "threads", "mitdb_dir", "cache_dir")
+
+
+def _check_result_matches(path: Path, config: TrainConfig) -> None:
+    """Refuse a run whose result.json was written for another config than config.json holds (a
+    run retrained or extended over it and killed, files copied between runs): the attack would
+    read one run's files labelled as another's. result.json keeps its run's config (``config``);
+    an older one is compared on the fields it repeats (protocol, labels, depth, seed, epochs,
+    the defenses' names)."""
+    result = read_json(path / RESULT)
+    mine = dataclasses.asdict(config)
+    recorded = result.get("config")
+    if recorded is None:  # written before result.json kept its config
+        recorded = {k: result[k] for k in ("protocol", "labels", "depth", "seed", "epochs")
+                    if k in result}
+        names = [parse_spec(s)[0] for s in config.defenses]
+        if [d.get("name") for d in result.get("defenses") or []] != names:
+            recorded["defenses"] = [d.get("name") for d in result.get("defenses") or []]
+            mine["defenses"] = names
+    differ = [k for k in mine if k in recorded and k not in WHERE_FIELDS and recorded[k] != mine[k]]
     if differ:
         k = differ[0]
         raise ValueError(
-            f"{path}: the data rebuilt here is not the run's: {k} = {card.get(k)!r} here, "
-            f"{recorded[k]!r} in {path / 'result.json'} (other records? give the run's with "
-            "mitdb_dir / $SPLITPRIV_MITDB)"
+            f"{path}: {RESULT} was written for another run than config.json describes: {k} = "
+            f"{recorded[k]!r} there, {mine[k]!r} in config.json (a run retrained over it and "
+            "killed, or files mixed); rerun its train command to finish it, or --force")
+
+
+def _checked_weights(path: Path, config: TrainConfig) -> dict:
+    """weights.pt, once each network of the config's architecture loads it."""
+    from splitpriv.run import build_defenses, build_run_models, resolve_topology
+
+    weights = torch_load(path)
+    models = build_run_models(config, resolve_topology(config, build_defenses(config)), "cpu")
+    try:
+        for name, net in models.modules().items():
+            net.load_state_dict(weights[name])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        raise ValueError(f"{path}: does not hold the weights of the run config.json describes "
+                         f"(depth {config.depth}, cut_channels {config.cut_channels}): {reason}"
+                         ) from None
+    return weights
+
+
+def _check_rebuilt_rows(path: Path, card: dict) -> None:
+    """Refuse rebuilt data whose pool or split sizes, or whose HDF5 files' SHA-256, differ from
+    the run's result.json."""
+    if not (path / "result.json").is_file():
+        return
+    recorded = read_json(path / "result.json").get("dataset") or {}
+
+    def facts(c: dict) -> dict:
+        keys = ("pool_size", "pool_class_counts", "n_train", "n_val", "n_test", "classes")
+        shas = {f"hdf5 {k}": v for k, v in (c.get("hdf5") or {}).items() if k.endswith("sha256")}
+        return {k: c[k] for k in keys if k in c} | shas
+
+    here, there = facts(card), facts(recorded)
+    differ = [k for k in there if there[k] != here.get(k)]
+    if differ:
+        k = differ[0]
+        raise ValueError(
+            f"{path}: the data rebuilt here is not the run's: {k} = {here.get(k)!r} here, "
+            f"{there[k]!r} in {path / 'result.json'} (other records or files? give the run's "
+            "with mitdb_dir / $SPLITPRIV_MITDB, or its --hdf5 files unchanged)"
         )
 
 
@@ -192,8 +251,32 @@ def weights_transcript(run: RunData, phase: str, *, seed: int = 0) -> Transcript
     return t
 
 
+def check_aux_spec(spec: str | None) -> None:
+    """The form of an aux spec (module docstring), before any run exists to apply it to (a
+    study checks its ``--aux`` before training): a finite fraction in (0, 1) or a whole count
+    >= 1 after ``train:``, record numbers after ``records:``.
+
+    Raises:
+        ValueError: naming the spec.
+    """
+    if spec is None or spec.strip().lower() in ("", "none"):
+        return
+    kind, _, arg = spec.partition(":")
+    where = f"--aux {spec!r}"
+    if kind.strip().lower() == "train":
+        fraction_or_count(arg, 1, where)  # a finite fraction in (0, 1), or a whole count
+        if float(arg) <= 0:
+            raise ValueError(f"{where}: expected a fraction in (0, 1) or a count >= 1")
+    elif kind.strip().lower() == "records":
+        if not all(r.strip().isdigit() for r in arg.split(",") if r.strip()):
+            raise ValueError(f"{where}: expected records:R1,R2,...")
+    else:
+        raise ValueError(f"{where}: expected train:F, train:N or records:R1,R2,...")
+
+
 def parse_aux(spec: str | None, run: RunData, *, phase: str, seed: int = 0) -> AuxData | None:
     """The attacker's auxiliary set from a spec (module docstring)."""
+    check_aux_spec(spec)
     if spec is None or spec.strip().lower() in ("", "none"):
         return None
     kind, _, arg = spec.partition(":")
@@ -201,11 +284,7 @@ def parse_aux(spec: str | None, run: RunData, *, phase: str, seed: int = 0) -> A
     rng = np.random.default_rng(seed)
     if kind == "train":
         n_train = len(run.y["train"])
-        try:
-            value = float(arg)
-        except ValueError:
-            raise ValueError(f"--aux {spec!r}: expected train:FRACTION or train:COUNT") from None
-        n = int(round(value * n_train)) if 0 < value < 1 else int(value)
+        n = fraction_or_count(arg, n_train, f"--aux {spec!r}")
         if not 1 <= n < n_train:
             raise ValueError(f"--aux {spec!r}: {n} rows of a training half of {n_train}")
         ids = torch.from_numpy(np.sort(rng.choice(n_train, size=n, replace=False)))
@@ -283,7 +362,7 @@ class SharedRun:
             try:
                 st = (path / name).stat()
                 stats.append((name, st.st_size, st.st_mtime_ns))
-            except FileNotFoundError:
+            except OSError:  # missing, or the path is no directory: load_run names it
                 stats.append((name, None, None))
         env = tuple(os.environ.get(v) for v in ("SPLITPRIV_MITDB", "SPLITPRIV_CACHE"))
         return (str(path), tuple(stats), env)
@@ -298,6 +377,10 @@ class SharedRun:
         else:
             self.hits += 1
         return self.run
+
+    def unchanged(self, run_dir: str | Path) -> bool:
+        """Whether the kept run's files are still those it was loaded from."""
+        return self.key is not None and self._key(run_dir) == self.key
 
     def _kept(self, run: RunData, table: dict, key: tuple, compute):
         """``compute()`` for the kept run, once per ``key`` of ``table``; for another run,

@@ -353,7 +353,8 @@ class FormalConfig(NoiseConfig):
     Attributes:
         noise_multiplier: noise scale / sensitivity (0 = no noise).
         target_epsilon: total epsilon over the training releases of each beat (``releases``,
-            else one per epoch of ``epochs``); the noise multiplier is calibrated to it.
+            else one per epoch of ``epochs``); the noise multiplier is calibrated to it (so a run
+            trained for its epochs is not extended to others: :meth:`FormalDP.fixes_epochs`).
         delta: the delta of the reported (epsilon, delta).
         clip: the bound C on each beat's activation norm. Chosen without looking at the protected
             data: a fixed value (the study's 2 for the 512-value cut; with ``standardise`` every
@@ -436,7 +437,9 @@ class FormalDP(ActivationDP):
         reveal it too unless the weights are private as well (a ``weights_private`` defense:
         ``dpsgd``); (2) noise comes from torch's PRNG in floating point, not a secure sampler
         (Mironov 2012); (3) a beat that is in both the training and a held-out set (the
-        ``paper`` protocol's duplicates) has both guarantees composed; (4) a run killed
+        ``paper`` protocol's duplicates) has both guarantees composed; a beat twice in the
+        training rows would be released as two beats, so such rows are refused
+        (``per_beat_claim``); (4) a run killed
         mid-epoch and resumed released part of that epoch twice, which this process cannot see.
 
     Shape:
@@ -445,6 +448,7 @@ class FormalDP(ActivationDP):
 
     mode = "formal"
     Config = FormalConfig
+    per_beat_claim = True
 
     @classmethod
     def stacks(cls, config: FormalConfig) -> bool:
@@ -477,6 +481,13 @@ class FormalDP(ActivationDP):
                 target_epsilon=c.target_epsilon, releases=self.budget_releases,
                 delta=c.delta, accountant=c.accountant,
             )
+
+    def fixes_epochs(self) -> str | None:
+        """The noise, calibrated to ``target_epsilon`` over one release per planned epoch."""
+        c = self.config
+        if c.target_epsilon is None or c.releases is not None:
+            return None
+        return f"noise was calibrated to target_epsilon={c.target_epsilon} over its epochs"
 
     def configure(self, *, epochs: int | None = None, **_: Any) -> None:
         """The run's epochs: the budget covers them unless ``epochs`` was given (then they must

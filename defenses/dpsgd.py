@@ -99,6 +99,7 @@ class ClientDPSGD(Defense):
                 raise _bad(f"accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
 
     weights_private = True
+    per_beat_claim = True
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -123,6 +124,13 @@ class ClientDPSGD(Defense):
         c = self.config
         self.epochs = planned("epochs", c.epochs, epochs, _bad)
         self.batch_size = planned("batch_size", c.batch_size, batch_size, _bad) or self.batch_size
+
+    def fixes_epochs(self) -> str | None:
+        """The noise, calibrated to ``target_epsilon`` over the planned epochs' steps."""
+        if self.config.target_epsilon is None:
+            return None
+        return (f"noise was calibrated to target_epsilon={self.config.target_epsilon} over its "
+                "epochs")
 
     @property
     def sample_rate(self) -> float:

@@ -119,6 +119,8 @@ class LabelDP(Defense):
                 raise ValueError(f"defense 'labeldp': prior_source must be protocol or uniform, "
                                  f"got {self.prior_source!r}")
 
+    per_beat_claim = True
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self._noisy: torch.Tensor | None = None

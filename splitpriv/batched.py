@@ -62,6 +62,7 @@ from splitpriv.run import (
     build_defenses,
     build_run_data,
     build_run_models,
+    check_distinct_beats,
     checkpoint_state,
     defense_reports,
     epoch_row,
@@ -516,9 +517,13 @@ def run_training_batched(configs: Sequence, out_dirs: Sequence[str | Path], *,
         results[pending[0]] = run_training(configs[pending[0]], run_dirs[pending[0]].path,
                                            progress=progress)
     elif pending:
-        with torch_threads(configs[0].threads):
-            trained = _train_together([configs[i] for i in pending],
-                                      [run_dirs[i] for i in pending], progress)
+        try:
+            with torch_threads(configs[0].threads):
+                trained = _train_together([configs[i] for i in pending],
+                                          [run_dirs[i] for i in pending], progress)
+        finally:
+            for run_dir in run_dirs:
+                run_dir.release()  # the writers' locks, whatever happened
         results.update(zip(pending, trained, strict=True))
     return [results[i] for i in range(len(configs))]
 
@@ -532,9 +537,11 @@ def _train_together(configs: Sequence, run_dirs: Sequence[RunDir], progress: boo
     behaviours = [build_behaviour(c) for c in configs]  # honest (batch_key)
     transcripts = [Transcript(policy=c.record_policy()) for c in configs]
     device = resolve_device(configs[0].device)
+    data = build_run_data(configs[0], device)  # what fails here writes nothing
+    for c, ds in zip(configs, defenses, strict=True):
+        check_distinct_beats(ds, data, c)
     for run_dir in run_dirs:
         run_dir.start(resumable=False)
-    data = build_run_data(configs[0], device)
     topology = resolve_topology(configs[0], defenses[0])  # one for all: the same batch_key
     trainer = BatchedSplitTrainer(
         [build_run_models(c, topology, device) for c in configs],

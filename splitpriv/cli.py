@@ -44,6 +44,9 @@ def _print_card(card: dict) -> None:
         print(f"records val   ({len(card['records_val'])}): {card['records_val']}")
     print(f"records test  ({len(card['records_test'])}): {card['records_test']}")
     print(f"records in both halves: {card['records_shared']}")
+    if card.get("records_missing"):
+        print(f"NOT the whole database: the pool holds no beat of MIT-BIH record(s) "
+              f"{card['records_missing']}")
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
@@ -201,8 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError, ChannelError) as exc:  # DataError: ValueError
-        print(f"splitpriv: error: {exc}", file=sys.stderr)
+    except (ValueError, OSError, KeyError, ChannelError) as exc:  # DataError: ValueError
+        print(f"splitpriv: error: {exc}", file=sys.stderr)  # an OSError names its file
         return 2
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "DS1_RECORDS",
     "DS2_RECORDS",
     "LABEL_SCHEMES",
+    "MITDB_RECORDS",
     "PACED_RECORDS",
     "PAPER_CLASS_DRAWS",
     "PREP_VERSION",
@@ -109,6 +110,10 @@ DS2_RECORDS = (
     100, 103, 105, 111, 113, 117, 121, 123, 200, 202, 210,
     212, 213, 214, 219, 221, 222, 228, 231, 232, 233, 234,
 )  # fmt: skip
+#: The 48 records of the MIT-BIH Arrhythmia Database 1.0.0 (its RECORDS file); a pool is the
+#: database's only if it holds every one its preprocessing does not exclude (the card's
+#: ``records_missing`` lists the others)
+MITDB_RECORDS = tuple(sorted((*PACED_RECORDS, *DS1_RECORDS, *DS2_RECORDS)))
 
 #: The AAMI heartbeat classes (ANSI/AAMI EC57; de Chazal et al. 2004, Table I): N normal and
 #: bundle branch block beats, S supraventricular ectopic, V ventricular ectopic, F fusion of
@@ -281,6 +286,10 @@ def parse_records(path: Path) -> list[str]:
     for name in names:
         if "/" in name or "\\" in name or name in (".", ".."):
             raise DataError(f"record index {path} lists an unsupported record name {name!r}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DataError(f"record index {path} lists record(s) {twice} more than once (their beats "
+                        "would be in the pool twice)")
     return names
 
 
@@ -344,6 +353,8 @@ def resolve_mitdb_dir(
         source = "mitdb_dir argument" if mitdb_dir is not None else f"${MITDB_ENV}"
         d = Path(mitdb_dir if mitdb_dir is not None else os.environ[MITDB_ENV]).expanduser()
         missing = missing_record_files(d)
+        if missing == [d / RECORDS_FILE] and missing[0].is_file():
+            record_names(d)  # a RECORDS file that cannot be used: its own error names why
         if missing:
             raise DataError(
                 f"MIT-BIH directory {d} (from {source}) does not hold the records: "
@@ -517,14 +528,44 @@ _FORMAT_BYTES: dict[str, tuple[int, int]] = {
 }  # fmt: skip
 
 
+def _check_sums_cover_only_listed(d: Path) -> None:
+    """Refuse a database whose ``SHA256SUMS.txt`` lists record files of a record its ``RECORDS``
+    does not list (a record deleted with its RECORDS line: the pool would silently lack it)."""
+    from splitpriv.download import parse_sha256sums
+
+    listed = set(record_names(d))
+    stray = sorted({Path(f).stem for f in parse_sha256sums(d / SUMS_FILE)
+                    if Path(f).suffix in RECORD_EXTENSIONS and Path(f).stem not in listed})
+    if stray:
+        raise DataError(f"{d / SUMS_FILE} lists the files of record(s) {stray}, which "
+                        f"{d / RECORDS_FILE} does not list: the database is incomplete or edited; "
+                        "restore them (or remove their lines from both files on purpose)")
+
+
+def _check_annotation_end(path: Path, name: str) -> None:
+    """A WFDB annotation file ends with its end-of-file marker, two zero bytes, after whole
+    16-bit words; a file cut short does not (an empty one is named by :func:`read_record`)."""
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with path.open("rb") as fh:
+        fh.seek(max(size - 2, 0))
+        tail = fh.read()
+    if size % 2 or tail != b"\0\0":
+        raise DataError(f"record {name}: annotation file {path} is truncated ({size:,} bytes, "
+                        "no WFDB end-of-file marker)")
+
+
 def _check_record_files(d: Path, name: str) -> None:
-    """Check that the record's files exist and that its .dat files are long enough."""
+    """Check that the record's files exist, that its .dat files are long enough and that its
+    .atr file ends as a WFDB annotation file does."""
     wfdb = _wfdb()
 
     for ext in RECORD_EXTENSIONS:
         path = d / f"{name}{ext}"
         if not path.is_file():
             raise DataError(f"record {name}: file {path} not found")
+    _check_annotation_end(d / f"{name}.atr", name)
     try:
         header = wfdb.rdheader(str(d / name))
     except Exception as exc:  # wfdb raises many types for bad headers
@@ -747,6 +788,7 @@ def build_pool(
         files = [f"{n}{ext}" for n in names for ext in RECORD_EXTENSIONS]
         has_sums = (d / SUMS_FILE).is_file()
         if has_sums:
+            _check_sums_cover_only_listed(d)
             verify_checksums(d, files, allow_unlisted=allow_unlisted)
         else:
             warnings.warn(
@@ -1361,7 +1403,9 @@ def dataset_card(
     Args:
         pool: The pool the split came from, or ``None`` (pool fields are then ``None``).
         split: The split.
-        prep: The pool's preprocessing; when given, the card also has ``classes``, ``labels``,
+        prep: The pool's preprocessing; when given, the card also has ``records_missing`` (the
+            records of MIT-BIH 1.0.0 the preprocessing keeps that the pool holds no beat of:
+            empty for the whole database), ``classes``, ``labels``,
             ``lead`` (``""``: channel ``channel``), ``channel``, ``excluded_records``,
             ``records_val`` and ``class_counts_by_val_record`` (``{record: {class: n}}``).
 
@@ -1389,7 +1433,10 @@ def dataset_card(
     }
     if prep is not None:
         rva = _records_of(split.record_val)
+        expected = set(MITDB_RECORDS) - set(prep.excluded_records)
         card |= {
+            "records_missing": sorted(expected - set(_records_of(pool.record)))
+            if pool is not None else None,
             "classes": split.classes, "labels": prep.labels, "lead": prep.lead,
             "channel": prep.channel, "excluded_records": list(prep.excluded_records),
             "records_val": rva,

@@ -125,6 +125,16 @@ class Defense:
     #: the defense's transform of a row depends on the other rows of its batch (a batch
     #: statistic), so nothing computed downstream is per-sample
     couples_rows: bool = False
+    #: the defense's claim is per training beat and counts each training row as its own beat,
+    #: so it holds only on training rows that hold no beat twice (a protocol drawing with
+    #: replacement is refused: ``splitpriv.run.check_distinct_beats``)
+    per_beat_claim: bool = False
+
+    def fixes_epochs(self) -> str | None:
+        """Why a run's epochs cannot change once one is trained (e.g. "noise was calibrated to
+        target_epsilon=4 over the planned epochs"): a resumed run with other epochs would
+        recalibrate the rest of its releases. None (the default): they can change."""
+        return None
 
     def configure(self, *, epochs: int, batch_size: int) -> None:
         """Called once with the run's plan (its training epochs and batch size), before anything

@@ -23,6 +23,7 @@ dataclass arguments.
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 EXECUTORS = ("local", "ray")
+#: local worker processes at most, per core (more only queue for the cores, each with its memory)
+JOBS_PER_CORE = 2
+#: seconds to reach a Ray cluster's ``--address`` before giving up (Ray itself retries forever)
+RAY_CONNECT_S = 10.0
 
 
 class TaskFailed(RuntimeError):
@@ -59,14 +64,15 @@ class Executor:
     """where tasks run: local (worker processes on this machine) or ray (a Ray cluster or a local
     Ray instance; needs the cluster extra)"""
     jobs: int = 0
-    """tasks at once (0: one per core of this machine; with ray and an address: the cluster's
-    CPUs decide)"""
+    """tasks at once (0: one per core of this machine; at most 2 per core, and never more worker
+    processes than tasks; with ray and an address: the cluster's CPUs decide)"""
     address: str | None = None
     """ray only: the cluster to join (e.g. auto, or ray://HOST:10001); none starts a local
     instance of --jobs CPUs"""
 
     _ray_started: bool = field(default=False, init=False, repr=False, compare=False)
     _pool: Any = field(default=None, init=False, repr=False, compare=False)
+    _pool_size: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
@@ -76,6 +82,11 @@ class Executor:
             raise ValueError(f"--jobs must be >= 0 (0: one per core), got {self.jobs}")
         if self.address is not None and self.executor != "ray":
             raise ValueError("--address is for --executor ray")
+        cap = JOBS_PER_CORE * available_cores()
+        if self.jobs > cap and self.address is None:  # more would only queue for the cores
+            print(f"splitpriv: note: --jobs {self.jobs} capped at {cap} ({JOBS_PER_CORE} per "
+                  f"core, {available_cores()} cores here)", file=sys.stderr, flush=True)
+            self.jobs = cap
 
     @property
     def workers(self) -> int:
@@ -124,8 +135,12 @@ class Executor:
     def _local(self, fn, items, names, threads, bar) -> list:
         import multiprocessing as mp
 
+        size = min(self.workers, len(items))  # never more workers than tasks
+        if self._pool is not None and self._pool_size < size:
+            self.close()  # a later map with more tasks than the pool has workers
         if self._pool is None:  # one pool serves every map of a sweep (workers start once)
-            self._pool = mp.get_context("spawn").Pool(self.workers)
+            self._pool = mp.get_context("spawn").Pool(size)
+            self._pool_size = size
         results: list[Any] = [None] * len(items)
         args = [(fn, i, item, threads) for i, item in enumerate(items)]
         try:
@@ -152,6 +167,8 @@ class Executor:
             kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False)
             if self.address is None:
                 kw["num_cpus"] = self.workers
+            else:
+                check_reachable(self.address)
             ray.init(address=self.address, **kw)
         remote = ray.remote(num_cpus=threads or 1, max_retries=0)(_call)
         pending = {remote.remote(fn, i, item, threads): i for i, item in enumerate(items)}
@@ -187,6 +204,29 @@ class Executor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_reachable(address: str, timeout_s: float = RAY_CONNECT_S) -> None:
+    """Refuse a Ray ``--address`` HOST:PORT (or ``ray://HOST:PORT``) where nothing accepts a
+    connection within ``timeout_s`` (``ray.init`` would retry it forever); ``auto`` and other
+    forms are left to Ray.
+
+    Raises:
+        ValueError: naming the address and why.
+    """
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except (OSError, OverflowError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise ValueError(f"--address {address}: no Ray cluster answers there within "
+                         f"{timeout_s:g} s ({reason}); start one (ray start --head) or give its "
+                         "address") from None
 
 
 def _call(fn: Callable[[Any], Any], index: int, item: Any,

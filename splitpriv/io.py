@@ -8,11 +8,18 @@ import json
 import os
 import pickle
 import secrets
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+
+T = TypeVar("T")
+
+#: what reading a damaged, truncated or foreign file raises (besides FileNotFoundError)
+READ_ERRORS = (OSError, EOFError, ValueError, KeyError, RuntimeError, UnicodeDecodeError,
+               zipfile.BadZipFile, pickle.UnpicklingError)
 
 
 @contextlib.contextmanager
@@ -39,18 +46,34 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_file(path: str | Path, load: Callable[[Path], T], what: str) -> T:
+    """``load(path)``, with any failure to read it as one line naming the file: the one place
+    that turns OSError, BadZipFile, a truncated pickle... into an error a user can act on.
+
+    Raises:
+        ValueError: ``PATH: no such file``, ``PATH: is a directory...``, or ``PATH: cannot be
+            read as WHAT (reason)``.
+    """
+    path = Path(path)
+    try:
+        return load(path)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (IsADirectoryError, NotADirectoryError):
+        raise ValueError(f"{path}: not a file") from None
+    except READ_ERRORS as exc:
+        lines = str(exc).strip().splitlines()
+        reason = lines[0] if lines else type(exc).__name__
+        raise ValueError(f"{path}: cannot be read as {what} ({reason})") from None
+
+
 def read_json(path: str | Path) -> Any:
     """A JSON file's content.
 
     Raises:
         ValueError: the file is missing, unreadable or not JSON (named).
     """
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot be read as JSON ({exc})") from None
+    return read_file(path, lambda p: json.loads(p.read_text()), "JSON")
 
 
 def torch_save(obj: Any, path: str | Path) -> None:
@@ -64,13 +87,8 @@ def torch_load(path: str | Path) -> Any:
     Raises:
         ValueError: the file is missing, truncated, corrupt or holds something else (named).
     """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: cannot be read as a torch file ({reason})") from None
+    return read_file(path, lambda p: torch.load(p, map_location="cpu", weights_only=True),
+                     "a torch file")
 
 
 def save_npz(path: str | Path, arrays: dict[str, Any]) -> None:
@@ -86,19 +104,15 @@ def load_npz(path: str | Path) -> dict[str, Any]:
     """Every array of an ``.npz`` written by :func:`save_npz`, read into memory.
 
     Raises:
-        ValueError: the file is missing, truncated or not an npz (named).
+        ValueError: the file is missing, truncated or not an npz (named, :func:`read_file`).
     """
-    import zipfile
-
     import numpy as np
 
-    try:
-        with np.load(path, allow_pickle=False) as data:
+    def load(p: Path) -> dict[str, Any]:
+        with np.load(p, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path}: cannot be read as an npz file ({exc})") from None
+
+    return read_file(path, load, "an npz file")
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -18,18 +18,23 @@ import re
 import textwrap
 import typing
 from collections.abc import Iterable, Mapping, Sequence
+from types import UnionType
 from typing import Any, NoReturn, TypeVar
 
 T = TypeVar("T")
 
 
 def parse_pairs(items: Iterable[str], where: str) -> dict[str, str]:
-    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``; an item without ``=`` raises ValueError."""
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``; an item without ``=``, or a key given
+    twice (which value was meant?), raises ValueError."""
     out: dict[str, str] = {}
     for item in items:
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"{where}: expected key=value, got {item!r}")
+        if key.strip() in out:
+            raise ValueError(f"{where}: {key.strip()} given twice ({out[key.strip()]!r} and "
+                             f"{value.strip()!r})")
         out[key.strip()] = value.strip()
     return out
 
@@ -84,8 +89,58 @@ def convert(value: str, annotation: Any, key: str, where: str) -> Any:
             continue
         if isinstance(out, float) and not math.isfinite(out):
             raise ValueError(f"{where}: {key} must be a finite number, got {value!r}")
+        if isinstance(out, int) and not -(2**63) <= out < 2**63:  # what torch and numpy take
+            raise ValueError(f"{where}: {key} must fit in 64 bits, got {value!r}")
         return out
     raise ValueError(f"{where}: cannot read {key}={value!r} as {_type_name(annotation)}")
+
+
+def fraction_or_count(text: str, total: int, where: str) -> int:
+    """A size given as ``F`` (0 < F < 1: that fraction of ``total``, rounded) or ``N`` (a whole
+    count), e.g. the ``train:F`` / ``train:N`` of an auxiliary set.
+
+    Raises:
+        ValueError: not a finite number, or neither a fraction in (0, 1) nor a whole number.
+    """
+    value = convert(text, float, "size", where)
+    if 0 < value < 1:
+        return int(round(value * total))
+    if value != int(value):
+        raise ValueError(f"{where}: expected a fraction in (0, 1) or a whole count, got {text!r}")
+    return int(value)
+
+
+def check_field_types(cls: type, doc: Mapping[str, Any], where: str) -> None:
+    """Refuse values of a JSON document (a config.json) whose type is not their dataclass
+    field's: ``"record_epochs": 5`` where a string is meant, ``"epochs": "2"``, ``"defenses":
+    "dp"``... (an int passes for a float; None only where the field takes it).
+
+    Raises:
+        ValueError: ``WHERE: FIELD must be TYPE, got VALUE``.
+    """
+    hints = typing.get_type_hints(cls)
+
+    def fits(value: Any, hint: Any) -> bool:
+        union = typing.get_origin(hint) in (typing.Union, UnionType)
+        for kind in typing.get_args(hint) if union else (hint,):
+            origin = typing.get_origin(kind) or kind
+            if kind is type(None) and value is None:
+                return True
+            if origin in (list, tuple) and isinstance(value, list):
+                item = (typing.get_args(kind) or (Any,))[0]
+                return item is Any or all(fits(v, item) for v in value)
+            if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+                return True
+            if kind is int and isinstance(value, int) and not isinstance(value, bool):
+                return True
+            if kind in (str, bool) and type(value) is kind:
+                return True
+        return False
+
+    for name, value in doc.items():
+        if name in hints and not fits(value, hints[name]):
+            raise ValueError(f"{where}: {name} must be {_type_name(hints[name])}, got "
+                             f"{value!r}")
 
 
 def build_config(config_cls: type, options: Mapping[str, Any] | None, where: str) -> Any:
@@ -217,11 +272,10 @@ def _reader(leaf: _Leaf, item: Any):
         try:
             return convert(text, item, leaf.field.name, "value")
         except ValueError as e:
-            finite = "must be a finite number" in str(e)
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not a finite number" if finite
-                else f"cannot read {text!r} as {_type_name(item)}"
-            ) from None
+            why = next((w for k, w in (("finite", "is not a finite number"),
+                                       ("64 bits", "does not fit in 64 bits")) if k in str(e)),
+                       f"cannot be read as {_type_name(item)}")
+            raise argparse.ArgumentTypeError(f"{text!r} {why}") from None
 
     return read
 

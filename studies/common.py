@@ -14,6 +14,7 @@ a caption file beside it (NAME.txt) and all captions collected in FIGURES/captio
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import statistics
@@ -69,6 +70,21 @@ def seed_everything(seed: int, threads: int | None) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def check_study_numbers(args: StudyArgs) -> None:
+    """Refuse, before anything trains, the numbers of a study that would fail (or hang) later:
+    torch threads beyond what a run takes, a non-positive attack budget, a malformed ``--aux``."""
+    from attacks.runs import check_aux_spec
+    from splitpriv.run.config import MAX_THREADS
+
+    if not 1 <= args.threads <= MAX_THREADS:
+        raise ValueError(f"threads must be in 1..{MAX_THREADS}, got {args.threads}")
+    for f in dataclasses.fields(args.budget):
+        value, least = getattr(args.budget, f.name), 0 if f.name == "reference_epochs" else 1
+        if isinstance(value, int) and value < least:
+            raise ValueError(f"{f.name} must be >= {least}, got {value}")
+    check_aux_spec(args.budget.aux)
+
+
 @dataclass
 class StudyArgs:
     """Arguments every study takes (a study's own Args derive from it). The defaults are the
@@ -113,6 +129,9 @@ class StudyArgs:
     test_balanced_accuracy (all at the validation-selected epoch)"""
 
     def __post_init__(self) -> None:
+        if self.seeds < 1:  # no run would be planned: an empty results.csv, or an IndexError
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        check_study_numbers(self)
         if self.utility not in UTILITIES:
             raise ValueError(f"utility must be one of {sorted(UTILITIES)}, got {self.utility!r}")
 

@@ -128,6 +128,7 @@ class Args(StudyArgs):
     """client conv layers"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the checks every study's arguments get
         if any(e is not None and not 0 < e < math.inf
                for e in [*self.formal_epsilons, *self.release_epsilons, *self.paper_epsilons]):
             raise ValueError("epsilons must be finite numbers > 0 (or none)")

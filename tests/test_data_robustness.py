@@ -315,3 +315,41 @@ def test_a_received_run_rebuilt_from_other_records_is_refused(
     other = make_subset(mitdb_dir, tmp_path / "other", ("100", "101", "103"))
     with pytest.raises(ValueError, match=r"not the run's: pool_size"):
         load_run(received_run, mitdb_dir=other)
+
+
+# ---------------------------------------------------------------------------- the record list
+
+
+def test_a_records_file_listing_a_record_twice_is_refused(subset: Path, tmp_path: Path) -> None:
+    (subset / "RECORDS").write_text("100\n101\n100\n")
+    with pytest.raises(DataError, match=r"RECORDS lists record\(s\) \['100'\] more than once"):
+        load_pool(subset, cache_dir=tmp_path / "cache")
+
+
+def test_a_record_deleted_with_its_records_line_but_summed_is_refused(subset: Path,
+                                                                     tmp_path: Path) -> None:
+    for ext in (".hea", ".dat", ".atr"):
+        (subset / f"101{ext}").unlink()
+    (subset / "RECORDS").write_text("100\n")
+    with pytest.raises(DataError, match=r"SHA256SUMS\.txt lists the files of record\(s\) "
+                                        r"\['101'\], which .*RECORDS does not list"):
+        load_pool(subset, cache_dir=tmp_path / "cache")
+
+
+def test_an_atr_cut_in_half_without_sha256sums_is_named(unsummed: Path, tmp_path: Path) -> None:
+    atr = unsummed / "100.atr"
+    atr.write_bytes(atr.read_bytes()[: atr.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"100\.atr is truncated"):
+        load_pool(unsummed, cache_dir=tmp_path / "cache")
+
+
+def test_the_card_names_the_database_records_a_pool_lacks(pool) -> None:
+    from splitpriv.data import BeatPool, dataset_card
+
+    prep = PrepConfig()
+    assert dataset_card(pool, make_split(pool, "paper-unique"), prep)["records_missing"] == []
+    keep = pool.record != 105
+    lacking = BeatPool(x=pool.x[keep], y=pool.y[keep], record=pool.record[keep],
+                       rpeak=pool.rpeak[keep], classes=pool.classes)
+    card = dataset_card(lacking, make_split(lacking, "paper-unique"), prep)
+    assert card["records_missing"] == [105]

@@ -436,6 +436,7 @@ def test_distributed_run_refuses_a_foreign_run_directory(pool_dirs, tmp_path):
     out.mkdir()
     other = _dir_config(str(mitdb), str(cache), depth=3)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(other)))
+    (out / "metrics.jsonl").write_text('{"epoch": 1}\n')  # it trained (else it is no run)
     config = _dir_config(str(mitdb), str(cache))
     for rank in (0, 1):
         spec = DistSpec(rank=rank, world_size=2, master_port=free_port(), timeout_s=1,
@@ -445,7 +446,7 @@ def test_distributed_run_refuses_a_foreign_run_directory(pool_dirs, tmp_path):
     with pytest.raises(ValueError, match="another run"):
         run_training(config, out, progress=False)
     assert json.loads((out / "config.json").read_text())["depth"] == 3
-    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.jsonl"]
     assert not dist.is_initialized()
 
 

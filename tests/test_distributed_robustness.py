@@ -225,6 +225,95 @@ def test_a_lone_server_from_the_cli_fails_with_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def _in_thread(fn, *args):
+    """Start ``fn(*args)`` in a thread; its outcome (a value or the exception) in ``out[0]``."""
+    import threading
+
+    out: list = []
+
+    def run():
+        try:
+            out.append(fn(*args))
+        except Exception as exc:  # the outcome the test reads
+            out.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def _store(port: int):
+    import datetime
+
+    import torch.distributed as dist
+
+    return dist.TCPStore("127.0.0.1", port, None, False, datetime.timedelta(seconds=20))
+
+
+def test_garbage_at_the_rendezvous_is_named_and_never_crashes_the_server():
+    from splitpriv.distributed import PeerError
+    from splitpriv.distributed.spec import rendezvous
+
+    port = free_port()
+    server, out = _in_thread(rendezvous, DistSpec(rank=0, world_size=2, master_port=port,
+                                                  timeout_s=3.0))
+    _store(port).set("splitpriv/join/1", "abc")  # an unauthenticated process, before any client
+    import socket
+
+    for junk in (b"abc\n", b"\xff" * 100_000):  # and raw bytes, not the store's protocol
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            raw.sendall(junk)
+    server.join(30)
+    assert isinstance(out[0], PeerError), out
+    assert "no client of 1..1 joined within 3 s" in str(out[0])
+    assert "rank 1's registration was 'abc', not a splitpriv client's" in str(out[0])
+
+
+def _garbage_then_client(port: int, path: str) -> None:
+    """Writes garbage where a client registers, then runs the real client rank 1."""
+    _store(port).set("splitpriv/join/1", "abc")
+    time.sleep(1.0)  # the server reads the garbage first
+    _party_main(1, {"world_size": 2, "master_port": port, "timeout_s": 5.0,
+                    "turn_timeout_s": 20.0}, CONFIG, _data(), "sequential", path)
+
+
+def test_the_real_client_trains_after_garbage_at_the_rendezvous(tmp_path):
+    (server, _), codes, _ = _pair(tmp_path, {}, {}, client_call=(
+        _garbage_then_client, str(tmp_path / "rank1.pt")))
+    client = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert codes == [0, 0] and server["ok"] and client["ok"], (server, client)
+
+
+def test_a_second_client_of_the_same_rank_is_named():
+    from splitpriv.distributed import PeerError
+    from splitpriv.distributed.spec import rendezvous
+
+    port = free_port()
+    kw = {"world_size": 3, "master_port": port, "timeout_s": 3.0}
+    server, out = _in_thread(rendezvous, DistSpec(rank=0, **kw))
+    rendezvous(DistSpec(rank=1, **kw))
+    with pytest.raises(PeerError, match=r"rank 1: another process has already joined the "
+                                        r"rendezvous at 127\.0\.0\.1:\d+ as rank 1"):
+        rendezvous(DistSpec(rank=1, **kw))
+    server.join(30)
+    assert isinstance(out[0], PeerError)
+    assert "client rank 1 was started twice (two processes with --rank 1)" in str(out[0])
+
+
+@pytest.mark.parametrize(("port", "named"), [
+    ("0", "--master-port must be in 1..65535, got 0 (0 would pick a port no client can know)"),
+    ("70000", "--master-port must be in 1..65535, got 70000"),
+])
+def test_a_master_port_out_of_range_is_one_line(tmp_path, capsys, port, named):
+    from splitpriv.cli import main
+
+    assert main(["train", "--role", "server", "--world-size", "2", "--master-port", port,
+                 "--epochs", "1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert named in err and "\n" not in err
+    assert not (tmp_path / "run").exists()
+
+
 # ----------------------------------------------------------------------------- bad messages
 
 
@@ -294,6 +383,20 @@ def test_max_message_mb_below_the_run_s_longest_message_is_refused_up_front():
         DistSpec(rank=0, world_size=2, max_message_mb=float("nan"))
     with pytest.raises(ValueError, match="--timeout must be a finite"):
         DistSpec(rank=0, world_size=2, timeout_s=float("inf"))
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--timeout", "1e308"),
+                                           ("--turn-timeout", "3e6"),
+                                           ("--max-message-mb", "1e308")])
+def test_waits_and_sizes_beyond_what_torch_takes_are_one_line(tmp_path, capsys, flag, value):
+    from splitpriv.cli import main
+
+    assert main(["train", "--role", "server", "--world-size", "2", "--master-port",
+                 str(free_port()), "--epochs", "1", "--out", str(tmp_path / "run"), flag,
+                 value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{flag} must be a finite number in (0, " in err and "\n" not in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_non_finite_tensors_are_refused():

@@ -102,3 +102,24 @@ def test_a_local_ray_instance_gives_the_same_rows_and_resumes(pool_dirs, tmp_pat
     (tmp_path / "runs" / "depth3-s1" / "attacks" / "dtw.json").unlink()  # killed in an attack
     assert depth_study(pool_dirs, tmp_path, "--executor", "ray", "--jobs", "2") == rows
     assert [p.stat().st_mtime_ns for p in done] == before  # nothing retrained
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "ray://127.0.0.1:1"])
+def test_a_ray_address_where_nothing_answers_fails_within_a_bounded_time(address):
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match=f"--address {address}: no Ray cluster answers there"):
+        Executor(executor="ray", address=address).map(square_or_fail, [1, 2], progress=False)
+    assert time.monotonic() - t0 < 15
+
+
+def test_jobs_are_capped_at_two_per_core_and_at_the_tasks(capsys):
+    from splitpriv.executor import available_cores
+
+    ex = Executor(jobs=99)
+    assert ex.jobs == 2 * available_cores()
+    assert f"--jobs 99 capped at {2 * available_cores()}" in capsys.readouterr().err
+    with ex:
+        assert ex.map(square_or_fail, [5, 1], progress=False) == [(25, 1), (1, 1)]
+        assert ex._pool_size == 2  # not one process per job asked for

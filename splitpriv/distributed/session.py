@@ -21,15 +21,18 @@ from splitpriv.distributed.runners import run_client, run_server
 from splitpriv.distributed.spec import DistSpec
 from splitpriv.io import resolve_device
 from splitpriv.run import (
+    ATTACKS,
     BEST,
     CHECKPOINT,
     RESULT,
     TRANSCRIPT,
+    WEIGHTS,
     RunDir,
     TrainConfig,
     build_behaviour,
     build_defenses,
     build_run_data,
+    check_distinct_beats,
     resolve_topology,
     result_doc,
 )
@@ -55,43 +58,44 @@ def run_distributed(
     Raises:
         ValueError: ``out_dir`` holds another run (unless ``force``), or a bad config.
     """
-    run_dir = RunDir(out_dir, config, force=force, marker=party_record(spec))
-    done = run_dir.finished()
-    if done is not None:
-        return done
-    defenses = build_defenses(config)  # bad parameters fail before anything is written
-    behaviour = build_behaviour(config).report()  # its name, protocol and options
-    device = resolve_device(config.device)
-    info = {"mode": mode, "clients": spec.n_clients, "backend": spec.backend,
-            "world_size": spec.world_size}
-    if spec.role == "server":
-        run_dir.start(resumable=False, stale=(TRANSCRIPT,))
-        res = run_server(config, spec, mode=mode, device=device)
-        run_dir.save_transcript(res.transcript)
-        run_dir.save_weights(res.state, "weights-server.pt")
-        return run_dir.finish({"role": "server", **info, "server": behaviour,
-                               "history": res.history, "wire": res.wire})
-    data = build_run_data(config, device)
-    share = client_share(data, spec.rank, spec.n_clients)
-    if spec.rank != 1:
-        run_dir.start(resumable=False, stale=())
-        res = run_client(config, spec, share, mode=mode, progress=progress)
-        return run_dir.finish({"role": "client", "rank": spec.rank, **info,
-                               "n_train": len(share.y_train), "history": res.history,
-                               "wire": res.wire})
-    run_dir.start(resumable=False, stale=(CHECKPOINT, BEST))
-    run_dir.write_record("distributed.json", {**info, "master_addr": spec.master_addr,
-                                              "master_port": spec.master_port})
-    res = run_client(config, spec, share, mode=mode, progress=progress,
-                     on_epoch=run_dir.save_epoch)
-    run_dir.save_weights(res.state)
-    rows = {"n_train_client1": len(share.y_train), "n_val": len(data.y_val),
-            "n_test": len(data.y_test)}
-    return run_dir.finish(result_doc(
-        config, res.history, rows=rows, device=device, card=data.card,
-        topology=resolve_topology(config, defenses), defenses=res.defenses, distributed=info,
-        wire=res.wire,
-    ))
+    with RunDir(out_dir, config, force=force, marker=party_record(spec)) as run_dir:
+        done = run_dir.finished()
+        if done is not None:
+            return done
+        defenses = build_defenses(config)  # bad parameters fail before anything is written
+        behaviour = build_behaviour(config).report()  # its name, protocol and options
+        device = resolve_device(config.device)
+        info = {"mode": mode, "clients": spec.n_clients, "backend": spec.backend,
+                "world_size": spec.world_size}
+        if spec.role == "server":
+            run_dir.start(resumable=False, stale=(TRANSCRIPT,))
+            res = run_server(config, spec, mode=mode, device=device)
+            run_dir.save_transcript(res.transcript)
+            run_dir.save_weights(res.state, "weights-server.pt")
+            return run_dir.finish({"role": "server", **info, "server": behaviour,
+                                   "history": res.history, "wire": res.wire})
+        data = build_run_data(config, device)
+        check_distinct_beats(defenses, data, config)
+        share = client_share(data, spec.rank, spec.n_clients)
+        if spec.rank != 1:
+            run_dir.start(resumable=False, stale=())
+            res = run_client(config, spec, share, mode=mode, progress=progress)
+            return run_dir.finish({"role": "client", "rank": spec.rank, **info,
+                                   "n_train": len(share.y_train), "history": res.history,
+                                   "wire": res.wire})
+        run_dir.start(resumable=False, stale=(CHECKPOINT, BEST, WEIGHTS, ATTACKS))
+        run_dir.write_record("distributed.json", {**info, "master_addr": spec.master_addr,
+                                                  "master_port": spec.master_port})
+        res = run_client(config, spec, share, mode=mode, progress=progress,
+                         on_epoch=run_dir.save_epoch)
+        run_dir.save_weights(res.state)
+        rows = {"n_train_client1": len(share.y_train), "n_val": len(data.y_val),
+                "n_test": len(data.y_test)}
+        return run_dir.finish(result_doc(
+            config, res.history, rows=rows, device=device, card=data.card,
+            topology=resolve_topology(config, defenses), defenses=res.defenses, distributed=info,
+            wire=res.wire,
+        ))
 
 
 __all__ = ["party_record", "run_distributed"]

@@ -16,6 +16,7 @@ import math
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,11 @@ import torch.distributed as dist
 from splitpriv.distributed.wire import PeerError
 
 SECRET_ENV = "SPLITPRIV_SECRET"
+#: the longest wait a party may be given, in seconds (a week; torch keeps waits in C ints of
+#: milliseconds, which overflow at 24.8 days)
+MAX_WAIT_S = 7 * 24 * 3600
+#: the longest message a peer may be allowed to declare (``--max-message-mb``), in MiB
+MAX_MESSAGE_MB = 2**20
 
 
 @dataclass
@@ -57,13 +63,18 @@ class DistSpec:
     def __post_init__(self) -> None:
         if self.turn_timeout_s is None:
             self.turn_timeout_s = self.timeout_s
-        for name, flag in (("timeout_s", "--timeout"), ("turn_timeout_s", "--turn-timeout"),
-                           ("max_message_mb", "--max-message-mb")):
+        for name, flag, most in (("timeout_s", "--timeout", MAX_WAIT_S),
+                                 ("turn_timeout_s", "--turn-timeout", MAX_WAIT_S),
+                                 ("max_message_mb", "--max-message-mb", MAX_MESSAGE_MB)):
             value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{flag} must be a finite number > 0, got {value}")
+            if value is not None and not (math.isfinite(value) and 0 < value <= most):
+                raise ValueError(f"{flag} must be a finite number in (0, {most:,}], got {value}")
         if self.secret == "":
             raise ValueError(f"the shared secret (--secret / ${SECRET_ENV}) is empty")
+        if not 1 <= self.master_port <= 65535:
+            raise ValueError(f"--master-port must be in 1..65535, got {self.master_port}"
+                             + (" (0 would pick a port no client can know)"
+                                if self.master_port == 0 else ""))
         if self.world_size < 2:
             raise ValueError(f"world_size must be >= 2 (a server and a client), got "
                              f"{self.world_size}")
@@ -98,23 +109,30 @@ def spec_from_cli(
     env = os.environ
 
     def pick(value: Any, name: str, default: Any = None) -> Any:
-        if value is not None:
-            return value
-        if name in env:
-            return env[name]
-        if default is None:
-            raise ValueError(f"--{name.lower().replace('_', '-')} not given and ${name} unset")
-        return default
+        flag = f"--{name.lower().replace('_', '-')}"
+        if value is None and name in env:
+            value = env[name]
+            flag = f"${name}"
+        if value is None:
+            if default is None:
+                raise ValueError(f"{flag} not given and ${name} unset")
+            return default
+        if name == "MASTER_ADDR":
+            return str(value)
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"{flag}: expected a whole number, got {value!r}") from None
 
     if kw.get("secret") is None:
         kw["secret"] = env.get(SECRET_ENV)
     if role not in ("server", "client", "auto"):
         raise ValueError(f"role must be server, client or auto, got {role!r}")
-    rank = int(pick(rank, "RANK", 0 if role == "server" else None))
+    rank = pick(rank, "RANK", 0 if role == "server" else None)
     spec = DistSpec(
-        rank=rank, world_size=int(pick(world_size, "WORLD_SIZE")),
-        master_addr=str(pick(master_addr, "MASTER_ADDR", "127.0.0.1")),
-        master_port=int(pick(master_port, "MASTER_PORT", 29500)), **kw,
+        rank=rank, world_size=pick(world_size, "WORLD_SIZE"),
+        master_addr=pick(master_addr, "MASTER_ADDR", "127.0.0.1"),
+        master_port=pick(master_port, "MASTER_PORT", 29500), **kw,
     )
     if role != "auto" and spec.role != role:
         raise ValueError(f"--role {role} with rank {rank}: the server is rank 0, clients are "
@@ -136,10 +154,20 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _number(store: dist.Store, key: str) -> int | None:
+    """The number a store key holds, or None when it holds anything else (anyone who reaches the
+    port can write any key before the handshake: garbage there is named, never raised)."""
+    text = store.get(key).decode(errors="replace").strip()
+    return int(text) if text.isdigit() else None
+
+
 def rendezvous(spec: DistSpec) -> dist.Store:
     """The run's store: rank 0 opens it on ``master_addr`` and waits for every client rank to
-    register with the same world size; a client reaches it and checks the world size. Each
-    within ``spec.timeout_s`` (module docstring)."""
+    register with the same world size; a client reaches it, counts itself in for its rank (a
+    second process of the same rank is refused, naming it) and checks the world size. Each
+    within ``spec.timeout_s`` (module docstring). A registration that is not a number (from a
+    process that is not a splitpriv client) is dropped and waited past, and named if the wait
+    times out."""
     wait = datetime.timedelta(seconds=spec.timeout_s)
     where = f"{spec.master_addr}:{spec.master_port}"
     within = f"within {spec.timeout_s:g} s (--timeout)"
@@ -151,32 +179,50 @@ def rendezvous(spec: DistSpec) -> dist.Store:
         store = dist.TCPStore(spec.master_addr, spec.master_port, None, True, wait,
                               wait_for_workers=False, master_listen_fd=sock.detach())
         store.set("splitpriv/world_size", str(spec.world_size))
-        keys = [f"splitpriv/join/{r}" for r in range(1, spec.world_size)]
-        try:
-            store.wait(keys, wait)
-        except RuntimeError:
-            joined = [r for r, k in enumerate(keys, 1) if store.check([k])]
-            raise PeerError(
-                f"rank 0: rendezvous at {where}: "
-                f"{'client ranks ' + str(joined) if joined else 'no client'} of "
-                f"1..{spec.world_size - 1} joined {within}") from None
-        for r, k in enumerate(keys, 1):
-            theirs = int(store.get(k))
-            if theirs != spec.world_size:
-                raise PeerError(f"rank 0: client rank {r} was started with world size {theirs}, "
-                                f"the server with {spec.world_size}")
-        return store
+        keys = {r: f"splitpriv/join/{r}" for r in range(1, spec.world_size)}
+        end, garbage = time.monotonic() + spec.timeout_s, {}
+        while True:
+            left = end - time.monotonic()
+            try:
+                store.wait(list(keys.values()), datetime.timedelta(seconds=max(left, 1e-3)))
+            except RuntimeError:
+                joined = [r for r, k in keys.items() if store.check([k])]
+                twice = [r for r in keys if store.add(f"splitpriv/count/{r}", 0) > 1]
+                raise PeerError(
+                    f"rank 0: rendezvous at {where}: "
+                    f"{'client ranks ' + str(joined) if joined else 'no client'} of "
+                    f"1..{spec.world_size - 1} joined {within}"
+                    + "".join(f"; client rank {r} was started twice (two processes with --rank "
+                              f"{r})" for r in twice)
+                    + "".join(f"; rank {r}'s registration was {v!r}, not a splitpriv client's"
+                              for r, v in garbage.items())) from None
+            for r, k in keys.items():
+                theirs = _number(store, k)
+                if theirs is None:
+                    garbage[r] = store.get(k).decode(errors="replace")[:40]
+                    store.delete_key(k)
+                elif theirs != spec.world_size:
+                    raise PeerError(f"rank 0: client rank {r} was started with world size "
+                                    f"{theirs}, the server with {spec.world_size}")
+            if all(store.check([k]) for k in keys.values()):
+                return store
     try:
         store = dist.TCPStore(spec.master_addr, spec.master_port, None, False, wait)
         store.wait(["splitpriv/world_size"], wait)
-        theirs = int(store.get("splitpriv/world_size"))
-        store.set(f"splitpriv/join/{spec.rank}", str(spec.world_size))  # the server checks too
+        theirs = _number(store, "splitpriv/world_size")
+        count = store.add(f"splitpriv/count/{spec.rank}", 1)
+        if count == 1:
+            store.set(f"splitpriv/join/{spec.rank}", str(spec.world_size))  # the server checks
     except RuntimeError:
         raise PeerError(f"rank {spec.rank}: no rendezvous at {where} {within} (is the server, "
                         "rank 0, running there?)") from None
+    if count > 1:
+        raise PeerError(f"rank {spec.rank}: another process has already joined the rendezvous "
+                        f"at {where} as rank {spec.rank}: each client needs its own --rank "
+                        f"(1..{spec.world_size - 1})")
     if theirs != spec.world_size:
         raise PeerError(f"rank {spec.rank}: started with world size {spec.world_size}, the "
-                        f"server (rank 0) with {theirs}")
+                        f"server (rank 0) with {theirs if theirs is not None else 'no number'}")
     return store
 
 

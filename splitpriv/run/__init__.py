@@ -30,13 +30,16 @@ import torch
 from splitpriv.channel import PHASES, CountingChannel, Transcript
 from splitpriv.io import resolve_device, torch_threads
 from splitpriv.models import ModelConfig, SplitModels, build_models
+from splitpriv.options import fraction_or_count
 from splitpriv.run.config import TOPOLOGIES, TrainConfig
 from splitpriv.run.data import Tensors, build_run_data, load_tensors
 from splitpriv.run.rundir import (
+    ATTACKS,
     BEST,
     CHECKPOINT,
     RESULT,
     TRANSCRIPT,
+    WEIGHTS,
     Resumed,
     RunDir,
     epoch_row,
@@ -55,6 +58,34 @@ def build_defenses(config: TrainConfig) -> list:
     for d in built:
         d.configure(epochs=config.epochs, batch_size=config.batch_size)
     return built
+
+
+def check_distinct_beats(defenses: list, data: Tensors, config: TrainConfig) -> None:
+    """Refuse a defense whose claim is per training beat (``per_beat_claim``: formal ``dp``,
+    ``dpsgd``, ``labeldp``) on training rows that hold a beat more than once (the ``paper``
+    protocol draws with replacement, and so did the paper's HDF5 files): each copy would be
+    released, and counted, as a beat of its own, so the beat's real releases would exceed the
+    claim's.
+
+    Raises:
+        ValueError: naming the defense, the copies and what to train on instead.
+    """
+    claiming = [d.name for d in defenses if d.per_beat_claim]
+    if not claiming:
+        return
+    _, copies = np.unique(data.x_train.detach().cpu().flatten(1).numpy(), axis=0,
+                          return_counts=True)
+    repeated = int((copies > 1).sum())
+    if repeated:
+        source, instead = (
+            (f"--hdf5 {config.hdf5}", "train on files without repeated beats")
+            if config.hdf5 is not None else
+            (f"protocol {config.protocol!r}", "use --protocol paper-unique (the same class "
+             "sizes, drawn without replacement)"))
+        raise ValueError(
+            f"defense {claiming[0]!r} claims a guarantee per training beat, but the training rows "
+            f"of {source} hold {repeated:,} beats more than once (up to {copies.max()} copies), "
+            f"each of which would be released as a beat of its own; {instead}")
 
 
 def build_behaviour(config: TrainConfig) -> ServerBehaviour:
@@ -85,8 +116,7 @@ def behaviour_aux(spec: str | None, data: Tensors, *, seed: int) -> AuxBeats | N
     free = np.ones(len(pool.y), dtype=bool)
     free[used[used >= 0]] = False
     if kind == "train":
-        value = float(arg)
-        n = int(round(value * len(data.y_train))) if 0 < value < 1 else int(value)
+        n = fraction_or_count(arg, len(data.y_train), f"server aux {spec!r}")
         rows_free = np.flatnonzero(free)
         if not 1 <= n <= len(rows_free):
             raise ValueError(f"server aux {spec!r}: {n} beats of {len(rows_free)} unused ones")
@@ -261,12 +291,12 @@ def run_training(
     in result.json. The stop is final: a resumed run that was stopped trains no further (even
     with more ``epochs``); ``force`` retrains from scratch.
     """
-    run_dir = RunDir(out_dir, config, force=force)
-    done = run_dir.finished()
-    if done is not None:
-        return done
-    with torch_threads(config.threads):
-        return _train(config, run_dir, progress=progress)
+    with RunDir(out_dir, config, force=force) as run_dir:
+        done = run_dir.finished()
+        if done is not None:
+            return done
+        with torch_threads(config.threads):
+            return _train(config, run_dir, progress=progress)
 
 
 def _train(config: TrainConfig, run_dir: RunDir, *, progress: bool) -> dict[str, Any]:
@@ -275,6 +305,7 @@ def _train(config: TrainConfig, run_dir: RunDir, *, progress: bool) -> dict[str,
     device = resolve_device(config.device)
     # the data, models and the adversary's beats first: what fails here writes nothing
     data = build_run_data(config, device)
+    check_distinct_beats(defenses, data, config)
     topology = resolve_topology(config, defenses)
     models = build_run_models(config, topology, device)
     aux = behaviour_aux(behaviour.aux_spec(), data, seed=config.seed)
@@ -357,10 +388,11 @@ def row_counts(data: Tensors) -> dict[str, int]:
 
 
 __all__ = [
-    "BEST", "CHECKPOINT", "PHASES", "RESULT", "TOPOLOGIES", "TRANSCRIPT", "Resumed", "RunDir",
+    "ATTACKS", "BEST", "CHECKPOINT", "PHASES", "RESULT", "TOPOLOGIES", "TRANSCRIPT", "WEIGHTS",
+    "Resumed", "RunDir",
     "ReconstructionLog", "Stateful", "Tensors", "TrainConfig", "behaviour_aux",
     "build_behaviour", "checkpoint_state", "load_plugin_states", "stateful_plugins",
-    "build_defenses", "build_run_data",
+    "build_defenses", "build_run_data", "check_distinct_beats",
     "build_run_models", "defense_reports", "epoch_row", "load_tensors", "resolve_topology",
     "result_doc", "row_counts", "run_training", "summarize",
 ]

@@ -15,9 +15,14 @@ from splitpriv.data import check_hdf5_run, check_labels
 from splitpriv.io import read_json
 from splitpriv.metrics import SELECT_BY
 from splitpriv.models import ModelConfig
+from splitpriv.options import check_field_types
 from splitpriv.releases import release_blocks
 
 TOPOLOGIES = ("vanilla", "ushape")
+#: device types a run can train on (``meta`` and the like hold no data)
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+#: the most torch CPU threads a run may ask for (100,000 made torch segfault)
+MAX_THREADS = 1024
 
 
 @dataclass
@@ -110,17 +115,19 @@ class TrainConfig:
                                  f"{getattr(self, name)}")
         if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.threads is not None and self.threads < 0:
-            raise ValueError(f"threads must be >= 0 (0 or None: torch's default), got "
-                             f"{self.threads}")
+        if self.threads is not None and not 0 <= self.threads <= MAX_THREADS:
+            raise ValueError(f"threads must be in 0..{MAX_THREADS} (0 or None: torch's default), "
+                             f"got {self.threads}")
         if self.threads == 0:
             self.threads = None
         if self.device != "auto":
             try:  # the name only: whether this machine has the device is checked at run time
-                torch.device(self.device)
+                kind = torch.device(self.device).type
             except (RuntimeError, ValueError):
-                raise ValueError(f"device: unknown device {self.device!r} (auto, cpu, cuda, "
-                                 "cuda:N)") from None
+                kind = None
+            if kind not in DEVICE_TYPES:
+                raise ValueError(f"device: {self.device!r} is not a device a run can train on "
+                                 "(auto, cpu, cuda, cuda:N, mps)")
         ModelConfig(self.depth, cut_channels=self.cut_channels)  # validates the architecture
         self.record_policy()  # validates record_epochs and record_kinds
 
@@ -147,6 +154,10 @@ class TrainConfig:
                 raise ValueError(
                     f"record_epochs: expected last|none|all|1,2,..., got {spec!r}"
                 ) from None
+            outside = sorted(e for e in epochs if not 1 <= e <= self.epochs)
+            if outside:  # nothing would be recorded for them
+                raise ValueError(f"record_epochs: epoch(s) {outside} outside the run's epochs "
+                                 f"1..{self.epochs}")
         names = [k.strip() for k in self.record_kinds.split(",") if k.strip()]
         known = [k.value for k in Kind]
         bad = [k for k in names if k not in known]
@@ -170,6 +181,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"{path}: unknown config field(s) {unknown} (written by another "
                              "version of splitpriv?)")
+        check_field_types(cls, doc, str(path))
         try:
             return cls(**doc)
         except (TypeError, ValueError) as exc:
@@ -186,4 +198,4 @@ class TrainConfig:
         return d
 
 
-__all__ = ["TOPOLOGIES", "TrainConfig"]
+__all__ = ["DEVICE_TYPES", "MAX_THREADS", "TOPOLOGIES", "TrainConfig"]

@@ -101,6 +101,12 @@ def build_run_data(config: TrainConfig, device: torch.device | str = "cpu") -> T
     """The run's rows (:func:`load_split`, the first ``train_subset``/``test_subset`` rows) with
     the beats and labels on the device, and the dataset card."""
     pool, split, card = load_split(config)
+    if split.n_train == 0:
+        from splitpriv.data import DataError
+
+        raise DataError(f"val_fraction {config.val_fraction} leaves no training row of the "
+                        f"{split.n_train + split.n_val:,} (all went to validation); lower "
+                        "--val-fraction")
     fields: dict[str, Any] = {}
     for phase in PHASES:
         n = {"train": config.train_subset, "val": None, "test": config.test_subset}[phase]

@@ -14,13 +14,21 @@ A distributed run's parties add their own records (``server.json``, ``client-K.j
 ``weights-server.pt``, ``distributed.json``); each party's record marks that party finished, as
 result.json marks the run. Every file is written atomically; a run killed mid-way resumes from its
 last completed epoch.
+
+DIR/.NAME.lock       held (``flock``, with the writer's PID in it) by the process writing the run
+                     (NAME: its marker), from :meth:`RunDir.start` to :meth:`RunDir.finish`: a
+                     second writer is refused, naming the first's PID; the lock of a process that
+                     died is free again (the kernel drops it), so a rerun takes it over
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 import shutil
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +40,7 @@ import torch
 from splitpriv.channel import Transcript
 from splitpriv.io import (
     load_npz,
+    read_file,
     read_json,
     save_npz,
     torch_load,
@@ -49,8 +58,14 @@ BEST = "best.pt"
 TRANSCRIPT = "transcript.npz"
 #: one npz per trained epoch (what that epoch recorded), merged into transcript.npz at the end
 TRANSCRIPT_PARTS = "transcript.parts"
-#: what a fresh start of a run removes (a later resume or model selection must not read them)
-STALE = (CHECKPOINT, BEST, TRANSCRIPT, TRANSCRIPT_PARTS)
+WEIGHTS = "weights.pt"
+#: where ``splitpriv attack`` writes its results
+ATTACKS = "attacks"
+#: what a fresh start of a run (``--force`` included) removes (glob patterns): a later resume,
+#: model selection or attack must not read what another attempt or another run left, a
+#: distributed one's records included
+STALE = (CHECKPOINT, BEST, TRANSCRIPT, TRANSCRIPT_PARTS, WEIGHTS, ATTACKS, "metrics.jsonl",
+         "weights-server.pt", "distributed.json", "server.json", "client-*.json")
 
 
 def summarize(history: list[dict[str, Any]], has_val: bool, select_by: str = "accuracy",
@@ -115,6 +130,7 @@ def result_doc(config: TrainConfig, history: list[dict[str, Any]], *, rows: dict
     """The content of result.json. ``rows``: the row counts (``n_train``, ``n_val``,
     ``n_test``); the validation set is used for selection when ``n_val`` > 0."""
     return {
+        "config": asdict(config),  # what the run was: an attack compares it with config.json
         "protocol": config.protocol, "labels": config.labels, "depth": config.depth,
         "seed": config.seed, "topology": topology, "epochs": config.epochs,
         **summarize(history, rows.get("n_val", 0) > 0, config.select_by, card.get("classes")),
@@ -139,7 +155,8 @@ class Resumed:
 
 class RunDir:
     """One run's directory, for one config: check it, (re)start or resume the run, save every
-    epoch, finish.
+    epoch, finish. Use it as a context manager (``with RunDir(...) as run_dir:``): the writer's
+    lock, taken by :meth:`start`, is released at :meth:`finish` or when the block ends.
 
     Args:
         path: the directory.
@@ -152,10 +169,19 @@ class RunDir:
     def __init__(self, path: str | Path, config: TrainConfig, *, force: bool = False,
                  marker: str = RESULT) -> None:
         self.path, self.config, self.force, self.marker = Path(path), config, force, marker
-        if self.path.exists() and not self.path.is_dir():
-            raise ValueError(f"--out {self.path}: exists and is not a directory")
+        check_out_dir(self.path)
         self.best_val = -math.inf
         self._saved_keys: set[tuple[str, str, int]] = set()
+        self._lock_fd: int | None = None
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -164,14 +190,26 @@ class RunDir:
     def has_checkpoint(self) -> bool:
         return self.file(CHECKPOINT).exists()
 
+    def trained_epochs(self) -> int:
+        """The epochs metrics.jsonl records (0: nothing trained here yet)."""
+        metrics = self.file("metrics.jsonl")
+        if not metrics.exists():
+            return 0
+        return len(read_file(metrics, lambda p: p.read_text(), "text").splitlines())
+
     def finished(self) -> dict[str, Any] | None:
         """The marker's content when the directory holds this run finished (None when it has to
-        be trained or resumed).
+        be trained or resumed). A config.json with nothing trained beside it (a run refused or
+        killed before its first epoch) belongs to no run: any config may start there.
 
         Raises:
-            ValueError: config.json was written for another run (unless ``force``).
+            ValueError: config.json was written for another run, or the run's epochs changed
+                while a defense's noise was calibrated to them (unless ``force``).
         """
         if not self.file("config.json").exists() or self.force:
+            return None
+        done = self.trained_epochs()
+        if not (done or self.has_checkpoint or self.file(self.marker).exists()):
             return None
         old = TrainConfig.load(self.file("config.json"))
         old_key, key = old.rerun_key(), self.config.rerun_key()
@@ -179,38 +217,102 @@ class RunDir:
             diff = {k: (old_key.get(k), v) for k, v in key.items() if old_key.get(k) != v}
             raise ValueError(
                 f"{self.file('config.json')} was written for another run: {diff}; use --force")
-        metrics = self.file("metrics.jsonl")
-        done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
         if done > self.config.epochs:
             raise ValueError(f"{self.path} holds {done} trained epochs, more than the "
                              f"{self.config.epochs} asked for; use --force to retrain it, or "
                              "another --out")
+        if old.epochs != self.config.epochs:
+            self._check_extension(old.epochs)
         if self.file(self.marker).exists() and old.epochs == self.config.epochs:
             return read_json(self.file(self.marker))
         return None
 
+    def _check_extension(self, planned: int) -> None:
+        """Refuse to train on to other epochs than the ``planned`` ones when a defense calibrated
+        its noise to them (:meth:`splitpriv.defense.Defense.fixes_epochs`): the epochs trained
+        were released at that noise, and recalibrating the rest would claim a budget the releases
+        exceed."""
+        from defenses import build_defense
+
+        for spec in self.config.defenses:
+            why = build_defense(spec).fixes_epochs()
+            if why:
+                raise ValueError(
+                    f"{self.path} holds a run planned for {planned} epochs with defense "
+                    f"{spec!r}, whose {why}: training it to {self.config.epochs} epochs would "
+                    "recalibrate the noise of the epochs to come, and its claim would not be "
+                    "what its releases compose to; use --force to retrain it for "
+                    f"{self.config.epochs} epochs, or another --out")
+
     def start(self, *, resumable: bool = True, stale: Sequence[str] = STALE) -> Resumed | None:
-        """Write config.json and begin: the checkpoint's state when there is one to resume
-        (``resumable`` and not ``force``), else None after removing the ``stale`` files another
-        attempt left (a fresh start must not be resumed or selected from later). The marker goes
-        first either way: the directory is finished only once :meth:`finish` writes it again."""
+        """Take the writer's lock, write config.json and begin: the checkpoint's state when there
+        is one to resume (``resumable`` and not ``force``), else None after removing the ``stale``
+        files (glob patterns) another attempt or run left (a fresh start must not be resumed,
+        selected from or attacked later). The marker goes first either way: the directory is
+        finished only once :meth:`finish` writes it again.
+
+        Raises:
+            ValueError: another process writes the directory (its PID named), or the checkpoint
+                disagrees with metrics.jsonl or the transcript parts (unless ``force``).
+        """
         self.path.mkdir(parents=True, exist_ok=True)
+        self._lock()
         for orphan in [*self.path.glob(".*.tmp"), *self.path.glob(f"{TRANSCRIPT_PARTS}/.*.tmp")]:
             orphan.unlink(missing_ok=True)  # a temporary file of a killed attempt
-        self.file(self.marker).unlink(missing_ok=True)
-        write_json(self.file("config.json"), asdict(self.config))
         if resumable and not self.force and self.has_checkpoint:
-            state = torch_load(self.file(CHECKPOINT))
-            rows = self.file("metrics.jsonl").read_text().splitlines()
-            self.best_val = state["best_val"]
-            return Resumed(state["trainer"], [json.loads(r) for r in rows][: state["epoch"]],
-                           state["epoch"])
-        for name in stale:
-            if self.file(name).is_dir():
-                shutil.rmtree(self.file(name))
+            resumed = self._resume()
+            self.file(self.marker).unlink(missing_ok=True)
+            write_json(self.file("config.json"), asdict(self.config))
+            return resumed
+        self.file(self.marker).unlink(missing_ok=True)
+        for path in (p for pattern in stale for p in self.path.glob(pattern)):
+            if path.is_dir():
+                shutil.rmtree(path)
             else:
-                self.file(name).unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
+        write_json(self.file("config.json"), asdict(self.config))
         return None
+
+    def _resume(self) -> Resumed:
+        """The checkpoint's state, once checked against metrics.jsonl (which must hold its epochs
+        1..E, in order; rows of a later epoch are those of an epoch killed before its checkpoint)
+        and the transcript's epoch parts (each must read)."""
+        state = torch_load(self.file(CHECKPOINT))
+        epoch, metrics = state["epoch"], self.file("metrics.jsonl")
+        rows = read_file(metrics, lambda p: [json.loads(r) for r in p.read_text().splitlines()],
+                         "JSON lines")[:epoch] if metrics.exists() else []
+        if [r.get("epoch") for r in rows] != list(range(1, epoch + 1)):
+            raise ValueError(
+                f"{metrics} holds epochs {[r.get('epoch') for r in rows]}, "
+                f"but {self.file(CHECKPOINT)} is at epoch {epoch}: they disagree (edited, or left "
+                "by another attempt), so the run cannot be resumed; use --force to retrain it")
+        for part in sorted(self.file(TRANSCRIPT_PARTS).glob("epoch-*.npz")):
+            read_file(part, lambda p: zipfile.ZipFile(p).testzip(), "a transcript part (npz)")
+        self.best_val = state["best_val"]
+        return Resumed(state["trainer"], rows, epoch)
+
+    def _lock(self) -> None:
+        """Hold ``DIR/.MARKER.lock`` until :meth:`release` (or this process ends)."""
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.file(f".{self.marker}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ValueError(
+                f"{self.path} is being written by another process (PID {holder}); wait for it "
+                "to finish or stop it first (--force does not override a live run)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        """Release the writer's lock (nothing when not held)."""
+        fd, self._lock_fd = getattr(self, "_lock_fd", None), None
+        if fd is not None:
+            os.close(fd)
 
     def save_epoch(self, history: list[dict[str, Any]], weights: Callable[[], dict],
                    trainer_state: Callable[[], dict] | None = None,
@@ -295,10 +397,26 @@ class RunDir:
         write_json(self.file(name), doc)
 
     def finish(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """Write the marker (result.json, or the party's record): the run is done."""
+        """Write the marker (result.json, or the party's record): the run is done; the lock is
+        released."""
         write_json(self.file(self.marker), doc)
+        self.release()
         return doc
 
 
-__all__ = ["BEST", "CHECKPOINT", "RESULT", "STALE", "TRANSCRIPT", "TRANSCRIPT_PARTS", "Resumed",
-           "RunDir", "epoch_row", "phase_fields", "result_doc", "summarize"]
+def check_out_dir(path: Path) -> None:
+    """Refuse a run directory that cannot be one: an existing file, a dangling symbolic link, a
+    path through a file (``--out FILE/sub``), before anything is built or written."""
+    if path.is_symlink() and not path.exists():
+        raise ValueError(f"--out {path}: a symbolic link to {os.readlink(path)}, which does not "
+                         "exist")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path}: exists and is not a directory")
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ValueError(f"--out {path}: {above} is a file, not a directory")
+
+
+__all__ = ["ATTACKS", "BEST", "CHECKPOINT", "RESULT", "STALE", "TRANSCRIPT", "TRANSCRIPT_PARTS",
+           "WEIGHTS", "Resumed", "RunDir", "check_out_dir", "epoch_row", "phase_fields",
+           "result_doc", "summarize"]
