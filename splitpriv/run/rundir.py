@@ -347,14 +347,15 @@ class RunDir:
 
     def _save_releases(self, log: ReleaseLog, epoch: int) -> None:
         """The release log's blocks that ended with ``epoch`` (one part each) and its state after
-        ``epoch`` (the block in progress, exact; an older state is removed once it is written)."""
+        ``epoch`` (the block in progress, exact; the state before it is kept, since a kill before
+        this epoch's checkpoint resumes from it, and older ones are removed)."""
         parts = self.file(TRANSCRIPT_PARTS)
         for b, (lo, hi) in enumerate(log.blocks):
             if hi == epoch and b in log.held():
                 save_npz(parts / f"releases-{lo:05d}-{hi:05d}.npz", log.block_arrays(b))
         save_npz(parts / f"releases-state-{epoch:05d}.npz", log.state_arrays(epoch))
-        for old in parts.glob("releases-state-*.npz"):
-            if old.name != f"releases-state-{epoch:05d}.npz":
+        for old in parts.glob("releases-state-*.npz"):  # the previous one stays until the
+            if int(old.stem.rsplit("-", 1)[1]) < epoch - 1:  # checkpoint of this epoch is in
                 old.unlink(missing_ok=True)
 
     def restore_releases(self, transcript: Transcript, epoch: int) -> bool:
