@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from attacks.base import Knowledge
-from attacks.fitting import fit_regression
+from attacks.fitting import REFIT_LR, fit_regression
 from attacks.inversion import (
     InversionAttack,
     InversionConfig,
@@ -156,14 +156,15 @@ def refit_decoder(attack: InversionAttack, acts: torch.Tensor, knowledge: Knowle
                   transcript: Any) -> torch.Tensor:
     """The victims' reconstruction (N, 1, 128) by ``attack``'s decoder (``attack.net``, tuned by
     its last :meth:`reconstruct`) trained ``refit_epochs`` more on every aux beat of
-    ``knowledge`` at its chosen learning rate."""
+    ``knowledge`` at :data:`~attacks.fitting.REFIT_LR` times its chosen learning rate."""
     cfg = attack.config
     net = copy.deepcopy(attack.net)
     a_aux = aux_activations(attack, transcript, knowledge, like=acts)
     x_aux = knowledge.aux.x.float()  # type: ignore[union-attr]
     fit_regression(net, a_aux, x_aux, a_aux[:0], x_aux[:0], epochs=cfg.refit_epochs,  # type: ignore[attr-defined]
                    patience=1, batch_size=cfg.batch_size,  # type: ignore[attr-defined]
-                   lr=attack.tuning["chosen"]["lr"], seed=cfg.seed, device=attack.device)
+                   lr=REFIT_LR * attack.tuning["chosen"]["lr"], seed=cfg.seed,
+                   device=attack.device)
     return decode(net, acts.cpu()).cpu()
 
 

@@ -45,7 +45,7 @@ from attacks.base import (
     Knowledge,
     observe_victims,
 )
-from attacks.fitting import fit_regression
+from attacks.fitting import REFIT_LR, fit_regression
 from attacks.inversion import (
     InversionConfig,
     observation_windows,
@@ -70,7 +70,9 @@ class MatchConfig(InversionConfig):
         epochs: the learned client's most epochs from scratch on the first window tried (the
             widest), early-stopped on held-out aux beats.
         window_epochs: its most epochs on each further window, started from the last one's.
-        refit_epochs: its epochs on every aux beat after the choice.
+        refit_epochs: its epochs on every aux beat after the choice (at a tenth of ``lr``:
+            from the tuned weights, a fresh optimizer at the full rate moved a deep client's
+            model away from what the held-out beats chose).
         lr: its Adam learning rate.
         batch_size: its minibatch.
         patience: its early stopping's patience.
@@ -212,18 +214,20 @@ def _embedder(net: nn.Module, rmap: Callable[[torch.Tensor], torch.Tensor]
 
 def fit_client(net: nn.Module, x_fit: torch.Tensor, a_fit: torch.Tensor, x_held: torch.Tensor,
                a_held: torch.Tensor, rmap: Callable[[torch.Tensor], torch.Tensor], *,
-               epochs: int, cfg: MatchConfig, device: torch.device) -> dict[str, float]:
+               epochs: int, cfg: MatchConfig, device: torch.device, lr: float | None = None
+               ) -> dict[str, float]:
     """Train ``net`` (in place, on ``device``) so that ``rmap(net(x))`` matches the releases
     ``a`` (mean squared error; the noise is zero-mean, so it learns their expectation), with
     early stopping on the held-out pairs (:func:`attacks.fitting.fit_regression`; none: every
-    epoch, a refit). Returns ``{"heldout_mse", "epoch"}``.
+    epoch, a refit). ``lr``: other than ``cfg.lr``. Returns ``{"heldout_mse", "epoch"}``.
 
     Shape:
         x_fit: (M, 1, L), a_fit: (M, C, L'), x_held: (H, 1, L), a_held: (H, C, L').
     """
     best, epoch = fit_regression(net, x_fit.float(), a_fit.float(), x_held.float(),
                                  a_held.float(), epochs=epochs, patience=cfg.patience,
-                                 batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, head=rmap,
+                                 batch_size=cfg.batch_size, lr=lr or cfg.lr, seed=cfg.seed,
+                                 head=rmap,
                                  device=device)
     return {"heldout_mse": best, "epoch": epoch}
 
@@ -382,9 +386,11 @@ class LearnedClientMatch(ActivationMatch):
         assert window.aux is not None
         net = copy.deepcopy(matcher.net)
         fit_client(net, aux.x, window.aux, aux.x[:0], window.aux[:0], matcher.rmap,
-                   epochs=cfg.refit_epochs, cfg=cfg, device=self.device)
+                   epochs=cfg.refit_epochs, cfg=cfg, device=self.device,
+                   lr=cfg.lr * REFIT_LR)
         return dataclasses.replace(matcher, net=net, tuning=matcher.tuning | {
-            "refit": f"{cfg.refit_epochs} epochs on all {len(aux.x)} aux beats"})
+            "refit": f"{cfg.refit_epochs} epochs on all {len(aux.x)} aux beats at "
+                     f"{REFIT_LR:g} x the learning rate"})
 
 
 @register("match-weights")

@@ -269,8 +269,8 @@ class StrongestInversion(InversionAttack):
 
     def _best(self, names: list[str], game: str) -> str | None:
         """The best of ``names`` by held-out linkage advantage in ``game`` (``""``: across
-        patients, ``"_within"``) among those above chance there (ties to the lower held-out
-        MSE, where there is one); None when none is."""
+        patients, ``"_within"``) among those above chance there (ties to an inversion, then to
+        the lower held-out MSE); None when none is."""
         key = f"linkage{game}_k{self.config.select_k}"  # type: ignore[attr-defined]
         linked = [n for n in names if key in self.results[n]["heldout"]
                   and self.results[n]["heldout"][key]["ci_low"]
@@ -278,6 +278,7 @@ class StrongestInversion(InversionAttack):
         if not linked:
             return None
         return max(linked, key=lambda n: (self.results[n]["heldout"][key]["advantage"],
+                                          self.results[n]["kind"] == "inversion",
                                           -self.results[n]["heldout"].get("mse", 0.0)))
 
     def reid_winners(self) -> dict[str, str]:

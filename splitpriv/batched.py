@@ -311,7 +311,7 @@ class BatchedSplitTrainer:
         loss_sum = torch.zeros(self.k, device=device, dtype=torch.float64)
         correct = torch.zeros(self.k, device=device, dtype=torch.long)
         wanted = [kind for kind in TRAINING_KINDS[self.ushape]  # in the order they cross
-                  if any(t.policy.wants(kind, self.epoch, "train") for t in self.transcripts)]
+                  if any(t.wants(kind, self.epoch, "train") for t in self.transcripts)]
         for step_ids in zip(*per_run, strict=True):
             ids = torch.stack(step_ids)  # (K, B)
             x = self.x[ids]  # (K, B, 1, 128)

@@ -97,9 +97,19 @@ class Transcript:
         if self.releases is None and self.policy.releases:
             self.releases = ReleaseLog(self.policy.releases)
 
+    def keeps_releases(self, kind: Kind, phase: str) -> bool:
+        """Whether messages of ``kind`` and ``phase`` go to the release log (training
+        activations, when the transcript keeps one)."""
+        return self.releases is not None and kind is Kind.ACTIVATIONS and phase == "train"
+
+    def wants(self, kind: Kind, epoch: int, phase: str) -> bool:
+        """Whether :meth:`record` keeps anything of such a message (the policy's messages or
+        the release log): a driver that builds messages only for a transcript asks this."""
+        return self.policy.wants(kind, epoch, phase) or self.keeps_releases(kind, phase)
+
     def record(self, msg: Message) -> None:
-        if (self.releases is not None and msg.kind is Kind.ACTIVATIONS
-                and msg.phase == "train"):
+        if self.keeps_releases(msg.kind, msg.phase):
+            assert self.releases is not None
             self.releases.add(msg.ids, msg.tensor, msg.epoch)
         if not self.policy.wants(msg.kind, msg.epoch, msg.phase):
             return

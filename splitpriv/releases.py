@@ -120,9 +120,12 @@ class ReleaseLog:
         self.counts: dict[int, torch.Tensor] = {}  # block -> (N,) int32
         self.keys = torch.empty(0, dtype=torch.int64)  # (N,) each id's last release's key
         self.seen = torch.empty(0, dtype=torch.bool)  # (N,) whether it has sent one
-        self._pending: torch.Tensor | None = None  # (N, D) the releases not yet folded in
-        self._pending_mask: torch.Tensor | None = None  # (N,) which ids are buffered
+        # the releases not yet folded in: (ids, first row in the buffer) per message, their rows
+        # copied into one reused buffer
+        self._pending: list[tuple[torch.Tensor, int]] = []
         self._pending_epoch = 0
+        self._buffer: torch.Tensor | None = None
+        self._filled = 0
 
     def block_of(self, epoch: int) -> int | None:
         return next((b for b, (lo, hi) in enumerate(self.blocks) if lo <= epoch <= hi), None)
@@ -141,40 +144,55 @@ class ReleaseLog:
                 self.sums[b] = torch.cat([self.sums[b], torch.zeros(extra, d)])
                 self.counts[b] = torch.cat([self.counts[b],
                                             torch.zeros(extra, dtype=torch.int32)])
-            if self._pending is not None and self._pending_mask is not None:
-                self._pending = torch.cat([self._pending, torch.empty(extra, d)])
-                self._pending_mask = torch.cat([self._pending_mask,
-                                                torch.zeros(extra, dtype=torch.bool)])
+
 
     def add(self, ids: torch.Tensor, values: torch.Tensor, epoch: int) -> None:
         """Keep the training releases ``values`` (B, *shape) of sample ``ids`` (B,) of ``epoch``
         (a replayed release, equal to the id's previous one, is not counted again).
 
-        The rows are buffered and folded in by :meth:`flush` (every reader flushes first): one
-        pass over the epoch's releases instead of one per batch."""
+        The rows are copied into a buffer and folded in by :meth:`flush` (every reader flushes
+        first): one pass over the epoch's releases instead of one per batch."""
         if len(ids) == 0:
             return
+        if self._pending and self._pending_epoch != epoch:
+            self.flush()
+        shape = tuple(values.shape[1:])
+        if self.shape is None:
+            self.shape = shape
+        elif shape != self.shape:
+            raise ValueError(f"release log: activations {shape} after {self.shape}")
+        self._pending_epoch = epoch
         ids = ids.detach().to("cpu").long()
-        rows = values.detach().to("cpu", torch.float32).reshape(len(ids), -1)  # (B, D)
-        self._grow(int(ids.max()) + 1, tuple(values.shape[1:]))
-        if self._pending is not None and (self._pending_epoch != epoch
-                                          or bool(self._pending_mask[ids].any())):
-            self.flush()  # another epoch, or an id released twice in one: in order
-        if self._pending is None:
-            self._pending = torch.empty(len(self.keys), rows.shape[1])
-            self._pending_mask = torch.zeros(len(self.keys), dtype=torch.bool)
-            self._pending_epoch = epoch
-        self._pending[ids] = rows
-        self._pending_mask[ids] = True
+        d = int(np.prod(shape))
+        if self._buffer is None or self._buffer.shape[1] != d:
+            self._buffer = torch.empty(max(len(self.keys), 4096), d)
+        if self._filled + len(ids) > len(self._buffer):  # room for twice as many
+            self._buffer = torch.cat([self._buffer, torch.empty(self._filled + len(ids), d)])
+        self._buffer[self._filled:self._filled + len(ids)] = values.detach().to(
+            "cpu", torch.float32).reshape(len(ids), -1)
+        self._pending.append((ids, self._filled))
+        self._filled += len(ids)
 
     def flush(self) -> None:
-        """Fold the buffered releases in: each id's key compared with its last release's (a
-        replay is not counted), the fresh ones summed into their epoch's block."""
-        if self._pending is None:
+        """Fold the releases set aside in, in the order they came: each id's key compared with
+        its last release's (a replay is not counted), the fresh ones summed into their epoch's
+        block."""
+        if not self._pending:
             return
-        ids = torch.nonzero(self._pending_mask).flatten()
-        rows, epoch = self._pending[ids], self._pending_epoch
-        self._pending = self._pending_mask = None
+        chunks, epoch, filled, buffer = self._pending, self._pending_epoch, self._filled, \
+            self._buffer
+        assert buffer is not None
+        self._pending, self._filled = [], 0
+        ids = torch.cat([i for i, _ in chunks])
+        if len(torch.unique(ids)) == len(ids):  # every id once (an epoch): all at once
+            self._fold(ids, buffer[:filled], epoch)
+        else:  # an id released twice: batch by batch, in order
+            for i, at in chunks:
+                self._fold(i, buffer[at:at + len(i)], epoch)
+
+    def _fold(self, ids: torch.Tensor, rows: torch.Tensor, epoch: int) -> None:
+        """Fold releases ``rows`` (n, D) of the distinct ``ids`` (n,) of ``epoch`` in."""
+        self._grow(int(ids.max()) + 1, self.shape or (rows.shape[1],))
         key = _row_keys(rows)
         fresh = (key != self.keys[ids]) | ~self.seen[ids]
         self.keys[ids] = key
@@ -187,8 +205,8 @@ class ReleaseLog:
         if b not in self.sums:
             self.sums[b] = torch.zeros(len(self.keys), rows.shape[1])
             self.counts[b] = torch.zeros(len(self.keys), dtype=torch.int32)
-        self.sums[b][ids] += rows  # the ids are distinct
-        self.counts[b][ids] += 1
+        self.sums[b].index_add_(0, ids, rows)
+        self.counts[b].index_add_(0, ids, torch.ones(len(ids), dtype=torch.int32))
 
     def held(self) -> list[int]:
         """The indices of the blocks that hold a release, latest first."""
@@ -204,9 +222,7 @@ class ReleaseLog:
         lo, hi = self.blocks[b]
         count = self.counts[b]
         mean = self.sums[b] / count.clamp(min=1).unsqueeze(1)
-        half = mean.half()
-        if not bool(torch.isfinite(half).all()):
-            half = mean
+        half = mean.half() if float(mean.abs().max()) < 65000 else mean  # else float32
         assert self.shape is not None
         name = f"{PREFIX}|{lo}-{hi}"
         return {f"{name}|mean": half.reshape(len(mean), *self.shape).numpy(),
@@ -238,7 +254,7 @@ class ReleaseLog:
         (:meth:`arrays`) and :meth:`state_arrays`."""
         self.sums.clear()
         self.counts.clear()
-        self._pending = self._pending_mask = None
+        self._pending, self._filled = [], 0
         for b, mean, count in _read_blocks(finished, self.blocks):
             self.shape = tuple(mean.shape[1:])
             n = len(count)

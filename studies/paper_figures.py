@@ -260,10 +260,11 @@ def reconstructions(rows: list[dict], label_key: str, figs: FigureSet, examples:
     for i in range(len(ids)):
         axes[i, 0].set_ylabel("amplitude")
     figs.save(fig, "reconstructions",
-              "Reconstructions by the strongest inversion of each run (ridge or the tuned "
-              "decoder of He et al. 2019, whichever re-identifies the attacker's held-out beats "
-              "best; both trained on the defended activations of its auxiliary 10% of training "
-              "beats): raw beat (black) and its reconstruction (vermillion) for the same victim "
+              "Reconstructions by the strongest inversion of each run (ridge, the tuned "
+              "convolutional or MLP decoder of He et al. 2019, whichever re-identifies the "
+              "attacker's held-out beats best; each trained on the releases the server kept of "
+              "its auxiliary 10% of training beats, combined as it chose, and refitted on all "
+              "of them): raw beat (black) and its reconstruction (vermillion) for the same victim "
               "beats under each defense (columns; first seed; the title names the winner and "
               "its re-identification advantage among 10 beats of the victim's class, 0 = "
               "chance), with the Pearson r of each reconstruction.")

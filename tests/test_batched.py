@@ -10,6 +10,7 @@ import torch
 
 from defenses import build_defense
 from splitpriv.batched import BatchedSplitTrainer, batch_key, batchable, run_training_batched
+from splitpriv.channel import Transcript
 from splitpriv.models import ModelConfig, build_models
 from splitpriv.run import TrainConfig, run_training
 from splitpriv.trainer import SplitTrainer
@@ -156,6 +157,21 @@ def _assert_same_run(a_dir, b_dir) -> None:
         assert r["val_accuracy"] == pytest.approx(s["val_accuracy"], abs=5.1)  # 3 of 60
 
 
+def _assert_same_releases(a_dir, b_dir) -> None:
+    """The release logs of one run trained batched and alone (no message recorded, the log
+    kept as by default): every id's releases in the same blocks, the first epoch's equal up to
+    the stacked kernels' rounding."""
+    a = Transcript.load(a_dir / "transcript.npz").releases
+    b = Transcript.load(b_dir / "transcript.npz").releases
+    assert a is not None and b is not None and a.blocks == b.blocks
+    ids = b.released_ids()
+    assert torch.equal(a.released_ids(), ids) and len(ids) == 600  # every training row
+    for wa, wb in zip(a.windows(ids), b.windows(ids), strict=True):
+        assert torch.equal(wa.count, wb.count) and (wa.first, wa.last) == (wb.first, wb.last)
+    first = a.blocks.index((1, 1))
+    torch.testing.assert_close(a.sums[first], b.sums[first], atol=1e-4, rtol=1e-3)
+
+
 def _rows(run_dir):
     return [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -191,6 +207,7 @@ def test_batched_run_directories_match_runs_trained_alone(pool_dirs, tmp_path, m
         alone = run_training(config, tmp_path / f"alone-s{config.seed}", progress=False)
         _assert_same_run(run_dir, tmp_path / f"alone-s{config.seed}")
         assert result["best_epoch"] == alone["best_epoch"]
+        _assert_same_releases(run_dir, tmp_path / f"alone-s{config.seed}")
     # the runs are different runs
     w0, w1 = _weights(dirs[0])["client"], _weights(dirs[1])["client"]
     assert any((w0[k] - w1[k]).abs().max() > 0.1 for k in w0)

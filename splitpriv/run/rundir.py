@@ -388,7 +388,7 @@ class RunDir:
             merged.update(Transcript.load(part))
         if transcript is not None:
             merged.update(transcript)
-        if merged.chunks:
+        if merged.chunks or (merged.releases is not None and merged.releases.held()):
             merged.save(self.file(TRANSCRIPT))
         if self.file(TRANSCRIPT_PARTS).exists():
             shutil.rmtree(self.file(TRANSCRIPT_PARTS))
