@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attacks.decoder import decode, parse_grid, refit_decoder, train_decoder
-from attacks.inversion import InversionAttack, InversionConfig, aux_pairs, mean_beat_mse
+from attacks.decoder import DecoderInversion, decode, parse_grid, train_decoder
+from attacks.inversion import InversionConfig, aux_pairs, mean_beat_mse
 from attacks.registry import register
 
 
@@ -69,7 +69,7 @@ class MLPInverse(nn.Module):
 
 
 @register("mlp")
-class MLPInversion(InversionAttack):
+class MLPInversion(DecoderInversion):
     """The inverse-network attack of He, Zhang & Lee, "Model Inversion Attacks against
     Collaborative Inference", ACSAC 2019 (black box), with a fully connected decoder: trained on
     auxiliary beats and their (possibly defended, possibly combined) activations, tuned and
@@ -81,15 +81,11 @@ class MLPInversion(InversionAttack):
         aux: x (M, 1, 128) with activations (M, C, L); victims (N, C, L) -> (N, 1, 128).
     """
 
-    citation = ("He, Zhang & Lee, Model Inversion Attacks against Collaborative Inference, "
-                "ACSAC 2019")
-    Config = MLPConfig
-    uses = ("aux", "defenses")
-    requires = ("aux",)
+    Config = MLPConfig  # its citation, knowledge and refit: the decoder's
 
     @classmethod
     def study_options(cls, budget):
-        return super().study_options(budget) | {"epochs": budget.decoder_epochs * 2}
+        return super().study_options(budget) | {"epochs": 2 * budget.decoder_epochs}
 
     def reconstruct(self, acts, knowledge, transcript, *, beat_length):
         cfg: MLPConfig = self.config  # type: ignore[assignment]
@@ -110,9 +106,6 @@ class MLPInversion(InversionAttack):
                        "heldout_mse_mean_beat": mean_beat_mse(x_aux, fit, held),
                        "chosen": {"lr": lr, "best_epoch": epoch}}
         return decode(net, acts.cpu()).cpu()
-
-    def refit(self, acts, knowledge, transcript, *, beat_length):
-        return refit_decoder(self, acts, knowledge, transcript)
 
     def notes(self, knowledge):
         t = self.tuning

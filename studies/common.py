@@ -175,8 +175,8 @@ class Planned:
     labels: dict[str, Any]
     """the study's own columns, typed (an epsilon is a float, None for no defense)"""
     attacks: tuple[str, ...] = ("dcor", "dtw", "strongest")
-    """the attacks run on it: the leakage measures and the strongest inversion (its winner's
-    linkage is the studies' privacy axis)"""
+    """the attacks run on it: the leakage measures and the strongest attack (its
+    re-identification is the studies' privacy axis)"""
 
 
 def attack_done(path: Path, epochs: int, options: dict[str, Any]) -> bool:

@@ -7,10 +7,12 @@ activation DP (a few total training epsilons); U-shape (labels stay on the clien
 (U-shape + DP, NoPeek + DP).
 
 Metrics per run: test accuracy (validation-selected) and the paper's best test accuracy; dCor
-(V-statistic and bias-corrected) and DTW of the defended activations; the strongest inversion
-(``attacks.strongest``: ridge or the tuned decoder, whichever re-identifies the attacker's
-held-out aux beats best): its linkage advantage, the privacy axis (0 = chance), median Pearson r
-and PRDN beside the mean-beat and class-mean priors'; the scope of the formal claim; label
+(V-statistic and bias-corrected) and DTW of the defended activations; the strongest attack
+(``attacks.strongest``: the inversions and matching in activation space, whichever
+re-identifies the attacker's held-out aux beats best, from every release the server kept): its
+re-identification advantage across and within patient, the larger the privacy axis (0 =
+chance); the strongest inversion's median Pearson r and PRDN beside the mean-beat and class-mean
+priors'; the scope of the formal claim; label
 inference: in the vanilla topology the labels cross in the clear (100%), in the U-shaped one the
 best of the norm, direction and k-means attacks on the output gradients.
 

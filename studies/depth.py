@@ -6,12 +6,13 @@ max/min, DTW min/max per channel). This study trains every depth over seeds, mea
 leakage on the activations the server receives (each activation against its own input) and
 prints both beside the paper's numbers (``splitpriv.published``; how they were obtained:
 docs/reference.md), with the floor of dCor (bias-corrected dCor², about 0 on independent data) and
-the privacy axis of the other studies: the re-identification (linkage) advantage of the strongest
-inversion (ridge or the tuned decoder, chosen on the attacker's held-out aux beats; 0 = chance),
-with its median Pearson r beside the priors'.
+the privacy axis of the other studies: the re-identification advantage of the strongest attack
+(inversions and matching in activation space, chosen on the attacker's held-out aux beats; across
+and within patient; 0 = chance), with the strongest inversion's median Pearson r beside the
+priors'.
 
 Writes OUT/results.csv (one row per run), OUT/summary.md and OUT/figures/depth (accuracy, dCor,
-DTW and the linkage advantage against depth).
+DTW and the re-identification advantage against depth).
 
     python studies/depth.py                # 30 epochs, 3 seeds, depths 2..8
     python studies/depth.py --quick        # smoke budget

@@ -16,8 +16,9 @@ recover, along the levers that move the curve:
 
 Paper mode (Abuadbba et al. 2020's Laplace recipe, no formal guarantee) at per-release epsilon 3
 and 10 and the undefended model are the reference lines. Every run is trained for ``--epochs``
-epochs and attacked: dCor, DTW and the strongest inversion (``attacks/strongest.py``), whose
-re-identification (linkage) advantage among 10 same-class beats is the privacy axis.
+epochs and attacked: dCor, DTW and the strongest attack (``attacks/strongest.py``), whose
+re-identification advantage among 10 same-class beats (the larger of across and within patient,
+from every release the server kept) is the privacy axis.
 
 How the clip is chosen, without looking at the protected data: it is a fixed number, never
 tuned on the training beats. For the 512-value cut, C = 2, about the median L2 norm of an
@@ -31,15 +32,14 @@ references too), the study-wide attack budget; 29 runs: the undefended model, pa
 and 10, every epsilon at 30 releases for both cuts (14 runs), and 1, 3 and 10 releases at
 epsilon 16 and 1024 (``--release-epsilons``) for both cuts (12 runs, cheap: a frozen epoch
 trains the server only). ``--full-grid`` crosses every epsilon with every release count (56
-formal runs). Measured on one thread with the two cores shared (load 4): a 30-release run trains
-in 76 s, a 1- or 3-release run in 16 s, the three attacks take 55 s per run; about half that on a
-free core, so the default is about 25 minutes there (50 under that load).
+formal runs). The default took 7 min 20 s on 2 idle cores with ``--jobs 2`` (2026-12-07; the
+README's "Sweeps"), about twice that on one core.
 
 Writes OUT/results.csv (one row per run), OUT/summary.md and OUT/figures/ (accuracy and linkage
 against total epsilon, one line per cut and release count, the references as horizontal lines;
 accuracy against linkage). Run directories live in OUT/runs/; rerunning skips finished runs.
 
-    python studies/dp_tradeoff.py                 # default budget (about 25 minutes)
+    python studies/dp_tradeoff.py                 # default budget (7-10 minutes on 2 cores)
     python studies/dp_tradeoff.py --quick         # smoke budget, under 2 minutes
     python studies/dp_tradeoff.py --full-grid --formal-seeds 3 --out studies/out/dp-full
 """
