@@ -130,20 +130,19 @@ class ReleaseLog:
     def block_of(self, epoch: int) -> int | None:
         return next((b for b, (lo, hi) in enumerate(self.blocks) if lo <= epoch <= hi), None)
 
-    def _grow(self, n: int, shape: tuple[int, ...]) -> None:
-        if self.shape is None:
-            self.shape = shape
-        elif shape != self.shape:
-            raise ValueError(f"release log: activations {shape} after {self.shape}")
+    def _grow(self, n: int) -> None:
+        """Room for sample ids below ``n`` in the keys and in every block."""
         if n > len(self.keys):
             extra = n - len(self.keys)
             self.keys = torch.cat([self.keys, torch.zeros(extra, dtype=torch.int64)])
             self.seen = torch.cat([self.seen, torch.zeros(extra, dtype=torch.bool)])
-            d = int(np.prod(shape))
-            for b in self.sums:
-                self.sums[b] = torch.cat([self.sums[b], torch.zeros(extra, d)])
+        for b in self.sums:
+            short = n - len(self.sums[b])
+            if short > 0:
+                self.sums[b] = torch.cat([self.sums[b], torch.zeros(short,
+                                                                    self.sums[b].shape[1])])
                 self.counts[b] = torch.cat([self.counts[b],
-                                            torch.zeros(extra, dtype=torch.int32)])
+                                            torch.zeros(short, dtype=torch.int32)])
 
 
     def add(self, ids: torch.Tensor, values: torch.Tensor, epoch: int) -> None:
@@ -192,7 +191,7 @@ class ReleaseLog:
 
     def _fold(self, ids: torch.Tensor, rows: torch.Tensor, epoch: int) -> None:
         """Fold releases ``rows`` (n, D) of the distinct ``ids`` (n,) of ``epoch`` in."""
-        self._grow(int(ids.max()) + 1, self.shape or (rows.shape[1],))
+        self._grow(int(ids.max()) + 1)
         key = _row_keys(rows)
         fresh = (key != self.keys[ids]) | ~self.seen[ids]
         self.keys[ids] = key
@@ -266,8 +265,7 @@ class ReleaseLog:
             b = int(state["block"])
             self.sums[b] = torch.as_tensor(np.array(state["sum"]))
             self.counts[b] = torch.as_tensor(np.array(state["count"]))
-        for b in self.sums:  # every block as long as the keys
-            self._grow(len(self.keys), self.shape or (self.sums[b].shape[1],))
+        self._grow(len(self.keys))  # a block finished before later ids came: padded
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> ReleaseLog | None:
