@@ -4,41 +4,30 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from attacks.base import Attack
 from splitpriv.options import build_config
+from splitpriv.registry import Registry
 
-ATTACKS: dict[str, type[Attack]] = {}
-
-#: modules of the package that hold no attack
-_NOT_ATTACKS = {"base", "registry", "measures", "metrics", "inversion", "labels", "runs", "cli",
-                "releases",
-                "leakage", "servers",
-                "reference"}
+#: every attack by name (the plug-ins loaded on first read)
+ATTACKS: Registry[type[Attack]] = Registry("attack", "splitpriv.attacks")
+register = ATTACKS.register
 
 
-def register(name: str) -> Callable[[type[Attack]], type[Attack]]:
-    """Class decorator: make an attack available by ``name`` (to ``build_attack`` and the CLI)."""
-
-    def deco(cls: type[Attack]) -> type[Attack]:
-        if name in ATTACKS and ATTACKS[name] is not cls:
-            raise ValueError(f"attack {name!r} registered twice")
-        cls.name = name
-        ATTACKS[name] = cls
-        return cls
-
-    return deco
-
-
-def load_builtin() -> dict[str, type[Attack]]:
-    """Import every module of the package so that its attacks register; return the registry."""
+def import_all() -> None:
+    """Import every module of the package so that its attacks register: the package's entry
+    point (``splitpriv.attacks``)."""
     import attacks
 
     for mod in pkgutil.iter_modules(attacks.__path__):
-        if mod.name not in _NOT_ATTACKS:
-            importlib.import_module(f"attacks.{mod.name}")
+        importlib.import_module(f"attacks.{mod.name}")
+
+
+def load_builtin() -> Registry[type[Attack]]:
+    """The attack registry, every plug-in loaded."""
+    ATTACKS.classes()
     return ATTACKS
 
 
@@ -48,8 +37,5 @@ def build_attack(name: str, options: Mapping[str, Any] | None = None) -> Attack:
     Raises:
         ValueError: unknown attack, unknown option or a value of the wrong type.
     """
-    load_builtin()
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; known: {sorted(ATTACKS)}")
-    cls = ATTACKS[name]
+    cls = ATTACKS.lookup(name)
     return cls(build_config(cls.Config, options, f"attack {name!r}"))

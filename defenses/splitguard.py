@@ -77,24 +77,15 @@ import numpy as np
 import torch
 
 from defenses.registry import register
-from splitpriv.defense import Defense, PrivacyClaim
+from splitpriv.defense import Defense, PrivacyClaim, StopTraining
 
 if TYPE_CHECKING:
     from splitpriv.parties import Client
 
 
-class HijackDetected(RuntimeError):
-    """A detector's alarm fired with ``stop=true``: training ends here.
-
-    Attributes:
-        by: the detector's name; batch: the training batch of the alarm (counted from the
-        run's first); score: the mean score that fired it; threshold: the detector's.
-    """
-
-    def __init__(self, message: str, *, by: str, batch: int, score: float,
-                 threshold: float) -> None:
-        super().__init__(message)
-        self.by, self.batch, self.score, self.threshold = by, batch, score, threshold
+class HijackDetected(StopTraining):
+    """A detector's alarm fired with ``stop=true``: training ends here (the core's
+    :class:`~splitpriv.defense.StopTraining`, whose fields the run records)."""
 
 
 def _check(name: str, **values: float) -> None:
@@ -168,6 +159,8 @@ def splitguard_score(fakes: GradientSet, r1: GradientSet, r2: GradientSet, *, mu
 class Detector(Defense):
     """Base of the detectors: a score per probe, an alarm on the mean of the last ``window``
     scores below ``threshold`` (after the warm-up), its report and its checkpointed state."""
+
+    stateful = True
 
     def __init__(self, config: Any) -> None:
         self.config = config

@@ -13,23 +13,22 @@ floating-point summation order (tested: equal to 1e-5 after a few steps; over hu
 the rounding grows, as it does between two machines, so long runs agree in distribution, not
 bit for bit).
 
-The split is kept: the server's forward starts from detached activations and the client's
-backward from the gradient the server returns. Each run's transcript records what crossed its
-channel in training (activations, labels, cut gradients; U-shaped, the server's output and its
-gradient instead of labels: the messages of its own steps, as
-:class:`~splitpriv.trainer.SplitTrainer` would send them); runs whose transcript asks for
-evaluation messages train alone (:func:`records_in_training_only`). U-shaped runs stack with
-U-shaped runs: the clients' heads are one more stacked module.
+The split is kept, and so is the protocol: the parties are :class:`~splitpriv.parties.Client`
+and :class:`~splitpriv.parties.Server` over the stacked modules, every batch goes through the one
+:func:`~splitpriv.parties.train_step`, and the epoch, evaluation and epoch loop are those of every
+in-process driver (:class:`~splitpriv.trainer.Driver`, :func:`splitpriv.run.train_epochs`). Each
+run's transcript records what crossed its channel in training (a
+:class:`~splitpriv.channel.StackedChannel` gives run k its slice of every message); runs whose
+transcript asks for evaluation messages train alone (:func:`records_in_training_only`).
 
-Defenses that act per run (``stacks``: paper or formal activation DP without a release budget,
-NoPeek; ``ushape``, which names the topology and changes no tensor) are applied per run: each
-run has its own instances, built from its own config and attached as
-:class:`~splitpriv.trainer.SplitTrainer` attaches them, and the batched step calls run k's hooks
-on run k's slice (B, C, L) of the stacked activations, in the order the client does
-(transforms, then local losses); their noise comes from each instance's own generator, so run k
-draws the noise it draws alone, and each run's accounting (``report()``) is its own.
-Runs that need an evaluation transcript, a server behaviour or a defense that does not stack
-(DP-SGD, label defenses, a release budget, SplitGuard) use SplitTrainer.
+Defenses that declare they stack (:meth:`splitpriv.defense.Defense.stacks`: paper or formal
+activation DP without a release budget, NoPeek, ``ushape``) act per run: each run has its own
+instances, attached to a :class:`~splitpriv.parties.RunView` of its run, and every hook of run
+k's acts on run k's slice (B, ...) of the stacked tensors, in the order one run's would; their
+noise comes from each instance's own generator, so run k draws the noise it draws alone, and
+each run's accounting (``report()``) is its own. Runs that need an evaluation transcript, a
+server behaviour that does not stack or a defense that does not (DP-SGD, label defenses, a
+release budget, SplitGuard) train alone.
 
 :func:`run_training_batched` trains the runs of one :func:`batch_key` this way (seeds and the
 defenses' parameters may differ) and writes each run's directory as
@@ -41,10 +40,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,27 +48,28 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from splitpriv.channel import Kind, Message, RecordPolicy, Transcript
-from splitpriv.defense import Defense
+from splitpriv.channel import Kind, RecordPolicy, StackedChannel, Transcript
+from splitpriv.defense import Defense, resolve_defense
 from splitpriv.io import resolve_device, torch_threads
 from splitpriv.models import MaxPool2, SplitModels, same_conv, same_conv1d
+from splitpriv.parties import Client, RunView, Server
 from splitpriv.run import (
+    LoopRun,
     RunDir,
     build_behaviour,
     build_defenses,
     build_run_data,
     build_run_models,
     check_distinct_beats,
-    checkpoint_state,
     defense_reports,
-    epoch_row,
     resolve_topology,
     result_doc,
     row_counts,
     run_training,
     stateful_plugins,
+    train_epochs,
 )
-from splitpriv.trainer import EVAL_BATCH, Accumulator, EpochStats, adam, batches
+from splitpriv.trainer import EVAL_BATCH, Driver, EpochStats, adam
 
 
 class _Stacked:
@@ -113,11 +110,14 @@ class _Stacked:
         k, b = x.shape[:2]
         grouped = False  # False: (K, B, ...) layout; True: (B, K * C, L)
         for i, layer in enumerate(self.layers):
-            w, bias = self.params.get(f"layers.{i}.weight"), self.params.get(f"layers.{i}.bias")
+            # the layer's stacked weight (K, *shape) and bias, for the layers that have them
+            w = self.params.get(f"layers.{i}.weight", torch.empty(0))
+            bias = self.params.get(f"layers.{i}.bias")
             if isinstance(layer, nn.Conv1d):
                 if not grouped:
                     x, grouped = x.transpose(0, 1).reshape(b, -1, x.shape[-1]), True
                 if same_conv(layer):  # (B, K * Cin, L) -> (B, K * Cout, L)
+                    assert bias is not None  # same_conv: a bias
                     x = same_conv1d(x, w.flatten(0, 1), bias.flatten(), groups=k)
                 else:
                     x = nn.functional.conv1d(  # (B, K * Cin, L) -> (B, K * Cout, L')
@@ -148,6 +148,10 @@ class _Stacked:
             x = x.view(b, k, -1, x.shape[-1]).transpose(0, 1)  # -> (K, B, C, L)
         return x
 
+    def parameters(self) -> list[torch.Tensor]:
+        """The stacked parameters (K, *shape), for the party's optimizer."""
+        return list(self.params.values())
+
     def unstack(self, k: int) -> dict[str, torch.Tensor]:
         return {name: p[k].detach().clone() for name, p in self.params.items()}
 
@@ -156,55 +160,27 @@ class _Stacked:
 
 
 def stacks(defense: Defense) -> bool:
-    """Whether K runs, each with its own instance of ``defense``, can train as one stacked model:
-    the defense class's ``stacks(config)`` capability (``defenses.dp`` without a release budget,
-    ``defenses.nopeek``, ``defenses.ushape``; a class without it does not stack).
-
-    Such a defense acts on its own run only, through ``attach`` (reading the run's inputs, labels
-    and defense list, never wrapping its model or optimizer), ``begin_phase``,
-    ``transform_activations`` (of its run's (B, C, L) slice), ``client_loss``, ``end_epoch`` and
-    ``report``; its other hooks keep the base class's behaviour (``replay`` returns None, labels
-    and gradients pass unchanged), so the batched step does not call them.
-    """
-    return _class_stacks(type(defense), getattr(defense, "config", None))
+    """Whether K runs, each with its own instance of ``defense``, can train as one stacked model
+    (:meth:`splitpriv.defense.Defense.stacks`)."""
+    return defense.stacks(defense.config)
 
 
-def _class_stacks(cls: type, config: Any) -> bool:
-    test = getattr(cls, "stacks", None)
-    return callable(test) and bool(test(config))
-
-
-def _spec_class(spec: str) -> tuple[type, Any]:
-    """A defense spec's class and typed config, checked as ``build_defense`` checks them but not
+def _spec_class(spec: str) -> tuple[type[Defense], Any]:
+    """A defense spec's class and typed config, checked as building it checks them but not
     built: building calibrates formal DP's noise, which takes seconds to a minute."""
-    from defenses import registry
-    from splitpriv.options import build_config
-
-    registry._load_builtin()  # noqa: SLF001  (what build_defense does first)
-    name, raw = registry.parse_spec(spec, "defense")
-    if name not in registry.DEFENSES:
-        raise ValueError(f"unknown defense {name!r}")
-    cls = registry.resolve(name, raw)
-    return cls, build_config(cls.Config, raw, f"defense {name!r}")  # type: ignore[attr-defined]
+    return resolve_defense(spec)
 
 
-@dataclass
-class _RunClient:
-    """What a stacking defense's ``attach`` reads of its run's client."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    defenses: list[Defense]
-
-
-class BatchedSplitTrainer:
+class BatchedSplitTrainer(Driver):
     """Train K split runs (same architecture, topology and data; their own seeds and,
     optionally, defenses) in one process.
 
-    U-shaped runs (each with a head, ``build_models(cfg, ushape=True, seed=s)``) step as
-    :class:`~splitpriv.trainer.SplitTrainer` steps them: the server's output crosses detached,
-    the stacked heads take the loss and their own Adam step, the gradient of the output goes
-    back to the server, then the cut gradient to the client.
+    The parties are :class:`~splitpriv.parties.Client` and :class:`~splitpriv.parties.Server`
+    over the stacked modules (``runs=``: run k's defenses act on its slice), the channel a
+    :class:`~splitpriv.channel.StackedChannel` recording each run's messages into its own
+    transcript, and the epoch and evaluation are :class:`~splitpriv.trainer.SplitTrainer`'s: the
+    same :func:`~splitpriv.parties.train_step` for every batch. U-shaped runs (each with a head,
+    ``build_models(cfg, ushape=True, seed=s)``) stack their heads too.
 
     Args:
         runs: the K runs' models, all vanilla or all U-shaped, e.g.
@@ -213,12 +189,10 @@ class BatchedSplitTrainer:
         seeds: the K batch-order seeds (as ``SplitTrainer(seed=...)``).
         defenses: each run's defenses (default: none), its own instances, every one stacking
             (:func:`stacks`). They are attached here as :class:`~splitpriv.trainer.SplitTrainer`
-            attaches them after ``build_models(cfg, seed=s)``: a noise seed left to the run
-            (``dp``'s ``seed=None``) is the run's seed. In every step run k's transforms, then its
-            local losses, act on its slice of the stacked activations; their phase hooks are
-            called by :meth:`train_epoch` and :meth:`evaluate`.
-        transcripts: each run's transcript (default: none): :meth:`train_epoch` records run k's
-            training messages into its own, as its policy asks.
+            attaches them after ``build_models(cfg, seed=s)``, to a
+            :class:`~splitpriv.parties.RunView` of their run: a noise seed left to the run
+            (``dp``'s ``seed=None``) is the run's seed.
+        transcripts: each run's transcript (default: none).
     """
 
     def __init__(
@@ -253,113 +227,47 @@ class BatchedSplitTrainer:
         self.transcripts = list(transcripts) if transcripts is not None else []
         if self.transcripts and len(self.transcripts) != len(runs):
             raise ValueError(f"got {len(runs)} runs but {len(self.transcripts)} transcripts")
+        self.device = x_train.device
+        self.k = len(runs)
         self.client = _Stacked([r.client for r in runs])
         self.server = _Stacked([r.server for r in runs])
-        self.client_opt = adam(lr)(list(self.client.params.values()))
-        self.server_opt = adam(lr)(list(self.server.params.values()))
-        # the clients' heads, U-shaped (all runs have one: checked above)
-        self.head = _Stacked([r.head for r in runs]) if runs[0].head is not None else None
-        self.head_opt = (adam(lr)(list(self.head.params.values())) if self.head is not None
-                         else None)
-        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
-        self.x, self.y, self.batch_size = x_train, y_train, batch_size
-        self.k = len(runs)
-        self.epoch = 0  # the last training epoch begun
+        heads = [r.head for r in runs if r.head is not None]
+        self.head = _Stacked(heads) if heads else None
         for ds, seed in zip(self.defenses, seeds, strict=True):
-            if not ds:
-                continue
-            view = _RunClient(x_train, y_train, ds)
             with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
                 torch.default_generator.manual_seed(seed)  # torch.initial_seed(): the run's seed
                 for d in ds:
-                    d.attach(view)
+                    d.attach(RunView(x_train, y_train, ds))
+        self.channel = StackedChannel(self.transcripts)
+        self._parties = (
+            Client(self.client, x_train, y_train, self.channel, adam(lr), head=self.head,
+                   runs=self.defenses),
+            Server(self.server, self.channel, adam(lr), runs=self.defenses),
+        )
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.x, self.y, self.batch_size = x_train, y_train, batch_size
+        self.epoch = 0  # the last training epoch begun
 
     @property
-    def ushape(self) -> bool:
-        return self.head is not None
+    def parties(self) -> tuple[Client, Server]:
+        return self._parties
 
-    def _plugins(self) -> list[Defense]:
-        """Every run's defenses, each instance once."""
-        return list({id(d): d for ds in self.defenses for d in ds}.values())
+    @property
+    def client_opt(self) -> torch.optim.Optimizer:
+        return self._parties[0].optimizer
 
-    def _defend(self, x: torch.Tensor | None, a: torch.Tensor, *, training: bool
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Each run's defenses on its own slice, in the client's order: transforms, then (in
-        training) local losses on the inputs x[k] (B, 1, 128) and the activations as sent.
+    @property
+    def server_opt(self) -> torch.optim.Optimizer:
+        return self._parties[1].optimizer
 
-        Shape: a (K, B, C, L) -> (the activations sent (K, B, C, L), the sum of every run's local
-        loss terms or None). Runs share no parameter, so the sum's gradient is each run's own.
-        """
-        sent, terms = [], []
-        for k, ds in enumerate(self.defenses):
-            ak = a[k]
-            for d in ds:
-                ak = d.transform_activations(ak, training=training)
-            if training and x is not None:
-                terms += [t for d in ds if (t := d.client_loss(x[k], ak)) is not None]
-            sent.append(ak)
-        return torch.stack(sent), (torch.stack(terms).sum() if terms else None)
+    @property
+    def head_opt(self) -> torch.optim.Optimizer | None:
+        return self._parties[0].head_optimizer
 
     def train_epoch(self, epoch: int | None = None) -> list[EpochStats]:
         """One epoch of every run (``epoch``: announced to the defenses; default the next)."""
         self.epoch = self.epoch + 1 if epoch is None else epoch
-        for d in self._plugins():
-            d.begin_phase(self.epoch, "train")
-        self.train(True)
-        n, device = len(self.y), self.x.device
-        per_run = [batches(n, self.batch_size, g, device) for g in self.generators]
-        loss_sum = torch.zeros(self.k, device=device, dtype=torch.float64)
-        correct = torch.zeros(self.k, device=device, dtype=torch.long)
-        wanted = [kind for kind in TRAINING_KINDS[self.ushape]  # in the order they cross
-                  if any(t.wants(kind, self.epoch, "train") for t in self.transcripts)]
-        for step_ids in zip(*per_run, strict=True):
-            ids = torch.stack(step_ids)  # (K, B)
-            x = self.x[ids]  # (K, B, 1, 128)
-            a = self.client(x)  # (K, B, 1, 128) -> (K, B, 16, 32)
-            extra = None
-            if self.defended:
-                a, extra = self._defend(x, a, training=True)
-            received = a.detach().requires_grad_()  # what the server gets
-            out = self.server(received)  # (K, B, 5), or U-shaped (K, B, 128)
-            h = out.detach().requires_grad_() if self.ushape else out  # what the heads get
-            logits = self.head(h) if self.ushape else out  # (K, B, 5)
-            y = self.y[ids]  # (K, B)
-            losses = nn.functional.cross_entropy(
-                logits.flatten(0, 1), y.flatten(), reduction="none"
-            ).view_as(y).mean(1)  # (K,) each run's mean loss
-            loss_opt = self.head_opt if self.ushape else self.server_opt  # where the loss is
-            loss_opt.zero_grad(set_to_none=True)
-            losses.sum().backward()  # runs do not share parameters: each gets its own gradient
-            loss_opt.step()
-            if self.ushape:  # the output's gradient crosses back to the server
-                self.server_opt.zero_grad(set_to_none=True)
-                out.backward(h.grad)
-                self.server_opt.step()
-            self.client_opt.zero_grad(set_to_none=True)
-            if extra is None:
-                a.backward(received.grad)
-            else:
-                torch.autograd.backward([a, extra], [received.grad, torch.ones_like(extra)])
-            self.client_opt.step()
-            if wanted:
-                sent = {Kind.ACTIVATIONS: received, Kind.LABELS: y, Kind.ACT_GRAD: received.grad}
-                if self.ushape:
-                    sent |= {Kind.SERVER_OUTPUT: h, Kind.OUTPUT_GRAD: h.grad}
-                self._record(wanted, ids, sent)
-            loss_sum += losses.detach() * y.shape[1]
-            correct += (logits.detach().argmax(-1) == y).sum(1)
-        for d in self._plugins():
-            d.end_epoch(self.epoch)
-        return [EpochStats(loss / n, 100.0 * c / n)
-                for loss, c in zip(loss_sum.tolist(), correct.tolist(), strict=True)]
-
-    def _record(self, wanted: list[Kind], ids: torch.Tensor,
-                sent: dict[Kind, torch.Tensor]) -> None:
-        """Run k's slice of each message of one step (``sent[kind]``: (K, B, ...)), into run
-        k's transcript (which keeps what its policy asks for)."""
-        for kind in wanted:
-            for k, t in enumerate(self.transcripts):
-                t.record(Message(kind, sent[kind][k].detach(), ids[k], self.epoch, "train"))
+        return self.train_epochs(self.epoch)
 
     @torch.no_grad()
     def evaluate(
@@ -375,38 +283,32 @@ class BatchedSplitTrainer:
         EVAL_BATCH / K rows; the pass is announced to the defenses as (``epoch``, ``phase``),
         ``epoch`` defaulting to the last trained one.
         """
-        epoch = self.epoch if epoch is None else epoch
-        for d in self._plugins():
-            d.begin_phase(epoch, phase)
+        return self.evaluate_runs(x, y, epoch=self.epoch if epoch is None else epoch,
+                                  phase=phase, batch_size=batch_size)
+
+    def evaluate_runs(self, x: torch.Tensor, y: torch.Tensor, *, epoch: int, phase: str,
+                      batch_size: int | None = None) -> list[EpochStats]:
+        """:meth:`evaluate`'s chunks, through the shared evaluation."""
         piece = max(32, EVAL_BATCH // self.k)
         batch_size = batch_size or (EVAL_BATCH if self.defended else piece)
-        piece = min(piece, batch_size)
-        self.train(False)
-        accs = [Accumulator(x.device) for _ in range(self.k)]
-        for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
-            parts = [self.client(p.expand(self.k, *p.shape)) for p in xb.split(piece)]
-            a = parts[0] if len(parts) == 1 else torch.cat(parts, 1)  # (K, B, C, L)
-            if self.defended:
-                a, _ = self._defend(None, a, training=False)
-            logits = self.server(a)  # (K, B, 5), or U-shaped (K, B, 128)
-            if self.head is not None:
-                logits = self.head(logits)  # (K, B, 128) -> (K, B, 5)
-            for k, acc in enumerate(accs):
-                acc.add(nn.functional.cross_entropy(logits[k], yb), logits[k], yb)
-        return [acc.stats() for acc in accs]
+        self._parties[0].eval_piece = min(piece, batch_size)
+        return super().evaluate_runs(x, y, epoch=epoch, phase=phase, batch_size=batch_size)
 
-    def train(self, mode: bool) -> None:
-        for part in (self.client, self.server, self.head):
-            if part is not None:
-                part.train(mode)
-
-    def run_state(self, k: int) -> dict[str, dict[str, torch.Tensor]]:
+    def run_weights(self, k: int = 0) -> dict[str, dict[str, torch.Tensor]]:
         """Run k's weights, as ``{"client": state_dict, "server": state_dict}`` (and ``"head"``
         when U-shaped), the layout of weights.pt."""
         state = {"client": self.client.unstack(k), "server": self.server.unstack(k)}
         if self.head is not None:
             state["head"] = self.head.unstack(k)
         return state
+
+    def run_state(self, k: int = 0) -> dict[str, Any]:
+        """Run k's weights (:meth:`run_weights`)."""
+        return self.run_weights(k)
+
+    def run_checkpoint(self, k: int = 0) -> dict[str, Any]:
+        """Run k's resumable state (:meth:`trainer_state`)."""
+        return self.trainer_state(k)
 
     def trainer_state(self, k: int) -> dict[str, Any]:
         """Run k's state in :meth:`splitpriv.trainer.SplitTrainer.state_dict`'s format, so that
@@ -418,21 +320,12 @@ class BatchedSplitTrainer:
                          "exp_avg_sq": s["exp_avg_sq"][k].clone()} for i, s in sd["state"].items()}
             return {"state": state, "param_groups": copy.deepcopy(sd["param_groups"])}
 
-        state = {f"model.{part}": w for part, w in self.run_state(k).items()}
+        state = {f"model.{part}": w for part, w in self.run_weights(k).items()}
         state |= {"opt.client": adam_state(self.client_opt),
                   "opt.server": adam_state(self.server_opt)}
         if self.head_opt is not None:
             state["opt.head"] = adam_state(self.head_opt)
         return state | {"generator": self.generators[k].get_state()}
-
-
-#: the kinds crossing a run's channel in training, in order, vanilla ([False]) and U-shaped
-#: ([True]) (evaluation sends activations and returns the server's output, which the batched
-#: evaluation does not record)
-TRAINING_KINDS = {
-    False: (Kind.ACTIVATIONS, Kind.LABELS, Kind.ACT_GRAD),
-    True: (Kind.ACTIVATIONS, Kind.SERVER_OUTPUT, Kind.OUTPUT_GRAD, Kind.ACT_GRAD),
-}
 
 
 def records_in_training_only(policy: RecordPolicy) -> bool:
@@ -464,7 +357,7 @@ def batch_key(config) -> str | None:
         specs = [_spec_class(spec) for spec in config.defenses]
     except ValueError:
         return None
-    if not all(_class_stacks(cls, cfg) for cls, cfg in specs):
+    if not all(cls.stacks(cfg) for cls, cfg in specs):
         return None
     kinds = [f"{cls.__module__}.{cls.__qualname__}" for cls, _ in specs]
     rest = dataclasses.asdict(dataclasses.replace(config, seed=0, defenses=[]))
@@ -530,12 +423,10 @@ def run_training_batched(configs: Sequence, out_dirs: Sequence[str | Path], *,
 
 def _train_together(configs: Sequence, run_dirs: Sequence[RunDir], progress: bool
                     ) -> list[dict[str, Any]]:
-    """The epoch loop of :func:`splitpriv.run.run_training`, for K fresh runs at once."""
-    from tqdm.auto import tqdm
-
+    """:func:`splitpriv.run.run_training` for K fresh runs at once: the same pipeline and the
+    same epoch loop (:func:`splitpriv.run.train_epochs`) over a :class:`BatchedSplitTrainer`."""
     defenses = [build_defenses(c) for c in configs]  # bad parameters fail before any write
     behaviours = [build_behaviour(c) for c in configs]  # honest (batch_key)
-    transcripts = [Transcript(policy=c.record_policy()) for c in configs]
     device = resolve_device(configs[0].device)
     data = build_run_data(configs[0], device)  # what fails here writes nothing
     for c, ds in zip(configs, defenses, strict=True):
@@ -543,49 +434,22 @@ def _train_together(configs: Sequence, run_dirs: Sequence[RunDir], progress: boo
     for run_dir in run_dirs:
         run_dir.start(resumable=False)
     topology = resolve_topology(configs[0], defenses[0])  # one for all: the same batch_key
+    runs = [LoopRun(run_dir, Transcript(policy=c.record_policy()), stateful_plugins(ds, b, None))
+            for c, run_dir, ds, b in zip(configs, run_dirs, defenses, behaviours, strict=True)]
     trainer = BatchedSplitTrainer(
         [build_run_models(c, topology, device) for c in configs],
         data.x_train, data.y_train, seeds=[c.seed for c in configs],
         lr=configs[0].lr, batch_size=configs[0].batch_size, defenses=defenses,
-        transcripts=transcripts,
+        transcripts=[run.transcript for run in runs],
     )
     k = len(configs)
-    plugins = [stateful_plugins(ds, b, None) for ds, b in zip(defenses, behaviours, strict=True)]
-
-    def checkpoint(j: int) -> dict[str, Any]:  # run_training's checkpoint, for resuming alone
-        return checkpoint_state(trainer.trainer_state(j), plugins[j], None)
-
-    has_val = len(data.y_val) > 0
-    histories: list[list[dict[str, Any]]] = [[] for _ in configs]
-    name = f"{run_dirs[0].path.name} (+{k - 1} runs batched)"
-    bar = tqdm(range(1, configs[0].epochs + 1), desc=f"train {name}", disable=not progress,
-               unit="epoch")
-    for epoch in bar:
-        t0 = time.perf_counter()
-        train = trainer.train_epoch(epoch)
-        for j, tr in enumerate(train):
-            if not math.isfinite(tr.loss):  # as run_training: the run keeps its finite epochs
-                raise ValueError(
-                    f"{run_dirs[j].path}: the training loss of epoch {epoch} is {tr.loss}: "
-                    f"diverged; lower --lr or check the defenses' parameters; the run keeps its "
-                    f"epochs 1..{epoch - 1} (so do the {k - 1} runs trained with it, each to "
-                    "resume alone)")
-        train_seconds = (time.perf_counter() - t0) / k  # each run's share
-        test = trainer.evaluate(data.x_test, data.y_test, epoch=epoch, phase="test")
-        val = (trainer.evaluate(data.x_val, data.y_val, epoch=epoch, phase="val") if has_val
-               else [None] * k)
-        seconds = (time.perf_counter() - t0) / k
-        for j in range(k):
-            histories[j].append(epoch_row(epoch, train[j], test[j], val[j], train_seconds,
-                                          seconds))
-            run_dirs[j].save_epoch(histories[j], lambda j=j: trainer.run_state(j),
-                                   lambda j=j: checkpoint(j), transcripts[j])
-        bar.set_postfix(test=f"{test[0].accuracy:.2f}")
+    train_epochs(trainer, runs, data, first=1, epochs=configs[0].epochs,
+                 name=f"{run_dirs[0].path.name} (+{k - 1} runs batched)", progress=progress)
     results = []
-    for j, (c, run_dir) in enumerate(zip(configs, run_dirs, strict=True)):
-        run_dir.save_weights(trainer.run_state(j))
-        run_dir.save_transcript(transcripts[j])
-        results.append(run_dir.finish(result_doc(
-            c, histories[j], rows=row_counts(data), device=device, card=data.card,
+    for j, (c, run) in enumerate(zip(configs, runs, strict=True)):
+        run.run_dir.save_weights(trainer.run_weights(j))
+        run.run_dir.save_transcript(run.transcript)
+        results.append(run.run_dir.finish(result_doc(
+            c, run.history, rows=row_counts(data), device=device, card=data.card,
             topology=topology, defenses=defense_reports(defenses[j]), batched=k)))
     return results

@@ -236,6 +236,25 @@ class InProcessChannel(Channel):
         return box.popleft()
 
 
+class StackedChannel(InProcessChannel):
+    """K runs' in-process channels as one, for K runs stepping as one stacked model
+    (``splitpriv.batched``): every message is (K, B, ...), and run k's slice, with its ids
+    (``ids[k]`` of (K, B) ids; (B,) ids are every run's), enters run k's own transcript, as its
+    channel would record it had it trained alone."""
+
+    def __init__(self, transcripts: list[Transcript]) -> None:
+        super().__init__()
+        self.transcripts = transcripts
+
+    def send(self, kind: Kind, tensor: torch.Tensor, ids: torch.Tensor) -> None:
+        tensor = tensor.detach()
+        for k, t in enumerate(self.transcripts):
+            if t.wants(kind, self.epoch, self.phase):
+                t.record(Message(kind, tensor[k], ids[k] if ids.dim() == 2 else ids, self.epoch,
+                                 self.phase))
+        self.boxes[kind].append(tensor)
+
+
 # ----------------------------------------------------------------------------- byte counting
 
 #: the distributed wire's header: int64[16] per message (:mod:`splitpriv.distributed.wire`)

@@ -42,13 +42,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from splitpriv.registry import Registry
+
 if TYPE_CHECKING:
     from splitpriv.channel import Kind
-    from splitpriv.parties import Client
+    from splitpriv.parties import Client, RunView
 
 
 @dataclass
@@ -113,6 +115,22 @@ class PrivacyClaim:
         )
 
 
+class StopTraining(RuntimeError):
+    """A plug-in ends training in the current step (a detector's alarm with ``stop=true``,
+    e.g. ``defenses.splitguard``): the run evaluates that epoch, records the stop in result.json
+    (``stopped``: by, epoch, step, score, threshold) and trains no further.
+
+    Attributes:
+        by: the plug-in's name; batch: the training batch of the stop (counted from the run's
+            first); score, threshold: what fired it.
+    """
+
+    def __init__(self, message: str, *, by: str, batch: int, score: float,
+                 threshold: float) -> None:
+        super().__init__(message)
+        self.by, self.batch, self.score, self.threshold = by, batch, score, threshold
+
+
 class Defense:
     """Base class: the identity defense."""
 
@@ -130,6 +148,27 @@ class Defense:
     #: replacement is refused: ``splitpriv.run.check_distinct_beats``)
     per_beat_claim: bool = False
 
+    #: the defense's parameters (its class's ``Config``); None for the identity defense
+    config: Any = None
+    #: whether a checkpoint keeps the defense's state (:meth:`state_dict`)
+    stateful: bool = False
+    #: a family of defenses under one registered name: value of the spec key
+    #: ``variant_field`` -> class (each with its own ``Config``), ``default_variant`` when the
+    #: spec leaves the key out; None: one class (``splitpriv.registry.Registry.variant``)
+    variants: ClassVar[dict[str, type[Defense]] | None] = None
+    variant_field: ClassVar[str] = ""
+    default_variant: ClassVar[str] = ""
+
+    @classmethod
+    def stacks(cls, config: Any) -> bool:
+        """Whether K runs, each with its own instance built from ``config``, can train as one
+        stacked model (``splitpriv.batched``): every hook the defense overrides then acts on its
+        own run's slice (B, ...) of the stacked tensors, ``attach`` reads only
+        :class:`~splitpriv.parties.RunView` (the run's x, y and defenses, never its model or
+        optimizer), and neither ``replay`` nor ``observe_gradient`` ever skips a step (stacked
+        runs step together). Default False: a defense claims it."""
+        return False
+
     def fixes_epochs(self) -> str | None:
         """Why a run's epochs cannot change once one is trained (e.g. "noise was calibrated to
         target_epsilon=4 over the planned epochs"): a resumed run with other epochs would
@@ -140,9 +179,11 @@ class Defense:
         """Called once with the run's plan (its training epochs and batch size), before anything
         is written; may refuse it with a ValueError naming the parameter."""
 
-    def attach(self, client: Client) -> None:
+    def attach(self, client: Client | RunView) -> None:
         """Called once before training; may wrap the client's model or optimizer, and read the
-        other defenses of the run (``client.defenses``)."""
+        run's inputs, labels and other defenses (``client.x``, ``client.y``,
+        ``client.defenses``). A defense that :meth:`stacks` gets its run's
+        :class:`~splitpriv.parties.RunView` when its run trains stacked."""
 
     def begin_phase(self, epoch: int, phase: str) -> None:
         """Called by each party before every pass over a phase (``train``, ``val``, ``test``);
@@ -196,9 +237,34 @@ class Defense:
     def end_epoch(self, epoch: int) -> None:
         """Called by each party after every training epoch (accountants step here)."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """The defense's state, for a checkpoint (a class that declares ``stateful``)."""
+        raise NotImplementedError(f"defense {self.name!r} keeps no state")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (a resumed run)."""
+        raise NotImplementedError(f"defense {self.name!r} keeps no state")
+
     def report(self) -> PrivacyClaim:
         """What the defense claims (privacy accounting, parameters), for result.json."""
         return PrivacyClaim(name=self.name)
 
 
-__all__ = ["Defense", "PrivacyClaim"]
+#: every defense by name, filled by the plug-in packages (``defenses/``)
+DEFENSES: Registry[type[Defense]] = Registry("defense", "splitpriv.defenses", families=True)
+
+
+def build_defense(spec: str) -> Defense:
+    """A defense from its spec ``NAME[:key=value,...]``; unknown names and bad parameters raise
+    ValueError."""
+    return DEFENSES.build(spec)
+
+
+def resolve_defense(spec: str) -> tuple[type[Defense], Any]:
+    """A defense spec's class and typed config, checked but not built (building calibrates
+    formal DP's noise, which takes seconds to a minute)."""
+    return DEFENSES.resolve(spec)
+
+
+__all__ = ["DEFENSES", "Defense", "PrivacyClaim", "StopTraining", "build_defense",
+           "resolve_defense"]

@@ -53,6 +53,7 @@ class ConfusionAccumulator:
                                  "add_logits first")
             self.counts = torch.zeros(self.n_classes**2, device=self.device, dtype=torch.long)
         k = self.n_classes
+        assert k is not None
         self.counts += torch.bincount(y * k + pred, minlength=k * k)[: k * k]
 
     def add_logits(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -68,6 +69,7 @@ class ConfusionAccumulator:
         if self.counts is None:
             return torch.zeros((), dtype=torch.long, device=self.device)
         k = self.n_classes
+        assert k is not None  # set with the counts
         return self.counts.view(k, k).diagonal().sum()
 
     def matrix(self) -> np.ndarray | None:
@@ -75,6 +77,7 @@ class ConfusionAccumulator:
         if self.counts is None:
             return None
         k = self.n_classes
+        assert k is not None  # set with the counts
         return self.counts.view(k, k).cpu().numpy().astype(np.int64)
 
 

@@ -100,7 +100,7 @@ class Window:
         """The mean number of releases combined per id."""
         return float(self.count.double().mean()) if len(self.count) else 0.0
 
-    def describe(self) -> dict[str, float | int]:
+    def describe(self) -> dict[str, float | int | list[int]]:
         return {"blocks": self.blocks, "epochs": [self.first, self.last],
                 "releases_mean": self.releases, "releases_min": int(self.count.min())
                 if len(self.count) else 0}

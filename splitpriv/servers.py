@@ -41,15 +41,13 @@ decoder inverts. It is ``attacks/servers/fsha.py``; its public beats arrive thro
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 
-from splitpriv.options import build_config, parse_spec
+from splitpriv.registry import Registry
 
 if TYPE_CHECKING:
     from splitpriv.parties import Server
@@ -73,8 +71,25 @@ class AuxBeats:
     y: torch.Tensor
     source: str
 
-#: the package whose modules hold the adversarial behaviours
-PLUGINS = "attacks.servers"
+
+class Scorer(Protocol):
+    """The run's evaluator of a behaviour's reconstructions: the ``record`` sink the behaviour
+    gets in :meth:`ServerBehaviour.provide`. The run builds it from the behaviour class's
+    ``scorer`` as ``scorer(path, x_train, y_train, prior, seed=, groups=)`` with the true
+    training beats (N, 1, 128), their labels (N,), the mean public beat (or None) and each beat's
+    record; it writes its records to ``path`` and its :meth:`summary` to result.json. The
+    implementation lives with the behaviours (``attacks/servers/scoring.py``)."""
+
+    stateful: bool
+    rows: list[dict[str, Any]]
+
+    def __call__(self, step: int, ids: torch.Tensor, x_hat: torch.Tensor) -> None: ...
+
+    def summary(self) -> dict[str, Any]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class ServerBehaviour:
@@ -88,6 +103,14 @@ class ServerBehaviour:
     name: str = "honest"
     #: whether the behaviour returns what the protocol prescribes (reported in result.json)
     follows_protocol: bool = True
+    #: the class of the run's evaluator of this behaviour's reconstructions (:class:`Scorer`),
+    #: for a behaviour that reconstructs what crossed; None: nothing to score
+    scorer: ClassVar[Callable[..., Scorer] | None] = None
+    #: whether a checkpoint keeps the behaviour's state (:meth:`state_dict`)
+    stateful: bool = False
+    #: whether K runs' servers, each with this behaviour, can step as one stacked server
+    #: (``splitpriv.batched``): only a behaviour whose hooks change no tensor (the honest one)
+    stacks: bool = False
 
     @dataclass
     class Config:
@@ -140,42 +163,39 @@ class ServerBehaviour:
     def end_epoch(self, epoch: int) -> None:
         """Called after every training epoch."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """The behaviour's state, for a checkpoint (a class that declares ``stateful``)."""
+        raise NotImplementedError(f"server behaviour {self.name!r} keeps no state")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (a resumed run)."""
+        raise NotImplementedError(f"server behaviour {self.name!r} keeps no state")
+
     def report(self) -> dict[str, Any]:
         """The behaviour and its parameters, for result.json."""
         return {"name": self.name, "follows_protocol": self.follows_protocol,
                 **dataclasses.asdict(self.config)}
 
 
-SERVERS: dict[str, type[ServerBehaviour]] = {}
-
-
-def register_server(name: str) -> Callable[[type[ServerBehaviour]], type[ServerBehaviour]]:
-    """Class decorator: make a behaviour available to :func:`build_server` by ``name``."""
-
-    def deco(cls: type[ServerBehaviour]) -> type[ServerBehaviour]:
-        if SERVERS.setdefault(name, cls) is not cls:
-            raise ValueError(f"server behaviour {name!r} registered twice")
-        cls.name = name
-        return cls
-
-    return deco
+#: every server behaviour by name, filled by the plug-in packages (``attacks/servers/``)
+SERVERS: Registry[type[ServerBehaviour]] = Registry("server behaviour", "splitpriv.servers")
+register_server = SERVERS.register
 
 
 @register_server("honest")
 class HonestServer(ServerBehaviour):
     """The curious-but-honest server: it follows the protocol (the base class's hooks)."""
 
+    stacks = True
+
 
 def honest() -> ServerBehaviour:
     return HonestServer(HonestServer.Config())
 
 
-def load_plugins() -> dict[str, type[ServerBehaviour]]:
-    """Import every module of ``attacks/servers/`` so that its behaviours register."""
-    package = importlib.import_module(PLUGINS)
-    for mod in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{PLUGINS}.{mod.name}")
-    return SERVERS
+def load_plugins() -> Registry[type[ServerBehaviour]]:
+    """The behaviour registry, every plug-in loaded."""
+    return SERVERS.classes() and SERVERS
 
 
 def build_server(spec: str) -> ServerBehaviour:
@@ -185,14 +205,9 @@ def build_server(spec: str) -> ServerBehaviour:
         ValueError: an unknown name (the known ones are listed), an unknown option or a value of
             the wrong type (naming it), or the Config's own checks.
     """
-    name, raw = parse_spec(spec, "server")
-    load_plugins()
-    if name not in SERVERS:
-        raise ValueError(f"unknown server behaviour {name!r}; known: {sorted(SERVERS)}")
-    cls = SERVERS[name]
-    return cls(build_config(cls.Config, raw, f"server {name!r}"))
+    return SERVERS.build(spec)
 
 
-__all__ = ["SERVERS", "AuxBeats", "HonestServer", "RecordSink", "ServerBehaviour", "build_server",
-           "honest",
-           "load_plugins", "register_server"]
+__all__ = ["SERVERS", "AuxBeats", "HonestServer", "RecordSink", "Scorer", "ServerBehaviour",
+           "build_server",
+           "honest", "load_plugins", "register_server"]

@@ -21,7 +21,14 @@ from splitpriv.defense import Defense
 from splitpriv.metrics import ConfusionAccumulator, summary
 from splitpriv.models import SplitModels
 from splitpriv.optim import adam
-from splitpriv.parties import Client, Server, begin_phase_of, cross_entropy, end_epoch_of
+from splitpriv.parties import (
+    Client,
+    Server,
+    begin_phase_of,
+    cross_entropy,
+    end_epoch_of,
+    train_step,
+)
 from splitpriv.servers import ServerBehaviour
 
 #: rows per evaluation chunk: (512, 16, 128) float32 activations are 4 MiB; 4,096-row chunks
@@ -99,8 +106,8 @@ class Accumulator:
             # running ``total += loss * len(y)`` on the device (torch's sum would pair them)
             weighted = (losses * sizes).to(torch.float32)
             bad = (~torch.isfinite(losses)).nonzero()
-            weighted, bad = weighted.cpu().numpy(), bad.cpu()
-            total = float(np.add.accumulate(weighted)[-1])
+            total = float(np.add.accumulate(weighted.cpu().numpy())[-1])
+            bad = bad.cpu()
             first_bad = int(bad[0]) + 1 if len(bad) else None
             logits = torch.cat(self._logits)
             confusion = ConfusionAccumulator(self.device, self.n_classes or logits.shape[1])
@@ -126,6 +133,7 @@ class Accumulator:
             return EpochStats(float("nan"), float("nan"))
         total, first_bad, confusion = self._reduce()
         cm = confusion.matrix()
+        assert cm is not None  # a pass with rows has counts
         return EpochStats(total / self.n, 100.0 * int(np.trace(cm)) / self.n, cm.tolist(),
                           first_bad)
 
@@ -146,24 +154,109 @@ def eval_chunks(n: int, device: torch.device, batch_size: int = EVAL_BATCH) -> t
 def evaluate_client(
     client: Client, x: torch.Tensor, y: torch.Tensor, chunks: Sequence[torch.Tensor],
     serve: Callable[[torch.Tensor], None] | None = None,
-) -> EpochStats:
+) -> list[EpochStats]:
     """Split inference of (x, y) from the client's side, chunk by chunk: send the activations,
     (``serve``: let the server answer, when it runs in this process), receive its output.
+    Returns each run's stats (one, or K for a stacked client).
 
-    The in-process trainer and the distributed client runner both evaluate through this."""
+    The in-process and stacked trainers and the distributed client runner all evaluate through
+    this."""
     client.train(False)
-    acc = Accumulator(x.device)
+    accs = [Accumulator(x.device) for _ in range(len(client.runs or [None]))]
     for chunk in chunks:
         client.send_eval(x[chunk], chunk)
         if serve is not None:
             serve(chunk)
-        logits = client.receive_eval()
-        acc.add(cross_entropy(logits, y[chunk]), logits, y[chunk])
-    return acc.stats()
+        logits = client.receive_eval()  # (B, 5), stacked (K, B, 5)
+        yc = y[chunk]
+        for acc, lk in zip(accs, logits if client.stacked else [logits], strict=True):
+            acc.add(cross_entropy(lk, yc), lk, yc)
+    return [acc.stats() for acc in accs]
 
 
-class SplitTrainer:
-    """Both parties in one process, over an in-process channel (or any channel given)."""
+class Driver:
+    """What every in-process driver shares: the epoch (:meth:`train_epochs`: each run's rows in
+    its own shuffled order, the :func:`~splitpriv.parties.train_step` of every batch, the
+    plug-ins' epoch hooks) and the evaluation (:meth:`evaluate_runs`) of its runs, one
+    (:class:`SplitTrainer`) or K stacked (:class:`splitpriv.batched.BatchedSplitTrainer`), over
+    its :attr:`parties` and channel. The epoch loop over it is :func:`splitpriv.run.train_epochs`.
+    """
+
+    device: torch.device
+    channel: Channel
+    batch_size: int
+    generators: list[torch.Generator]
+
+    @property
+    def parties(self) -> tuple[Client, Server]:
+        """The client and server parties (stacked or not) the driver steps."""
+        raise NotImplementedError
+
+    @property
+    def ushape(self) -> bool:
+        return self.parties[0].ushape
+
+    def begin_phase(self, epoch: int, phase: str) -> None:
+        begin_phase(self.channel, self.parties, epoch, phase)
+
+    def train_step(self, ids: torch.Tensor, *, x: torch.Tensor | None = None,
+                   y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of both parties; returns (loss, logits) from whichever party holds the loss.
+
+        ``x``, ``y``: the batch's rows when the caller has gathered them (default: the client
+        takes rows ``ids`` of its data)."""
+        client, server = self.parties
+        out = train_step(ids, ushape=self.ushape, client=client, server=server, x=x, y=y)
+        assert out is not None
+        return out
+
+    def train_epochs(self, epoch: int) -> list[EpochStats]:
+        """One training epoch of every run: each run's rows in its own shuffled order (its
+        generator, drawn as :func:`batches` draws it), batch by batch through
+        :meth:`train_step`. Returns each run's stats."""
+        client, server = self.parties
+        self.begin_phase(epoch, "train")
+        client.train(True)
+        server.train(True)
+        n = len(client.y)
+        order = [shuffled(n, g, self.device) for g in self.generators]
+        accs = [Accumulator(self.device) for _ in order]
+        if not client.stacked:
+            # the epoch's rows in batch order, gathered once: each batch is then a slice of them
+            perm = order[0]
+            x, y = client.x.index_select(0, perm), client.y.index_select(0, perm)
+            steps = [(ids, slice(i, i + len(ids)))
+                     for i, ids in zip(range(0, n, self.batch_size),
+                                       perm.split(self.batch_size), strict=True)]
+            for ids, rows in steps:
+                loss, logits = self.train_step(ids, x=x[rows], y=y[rows])
+                accs[0].add(loss, logits, y[rows])
+        else:  # (K, B) ids a step: each run's batch gathered as the step comes (K copies of
+            # an epoch's rows at once would be K times the data)
+            for ids in torch.stack(order).split(self.batch_size, dim=1):
+                x, y = client.x[ids], client.y[ids]  # (K, B, 1, 128), (K, B)
+                loss, logits = self.train_step(ids, x=x, y=y)
+                for k, acc in enumerate(accs):
+                    acc.add(loss[k], logits[k], y[k])
+        end_epoch_of(self.parties, epoch)
+        return [acc.stats() for acc in accs]
+
+    @torch.no_grad()
+    def evaluate_runs(self, x: torch.Tensor, y: torch.Tensor, *, epoch: int, phase: str,
+                      batch_size: int = EVAL_BATCH) -> list[EpochStats]:
+        """Split inference of every run: the client sends activations, the server returns its
+        output, in chunks of ``batch_size`` rows."""
+        client, server = self.parties
+        self.begin_phase(epoch, phase)
+        server.train(False)
+        return evaluate_client(client, x, y, eval_chunks(len(y), self.device, batch_size),
+                               serve=server.eval_step)
+
+
+
+class SplitTrainer(Driver):
+    """Both parties of one run in one process, over an in-process channel (or any channel
+    given)."""
 
     def __init__(
         self,
@@ -187,49 +280,20 @@ class SplitTrainer:
         self.server = Server(models.server, self.channel, adam(lr), defenses=defenses,
                              behaviour=behaviour)
         self.batch_size = batch_size
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generators = [torch.Generator().manual_seed(seed)]
         self.models = models
 
     @property
-    def ushape(self) -> bool:
-        return self.client.ushape
+    def generator(self) -> torch.Generator:
+        return self.generators[0]
 
-    def begin_phase(self, epoch: int, phase: str) -> None:
-        begin_phase(self.channel, (self.client, self.server), epoch, phase)
-
-    def train_step(self, ids: torch.Tensor, *, x: torch.Tensor | None = None,
-                   y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step of both parties; returns (loss, logits) from whichever party holds the loss.
-
-        ``x``, ``y``: the batch's rows when the caller has gathered them (default: the client
-        takes rows ``ids`` of its data)."""
-        self.client.send_activations(ids, x=x, y=y)
-        if self.ushape:
-            self.server.forward(ids)
-            loss, logits = self.client.head_step(ids, y=y)
-            self.server.backward(ids)
-        else:
-            loss, logits = self.server.step(ids)
-        self.client.apply_gradient()
-        return loss, logits
+    @property
+    def parties(self) -> tuple[Client, Server]:
+        return self.client, self.server
 
     def train_epoch(self, epoch: int) -> EpochStats:
-        self.begin_phase(epoch, "train")
-        self.client.train(True)
-        self.server.train(True)
-        acc = Accumulator(self.device)
-        perm = shuffled(len(self.client.y), self.generator, self.device)  # as batches() draws it
-        # the epoch's rows in batch order, gathered once: each batch is then a contiguous slice
-        x, y = self.client.x.index_select(0, perm), self.client.y.index_select(0, perm)
-        steps = perm.split(self.batch_size)
-        start = 0
-        for ids in steps:
-            rows = slice(start, start + len(ids))
-            start = rows.stop
-            loss, logits = self.train_step(ids, x=x[rows], y=y[rows])
-            acc.add(loss, logits, y[rows])
-        end_epoch_of((self.client, self.server), epoch)
-        return acc.stats()
+        """One training epoch (:meth:`train_epochs` of the one run)."""
+        return self.train_epochs(epoch)[0]
 
     @torch.no_grad()
     def evaluate(
@@ -237,13 +301,18 @@ class SplitTrainer:
         batch_size: int = EVAL_BATCH,
     ) -> EpochStats:
         """Split inference: the client sends activations, the server returns its output."""
-        self.begin_phase(epoch, phase)
-        self.server.train(False)
-        return evaluate_client(self.client, x, y, eval_chunks(len(y), self.device, batch_size),
-                               serve=self.server.eval_step)
+        return self.evaluate_runs(x, y, epoch=epoch, phase=phase, batch_size=batch_size)[0]
 
-    def state_dict(self) -> dict:
-        state = {f"model.{k}": v for k, v in self.models.state_dicts().items()}
+    def run_weights(self, k: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+        """Run k's weights in weights.pt's layout."""
+        return self.models.state_dicts()
+
+    def run_checkpoint(self, k: int = 0) -> dict[str, Any]:
+        """Run k's resumable state (:meth:`state_dict`'s format)."""
+        return self.state_dict()
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {f"model.{k}": v for k, v in self.models.state_dicts().items()}
         state["opt.client"] = self.client.optimizer.state_dict()
         state["opt.server"] = self.server.optimizer.state_dict()
         if self.client.head_optimizer is not None:
@@ -292,5 +361,5 @@ def train_monolithic(
     return acc.stats()
 
 
-__all__ = ["SplitTrainer", "train_monolithic", "Accumulator", "EpochStats", "batches",
+__all__ = ["Driver", "SplitTrainer", "train_monolithic", "Accumulator", "EpochStats", "batches",
            "EVAL_BATCH", "adam", "begin_phase", "eval_chunks", "evaluate_client", "shuffled"]

@@ -6,8 +6,8 @@ pilot encoder's feature space, and decodes them. This study runs it against no d
 DP, formal DP, NoPeek, client DP-SGD, a deeper client and the U-shaped topology, and reports the
 first training step at which the decoder's reconstructions of the batch that crossed pass a
 stated quality (the re-identification advantage among 10 same-class beats >= 0.5, or median
-Pearson r >= 0.9: ``splitpriv.run.ReconstructionLog.THRESHOLDS``), the final quality and the
-client's test accuracy (which FSHA ruins). It then runs the client-side detectors
+Pearson r >= 0.9: ``attacks.servers.scoring.ReconstructionLog.THRESHOLDS``), the final quality
+and the client's test accuracy (which FSHA ruins). It then runs the client-side detectors
 (``defenses/splitguard.py``: SplitGuard, Erdogan et al. WPES 2022, and the passive label gap)
 under an honest server and under FSHA over seeds: detection rate, training batch of detection,
 false alarms, and what SplitGuard's fake batches cost in accuracy (honest runs with and without
@@ -35,9 +35,9 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
+from attacks.servers.scoring import ReconstructionLog
 from splitpriv.io import read_json
 from splitpriv.options import format_spec
-from splitpriv.run import ReconstructionLog
 from studies.common import (
     OKABE_ITO,
     FigureSet,

@@ -196,7 +196,7 @@ def test_batched_run_directories_match_runs_trained_alone(pool_dirs, tmp_path, m
     configs = [_config(pool_dirs, seed=s) for s in seeds]
     dirs = [tmp_path / f"b-s{s}" for s in seeds]
     calls = []
-    monkeypatch.setattr(BatchedSplitTrainer, "train_epoch", _counting(calls))
+    monkeypatch.setattr(BatchedSplitTrainer, "train_epochs", _counting(calls))
     results = run_training_batched(configs, dirs, progress=False)
     assert len(calls) == 2  # both runs in one batched trainer, one call per epoch
     for config, run_dir, result in zip(configs, dirs, results, strict=True):
@@ -217,7 +217,7 @@ def test_batched_run_directories_match_runs_trained_alone(pool_dirs, tmp_path, m
 
 
 def _counting(calls):
-    original = BatchedSplitTrainer.train_epoch
+    original = BatchedSplitTrainer.train_epochs
 
     def counted(self, *args, **kw):
         calls.append(self.k)

@@ -226,17 +226,17 @@ def _weights(path):
 
 def test_a_killed_fsha_run_resumes_as_an_uninterrupted_one(pool_dirs, tmp_path, monkeypatch):
     straight = run_training(_config(pool_dirs), tmp_path / "straight", progress=False)
-    original = SplitTrainer.train_epoch
+    original = SplitTrainer.train_epochs
 
     def dies_in_epoch_2(self, epoch):
         if epoch == 2:
             raise KeyboardInterrupt
         return original(self, epoch)
 
-    monkeypatch.setattr(SplitTrainer, "train_epoch", dies_in_epoch_2)
+    monkeypatch.setattr(SplitTrainer, "train_epochs", dies_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         run_training(_config(pool_dirs), tmp_path / "killed", progress=False)
-    monkeypatch.setattr(SplitTrainer, "train_epoch", original)
+    monkeypatch.setattr(SplitTrainer, "train_epochs", original)
     resumed = run_training(_config(pool_dirs), tmp_path / "killed", progress=False)
     # the adversary, its log and both detectors went on from epoch 1's state, not afresh
     assert resumed["server"]["steps"] == straight["server"]["steps"] == 20  # 10 batches an epoch

@@ -110,17 +110,17 @@ def test_a_run_killed_mid_block_resumes_to_the_log_of_an_uninterrupted_run(six_e
     # blocks (6,6), (5,5), (3,4), (1,2): killed in epoch 4, inside block (3,4), whose epoch 3
     # sums are in the part files only
     whole = run_training(six_epochs, tmp_path / "whole", progress=False)
-    real = SplitTrainer.train_epoch
+    real = SplitTrainer.train_epochs
 
     def dies_in_4(self, epoch):
         if epoch == 4:
             raise Killed
         return real(self, epoch)
 
-    monkeypatch.setattr(SplitTrainer, "train_epoch", dies_in_4)
+    monkeypatch.setattr(SplitTrainer, "train_epochs", dies_in_4)
     with pytest.raises(Killed):
         run_training(six_epochs, tmp_path / "killed", progress=False)
-    monkeypatch.setattr(SplitTrainer, "train_epoch", real)
+    monkeypatch.setattr(SplitTrainer, "train_epochs", real)
     resumed = run_training(six_epochs, tmp_path / "killed", progress=False)
     assert resumed["test_accuracy"] == whole["test_accuracy"]
     a = Transcript.load(tmp_path / "whole" / "transcript.npz").releases

@@ -38,14 +38,14 @@ def one_line_error(capsys) -> str:
 
 
 def kill_in_epoch(monkeypatch, epoch: int) -> None:
-    real = SplitTrainer.train_epoch
+    real = SplitTrainer.train_epochs
 
     def dies(self, e):
         if e == epoch:
             raise Killed
         return real(self, e)
 
-    monkeypatch.setattr(SplitTrainer, "train_epoch", dies)
+    monkeypatch.setattr(SplitTrainer, "train_epochs", dies)
 
 
 @pytest.mark.parametrize("spec", [

@@ -30,18 +30,18 @@ def train_epochs(tr: Transcript) -> list[int]:
 def test_a_run_killed_in_epoch_3_keeps_epochs_1_and_2_of_its_transcript(pool_dirs, tmp_path,
                                                                        monkeypatch):
     cfg, out = config(pool_dirs), tmp_path / "run"
-    real = SplitTrainer.train_epoch
+    real = SplitTrainer.train_epochs
 
     def dies_in_3(self, epoch):
         if epoch == 3:
             raise Killed
         return real(self, epoch)
 
-    monkeypatch.setattr(SplitTrainer, "train_epoch", dies_in_3)
+    monkeypatch.setattr(SplitTrainer, "train_epochs", dies_in_3)
     with pytest.raises(Killed):
         run_training(cfg, out, progress=False)
     assert not (out / "result.json").exists()
-    monkeypatch.setattr(SplitTrainer, "train_epoch", real)
+    monkeypatch.setattr(SplitTrainer, "train_epochs", real)
     result = run_training(cfg, out, progress=False)
     assert result["epochs"] == 5
     transcript = Transcript.load(out / "transcript.npz")

@@ -159,19 +159,19 @@ def test_killed_run_resumes_to_the_same_weights(pool_dirs, tmp_path, monkeypatch
     run_training(_config(pool_dirs), straight, progress=False)
 
     killed = tmp_path / "killed"
-    original = SplitTrainer.train_epoch
+    original = SplitTrainer.train_epochs
 
     def dies_in_epoch_3(self, epoch):
         if epoch == 3:
             raise KeyboardInterrupt
         return original(self, epoch)
 
-    monkeypatch.setattr(SplitTrainer, "train_epoch", dies_in_epoch_3)
+    monkeypatch.setattr(SplitTrainer, "train_epochs", dies_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         run_training(_config(pool_dirs), killed, progress=False)
     assert not (killed / "result.json").exists()
     assert len((killed / "metrics.jsonl").read_text().splitlines()) == 2
-    monkeypatch.setattr(SplitTrainer, "train_epoch", original)
+    monkeypatch.setattr(SplitTrainer, "train_epochs", original)
     result = run_training(_config(pool_dirs), killed, progress=False)
     a = torch.load(straight / "weights.pt", weights_only=True)
     b = torch.load(killed / "weights.pt", weights_only=True)

@@ -16,8 +16,9 @@ the client. The server's own task network still trains on what it receives (its 
 honest); the client's task accuracy collapses because its layers no longer learn the task.
 
 Every ``record_every`` training steps (and at step 1) the decoder's reconstructions of the batch
-that crossed are handed to the run's ``record`` sink (``splitpriv.run.ReconstructionLog``), which
-scores them against the true beats: the behaviour itself never sees a client input.
+that crossed are handed to the run's ``record`` sink (its ``scorer``,
+``attacks.servers.scoring.ReconstructionLog``), which scores them against the true beats: the
+behaviour itself never sees a client input.
 
 Shape:
     received a: (B, C, L) (any client depth or bottleneck: the pilot is built from the first
@@ -44,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from attacks.servers.scoring import ReconstructionLog
 from splitpriv.servers import AuxBeats, RecordSink, ServerBehaviour, register_server
 
 if TYPE_CHECKING:
@@ -127,6 +129,8 @@ class FeatureSpaceHijacking(ServerBehaviour):
     """
 
     follows_protocol = False
+    stateful = True
+    scorer = ReconstructionLog
 
     @dataclass
     class Config:

@@ -354,6 +354,7 @@ def select(channels: Sequence[DistChannel], timeout_s: float) -> DistChannel:
     ranks = ", ".join(str(c.peer) for c in channels)
     first._wait(work, f"rank {first.rank} awaiting a message from any of ranks {ranks}",
                 timeout_s)
+    assert work is not None
     src = work._source_rank()
     for ch in channels:
         if ch.peer == src:

@@ -42,7 +42,7 @@ from splitpriv.distributed.handshake import handshake, run_key
 from splitpriv.distributed.partition import ClientData
 from splitpriv.distributed.spec import DistSpec, init_process_group
 from splitpriv.distributed.wire import MODES, PHASES, Code, Op, Spec, WireError, kind_specs
-from splitpriv.parties import Client, Server
+from splitpriv.parties import Client, Server, train_step
 from splitpriv.run import (
     TrainConfig,
     build_behaviour,
@@ -164,6 +164,80 @@ def _client_group(spec: DistSpec, mode: str) -> Any:
     return None
 
 
+@dataclass
+class _ClientTurns:
+    """A client's end of the rounds: sequential SL's hand-over channels to the previous and next
+    client, or SplitFed's clients-only group (both None in two-party training)."""
+
+    k: int
+    n_clients: int
+    mode: str
+    timeout_s: float
+    prev: DistChannel | None = None
+    nxt: DistChannel | None = None
+    group: Any = None
+
+    def receive(self, client: Client, epoch: int) -> None:
+        """Before client k's turn (sequential, k > 1): the weights the previous client hands on."""
+        if self.prev is not None and self.k > 1:
+            self.prev.begin_phase(epoch, "train")
+            unpack_client_state(client, self.prev.recv_tensor(Code.WEIGHTS, self.timeout_s))
+
+    def end_round(self, client: Client, channel: DistChannel, epoch: int, n_rows: int) -> None:
+        """After the turn: hand the weights on (client 1 then waits for them from client K), or
+        average with the other clients and synchronise with the server (SplitFed)."""
+        if self.nxt is not None and self.prev is not None:
+            self.nxt.begin_phase(epoch, "train")
+            self.nxt.send_tensor(Code.WEIGHTS, pack_client_state(client), self.timeout_s)
+            if self.k == 1:
+                self.prev.begin_phase(epoch, "train")
+                unpack_client_state(client, self.prev.recv_tensor(Code.WEIGHTS, self.timeout_s))
+        elif self.mode == "splitfed":
+            if self.group is not None:
+                _allreduce_average_(_client_modules(client), n_rows, self.group)
+            channel.send_control(Op.SYNC, epoch)
+            channel.expect_control(Op.ACK, self.timeout_s)
+
+    def wire(self, channel: DistChannel) -> dict[str, Any]:
+        wire = channel.wire.summary()
+        if self.prev is not None and self.nxt is not None:
+            handover = WireCounter()
+            handover.merge(self.prev.wire)
+            handover.merge(self.nxt.wire)
+            wire["handover"] = handover.summary()
+        return wire
+
+
+def _client_turns(spec: DistSpec, mode: str, client: Client, group: Any) -> _ClientTurns:
+    k, n = spec.rank, spec.n_clients
+    turns = _ClientTurns(k, n, mode, spec.turn_timeout_s, group=group)
+    if mode == "sequential" and n > 1:
+        hand_specs = {Code.WEIGHTS: Spec((_handover_numel(client),), torch.float32, False)}
+        turns.prev = DistChannel(n if k == 1 else k - 1, hand_specs, timeout_s=spec.timeout_s,
+                                 max_message_mb=spec.max_message_mb)
+        turns.nxt = DistChannel(1 if k == n else k + 1, hand_specs, timeout_s=spec.timeout_s,
+                                max_message_mb=spec.max_message_mb)
+    return turns
+
+
+def _client_epoch(client: Client, channel: DistChannel, data: ClientData, epoch: int,
+                  steps: Sequence[torch.Tensor], ushape: bool) -> dict[str, Any]:
+    """One training pass of the client's rows: every batch's :func:`train_step` (the client's
+    phases); the training loss from the head (U-shaped) or the server's STATS."""
+    begin_phase(channel, (client,), epoch, "train")
+    client.train(True)
+    acc = Accumulator(data.x_train.device)
+    channel.send_control(Op.PHASE, epoch, 0, len(steps))
+    for ids in steps:
+        out = train_step(ids, ushape=ushape, client=client)
+        if out is not None:  # U-shaped: the client holds the loss
+            acc.add(*out, data.y_train[ids])
+    if ushape:
+        return phase_fields("train", acc.stats())
+    loss_sum, correct, n = channel.recv_tensor(Code.STATS).tolist()
+    return {"train_loss": loss_sum / n, "train_accuracy": 100.0 * correct / n}
+
+
 def run_client(
     config: TrainConfig, spec: DistSpec, data: ClientData, *, mode: str = "sequential",
     eval_batch_size: int = EVAL_BATCH, progress: bool = False,
@@ -195,23 +269,15 @@ def run_client(
         )
         client = Client(models.client, data.x_train, data.y_train, channel, adam(config.lr),
                         head=models.head, defenses=defenses)
-        k, n_clients = spec.rank, spec.n_clients
-        generator = torch.Generator().manual_seed(config.seed + k - 1)
-        sequential = mode == "sequential" and n_clients > 1
-        if sequential:
-            hand_specs = {Code.WEIGHTS: Spec((_handover_numel(client),), torch.float32, False)}
-            prev = DistChannel(n_clients if k == 1 else k - 1, hand_specs,
-                               timeout_s=spec.timeout_s, max_message_mb=spec.max_message_mb)
-            nxt = DistChannel(1 if k == n_clients else k + 1, hand_specs,
-                              timeout_s=spec.timeout_s, max_message_mb=spec.max_message_mb)
-        evaluates = k == 1 and data.y_test is not None
+        turns = _client_turns(spec, mode, client, group)
+        generator = torch.Generator().manual_seed(config.seed + spec.rank - 1)
         channel.send_control(Op.HELLO, int(ushape), config.depth, MODES.index(mode))
 
-        def evaluate(x: torch.Tensor, y: torch.Tensor, epoch: int, phase: str) -> Any:
+        def evaluate(x: torch.Tensor, y: torch.Tensor, epoch: int, phase: str) -> dict[str, Any]:
             begin_phase(channel, (client,), epoch, phase)
             chunks = eval_chunks(len(y), device, eval_batch_size)
             channel.send_control(Op.PHASE, epoch, PHASES.index(phase), len(chunks))
-            return evaluate_client(client, x, y, chunks)
+            return phase_fields(phase, evaluate_client(client, x, y, chunks)[0])
 
         def weights() -> dict[str, dict[str, torch.Tensor]]:
             return _state({"client": models.client} | ({"head": models.head} if models.head
@@ -219,46 +285,17 @@ def run_client(
 
         history: list[dict[str, Any]] = []
         for epoch in range(1, config.epochs + 1):
-            row: dict[str, Any] = {"epoch": epoch}
-            if sequential and k > 1:
-                prev.begin_phase(epoch, "train")
-                unpack_client_state(client, prev.recv_tensor(Code.WEIGHTS, spec.turn_timeout_s))
+            turns.receive(client, epoch)
             t0 = time.perf_counter()
-            begin_phase(channel, (client,), epoch, "train")
-            client.train(True)
-            acc = Accumulator(device)
             steps = batches(len(data.y_train), config.batch_size, generator, device)
-            channel.send_control(Op.PHASE, epoch, 0, len(steps))
-            for ids in steps:
-                client.send_activations(ids)
-                if ushape:
-                    loss, logits = client.head_step(ids)
-                    acc.add(loss, logits, data.y_train[ids])
-                client.apply_gradient()
-            if ushape:
-                row |= phase_fields("train", acc.stats())
-            else:
-                loss_sum, correct, n = channel.recv_tensor(Code.STATS).tolist()
-                row |= {"train_loss": loss_sum / n, "train_accuracy": 100.0 * correct / n}
+            row = {"epoch": epoch, **_client_epoch(client, channel, data, epoch, steps, ushape)}
             client.end_epoch(epoch)
             row["train_seconds"] = time.perf_counter() - t0
-            if sequential:
-                nxt.begin_phase(epoch, "train")
-                nxt.send_tensor(Code.WEIGHTS, pack_client_state(client), spec.turn_timeout_s)
-                if k == 1:
-                    prev.begin_phase(epoch, "train")
-                    unpack_client_state(client,
-                                        prev.recv_tensor(Code.WEIGHTS, spec.turn_timeout_s))
-            elif mode == "splitfed":
-                if group is not None:
-                    _allreduce_average_(_client_modules(client), len(data.y_train), group)
-                channel.send_control(Op.SYNC, epoch)
-                channel.expect_control(Op.ACK, spec.turn_timeout_s)
-            if evaluates:
-                te = evaluate(data.x_test, data.y_test, epoch, "test")
-                row |= phase_fields("test", te)
-                if data.y_val is not None and len(data.y_val):
-                    row |= phase_fields("val", evaluate(data.x_val, data.y_val, epoch, "val"))
+            turns.end_round(client, channel, epoch, len(data.y_train))
+            if spec.rank == 1 and data.x_test is not None and data.y_test is not None:
+                row |= evaluate(data.x_test, data.y_test, epoch, "test")  # client 1 evaluates
+                if data.x_val is not None and data.y_val is not None and len(data.y_val):
+                    row |= evaluate(data.x_val, data.y_val, epoch, "val")
             row["seconds"] = time.perf_counter() - t0
             row["wire_bytes"] = channel.wire.total(epoch=epoch)
             row["wire_train_bytes"] = channel.wire.total(epoch=epoch, phase="train")
@@ -266,20 +303,129 @@ def run_client(
             if on_epoch is not None:
                 on_epoch(history, weights)
             if progress:
-                print(f"client {k} epoch {epoch}: {json.dumps(row)}", flush=True)
+                print(f"client {spec.rank} epoch {epoch}: {json.dumps(row)}", flush=True)
         channel.begin_phase(0, "train")  # STOP is counted with the set-up (epoch 0)
         channel.send_control(Op.STOP)
-        wire = channel.wire.summary()
-        if sequential:
-            handover = WireCounter()
-            handover.merge(prev.wire)
-            handover.merge(nxt.wire)
-            wire["handover"] = handover.summary()
-        return PartyResult("client", spec.rank, history, weights(), wire,
+        return PartyResult("client", spec.rank, history, weights(), turns.wire(channel),
                            defenses=defense_reports(defenses))
     finally:
         if joined:
             dist.destroy_process_group()
+
+
+@dataclass
+class _Serving:
+    """The server's state over a session: each client's server (its own copy in SplitFed, one
+    shared otherwise), the steps left in each client's phase, the training statistics and the
+    SplitFed round in progress; :meth:`serve` handles whatever arrives next."""
+
+    mode: str
+    ushape: bool
+    servers: dict[int, Server]
+    channels: dict[int, DistChannel]
+    device: torch.device
+    remaining: dict[int, int] = field(default_factory=dict)
+    accs: dict[int, Accumulator] = field(default_factory=dict)
+    rows: dict[int, int] = field(default_factory=dict)
+    synced: dict[int, int] = field(default_factory=dict)
+    active: list[int] = field(default_factory=list)
+    history: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ranks = list(self.channels)
+        self.remaining = dict.fromkeys(ranks, 0)
+        self.accs = {r: Accumulator(self.device) for r in ranks}
+        self.rows = dict.fromkeys(ranks, 0)
+        self.active = list(ranks)
+
+    def serve(self, ch: DistChannel) -> None:
+        """The next message of client ``ch.peer``: a step of its current phase, or a control."""
+        r = ch.peer
+        server = self.servers[r]
+        server.channel = ch
+        if self.remaining[r] > 0:
+            self._step(ch, r, server)
+        else:
+            self._control(ch, r, server)
+
+    def _step(self, ch: DistChannel, r: int, server: Server) -> None:
+        ids = ch.next_ids(Kind.ACTIVATIONS)
+        self.remaining[r] -= 1
+        if ch.phase == "train":
+            out = train_step(ids, ushape=self.ushape, server=server)
+            if out is not None:  # vanilla: the server holds the loss
+                self.accs[r].add(*out, ch.last[Kind.LABELS])
+            self.rows[r] += len(ids)
+        else:
+            server.eval_step(ids)
+        if self.remaining[r] == 0:
+            self._end_phase(ch, r)
+
+    def _control(self, ch: DistChannel, r: int, server: Server) -> None:
+        op, a, b, c = ch.recv_control()
+        if op == Op.PHASE:
+            if not 0 <= b < len(PHASES) or c < 0:
+                raise WireError(f"rank 0: bad PHASE control from rank {r}: {(a, b, c)}")
+            begin_phase(ch, (server,), a, PHASES[b])
+            self.remaining[r] = c
+            server.train(ch.phase == "train")
+            if ch.phase == "train":
+                self.accs[r] = Accumulator(self.device)
+                self.history.setdefault(a, {"epoch": a, "t0": time.perf_counter()})
+            if c == 0:
+                self._end_phase(ch, r)
+        elif op == Op.SYNC and self.mode == "splitfed":
+            self._sync(r, a)
+        elif op == Op.STOP:
+            self.active.remove(r)
+            if self.synced and len(self.synced) == len(self.active):
+                raise WireError(f"rank 0: client rank {r} stopped in the middle of a round")
+        else:
+            raise WireError(f"rank 0: unexpected control {op.name} from client rank {r}")
+
+    def _sync(self, r: int, epoch: int) -> None:
+        """SplitFed: once every active client has synced, average the server copies (weighted
+        by the rows each trained on), end the epoch and acknowledge."""
+        self.synced[r] = self.rows[r]
+        if len(self.synced) < len(self.active):
+            return
+        if len(self.synced) > 1:
+            average_([self.servers[q].net for q in self.synced],
+                     [self.synced[q] for q in self.synced])
+        for q in self.synced:
+            self.servers[q].end_epoch(epoch)
+            self.rows[q] = 0
+            self.channels[q].send_control(Op.ACK, epoch)
+        self.synced.clear()
+
+    def _end_phase(self, ch: DistChannel, r: int) -> None:
+        if ch.phase != "train":
+            return
+        if not self.ushape:
+            acc = self.accs[r]
+            ch.send_tensor(Code.STATS, torch.tensor(
+                [acc.loss.item(), float(acc.correct.item()), float(acc.n)], dtype=torch.float64))
+        h = self.history.setdefault(ch.epoch, {"epoch": ch.epoch})
+        h["train_seconds"] = time.perf_counter() - h.get("t0", time.perf_counter())
+        if self.mode == "sequential" and r == max(self.channels):
+            self.servers[r].end_epoch(ch.epoch)  # the last client's turn ends the epoch
+
+    def result(self, state: dict[str, dict[str, torch.Tensor]], transcript: Transcript
+               ) -> PartyResult:
+        wire = WireCounter()
+        for ch in self.channels.values():
+            wire.merge(ch.wire)
+        hist = []
+        for e in sorted(self.history):
+            h = self.history[e]
+            h.pop("t0", None)
+            h["wire_bytes"] = wire.total(epoch=e)
+            h["wire_train_bytes"] = wire.total(epoch=e, phase="train")
+            hist.append(h)
+        summary = wire.summary()
+        summary["per_client"] = {str(r): ch.wire.summary()["bytes_total"]
+                                 for r, ch in self.channels.items()}
+        return PartyResult("server", 0, hist, state, summary, transcript)
 
 
 def run_server(
@@ -324,107 +470,23 @@ def run_server(
             servers = {r: serve(models.server if r == 1 else copy.deepcopy(models.server), r)
                        for r in ranks}
         else:
-            shared = serve(models.server, 1)
-            servers = dict.fromkeys(ranks, shared)
+            servers = dict.fromkeys(ranks, serve(models.server, 1))
+        mine = (int(ushape), config.depth, MODES.index(mode))
         for r in ranks:
-            a, b, c = channels[r].expect_control(Op.HELLO, spec.turn_timeout_s)
-            mine = (int(ushape), config.depth, MODES.index(mode))
-            if (a, b, c) != mine:
+            theirs = channels[r].expect_control(Op.HELLO, spec.turn_timeout_s)
+            if tuple(theirs) != mine:
                 raise WireError(
                     f"rank 0: client rank {r} was configured differently (ushape, depth, mode) = "
-                    f"{(a, b, c)}, the server {mine}"
+                    f"{tuple(theirs)}, the server {mine}"
                 )
-
-        def end_phase(ch: DistChannel, r: int) -> None:
-            _end_phase(ch, accs, r, ushape, history)
-            if ch.phase == "train" and mode == "sequential" and r == ranks[-1]:
-                servers[r].end_epoch(ch.epoch)  # the last client's turn ends the epoch
-
-        remaining = dict.fromkeys(ranks, 0)
-        accs = {r: Accumulator(device) for r in ranks}
-        rows = dict.fromkeys(ranks, 0)
-        synced: dict[int, int] = {}
-        active = list(ranks)
-        history: dict[int, dict[str, Any]] = {}
-        while active:
-            pollable = [channels[r] for r in active if r not in synced]
-            ch = select(pollable, spec.timeout_s)
-            r = ch.peer
-            server = servers[r]
-            server.channel = ch
-            if remaining[r] > 0:
-                ids = ch.next_ids(Kind.ACTIVATIONS)
-                remaining[r] -= 1
-                if ch.phase == "train":
-                    if ushape:
-                        server.forward(ids)
-                        server.backward(ids)
-                    else:
-                        loss, logits = server.step(ids)
-                        accs[r].add(loss, logits, ch.last[Kind.LABELS])
-                    rows[r] += len(ids)
-                else:
-                    server.eval_step(ids)
-                if remaining[r] == 0:
-                    end_phase(ch, r)
-                continue
-            op, a, b, c = ch.recv_control()
-            if op == Op.PHASE:
-                if not 0 <= b < len(PHASES) or c < 0:
-                    raise WireError(f"rank 0: bad PHASE control from rank {r}: {(a, b, c)}")
-                begin_phase(ch, (server,), a, PHASES[b])
-                remaining[r] = c
-                server.train(ch.phase == "train")
-                if ch.phase == "train":
-                    accs[r] = Accumulator(device)
-                    history.setdefault(a, {"epoch": a, "t0": time.perf_counter()})
-                if c == 0:
-                    end_phase(ch, r)
-            elif op == Op.SYNC and mode == "splitfed":
-                synced[r] = rows[r]
-                if len(synced) == len(active):
-                    if len(synced) > 1:
-                        average_([servers[q].net for q in synced], [synced[q] for q in synced])
-                    for q in synced:
-                        servers[q].end_epoch(a)
-                        rows[q] = 0
-                        channels[q].send_control(Op.ACK, a)
-                    synced.clear()
-            elif op == Op.STOP:
-                active.remove(r)
-                if synced and len(synced) == len(active):
-                    raise WireError(f"rank 0: client rank {r} stopped in the middle of a round")
-            else:
-                raise WireError(f"rank 0: unexpected control {op.name} from client rank {r}")
-        wire = WireCounter()
-        for ch in channels.values():
-            wire.merge(ch.wire)
-        hist = []
-        for e in sorted(history):
-            h = history[e]
-            h.pop("t0", None)
-            h["wire_bytes"] = wire.total(epoch=e)
-            h["wire_train_bytes"] = wire.total(epoch=e, phase="train")
-            hist.append(h)
-        summary = wire.summary()
-        summary["per_client"] = {str(r): channels[r].wire.summary()["bytes_total"] for r in ranks}
-        return PartyResult("server", 0, hist, _state({"server": models.server}), summary,
-                           transcript)
+        serving = _Serving(mode, ushape, servers, channels, device)
+        while serving.active:
+            serving.serve(select([channels[r] for r in serving.active if r not in serving.synced],
+                                 spec.timeout_s))
+        return serving.result(_state({"server": models.server}), transcript)
     finally:
         if joined:
             dist.destroy_process_group()
-
-
-def _end_phase(ch: DistChannel, accs: dict, r: int, ushape: bool,
-               history: dict[int, dict[str, Any]]) -> None:
-    if ch.phase != "train":
-        return
-    if not ushape:
-        acc = accs[r]
-        ch.send_tensor(Code.STATS, torch.tensor(
-            [acc.loss.item(), float(acc.correct.item()), float(acc.n)], dtype=torch.float64))
-    h = history.setdefault(ch.epoch, {"epoch": ch.epoch})
-    h["train_seconds"] = time.perf_counter() - h.get("t0", time.perf_counter())
 
 
 __all__ = ["PartyResult", "average_", "pack_client_state", "run_client", "run_server",

@@ -56,7 +56,7 @@ class DistSpec:
     master_port: int = 29500
     backend: str = "gloo"
     timeout_s: float = 120.0
-    turn_timeout_s: float | None = None
+    turn_timeout_s: float = None  # type: ignore[assignment]  # None: timeout_s (__post_init__)
     secret: str | None = field(default=None, repr=False)
     max_message_mb: float | None = None
 
@@ -180,7 +180,7 @@ def rendezvous(spec: DistSpec) -> dist.Store:
                               wait_for_workers=False, master_listen_fd=sock.detach())
         store.set("splitpriv/world_size", str(spec.world_size))
         keys = {r: f"splitpriv/join/{r}" for r in range(1, spec.world_size)}
-        end, garbage = time.monotonic() + spec.timeout_s, {}
+        end, garbage = time.monotonic() + spec.timeout_s, dict[int, str]()
         while True:
             left = end - time.monotonic()
             try:

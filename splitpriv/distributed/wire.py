@@ -199,6 +199,26 @@ def math_prod(shape: Iterable[int]) -> int:
     return n
 
 
+def _shape_problem(h: Header, spec: Spec, max_rows: int) -> str | None:
+    """What is wrong with the header's shape and ids for ``spec``, or None."""
+    if spec.upto:
+        if len(h.shape) != 1 or not 0 < h.shape[0] <= spec.shape[0]:
+            return f"expected shape (n,) with n in 1..{spec.shape[0]}"
+    elif spec.rows:
+        if len(h.shape) != 1 + len(spec.shape) or h.shape[1:] != spec.shape:
+            return f"expected shape (B, {', '.join(map(str, spec.shape))})".replace(", )", ")")
+        if h.shape[0] != h.n_ids:
+            return f"{h.shape[0]} rows but {h.n_ids} ids"
+        if not 0 < h.n_ids <= max_rows:
+            return f"{h.n_ids} rows, expected 1..{max_rows}"
+        return None
+    elif h.shape != spec.shape:
+        return f"expected shape {spec.shape}"
+    if h.n_ids != 0:
+        return f"{h.n_ids} ids on a message that carries none"
+    return None
+
+
 def check_header(
     h: Header, expect: Code, spec: Spec, *, seq: int, epoch: int | None, phase: str | None,
     max_rows: int, what: str, max_bytes: int | None = None,
@@ -218,23 +238,9 @@ def check_header(
     if max_bytes is not None and h.body_bytes() > max_bytes:
         fail(f"declares {h.body_bytes():,} bytes, more than the maximum {max_bytes:,} "
              "(--max-message-mb)")
-    if spec.upto:
-        if len(h.shape) != 1 or not 0 < h.shape[0] <= spec.shape[0]:
-            fail(f"expected shape (n,) with n in 1..{spec.shape[0]}")
-        if h.n_ids != 0:
-            fail(f"{h.n_ids} ids on a message that carries none")
-    elif spec.rows:
-        if len(h.shape) != 1 + len(spec.shape) or h.shape[1:] != spec.shape:
-            fail(f"expected shape (B, {', '.join(map(str, spec.shape))})".replace(", )", ")"))
-        if h.shape[0] != h.n_ids:
-            fail(f"{h.shape[0]} rows but {h.n_ids} ids")
-        if not 0 < h.n_ids <= max_rows:
-            fail(f"{h.n_ids} rows, expected 1..{max_rows}")
-    else:
-        if h.shape != spec.shape:
-            fail(f"expected shape {spec.shape}")
-        if h.n_ids != 0:
-            fail(f"{h.n_ids} ids on a message that carries none")
+    problem = _shape_problem(h, spec, max_rows)
+    if problem:
+        fail(problem)
     if epoch is not None and h.epoch != epoch:
         fail(f"epoch {h.epoch}, expected {epoch}")
     if phase is not None and h.phase != PHASES.index(phase):

@@ -85,6 +85,7 @@ def _hdf5_split(config: TrainConfig) -> tuple[Any, Any, dict[str, Any]]:
     from splitpriv.data import check_hdf5_run, dataset_card, paper_hdf5_split
     from splitpriv.download import sha256_file
 
+    assert config.hdf5 is not None
     train, test = check_hdf5_run(config.hdf5, protocol=config.protocol, labels=config.labels)
     pool, split = paper_hdf5_split(train, test, val_fraction=config.val_fraction or 0.0,
                                    seed=config.data_seed)

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from splitpriv.channel import Transcript
+from splitpriv.defense import build_defense
 from splitpriv.io import (
     load_npz,
     read_file,
@@ -232,8 +233,6 @@ class RunDir:
         its noise to them (:meth:`splitpriv.defense.Defense.fixes_epochs`): the epochs trained
         were released at that noise, and recalibrating the rest would claim a budget the releases
         exceed."""
-        from defenses import build_defense
-
         for spec in self.config.defenses:
             why = build_defense(spec).fixes_epochs()
             if why:

@@ -1,0 +1,171 @@
+"""What a run's config asks for, built and checked before anything is written: its defenses,
+the server's behaviour and the public beats it asks for, the topology and the split model; and
+the state of the plug-ins a checkpoint keeps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from splitpriv.data import protocol_prep
+from splitpriv.defense import build_defense
+from splitpriv.models import ModelConfig, SplitModels, build_models
+from splitpriv.options import fraction_or_count
+from splitpriv.run.config import TrainConfig
+from splitpriv.run.data import Tensors
+from splitpriv.servers import AuxBeats, Scorer, ServerBehaviour, build_server
+
+
+class Stateful(Protocol):
+    """A plug-in whose class declares ``stateful`` (a defense, the server behaviour, the
+    evaluator of its reconstructions): a checkpoint keeps its state with the trainer's every
+    epoch, restored on resume, so a killed-and-resumed run goes on as an uninterrupted one."""
+
+    stateful: bool
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def build_defenses(config: TrainConfig) -> list:
+    """The run's defenses, each checked against the run's plan (bad parameters fail here)."""
+    built = [build_defense(spec) for spec in config.defenses]
+    for d in built:
+        d.configure(epochs=config.epochs, batch_size=config.batch_size)
+    return built
+
+
+def check_distinct_beats(defenses: list, data: Tensors, config: TrainConfig) -> None:
+    """Refuse a defense whose claim is per training beat (``per_beat_claim``: formal ``dp``,
+    ``dpsgd``, ``labeldp``) on training rows that hold a beat more than once (the ``paper``
+    protocol draws with replacement, and so did the paper's HDF5 files): each copy would be
+    released, and counted, as a beat of its own, so the beat's real releases would exceed the
+    claim's.
+
+    Raises:
+        ValueError: naming the defense, the copies and what to train on instead.
+    """
+    claiming = [d.name for d in defenses if d.per_beat_claim]
+    if not claiming:
+        return
+    _, copies = np.unique(data.x_train.detach().cpu().flatten(1).numpy(), axis=0,
+                          return_counts=True)
+    repeated = int((copies > 1).sum())
+    if repeated:
+        source, instead = (
+            (f"--hdf5 {config.hdf5}", "train on files without repeated beats")
+            if config.hdf5 is not None else
+            (f"protocol {config.protocol!r}", "use --protocol paper-unique (the same class "
+             "sizes, drawn without replacement)"))
+        raise ValueError(
+            f"defense {claiming[0]!r} claims a guarantee per training beat, but the training rows "
+            f"of {source} hold {repeated:,} beats more than once (up to {copies.max()} copies), "
+            f"each of which would be released as a beat of its own; {instead}")
+
+
+def build_behaviour(config: TrainConfig) -> ServerBehaviour:
+    """The server's behaviour from ``config.server``, checked against the run's plan."""
+    behaviour = build_server(config.server)
+    behaviour.configure(epochs=config.epochs, batch_size=config.batch_size)
+    return behaviour
+
+
+def behaviour_aux(spec: str | None, data: Tensors, *, seed: int) -> AuxBeats | None:
+    """The public auxiliary beats a server behaviour asks for (:meth:`ServerBehaviour.aux_spec`):
+    beats of the run's pool that the run uses nowhere (not a train, validation or test row), so
+    same-domain data the client does not hold (Pasquini et al. 2021's threat model):
+
+    * ``train:F`` (0 < F < 1) or ``train:N``: F times the training rows (or N) of those beats, a
+      seeded choice (the size the honest attacks' ``--aux train:F`` has, disjoint from the
+      client's beats);
+    * ``records:R1,R2,...``: all of them from those MIT-BIH records.
+
+    Raises:
+        ValueError: a malformed spec, or too few unused beats.
+    """
+    if spec is None:
+        return None
+    kind, _, arg = spec.partition(":")
+    pool = data.pool
+    used = np.concatenate([data.pool_idx_train, data.pool_idx_val, data.pool_idx_test])
+    free = np.ones(len(pool.y), dtype=bool)
+    free[used[used >= 0]] = False
+    if kind == "train":
+        n = fraction_or_count(arg, len(data.y_train), f"server aux {spec!r}")
+        rows_free = np.flatnonzero(free)
+        if not 1 <= n <= len(rows_free):
+            raise ValueError(f"server aux {spec!r}: {n} beats of {len(rows_free)} unused ones")
+        rows = np.sort(np.random.default_rng(seed).choice(rows_free, size=n, replace=False))
+        source = f"train:{arg} ({n} pool beats the run uses nowhere, seed {seed})"
+    elif kind == "records":
+        wanted = sorted({int(r) for r in arg.replace(";", ",").split(",") if r.strip()})
+        rows = np.flatnonzero(np.isin(pool.record, wanted) & free)
+        if len(rows) == 0:
+            raise ValueError(f"server aux {spec!r}: no unused beats of records {wanted}")
+        source = f"records:{','.join(map(str, wanted))} ({len(rows)} unused pool beats)"
+    else:
+        raise ValueError(f"server aux {spec!r}: expected train:F, train:N or records:R1,...")
+    device = data.x_train.device
+    return AuxBeats(x=torch.as_tensor(pool.x[rows]).float().reshape(-1, 1, 128).to(device),
+                    y=torch.as_tensor(pool.y[rows]).long().to(device), source=source)
+
+
+def stateful_plugins(defenses: list, behaviour: ServerBehaviour,
+                     scorer: Scorer | None) -> dict[str, Stateful]:
+    """The run's plug-ins that keep state (their class declares ``stateful``), by checkpoint
+    key: defenses, the server's behaviour and the evaluator of its reconstructions."""
+    named = {**{f"defense.{i}.{d.name}": d for i, d in enumerate(defenses)},
+             f"server.{behaviour.name}": behaviour, "reconstruction_log": scorer}
+    return {k: p for k, p in named.items() if p is not None and p.stateful}
+
+
+def checkpoint_state(trainer_state: dict[str, Any], plugins: dict[str, Stateful],
+                     stopped: dict[str, Any] | None) -> dict[str, Any]:
+    """What checkpoint.pt keeps of a run besides its epoch: the trainer's state, every stateful
+    plug-in's (:func:`stateful_plugins`, restored by :func:`load_plugin_states`) and the
+    detector's stop, if one fired."""
+    return trainer_state | {"plugins": {k: p.state_dict() for k, p in plugins.items()},
+                            "stopped": stopped}
+
+
+def load_plugin_states(plugins: dict[str, Stateful], states: dict[str, Any] | None,
+                       where: Path) -> None:
+    """Restore every stateful plug-in from a checkpoint (``states``: its ``plugins`` entry).
+
+    Raises:
+        ValueError: the checkpoint lacks one's state (written before it was checkpointed).
+    """
+    missing = sorted(set(plugins) - set(states or {}))
+    if missing:
+        raise ValueError(f"{where}: the checkpoint holds no state of {missing} (written by an "
+                         "older version); a resumed run would restart them: use --force to "
+                         "retrain from scratch")
+    for key, plugin in plugins.items():
+        plugin.load_state_dict((states or {})[key])
+
+
+def defense_reports(defenses: list) -> list[dict[str, Any]]:
+    """What every defense claims (its :class:`~splitpriv.defense.PrivacyClaim`), for result.json."""
+    return [d.report().to_dict() for d in defenses]
+
+
+def resolve_topology(config: TrainConfig, defenses: list) -> str:
+    """The run's topology: the one a defense needs (``ushape``), else the config's."""
+    return next((d.topology for d in defenses if d.topology), config.topology)
+
+
+def build_run_models(config: TrainConfig, topology: str, device: torch.device) -> SplitModels:
+    """The run's split model, initialised from its seed, on the device."""
+    n_classes = len(protocol_prep(config.protocol, config.labels).classes)
+    return build_models(ModelConfig(config.depth, config.paper_softmax,
+                                    cut_channels=config.cut_channels, n_classes=n_classes),
+                        ushape=topology == "ushape", seed=config.seed).to(device)
+
+
+__all__ = ["Stateful", "behaviour_aux", "build_behaviour", "build_defenses", "build_run_models",
+           "check_distinct_beats", "checkpoint_state", "defense_reports", "load_plugin_states",
+           "resolve_topology", "stateful_plugins"]
