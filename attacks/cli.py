@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from attacks.base import AttackResult
 from attacks.inversion import InversionAttack
@@ -44,9 +45,9 @@ def reference_classifier(run: RunData, phase: str, epochs: int, seed: int = 0) -
     other = "test" if phase == "train" else "train"
     path = run.path / "attacks" / f"reference-classifier-{other}-e{epochs}-s{seed}.pt"
     if path.exists():
-        net = build_models(ModelConfig(2), seed=seed).monolithic()
-        net.load_state_dict(torch_load(path))
-        return net.eval()
+        cached: nn.Module = build_models(ModelConfig(2), seed=seed).monolithic()
+        cached.load_state_dict(torch_load(path))
+        return cached.eval()
     net = train_reference_classifier(run.x[other], run.y[other], epochs=epochs, seed=seed)
     torch_save(net.state_dict(), path)
     return net

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -99,7 +100,7 @@ class DistanceCorrelation(Attack):
         tail = (1 - cfg.level) / 2
         low, high = np.quantile(batch["dcor"], [tail, 1 - tail])
         u_low, u_high = np.nanquantile(batch["u_dcor_sqr"], [tail, 1 - tail])
-        summary = {
+        summary: dict[str, Any] = {
             "n_beats": len(obs.ids),
             "pairing": cfg.pairing,
             "paper": {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -92,12 +92,18 @@ class InverseNet(nn.Module):
     added to the aux mean beat (a residual parameterisation: the last layer starts at zero, so the
     untrained decoder outputs the mean beat)."""
 
+    mean: torch.Tensor  # (1, C, 1) buffers: the aux activations' standardisation
+    std: torch.Tensor
+    mean_beat: torch.Tensor  # (1, 1, out_len)
+    layers: nn.Sequential
+
     def __init__(self, channels: int, length: int, out_len: int, width: int = 64) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(1, channels, 1))
         self.register_buffer("std", torch.ones(1, channels, 1))
         self.register_buffer("mean_beat", torch.zeros(1, 1, out_len))
         mid = max(length, out_len // 2)
+        self.mid, self.out_len = mid, out_len  # the two upsamplings' lengths
         self.layers = nn.Sequential(
             nn.Conv1d(channels, width, 3, padding=1), nn.LeakyReLU(),
             nn.Upsample(size=mid), nn.Conv1d(width, width // 2, 5, padding=2), nn.LeakyReLU(),
@@ -105,6 +111,7 @@ class InverseNet(nn.Module):
             nn.LeakyReLU(), nn.Conv1d(width // 4, 1, 7, padding=3),
         )
         last = self.layers[-1]
+        assert isinstance(last, nn.Conv1d) and last.bias is not None
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
 
@@ -152,7 +159,7 @@ def train_decoder(a_fit: torch.Tensor, x_fit: torch.Tensor, a_held: torch.Tensor
     return net, best, best_epoch
 
 
-def refit_decoder(attack: InversionAttack, acts: torch.Tensor, knowledge: Knowledge,
+def refit_decoder(attack: DecoderInversion, acts: torch.Tensor, knowledge: Knowledge,
                   transcript: Any) -> torch.Tensor:
     """The victims' reconstruction (N, 1, 128) by ``attack``'s decoder (``attack.net``, tuned by
     its last :meth:`reconstruct`) trained ``refit_epochs`` more on every aux beat of
@@ -188,16 +195,19 @@ class StackedInverseNets(nn.Module):
                        for b in ("mean", "std", "mean_beat")):
                 raise ValueError("stacked decoders must share their standardisation")
         self.members = nn.ModuleList(members)
-        self.mid = first.layers[2].size
-        self.out_len = first.layers[5].size
+        self.nets = list(members)  # the same modules, typed
+        self.first = first
+        self.mid, self.out_len = first.mid, first.out_len
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
-        first, g = self.members[0], len(self.members)
+        first, g = self.first, len(self.members)
         h = ((a - first.mean) / first.std).repeat(1, g, 1)  # (B, G*C, L)
-        for i, layer in enumerate(self.CONVS):
-            conv = first.layers[layer]
-            w = torch.cat([m.layers[layer].weight for m in self.members])
-            b = torch.cat([m.layers[layer].bias for m in self.members])
+        convs = [[m.layers[layer] for m in self.nets] for layer in self.CONVS]
+        for i, members in enumerate(convs):
+            conv = members[0]
+            assert isinstance(conv, nn.Conv1d)
+            w = torch.cat([c.weight for c in members])  # type: ignore[misc]
+            b = torch.cat([c.bias for c in members])  # type: ignore[misc]
             h = nn.functional.conv1d(h, w, b, padding=conv.padding, groups=g)
             if i < 3:
                 h = nn.functional.leaky_relu(h)
@@ -296,7 +306,7 @@ class DecoderInversion(InversionAttack):
 
     citation = ("He, Zhang & Lee, Model Inversion Attacks against Collaborative Inference, "
                 "ACSAC 2019")
-    Config = DecoderConfig
+    Config: ClassVar[type[InversionConfig]] = DecoderConfig
     uses = ("aux", "defenses")
     requires = ("aux",)
 

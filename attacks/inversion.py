@@ -289,7 +289,10 @@ class InversionAttack(Attack):
     """
 
     Config = InversionConfig
+    config: InversionConfig
     study_columns = INVERSION_COLUMNS
+    #: the shared scoring of this run's victims (observations, truth, scorer), while it runs
+    _scores: dict[str, Any] | None = None
 
     @classmethod
     def study_options(cls, budget):
@@ -297,7 +300,7 @@ class InversionAttack(Attack):
                 "reference_epochs": budget.reference_epochs, "device": budget.attack_device}
 
     def _score_cache(self, obs: Observed, truth: GroundTruth) -> dict[str, Any]:
-        cache = getattr(self, "_scores", None)
+        cache = self._scores
         if cache is None or cache["obs"] is not obs or cache["truth"] is not truth:
             scorer = victims_scorer(obs, truth, self.config.seed)
             cache = self._scores = {"obs": obs, "truth": truth, "scorer": scorer, "done": []}
@@ -385,8 +388,7 @@ class InversionAttack(Attack):
             return windows, windows[0], [], note
         from attacks.ridge import choose_window_by_ridge
 
-        best, tried = choose_window_by_ridge(windows, knowledge.aux, self.config,
-                                             self.device)  # type: ignore[arg-type]
+        best, tried = choose_window_by_ridge(windows, knowledge.aux, self.config, self.device)
         return windows, windows[best], tried, note
 
     def headline(self, summary):
@@ -474,7 +476,7 @@ def observation_windows(attack: Attack, transcript: Transcript, knowledge: Knowl
     paired = aux is not None and aux.activations is None
     return release_windows(
         transcript, obs.ids, obs.values.float(),
-        aux_ids=aux.ids if paired else None, last_aux=last_aux, phase=cfg.phase,
+        aux_ids=aux.ids if aux is not None and paired else None, last_aux=last_aux, phase=cfg.phase,
         epoch=cfg.epoch, recorded=recorded(transcript, Kind.ACTIVATIONS, cfg.phase, cfg.epoch))
 
 

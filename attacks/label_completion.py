@@ -75,6 +75,9 @@ def train_head(features: torch.Tensor, y: torch.Tensor, cfg: CompletionConfig) -
 class Standardise(nn.Module):
     """(x - mean) / sd with fixed statistics."""
 
+    mean: torch.Tensor  # buffers
+    sd: torch.Tensor
+
     def __init__(self, mean: torch.Tensor, sd: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("mean", mean)
@@ -160,8 +163,8 @@ class CompletionLabelAttack(LabelAttack):
             raise AttackInputError(f"attack {self.name!r} needs labelled aux beats (--aux)")
         head = train_head(self.aux_features(transcript, knowledge), aux.y.long(), cfg)
         with torch.no_grad():
-            scores = torch.log_softmax(head(self.features(transcript, ids, "victims")), 1)
-        scores = scores.double().numpy()
+            logits = torch.log_softmax(head(self.features(transcript, ids, "victims")), 1)
+        scores = logits.double().numpy()
         extra: dict = {"features": self.feature_kind(transcript).value,
                        "aux_counts": np.bincount(aux.y.numpy(), minlength=N_CLASSES).tolist()}
         if labels_cross(transcript) and cfg.use_labels and aux.ids is not None:

@@ -49,6 +49,10 @@ class MLPInverse(nn.Module):
     statistics), two hidden LeakyReLU layers, added to the aux mean beat (the last layer starts
     at zero: the untrained decoder outputs the mean beat)."""
 
+    mean: torch.Tensor  # (C*L,) buffers: the aux activations' standardisation
+    std: torch.Tensor
+    mean_beat: torch.Tensor  # (1, 1, out_len)
+
     def __init__(self, a_fit: torch.Tensor, x_fit: torch.Tensor, hidden: int, dropout: float
                  ) -> None:
         super().__init__()
@@ -60,8 +64,10 @@ class MLPInverse(nn.Module):
         self.layers = nn.Sequential(
             nn.Dropout(dropout), nn.Linear(d, hidden), nn.LeakyReLU(), nn.Dropout(dropout),
             nn.Linear(hidden, hidden), nn.LeakyReLU(), nn.Linear(hidden, out_len))
-        nn.init.zeros_(self.layers[-1].weight)
-        nn.init.zeros_(self.layers[-1].bias)
+        last = self.layers[-1]
+        assert isinstance(last, nn.Linear)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         z = (a.reshape(len(a), -1) - self.mean) / self.std  # (B, C*L)

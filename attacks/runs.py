@@ -29,6 +29,7 @@ import torch
 
 from attacks.base import AuxData, GroundTruth, Knowledge
 from splitpriv.channel import InProcessChannel, Kind, RecordPolicy, Transcript
+from splitpriv.data import BeatPool
 from splitpriv.io import read_file, read_json, torch_load
 from splitpriv.models import ClientNet
 from splitpriv.options import fraction_or_count, parse_spec
@@ -57,7 +58,7 @@ class RunData:
     y: dict[str, torch.Tensor]
     records: dict[str, np.ndarray]
     pool_idx: dict[str, np.ndarray]
-    pool: object
+    pool: BeatPool
 
     def truth(self, phase: str, classifier: torch.nn.Module | None = None) -> GroundTruth:
         if phase not in PHASES:
@@ -162,7 +163,8 @@ def _checked_weights(path: Path, config: TrainConfig) -> dict:
     from splitpriv.run import build_defenses, build_run_models, resolve_topology
 
     weights = torch_load(path)
-    models = build_run_models(config, resolve_topology(config, build_defenses(config)), "cpu")
+    models = build_run_models(config, resolve_topology(config, build_defenses(config)),
+                              torch.device("cpu"))
     try:
         for name, net in models.modules().items():
             net.load_state_dict(weights[name])
@@ -357,7 +359,7 @@ class SharedRun:
 
     def _key(self, run_dir: str | Path) -> tuple:
         path = Path(run_dir).resolve()
-        stats = []
+        stats: list[tuple[str, int | None, int | None]] = []
         for name in self.FILES:
             try:
                 st = (path / name).stat()

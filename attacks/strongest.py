@@ -77,11 +77,12 @@ class StrongestConfig(InversionConfig):
     def options(self, name: str) -> dict[str, Any]:
         """The options of candidate ``name`` (seed, held-out fraction, the main window of
         releases, and its own budget)."""
-        own = {"decoder": {"epochs": self.decoder_epochs, "lrs": self.decoder_lrs,
-                           "width": self.decoder_width},
-               "mlp": {"epochs": 2 * self.decoder_epochs},
-               "whitebox": {"steps": self.whitebox_steps},
-               "unsplit": {"rounds": self.unsplit_rounds, "max_victims": None}}
+        own: dict[str, dict[str, Any]] = {
+            "decoder": {"epochs": self.decoder_epochs, "lrs": self.decoder_lrs,
+                        "width": self.decoder_width},
+            "mlp": {"epochs": 2 * self.decoder_epochs},
+            "whitebox": {"steps": self.whitebox_steps},
+            "unsplit": {"rounds": self.unsplit_rounds, "max_victims": None}}
         return {"seed": self.seed, "threads": self.threads, "holdout": self.holdout,
                 "device": self.device, "releases": self.releases, **own.get(name, {})}
 
@@ -163,6 +164,7 @@ class StrongestInversion(InversionAttack):
                 "ACSAC 2019; matching in activation space; the strongest of the candidates on "
                 "held-out aux beats")
     Config = StrongestConfig
+    config: StrongestConfig
     uses = ("aux", "defenses")
     requires = ("aux",)
     study_columns = INVERSION_COLUMNS | {"strongest_attack": ("winner",)} | REID_COLUMNS
@@ -172,8 +174,10 @@ class StrongestInversion(InversionAttack):
         self.candidates, self.matchers = candidate_attacks(self.config)  # type: ignore[arg-type]
         every = [*self.candidates.values(), *self.matchers.values()]
         # the knowledge handed over: what the candidates use (an instance attribute)
-        self.uses = tuple(dict.fromkeys(u for a in every for u in ("aux", *a.uses)))
-        self.requires = tuple(dict.fromkeys(r for a in every for r in ("aux", *a.requires)))
+        self.uses = tuple(dict.fromkeys(  # type: ignore[misc, assignment]
+            u for a in every for u in ("aux", *a.uses)))
+        self.requires = tuple(dict.fromkeys(  # type: ignore[misc, assignment]
+            r for a in every for r in ("aux", *a.requires)))
 
     @classmethod
     def study_options(cls, budget):

@@ -44,6 +44,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from opacus.accountants import create_accountant
@@ -153,7 +154,7 @@ def gdp_mu(epsilon: float, delta: float) -> float:
 # -- privacy-loss distributions (dp-accounting) ------------------------------------------------
 
 
-def _pld_epsilon(make: Callable[..., object], parameter: float, releases: int, delta: float,
+def _pld_epsilon(make: Callable[..., Any], parameter: float, releases: int, delta: float,
                  interval: float) -> float:
     """Epsilon of ``releases`` compositions of one dp-accounting PLD (pessimistic estimate)."""
     if releases > MAX_PLD_RELEASES:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -30,10 +30,7 @@ from defenses.accounting import (
     stream_seed,
 )
 from defenses.registry import register
-from splitpriv.defense import Defense, PrivacyClaim
-
-if TYPE_CHECKING:
-    from splitpriv.parties import Client
+from splitpriv.defense import ClientView, Defense, PrivacyClaim
 
 #: the paper code's floor: a coordinate whose batch range is below this gets the range + this
 PAPER_MIN_RANGE = 1e-5
@@ -186,7 +183,7 @@ class ActivationDP(Defense):
 
     variant_field: ClassVar[str] = "mode"
     default_variant: ClassVar[str] = "paper"
-    variants: ClassVar[dict[str, type[ActivationDP]]] = {}
+    variants: ClassVar[dict[str, type[Defense]] | None] = {}
     mode: ClassVar[str] = ""
 
     @classmethod
@@ -213,7 +210,7 @@ class ActivationDP(Defense):
 
     # -- hooks --------------------------------------------------------------------------------
 
-    def attach(self, client: Client) -> None:
+    def attach(self, client: ClientView) -> None:
         self._n_train = len(client.y)
         self._siblings = client.defenses
         if self._seed is None:
@@ -256,7 +253,7 @@ class ActivationDP(Defense):
         announced evaluation phase counts every call as a pass (an upper bound per beat)."""
         phase, epoch = self._phase, self._epoch
         if phase == "train":
-            phase, epoch = "eval", object()
+            phase, epoch = "eval", object()  # type: ignore[assignment]  # a pass of its own
         self._eval_passes.setdefault(phase, set()).add(epoch)
 
     @property
@@ -495,7 +492,7 @@ class FormalDP(ActivationDP):
         self.epochs = planned("epochs", self.config.epochs, epochs, _bad)
         self._calibrate()
 
-    def attach(self, client: Client) -> None:
+    def attach(self, client: ClientView) -> None:
         if self.noise_multiplier is None:
             needs_epochs(self.epochs, _bad)
         super().attach(client)

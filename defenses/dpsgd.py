@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from opacus import GradSampleModule
@@ -20,10 +20,8 @@ from defenses.accounting import (
     stream_seed,
 )
 from defenses.registry import register
-from splitpriv.defense import Defense, PrivacyClaim
-
-if TYPE_CHECKING:
-    from splitpriv.parties import Client
+from splitpriv.defense import ClientView, Defense, PrivacyClaim
+from splitpriv.parties import Client
 
 #: the batch size assumed when no run configures one (the paper's)
 DEFAULT_BATCH_SIZE = 32
@@ -144,12 +142,13 @@ class ClientDPSGD(Defense):
     def steps(self) -> int:
         return self._step_offset + self._steps
 
-    def attach(self, client: Client) -> None:
+    def attach(self, client: ClientView) -> None:
         coupled = [d.name for d in client.defenses
                    if type(d).client_loss is not Defense.client_loss]
         if coupled:
             raise _bad(f"{coupled} add a batch-level client loss, so the per-sample gradients "
                        "DP-SGD clips would not be per-sample")
+        assert isinstance(client, Client)  # DP-SGD never stacks: it wraps the client's model
         c = self.config
         self._client = client
         self.n_train = len(client.y)

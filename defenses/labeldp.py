@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -12,11 +11,8 @@ import torch
 from defenses.accounting import stream_seed
 from defenses.registry import register
 from splitpriv.data import PAPER_CLASS_DRAWS
-from splitpriv.defense import Defense, PrivacyClaim
+from splitpriv.defense import ClientView, Defense, PrivacyClaim
 from splitpriv.models import N_CLASSES
-
-if TYPE_CHECKING:
-    from splitpriv.parties import Client
 
 #: the public prior: the class frequencies the protocol draws by design (the paper's per-class
 #: draw sizes, N L R A V), known before any label is seen (never the client's own labels)
@@ -135,7 +131,7 @@ class LabelDP(Defense):
         p = np.asarray(PUBLIC_PRIOR, dtype=np.float64)
         return p / p.sum()
 
-    def attach(self, client: Client) -> None:
+    def attach(self, client: ClientView) -> None:
         """Draw every training beat's noisy label once."""
         if client.ushape:
             raise ValueError("defense 'labeldp': the U-shaped topology sends no labels; "
@@ -155,7 +151,8 @@ class LabelDP(Defense):
 
     def report(self) -> PrivacyClaim:
         c = self.config
-        k = N_CLASSES if c.prior is False else rr_top_k(self.prior(), c.epsilon)
+        prior = self.prior()
+        k = N_CLASSES if prior is None else rr_top_k(prior, c.epsilon)
         return PrivacyClaim(
             name=self.name, formal=True,
             mechanism="randomised response with prior" if c.prior else "randomised response",

@@ -71,16 +71,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from defenses.registry import register
-from splitpriv.defense import Defense, PrivacyClaim, StopTraining
-
-if TYPE_CHECKING:
-    from splitpriv.parties import Client
+from splitpriv.defense import ClientView, Defense, PrivacyClaim, StopTraining
 
 
 class HijackDetected(StopTraining):
@@ -168,7 +165,7 @@ class Detector(Defense):
         self.scores: list[tuple[int, float]] = []  # (training batch, score)
         self.detected_at: int | None = None
 
-    def attach(self, client: Client) -> None:
+    def attach(self, client: ClientView) -> None:
         self.labels = client.y
 
     def _score(self, batch: int, score: float) -> None:
@@ -260,7 +257,7 @@ class SplitGuard(Detector):
         self.fakes, self.r1, self.r2 = GradientSet(), GradientSet(), GradientSet()
         self._fake = False
 
-    def attach(self, client: Client) -> None:
+    def attach(self, client: ClientView) -> None:
         if client.ushape:
             raise ValueError("defense 'splitguard' needs the labels to cross (the vanilla "
                              "topology); use labelgap in the U-shaped one")

@@ -237,7 +237,7 @@ class BatchedSplitTrainer(Driver):
             with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
                 torch.default_generator.manual_seed(seed)  # torch.initial_seed(): the run's seed
                 for d in ds:
-                    d.attach(RunView(x_train, y_train, ds))
+                    d.attach(RunView(x_train, y_train, ds, runs[0].head is not None))
         self.channel = StackedChannel(self.transcripts)
         self._parties = (
             Client(self.client, x_train, y_train, self.channel, adam(lr), head=self.head,

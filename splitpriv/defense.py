@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 
@@ -50,7 +50,6 @@ from splitpriv.registry import Registry
 
 if TYPE_CHECKING:
     from splitpriv.channel import Kind
-    from splitpriv.parties import Client, RunView
 
 
 @dataclass
@@ -113,6 +112,19 @@ class PrivacyClaim:
             accountant=doc.get("accountant"), conditions=list(doc.get("conditions") or []),
             details={k: v for k, v in doc.items() if k not in typed},
         )
+
+
+class ClientView(Protocol):
+    """What every defense's ``attach`` may read of its run's client: the inputs (N, 1, 128),
+    labels (N,), the run's defenses and its topology. It is the
+    :class:`~splitpriv.parties.Client` itself (which a defense that does not stack may also
+    wrap: its ``net`` and ``optimizer``), or, in a stacked run, a
+    :class:`~splitpriv.parties.RunView` of its own run."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    defenses: list[Defense]
+    ushape: bool
 
 
 class StopTraining(RuntimeError):
@@ -179,7 +191,7 @@ class Defense:
         """Called once with the run's plan (its training epochs and batch size), before anything
         is written; may refuse it with a ValueError naming the parameter."""
 
-    def attach(self, client: Client | RunView) -> None:
+    def attach(self, client: ClientView) -> None:
         """Called once before training; may wrap the client's model or optimizer, and read the
         run's inputs, labels and other defenses (``client.x``, ``client.y``,
         ``client.defenses``). A defense that :meth:`stacks` gets its run's

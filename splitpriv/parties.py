@@ -79,6 +79,7 @@ class RunView:
     x: torch.Tensor
     y: torch.Tensor
     defenses: list[Defense]
+    ushape: bool
 
 
 class _Party:

@@ -195,7 +195,8 @@ def honest() -> ServerBehaviour:
 
 def load_plugins() -> Registry[type[ServerBehaviour]]:
     """The behaviour registry, every plug-in loaded."""
-    return SERVERS.classes() and SERVERS
+    SERVERS.classes()
+    return SERVERS
 
 
 def build_server(spec: str) -> ServerBehaviour:

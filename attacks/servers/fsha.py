@@ -301,7 +301,8 @@ class FeatureSpaceHijacking(ServerBehaviour):
         self.step, self.losses = int(state["step"]), dict(state["losses"])
         self.generator.set_state(state["generator"])
         if "nets" in state:
-            self.nets = self._build(*state["cut"], self.device)
+            c, length = state["cut"]
+            self.nets = self._build(c, length, self.device)
             self.nets.load_state_dict(state["nets"])
             self.opt_ae.load_state_dict(state["opt_ae"])
             self.opt_d.load_state_dict(state["opt_d"])
