@@ -10,7 +10,9 @@ import copy
 import dataclasses
 import json
 import os
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,6 +44,7 @@ from splitpriv.distributed import (
     run_processes,
     spec_from_cli,
 )
+from splitpriv.distributed.resume import PartyCheckpoints, agree
 from splitpriv.io import torch_threads
 from splitpriv.models import ModelConfig, build_models
 from splitpriv.parties import Client, Server
@@ -409,6 +412,97 @@ def test_run_directory_of_a_distributed_run(pool_dirs, tmp_path):
             (out / record).read_text())
     assert not dist.is_initialized()
     assert run_training(config, out, progress=False) == result  # in-process: finished too
+
+
+def _killed_party(rank: int, port: int, out: str, mitdb: str, cache: str, kill_rank: int,
+                  kill_step: int, topology: str) -> None:
+    """A party of a 3-epoch run whose rank ``kill_rank`` dies (os._exit, no clean-up) at its
+    ``kill_step``-th training step; the other one fails on the dead link. Rank 1 of a run that
+    ends writes the training steps it took to ``out/steps``."""
+    torch.set_num_threads(1)
+    original_step, taken = Client.apply_gradient, [0]
+
+    def counted(self):
+        taken[0] += 1
+        return original_step(self)
+
+    Client.apply_gradient = counted
+    if rank == kill_rank:
+        cls, name = (Client, "apply_gradient") if rank else (Server, "backward" if
+                                                              topology == "ushape" else "step")
+        original, steps = getattr(cls, name), [0]
+
+        def dying(self, *args, **kw):
+            steps[0] += 1
+            if steps[0] == kill_step:
+                os._exit(9)
+            return original(self, *args, **kw)
+
+        setattr(cls, name, dying)
+    spec = DistSpec(rank=rank, world_size=2, master_port=port, timeout_s=5, turn_timeout_s=40)
+    try:
+        run_distributed(_resume_config(mitdb, cache, topology), out, spec, progress=False)
+        if rank == 1:
+            (Path(out) / "steps").write_text(str(taken[0]))
+    except Exception:  # the peer died: this party stops with an error, as it would
+        sys.exit(1)
+
+
+def _resume_config(mitdb: str, cache: str, topology: str) -> TrainConfig:
+    return _dir_config(mitdb, cache, epochs=3, record_epochs="all", val_fraction=0.2,
+                       topology=topology)
+
+
+@pytest.mark.parametrize(("kill_rank", "kill_step", "topology"), [
+    (1, 6, "vanilla"),  # the client dies in epoch 2 (4 steps an epoch)
+    (0, 10, "ushape"),  # the server dies in epoch 3
+])
+def test_a_killed_distributed_run_resumes_as_one_never_killed(pool_dirs, tmp_path, kill_rank,
+                                                             kill_step, topology):
+    """Either party killed mid-epoch, then both restarted: the run resumes after the latest
+    epoch both hold and ends with the weights, metrics and transcript of a run never killed."""
+    mitdb, cache = (str(p) for p in pool_dirs)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    for out, args in ((straight, None), (killed, (kill_rank, kill_step, topology))):
+        port = free_port()
+        if args is None:
+            calls = [(_killed_party, (r, port, str(out), mitdb, cache, -1, 0, topology))
+                     for r in (0, 1)]
+        else:
+            calls = [(_killed_party, (r, port, str(out), mitdb, cache, *args)) for r in (0, 1)]
+        codes = run_processes(calls, deadline_s=DEADLINE_S)
+        assert codes == ([0, 0] if args is None else sorted([9, 1], reverse=kill_rank == 0))
+    assert not (killed / "result.json").exists()
+    held = {party: PartyCheckpoints(killed / f"party-{party}.pt").wire()
+            for party in ("server", "client-1")}
+    resumed = agree(held)  # the latest epoch both hold: 1 or 2 here, never a fresh start
+    assert resumed >= 1, held
+    port = free_port()
+    codes = run_processes([(_killed_party, (r, port, str(killed), mitdb, cache, -1, 0, topology))
+                           for r in (0, 1)], deadline_s=DEADLINE_S)
+    assert codes == [0, 0]
+
+    def rows(out):
+        return [{k: v for k, v in json.loads(line).items() if "seconds" not in k}
+                for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    assert rows(killed) == rows(straight) and len(rows(killed)) == 3
+    assert int((killed / "steps").read_text()) == 4 * (3 - resumed)  # only the epochs left
+    for name in ("weights.pt", "weights-server.pt", "best.pt"):
+        a, b = torch.load(straight / name), torch.load(killed / name)
+        for part in a:
+            for key, value in a[part].items():
+                assert torch.equal(value, b[part][key]), (name, part, key)
+    t_straight, t_killed = Transcript.load(straight / "transcript.npz"), Transcript.load(
+        killed / "transcript.npz")
+    assert t_killed.keys() == t_straight.keys() and len(t_killed.keys()) >= 6
+    for kind, phase, epoch in t_straight.keys():
+        for x, y in zip(t_straight.get(kind, phase=phase, epoch=epoch),
+                        t_killed.get(kind, phase=phase, epoch=epoch), strict=True):
+            assert torch.equal(x, y), (kind, phase, epoch)
+    for x, y in zip(t_straight.releases.arrays().values(), t_killed.releases.arrays().values(),
+                    strict=True):
+        assert (x == y).all()
 
 
 def test_a_bottleneck_cut_crosses_between_processes(beats, tmp_path):

@@ -40,6 +40,7 @@ from splitpriv.channel import Kind, Transcript, WireCounter
 from splitpriv.distributed.channel import DistChannel, select
 from splitpriv.distributed.handshake import handshake, run_key
 from splitpriv.distributed.partition import ClientData
+from splitpriv.distributed.resume import NONE, PartyCheckpoints, agree, hello, parse_hello
 from splitpriv.distributed.spec import DistSpec, init_process_group
 from splitpriv.distributed.wire import MODES, PHASES, Code, Op, Spec, WireError, kind_specs
 from splitpriv.parties import Client, Server, train_step
@@ -49,7 +50,9 @@ from splitpriv.run import (
     build_defenses,
     build_run_models,
     defense_reports,
+    load_plugin_states,
     resolve_topology,
+    stateful_plugins,
 )
 from splitpriv.run.rundir import phase_fields
 from splitpriv.trainer import (
@@ -75,6 +78,17 @@ class PartyResult:
     wire: dict[str, Any]
     transcript: Transcript | None = None
     defenses: list[dict[str, Any]] = field(default_factory=list)  # the client's claims
+
+
+def _party_state(net: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """A network's and its optimizer's state (copied: the party trains on)."""
+    return copy.deepcopy({"net": net.state_dict(), "opt": optimizer.state_dict()})
+
+
+def _load_party_state(net: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+                      ) -> None:
+    net.load_state_dict(state["net"])
+    optimizer.load_state_dict(state["opt"])
 
 
 def _client_modules(client: Client) -> list[nn.Module]:
@@ -238,16 +252,64 @@ def _client_epoch(client: Client, channel: DistChannel, data: ClientData, epoch:
     return {"train_loss": loss_sum / n, "train_accuracy": 100.0 * correct / n}
 
 
+@dataclass
+class _ClientState:
+    """What a client's checkpoint keeps (networks, optimizers, batch generator, stateful
+    defenses, history), and its resume."""
+
+    client: Client
+    generator: torch.Generator
+    plugins: dict[str, Any]
+
+    def state(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        c = self.client
+        return {"client": _party_state(c.net, c.optimizer),
+                "head": (None if c.head is None or c.head_optimizer is None
+                         else _party_state(c.head, c.head_optimizer)),
+                "generator": self.generator.get_state(), "history": history,
+                "plugins": {k: p.state_dict() for k, p in self.plugins.items()}}
+
+    def resume(self, channel: DistChannel, checkpoints: PartyCheckpoints | None,
+               held: tuple[int, int], spec: DistSpec,
+               on_resume: Callable[[int, list[dict[str, Any]]], None] | None
+               ) -> tuple[list[dict[str, Any]], int]:
+        """(history, first epoch to train): holding checkpoints, the epoch the server says every
+        party holds, loaded."""
+        if held[0] == NONE or checkpoints is None:
+            return [], 1
+        resumed = channel.expect_control(Op.RESUME, spec.turn_timeout_s)[0]
+        if resumed == NONE:
+            raise ValueError(f"client rank {spec.rank}: the parties hold no common epoch to "
+                             "resume from (the server says which); rerun every party with "
+                             "--force to train afresh")
+        history: list[dict[str, Any]] = []
+        if resumed > 0:
+            saved, c = checkpoints.load(resumed), self.client
+            _load_party_state(c.net, c.optimizer, saved["client"])
+            if c.head is not None and c.head_optimizer is not None:
+                _load_party_state(c.head, c.head_optimizer, saved["head"])
+            self.generator.set_state(saved["generator"])
+            load_plugin_states(self.plugins, saved["plugins"], checkpoints.path)
+            history = list(saved["history"])
+        if on_resume is not None:
+            on_resume(resumed, history)
+        return history, resumed + 1
+
+
 def run_client(
     config: TrainConfig, spec: DistSpec, data: ClientData, *, mode: str = "sequential",
     eval_batch_size: int = EVAL_BATCH, progress: bool = False,
     on_epoch: Callable[[list[dict[str, Any]], Callable[[], dict]], None] | None = None,
+    checkpoints: PartyCheckpoints | None = None,
+    on_resume: Callable[[int, list[dict[str, Any]]], None] | None = None,
 ) -> PartyResult:
     """Run one client (rank >= 1) of a distributed split-learning session to its end.
 
     ``config`` is the run's :class:`~splitpriv.run.TrainConfig` (depth, topology, seed, lr, batch
     size, epochs, defenses); the server must be given the same. ``on_epoch(history, weights)``
-    is called after every epoch (the run directory saves it)."""
+    is called after every epoch (the run directory saves it), then the client's state is kept in
+    ``checkpoints``; holding some, the client resumes after the epoch the parties agree on
+    (:mod:`splitpriv.distributed.resume`), and ``on_resume(epoch, history)`` is told which."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if spec.rank == 0:
@@ -271,7 +333,8 @@ def run_client(
                         head=models.head, defenses=defenses)
         turns = _client_turns(spec, mode, client, group)
         generator = torch.Generator().manual_seed(config.seed + spec.rank - 1)
-        channel.send_control(Op.HELLO, int(ushape), config.depth, MODES.index(mode))
+        held = checkpoints.wire() if checkpoints is not None else (NONE, NONE)
+        channel.send_control(Op.HELLO, *hello(ushape, config.depth, MODES.index(mode), held))
 
         def evaluate(x: torch.Tensor, y: torch.Tensor, epoch: int, phase: str) -> dict[str, Any]:
             begin_phase(channel, (client,), epoch, phase)
@@ -283,8 +346,9 @@ def run_client(
             return _state({"client": models.client} | ({"head": models.head} if models.head
                                                           else {}))
 
-        history: list[dict[str, Any]] = []
-        for epoch in range(1, config.epochs + 1):
+        saved = _ClientState(client, generator, stateful_plugins(defenses, None, None))
+        history, first = saved.resume(channel, checkpoints, held, spec, on_resume)
+        for epoch in range(first, config.epochs + 1):
             turns.receive(client, epoch)
             t0 = time.perf_counter()
             steps = batches(len(data.y_train), config.batch_size, generator, device)
@@ -302,6 +366,8 @@ def run_client(
             history.append(row)
             if on_epoch is not None:
                 on_epoch(history, weights)
+            if checkpoints is not None:
+                checkpoints.save(epoch, saved.state(history))
             if progress:
                 print(f"client {spec.rank} epoch {epoch}: {json.dumps(row)}", flush=True)
         channel.begin_phase(0, "train")  # STOP is counted with the set-up (epoch 0)
@@ -330,6 +396,10 @@ class _Serving:
     synced: dict[int, int] = field(default_factory=dict)
     active: list[int] = field(default_factory=list)
     history: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: called when every client's training of an epoch is done, and when client 1 (which
+    #: evaluates) begins the next epoch: where the server's checkpoints are taken
+    round_end: Callable[[int], None] | None = None
+    next_round: Callable[[int], None] | None = None
 
     def __post_init__(self) -> None:
         ranks = list(self.channels)
@@ -372,6 +442,8 @@ class _Serving:
             if ch.phase == "train":
                 self.accs[r] = Accumulator(self.device)
                 self.history.setdefault(a, {"epoch": a, "t0": time.perf_counter()})
+                if r == 1 and a > 1 and self.next_round is not None:
+                    self.next_round(a - 1)
             if c == 0:
                 self._end_phase(ch, r)
         elif op == Op.SYNC and self.mode == "splitfed":
@@ -395,6 +467,9 @@ class _Serving:
         for q in self.synced:
             self.servers[q].end_epoch(epoch)
             self.rows[q] = 0
+        if self.round_end is not None:
+            self.round_end(epoch)
+        for q in self.synced:
             self.channels[q].send_control(Op.ACK, epoch)
         self.synced.clear()
 
@@ -409,6 +484,8 @@ class _Serving:
         h["train_seconds"] = time.perf_counter() - h.get("t0", time.perf_counter())
         if self.mode == "sequential" and r == max(self.channels):
             self.servers[r].end_epoch(ch.epoch)  # the last client's turn ends the epoch
+            if self.round_end is not None:
+                self.round_end(ch.epoch)
 
     def result(self, state: dict[str, dict[str, torch.Tensor]], transcript: Transcript
                ) -> PartyResult:
@@ -428,14 +505,74 @@ class _Serving:
         return PartyResult("server", 0, hist, state, summary, transcript)
 
 
+class _ServerState:
+    """What the server's checkpoint keeps: every distinct server's network and optimizer, their
+    stateful plug-ins and the per-epoch history. Taken when every client has trained an epoch
+    (:meth:`take`), kept once client 1 has evaluated it and begins the next (:meth:`keep`)."""
+
+    def __init__(self, serving: _Serving, checkpoints: PartyCheckpoints | None,
+                 on_checkpoint: Callable[[int, str], None] | None) -> None:
+        self.serving, self.checkpoints, self.on_checkpoint = serving, checkpoints, on_checkpoint
+        self.servers = list({id(s): s for s in serving.servers.values()}.values())
+        self.plugins = {f"{i}.{k}": p for i, s in enumerate(self.servers)
+                        for k, p in stateful_plugins(s.defenses, s.behaviour, None).items()}
+        self.taken: dict[int, dict[str, Any]] = {}
+
+    def load(self, epoch: int) -> None:
+        assert self.checkpoints is not None
+        saved = self.checkpoints.load(epoch)
+        for s, state in zip(self.servers, saved["servers"], strict=True):
+            _load_party_state(s.net, s.optimizer, state)
+        load_plugin_states(self.plugins, saved["plugins"], self.checkpoints.path)
+        self.serving.history = {int(e): h for e, h in saved["history"].items()}
+
+    def take(self, epoch: int) -> None:
+        self.taken[epoch] = {
+            "servers": [_party_state(s.net, s.optimizer) for s in self.servers],
+            "plugins": {k: p.state_dict() for k, p in self.plugins.items()},
+            "history": copy.deepcopy(self.serving.history)}
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(epoch, "round")
+
+    def keep(self, epoch: int) -> None:
+        if epoch in self.taken and self.checkpoints is not None:
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(epoch, "kept")
+            self.checkpoints.save(epoch, self.taken.pop(epoch))
+
+
+def _agree_with_clients(held: dict[str, tuple[int, int]], channels: dict[int, DistChannel]
+                        ) -> int:
+    """The epoch every party resumes after (:func:`~splitpriv.distributed.resume.agree`), sent
+    to each client that holds checkpoints (the others start afresh either way); a refusal is
+    sent to them too before it is raised here."""
+    asking = [r for r in channels if held[f"client rank {r}"][0] != NONE]
+    try:
+        resumed = agree(held)
+    except ValueError:
+        for r in asking:
+            channels[r].send_control(Op.RESUME, NONE)
+        raise
+    for r in asking:
+        channels[r].send_control(Op.RESUME, resumed)
+    return resumed
+
+
 def run_server(
     config: TrainConfig, spec: DistSpec, *, mode: str = "sequential",
     transcript: Transcript | None = None, eval_batch_size: int = EVAL_BATCH,
-    device: torch.device | str = "cpu",
+    device: torch.device | str = "cpu", checkpoints: PartyCheckpoints | None = None,
+    on_resume: Callable[[int], None] | None = None,
+    on_checkpoint: Callable[[int, str], None] | None = None,
 ) -> PartyResult:
     """Serve the K clients of a distributed session (rank 0) until every one has stopped.
 
-    The transcript (``config.record_policy()`` unless given) is recorded here, from what crossed."""
+    The transcript (``config.record_policy()`` unless given) is recorded here, from what crossed.
+    With ``checkpoints``, the server's state is taken when every client has trained an epoch
+    (``on_checkpoint(epoch, "round")``: the run directory saves the release log then) and kept
+    when client 1 begins the next (``on_checkpoint(epoch, "kept")``: the transcript's part);
+    the run resumes after the epoch every party holds (:func:`~splitpriv.distributed.resume.
+    agree`), told to ``on_resume(epoch)``."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if spec.rank != 0:
@@ -472,14 +609,24 @@ def run_server(
         else:
             servers = dict.fromkeys(ranks, serve(models.server, 1))
         mine = (int(ushape), config.depth, MODES.index(mode))
+        held = {"the server": checkpoints.wire() if checkpoints is not None else (NONE, NONE)}
         for r in ranks:
-            theirs = channels[r].expect_control(Op.HELLO, spec.turn_timeout_s)
-            if tuple(theirs) != mine:
+            theirs, held[f"client rank {r}"] = parse_hello(
+                *channels[r].expect_control(Op.HELLO, spec.turn_timeout_s))
+            if theirs != mine:
                 raise WireError(
                     f"rank 0: client rank {r} was configured differently (ushape, depth, mode) = "
-                    f"{tuple(theirs)}, the server {mine}"
+                    f"{theirs}, the server {mine}"
                 )
         serving = _Serving(mode, ushape, servers, channels, device)
+        saved = _ServerState(serving, checkpoints, on_checkpoint)
+        resumed = _agree_with_clients(held, channels)
+        if resumed > 0:
+            saved.load(resumed)
+        if on_resume is not None:
+            on_resume(resumed)
+        if checkpoints is not None:
+            serving.round_end, serving.next_round = saved.take, saved.keep
         while serving.active:
             serving.serve(select([channels[r] for r in serving.active if r not in serving.synced],
                                  spec.timeout_s))

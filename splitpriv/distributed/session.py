@@ -7,16 +7,24 @@ refused, a finished party is not rerun. Client 1 writes config.json, distributed
 metrics.jsonl and best.pt (every epoch), weights.pt (client networks) and result.json (last, with
 the bytes on its link per epoch); the server writes transcript.npz, weights-server.pt and
 server.json (bytes over all links); client k > 1 writes client-k.json. A party's record marks it
-finished, as result.json marks the run. No resume: a distributed run that dies restarts from
-epoch 1 (its stale checkpoint.pt and best.pt removed, so no later run resumes from them).
+finished, as result.json marks the run.
+
+A killed run resumes: every party keeps its state after its last two epochs
+(``party-server.pt``, ``party-client-K.pt``; :mod:`splitpriv.distributed.resume`), the server
+the transcript's parts and release log beside them; rerun, the parties agree on the latest
+epoch all of them hold and go on from there, to the numbers of a run never killed. ``--force``
+starts every party afresh (its party file removed).
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
+from splitpriv.channel import Transcript
 from splitpriv.distributed.partition import client_share
+from splitpriv.distributed.resume import PartyCheckpoints
 from splitpriv.distributed.runners import run_client, run_server
 from splitpriv.distributed.spec import DistSpec
 from splitpriv.io import resolve_device
@@ -26,6 +34,7 @@ from splitpriv.run import (
     CHECKPOINT,
     RESULT,
     TRANSCRIPT,
+    TRANSCRIPT_PARTS,
     WEIGHTS,
     RunDir,
     TrainConfig,
@@ -36,6 +45,12 @@ from splitpriv.run import (
     resolve_topology,
     result_doc,
 )
+
+
+def party_checkpoints(path: Path, spec: DistSpec) -> PartyCheckpoints:
+    """This party's checkpoint file in the run directory."""
+    name = "server" if spec.rank == 0 else f"client-{spec.rank}"
+    return PartyCheckpoints(path / f"party-{name}.pt")
 
 
 def party_record(spec: DistSpec) -> str:
@@ -62,14 +77,32 @@ def run_distributed(
         done = run_dir.finished()
         if done is not None:
             return done
+        checkpoints = party_checkpoints(run_dir.path, spec)
+        fresh = force or not checkpoints.path.exists()
         defenses = build_defenses(config)  # bad parameters fail before anything is written
         behaviour = build_behaviour(config).report()  # its name, protocol and options
         device = resolve_device(config.device)
         info = {"mode": mode, "clients": spec.n_clients, "backend": spec.backend,
                 "world_size": spec.world_size}
         if spec.role == "server":
-            run_dir.start(resumable=False, stale=(TRANSCRIPT,))
-            res = run_server(config, spec, mode=mode, device=device)
+            run_dir.start(resumable=False, stale=(TRANSCRIPT, TRANSCRIPT_PARTS, checkpoints.path.name)
+                          if fresh else ())
+            transcript = Transcript(policy=config.record_policy())
+
+            def restore(epoch: int) -> None:
+                if epoch == 0:  # afresh: no part of an earlier attempt is merged later
+                    shutil.rmtree(run_dir.file(TRANSCRIPT_PARTS), ignore_errors=True)
+                else:
+                    run_dir.restore_releases(transcript, epoch)
+
+            def keep(epoch: int, moment: str) -> None:
+                if moment == "round":  # every release of the epoch is in: the log's state
+                    run_dir.save_releases(transcript, epoch)
+                else:  # client 1 evaluated the epoch: its messages
+                    run_dir.save_part(transcript, epoch, releases=False)
+
+            res = run_server(config, spec, mode=mode, device=device, transcript=transcript,
+                             checkpoints=checkpoints, on_resume=restore, on_checkpoint=keep)
             run_dir.save_transcript(res.transcript)
             run_dir.save_weights(res.state, "weights-server.pt")
             return run_dir.finish({"role": "server", **info, "server": behaviour,
@@ -78,16 +111,25 @@ def run_distributed(
         check_distinct_beats(defenses, data, config)
         share = client_share(data, spec.rank, spec.n_clients)
         if spec.rank != 1:
-            run_dir.start(resumable=False, stale=())
-            res = run_client(config, spec, share, mode=mode, progress=progress)
+            run_dir.start(resumable=False, stale=(checkpoints.path.name,) if fresh else ())
+            res = run_client(config, spec, share, mode=mode, progress=progress,
+                             checkpoints=checkpoints)
             return run_dir.finish({"role": "client", "rank": spec.rank, **info,
                                    "n_train": len(share.y_train), "history": res.history,
                                    "wire": res.wire})
-        run_dir.start(resumable=False, stale=(CHECKPOINT, BEST, WEIGHTS, ATTACKS))
+        run_dir.start(resumable=False, stale=(CHECKPOINT, BEST, WEIGHTS, ATTACKS,
+                                              checkpoints.path.name) if fresh
+                      else (CHECKPOINT, WEIGHTS, ATTACKS))
         run_dir.write_record("distributed.json", {**info, "master_addr": spec.master_addr,
                                                   "master_port": spec.master_port})
+
+        def resume(epoch: int, history: list[dict[str, Any]]) -> None:
+            if epoch == 0:
+                run_dir.file(BEST).unlink(missing_ok=True)  # an earlier attempt's
+            run_dir.resume_selection(history)
+
         res = run_client(config, spec, share, mode=mode, progress=progress,
-                         on_epoch=run_dir.save_epoch)
+                         on_epoch=run_dir.save_epoch, checkpoints=checkpoints, on_resume=resume)
         run_dir.save_weights(res.state)
         rows = {"n_train_client1": len(share.y_train), "n_val": len(data.y_val),
                 "n_test": len(data.y_test)}

@@ -64,11 +64,12 @@ class Code(IntEnum):
 class Op(IntEnum):
     """Control operations (``Code.CONTROL`` payload[0])."""
 
-    HELLO = 1  # a=ushape, b=depth, c=mode
+    HELLO = 1  # a=ushape + 2 (latest + 1), b=depth + 16 (previous + 1), c=mode (resume.py)
     PHASE = 2  # a=epoch, b=phase code, c=number of steps that follow
     SYNC = 3  # a=epoch (splitfed: round done, client weights averaged)
     ACK = 4  # a=epoch (server -> client: server copies averaged too)
     STOP = 5
+    RESUME = 6  # a=epoch every party resumes after (server -> a client holding checkpoints)
 
 
 DTYPES: dict[torch.dtype, int] = {

@@ -42,6 +42,7 @@ from splitpriv.run.rundir import (
     CHECKPOINT,
     RESULT,
     TRANSCRIPT,
+    TRANSCRIPT_PARTS,
     WEIGHTS,
     Resumed,
     RunDir,
@@ -51,7 +52,8 @@ from splitpriv.run.rundir import (
 )
 
 __all__ = [
-    "ATTACKS", "BEST", "CHECKPOINT", "PHASES", "RESULT", "TOPOLOGIES", "TRANSCRIPT", "WEIGHTS",
+    "ATTACKS", "BEST", "CHECKPOINT", "PHASES", "RESULT", "TOPOLOGIES", "TRANSCRIPT",
+    "TRANSCRIPT_PARTS", "WEIGHTS",
     "LoopRun", "Resumed", "RunDir", "Stateful", "Tensors", "TrainConfig", "behaviour_aux",
     "build_behaviour", "build_defenses", "build_run_data", "build_run_models",
     "check_distinct_beats", "checkpoint_state", "defense_reports", "epoch_row",

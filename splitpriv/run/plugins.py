@@ -114,12 +114,13 @@ def behaviour_aux(spec: str | None, data: Tensors, *, seed: int) -> AuxBeats | N
                     y=torch.as_tensor(pool.y[rows]).long().to(device), source=source)
 
 
-def stateful_plugins(defenses: list, behaviour: ServerBehaviour,
+def stateful_plugins(defenses: list, behaviour: ServerBehaviour | None,
                      scorer: Scorer | None) -> dict[str, Stateful]:
     """The run's plug-ins that keep state (their class declares ``stateful``), by checkpoint
     key: defenses, the server's behaviour and the evaluator of its reconstructions."""
     named = {**{f"defense.{i}.{d.name}": d for i, d in enumerate(defenses)},
-             f"server.{behaviour.name}": behaviour, "reconstruction_log": scorer}
+             **({f"server.{behaviour.name}": behaviour} if behaviour is not None else {}),
+             "reconstruction_log": scorer}
     return {k: p for k, p in named.items() if p is not None and p.stateful}
 
 

@@ -50,7 +50,6 @@ from splitpriv.io import (
     write_text,
 )
 from splitpriv.metrics import report
-from splitpriv.releases import ReleaseLog
 from splitpriv.run.config import TrainConfig
 
 RESULT = "result.json"
@@ -323,7 +322,7 @@ class RunDir:
         checkpoint."""
         row = history[-1]
         if transcript is not None:
-            self._save_part(transcript, row["epoch"])
+            self.save_part(transcript, row["epoch"])
         key = f"val_{self.config.select_by}"
         if key in row and row[key] > self.best_val:
             self.best_val = row[key]
@@ -333,21 +332,32 @@ class RunDir:
             torch_save({"trainer": trainer_state(), "epoch": row["epoch"],
                         "best_val": self.best_val}, self.file(CHECKPOINT))
 
+    def resume_selection(self, history: list[dict[str, Any]]) -> None:
+        """The best validation number of the epochs a resumed run keeps (``history``), so that
+        best.pt is replaced only by a better epoch, as in a run never killed."""
+        key = f"val_{self.config.select_by}"
+        self.best_val = max((h[key] for h in history if key in h), default=-math.inf)
+
     def save_weights(self, state: dict, name: str = "weights.pt") -> None:
         torch_save(state, self.file(name))
 
-    def _save_part(self, transcript: Transcript, epoch: int) -> None:
+    def save_part(self, transcript: Transcript, epoch: int, *, releases: bool = True) -> None:
+        """What ``transcript`` recorded up to ``epoch`` and has not saved yet, as one part file
+        (and, with ``releases``, :meth:`save_releases`)."""
         keys = [k for k in transcript.keys() if k[2] <= epoch and k not in self._saved_keys]
         if keys:
             transcript.save(self.file(TRANSCRIPT_PARTS) / f"epoch-{epoch:05d}.npz", keys)
             self._saved_keys.update(keys)
-        if transcript.releases is not None:
-            self._save_releases(transcript.releases, epoch)
+        if releases:
+            self.save_releases(transcript, epoch)
 
-    def _save_releases(self, log: ReleaseLog, epoch: int) -> None:
+    def save_releases(self, transcript: Transcript, epoch: int) -> None:
         """The release log's blocks that ended with ``epoch`` (one part each) and its state after
         ``epoch`` (the block in progress, exact; the state before it is kept, since a kill before
         this epoch's checkpoint resumes from it, and older ones are removed)."""
+        log = transcript.releases
+        if log is None:
+            return
         parts = self.file(TRANSCRIPT_PARTS)
         for b, (lo, hi) in enumerate(log.blocks):
             if hi == epoch and b in log.held():
