@@ -85,8 +85,8 @@ def run_distributed(
         info = {"mode": mode, "clients": spec.n_clients, "backend": spec.backend,
                 "world_size": spec.world_size}
         if spec.role == "server":
-            run_dir.start(resumable=False, stale=(TRANSCRIPT, TRANSCRIPT_PARTS, checkpoints.path.name)
-                          if fresh else ())
+            run_dir.start(resumable=False, stale=(
+                (TRANSCRIPT, TRANSCRIPT_PARTS, checkpoints.path.name) if fresh else ()))
             transcript = Transcript(policy=config.record_policy())
 
             def restore(epoch: int) -> None:
