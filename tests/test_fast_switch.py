@@ -59,9 +59,10 @@ def _train(pool_dirs, out, *flags: str) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def test_both_paths_train_to_the_same_weights(pool_dirs, tmp_path, monkeypatch, capsys):
-    spies = {name: _count(monkeypatch, owner, attr) for name, owner, attr in (
-        ("pair-max", models._PairMax, "apply"), ("one-channel conv", models._OneChannelConv,
-                                                 "apply"), ("fused Adam", FusedAdam, "_fused_work"))}
+    kernels = (("pair-max", models._PairMax, "apply"),
+               ("one-channel conv", models._OneChannelConv, "apply"),
+               ("fused Adam", FusedAdam, "_fused_work"))
+    spies = {name: _count(monkeypatch, owner, attr) for name, owner, attr in kernels}
     fast = _train(pool_dirs, tmp_path / "fast")
     assert all(spies.values()), {k: len(v) for k, v in spies.items()}  # the fast kernels ran
     for calls in spies.values():
