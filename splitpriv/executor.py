@@ -9,6 +9,8 @@ produces: the rows come back in task order, the same whichever executor ran them
 * ``local`` (the default): ``jobs`` worker processes (default: one per core this process may use),
   each pinned to ``threads`` torch threads, started with ``spawn`` (a forked torch can deadlock);
   ``jobs=1`` runs the tasks here, in order, with their own progress bars.
+
+Every task runs with this process's fast-kernel switch (:mod:`splitpriv.fast`, ``SPLITPRIV_FAST``).
 * ``ray``: each task a Ray task of ``threads`` CPUs (``pip install 'splitpriv[cluster]'``), on the
   cluster at ``address`` (``ray start --head`` there; ``auto`` finds a running one) or, without an
   address, on a local instance of ``jobs`` CPUs started for the sweep. On a cluster every node

@@ -29,19 +29,16 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from splitpriv.data import records
 from splitpriv.data.records import (
-    MITDB_ENV,
     RECORD_EXTENSIONS,
     RECORDS_FILE,
     SUMS_FILE,
     DataError,
-    missing_record_files,
     parse_records,
     parse_sha256sums,
     progress_bar,
-    record_names,
     sha256_file,
-    user_cache_dir,
 )
 
 __all__ = [
@@ -140,8 +137,8 @@ def download_mitdb(
         sums = parse_sha256sums(tmp / SUMS_FILE)
         if RECORDS_FILE in sums:
             _check_sum(tmp / RECORDS_FILE, sums[RECORDS_FILE], RECORDS_FILE)
-        records = parse_records(tmp / RECORDS_FILE)
-        files = [f"{rec}{ext}" for rec in records for ext in RECORD_EXTENSIONS]
+        names = parse_records(tmp / RECORDS_FILE)
+        files = [f"{rec}{ext}" for rec in names for ext in RECORD_EXTENSIONS]
         missing = [f for f in files if f not in sums]
         if missing:
             raise DataError(
@@ -218,12 +215,12 @@ def resolve_mitdb_dir(
     Raises:
         DataError: naming the directory and the first missing file.
     """
-    if mitdb_dir is not None or os.environ.get(MITDB_ENV):
-        source = "mitdb_dir argument" if mitdb_dir is not None else f"${MITDB_ENV}"
-        d = Path(mitdb_dir if mitdb_dir is not None else os.environ[MITDB_ENV]).expanduser()
-        missing = missing_record_files(d)
+    if mitdb_dir is not None or os.environ.get(records.MITDB_ENV):
+        source = "mitdb_dir argument" if mitdb_dir is not None else f"${records.MITDB_ENV}"
+        d = Path(mitdb_dir if mitdb_dir is not None else os.environ[records.MITDB_ENV]).expanduser()
+        missing = records.missing_record_files(d)
         if missing == [d / RECORDS_FILE] and missing[0].is_file():
-            record_names(d)  # a RECORDS file that cannot be used: its own error names why
+            records.record_names(d)  # a RECORDS file that cannot be used: its own error names why
         if missing:
             raise DataError(
                 f"MIT-BIH directory {d} (from {source}) does not hold the records: "
@@ -231,17 +228,17 @@ def resolve_mitdb_dir(
                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
             )
         return d
-    d = user_cache_dir() / "mitdb"
-    missing = missing_record_files(d)
+    d = records.user_cache_dir() / "mitdb"
+    missing = records.missing_record_files(d)
     if not missing:
         return d
     if not download:
         raise DataError(
             f"MIT-BIH records not found in the cache directory {d} ({missing[0]} is missing) and "
-            f"download=False; pass mitdb_dir, set ${MITDB_ENV}, or allow the download"
+            f"download=False; pass mitdb_dir, set ${records.MITDB_ENV}, or allow the download"
         )
     download_mitdb(d, fetcher=fetcher)
-    missing = missing_record_files(d)
+    missing = records.missing_record_files(d)
     if missing:
         raise DataError(f"download into {d} is incomplete: {missing[0]} is missing")
     return d

@@ -168,8 +168,8 @@ def paper_hdf5_split(
     The pool is the files' rows, the training file's first (records and R-peaks unknown: -1);
     the split (protocol ``"hdf5"``) trains on the training file's rows and tests on the test
     file's. With ``val_fraction`` > 0, ``round(val_fraction * n_c)`` seeded random training rows
-    of each class c move to validation (``RandomState(seed + 1)``, as :func:`make_split` carves
-    the ``paper`` protocol's).
+    of each class c move to validation (``RandomState(seed + 1)``, as
+    :func:`~splitpriv.data.protocols.make_split` carves the ``paper`` protocol's).
 
     Raises:
         DataError: naming the file (see :func:`read_paper_hdf5`) or ``val_fraction``.

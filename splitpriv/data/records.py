@@ -32,7 +32,7 @@ CACHE_ENV = "SPLITPRIV_CACHE"
 PACED_RECORDS = (102, 104, 107, 217)
 #: de Chazal et al. 2004 training set DS1 (paced records 102, 104, 107, 217 are in neither set).
 #: The paper's preprocessing also drops 114, so DS1 in a default pool has 21 of these 22 records;
-#: the ``inter-patient`` pool (:func:`protocol_prep`) has all 22.
+#: the ``inter-patient`` pool (:func:`~splitpriv.data.protocols.protocol_prep`) has all 22.
 DS1_RECORDS = (
     101, 106, 108, 109, 112, 114, 115, 116, 118, 119, 122,
     124, 201, 203, 205, 207, 208, 209, 215, 220, 223, 230,
