@@ -126,6 +126,12 @@ def plain_loop_epoch(models, x: torch.Tensor, y: torch.Tensor, opts) -> float:
     return total
 
 
+# The optimizer (splitpriv.optim), one Adam step of the server's 4 tensors on one thread, as
+# measured when it was written (2026-12-02/03; moved here from its docstring): torch's fused
+# kernel 72-81 us, the stock single-tensor path 195-199 us, the project's former flat-buffer Adam
+# 152-157 us (so it was removed); on a contended machine ``Adam(fused=True).step`` 91-143 us and
+# FusedAdam's short path to the same kernel 47-63 us, of which the kernel is 37-43 us. The rows
+# below time it inside whole epochs: "plain loop, fused Adam" against "split".
 def plain_loop(cfg: ModelConfig, device: torch.device, x: torch.Tensor, y: torch.Tensor,
                threads: int | None = None, fused: bool = False) -> Callable[[], object]:
     """One epoch of the plain loop as a callable, on its own tutorial models and two Adams
@@ -222,6 +228,16 @@ def split_unsplit_seconds(
 #: :data:`splitpriv.models.PAIR_MAX_MIN_NUMEL`), and 10 batched runs' second pool (the grouped
 #: (B, K * C, L) layout of :mod:`splitpriv.batched`).
 POOL_SHAPES = ((32, 16, 128), (32, 16, 64), (32, 16, 32), (32, 160, 64))
+# What set splitpriv.models.PAIR_MAX_MIN_NUMEL (moved here from its comment): forward + backward,
+# one thread, a contended 2-core machine, interleaved medians of this table (2026-12-03):
+# (32, 16, 128) native 597-716 us, pair-max 316-443; (32, 16, 64) 293-433 / 219-353; (32, 16, 32)
+# 129 / 217 (native wins); (512, 16, 128) 8,785 / 3,806. The pair-max pays a fixed cost (three
+# small kernels, a Python autograd node) and saves ~2 ns per input element: torch's CPU max-pool
+# with gradient took ~5 ns per element, 15x its no-gradient kernel. Inside it, the NaN test on the
+# output's sum took 4 us, the search for NaNs on the strided half 22 us (so it runs only when
+# there is one); ``arange.add(take)`` (int64 + bool) took 10x the in-place form on (32, 160, 64);
+# the form ``torch.func`` transforms require binds its arguments with ``inspect.signature`` on
+# every call, ~25 us, hence the eager form outside transforms.
 
 
 def microseconds(fns: dict[str, Callable[[], object]], repeats: int, calls: int = 200
@@ -251,6 +267,11 @@ def pool_microseconds(shape: tuple[int, ...], repeats: int) -> dict[str, float]:
 FIRST_CONV_RUNS = (1, 3, 10)
 
 
+# splitpriv.models.same_conv1d (moved here from its docstring; README "Training speed"): the
+# paper model's (32, 1, 128) -> (32, 16, 128) 472 -> 322 us; 3 stacked runs 733 -> 478 us;
+# 10 stacked runs 2.49 -> 1.22 ms (2026-12-03, one thread, interleaved medians). Tried for the
+# 16-channel convolutions and dropped, within this machine's noise: a matrix product over unfolded
+# columns (809-1,052 against 761-873 us), the bias gradient summed apart, a channels-last layout.
 def first_conv_microseconds(runs: int, repeats: int) -> dict[str, float]:
     """Median microseconds of one forward + backward of the client's first convolution (one
     input channel, 16 outputs, kernel 7) for ``runs`` stacked runs on (32, runs, 128) beats:

@@ -9,6 +9,7 @@ import textwrap
 from collections.abc import Sequence
 
 from splitpriv.distributed import ChannelError
+from splitpriv.fast import fast_kernels
 from splitpriv.io import torch_threads
 from splitpriv.options import ArgumentParser, add_dataclass_arguments, dataclass_from_args
 from splitpriv.run import TOPOLOGIES, TrainConfig
@@ -77,7 +78,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 def cmd_train(args: argparse.Namespace) -> int:
     config = train_config(args)
-    with torch_threads(config.threads):
+    with torch_threads(config.threads), fast_kernels(config.fast):
         return _train(args, config)
 
 

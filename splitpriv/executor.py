@@ -9,6 +9,8 @@ produces: the rows come back in task order, the same whichever executor ran them
 * ``local`` (the default): ``jobs`` worker processes (default: one per core this process may use),
   each pinned to ``threads`` torch threads, started with ``spawn`` (a forked torch can deadlock);
   ``jobs=1`` runs the tasks here, in order, with their own progress bars.
+
+Every task runs with this process's fast-kernel switch (:mod:`splitpriv.fast`, ``SPLITPRIV_FAST``).
 * ``ray``: each task a Ray task of ``threads`` CPUs (``pip install 'splitpriv[cluster]'``), on the
   cluster at ``address`` (``ray start --head`` there; ``auto`` finds a running one) or, without an
   address, on a local instance of ``jobs`` CPUs started for the sweep. On a cluster every node
@@ -142,7 +144,7 @@ class Executor:
             self._pool = mp.get_context("spawn").Pool(size)
             self._pool_size = size
         results: list[Any] = [None] * len(items)
-        args = [(fn, i, item, threads) for i, item in enumerate(items)]
+        args = [(fn, i, item, threads, _fast()) for i, item in enumerate(items)]
         try:
             for i, ok, value, details in self._pool.imap_unordered(_call_packed, args):
                 if not ok:
@@ -171,7 +173,8 @@ class Executor:
                 check_reachable(self.address)
             ray.init(address=self.address, **kw)
         remote = ray.remote(num_cpus=threads or 1, max_retries=0)(_call)
-        pending = {remote.remote(fn, i, item, threads): i for i, item in enumerate(items)}
+        pending = {remote.remote(fn, i, item, threads, _fast()): i
+                   for i, item in enumerate(items)}
         results: list[Any] = [None] * len(items)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -229,16 +232,28 @@ def check_reachable(address: str, timeout_s: float = RAY_CONNECT_S) -> None:
                          "address") from None
 
 
-def _call(fn: Callable[[Any], Any], index: int, item: Any,
-          threads: int | None) -> tuple[int, bool, Any, str]:
-    """Run one task with ``threads`` torch threads: ``(index, True, result, "")``, or
-    ``(index, False, "Error: message", traceback)`` if it raised (so a worker never dies on it)."""
+def _fast() -> bool:
+    """Whether this process runs the fast kernels (``splitpriv.fast``), for its workers to follow
+    (a Ray worker does not inherit the environment; a pool started earlier has an older one)."""
+    from splitpriv.fast import fast_enabled
+
+    return fast_enabled()
+
+
+def _call(fn: Callable[[Any], Any], index: int, item: Any, threads: int | None,
+          fast: bool = True) -> tuple[int, bool, Any, str]:
+    """Run one task with ``threads`` torch threads and the fast kernels on unless ``fast`` is
+    false: ``(index, True, result, "")``, or ``(index, False, "Error: message", traceback)`` if it
+    raised (so a worker never dies on it)."""
+    from splitpriv.fast import fast_kernels
+
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     try:
-        return index, True, fn(item), ""
+        with fast_kernels(fast):
+            return index, True, fn(item), ""
     except Exception as exc:  # reported by the caller, with the task's name
         return index, False, f"{type(exc).__name__}: {exc}", traceback.format_exc()
 

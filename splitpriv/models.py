@@ -23,6 +23,9 @@ The original code applied Softmax before CrossEntropyLoss (a double softmax); th
 
 The max-pools are :class:`MaxPool2`, ``nn.MaxPool1d(2)`` with the same outputs and gradients bit
 for bit (tested, ties and NaN included), computed faster on a CPU where the input is large enough.
+These fast kernels, and the first convolution's (:func:`same_conv1d`), are off under
+``SPLITPRIV_FAST=0`` (:mod:`splitpriv.fast`), and fall back to torch's own where a private torch
+function they call is missing.
 
 The protocol, the model and the paper's numbers are described in ``docs/reference.md``.
 """
@@ -35,6 +38,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from splitpriv.fast import fast_enabled, functorch_active, missing, private
 
 BEAT_LENGTH = 128
 N_CLASSES = 5
@@ -87,7 +92,7 @@ def _pair_max_forward(x: torch.Tensor, *, eager: bool = False
     The values come from the no-gradient kernel, the argmax from one comparison (ties and NaN
     resolved as the native kernel does: the first of equal values, a NaN wins). ``eager`` (no
     ``torch.func`` transform around, so a host check is allowed): test for NaN on the sum of the
-    output (4 us) and look for the NaNs (22 us on the strided half) only when there is one."""
+    output, cheap, and look for the NaNs on the strided half only when there is one."""
     with torch.no_grad():
         out = F.max_pool1d(x, 2)  # (..., C, L) -> (..., C, L/2)
         odd, even = x[..., 1::2], x[..., 0::2]
@@ -95,14 +100,20 @@ def _pair_max_forward(x: torch.Tensor, *, eager: bool = False
         if not eager or out.sum().isnan():  # an output is NaN iff a NaN is in its pair
             take |= odd.isnan()
         # take as int64, plus the even positions in place: ``arange.add(take)`` (int64 + bool,
-        # broadcast) took 10x longer on the (32, 160, 64) input of 10 stacked runs here
+        # broadcast) is much slower on large inputs
         idx = take.long().add_(torch.arange(0, x.shape[-1], 2, device=x.device))
     return out, idx
 
 
+def _pool_backward():
+    """torch's max-pool backward kernel (private: None, with one warning, where torch lacks it)."""
+    return private(torch.ops.aten, "max_pool2d_with_indices_backward",
+                   "torch.ops.aten.max_pool2d_with_indices_backward")
+
+
 def _pair_max_backward(grad: torch.Tensor, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """The native max-pool backward with the argmax of :func:`_pair_max_forward`."""
-    return torch.ops.aten.max_pool2d_with_indices_backward(
+    return _pool_backward()(
         grad.unsqueeze(-2), x.unsqueeze(-2), [1, 2], [1, 2], [0, 0], [1, 1], False,
         idx.unsqueeze(-2),
     ).squeeze(-2)
@@ -111,13 +122,13 @@ def _pair_max_backward(grad: torch.Tensor, x: torch.Tensor, idx: torch.Tensor) -
 class _PairMax(torch.autograd.Function):
     """Max over adjacent pairs of the last axis, with ``nn.MaxPool1d(2)``'s gradient.
 
-    PyTorch's CPU max-pool with gradient (``max_pool2d_with_indices``) takes ~5 ns per element
-    here, 15x its no-gradient kernel; this takes the values and the argmax from
+    PyTorch's CPU max-pool with gradient (``max_pool2d_with_indices``) is many times slower
+    than its no-gradient kernel; this takes the values and the argmax from
     :func:`_pair_max_forward`, then reuses the native backward with those indices.
 
     The eager (``ctx``) form: under ``torch.func`` transforms :class:`_PairMaxVmap` runs instead
     (the same computation), since the form those require binds the arguments through
-    ``inspect.signature`` on every call, which cost ~25 us a call here.
+    ``inspect.signature`` on every call, a fixed cost per call.
     """
 
     @staticmethod
@@ -158,11 +169,8 @@ class _PairMaxVmap(torch.autograd.Function):
 
 
 #: :class:`_PairMax` pays a fixed cost (three extra small kernels, a Python autograd node) and
-#: saves ~2 ns per input element over the native kernel with gradient, so it wins on inputs above
-#: about 16,000 elements. Forward + backward, one thread, a contended 2-core machine (the
-#: "max-pool" table of ``python benchmarks/speed.py``; interleaved medians):
-#: (32, 16, 128) native 597-716 us, pair-max 316-443; (32, 16, 64) 293-433 / 219-353;
-#: (32, 16, 32) 129 / 217 (native wins); (512, 16, 128) 8,785 / 3,806.
+#: saves time per input element over the native kernel with gradient, so it wins on inputs above
+#: about 16,000 elements (the "max-pool" table of ``python benchmarks/speed.py``).
 PAIR_MAX_MIN_NUMEL = 1 << 14
 
 
@@ -171,14 +179,19 @@ class MaxPool2(nn.Module):
 
     With gradient on a CPU input of more than :data:`PAIR_MAX_MIN_NUMEL` elements (both pools of
     the paper model at batch 32, any pool of batched runs) it runs :class:`_PairMax`; otherwise
-    (smaller inputs, evaluation, other devices) the native kernel.
+    (smaller inputs, evaluation, other devices, the fast kernels off or a private torch function
+    they need missing) the native kernel.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (not torch.is_grad_enabled() or x.device.type != "cpu"
-                or x.numel() <= PAIR_MAX_MIN_NUMEL):
+                or x.numel() <= PAIR_MAX_MIN_NUMEL or not fast_enabled()
+                or _pool_backward() is None):
             return F.max_pool1d(x, 2)
-        if torch._C._are_functorch_transforms_active():  # vmap (batched runs), grad, ...
+        transformed = functorch_active()  # vmap (batched runs), grad, ...
+        if transformed is None:
+            return F.max_pool1d(x, 2)
+        if transformed:
             return _PairMaxVmap.apply(x)[0]
         return _PairMax.apply(x)  # (B, C, L) -> (B, C, L/2)
 
@@ -227,30 +240,37 @@ def same_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     With one input channel per group, an input that needs no gradient (the client's first
     layer, on data) and a gradient being taken on a CPU, it is a batched matrix product
     (:class:`_OneChannelConv`): oneDNN's convolution with one input channel, above all its
-    weight gradient, is slow here. Forward + backward on one thread, interleaved medians
-    (``benchmarks/speed.py``'s "first convolution" table, README "Training speed"): the paper
-    model's (32, 1, 128) -> (32, 16, 128) 472 -> 322 us; 3 stacked runs 733 -> 478 us; 10 stacked
-    runs 2.49 -> 1.22 ms. Every other case (more input channels, evaluation, other devices,
-    ``torch.func`` transforms) is the native convolution: for the 16-channel layers oneDNN was
-    as fast as anything tried (a matrix product over unfolded columns, the bias gradient summed
-    apart, a channels-last layout), within this machine's noise.
+    weight gradient, is slow on a CPU (``benchmarks/speed.py``'s "first convolution" table).
+    Every other case (more input channels, evaluation, other devices, ``torch.func``
+    transforms, the fast kernels off) is the native convolution: for the 16-channel layers
+    oneDNN was as fast as anything tried (see the benchmark).
     """
     k = weight.shape[-1]
     if (weight.shape[1] == 1 and not x.requires_grad and torch.is_grad_enabled()
-            and x.device.type == "cpu" and not torch._C._are_functorch_transforms_active()):
+            and x.device.type == "cpu" and fast_enabled() and functorch_active() is False):
         return _OneChannelConv.apply(x, weight.view(groups, -1, k), bias.view(groups, -1))
     return F.conv1d(x, weight, bias, padding=k // 2, groups=groups)
 
 
+#: The hook tables of a module (and, prefixed ``_global``, of every module): private to torch
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
 def _plain_call(module: nn.Module) -> bool:
     """Whether calling ``module`` would only run its ``forward``: no hook of its own or global
-    (Opacus's per-sample gradients hook the client's layers)."""
+    (Opacus's per-sample gradients hook the client's layers). False where torch keeps its hooks
+    elsewhere (one warning): then the module is called."""
     from torch.nn.modules import module as m
 
-    return not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks or m._global_forward_hooks
-                or m._global_forward_pre_hooks or m._global_backward_hooks
-                or m._global_backward_pre_hooks)
+    for owner, prefix in ((module, ""), (m, "_global")):
+        for name in _HOOKS:
+            hooks = getattr(owner, prefix + name, None)
+            if hooks is None:
+                missing(f"torch.nn.Module.{prefix + name}")
+                return False
+            if hooks:
+                return False
+    return True
 
 
 class ClientNet(nn.Module):
@@ -277,9 +297,10 @@ class ClientNet(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fast = fast_enabled()
         for layer in self.layers:  # (B, 1, 128) -> (B, 16, 32) or (B, c, 32)
-            x = (same_conv1d(x, layer.weight, layer.bias) if same_conv(layer) and _plain_call(layer)
-                 else layer(x))
+            x = (same_conv1d(x, layer.weight, layer.bias)
+                 if fast and same_conv(layer) and _plain_call(layer) else layer(x))
         return x  # (B, 16, 32) or (B, c, 32)
 
 

@@ -3,9 +3,7 @@
 ``torch.optim.Adam``'s default CPU path launches several elementwise kernels per parameter tensor;
 the split model's parties hold 4 tensors each, most of them tiny, so a batch-32 step spent more
 time in the optimizer than in the layers. ``fused=True`` (on CPU since torch 2.4) updates all of
-them in one kernel. Measured here (one thread, the server's 4 tensors, one step):
-fused 72-81 us, the stock single-tensor path 195-199 us, the project's former flat-buffer Adam
-152-157 us, so it was removed.
+them in one kernel (timings: ``benchmarks/speed.py``'s comments and the README's speed table).
 
 The fused kernel computes the same formula in a different order of floating-point operations:
 its numbers differ from the stock path's by rounding (about 1e-6 relative per step, growing
@@ -15,16 +13,17 @@ slowly over training, as between two machines), not in distribution.
 the same two kernels torch's fused path launches (``_foreach_add_`` on the step counts, then
 ``_fused_adam_``), skipping the generic bookkeeping around them (``_init_group``, the functional
 ``adam`` dispatch, grouping by device and dtype): the same kernel on the same arguments, so the
-same numbers bit for bit (``tests/test_fast_paths.py``). Measured here (one thread, the server's 4
-tensors, a contended machine): ``Adam.step`` 91-143 us, this 47-63 us, of which the kernel is
-37-43 us. Whatever the short path does not cover (a first step, which creates the state; a
-closure; amsgrad's or a gradient scaler's extra tensors; a tensor learning rate; parameters on
-several devices or dtypes; a group loaded from a stock Adam's checkpoint) takes torch's own step.
+same numbers bit for bit (``tests/test_fast_paths.py``). Whatever the short path does not cover (a
+first step, which creates the state; a closure; amsgrad's or a gradient scaler's extra tensors; a
+tensor learning rate; parameters on several devices or dtypes; a group loaded from a stock
+Adam's checkpoint) takes torch's own step.
 
-Where the parameters' device or dtype has no fused kernel, :func:`adam` builds the stock Adam.
-Either way the optimizer is a ``torch.optim.Adam``: its ``state_dict`` has Adam's format (and
-carries the ``fused`` flag: a checkpoint resumes with the flag it was written with), step hooks
-run as for any optimizer, and Opacus's ``DPOptimizer`` wraps it like any Adam.
+Where the parameters' device or dtype has no fused kernel, where torch lacks the private
+``torch._fused_adam_`` (one warning, :mod:`splitpriv.fast`) or with the fast kernels off
+(``SPLITPRIV_FAST=0``), :func:`make_adam` builds the stock Adam. Either way the optimizer is a
+``torch.optim.Adam``: its ``state_dict`` has Adam's format (and carries the ``fused`` flag: a
+checkpoint resumes with the flag it was written with), step hooks run as for any optimizer, and
+Opacus's ``DPOptimizer`` wraps it like any Adam.
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ from collections.abc import Iterable
 
 import torch
 
+from splitpriv.fast import fast_enabled, private
 from splitpriv.parties import OptimizerFactory
 
 
@@ -43,13 +43,12 @@ class FusedAdam(torch.optim.Adam):
         if closure is None and not (getattr(self, "grad_scale", None) is not None
                                     or getattr(self, "found_inf", None) is not None):
             work = self._fused_work()
-            if work is not None:
+            add = private(torch, "_foreach_add_", "torch._foreach_add_")
+            if work is not None and add is not None:
                 with torch.no_grad():
-                    for group, params, grads, exp_avgs, exp_avg_sqs, steps in work:
+                    for group, fused, params, grads, exp_avgs, exp_avg_sqs, steps in work:
                         beta1, beta2 = group["betas"]
-                        torch._foreach_add_(steps, 1)
-                        fused = (torch._fused_adamw_ if group.get("decoupled_weight_decay", False)
-                                 else torch._fused_adam_)
+                        add(steps, 1)
                         fused(params, grads, exp_avgs, exp_avg_sqs, [], steps,
                               amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
                               weight_decay=group["weight_decay"], eps=group["eps"],
@@ -58,12 +57,17 @@ class FusedAdam(torch.optim.Adam):
         return _stock_adam_step(self, closure)
 
     def _fused_work(self) -> list[tuple] | None:
-        """Per group: (group, params, grads, exp_avgs, exp_avg_sqs, steps) of the parameters with
-        a gradient, or None where torch's own step must run (see the module docstring)."""
+        """Per group: (group, kernel, params, grads, exp_avgs, exp_avg_sqs, steps) of the
+        parameters with a gradient, or None where torch's own step must run (see the module
+        docstring, and where torch lacks the kernel)."""
         work = []
         for group in self.param_groups:
             if (not group["fused"] or group["amsgrad"] or group["capturable"]
                     or group["differentiable"] or isinstance(group["lr"], torch.Tensor)):
+                return None
+            name = "_fused_adamw_" if group.get("decoupled_weight_decay", False) else "_fused_adam_"
+            kernel = private(torch, name, f"torch.{name}")
+            if kernel is None:
                 return None
             params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
             kind = None
@@ -84,7 +88,7 @@ class FusedAdam(torch.optim.Adam):
                 exp_avg_sqs.append(state["exp_avg_sq"])
                 steps.append(state["step"])
             if params:
-                work.append((group, params, grads, exp_avgs, exp_avg_sqs, steps))
+                work.append((group, kernel, params, grads, exp_avgs, exp_avg_sqs, steps))
         return work
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -102,18 +106,22 @@ def _stock_adam_step(opt: torch.optim.Adam, closure):
     which torch put around :meth:`FusedAdam.step`, already runs the hooks)."""
     step = torch.optim.Adam.step
     if getattr(step, "hooked", False):  # wrapped once a plain Adam was built in this process
-        step = step.__wrapped__
+        # where torch no longer exposes the unwrapped step (one warning), the wrapped one runs:
+        # this optimizer's step hooks then run twice
+        step = private(step, "__wrapped__", "torch.optim.Adam.step.__wrapped__") or step
     return step(opt, closure)
 
 
 def make_adam(params: Iterable[torch.Tensor], lr: float = 1e-3) -> torch.optim.Adam:
     """``torch.optim.Adam(params, lr)``, fused (:class:`FusedAdam`) where the parameters' device
-    and dtype allow it."""
+    and dtype allow it, the fast kernels are on and torch has its fused kernel."""
     params = list(params)
-    try:
-        return FusedAdam(params, lr=lr, fused=True)
-    except RuntimeError:  # "`fused=True` requires all the params to be floating point Tensors
-        return torch.optim.Adam(params, lr=lr)  # of supported devices"
+    if fast_enabled() and private(torch, "_fused_adam_", "torch._fused_adam_") is not None:
+        try:
+            return FusedAdam(params, lr=lr, fused=True)
+        except RuntimeError:  # "`fused=True` requires all the params to be floating point
+            pass  # Tensors of supported devices"
+    return torch.optim.Adam(params, lr=lr)
 
 
 def adam(lr: float) -> OptimizerFactory:

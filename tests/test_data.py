@@ -34,6 +34,7 @@ from splitpriv.data import (
     verify_checksums,
     write_paper_hdf5,
 )
+from splitpriv.data.beats import _denoise
 
 POOL_COUNTS = {"N": 71732, "L": 8036, "R": 7231, "A": 2491, "V": 6559}
 HALF_COUNTS = {"N": 3000, "L": 3000, "R": 3000, "A": 1245, "V": 3000}
@@ -264,7 +265,7 @@ def test_second_load_hits_the_cache(pool_dirs, pool: BeatPool, monkeypatch) -> N
     def fail(*args, **kwargs):
         raise AssertionError("build_pool called on a cache hit")
 
-    monkeypatch.setattr(data, "build_pool", fail)
+    monkeypatch.setattr("splitpriv.data.pool.build_pool", fail)
     again = load_pool(mitdb, cache_dir=cache)
     np.testing.assert_array_equal(again.x, pool.x)
     np.testing.assert_array_equal(again.rpeak, pool.rpeak)
@@ -560,7 +561,7 @@ def test_record_114_is_read_from_its_mlii_channel(
         sig = wfdb.rdrecord(str(mitdb_dir / "114"), channels=[channel]).p_signal[:, 0]
         sig = (sig - sig.min()) / (sig.max() - sig.min())
         windows = sig[pool.rpeak[rows[:5], None] + np.arange(-100, 101)[None, :]]
-        assert np.array_equal(data._denoise(windows, prep), pool.x[rows[:5]]) is equal
+        assert np.array_equal(_denoise(windows, prep), pool.x[rows[:5]]) is equal
 
 
 def test_other_records_keep_channel_0(ip_pools: dict[str, BeatPool], pool: BeatPool) -> None:

@@ -97,7 +97,7 @@ def test_switching_the_records_env_to_another_directory_rebuilds(
         assert _records(load_pool()) == [100, 101, 103]
     assert _records(load_pool(big)) == [100, 101, 103]  # a hit now
     # the digests are remembered: a hit hashes nothing
-    monkeypatch.setattr("splitpriv.download.sha256_file", _never)
+    monkeypatch.setattr("splitpriv.data.records.sha256_file", _never)
     assert _records(load_pool()) == [100, 101, 103]
 
 
@@ -168,7 +168,7 @@ def test_a_file_valued_cache_dir_is_named_before_the_pool_is_built(
 ) -> None:
     blocker = tmp_path / "cache"
     blocker.write_text("not a directory")
-    monkeypatch.setattr(data, "build_pool", _never)
+    monkeypatch.setattr("splitpriv.data.pool.build_pool", _never)
     with pytest.raises(DataError, match=rf"pool cache directory {blocker}.* not a"):
         load_pool(subset, cache_dir=blocker)
     rc = main(["data", "prepare", "--mitdb-dir", str(subset), "--cache-dir", str(blocker),
@@ -185,7 +185,7 @@ def test_a_read_only_cache_dir_is_named_before_the_pool_is_built(
     cache = tmp_path / "cache"
     (cache / "pools").mkdir(parents=True)
     (cache / "pools").chmod(0o555)
-    monkeypatch.setattr(data, "build_pool", _never)
+    monkeypatch.setattr("splitpriv.data.pool.build_pool", _never)
     try:
         with pytest.raises(DataError, match=r"pool cache directory .*pools is not writable"):
             load_pool(subset, cache_dir=cache)
@@ -201,7 +201,7 @@ def test_data_prepare_rebuild(subset: Path, tmp_path: Path, monkeypatch, capsys)
         builds.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(data, "build_pool", counting)
+    monkeypatch.setattr("splitpriv.data.pool.build_pool", counting)
     argv = ["data", "prepare", "--mitdb-dir", str(subset), "--cache-dir", str(tmp_path / "c"),
             "--protocol", "inter-patient", "--val-fraction", "0", "--json"]
     for extra, expected in (([], 1), ([], 1), (["--rebuild"], 2)):

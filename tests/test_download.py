@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from splitpriv.data import DataError, build_pool, resolve_mitdb_dir, verify_checksums
-from splitpriv.download import HttpFetcher, download_mitdb, parse_sha256sums
+from splitpriv.data.download import HttpFetcher, download_mitdb
+from splitpriv.data.records import parse_sha256sums
 
 RECORDS = ("100", "101")
 FILES = [f"{r}{ext}" for r in RECORDS for ext in (".hea", ".dat", ".atr")]

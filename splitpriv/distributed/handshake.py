@@ -32,8 +32,9 @@ from splitpriv.distributed.channel import DistChannel
 from splitpriv.distributed.spec import DistSpec
 from splitpriv.distributed.wire import CONFIG_BYTES, HANDSHAKE_SPECS, Code, PeerError, WireError
 
-#: config fields that may differ between the parties (where each finds its files, its device)
-LOCAL_FIELDS = ("device", "threads", "mitdb_dir", "cache_dir")
+#: config fields that may differ between the parties (where each finds its files, its device,
+#: its kernels)
+LOCAL_FIELDS = ("device", "threads", "fast", "mitdb_dir", "cache_dir")
 
 
 class AuthError(WireError):

@@ -61,6 +61,8 @@ class TrainConfig:
         device: ``auto``, ``cpu``, ``cuda``...
         threads: torch CPU threads during the run (0 or None: torch's default, one per core). One is
             fastest for this small model on a CPU (``benchmarks/speed.py --threads 2``).
+        fast: the fast CPU kernels (``splitpriv.fast``); False, as ``SPLITPRIV_FAST=0``: torch's
+            stock layers and Adam (the same weights to rounding; no private torch function).
         mitdb_dir, cache_dir: where the records and the beat-pool cache are (None: defaults).
         hdf5: ``TRAIN,TEST``: train and test on the paper's HDF5 files (``train_ecg.hdf5``,
             ``test_ecg.hdf5``) instead of the records (labels ``paper``; validation rows only
@@ -89,6 +91,7 @@ class TrainConfig:
     server: str = "honest"
     device: str = "auto"
     threads: int | None = 1
+    fast: bool = True
     mitdb_dir: str | None = None
     cache_dir: str | None = None
     hdf5: str | None = None
@@ -190,10 +193,10 @@ class TrainConfig:
     def rerun_key(self) -> dict[str, Any]:
         """The fields that must match for a run directory to be resumed: everything that changes
         what the run produces (the transcript's epochs and kinds included), not the epochs (a run
-        can be extended), the device, the threads or where the records and caches are (the pool
-        cache is keyed by the records' content)."""
+        can be extended), the device, the threads, the kernels or where the records and caches are
+        (the pool cache is keyed by the records' content)."""
         d = dataclasses.asdict(self)
-        for k in ("epochs", "device", "threads", "mitdb_dir", "cache_dir"):
+        for k in ("epochs", "device", "threads", "fast", "mitdb_dir", "cache_dir"):
             d.pop(k)
         return d
 

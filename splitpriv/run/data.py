@@ -83,7 +83,7 @@ def load_split(
 def _hdf5_split(config: TrainConfig) -> tuple[Any, Any, dict[str, Any]]:
     """The pool and split of the paper's HDF5 files ``config.hdf5`` names, and the card."""
     from splitpriv.data import check_hdf5_run, dataset_card, paper_hdf5_split
-    from splitpriv.download import sha256_file
+    from splitpriv.data.records import sha256_file
 
     assert config.hdf5 is not None
     train, test = check_hdf5_run(config.hdf5, protocol=config.protocol, labels=config.labels)
