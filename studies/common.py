@@ -17,6 +17,7 @@ import csv
 import dataclasses
 import io
 import math
+import re
 import statistics
 import sys
 import time
@@ -143,12 +144,6 @@ class StudyArgs:
     def seed_list(self) -> list[int]:
         return list(range(self.seed, self.seed + self.seeds))
 
-    def budget_text(self) -> str:
-        """The training budget in words, for summaries and captions."""
-        quick = " (QUICK smoke budget)" if self.quick else ""
-        return (f"{self.protocol}, {self.epochs} epochs, {self.seeds} seed(s), train subset "
-                f"{self.train_subset or 'all'}, test subset {self.test_subset or 'all'}{quick}")
-
     def train_config(self, **kw: Any) -> TrainConfig:
         """A TrainConfig with the study's common fields: the labels that crossed in the last
         epoch and the release log (every training release, ``record_releases=windows``) are
@@ -157,6 +152,84 @@ class StudyArgs:
                     test_subset=self.test_subset, record_epochs="last", record_kinds="labels",
                     device=self.device, mitdb_dir=self.mitdb_dir, cache_dir=self.cache_dir)
         return TrainConfig(**(base | kw))
+
+
+# ---------------------------------------------------------------------------------------------
+# What the runs are: budget, seeds and what an interval is over, read from the rows themselves
+# ---------------------------------------------------------------------------------------------
+
+
+def setting_of(row: Mapping[str, Any]) -> str:
+    """The setting a row belongs to: its run directory's name without the seed suffix
+    (``paper-eps3-s0`` -> ``paper-eps3``; every study names its runs ``SETTING-sSEED``)."""
+    return re.sub(r"-s\d+$", "", Path(str(row.get("run_dir", ""))).name)
+
+
+def seeds_per_setting(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[int]]:
+    """Per setting (:func:`setting_of`), the distinct seeds its runs were trained with."""
+    out: dict[str, set[int]] = {}
+    for r in rows:
+        out.setdefault(setting_of(r), set()).add(int(float(r["seed"])))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _seed_list(seeds: Iterable[int]) -> str:
+    seeds = sorted(set(seeds))
+    return f"seed {seeds[0]}" if len(seeds) == 1 else "seeds " + ", ".join(map(str, seeds))
+
+
+def interval_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """What a cell's "±" and a figure's error bar are over, counted from the runs: "mean ± sd
+    over 3 seeds per setting (seeds 0, 1, 2)", or "1 seed per setting (seed 0): single runs, no
+    interval", or, when settings differ, how many each has."""
+    per = seeds_per_setting(rows)
+    if not per:
+        return "no runs"
+    counts = sorted({len(s) for s in per.values()})
+    every = [s for ss in per.values() for s in ss]
+    if counts == [1]:
+        return f"1 seed per setting ({_seed_list(every)}): single runs, no interval"
+    if len(counts) == 1:
+        return f"mean ± sd over {counts[0]} seeds per setting ({_seed_list(every)})"
+    single = sum(len(s) == 1 for s in per.values())
+    return (f"mean ± sd over each setting's seeds ({counts[0]} to {counts[-1]} per setting, "
+            f"{_seed_list(every)}; the {single} setting(s) with 1 seed: single runs, no "
+            "interval)")
+
+
+def interval_sentence(rows: Sequence[Mapping[str, Any]]) -> str:
+    """:func:`interval_text` as a sentence of a summary or caption."""
+    text = interval_text(rows)
+    return text[0].upper() + text[1:] + "."
+
+
+def _run_value(row: Mapping[str, Any], key: str) -> Any:
+    """``key`` of a row's run: its column, else the run's config.json (older results.csv)."""
+    if key in row and row[key] != "":
+        return row[key]
+    path = Path(str(row.get("run_dir", ""))) / "config.json"
+    return read_json(path).get(key) if path.is_file() else None
+
+
+def budget_text(rows: Sequence[Mapping[str, Any]], quick: bool = False) -> str:
+    """The training budget of the runs in words, for summaries and captions, every part read
+    from the rows (and their runs' config.json): protocol, epochs, beats, seeds and what an
+    interval is over."""
+    def values(key: str) -> str:
+        seen = dict.fromkeys(format_value(_num(_run_value(r, key))) for r in rows)
+        return " or ".join("all" if v in ("none", "nan") else v for v in seen)
+
+    tag = " (QUICK smoke budget)" if quick else ""
+    return (f"{values('protocol')}, {values('epochs')} epochs, train subset "
+            f"{values('train_subset')}, test subset {values('test_subset')}, {len(rows)} runs; "
+            f"{interval_text(rows)}{tag}")
+
+
+def _num(v: Any) -> Any:
+    """A CSV number back to an int where it is one (``30.0`` -> 30), else as it is."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
 
 
 #: what --quick changes (fields given on the command line win)
@@ -363,6 +436,7 @@ def run_task(task: RunTask) -> dict[str, Any]:
         "final_test_accuracy": result["final_test_accuracy"],
         **attack_columns({a: summaries.get(a) for a in task.every_attack}),
         **privacy_columns(result), "claim_scope": claim_scope(result),
+        "train_subset": p.config.train_subset, "test_subset": p.config.test_subset,
         "train_seconds": result["seconds"], "wall_seconds": time.perf_counter() - t0,
         "run_dir": str(run_dir),
     }
@@ -709,7 +783,7 @@ def run_study(
                  progress=args.progress, batched=args.batched, executor=args.execution)
     write_csv(out / "results.csv", rows, columns)
     rows = read_csv(out / "results.csv")
-    budget = args.budget_text()
+    budget = budget_text(rows, args.quick)
     md = summarize(rows, budget)
     write_text(out / "summary.md", md)
     draw(rows, FigureSet(out / "figures", utility=args.utility), f"Budget: {budget}.")

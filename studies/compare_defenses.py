@@ -47,6 +47,8 @@ from studies.common import (
     apply_style,
     attack_column_names,
     cli,
+    interval_sentence,
+    interval_text,
     markdown_table,
     pareto_front,
     parse_args,
@@ -178,7 +180,7 @@ def summary_markdown(rows: list[dict], title: str) -> tuple[str, list[dict]]:
              "*" if i in front else ""] for i, s in enumerate(agg)]
     md = "\n".join([
         f"# Defenses compared ({title})", "", markdown_table(header, body), "",
-        "Mean ± sd over seeds. dCor and DTW: the defended activations recomputed from the "
+        interval_sentence(rows) + " dCor and DTW: the defended activations recomputed from the "
         "final weights with the run's defenses, training beats. "
         "Privacy axis: the strongest re-identification (inversions: ridge, the convolutional "
         "and the MLP decoders; activation-space matching with a client model learned from the "
@@ -216,8 +218,9 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right upper", fontsize=7)
     figs.save(fig, "tradeoff",
-              "Accuracy against leakage for every defense: one marker per setting (mean ± sd "
-              "over seeds), one colour and marker per family; the dashed line is the Pareto "
+              "Accuracy against leakage for every defense: one marker per setting ("
+              + interval_text(rows) + "), one colour and marker per family; the dashed line is "
+              "the Pareto "
               "front (no other setting has lower leakage and higher accuracy). Left: "
               "re-identification advantage of the strongest attack (inversions and "
               "activation-space matching, chosen on the attacker's held-out beats; every "

@@ -39,6 +39,7 @@ from studies.common import (
     apply_style,
     attack_column_names,
     cli,
+    interval_sentence,
     markdown_table,
     parse_args,
     reid_cells,
@@ -88,7 +89,7 @@ def summary_markdown(rows: list[dict], title: str) -> str:
               "inversion PRDN (%)"]
     return "\n".join([
         f"# Client depth ({title})", "", markdown_table(header, body), "",
-        "Mean ± sd over seeds; dCor and DTW per channel (paper definitions), max/min over the "
+        interval_sentence(rows) + " dCor and DTW per channel (paper definitions), max/min over the "
         "16 channels, training beats, each activation paired with its own input; dCor batch: "
         "V-statistic / bias-corrected dCor². Re-identification advantage of the strongest "
         "attack (inversions and activation-space matching, chosen on the attacker's held-out "
@@ -136,8 +137,7 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
               "more similar) of the cut activations, and the re-identification advantage of the "
               "strongest attack (right; the larger of across and within patient, among 10 and "
               "100 beats of the victim's class, 0 = chance, 1 = every victim picked out). "
-              "Mean ± sd over seeds; crosses: Abuadbba "
-              "et al. 2020. " + note)
+              + interval_sentence(rows) + " Crosses: Abuadbba et al. 2020. " + note)
     figs.write_captions()
 
 

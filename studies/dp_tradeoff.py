@@ -75,6 +75,7 @@ from studies.common import (
     attack_column_names,
     cli,
     epsilon_label,
+    interval_sentence,
     markdown_table,
     parse_args,
     parse_epsilon,
@@ -290,7 +291,8 @@ def summary_markdown(rows: list[dict], title: str) -> str:
         body.append([name, s["n"], s["test_accuracy"], p["acc"] if p else "-", *reid_cells(s),
                      s["dcor_batch_unbiased"]])
     lines += [markdown_table(header, body), "", *reaching(rows), "",
-              "Mean ± sd over seeds. Releases per beat: each training beat's noisy activations "
+              interval_sentence(rows) + " Releases per beat: each training beat's noisy "
+              "activations "
               "cross in that many epochs (the accounted epsilon composes them; the remaining "
               "epochs train the server on the releases it holds, the client frozen). dCor is "
               "measured on the defended activations recomputed from the final weights. "
@@ -353,8 +355,8 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
                   "total training epsilon, per cut (colour: the 512-value cut, clip 2; the 4x32 "
                   "bottleneck with per-row standardisation, clip 1) and number of releases per "
                   "beat (line style). Horizontal lines: the undefended model and paper mode "
-                  "(Abuadbba et al. 2020's recipe, no guarantee) at epsilon 3 and 10. Mean ± sd "
-                  "over seeds. " + note)
+                  "(Abuadbba et al. 2020's recipe, no guarantee) at epsilon 3 and 10. "
+                  + interval_sentence(rows) + " " + note)
 
     points = [dict(s, label=epsilon_label(s["epsilon"]),
                    group=f"{DESIGN_NAMES[d]}, {r} rel.") for (d, r), ss in grid.items()
@@ -367,8 +369,8 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
     ax.legend(fontsize=5.5, loc="lower right")
     figs.save(fig, "tradeoff",
               "Accuracy against the strongest re-identification advantage: each "
-              "marker is one setting (mean ± sd over seeds), labelled with its total epsilon; "
-              "the dashed line is the Pareto front. " + note)
+              "marker is one setting, labelled with its total epsilon; the dashed line is the "
+              "Pareto front. " + interval_sentence(rows) + " " + note)
     figs.write_captions()
 
 
@@ -385,9 +387,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return run_study(
         args, study=STUDY, plan=plan(args), columns=COLUMNS,
         summarize=lambda rows, b: summary_markdown(
-            rows, f"Activation DP: the whole curve (depth {args.depth}, {b}; formal grid and "
-                  f"references: {len(args.seeds_of_grid())} seed(s))"
-        ),
+            rows, f"Activation DP: the whole curve (depth {args.depth}, {b})"),
         draw=draw_figures,
     )
 

@@ -46,6 +46,7 @@ from studies.common import (
     aggregate,
     apply_style,
     cli,
+    interval_sentence,
     markdown_table,
     parse_args,
     run_study,
@@ -191,8 +192,9 @@ def summary_markdown(rows: list[dict], title: str) -> str:
         f"# FSHA, a malicious server ({title})", "", markdown_table(header, body), "",
         "Reconstructions of the training batch that crossed, every record_every steps, scored "
         "by the run (never by the server) against the true beats; steps: first record passing "
-        "the quality (NaN: never within the run). Prior: the public mean beat. Mean ± sd over "
-        "seeds. The U-shaped row equals the undefended one by construction, not by a missing "
+        "the quality (NaN: never within the run). Prior: the public mean beat. "
+        + interval_sentence(rows) + " The U-shaped row equals the undefended one by "
+        "construction, not by a missing "
         "topology: FSHA replaces the cut gradient, so the client's layers never see the head's "
         "loss, and splitting the server's two dense layers into server + client head trains the "
         "same function with the same updates (the runs' client weights and test accuracy are "
