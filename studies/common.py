@@ -178,6 +178,18 @@ def _seed_list(seeds: Iterable[int]) -> str:
     return f"seed {seeds[0]}" if len(seeds) == 1 else "seeds " + ", ".join(map(str, seeds))
 
 
+def seeds_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """How many seeds each setting has, counted from the runs: "3 seeds per setting (seeds 0,
+    1, 2)", "1 seed per setting (seed 0)", "1 to 3 seeds per setting (seeds 0, 1, 2)"."""
+    per = seeds_per_setting(rows)
+    counts = sorted({len(s) for s in per.values()})
+    every = _seed_list(s for ss in per.values() for s in ss)
+    if not counts:
+        return "no runs"
+    n = str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+    return f"{n} seed{'' if n == '1' else 's'} per setting ({every})"
+
+
 def interval_text(rows: Sequence[Mapping[str, Any]]) -> str:
     """What a cell's "±" and a figure's error bar are over, counted from the runs: "mean ± sd
     over 3 seeds per setting (seeds 0, 1, 2)", or "1 seed per setting (seed 0): single runs, no
@@ -186,15 +198,13 @@ def interval_text(rows: Sequence[Mapping[str, Any]]) -> str:
     if not per:
         return "no runs"
     counts = sorted({len(s) for s in per.values()})
-    every = [s for ss in per.values() for s in ss]
     if counts == [1]:
-        return f"1 seed per setting ({_seed_list(every)}): single runs, no interval"
+        return f"{seeds_text(rows)}: single runs, no interval"
     if len(counts) == 1:
-        return f"mean ± sd over {counts[0]} seeds per setting ({_seed_list(every)})"
+        return f"mean ± sd over {seeds_text(rows)}"
     single = sum(len(s) == 1 for s in per.values())
-    return (f"mean ± sd over each setting's seeds ({counts[0]} to {counts[-1]} per setting, "
-            f"{_seed_list(every)}; the {single} setting(s) with 1 seed: single runs, no "
-            "interval)")
+    return (f"mean ± sd over each setting's seeds ({seeds_text(rows)}; the {single} "
+            "setting(s) with 1 seed: single runs, no interval)")
 
 
 def interval_sentence(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -213,16 +223,16 @@ def _run_value(row: Mapping[str, Any], key: str) -> Any:
 
 def budget_text(rows: Sequence[Mapping[str, Any]], quick: bool = False) -> str:
     """The training budget of the runs in words, for summaries and captions, every part read
-    from the rows (and their runs' config.json): protocol, epochs, beats, seeds and what an
-    interval is over."""
+    from the rows (and their runs' config.json): protocol, epochs, beats, seeds per setting
+    (:func:`interval_text` says what an interval is over)."""
     def values(key: str) -> str:
         seen = dict.fromkeys(format_value(_num(_run_value(r, key))) for r in rows)
         return " or ".join("all" if v in ("none", "nan") else v for v in seen)
 
     tag = " (QUICK smoke budget)" if quick else ""
     return (f"{values('protocol')}, {values('epochs')} epochs, train subset "
-            f"{values('train_subset')}, test subset {values('test_subset')}, {len(rows)} runs; "
-            f"{interval_text(rows)}{tag}")
+            f"{values('train_subset')}, test subset {values('test_subset')}, {len(rows)} runs, "
+            f"{seeds_text(rows)}{tag}")
 
 
 def _num(v: Any) -> Any:
@@ -436,6 +446,7 @@ def run_task(task: RunTask) -> dict[str, Any]:
         "final_test_accuracy": result["final_test_accuracy"],
         **attack_columns({a: summaries.get(a) for a in task.every_attack}),
         **privacy_columns(result), "claim_scope": claim_scope(result),
+        "majority_class_accuracy": majority_class_accuracy(result),
         "train_subset": p.config.train_subset, "test_subset": p.config.test_subset,
         "train_seconds": result["seconds"], "wall_seconds": time.perf_counter() - t0,
         "run_dir": str(run_dir),
@@ -629,6 +640,7 @@ OVERFLOW_COLOR = "0.55"
 STYLE = {
     "figure.dpi": 100, "savefig.dpi": 150, "font.size": 9, "axes.titlesize": 9,
     "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8, "ytick.labelsize": 8,
+    "legend.title_fontsize": 8,
     "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
     "grid.alpha": 0.3, "lines.linewidth": 1.4, "lines.markersize": 5,
     "pdf.fonttype": 42, "ps.fonttype": 42, "savefig.bbox": "tight",
@@ -710,55 +722,143 @@ def epsilon_axis(ax: plt.Axes, epsilons: Sequence[float | None]) -> Callable[[fl
 
 def plot_tradeoff(ax: plt.Axes, settings: Sequence[dict[str, Any]], *, x: str, y: str,
                   group_key: str, label_key: str, xlabel: str, ylabel: str,
-                  annotate: bool = True, colors: dict[str, str] | None = None) -> list[int]:
-    """Accuracy (y) against leakage (x), one marker per setting (mean ± sd over seeds), one
-    colour and marker per group, and the Pareto front (lower leakage, higher accuracy) as a
-    dashed step line. Returns the indices of the settings on the front."""
+                  annotate: bool = True, colors: Mapping[str, str] | None = None,
+                  markers: Mapping[str, str] | None = None) -> list[int]:
+    """Accuracy (y) against leakage (x), one marker per setting (its error bars: sd over seeds,
+    none for a single run), one colour and marker per group (``colors``, ``markers`` fix them
+    so that a quantity keeps its encoding across figures), every setting labelled
+    (:func:`annotate_points`) and the Pareto front (lower leakage, higher accuracy) as a dashed
+    step line. Returns the indices of the settings on the front."""
     groups = list(dict.fromkeys(s[group_key] for s in settings))
     for gi, g in enumerate(groups):
         pts = [s for s in settings if s[group_key] == g]
         ax.errorbar([p[x].mean for p in pts], [p[y].mean for p in pts],
                     xerr=[p[x].sd for p in pts], yerr=[p[y].sd for p in pts],
-                    fmt=MARKERS[gi % len(MARKERS)],
+                    fmt=(markers or {}).get(g, MARKERS[gi % len(MARKERS)]),
                     color=(colors or {}).get(g, OKABE_ITO[gi] if gi < len(OKABE_ITO)
                                              else OVERFLOW_COLOR),
                     label=str(g), capsize=2, elinewidth=0.8, alpha=0.9,
-                    markeredgecolor="0.15", markeredgewidth=0.4)
+                    markeredgecolor="0.15", markeredgewidth=0.4,
+                    zorder=3 + (len(groups) - gi) / 100)  # the first group (a reference) on top
     front = pareto_front([s[x].mean for s in settings], [s[y].mean for s in settings])
-    if annotate:
-        _annotate_uncrowded(ax, settings, x, y, label_key, first=front)
     if front:
         fx = [settings[i][x].mean for i in front]
         fy = [settings[i][y].mean for i in front]
         ax.step(fx, fy, where="post", color="0.4", linestyle="--", linewidth=1,
-                label="Pareto front", zorder=0)
+                label="Pareto front", zorder=1)
+    if annotate:
+        annotate_points(ax, [s[x].mean for s in settings], [s[y].mean for s in settings],
+                        [str(s[label_key]) for s in settings])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     return front
 
 
-def _annotate_uncrowded(ax: plt.Axes, settings: Sequence[dict[str, Any]], x: str, y: str,
-                        label_key: str, first: Sequence[int]) -> None:
-    """Label the settings whose label would not overlap one already placed (the ``first``
-    indices, the Pareto front, are placed first); a placed label counts the settings it hides,
-    "label (+n)", which the marker colours and the summary table tell apart."""
-    pts = [(i, settings[i][x].mean, settings[i][y].mean) for i in range(len(settings))]
-    pts = [p for p in pts if math.isfinite(p[1]) and math.isfinite(p[2])]
-    if not pts:
-        return
-    span = [max(max(v) - min(v), 1e-12) for v in ([p[1] for p in pts], [p[2] for p in pts])]
-    order = [p for i in first for p in pts if p[0] == i] + [p for p in pts if p[0] not in first]
-    placed: list[list[Any]] = []  # [u, v, index, x, y, hidden]
-    for i, px, py in order:
-        u, v = px / span[0], py / span[1]
-        near = next((q for q in placed if abs(u - q[0]) < 0.12 and abs(v - q[1]) < 0.05), None)
-        if near is not None:
-            near[5] += 1
-        else:
-            placed.append([u, v, i, px, py, 0])
-    for _, _, i, px, py, hidden in placed:
-        text = str(settings[i][label_key]) + (f" (+{hidden})" if hidden else "")
-        ax.annotate(text, (px, py), fontsize=6, xytext=(3, 3), textcoords="offset points")
+#: label offsets tried around a point, in points (nearest first; the far ones get a leader line)
+_OFFSETS = [(4, 3), (4, -10), (-4, 3), (-4, -10), (0, 9), (0, -15)] + [
+    (round(r * math.cos(a)), round(r * math.sin(a)))
+    for r in (18, 30, 44, 60) for a in np.linspace(0, 2 * math.pi, 16, endpoint=False)]
+
+
+def annotate_points(ax: plt.Axes, xs: Sequence[float], ys: Sequence[float],
+                    labels: Sequence[str], fontsize: float = 7) -> None:
+    """Label every point, none hidden: each label goes to the first offset (:data:`_OFFSETS`)
+    where its box overlaps no label already placed and no point, a thin leader line joining a
+    label moved away to its point. Labels are placed in order of x (ties by y); call after
+    everything else is drawn (the axis limits are fixed here)."""
+    fig = ax.figure
+    ax.autoscale_view()
+    ax.set_xlim(ax.get_xlim())
+    ax.set_ylim(ax.get_ylim())
+    to_px = fig.dpi / 72
+    pts = [(px, py, lab) for px, py, lab in zip(xs, ys, labels, strict=True)
+           if math.isfinite(px) and math.isfinite(py)]
+    centres = [ax.transData.transform((px, py)) for px, py, _ in pts]
+    boxes: list[tuple[float, float, float, float]] = [
+        (cx - 3 * to_px, cy - 3 * to_px, cx + 3 * to_px, cy + 3 * to_px) for cx, cy in centres]
+
+    def free(b: tuple[float, float, float, float]) -> bool:
+        return all(b[2] <= o[0] or b[0] >= o[2] or b[3] <= o[1] or b[1] >= o[3] for o in boxes)
+
+    order = sorted(range(len(pts)), key=lambda i: (centres[i][0], centres[i][1]))
+    for i in order:
+        px, py, text = pts[i]
+        cx, cy = centres[i]
+        w, h = 0.62 * fontsize * len(text) * to_px, 1.25 * fontsize * to_px
+        for dx, dy in _OFFSETS:
+            x0 = cx + dx * to_px - (w if dx < 0 else 0 if dx > 0 else w / 2)
+            y0 = cy + dy * to_px
+            box = (x0, y0, x0 + w, y0 + h)
+            if free(box):
+                break
+        boxes.append(box)
+        far = abs(dx) > 8 or abs(dy) > 15
+        ha = "right" if dx < 0 else "left" if dx > 0 else "center"
+        ax.annotate(text, (px, py), xytext=(dx, dy), textcoords="offset points",
+                    fontsize=fontsize, ha=ha, va="bottom", zorder=4,
+                    arrowprops=dict(arrowstyle="-", color="0.5", linewidth=0.5,
+                                    shrinkA=0, shrinkB=2) if far else None)
+
+
+def legend_outside(fig: plt.Figure, axes: Sequence[plt.Axes] | plt.Axes,
+                   title: str | None = None, ncols: int = 1) -> None:
+    """One legend for ``axes`` outside them, on the right of the figure (constrained layout),
+    at a readable size, each label once."""
+    seen: dict[str, Any] = {}
+    for ax in np.atleast_1d(axes):
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(label, handle)
+    fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize=8,
+               title=title, title_fontsize=8, ncols=ncols, frameon=False)
+
+
+def chance_accuracy(rows: Sequence[Mapping[str, Any]]) -> float:
+    """The accuracy of always guessing the test set's majority class (%), from the rows'
+    ``majority_class_accuracy`` (else the runs' result.json); NaN when neither tells."""
+    values = set()
+    for r in rows:
+        v = r.get("majority_class_accuracy")
+        if not isinstance(v, (int, float)) or not math.isfinite(v):
+            path = Path(str(r.get("run_dir", ""))) / "result.json"
+            v = majority_class_accuracy(read_json(path)) if path.is_file() else math.nan
+        if math.isfinite(v):
+            values.add(round(float(v), 6))
+    return values.pop() if len(values) == 1 else math.nan
+
+
+def majority_class_accuracy(result: Mapping[str, Any]) -> float:
+    """A run's chance accuracy (%): its test set's largest class over its size (result.json's
+    per-class support); NaN for a result without it."""
+    per = (result.get("test_metrics") or {}).get("per_class") or {}
+    support = [c.get("support", 0) for c in per.values()]
+    return 100 * max(support) / sum(support) if support and sum(support) else math.nan
+
+
+def chance_line(ax: plt.Axes, rows: Sequence[Mapping[str, Any]], vertical: bool = False
+                ) -> None:
+    """The majority-class guess as a labelled dotted line (nothing where the runs differ)."""
+    chance = chance_accuracy(rows)
+    if math.isfinite(chance):
+        draw = ax.axvline if vertical else ax.axhline
+        draw(chance, color="0.45", linewidth=0.8, linestyle=":",
+             label=f"chance: majority class ({chance:.1f}%)")
+
+
+def measured_lines(ax: plt.Axes, xs: Sequence[float], ys: Sequence[float],
+                   grid: Sequence[float], **style: Any) -> None:
+    """A series as markers at its measured points, joined by a line only between neighbours
+    of the measured ``grid`` (no line across a value it was not measured at)."""
+    pos = {v: i for i, v in enumerate(sorted(set(grid)))}
+    run: list[tuple[float, float]] = []
+    line_style = {k: v for k, v in style.items() if k in ("color", "linestyle", "linewidth")}
+    for x, y in sorted(zip(xs, ys, strict=True)):
+        if run and pos[x] != pos[run[-1][0]] + 1:
+            if len(run) > 1:
+                ax.plot(*zip(*run, strict=True), **line_style)
+            run = []
+        run.append((x, y))
+    if len(run) > 1:
+        ax.plot(*zip(*run, strict=True), **line_style)
 
 
 def print_table(text: str) -> None:

@@ -46,6 +46,7 @@ from studies.common import (
     group,
     interval_sentence,
     interval_text,
+    legend_outside,
     markdown_table,
     parse_args,
     plot_tradeoff,
@@ -172,7 +173,7 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
                   label_key="setting", xlabel="strongest label attack, mean one-vs-rest AUC",
                   ylabel=figs.utility_label)
     ax.axvline(0.5, color="0.5", linewidth=0.8, linestyle=":", label="prior (AUC 0.5)")
-    ax.legend(loc="lower left", fontsize=6)
+    legend_outside(fig, ax)
     figs.save(fig, "label_tradeoff",
               "Test accuracy against the label leakage left by each label defense: the mean "
               "one-vs-rest AUC of the strongest label attack of each run (chosen by the "

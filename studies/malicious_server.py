@@ -47,6 +47,7 @@ from studies.common import (
     apply_style,
     cli,
     interval_sentence,
+    legend_outside,
     markdown_table,
     parse_args,
     run_study,
@@ -219,11 +220,9 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
                 b, s = np.array(claim["scores"]).T
                 ax.plot(b, s, color=OKABE_ITO[0 if row["server"] == "honest" else 3],
                         linewidth=0.8, label=row["server"])
-        handles, labels = ax.get_legend_handles_labels()
-        ax.legend(dict(zip(labels, handles, strict=True)).values(),
-                  dict(zip(labels, handles, strict=True)).keys(), fontsize=7)
         ax.set_xlabel("training batch")
         ax.set_ylabel("SplitGuard score" if name == "splitguard" else "label gap (cosine)")
+    legend_outside(fig, axes, title="server")
     figs.save(fig, "detection", "Detector scores over training under an honest server (blue) "
               "and FSHA (orange): SplitGuard's score of its fake-label batches (left, 1 = "
               "honest-looking; alarm below 0.5) and the passive label gap of the cut gradients "
@@ -244,7 +243,7 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
                 ax.set_xticks([])
                 if i == 0:
                     ax.set_title(f"step {rec['step']}", fontsize=8)
-        axes[0, 0].legend(fontsize=6)
+        legend_outside(fig, axes[0, 0])
         figs.save(fig, "reconstructions", "True training beats (grey) beside FSHA's decoder "
                   "output for the activations that crossed (orange), at a few training steps, "
                   "no defense, first seed. " + note)

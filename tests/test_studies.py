@@ -112,7 +112,8 @@ def test_interval_text_counts_seeds_per_setting():
         "1 seed per setting (seed 0): single runs, no interval")
     # "none" at seeds 0 and 1, "dp-e3" at 0: both counts named, and the setting left single
     mixed = common.interval_text(rows(("none", 0), ("none", 1), ("dp-e3", 0)))
-    assert mixed.startswith("mean ± sd over each setting's seeds (1 to 2 per setting, seeds 0, 1")
+    assert mixed.startswith("mean ± sd over each setting's seeds (1 to 2 seeds per setting "
+                            "(seeds 0, 1)")
     assert "the 1 setting(s) with 1 seed: single runs, no interval" in mixed
     assert common.interval_sentence(rows(("a", 4))) == (
         "1 seed per setting (seed 4): single runs, no interval.")
