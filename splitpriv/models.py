@@ -228,7 +228,7 @@ def same_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     layer, on data) and a gradient being taken on a CPU, it is a batched matrix product
     (:class:`_OneChannelConv`): oneDNN's convolution with one input channel, above all its
     weight gradient, is slow here. Forward + backward on one thread, interleaved medians
-    (``benchmarks/speed.py``'s "first convolution" table, README "Training speed"): the paper
+    (``benchmarks/speed.py``'s "first convolution" table, docs/results.md): the paper
     model's (32, 1, 128) -> (32, 16, 128) 472 -> 322 us; 3 stacked runs 733 -> 478 us; 10 stacked
     runs 2.49 -> 1.22 ms. Every other case (more input channels, evaluation, other devices,
     ``torch.func`` transforms) is the native convolution: for the 16-channel layers oneDNN was

@@ -33,7 +33,7 @@ and 10, every epsilon at 30 releases for both cuts (14 runs), and 1, 3 and 10 re
 epsilon 16 and 1024 (``--release-epsilons``) for both cuts (12 runs, cheap: a frozen epoch
 trains the server only). ``--full-grid`` crosses every epsilon with every release count (56
 formal runs). The default took 7 min 20 s on 2 idle cores with ``--jobs 2`` (2026-12-07; the
-README's "Sweeps"), about twice that on one core.
+docs/results.md, "Measured speed"), about twice that on one core.
 
 Writes OUT/results.csv (one row per run), OUT/summary.md and OUT/figures/ (accuracy and linkage
 against total epsilon, one line per cut and release count, the references as horizontal lines;
