@@ -472,16 +472,97 @@ def _sweep(plan, out, budget, study, seed, threads, progress, batched, executor)
     stacked = {p.name for ps in groups for p in ps}
     units = groups + [[p] for p in plan if p.name not in stacked]
     units.sort(key=lambda ps: -estimated_cost([p.config for p in ps]))  # longest first
-    inner = progress and not executor.parallel(len(units))
+    parallel = executor.parallel(len(units))
+    inner = progress and not parallel
     every_attack = tuple(dict.fromkeys(a for p in plan for a in p.attacks))
     work = [[RunTask(p, out, budget, study, every_attack, seed, threads, inner) for p in ps]
             for ps in units]
     names = [ps[0].name if len(ps) == 1 else f"{ps[0].name} (+{len(ps) - 1} stacked)"
              for ps in units]
-    done = executor.map(run_group, work, names=names, threads=threads, desc=f"{study}: runs",
-                        progress=progress)
+    prepare_pools(plan, progress)
+    runs = [(out / "runs" / p.name, p.config.epochs) for p in plan]
+    with EpochWatcher(runs, f"{study}: epochs", enabled=progress and parallel):
+        done = executor.map(run_group, work, names=names, threads=threads,
+                            desc=f"{study}: tasks", progress=progress)
     rows = {row["run_dir"]: row for rows in done for row in rows}
     return [rows[str(out / "runs" / p.name)] for p in plan]
+
+
+def prepare_pools(plan: Sequence[Planned], progress: bool) -> None:
+    """Build (or find cached) the beat pool of every protocol and label scheme the plan uses,
+    here and once, with a bar over the records while building: the workers then read the cache
+    instead of each building it in silence."""
+    from splitpriv.data import load_pool, protocol_prep
+
+    seen = set()
+    for p in plan:
+        c = p.config
+        key = (c.protocol, c.labels, c.mitdb_dir, c.cache_dir)
+        if c.hdf5 is None and key not in seen:
+            seen.add(key)
+            load_pool(c.mitdb_dir, cache_dir=c.cache_dir, prep=protocol_prep(c.protocol, c.labels),
+                      progress=progress)
+
+
+class EpochWatcher:
+    """A bar over the training epochs of a sweep's runs while workers train them (their own bars
+    are off): every ``interval`` seconds it counts the epochs each run directory's metrics.jsonl
+    holds (one line per finished epoch, written by every run, stacked or not) and the runs
+    finished (result.json), so the bar moves with every epoch of every worker: runs done, epochs
+    done, tqdm's rate and ETA. Epochs finished before the sweep started count from the start,
+    not in the rate."""
+
+    def __init__(self, runs: Sequence[tuple[Path, int]], desc: str, *, enabled: bool = True,
+                 interval: float = 2.0) -> None:
+        self.runs, self.desc, self.enabled, self.interval = list(runs), desc, enabled, interval
+        self.bar: Any = None
+        self._stop: Any = None
+        self._thread: Any = None
+
+    def counts(self) -> tuple[int, int]:
+        """(epochs done, runs finished) over the runs, read from their directories."""
+        epochs = finished = 0
+        for path, planned in self.runs:
+            try:
+                lines = (path / "metrics.jsonl").read_text().splitlines()
+            except OSError:  # not started yet (or being replaced)
+                lines = []
+            epochs += min(sum(1 for ln in lines if ln.strip()), planned)
+            finished += (path / "result.json").is_file()
+        return epochs, finished
+
+    def poll(self) -> None:
+        """Move the bar to what the run directories hold now."""
+        epochs, finished = self.counts()
+        self.bar.update(epochs - self.bar.n)
+        self.bar.set_postfix_str(f"runs {finished}/{len(self.runs)}", refresh=False)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def __enter__(self) -> EpochWatcher:
+        if not self.enabled:
+            return self
+        import threading
+
+        from tqdm.auto import tqdm
+
+        epochs, _ = self.counts()
+        self.bar = tqdm(total=sum(e for _, e in self.runs), initial=epochs, desc=self.desc,
+                        unit="epoch", position=1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self.poll()
+        self.bar.close()
 
 
 #: the studies' privacy axis: the strongest re-identification's advantage among 10 same-class

@@ -207,3 +207,36 @@ def test_the_example_script_runs(runs, monkeypatch, capsys):
     runpy.run_path(str(REPO / "examples" / "load_results.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "run-s0" in out and "run-s1" in out and "test_accuracy" in out
+
+
+def test_the_epoch_bar_counts_what_the_run_directories_hold(runs, tmp_path):
+    from studies.common import EpochWatcher
+
+    run, other = runs
+    # two finished 1-epoch runs and one planned for 5 epochs that has not started
+    watcher = EpochWatcher([(run, 1), (other, 1), (tmp_path / "later", 5)], "t", interval=0.05)
+    assert watcher.counts() == (2, 2)
+    with watcher:
+        assert watcher.bar.total == 7 and watcher.bar.n == 2
+        (tmp_path / "later").mkdir()  # an epoch of the third run lands: the bar follows it
+        (tmp_path / "later" / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text())
+        deadline = time.monotonic() + 5
+        while watcher.bar.n < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert watcher.bar.n == 3
+    assert watcher.bar.postfix == "runs 2/3"
+
+
+def test_a_parallel_study_shows_epochs_and_runs_as_they_finish(pool_dirs, tmp_path, capsys):
+    """Two workers: the task bar alone would sit at 0 until a whole task ended; the epoch bar
+    counts every worker's epochs and the finished runs."""
+    from studies import depth
+
+    mitdb, cache = pool_dirs
+    depth.main(["--quick", "--jobs", "2", "--train-subset", "300", "--test-subset", "200",
+                "--epochs", "2", "--dcor-victims", "100", "--dtw-victims", "40",
+                "--decoder-victims", "50", "--decoder-epochs", "2", "--depths", "2", "3",
+                "--out", str(tmp_path), "--mitdb-dir", str(mitdb), "--cache-dir", str(cache)])
+    err = capsys.readouterr().err
+    assert re.search(r"depth: epochs: 100%.*\b4/4 .*runs 2/2", err), err[-2000:]
+    assert re.search(r"depth: tasks: 100%.*\b2/2\b", err), err[-2000:]
