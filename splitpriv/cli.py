@@ -91,6 +91,14 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 def cmd_train(args: argparse.Namespace) -> int:
     config = train_config(args)
+    if args.log is not None:
+        from splitpriv.tracking import Tracker, check_backend
+
+        check_backend(args.log)
+        if args.role is not None:
+            raise ValueError("--log is for a run trained in one process (not with --role)")
+        with torch_threads(config.threads), Tracker(args.out, args.log):
+            return _train(args, config)
     with torch_threads(config.threads):
         return _train(args, config)
 
@@ -290,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run directory")
     train.add_argument("--force", action="store_true", help="retrain even if DIR holds a run")
     train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--log", choices=("tensorboard",), default=None,
+                       help="also write each epoch's metrics and the privacy claims as "
+                       "TensorBoard events to DIR/tensorboard/ (needs splitpriv[tracking])")
     dist = train.add_argument_group(
         "distributed", "run one party as its own process over torch.distributed (rank 0 is the "
         "server, ranks 1..K the clients); a missing value is read from torchrun's RANK, "
