@@ -29,7 +29,11 @@ TRAIN_FLAGS: dict[str, dict[str, object]] = {
     "protocol": {"choices": PROTOCOLS},
     "topology": {"choices": TOPOLOGIES},
     "defenses": {"flag": "--defense", "action": "append", "metavar": "NAME[:key=value,...]",
-                 "help": "a defense and its parameters, repeatable (see defenses/)"},
+                 "help": "a defense and its parameters, repeatable, e.g. dp:mode=paper,epsilon=3 "
+                         "(splitpriv list defenses: every defense, its parameters and defaults)"},
+    "server": {"metavar": "NAME[:key=value,...]",
+               "help": "the server's behaviour (default honest; splitpriv list servers: every "
+                       "behaviour, its parameters and defaults)"},
     "threads": {"help": "torch CPU threads (default 1, the fastest for this model on a CPU; "
                         "0 or none: torch's default)"},
     "mitdb_dir": {"help": "folder of the MIT-BIH records (else $SPLITPRIV_MITDB, else the user "
@@ -331,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     att = sub.add_parser(
         "attack", help="run an attack on a saved run; writes DIR/attacks/NAME.json",
         formatter_class=_AttackHelp,
+        description="splitpriv attack NAME --help: the attack's options, the knowledge it needs "
+                    "and its cost",
     )
     att.add_argument("name", help="the attack (the registered names)")
     att.add_argument("--run", required=True, help="run directory")
