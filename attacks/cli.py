@@ -25,7 +25,14 @@ from attacks.inversion import InversionAttack
 from attacks.labels import LabelAttack
 from attacks.registry import build_attack
 from attacks.releases import observed_from_log, recorded
-from attacks.runs import RESULT, SHARED, RunData, check_aux_spec, config_summary, knowledge_for
+from attacks.runs import (
+    SHARED,
+    RunData,
+    check_aux_spec,
+    check_run_dir,
+    config_summary,
+    knowledge_for,
+)
 from splitpriv.channel import PHASES, Kind
 from splitpriv.io import torch_load, torch_save
 from splitpriv.options import build_config, describe_fields
@@ -100,13 +107,7 @@ def check_ready(name: str, run_dir: str | Path, aux: str | None,
                          "SPEC (train:F | train:N | records:R1,...; the studies use --aux "
                          "train:0.1)")
     check_aux_spec(aux)
-    path = Path(run_dir)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--run {path}: not a directory")
-    for file in ("config.json", "weights.pt", RESULT):
-        if not (path / file).exists():
-            raise FileNotFoundError(f"{path / file} not found: not a finished run directory "
-                                    "(a run killed or being trained: rerun its train command)")
+    check_run_dir(run_dir)
     return attack, setup, own
 
 
