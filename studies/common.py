@@ -844,9 +844,9 @@ _OFFSETS = [(4, 3), (4, -10), (-4, 3), (-4, -10), (0, 9), (0, -15)] + [
 def annotate_points(ax: plt.Axes, xs: Sequence[float], ys: Sequence[float],
                     labels: Sequence[str], fontsize: float = 7) -> None:
     """Label every point, none hidden: each label goes to the first offset (:data:`_OFFSETS`)
-    where its box overlaps no label already placed and no point, a thin leader line joining a
-    label moved away to its point. Labels are placed in order of x (ties by y); call after
-    everything else is drawn (the axis limits are fixed here)."""
+    where its box stays inside the axes and overlaps no label already placed and no point, a
+    thin leader line joining a label moved away to its point. Labels are placed in order of x
+    (ties by y); call after everything else is drawn (the axis limits are fixed here)."""
     fig = ax.figure
     ax.autoscale_view()
     ax.set_xlim(ax.get_xlim())
@@ -858,8 +858,13 @@ def annotate_points(ax: plt.Axes, xs: Sequence[float], ys: Sequence[float],
     boxes: list[tuple[float, float, float, float]] = [
         (cx - 3 * to_px, cy - 3 * to_px, cx + 3 * to_px, cy + 3 * to_px) for cx, cy in centres]
 
+    frame = ax.get_window_extent()
+
     def free(b: tuple[float, float, float, float]) -> bool:
-        return all(b[2] <= o[0] or b[0] >= o[2] or b[3] <= o[1] or b[1] >= o[3] for o in boxes)
+        inside = (b[0] >= frame.x0 and b[2] <= frame.x1 and b[1] >= frame.y0
+                  and b[3] <= frame.y1)
+        return inside and all(b[2] <= o[0] or b[0] >= o[2] or b[3] <= o[1] or b[1] >= o[3]
+                              for o in boxes)
 
     order = sorted(range(len(pts)), key=lambda i: (centres[i][0], centres[i][1]))
     for i in order:
@@ -872,6 +877,9 @@ def annotate_points(ax: plt.Axes, xs: Sequence[float], ys: Sequence[float],
             box = (x0, y0, x0 + w, y0 + h)
             if free(box):
                 break
+        else:  # nowhere free inside the axes: the nearest offset
+            dx, dy = _OFFSETS[0]
+            box = (cx + dx * to_px, cy + dy * to_px, cx + dx * to_px + w, cy + dy * to_px + h)
         boxes.append(box)
         far = abs(dx) > 8 or abs(dy) > 15
         ha = "right" if dx < 0 else "left" if dx > 0 else "center"
