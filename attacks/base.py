@@ -301,6 +301,9 @@ class AttackResult:
         citation: the paper the attack follows.
         seconds: wall time of the attack (including evaluation).
         notes: caveats in words.
+        headline: the few numbers a report shows (:meth:`Attack.headline`; set by
+            ``attacks.cli.run_attack``), saved so that a reader needs no attack class
+            (``splitpriv.results``).
     """
 
     attack: str
@@ -311,6 +314,7 @@ class AttackResult:
     citation: str = ""
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    headline: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the arrays (listed by name, dtype and shape) as JSON values."""
@@ -322,6 +326,7 @@ class AttackResult:
             "config": self.config,
             "seconds": self.seconds,
             "notes": self.notes,
+            "headline": self.headline,
             "scores": {
                 k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in self.scores.items()
             },
@@ -353,7 +358,7 @@ class AttackResult:
         return cls(
             attack=doc["attack"], summary=doc["summary"], scores=scores,
             knowledge=doc["knowledge"], config=doc["config"], citation=doc["citation"],
-            seconds=doc["seconds"], notes=doc["notes"],
+            seconds=doc["seconds"], notes=doc["notes"], headline=doc.get("headline", {}),
         )
 
 

@@ -2,21 +2,19 @@
 run; writes DIR/attacks/NAME.json (+ NAME.npz) and prints a summary.
 
 Options are the attack's Config fields (``max_victims=2000``, ``phase=test``, ``steps=300``...)
-plus these, which set up the attack rather than parametrise it:
-
-* ``source``: where the victims' activations come from. ``transcript``: DIR/transcript.npz (the
-  recorded messages, else, for training beats, the run's release log: every release the server
-  kept); ``weights``: recomputed as the client would send them at inference (final weights,
-  defenses in evaluation mode), for runs that recorded neither; ``auto`` (default): the
-  transcript when it holds activations of the attacked phase, else the weights.
-* ``reference_epochs``: epochs of the evaluator's reference classifier (inversions; default 5;
-  0 skips the diagnosis check). It is the paper's network, unsplit, trained on the other half
-  (the test half when training beats are attacked) and cached in DIR/attacks/.
+plus those of :class:`Setup`, which set up the attack rather than parametrise it (``source``,
+``reference_epochs``). ``splitpriv attack NAME --help`` lists them all with their defaults, the
+knowledge the attack needs and what it costs (:func:`attack_help`). What the attack needs is
+checked before anything is loaded (:func:`check_ready`): a missing ``--aux`` or run directory is
+a one-line error at once, not after the run's data and the reference classifier are built.
 """
 
 from __future__ import annotations
 
 import json
+import textwrap
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +26,124 @@ from attacks.inversion import InversionAttack
 from attacks.labels import LabelAttack
 from attacks.registry import build_attack
 from attacks.releases import observed_from_log, recorded
-from attacks.runs import SHARED, RunData, config_summary, knowledge_for
+from attacks.runs import (
+    SHARED,
+    RunData,
+    check_aux_spec,
+    check_run_dir,
+    config_summary,
+    knowledge_for,
+)
 from splitpriv.channel import PHASES, Kind
 from splitpriv.io import torch_load, torch_save
-from splitpriv.options import convert
+from splitpriv.options import build_config, describe_fields
 from splitpriv.run.config import MAX_THREADS
 
 SOURCES = ("auto", "transcript", "weights")
+
+
+@dataclass
+class Setup:
+    """Options that set up an attack rather than parametrise it (``-o key=value`` like the
+    attack's own)."""
+
+    source: str = "auto"
+    """where the victims' activations come from: ``transcript`` (DIR/transcript.npz, else for
+    training beats the run's release log: every release the server kept), ``weights``
+    (recomputed as the client sends them at inference, final weights, defenses in evaluation
+    mode), ``auto``: the transcript when it holds activations of the attacked phase, else the
+    weights"""
+    reference_epochs: int = 5
+    """inversions only: epochs of the evaluator's reference classifier (the paper's network,
+    unsplit, trained on the other half; cached in DIR/attacks/), which reports whether the
+    reconstructions keep the diagnosis; often most of the wall time; 0 skips the check"""
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"--option source: must be one of {SOURCES}, got {self.source!r}")
+        if self.reference_epochs < 0:
+            raise ValueError("--option reference_epochs: must be >= 0 (0: no check), got "
+                             f"{self.reference_epochs}")
+
+
+#: the attacker's knowledge (``attacks.base.Knowledge`` fields), in words: where it comes from
+KNOWLEDGE_WORDS = {
+    "aux": "auxiliary beats and their releases (--aux train:F | train:N | records:R1,...)",
+    "depth": "the client architecture (from the run's config.json)",
+    "client_state": "the client's weights, white box (from the run's weights.pt)",
+    "defenses": "the defenses applied, an adaptive attacker (from the run's config.json)",
+}
+
+#: the attack's own seconds (median, runs) at the studies' default budget, 2-core AMD EPYC host
+#: (the ``seconds`` of every studies/out/{dp_tradeoff,depth,compare_defenses}/runs/*/attacks/
+#: NAME.json of the 2026-12-07 runs); loading the run and the reference classifier come on top
+MEASURED_SECONDS = {"dcor": (0.5, 107), "dtw": (0.6, 107), "strongest": (7.6, 107),
+                    "label-direction": (0.0, 57), "label-kmeans": (0.4, 6), "label-norm": (0.1, 6)}
+
+
+def split_options(options: dict[str, Any]) -> tuple[Setup, dict[str, Any]]:
+    """The :class:`Setup` options out of ``options``; the attack's own are returned."""
+    options = dict(options)
+    setup = {k: options.pop(k) for k in ("source", "reference_epochs") if k in options}
+    return build_config(Setup, setup, "--option"), options
+
+
+def check_ready(name: str, run_dir: str | Path, aux: str | None,
+                options: dict[str, Any]) -> tuple[Any, Setup, dict[str, Any]]:
+    """Everything an attack needs that can be checked without loading the run (well under a
+    second): the attack and its options, the knowledge it requires that the caller must give
+    (``--aux``), the form of the aux spec, a finished run directory.
+
+    Returns:
+        the attack, the setup options and the attack's options.
+
+    Raises:
+        ValueError, FileNotFoundError: one line naming what is missing.
+    """
+    setup, own = split_options(options)
+    attack = build_attack(name, own)
+    check_common(attack.config)
+    if "aux" in attack.requires and aux is None:
+        raise ValueError(f"attack {name!r} needs the attacker's auxiliary beats: pass --aux "
+                         "SPEC (train:F | train:N | records:R1,...; the studies use --aux "
+                         "train:0.1)")
+    check_aux_spec(aux)
+    check_run_dir(run_dir)
+    return attack, setup, own
+
+
+def attack_help(name: str) -> str:
+    """``splitpriv attack NAME --help``: what the attack is, the knowledge it needs, its cost
+    and every option with its default (from its Config and :class:`Setup`).
+
+    Raises:
+        ValueError: unknown attack.
+    """
+    attack = build_attack(name, {})
+    cls = type(attack)
+    doc = (cls.__doc__ or "").strip().split("\n\n")[0]
+    needs = [f"  {k} ({'required' if k in attack.requires else 'used when given'}): "
+             f"{KNOWLEDGE_WORDS.get(k, k)}" for k in attack.uses] or ["  none (an evaluator's "
+                                                                     "measurement)"]
+    seconds, runs = MEASURED_SECONDS.get(name, (None, 0))
+    cost = (f"the attack itself took a median {seconds:g} s over {runs} runs of the studies "
+            "(their attack budget, 2-core CPU host)" if seconds is not None
+            else "not measured at the studies' budget")
+    cost += "; loading the run rebuilds its beats (seconds)"
+    if isinstance(attack, InversionAttack):
+        cost += ("; an inversion also trains the reference classifier once per run "
+                 "(reference_epochs, default 5, often most of the wall time; "
+                 "-o reference_epochs=0 skips it)")
+    def para(text: str) -> str:
+        return textwrap.fill(" ".join(text.split()), 96, break_on_hyphens=False)
+
+    return "\n".join([
+        f"usage: splitpriv attack {name} --run DIR [--aux SPEC] [-o KEY=VALUE ...]", "",
+        para(doc), "", para(f"paper: {cls.citation or '-'}"), "",
+        "knowledge the attacker needs:", *needs, "", para(f"cost: {cost}"), "",
+        f"options (-o KEY=VALUE), from {attack.Config.__name__}:",
+        describe_fields(attack.Config, 94), "", "setup options (-o KEY=VALUE):",
+        describe_fields(Setup, 94)])
 
 
 def reference_classifier(run: RunData, phase: str, epochs: int, seed: int = 0) -> torch.nn.Module:
@@ -77,17 +186,8 @@ def run_attack(
     The run's data, its client's activations and its aux sets are computed once in a process
     and shared by the attacks of the same run (``attacks.runs.SHARED``): the attacks a study
     runs on one run (dcor, dtw, strongest) rebuild and query nothing twice."""
-    options = dict(options or {})
-    source = str(options.pop("source", "auto"))
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-    ref_epochs = convert(str(options.pop("reference_epochs", 5)), int, "reference_epochs",
-                         "--option")
-    if ref_epochs < 0:
-        raise ValueError(f"--option reference_epochs: must be >= 0 (0: no check), got {ref_epochs}")
-    attack = build_attack(name, options)
-    cfg = attack.config
-    check_common(cfg)
+    attack, setup, _ = check_ready(name, run_dir, aux, dict(options or {}))
+    source, ref_epochs, cfg = setup.source, setup.reference_epochs, attack.config
     run = SHARED.load(run_dir)
 
     transcript, notes = run.transcript, []
@@ -106,6 +206,7 @@ def run_attack(
         classifier = reference_classifier(run, cfg.phase, ref_epochs, seed=cfg.seed)
     result = attack(transcript, knowledge_for(run, aux_data), run.truth(cfg.phase, classifier))
     result.summary["run"] = {"dir": str(run.path), **config_summary(run)}
+    result.headline = attack.headline(result.summary)
     result.notes = notes + result.notes
     if not SHARED.unchanged(run_dir):  # retrained or extended meanwhile: not this run's result
         raise ValueError(f"{run.path}: the run's files changed while it was attacked (retrained "
@@ -130,14 +231,16 @@ def run_attack_cli(
             (``AttackInputError``, e.g. no gradients in a vanilla transcript).
         FileNotFoundError: not a finished run directory.
     """
+    t0 = time.perf_counter()
     result, path = run_attack(name, run_dir, aux, options)
-    attack = build_attack(name, {})
     out = {
         "attack": name,
         "json": str(path),
         "npz": str(path.with_suffix(".npz")) if result.scores else None,
         "seconds": round(result.seconds, 3),
-        "headline": attack.headline(result.summary),
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+        "advantages": advantages(result.summary),
+        "headline": result.headline,
         "notes": result.notes,
     }
     if echo:
@@ -153,7 +256,36 @@ def format_summary(out: dict[str, Any]) -> str:
             return "[" + ", ".join(fmt(x) for x in v) + "]"
         return json.dumps(v) if isinstance(v, dict) else str(v)
 
-    lines = [f"attack {out['attack']}  ({out['seconds']:.1f} s)  -> {out['json']}"]
+    lines = [f"attack {out['attack']}  ({out['wall_seconds']:.1f} s in all, the attack itself "
+             f"{out['seconds']:.1f} s)  -> {out['json']}"]
+    lines += [f"  {k:<28} {a:.3f} [{lo:.3f}, {hi:.3f}]  (95% interval; 0 = chance {c:.3f})"
+              for k, (a, lo, hi, c) in out["advantages"].items()]
     lines += [f"  {k:<28} {fmt(v)}" for k, v in out["headline"].items()]
     lines += [f"  note: {n}" for n in out["notes"]]
     return "\n".join(lines)
+
+
+def _advantage(game: dict[str, Any]) -> tuple[float, float, float, float] | None:
+    """(advantage, its interval low and high, chance) of one linkage game's summary: the
+    accuracy's 95% interval mapped through (accuracy - chance) / (1 - chance)."""
+    if not all(isinstance(game.get(k), (int, float)) for k in ("accuracy", "ci_low", "ci_high",
+                                                                  "chance")):
+        return None
+    c = game["chance"]
+    return tuple((v - c) / (1 - c) for v in (game["accuracy"], game["ci_low"],
+                                             game["ci_high"])) + (c,)
+
+
+def advantages(summary: dict[str, Any]) -> dict[str, tuple[float, float, float, float]]:
+    """The linkage advantages of a summary with their intervals: the reconstructions' linkage
+    (``linkage_k10`` ...) and, for ``strongest``, its re-identification across and within
+    patient (``reid_across_k10`` ...), the studies' privacy axis."""
+    out = {}
+    games = {f"linkage_{k}": g for k, g in (summary.get("linkage") or {}).items()}
+    for game, ks in (summary.get("reidentification") or {}).items():
+        games |= {f"reid_{game}_{k}": g for k, g in ks.items() if isinstance(g, dict)}
+    for key, game in games.items():
+        adv = _advantage(game) if isinstance(game, dict) else None
+        if adv is not None:
+            out[f"{key}_advantage"] = adv
+    return out

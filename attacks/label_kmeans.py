@@ -6,9 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
-from sklearn.cluster import KMeans
-from sklearn.metrics import adjusted_rand_score
 
 from attacks.labels import LabelAttack, LabelConfig, References, class_means, unit_rows
 from attacks.registry import register
@@ -52,6 +49,10 @@ class KMeansLabelAttack(LabelAttack):
     needs_references = False
 
     def infer(self, grads: torch.Tensor, refs: References | None, oracle_y: torch.Tensor):
+        from scipy.optimize import linear_sum_assignment  # imported here: `attack --help` and
+        from sklearn.cluster import KMeans  # the requirement checks stay fast
+        from sklearn.metrics import adjusted_rand_score
+
         cfg: KMeansConfig = self.config  # type: ignore[assignment]
         u = unit_rows(grads)
         km = KMeans(n_clusters=cfg.n_clusters, n_init=cfg.n_init, random_state=cfg.seed)

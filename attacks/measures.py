@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from dtaidistance import dtw_cc
 
 from splitpriv.dcor import (
     dcor_batches,
@@ -71,6 +70,8 @@ def dtw_pairs(
     if scale_free:
         x, y = np.ascontiguousarray(znorm(x)), np.ascontiguousarray(znorm(y))
     out = np.empty(y.shape[:2])
+    from dtaidistance import dtw_cc  # here: the registry imports fast
+
     distance = dtw_cc.distance
     for i in range(len(x)):
         xi = x[i]

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 from attacks.measures import dtw_pairs, znorm
 
@@ -87,6 +86,8 @@ def label_metrics(
         scores: (N, K) a score per class (higher: more likely that class).
         pred: (N,) predicted labels; default argmax of ``scores``.
     """
+    from sklearn.metrics import roc_auc_score  # here: the registry imports fast
+
     y = np.asarray(y)
     scores = np.asarray(scores, dtype=np.float64)
     pred = scores.argmax(1) if pred is None else np.asarray(pred)

@@ -93,13 +93,7 @@ def load_run(
     """
     from splitpriv.data import missing_record_files
 
-    path = Path(run_dir)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--run {path}: not a directory")
-    for name in ("config.json", "weights.pt", RESULT):
-        if not (path / name).exists():
-            raise FileNotFoundError(f"{path / name} not found: not a finished run directory (a "
-                                    "run killed or being trained: rerun its train command)")
+    path = check_run_dir(run_dir)
     config = TrainConfig.load(path / "config.json")
     _check_result_matches(path, config)
     records = None if mitdb_dir is None else str(mitdb_dir)
@@ -127,6 +121,23 @@ def load_run(
                                ("pool_idx", "pool_idx"))},
         pool=data.pool,
     )
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    """A finished run directory's path (config.json, weights.pt and result.json there).
+
+    Raises:
+        ValueError: not a directory.
+        FileNotFoundError: naming the first file missing (an unfinished run).
+    """
+    path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--run {path}: not a directory")
+    for name in ("config.json", "weights.pt", RESULT):
+        if not (path / name).exists():
+            raise FileNotFoundError(f"{path / name} not found: not a finished run directory (a "
+                                    "run killed or being trained: rerun its train command)")
+    return path
 
 
 #: config fields that do not change what a run produced (where it ran, where its data was)

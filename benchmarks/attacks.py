@@ -9,7 +9,8 @@ Trains (or reuses) three run directories under OUT/runs:
   (dCor max .8935 / min .3937, DTW min 2.70 / max 5.84); ``--paper-run DIR`` reuses a run.
 
 then runs every registered attack through ``attacks.cli.run_attack`` (results in
-RUN/attacks/NAME.json + .npz) and writes OUT/attacks.json and OUT/attacks.md (the README table).
+RUN/attacks/NAME.json + .npz) and writes OUT/attacks.json and OUT/attacks.md
+(the table in docs/results.md).
 
     python benchmarks/attacks.py                 # the full budget
     python benchmarks/attacks.py --paper-run DIR # ... reusing a paper-protocol run at epoch 100

@@ -1,8 +1,16 @@
-"""The ``splitpriv`` command line: ``data prepare``, ``train``, ``attack``."""
+"""The ``splitpriv`` command line: ``data prepare``, ``train``, ``attack``, ``list``, ``show``,
+``compare``.
+
+``splitpriv list attacks|defenses|servers|datasets|models`` prints each one's parameters and
+defaults from its Config; ``splitpriv attack NAME --help`` an attack's options, the knowledge it
+needs and its cost; ``splitpriv show DIR...`` and ``splitpriv compare DIR...`` saved runs as one
+table (``splitpriv.results``); ``splitpriv train --config DIR/config.json`` reruns a saved run's
+config (flags given beside it win)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import textwrap
@@ -22,7 +30,11 @@ TRAIN_FLAGS: dict[str, dict[str, object]] = {
     "protocol": {"choices": PROTOCOLS},
     "topology": {"choices": TOPOLOGIES},
     "defenses": {"flag": "--defense", "action": "append", "metavar": "NAME[:key=value,...]",
-                 "help": "a defense and its parameters, repeatable (see defenses/)"},
+                 "help": "a defense and its parameters, repeatable, e.g. dp:mode=paper,epsilon=3 "
+                         "(splitpriv list defenses: every defense, its parameters and defaults)"},
+    "server": {"metavar": "NAME[:key=value,...]",
+               "help": "the server's behaviour (default honest; splitpriv list servers: every "
+                       "behaviour, its parameters and defaults)"},
     "threads": {"help": "torch CPU threads (default 1, the fastest for this model on a CPU; "
                         "0 or none: torch's default)"},
     "mitdb_dir": {"help": "folder of the MIT-BIH records (else $SPLITPRIV_MITDB, else the user "
@@ -68,16 +80,30 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    """The run's TrainConfig from the ``train`` flags given (its defaults for the rest).
+    """The run's TrainConfig from the ``train`` flags given, on top of ``--config`` (a saved
+    config.json) when given, else of its defaults.
 
     Raises:
-        ValueError: a value the config refuses, naming its flag.
+        ValueError: a value the config refuses, naming its flag; a bad ``--config`` file.
     """
-    return dataclass_from_args(TrainConfig, args)
+    base = getattr(args, "config", None)
+    if base is None:
+        return dataclass_from_args(TrainConfig, args)
+    saved = dataclasses.asdict(TrainConfig.load(base))
+    return dataclass_from_args(TrainConfig, saved | {k: v for k, v in vars(args).items()
+                                                     if k in saved})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     config = train_config(args)
+    if args.log is not None:
+        from splitpriv.tracking import Tracker, check_backend
+
+        check_backend(args.log)
+        if args.role is not None:
+            raise ValueError("--log is for a run trained in one process (not with --role)")
+        with torch_threads(config.threads), fast_kernels(config.fast), Tracker(args.out, args.log):
+            return _train(args, config)
     with torch_threads(config.threads), fast_kernels(config.fast):
         return _train(args, config)
 
@@ -112,6 +138,124 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from splitpriv.options import parse_pairs
 
     run_attack_cli(args.name, args.run, args.aux, parse_pairs(args.option, "--option"))
+    return 0
+
+
+#: what ``splitpriv list`` lists
+CATALOGS = ("attacks", "defenses", "servers", "datasets", "models")
+#: the protocols in words (their parameters are TrainConfig's data fields)
+PROTOCOL_WORDS = {
+    "paper": "the paper's split: 6000/6000/6000/2490/6000 draws per class with replacement, "
+             "half to train and half to test (copies of a beat can land on both sides)",
+    "paper-unique": "the paper's sizes drawn without replacement: no beat on both sides "
+                    "(the default)",
+    "inter-patient": "de Chazal et al. 2004: DS1 records train, DS2 records test (labels "
+                     "paper or aami)",
+}
+
+
+def _first_paragraph(cls: type) -> str:
+    doc = (cls.__doc__ or "").strip().split("\n\n")[0]
+    return textwrap.fill(" ".join(doc.split()), 96, initial_indent="  ", subsequent_indent="  ")
+
+
+def catalog(what: str) -> str:
+    """``splitpriv list WHAT``: each registered plug-in (or the data protocols, the model) with
+    its parameters and defaults, read from its Config."""
+    from splitpriv.models import ModelConfig
+    from splitpriv.options import describe_fields
+
+    out: list[str] = []
+    if what == "attacks":
+        from attacks.base import CommonConfig
+        from attacks.cli import KNOWLEDGE_WORDS
+        from attacks.registry import build_attack, load_builtin
+
+        def default(f: dataclasses.Field) -> object:
+            return (f.default_factory() if f.default_factory is not dataclasses.MISSING
+                    else f.default)
+
+        common = {f.name: default(f) for f in dataclasses.fields(CommonConfig)}
+        out += ["options every attack takes (-o KEY=VALUE):", describe_fields(CommonConfig), ""]
+        for name in sorted(load_builtin()):
+            attack = build_attack(name, {})
+            needs = ", ".join(f"{k}{'' if k in attack.requires else ' (optional)'}"
+                              for k in attack.uses) or "nothing (an evaluator's measurement)"
+            own = [f.name for f in dataclasses.fields(attack.Config)  # its own, or its default
+                   if f.name not in common or common[f.name] != default(f)]
+            out += [f"{name}  (needs: {needs})", _first_paragraph(type(attack)),
+                    describe_fields(attack.Config, only=own) if own else "  (no own options)",
+                    ""]
+        out += ["knowledge: " + "; ".join(f"{k}: {v}" for k, v in KNOWLEDGE_WORDS.items()),
+                "splitpriv attack NAME --help: one attack's options, knowledge and cost"]
+    elif what == "defenses":
+        from defenses.registry import DEFENSES, _load_builtin
+
+        _load_builtin()
+        for name, cls in sorted(DEFENSES.items()):
+            out += [f"{name}  (--defense {name}[:key=value,...])", _first_paragraph(cls)]
+            variants = getattr(cls, "variants", None) or {}
+            for value, v in variants.items():
+                out += [f" {cls.variant_field}={value}:", describe_fields(v.Config)]
+            if not variants:
+                out.append(describe_fields(cls.Config))
+            out.append("")
+    elif what == "servers":
+        from splitpriv.servers import load_plugins
+
+        for name, cls in sorted(load_plugins().items()):
+            out += [f"{name}  (--server {name}[:key=value,...])", _first_paragraph(cls),
+                    describe_fields(cls.Config), ""]
+    elif what == "datasets":
+        out += ["MIT-BIH Arrhythmia Database (PhysioNet mitdb 1.0.0; --mitdb-dir or "
+                "$SPLITPRIV_MITDB, else downloaded to the user cache), protocols (--protocol):"]
+        out += [f"  {k}: {v}" for k, v in PROTOCOL_WORDS.items()]
+        out += ["", "own data: --hdf5 TRAIN,TEST trains and tests on HDF5 files in the paper's "
+                "layout (docs/robustness.md)", "", "parameters (splitpriv train / data prepare):",
+                describe_fields(TrainConfig, only=DATA_FIELDS)]
+    else:
+        out += ["the split 1D CNN (splitpriv.models; splitpriv train flags):",
+                describe_fields(ModelConfig),
+                describe_fields(TrainConfig, only=("topology", "batch_size", "lr"))]
+    return "\n".join(out)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    print(catalog(args.what))
+    return 0
+
+
+def runs_table(paths: Sequence[str], differing: bool = False) -> str:
+    """Saved runs as one table, a column per run and a row per field (config, accuracy,
+    claims, every attack's headline; ``splitpriv.results.load_runs``); ``differing``: only the
+    rows whose values differ between the runs."""
+    import math
+
+    from splitpriv.results import load_runs
+
+    df = load_runs(paths)
+    if differing and len(df) < 2:
+        raise ValueError(f"compare needs two or more runs; {list(paths)} hold {len(df)}")
+    table = df.drop(columns=["run_dir"]).set_index("run").T.dropna(how="all")
+    if differing:
+        same = table.apply(lambda r: len({str(v) for v in r}) == 1, axis=1)
+        table = table[~same]
+
+    def cell(v: object) -> str:
+        if isinstance(v, float):
+            return "-" if math.isnan(v) else f"{v:.4g}"
+        return str(v)
+
+    return table.map(cell).to_string()
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    print(runs_table(args.dirs))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    print(runs_table(args.dirs, differing=True))
     return 0
 
 
@@ -154,9 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one split model into a run directory")
     config = train.add_argument_group("the run (splitpriv.run.TrainConfig, saved in config.json)")
     add_dataclass_arguments(config, TrainConfig, flags=TRAIN_FLAGS)
+    train.add_argument("--config", metavar="CONFIG.json", default=None,
+                       help="start from a saved run's config.json (flags given beside it win)")
     train.add_argument("--out", required=True, help="run directory")
     train.add_argument("--force", action="store_true", help="retrain even if DIR holds a run")
     train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--log", choices=("tensorboard",), default=None,
+                       help="also write each epoch's metrics and the privacy claims as "
+                       "TensorBoard events to DIR/tensorboard/ (needs splitpriv[tracking])")
     dist = train.add_argument_group(
         "distributed", "run one party as its own process over torch.distributed (rank 0 is the "
         "server, ranks 1..K the clients); a missing value is read from torchrun's RANK, "
@@ -187,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     att = sub.add_parser(
         "attack", help="run an attack on a saved run; writes DIR/attacks/NAME.json",
         formatter_class=_AttackHelp,
+        description="splitpriv attack NAME --help: the attack's options, the knowledge it needs "
+                    "and its cost",
     )
     att.add_argument("name", help="the attack (the registered names)")
     att.add_argument("--run", required=True, help="run directory")
@@ -195,10 +346,42 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                      help="attack option, repeatable (max_victims=2000, phase=test, ...)")
     att.set_defaults(func=cmd_attack)
+
+    lst = sub.add_parser("list", help="the registered plug-ins with their parameters and defaults")
+    lst.add_argument("what", choices=CATALOGS)
+    lst.set_defaults(func=cmd_list)
+    show = sub.add_parser("show", help="saved runs as one table: config, accuracy, claims, "
+                          "every attack's headline")
+    show.add_argument("dirs", nargs="+", metavar="DIR",
+                      help="run directories, or folders holding runs (a study's output)")
+    show.set_defaults(func=cmd_show)
+    cmp = sub.add_parser("compare", help="saved runs side by side: only what differs")
+    cmp.add_argument("dirs", nargs="+", metavar="DIR",
+                     help="run directories, or folders holding runs (a study's output)")
+    cmp.set_defaults(func=cmd_compare)
     return parser
 
 
+def _attack_help(argv: Sequence[str]) -> str | None:
+    """``splitpriv attack NAME --help``: the attack's own help (None: another command)."""
+    if len(argv) >= 3 and argv[0] == "attack" and not argv[1].startswith("-") and (
+            {"-h", "--help"} & set(argv)):
+        from attacks.cli import attack_help
+
+        return attack_help(argv[1])
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        text = _attack_help(argv)
+    except ValueError as exc:  # an unknown attack
+        print(f"splitpriv: error: {exc}", file=sys.stderr)
+        return 2
+    if text is not None:
+        print(text)
+        return 0
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # a bad flag (one line on stderr) or --help

@@ -267,6 +267,22 @@ def _leaves(cls: type, path: tuple[str, ...] = ()) -> list[_Leaf]:
     return out
 
 
+def describe_fields(cls: type, width: int = 100, only: Iterable[str] | None = None) -> str:
+    """The parameters of a Config dataclass as text, one per line: name, type, default and its
+    documentation (wrapped under it), read from the class itself (``splitpriv list``,
+    ``splitpriv attack NAME --help``); ``only``: these fields."""
+    lines = []
+    for leaf in _leaves(cls):
+        if only is not None and leaf.field.name not in only:
+            continue
+        head = (f"  {leaf.field.name} ({_type_name(leaf.hint).replace('typing.', '')}, "
+                f"default {format_value(leaf.default())})")
+        lines.append(head)
+        lines += textwrap.wrap(leaf.doc, width, initial_indent=" " * 6,
+                               subsequent_indent=" " * 6, break_on_hyphens=False)
+    return "\n".join(lines) if lines else "  (no parameters)"
+
+
 def _reader(leaf: _Leaf, item: Any):
     def read(text: str) -> Any:
         try:

@@ -17,6 +17,7 @@ import csv
 import dataclasses
 import io
 import math
+import re
 import statistics
 import sys
 import time
@@ -143,12 +144,6 @@ class StudyArgs:
     def seed_list(self) -> list[int]:
         return list(range(self.seed, self.seed + self.seeds))
 
-    def budget_text(self) -> str:
-        """The training budget in words, for summaries and captions."""
-        quick = " (QUICK smoke budget)" if self.quick else ""
-        return (f"{self.protocol}, {self.epochs} epochs, {self.seeds} seed(s), train subset "
-                f"{self.train_subset or 'all'}, test subset {self.test_subset or 'all'}{quick}")
-
     def train_config(self, **kw: Any) -> TrainConfig:
         """A TrainConfig with the study's common fields: the labels that crossed in the last
         epoch and the release log (every training release, ``record_releases=windows``) are
@@ -157,6 +152,94 @@ class StudyArgs:
                     test_subset=self.test_subset, record_epochs="last", record_kinds="labels",
                     device=self.device, mitdb_dir=self.mitdb_dir, cache_dir=self.cache_dir)
         return TrainConfig(**(base | kw))
+
+
+# ---------------------------------------------------------------------------------------------
+# What the runs are: budget, seeds and what an interval is over, read from the rows themselves
+# ---------------------------------------------------------------------------------------------
+
+
+def setting_of(row: Mapping[str, Any]) -> str:
+    """The setting a row belongs to: its run directory's name without the seed suffix
+    (``paper-eps3-s0`` -> ``paper-eps3``; every study names its runs ``SETTING-sSEED``)."""
+    return re.sub(r"-s\d+$", "", Path(str(row.get("run_dir", ""))).name)
+
+
+def seeds_per_setting(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[int]]:
+    """Per setting (:func:`setting_of`), the distinct seeds its runs were trained with."""
+    out: dict[str, set[int]] = {}
+    for r in rows:
+        out.setdefault(setting_of(r), set()).add(int(float(r["seed"])))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _seed_list(seeds: Iterable[int]) -> str:
+    seeds = sorted(set(seeds))
+    return f"seed {seeds[0]}" if len(seeds) == 1 else "seeds " + ", ".join(map(str, seeds))
+
+
+def seeds_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """How many seeds each setting has, counted from the runs: "3 seeds per setting (seeds 0,
+    1, 2)", "1 seed per setting (seed 0)", "1 to 3 seeds per setting (seeds 0, 1, 2)"."""
+    per = seeds_per_setting(rows)
+    counts = sorted({len(s) for s in per.values()})
+    every = _seed_list(s for ss in per.values() for s in ss)
+    if not counts:
+        return "no runs"
+    n = str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+    return f"{n} seed{'' if n == '1' else 's'} per setting ({every})"
+
+
+def interval_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """What a cell's "±" and a figure's error bar are over, counted from the runs: "mean ± sd
+    over 3 seeds per setting (seeds 0, 1, 2)", or "1 seed per setting (seed 0): single runs, no
+    interval", or, when settings differ, how many each has."""
+    per = seeds_per_setting(rows)
+    if not per:
+        return "no runs"
+    counts = sorted({len(s) for s in per.values()})
+    if counts == [1]:
+        return f"{seeds_text(rows)}: single runs, no interval"
+    if len(counts) == 1:
+        return f"mean ± sd over {seeds_text(rows)}"
+    single = sum(len(s) == 1 for s in per.values())
+    return (f"mean ± sd over each setting's seeds ({seeds_text(rows)}; the {single} "
+            "setting(s) with 1 seed: single runs, no interval)")
+
+
+def interval_sentence(rows: Sequence[Mapping[str, Any]]) -> str:
+    """:func:`interval_text` as a sentence of a summary or caption."""
+    text = interval_text(rows)
+    return text[0].upper() + text[1:] + "."
+
+
+def _run_value(row: Mapping[str, Any], key: str) -> Any:
+    """``key`` of a row's run: its column, else the run's config.json (older results.csv)."""
+    if key in row and row[key] != "":
+        return row[key]
+    path = Path(str(row.get("run_dir", ""))) / "config.json"
+    return read_json(path).get(key) if path.is_file() else None
+
+
+def budget_text(rows: Sequence[Mapping[str, Any]], quick: bool = False) -> str:
+    """The training budget of the runs in words, for summaries and captions, every part read
+    from the rows (and their runs' config.json): protocol, epochs, beats, seeds per setting
+    (:func:`interval_text` says what an interval is over)."""
+    def values(key: str) -> str:
+        seen = dict.fromkeys(format_value(_num(_run_value(r, key))) for r in rows)
+        return " or ".join("all" if v in ("none", "nan") else v for v in seen)
+
+    tag = " (QUICK smoke budget)" if quick else ""
+    return (f"{values('protocol')}, {values('epochs')} epochs, train subset "
+            f"{values('train_subset')}, test subset {values('test_subset')}, {len(rows)} runs, "
+            f"{seeds_text(rows)}{tag}")
+
+
+def _num(v: Any) -> Any:
+    """A CSV number back to an int where it is one (``30.0`` -> 30), else as it is."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
 
 
 #: what --quick changes (fields given on the command line win)
@@ -363,6 +446,8 @@ def run_task(task: RunTask) -> dict[str, Any]:
         "final_test_accuracy": result["final_test_accuracy"],
         **attack_columns({a: summaries.get(a) for a in task.every_attack}),
         **privacy_columns(result), "claim_scope": claim_scope(result),
+        "majority_class_accuracy": majority_class_accuracy(result),
+        "train_subset": p.config.train_subset, "test_subset": p.config.test_subset,
         "train_seconds": result["seconds"], "wall_seconds": time.perf_counter() - t0,
         "run_dir": str(run_dir),
     }
@@ -387,16 +472,97 @@ def _sweep(plan, out, budget, study, seed, threads, progress, batched, executor)
     stacked = {p.name for ps in groups for p in ps}
     units = groups + [[p] for p in plan if p.name not in stacked]
     units.sort(key=lambda ps: -estimated_cost([p.config for p in ps]))  # longest first
-    inner = progress and not executor.parallel(len(units))
+    parallel = executor.parallel(len(units))
+    inner = progress and not parallel
     every_attack = tuple(dict.fromkeys(a for p in plan for a in p.attacks))
     work = [[RunTask(p, out, budget, study, every_attack, seed, threads, inner) for p in ps]
             for ps in units]
     names = [ps[0].name if len(ps) == 1 else f"{ps[0].name} (+{len(ps) - 1} stacked)"
              for ps in units]
-    done = executor.map(run_group, work, names=names, threads=threads, desc=f"{study}: runs",
-                        progress=progress)
+    prepare_pools(plan, progress)
+    runs = [(out / "runs" / p.name, p.config.epochs) for p in plan]
+    with EpochWatcher(runs, f"{study}: epochs", enabled=progress and parallel):
+        done = executor.map(run_group, work, names=names, threads=threads,
+                            desc=f"{study}: tasks", progress=progress)
     rows = {row["run_dir"]: row for rows in done for row in rows}
     return [rows[str(out / "runs" / p.name)] for p in plan]
+
+
+def prepare_pools(plan: Sequence[Planned], progress: bool) -> None:
+    """Build (or find cached) the beat pool of every protocol and label scheme the plan uses,
+    here and once, with a bar over the records while building: the workers then read the cache
+    instead of each building it in silence."""
+    from splitpriv.data import load_pool, protocol_prep
+
+    seen = set()
+    for p in plan:
+        c = p.config
+        key = (c.protocol, c.labels, c.mitdb_dir, c.cache_dir)
+        if c.hdf5 is None and key not in seen:
+            seen.add(key)
+            load_pool(c.mitdb_dir, cache_dir=c.cache_dir, prep=protocol_prep(c.protocol, c.labels),
+                      progress=progress)
+
+
+class EpochWatcher:
+    """A bar over the training epochs of a sweep's runs while workers train them (their own bars
+    are off): every ``interval`` seconds it counts the epochs each run directory's metrics.jsonl
+    holds (one line per finished epoch, written by every run, stacked or not) and the runs
+    finished (result.json), so the bar moves with every epoch of every worker: runs done, epochs
+    done, tqdm's rate and ETA. Epochs finished before the sweep started count from the start,
+    not in the rate."""
+
+    def __init__(self, runs: Sequence[tuple[Path, int]], desc: str, *, enabled: bool = True,
+                 interval: float = 2.0) -> None:
+        self.runs, self.desc, self.enabled, self.interval = list(runs), desc, enabled, interval
+        self.bar: Any = None
+        self._stop: Any = None
+        self._thread: Any = None
+
+    def counts(self) -> tuple[int, int]:
+        """(epochs done, runs finished) over the runs, read from their directories."""
+        epochs = finished = 0
+        for path, planned in self.runs:
+            try:
+                lines = (path / "metrics.jsonl").read_text().splitlines()
+            except OSError:  # not started yet (or being replaced)
+                lines = []
+            epochs += min(sum(1 for ln in lines if ln.strip()), planned)
+            finished += (path / "result.json").is_file()
+        return epochs, finished
+
+    def poll(self) -> None:
+        """Move the bar to what the run directories hold now."""
+        epochs, finished = self.counts()
+        self.bar.update(epochs - self.bar.n)
+        self.bar.set_postfix_str(f"runs {finished}/{len(self.runs)}", refresh=False)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def __enter__(self) -> EpochWatcher:
+        if not self.enabled:
+            return self
+        import threading
+
+        from tqdm.auto import tqdm
+
+        epochs, _ = self.counts()
+        self.bar = tqdm(total=sum(e for _, e in self.runs), initial=epochs, desc=self.desc,
+                        unit="epoch", position=1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self.poll()
+        self.bar.close()
 
 
 #: the studies' privacy axis: the strongest re-identification's advantage among 10 same-class
@@ -555,6 +721,7 @@ OVERFLOW_COLOR = "0.55"
 STYLE = {
     "figure.dpi": 100, "savefig.dpi": 150, "font.size": 9, "axes.titlesize": 9,
     "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8, "ytick.labelsize": 8,
+    "legend.title_fontsize": 8,
     "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
     "grid.alpha": 0.3, "lines.linewidth": 1.4, "lines.markersize": 5,
     "pdf.fonttype": 42, "ps.fonttype": 42, "savefig.bbox": "tight",
@@ -636,55 +803,151 @@ def epsilon_axis(ax: plt.Axes, epsilons: Sequence[float | None]) -> Callable[[fl
 
 def plot_tradeoff(ax: plt.Axes, settings: Sequence[dict[str, Any]], *, x: str, y: str,
                   group_key: str, label_key: str, xlabel: str, ylabel: str,
-                  annotate: bool = True, colors: dict[str, str] | None = None) -> list[int]:
-    """Accuracy (y) against leakage (x), one marker per setting (mean ± sd over seeds), one
-    colour and marker per group, and the Pareto front (lower leakage, higher accuracy) as a
-    dashed step line. Returns the indices of the settings on the front."""
+                  annotate: bool = True, colors: Mapping[str, str] | None = None,
+                  markers: Mapping[str, str] | None = None) -> list[int]:
+    """Accuracy (y) against leakage (x), one marker per setting (its error bars: sd over seeds,
+    none for a single run), one colour and marker per group (``colors``, ``markers`` fix them
+    so that a quantity keeps its encoding across figures), every setting labelled
+    (:func:`annotate_points`) and the Pareto front (lower leakage, higher accuracy) as a dashed
+    step line. Returns the indices of the settings on the front."""
     groups = list(dict.fromkeys(s[group_key] for s in settings))
     for gi, g in enumerate(groups):
         pts = [s for s in settings if s[group_key] == g]
         ax.errorbar([p[x].mean for p in pts], [p[y].mean for p in pts],
                     xerr=[p[x].sd for p in pts], yerr=[p[y].sd for p in pts],
-                    fmt=MARKERS[gi % len(MARKERS)],
+                    fmt=(markers or {}).get(g, MARKERS[gi % len(MARKERS)]),
                     color=(colors or {}).get(g, OKABE_ITO[gi] if gi < len(OKABE_ITO)
                                              else OVERFLOW_COLOR),
                     label=str(g), capsize=2, elinewidth=0.8, alpha=0.9,
-                    markeredgecolor="0.15", markeredgewidth=0.4)
+                    markeredgecolor="0.15", markeredgewidth=0.4,
+                    zorder=3 + (len(groups) - gi) / 100)  # the first group (a reference) on top
     front = pareto_front([s[x].mean for s in settings], [s[y].mean for s in settings])
-    if annotate:
-        _annotate_uncrowded(ax, settings, x, y, label_key, first=front)
     if front:
         fx = [settings[i][x].mean for i in front]
         fy = [settings[i][y].mean for i in front]
         ax.step(fx, fy, where="post", color="0.4", linestyle="--", linewidth=1,
-                label="Pareto front", zorder=0)
+                label="Pareto front", zorder=1)
+    if annotate:
+        annotate_points(ax, [s[x].mean for s in settings], [s[y].mean for s in settings],
+                        [str(s[label_key]) for s in settings])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     return front
 
 
-def _annotate_uncrowded(ax: plt.Axes, settings: Sequence[dict[str, Any]], x: str, y: str,
-                        label_key: str, first: Sequence[int]) -> None:
-    """Label the settings whose label would not overlap one already placed (the ``first``
-    indices, the Pareto front, are placed first); a placed label counts the settings it hides,
-    "label (+n)", which the marker colours and the summary table tell apart."""
-    pts = [(i, settings[i][x].mean, settings[i][y].mean) for i in range(len(settings))]
-    pts = [p for p in pts if math.isfinite(p[1]) and math.isfinite(p[2])]
-    if not pts:
-        return
-    span = [max(max(v) - min(v), 1e-12) for v in ([p[1] for p in pts], [p[2] for p in pts])]
-    order = [p for i in first for p in pts if p[0] == i] + [p for p in pts if p[0] not in first]
-    placed: list[list[Any]] = []  # [u, v, index, x, y, hidden]
-    for i, px, py in order:
-        u, v = px / span[0], py / span[1]
-        near = next((q for q in placed if abs(u - q[0]) < 0.12 and abs(v - q[1]) < 0.05), None)
-        if near is not None:
-            near[5] += 1
-        else:
-            placed.append([u, v, i, px, py, 0])
-    for _, _, i, px, py, hidden in placed:
-        text = str(settings[i][label_key]) + (f" (+{hidden})" if hidden else "")
-        ax.annotate(text, (px, py), fontsize=6, xytext=(3, 3), textcoords="offset points")
+#: label offsets tried around a point, in points (nearest first; the far ones get a leader line)
+_OFFSETS = [(4, 3), (4, -10), (-4, 3), (-4, -10), (0, 9), (0, -15)] + [
+    (round(r * math.cos(a)), round(r * math.sin(a)))
+    for r in (18, 30, 44, 60) for a in np.linspace(0, 2 * math.pi, 16, endpoint=False)]
+
+
+def annotate_points(ax: plt.Axes, xs: Sequence[float], ys: Sequence[float],
+                    labels: Sequence[str], fontsize: float = 7) -> None:
+    """Label every point, none hidden: each label goes to the first offset (:data:`_OFFSETS`)
+    where its box stays inside the axes and overlaps no label already placed and no point, a
+    thin leader line joining a label moved away to its point. Labels are placed in order of x
+    (ties by y); call after everything else is drawn (the axis limits are fixed here)."""
+    fig = ax.figure
+    ax.autoscale_view()
+    ax.set_xlim(ax.get_xlim())
+    ax.set_ylim(ax.get_ylim())
+    to_px = fig.dpi / 72
+    pts = [(px, py, lab) for px, py, lab in zip(xs, ys, labels, strict=True)
+           if math.isfinite(px) and math.isfinite(py)]
+    centres = [ax.transData.transform((px, py)) for px, py, _ in pts]
+    boxes: list[tuple[float, float, float, float]] = [
+        (cx - 3 * to_px, cy - 3 * to_px, cx + 3 * to_px, cy + 3 * to_px) for cx, cy in centres]
+
+    frame = ax.get_window_extent()
+
+    def free(b: tuple[float, float, float, float]) -> bool:
+        inside = (b[0] >= frame.x0 and b[2] <= frame.x1 and b[1] >= frame.y0
+                  and b[3] <= frame.y1)
+        return inside and all(b[2] <= o[0] or b[0] >= o[2] or b[3] <= o[1] or b[1] >= o[3]
+                              for o in boxes)
+
+    order = sorted(range(len(pts)), key=lambda i: (centres[i][0], centres[i][1]))
+    for i in order:
+        px, py, text = pts[i]
+        cx, cy = centres[i]
+        w, h = 0.62 * fontsize * len(text) * to_px, 1.25 * fontsize * to_px
+        for dx, dy in _OFFSETS:
+            x0 = cx + dx * to_px - (w if dx < 0 else 0 if dx > 0 else w / 2)
+            y0 = cy + dy * to_px
+            box = (x0, y0, x0 + w, y0 + h)
+            if free(box):
+                break
+        else:  # nowhere free inside the axes: the nearest offset
+            dx, dy = _OFFSETS[0]
+            box = (cx + dx * to_px, cy + dy * to_px, cx + dx * to_px + w, cy + dy * to_px + h)
+        boxes.append(box)
+        far = abs(dx) > 8 or abs(dy) > 15
+        ha = "right" if dx < 0 else "left" if dx > 0 else "center"
+        ax.annotate(text, (px, py), xytext=(dx, dy), textcoords="offset points",
+                    fontsize=fontsize, ha=ha, va="bottom", zorder=4,
+                    arrowprops=dict(arrowstyle="-", color="0.5", linewidth=0.5,
+                                    shrinkA=0, shrinkB=2) if far else None)
+
+
+def legend_outside(fig: plt.Figure, axes: Sequence[plt.Axes] | plt.Axes,
+                   title: str | None = None, ncols: int = 1) -> None:
+    """One legend for ``axes`` outside them, on the right of the figure (constrained layout),
+    at a readable size, each label once."""
+    seen: dict[str, Any] = {}
+    for ax in np.atleast_1d(axes):
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(label, handle)
+    fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize=8,
+               title=title, title_fontsize=8, ncols=ncols, frameon=False)
+
+
+def chance_accuracy(rows: Sequence[Mapping[str, Any]]) -> float:
+    """The accuracy of always guessing the test set's majority class (%), from the rows'
+    ``majority_class_accuracy`` (else the runs' result.json); NaN when neither tells."""
+    values = set()
+    for r in rows:
+        v = r.get("majority_class_accuracy")
+        if not isinstance(v, (int, float)) or not math.isfinite(v):
+            path = Path(str(r.get("run_dir", ""))) / "result.json"
+            v = majority_class_accuracy(read_json(path)) if path.is_file() else math.nan
+        if math.isfinite(v):
+            values.add(round(float(v), 6))
+    return values.pop() if len(values) == 1 else math.nan
+
+
+def majority_class_accuracy(result: Mapping[str, Any]) -> float:
+    """A run's chance accuracy (%): its test set's largest class over its size (result.json's
+    per-class support); NaN for a result without it."""
+    per = (result.get("test_metrics") or {}).get("per_class") or {}
+    support = [c.get("support", 0) for c in per.values()]
+    return 100 * max(support) / sum(support) if support and sum(support) else math.nan
+
+
+def chance_line(ax: plt.Axes, rows: Sequence[Mapping[str, Any]], vertical: bool = False
+                ) -> None:
+    """The majority-class guess as a labelled dotted line (nothing where the runs differ)."""
+    chance = chance_accuracy(rows)
+    if math.isfinite(chance):
+        draw = ax.axvline if vertical else ax.axhline
+        draw(chance, color="0.45", linewidth=0.8, linestyle=":",
+             label=f"chance: majority class ({chance:.1f}%)")
+
+
+def measured_lines(ax: plt.Axes, xs: Sequence[float], ys: Sequence[float],
+                   grid: Sequence[float], **style: Any) -> None:
+    """A series as markers at its measured points, joined by a line only between neighbours
+    of the measured ``grid`` (no line across a value it was not measured at)."""
+    pos = {v: i for i, v in enumerate(sorted(set(grid)))}
+    run: list[tuple[float, float]] = []
+    line_style = {k: v for k, v in style.items() if k in ("color", "linestyle", "linewidth")}
+    for x, y in sorted(zip(xs, ys, strict=True)):
+        if run and pos[x] != pos[run[-1][0]] + 1:
+            if len(run) > 1:
+                ax.plot(*zip(*run, strict=True), **line_style)
+            run = []
+        run.append((x, y))
+    if len(run) > 1:
+        ax.plot(*zip(*run, strict=True), **line_style)
 
 
 def print_table(text: str) -> None:
@@ -709,7 +972,7 @@ def run_study(
                  progress=args.progress, batched=args.batched, executor=args.execution)
     write_csv(out / "results.csv", rows, columns)
     rows = read_csv(out / "results.csv")
-    budget = args.budget_text()
+    budget = budget_text(rows, args.quick)
     md = summarize(rows, budget)
     write_text(out / "summary.md", md)
     draw(rows, FigureSet(out / "figures", utility=args.utility), f"Budget: {budget}.")

@@ -36,6 +36,7 @@ from splitpriv.options import format_spec
 from studies.common import (
     ATTACK_TEXTS,
     INVERSION_TABLE,
+    OKABE_ITO,
     PRIVACY_AXIS,
     PRIVACY_AXIS_LABEL,
     QUICK,
@@ -46,7 +47,11 @@ from studies.common import (
     aggregate,
     apply_style,
     attack_column_names,
+    chance_line,
     cli,
+    interval_sentence,
+    interval_text,
+    legend_outside,
     markdown_table,
     pareto_front,
     parse_args,
@@ -178,7 +183,7 @@ def summary_markdown(rows: list[dict], title: str) -> tuple[str, list[dict]]:
              "*" if i in front else ""] for i, s in enumerate(agg)]
     md = "\n".join([
         f"# Defenses compared ({title})", "", markdown_table(header, body), "",
-        "Mean ± sd over seeds. dCor and DTW: the defended activations recomputed from the "
+        interval_sentence(rows) + " dCor and DTW: the defended activations recomputed from the "
         "final weights with the run's defenses, training beats. "
         "Privacy axis: the strongest re-identification (inversions: ridge, the convolutional "
         "and the MLP decoders; activation-space matching with a client model learned from the "
@@ -201,32 +206,45 @@ def summary_markdown(rows: list[dict], title: str) -> tuple[str, list[dict]]:
     return md, agg
 
 
+#: one colour and marker per family, the same in every figure (black star: no defense)
+FAMILY_COLORS = {"no defense": "0.1", "paper DP": OKABE_ITO[3], "formal DP": OKABE_ITO[0],
+                 "U-shape": OKABE_ITO[2], "NoPeek": OKABE_ITO[4], "DP-SGD": OKABE_ITO[5],
+                 "depth": OKABE_ITO[1], "combination": "0.55"}
+FAMILY_MARKERS = {"no defense": "*", "paper DP": "X", "formal DP": "o", "U-shape": "D",
+                  "NoPeek": "v", "DP-SGD": "s", "depth": "^", "combination": "P"}
+
+
 def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
     """The trade-off: accuracy against re-identification and against dCor, Pareto fronts."""
     apply_style()
     agg = aggregate(rows, ["defense", "family"], METRICS)
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4), sharey=True, layout="constrained")
-    plot_tradeoff(axes[0], agg, x=PRIVACY_AXIS, y=figs.utility, group_key="family",
-                  label_key="defense", xlabel=PRIVACY_AXIS_LABEL,
-                  ylabel=figs.utility_label)
-    axes[0].axvline(0, color="0.5", linewidth=0.8, linestyle=":")
-    plot_tradeoff(axes[1], agg, x="dcor_max", y=figs.utility, group_key="family",
-                  label_key="defense", xlabel="dCor, paper def., max over channels (unitless)",
-                  ylabel="")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize=7)
+    for s in agg:  # the undefended reference says what it is
+        s["label"] = "no defense" if s["defense"] == "none" else s["defense"]
+        s["family"] = "no defense" if s["family"] == "none" else s["family"]
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.6), sharey=True, layout="constrained")
+    for ax, x, xlabel in ((axes[0], PRIVACY_AXIS, PRIVACY_AXIS_LABEL),
+                          (axes[1], "dcor_max", "dCor, paper def., max over channels "
+                                                "(unitless)")):
+        chance_line(ax, rows)
+        if x == PRIVACY_AXIS:
+            ax.axvline(0, color="0.45", linewidth=0.8, linestyle=":")
+        plot_tradeoff(ax, agg, x=x, y=figs.utility, group_key="family", label_key="label",
+                      xlabel=xlabel, ylabel=figs.utility_label if ax is axes[0] else "",
+                      colors=FAMILY_COLORS, markers=FAMILY_MARKERS)
+    legend_outside(fig, axes)
     figs.save(fig, "tradeoff",
-              "Accuracy against leakage for every defense: one marker per setting (mean ± sd "
-              "over seeds), one colour and marker per family; the dashed line is the Pareto "
+              "Accuracy against leakage for every defense: one marker per setting ("
+              + interval_text(rows) + "), one colour and marker per family; the dashed line is "
+              "the Pareto "
               "front (no other setting has lower leakage and higher accuracy). Left: "
               "re-identification advantage of the strongest attack (inversions and "
               "activation-space matching, chosen on the attacker's held-out beats; every "
               "release the server holds; the larger of across and within patient): 0 "
               "(dotted) = chance, what the mean-beat and class-mean priors score; 1 = every "
               "victim picked out among 10 beats of its class. Right: distance correlation of "
-              "those activations with the input. Where labels would overlap, one is written "
-              "with the number of settings it hides, \"(+n)\" (summary.md lists every setting). "
-              + note)
+              "those activations with the input. Every setting is labelled; a label moved away "
+              "from a crowded point is joined to it by a thin line. Dotted horizontal line: "
+              "chance accuracy (always guessing the test set's majority class). " + note)
     figs.write_captions()
 
 

@@ -20,6 +20,7 @@ DTW and the re-identification advantage against depth).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import matplotlib.pyplot as plt
@@ -38,7 +39,9 @@ from studies.common import (
     aggregate,
     apply_style,
     attack_column_names,
+    chance_accuracy,
     cli,
+    interval_sentence,
     markdown_table,
     parse_args,
     reid_cells,
@@ -88,7 +91,7 @@ def summary_markdown(rows: list[dict], title: str) -> str:
               "inversion PRDN (%)"]
     return "\n".join([
         f"# Client depth ({title})", "", markdown_table(header, body), "",
-        "Mean ± sd over seeds; dCor and DTW per channel (paper definitions), max/min over the "
+        interval_sentence(rows) + " dCor and DTW per channel (paper definitions), max/min over the "
         "16 channels, training beats, each activation paired with its own input; dCor batch: "
         "V-statistic / bias-corrected dCor². Re-identification advantage of the strongest "
         "attack (inversions and activation-space matching, chosen on the attacker's held-out "
@@ -102,42 +105,51 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
     apply_style()
     ss = sorted(aggregate(rows, ["depth"], METRICS), key=lambda s: s["depth"])
     depths = [int(s["depth"]) for s in ss]
-    fig, axes = plt.subplots(1, 4, figsize=(10.4, 2.8), layout="constrained")
+    fig, axes = plt.subplots(1, 4, figsize=(11, 3.6), layout="constrained")
     panels = [(("test_accuracy", "best_test_accuracy"), "test accuracy (%)", ACCURACY_BY_DEPTH),
               (("dcor_max", "dcor_min"), "dCor, paper def. (unitless)", None),
               (("dtw_min", "dtw_max"), "DTW distance (normalised amplitude)", None),
               (("privacy_k10_advantage", "privacy_k100_advantage"),
                "re-identification advantage\n(strongest attack; 0 = chance)", {})]
+    names = {"test_accuracy": "test accuracy (val-selected)",
+             "best_test_accuracy": "best test accuracy (max over epochs)",
+             "dcor_max": "dCor max over channels", "dcor_min": "dCor min over channels",
+             "dtw_min": "DTW min over channels", "dtw_max": "DTW max over channels",
+             "privacy_k10_advantage": "among 10 beats", "privacy_k100_advantage": "among 100 beats"}
     for ax, (keys, ylabel, paper) in zip(axes, panels, strict=True):
         for i, key in enumerate(keys):
             ax.errorbar(depths, [s[key].mean for s in ss], yerr=[s[key].sd for s in ss],
                         marker="os"[i], color=OKABE_ITO[i], capsize=2,
-                        linestyle="-" if i == 0 else "--", label=key.replace("_", " "))
+                        linestyle="-" if i == 0 else "--", label=names[key])
             if paper is None and key in LEAKAGE_BY_DEPTH.get(2, {}):
                 pd = [d for d in depths if d in LEAKAGE_BY_DEPTH]
                 ax.plot(pd, [LEAKAGE_BY_DEPTH[d][key] for d in pd], "x", color=OKABE_ITO[i],
-                        markersize=7, label=f"paper {key.replace('_', ' ')}")
+                        markersize=7, label=f"{names[key]}, Abuadbba et al. 2020")
         if paper:
             pd = [d for d in depths if d in paper]
             ax.plot(pd, [paper[d] for d in pd], "x", color=OKABE_ITO[7],
-                    label="Abuadbba et al. 2020")
+                    label="best accuracy, Abuadbba et al. 2020")
         if keys[0] == "dtw_min":
             ax.set_yscale("log")
         if keys[0] == "privacy_k10_advantage":
             ax.set_ylim(-0.05, 1.05)  # the whole range: 0 = chance, 1 = every victim
-            ax.axhline(0, color="0.5", linewidth=0.8, linestyle=":")
+            ax.axhline(0, color="0.45", linewidth=0.8, linestyle=":",
+                       label="chance (advantage 0)")
         ax.set_xlabel("client conv layers")
         ax.set_ylabel(ylabel)
         ax.set_xticks(depths)
-        ax.legend(fontsize=6)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=8, frameon=False)
+    chance = chance_accuracy(rows)
+    chance_text = (f" Chance accuracy (always guessing the test set's majority class): "
+                   f"{chance:.1f}%, below the accuracy axis." if math.isfinite(chance) else "")
     figs.save(fig, "depth",
               "Client depth against accuracy (left), distance correlation (second; max and min "
               "over the 16 channels, higher = more leakage), DTW distance (third; lower = "
               "more similar) of the cut activations, and the re-identification advantage of the "
               "strongest attack (right; the larger of across and within patient, among 10 and "
               "100 beats of the victim's class, 0 = chance, 1 = every victim picked out). "
-              "Mean ± sd over seeds; crosses: Abuadbba "
-              "et al. 2020. " + note)
+              + interval_sentence(rows) + " Crosses: Abuadbba et al. 2020." + chance_text + " "
+              + note)
     figs.write_captions()
 
 

@@ -33,7 +33,7 @@ and 10, every epsilon at 30 releases for both cuts (14 runs), and 1, 3 and 10 re
 epsilon 16 and 1024 (``--release-epsilons``) for both cuts (12 runs, cheap: a frozen epoch
 trains the server only). ``--full-grid`` crosses every epsilon with every release count (56
 formal runs). The default took 7 min 20 s on 2 idle cores with ``--jobs 2`` (2026-12-07; the
-README's "Sweeps"), about twice that on one core.
+docs/results.md, "Measured speed"), about twice that on one core.
 
 Writes OUT/results.csv (one row per run), OUT/summary.md and OUT/figures/ (accuracy and linkage
 against total epsilon, one line per cut and release count, the references as horizontal lines;
@@ -61,7 +61,6 @@ from studies.common import (
     ACCURACY_COLUMNS,
     ATTACK_TEXTS,
     INVERSION_TABLE,
-    MARKERS,
     OKABE_ITO,
     PRIVACY_AXIS,
     PRIVACY_AXIS_LABEL,
@@ -73,9 +72,12 @@ from studies.common import (
     aggregate,
     apply_style,
     attack_column_names,
+    chance_line,
     cli,
     epsilon_label,
+    interval_sentence,
     markdown_table,
+    measured_lines,
     parse_args,
     parse_epsilon,
     plot_tradeoff,
@@ -290,7 +292,8 @@ def summary_markdown(rows: list[dict], title: str) -> str:
         body.append([name, s["n"], s["test_accuracy"], p["acc"] if p else "-", *reid_cells(s),
                      s["dcor_batch_unbiased"]])
     lines += [markdown_table(header, body), "", *reaching(rows), "",
-              "Mean ± sd over seeds. Releases per beat: each training beat's noisy activations "
+              interval_sentence(rows) + " Releases per beat: each training beat's noisy "
+              "activations "
               "cross in that many epochs (the accounted epsilon composes them; the remaining "
               "epochs train the server on the releases it holds, the client frozen). dCor is "
               "measured on the defended activations recomputed from the final weights. "
@@ -304,23 +307,58 @@ def summary_markdown(rows: list[dict], title: str) -> str:
     return "\n".join(lines)
 
 
+#: one encoding per quantity, in every figure: colour = the cut, marker and line style = the
+#: releases per beat, the references their own colour and line (lines in the epsilon figures,
+#: markers in the trade-off)
+DESIGN_COLORS = {"512": OKABE_ITO[0], "bottleneck": OKABE_ITO[1]}
+RELEASE_MARKERS = {30: "o", 10: "s", 3: "^", 1: "D"}
+REFERENCE_STYLES = {"none": ("0.1", (0, (1, 1)), "*"),
+                    "paper eps 3": (OKABE_ITO[3], (0, (4, 2)), "X"),
+                    "paper eps 10": (OKABE_ITO[4], (0, (6, 2, 1, 2)), "P")}
+
+
+def reference_label(name: str) -> str:
+    return "no defense (undefended)" if name == "none" else f"{name} (no guarantee)"
+
+
+def _reference_style(name: str) -> tuple[str, Any, str]:
+    return REFERENCE_STYLES.get(name, ("0.5", (0, (2, 2)), "h"))
+
+
 def _reference_lines(ax: plt.Axes, refs: dict[str, dict], key: str) -> None:
-    styles = {"none": ("0.2", (0, (1, 1))), "paper eps 3": (OKABE_ITO[3], (0, (4, 2))),
-              "paper eps 10": (OKABE_ITO[4], (0, (6, 2, 1, 2)))}
     for name, s in refs.items():
         value = s[key].mean
         if math.isfinite(value):
-            color, dash = styles.get(name, ("0.5", (0, (2, 2))))
-            label = "no defense" if name == "none" else f"{name} (no guarantee)"
-            ax.axhline(value, color=color, linestyle=dash, linewidth=0.9, label=label)
+            color, dash, _ = _reference_style(name)
+            ax.axhline(value, color=color, linestyle=dash, linewidth=0.9,
+                       label=reference_label(name))
+
+
+def _encoding_legend(fig: plt.Figure, grid: dict, extra: list[tuple[Any, str]]) -> None:
+    """The legend outside the axes: the cuts (colour), the releases per beat (marker and
+    line style), then ``extra`` (references, chance, front)."""
+    from matplotlib.lines import Line2D
+
+    designs = list(dict.fromkeys(d for d, _ in grid))
+    releases = sorted({r for _, r in grid}, reverse=True)
+    handles = [Line2D([], [], color=DESIGN_COLORS.get(d, "0.5"), linewidth=6) for d in designs]
+    labels = [f"cut: {DESIGN_NAMES[d]}" for d in designs]
+    handles += [Line2D([], [], color="0.3", marker=RELEASE_MARKERS.get(r, "v"),
+                       linestyle=RELEASE_STYLES.get(r, "-")) for r in releases]
+    labels += [f"{r} release(s) per beat" for r in releases]
+    handles += [h for h, _ in extra]
+    labels += [label for _, label in extra]
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
 
 
 def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
-    """Accuracy and linkage against total epsilon (log axis, one line per cut and release
-    count), and accuracy against linkage."""
+    """Accuracy and re-identification against total epsilon (log axis, a marker at every
+    measured setting, lines only between neighbouring measured epsilons), and accuracy
+    against re-identification, one panel per cut."""
     apply_style()
     grid, refs = formal_settings(rows), references(rows)
-    releases = sorted({r for _, r in grid}, reverse=True)
+    every_eps = sorted({s["epsilon"] for ss in grid.values() for s in ss})
+    interval = interval_sentence(rows)
     for key, ylabel, name, what in (
         ("test_accuracy", "test accuracy, val-selected (%)", "accuracy_vs_epsilon",
          "Test accuracy"),
@@ -328,47 +366,69 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
          "Re-identification advantage of the strongest attack (the larger of across and "
          "within patient; 0 = chance)"),
     ):
-        fig, ax = plt.subplots(figsize=(5.2, 3.4), layout="constrained")
+        fig, ax = plt.subplots(figsize=(6.8, 3.4), layout="constrained")
         for (design, r), ss in grid.items():
-            ax.errorbar([s["epsilon"] for s in ss], [s[key].mean for s in ss],
-                        yerr=[s[key].sd for s in ss], capsize=2,
-                        color=OKABE_ITO[DESIGNS.index(design)],
-                        marker=MARKERS[releases.index(r) % len(MARKERS)],
-                        linestyle=RELEASE_STYLES.get(r, "-"),
-                        label=f"{DESIGN_NAMES[design]}, {r} release(s)")
+            style = dict(color=DESIGN_COLORS.get(design, "0.5"),
+                         linestyle=RELEASE_STYLES.get(r, "-"), linewidth=1.3)
+            xs, ys = [s["epsilon"] for s in ss], [s[key].mean for s in ss]
+            measured_lines(ax, xs, ys, every_eps, **style)
+            ax.errorbar(xs, ys, yerr=[s[key].sd for s in ss], capsize=2, linestyle="none",
+                        color=style["color"], marker=RELEASE_MARKERS.get(r, "v"),
+                        markeredgecolor="0.15", markeredgewidth=0.4, zorder=3)
         _reference_lines(ax, refs, key)
         if key == "test_accuracy":
-            ax.axhline(100 / 5, color="0.6", linewidth=0.8, linestyle=":",
-                       label="chance (uniform guess)")
+            chance_line(ax, rows)
             ax.set_ylim(0, 100)
+        else:
+            ax.set_ylim(-0.05, 1.05)
+            ax.axhline(0, color="0.45", linewidth=0.8, linestyle=":",
+                       label="chance (advantage 0)")
         ax.set_xscale("log", base=2)
-        eps = sorted({s["epsilon"] for ss in grid.values() for s in ss})
-        ax.set_xticks(eps, [f"{e:g}" for e in eps])
+        ax.set_xticks(every_eps, [f"{e:g}" for e in every_eps])
         ax.minorticks_off()
         ax.set_xlabel("total training epsilon of formal DP (δ = 1e-5, exact accounting)")
         ax.set_ylabel(ylabel)
-        ax.legend(fontsize=5.5, loc="best", ncol=2)
+        _encoding_legend(fig, grid, list(zip(*ax.get_legend_handles_labels(), strict=True)))
         figs.save(fig, name,
                   f"{what} of the 2-conv split model under formal activation DP against the "
-                  "total training epsilon, per cut (colour: the 512-value cut, clip 2; the 4x32 "
-                  "bottleneck with per-row standardisation, clip 1) and number of releases per "
-                  "beat (line style). Horizontal lines: the undefended model and paper mode "
-                  "(Abuadbba et al. 2020's recipe, no guarantee) at epsilon 3 and 10. Mean ± sd "
-                  "over seeds. " + note)
+                  "total training epsilon: colour = the cut (the 512-value cut, clip 2; the 4x32 "
+                  "bottleneck with per-row standardisation, clip 1), marker and line style = "
+                  "releases per beat; a marker at every measured setting, lines only between "
+                  "neighbouring measured epsilons. Horizontal lines: the undefended model, "
+                  "paper mode (Abuadbba et al. 2020's recipe, no guarantee) at epsilon 3 and "
+                  "10, and chance (accuracy: always guessing the test set's majority class; "
+                  "re-identification: advantage 0). " + interval + " " + note)
 
-    points = [dict(s, label=epsilon_label(s["epsilon"]),
-                   group=f"{DESIGN_NAMES[d]}, {r} rel.") for (d, r), ss in grid.items()
-              for s in ss]
-    points += [dict(s, label=n, group="references") for n, s in refs.items()]
-    fig, ax = plt.subplots(figsize=(5.2, 3.4), layout="constrained")
-    plot_tradeoff(ax, points, x=PRIVACY_AXIS, y=figs.utility, group_key="group",
-                  label_key="label", xlabel=PRIVACY_AXIS_LABEL,
-                  ylabel=figs.utility_label)
-    ax.legend(fontsize=5.5, loc="lower right")
+    designs = list(dict.fromkeys(d for d, _ in grid)) or ["512"]
+    fig, axes = plt.subplots(1, len(designs), figsize=(3.4 * len(designs) + 2.2, 3.6),
+                             sharey=True, layout="constrained", squeeze=False)
+    for ax, design in zip(axes[0], designs, strict=True):
+        points = [dict(s, label=f"ε={epsilon_label(s['epsilon'])}",
+                       group=f"{r} release(s) per beat")
+                  for (d, r), ss in grid.items() if d == design for s in ss]
+        points += [dict(s, label=reference_label(n).split(" (")[0], group=reference_label(n))
+                   for n, s in refs.items()]
+        markers = {f"{r} release(s) per beat": RELEASE_MARKERS.get(r, "v") for _, r in grid}
+        colors = {f"{r} release(s) per beat": DESIGN_COLORS.get(design, "0.5")
+                  for _, r in grid}
+        for n in refs:
+            colors[reference_label(n)], _, markers[reference_label(n)] = _reference_style(n)
+        chance_line(ax, rows)
+        plot_tradeoff(ax, points, x=PRIVACY_AXIS, y=figs.utility, group_key="group",
+                      label_key="label", xlabel="",
+                      ylabel=figs.utility_label if ax is axes[0][0] else "",
+                      colors=colors, markers=markers)
+        ax.set_title(f"cut: {DESIGN_NAMES[design]}")
+    fig.supxlabel(PRIVACY_AXIS_LABEL, fontsize=9)
+    extra = [(h, label) for h, label in zip(*axes[0][0].get_legend_handles_labels(), strict=True)
+             if "release" not in label]
+    _encoding_legend(fig, grid, extra)
     figs.save(fig, "tradeoff",
-              "Accuracy against the strongest re-identification advantage: each "
-              "marker is one setting (mean ± sd over seeds), labelled with its total epsilon; "
-              "the dashed line is the Pareto front. " + note)
+              "Accuracy against the strongest re-identification advantage, one panel per cut: "
+              "each marker is one setting, labelled with its total epsilon (marker = releases "
+              "per beat, as in the epsilon figures), the undefended model and paper mode "
+              "labelled by name; a label moved away from a crowded point is joined to it by a "
+              "thin line. The dashed line is the Pareto front. " + interval + " " + note)
     figs.write_captions()
 
 
@@ -385,9 +445,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return run_study(
         args, study=STUDY, plan=plan(args), columns=COLUMNS,
         summarize=lambda rows, b: summary_markdown(
-            rows, f"Activation DP: the whole curve (depth {args.depth}, {b}; formal grid and "
-                  f"references: {len(args.seeds_of_grid())} seed(s))"
-        ),
+            rows, f"Activation DP: the whole curve (depth {args.depth}, {b})"),
         draw=draw_figures,
     )
 

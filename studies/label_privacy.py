@@ -44,6 +44,9 @@ from studies.common import (
     attack_column_names,
     cli,
     group,
+    interval_sentence,
+    interval_text,
+    legend_outside,
     markdown_table,
     parse_args,
     plot_tradeoff,
@@ -152,7 +155,7 @@ def summary_markdown(rows: list[dict], title: str) -> str:
              chosen[s["setting"]]] for s in agg]
     return "\n".join([
         f"# Label privacy ({title})", "", markdown_table(header, body), "",
-        f"Mean ± sd over seeds ({prior} runs). Strength: labeldp's epsilon (one label release "
+        f"{interval_sentence(rows)} ({prior} runs.) Strength: labeldp's epsilon (one label release "
         "per beat), maxnorm's noise scale, marvell's one-vs-rest AUC bound. The strongest label "
         "attack is chosen per run by its accuracy on the attacker's held-out aux rows, never by "
         "the victims'. The prior: guessing the majority class scores about 24% on this "
@@ -170,13 +173,14 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
                   label_key="setting", xlabel="strongest label attack, mean one-vs-rest AUC",
                   ylabel=figs.utility_label)
     ax.axvline(0.5, color="0.5", linewidth=0.8, linestyle=":", label="prior (AUC 0.5)")
-    ax.legend(loc="lower left", fontsize=6)
+    legend_outside(fig, ax)
     figs.save(fig, "label_tradeoff",
               "Test accuracy against the label leakage left by each label defense: the mean "
               "one-vs-rest AUC of the strongest label attack of each run (chosen by the "
               "attacker's held-out aux accuracy among gradient norm, direction, k-means and "
               "model completion; in the vanilla topology reading the crossed labels or model "
-              "completion combined with them). One marker per setting (mean ± sd over seeds), "
+              "completion combined with them). One marker per setting ("
+              + interval_text(rows) + "), "
               "labelled with its name (epsilon of labeldp, scale of maxnorm, AUC bound of "
               "marvell); the dotted line is the prior (AUC 0.5), the dashed line the Pareto "
               "front. " + note)

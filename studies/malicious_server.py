@@ -46,6 +46,8 @@ from studies.common import (
     aggregate,
     apply_style,
     cli,
+    interval_sentence,
+    legend_outside,
     markdown_table,
     parse_args,
     run_study,
@@ -191,8 +193,9 @@ def summary_markdown(rows: list[dict], title: str) -> str:
         f"# FSHA, a malicious server ({title})", "", markdown_table(header, body), "",
         "Reconstructions of the training batch that crossed, every record_every steps, scored "
         "by the run (never by the server) against the true beats; steps: first record passing "
-        "the quality (NaN: never within the run). Prior: the public mean beat. Mean ± sd over "
-        "seeds. The U-shaped row equals the undefended one by construction, not by a missing "
+        "the quality (NaN: never within the run). Prior: the public mean beat. "
+        + interval_sentence(rows) + " The U-shaped row equals the undefended one by "
+        "construction, not by a missing "
         "topology: FSHA replaces the cut gradient, so the client's layers never see the head's "
         "loss, and splitting the server's two dense layers into server + client head trains the "
         "same function with the same updates (the runs' client weights and test accuracy are "
@@ -217,11 +220,9 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
                 b, s = np.array(claim["scores"]).T
                 ax.plot(b, s, color=OKABE_ITO[0 if row["server"] == "honest" else 3],
                         linewidth=0.8, label=row["server"])
-        handles, labels = ax.get_legend_handles_labels()
-        ax.legend(dict(zip(labels, handles, strict=True)).values(),
-                  dict(zip(labels, handles, strict=True)).keys(), fontsize=7)
         ax.set_xlabel("training batch")
         ax.set_ylabel("SplitGuard score" if name == "splitguard" else "label gap (cosine)")
+    legend_outside(fig, axes, title="server")
     figs.save(fig, "detection", "Detector scores over training under an honest server (blue) "
               "and FSHA (orange): SplitGuard's score of its fake-label batches (left, 1 = "
               "honest-looking; alarm below 0.5) and the passive label gap of the cut gradients "
@@ -242,7 +243,7 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
                 ax.set_xticks([])
                 if i == 0:
                     ax.set_title(f"step {rec['step']}", fontsize=8)
-        axes[0, 0].legend(fontsize=6)
+        legend_outside(fig, axes[0, 0])
         figs.save(fig, "reconstructions", "True training beats (grey) beside FSHA's decoder "
                   "output for the activations that crossed (orange), at a few training steps, "
                   "no defense, first seed. " + note)

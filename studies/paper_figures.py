@@ -38,6 +38,7 @@ from studies.common import (
     REPO_ROOT,
     FigureSet,
     apply_style,
+    budget_text,
     cli,
     epsilon_label,
     parse_args,
@@ -271,6 +272,11 @@ def reconstructions(rows: list[dict], label_key: str, figs: FigureSet, examples:
     return True
 
 
+def note(rows: list[dict], folder: Path) -> str:
+    """A redrawn figure's caption tail: the runs' budget (read from them) and where they are."""
+    return f"Budget: {budget_text(rows)}. Results: {folder}."
+
+
 def main(argv: list[str] | None = None) -> FigureSet:
     args = parse_args(Args, argv, description=__doc__)
     out = folder(args.out, "paper_figures", args.quick)
@@ -297,13 +303,13 @@ def main(argv: list[str] | None = None) -> FigureSet:
         per_channel_leakage(base, figs)
     if dp_rows:
         figs.prefix = "dp_"
-        dp_tradeoff.draw_figures(dp_rows, figs, note=f"Results: {dp_dir}.")
+        dp_tradeoff.draw_figures(dp_rows, figs, note=note(dp_rows, dp_dir))
     if cmp_rows:
         figs.prefix = "defenses_"
-        compare_defenses.draw_figures(cmp_rows, figs, note=f"Results: {cmp_dir}.")
+        compare_defenses.draw_figures(cmp_rows, figs, note=note(cmp_rows, cmp_dir))
     if depth_rows:
         figs.prefix = ""
-        depth.draw_figures(depth_rows, figs, note=f"Results: {depth_dir}.")
+        depth.draw_figures(depth_rows, figs, note=note(depth_rows, depth_dir))
     figs.prefix = ""
     if cmp_rows:
         reconstructions(cmp_rows, "defense", figs, args.examples, args.settings, "family")

@@ -159,3 +159,15 @@ def test_parse_sha256sums(tmp_path: Path) -> None:
     path.write_text("nonsense\n")
     with pytest.raises(DataError, match="SHA256SUMS.txt"):
         parse_sha256sums(path)
+
+
+def test_an_unreachable_server_says_how_to_work_offline(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: the connection is refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(DataError, match=r"offline\? give the records' folder with --mitdb-dir "
+                                        r"or \$SPLITPRIV_MITDB"):
+        download_mitdb(tmp_path / "mitdb", fetcher=HttpFetcher(f"http://127.0.0.1:{port}/",
+                                                               timeout=5), progress=False)

@@ -54,8 +54,10 @@ def dp_out(pool_dirs, tmp_path_factory) -> tuple[Path, float]:
     """dp_tradeoff on a tiny budget: the baseline, paper epsilon 3, formal epsilon 4."""
     out = tmp_path_factory.mktemp("dp_tradeoff")
     t0 = time.perf_counter()
+    # --seeds 3 as main.sh's default budget has it: the grid still trains one seed
+    # (--formal-seeds 1), which every header and caption must say
     dp_tradeoff.main(tiny(pool_dirs, out, "--paper-epsilons", "3", "none",
-                          "--formal-epsilons", "4", "none", "--designs", "512"))
+                          "--formal-epsilons", "4", "none", "--designs", "512", "--seeds", "3"))
     return out, time.perf_counter() - t0
 
 
@@ -85,6 +87,38 @@ def test_dp_tradeoff_writes_results_summary_and_figures(dp_out):
     assert_figures(out / "figures", ["accuracy_vs_epsilon", "leakage_vs_epsilon", "tradeoff"])
 
 
+def test_headers_and_captions_say_what_the_runs_are(dp_out):
+    """main.sh's runs are all seed 0, one per setting: a header or caption claiming "3 seed(s)"
+    or "mean ± sd over seeds" would be a false statement copied into papers."""
+    out, _ = dp_out
+    texts = [(out / "summary.md").read_text(), (out / "figures" / "captions.md").read_text()]
+    texts += [p.read_text() for p in (out / "figures").glob("*.txt")]
+    for text in texts:
+        assert "3 seed" not in text and "over seeds" not in text, text
+        assert "1 seed per setting (seed 0): single runs, no interval" in text, text
+        # the tiny budget, as the runs' configs hold it
+        assert "1 epochs, train subset 300, test subset 200" in text, text
+
+
+def test_interval_text_counts_seeds_per_setting():
+    def rows(*runs: tuple[str, int]) -> list[dict]:
+        return [{"run_dir": f"/x/runs/{name}-s{seed}", "seed": float(seed)} for name, seed in runs]
+
+    # two settings with seeds 0, 1, 2 each: an interval over 3 seeds
+    three = rows(*[(n, s) for n in ("none", "dp-e3") for s in range(3)])
+    assert common.interval_text(three) == "mean ± sd over 3 seeds per setting (seeds 0, 1, 2)"
+    # the same names at seed 0 only (main.sh's dp_tradeoff): no interval at all
+    assert common.interval_text(rows(("none", 0), ("dp-e3", 0))) == (
+        "1 seed per setting (seed 0): single runs, no interval")
+    # "none" at seeds 0 and 1, "dp-e3" at 0: both counts named, and the setting left single
+    mixed = common.interval_text(rows(("none", 0), ("none", 1), ("dp-e3", 0)))
+    assert mixed.startswith("mean ± sd over each setting's seeds (1 to 2 seeds per setting "
+                            "(seeds 0, 1)")
+    assert "the 1 setting(s) with 1 seed: single runs, no interval" in mixed
+    assert common.interval_sentence(rows(("a", 4))) == (
+        "1 seed per setting (seed 4): single runs, no interval.")
+
+
 def test_dp_tradeoff_rerun_skips_finished_runs_and_attacks(dp_out, pool_dirs):
     out, first = dp_out
     runs = sorted((out / "runs").iterdir())
@@ -93,8 +127,10 @@ def test_dp_tradeoff_rerun_skips_finished_runs_and_attacks(dp_out, pool_dirs):
     missing = runs[0] / "attacks" / "dtw.json"
     missing.unlink()  # a study killed during this attack
     t0 = time.perf_counter()
+    # --seeds 3 as main.sh's default budget has it: the grid still trains one seed
+    # (--formal-seeds 1), which every header and caption must say
     dp_tradeoff.main(tiny(pool_dirs, out, "--paper-epsilons", "3", "none",
-                          "--formal-epsilons", "4", "none", "--designs", "512"))
+                          "--formal-epsilons", "4", "none", "--designs", "512", "--seeds", "3"))
     again = time.perf_counter() - t0
     assert {p: p.stat().st_mtime_ns for p in done} == before  # nothing retrained or re-attacked
     assert missing.exists()  # ... but the missing attack was run

@@ -97,7 +97,8 @@ class HttpFetcher:
             ):
                 shutil.copyfileobj(response, out, _CHUNK)
         except (urllib.error.URLError, OSError) as exc:
-            raise DataError(f"download of {filename} from {url} failed: {exc}") from exc
+            raise DataError(f"download of {filename} from {url} failed: {exc} (offline? give "
+                            "the records' folder with --mitdb-dir or $SPLITPRIV_MITDB)") from exc
 
     def __repr__(self) -> str:
         return f"HttpFetcher({self.base_url!r}, timeout={self.timeout})"
