@@ -84,7 +84,8 @@ MEASURED_SECONDS = {"dcor": (0.5, 107), "dtw": (0.6, 107), "strongest": (7.6, 10
 def split_options(options: dict[str, Any]) -> tuple[Setup, dict[str, Any]]:
     """The :class:`Setup` options out of ``options``; the attack's own are returned."""
     options = dict(options)
-    setup = {k: options.pop(k) for k in ("source", "reference_epochs") if k in options}
+    setup: dict[str, Any] = {k: options.pop(k) for k in ("source", "reference_epochs")
+                             if k in options}
     return build_config(Setup, setup, "--option"), options
 
 

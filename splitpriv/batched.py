@@ -50,6 +50,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from splitpriv.channel import Kind, RecordPolicy, StackedChannel, Transcript
 from splitpriv.defense import Defense, resolve_defense
+from splitpriv.fast import fast_kernels
 from splitpriv.io import resolve_device, torch_threads
 from splitpriv.models import MaxPool2, SplitModels, same_conv, same_conv1d
 from splitpriv.parties import Client, RunView, Server
@@ -411,7 +412,7 @@ def run_training_batched(configs: Sequence, out_dirs: Sequence[str | Path], *,
                                            progress=progress)
     elif pending:
         try:
-            with torch_threads(configs[0].threads):
+            with torch_threads(configs[0].threads), fast_kernels(configs[0].fast):
                 trained = _train_together([configs[i] for i in pending],
                                           [run_dirs[i] for i in pending], progress)
         finally:

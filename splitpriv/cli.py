@@ -189,16 +189,15 @@ def catalog(what: str) -> str:
         out += ["knowledge: " + "; ".join(f"{k}: {v}" for k, v in KNOWLEDGE_WORDS.items()),
                 "splitpriv attack NAME --help: one attack's options, knowledge and cost"]
     elif what == "defenses":
-        from defenses.registry import DEFENSES, _load_builtin
+        from splitpriv.defense import DEFENSES
 
-        _load_builtin()
-        for name, cls in sorted(DEFENSES.items()):
-            out += [f"{name}  (--defense {name}[:key=value,...])", _first_paragraph(cls)]
-            variants = getattr(cls, "variants", None) or {}
+        for name, defense in sorted(DEFENSES.items()):
+            out += [f"{name}  (--defense {name}[:key=value,...])", _first_paragraph(defense)]
+            variants = defense.variants or {}
             for value, v in variants.items():
-                out += [f" {cls.variant_field}={value}:", describe_fields(v.Config)]
+                out += [f" {defense.variant_field}={value}:", describe_fields(v.Config)]
             if not variants:
-                out.append(describe_fields(cls.Config))
+                out.append(describe_fields(defense.Config))
             out.append("")
     elif what == "servers":
         from splitpriv.servers import load_plugins

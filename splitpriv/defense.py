@@ -160,7 +160,8 @@ class Defense:
     #: replacement is refused: ``splitpriv.run.check_distinct_beats``)
     per_beat_claim: bool = False
 
-    #: the defense's parameters (its class's ``Config``); None for the identity defense
+    #: the class of the defense's parameters (a dataclass), and an instance's
+    Config: ClassVar[type[Any]]
     config: Any = None
     #: whether a checkpoint keeps the defense's state (:meth:`state_dict`)
     stateful: bool = False

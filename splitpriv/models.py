@@ -299,8 +299,11 @@ class ClientNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fast = fast_enabled()
         for layer in self.layers:  # (B, 1, 128) -> (B, 16, 32) or (B, c, 32)
-            x = (same_conv1d(x, layer.weight, layer.bias)
-                 if fast and same_conv(layer) and _plain_call(layer) else layer(x))
+            if (fast and isinstance(layer, nn.Conv1d) and layer.bias is not None
+                    and same_conv(layer) and _plain_call(layer)):
+                x = same_conv1d(x, layer.weight, layer.bias)
+            else:
+                x = layer(x)
         return x  # (B, 16, 32) or (B, c, 32)
 
 

@@ -111,8 +111,9 @@ class Tracker:
         w = self._writer()
         formal = [c for c in map(PrivacyClaim.from_dict, result.get("defenses", []))
                   if c.formal and c.epsilon is not None]
-        if formal:
-            w.add_scalar("privacy/epsilon", float(formal[-1].epsilon), step)
+        epsilon = formal[-1].epsilon if formal else None
+        if epsilon is not None:
+            w.add_scalar("privacy/epsilon", float(epsilon), step)
         w.add_scalar("result/test_accuracy", float(result["test_accuracy"]), step)
         w.add_text("privacy/claims", claims_text(result), step)
         w.add_text("config", "    " + json.dumps(result.get("config", {}), indent=1)

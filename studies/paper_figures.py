@@ -201,10 +201,9 @@ def inversion_result(run_dir: Path) -> Path | None:
     return None
 
 
-def reconstructions(rows: list[dict], label_key: str, figs: FigureSet, examples: int,
-                    settings: list[str], family_key: str | None = None) -> bool:
-    """Raw vs reconstructed beats (the strongest inversion's), one column per setting (first
-    seed): the given settings, else the first of each family (at most 8)."""
+def _reconstruction_columns(rows: list[dict], label_key: str, settings: list[str],
+                            family_key: str | None) -> dict[str, Path]:
+    """The run directory of each column of :func:`reconstructions` (at most 8)."""
     cols: dict[str, Path] = {}
     families: set[str] = set()
     for r in rows:
@@ -221,7 +220,14 @@ def reconstructions(rows: list[dict], label_key: str, figs: FigureSet, examples:
         cols[name] = Path(r["run_dir"])
     if settings:
         cols = {s: cols[s] for s in settings if s in cols}
-    cols = dict(list(cols.items())[:8])
+    return dict(list(cols.items())[:8])
+
+
+def reconstructions(rows: list[dict], label_key: str, figs: FigureSet, examples: int,
+                    settings: list[str], family_key: str | None = None) -> bool:
+    """Raw vs reconstructed beats (the strongest inversion's), one column per setting (first
+    seed): the given settings, else the first of each family (at most 8)."""
+    cols = _reconstruction_columns(rows, label_key, settings, family_key)
     if not cols:
         return False
     scores, titles = {}, {}

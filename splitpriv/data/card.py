@@ -16,8 +16,8 @@ def _row_keys(x: np.ndarray) -> np.ndarray:
     """Hash each row's bytes to a uint64 (rows (n, ...) flattened; -0.0 counted as 0.0)."""
     flat = np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float64) + 0.0  # (n, L)
     words = flat.view(np.uint64)  # (n, L)
-    mult = np.random.RandomState(0).randint(1, 2**63 - 1, size=words.shape[1], dtype=np.int64)
-    mult = mult.astype(np.uint64) | np.uint64(1)
+    drawn = np.random.RandomState(0).randint(1, 2**63 - 1, size=words.shape[1], dtype=np.int64)
+    mult = drawn.astype(np.uint64) | np.uint64(1)
     with np.errstate(over="ignore"):
         return (words * mult).sum(axis=1, dtype=np.uint64)  # (n,)
 
@@ -69,7 +69,7 @@ def dataset_card(
         (sorted record numbers; empty when unknown) and records_shared (records on both sides).
     """
     rtr, rte = _records_of(split.record_train), _records_of(split.record_test)
-    card = {
+    card: dict[str, Any] = {
         "protocol": split.protocol,
         "pool_size": None if pool is None else len(pool),
         "pool_class_counts": None if pool is None else pool.class_counts(),

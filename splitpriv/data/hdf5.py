@@ -54,6 +54,33 @@ def write_paper_hdf5(split: Split, out_dir: Path | str) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+def _checked_beats(x: np.ndarray, what: str) -> np.ndarray:
+    """Beats (N, 1, 128) from an HDF5 dataset of (N, 1, 128) or (N, 128) finite floats."""
+    if x.ndim == 2:
+        x = x[:, None, :]  # (N, 128) -> (N, 1, 128)
+    if x.ndim != 3 or x.shape[1] != 1 or x.shape[2] != 128:
+        raise DataError(f"{what} has shape {x.shape}, expected (N, 1, 128) or (N, 128)")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise DataError(f"{what} has dtype {x.dtype}, expected a float type")
+    if not np.all(np.isfinite(x)):
+        raise DataError(f"{what} holds NaN or inf values")
+    return x
+
+
+def _checked_labels(y: np.ndarray, what: str) -> np.ndarray:
+    """Labels (N,) from an HDF5 dataset of (N,) or (N, 1) integers (or integral floats)."""
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DataError(f"{what} has shape {y.shape}, expected (N,)")
+    if np.issubdtype(y.dtype, np.floating):
+        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            raise DataError(f"{what} holds non-integer labels")
+    elif not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{what} has dtype {y.dtype}, expected integer labels")
+    return y
+
+
 def _read_xy(path: Path, part: str, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     import h5py
 
@@ -73,24 +100,7 @@ def _read_xy(path: Path, part: str, n_classes: int) -> tuple[np.ndarray, np.ndar
         raise
     except Exception as exc:
         raise DataError(f"{path} is not a readable HDF5 file: {exc}") from exc
-    if x.ndim == 2:
-        x = x[:, None, :]  # (N, 128) -> (N, 1, 128)
-    if x.ndim != 3 or x.shape[1] != 1 or x.shape[2] != 128:
-        raise DataError(f"{path}: {xk} has shape {x.shape}, expected (N, 1, 128) or (N, 128)")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise DataError(f"{path}: {xk} has dtype {x.dtype}, expected a float type")
-    if not np.all(np.isfinite(x)):
-        raise DataError(f"{path}: {xk} holds NaN or inf values")
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1:
-        raise DataError(f"{path}: {yk} has shape {y.shape}, expected (N,)")
-    if np.issubdtype(y.dtype, np.floating):
-        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-            raise DataError(f"{path}: {yk} holds non-integer labels")
-    elif not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{path}: {yk} has dtype {y.dtype}, expected integer labels")
+    x, y = _checked_beats(x, f"{path}: {xk}"), _checked_labels(np.asarray(y), f"{path}: {yk}")
     if len(y) != len(x):
         raise DataError(f"{path}: {xk} has {len(x)} rows but {yk} has {len(y)}")
     if len(y) == 0:

@@ -104,6 +104,22 @@ class TrainConfig:
             check_hdf5_run(self.hdf5, protocol=self.protocol, labels=self.labels)
         if self.select_by not in SELECT_BY:
             raise ValueError(f"select_by must be one of {SELECT_BY}, got {self.select_by!r}")
+        self._check_numbers()
+        if self.threads == 0:
+            self.threads = None
+        if self.device != "auto":
+            try:  # the name only: whether this machine has the device is checked at run time
+                kind = torch.device(self.device).type
+            except (RuntimeError, ValueError):
+                kind = None
+            if kind not in DEVICE_TYPES:
+                raise ValueError(f"device: {self.device!r} is not a device a run can train on "
+                                 "(auto, cpu, cuda, cuda:N, mps)")
+        ModelConfig(self.depth, cut_channels=self.cut_channels)  # validates the architecture
+        self.record_policy()  # validates record_epochs and record_kinds
+
+    def _check_numbers(self) -> None:
+        """The numeric fields' ranges, each named when out of it."""
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -121,18 +137,6 @@ class TrainConfig:
         if self.threads is not None and not 0 <= self.threads <= MAX_THREADS:
             raise ValueError(f"threads must be in 0..{MAX_THREADS} (0 or None: torch's default), "
                              f"got {self.threads}")
-        if self.threads == 0:
-            self.threads = None
-        if self.device != "auto":
-            try:  # the name only: whether this machine has the device is checked at run time
-                kind = torch.device(self.device).type
-            except (RuntimeError, ValueError):
-                kind = None
-            if kind not in DEVICE_TYPES:
-                raise ValueError(f"device: {self.device!r} is not a device a run can train on "
-                                 "(auto, cpu, cuda, cuda:N, mps)")
-        ModelConfig(self.depth, cut_channels=self.cut_channels)  # validates the architecture
-        self.record_policy()  # validates record_epochs and record_kinds
 
     @property
     def resolved_val_fraction(self) -> float:

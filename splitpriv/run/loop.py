@@ -18,6 +18,7 @@ import torch
 
 from splitpriv.channel import CountingChannel, Transcript
 from splitpriv.defense import StopTraining
+from splitpriv.fast import fast_kernels
 from splitpriv.io import resolve_device, torch_threads
 from splitpriv.run.config import TrainConfig
 from splitpriv.run.data import Tensors, build_run_data
@@ -141,7 +142,7 @@ def run_training(
         done = run_dir.finished()
         if done is not None:
             return done
-        with torch_threads(config.threads):
+        with torch_threads(config.threads), fast_kernels(config.fast):
             return _train(config, run_dir, progress=progress)
 
 
