@@ -1,4 +1,4 @@
-"""The ``splitpriv`` command line: ``data prepare``, ``train``, ``attack``."""
+"""The ``splitpriv`` command line: ``data prepare``, ``train``, ``attack``, ``audit``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import sys
 import textwrap
 from collections.abc import Sequence
+from typing import Any
 
 from splitpriv.distributed import ChannelError
 from splitpriv.io import torch_threads
@@ -114,6 +115,30 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from attacks.audit import audit_cli
+
+    audit_cli(args.run, aux=args.aux, out=args.out, victims=args.victims, seed=args.seed,
+              confidence=args.confidence)
+    return 0
+
+
+def add_audit_parser(sub: Any) -> None:
+    """``splitpriv audit``: a run's privacy audit (attacks/audit.py)."""
+    aud = sub.add_parser("audit", help="audit a run's privacy: empirical epsilon lower bounds, "
+                         "the claim's bounds beside the attacks; writes DIR/attacks/audit.json")
+    aud.add_argument("--run", required=True, help="run directory")
+    aud.add_argument("--aux", default=None, help="attacker's auxiliary beats (train:F | train:N "
+                     "| records:R1,...): run the strongest attack first where the run has none")
+    aud.add_argument("--out", default=None, help="where to write the audit (default "
+                     "DIR/attacks/audit.json)")
+    aud.add_argument("--victims", type=int, default=1000, help="test beats of the test-time audit")
+    aud.add_argument("--seed", type=int, default=0)
+    aud.add_argument("--confidence", type=float, default=0.95,
+                     help="one-sided confidence of every lower bound")
+    aud.set_defaults(func=cmd_audit)
+
+
 class _AttackHelp(argparse.HelpFormatter):
     """Lists the registered attacks in ``splitpriv attack --help`` (the registry is imported only
     when the help is shown)."""
@@ -194,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                      help="attack option, repeatable (max_victims=2000, phase=test, ...)")
     att.set_defaults(func=cmd_attack)
+    add_audit_parser(sub)
     return parser
 
 
