@@ -31,6 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from attacks.audit import audit_columns
 from attacks.base import AttackBudget
 from splitpriv.defense import PrivacyClaim
 from splitpriv.executor import Executor, TaskFailed
@@ -363,6 +364,7 @@ def run_task(task: RunTask) -> dict[str, Any]:
         "final_test_accuracy": result["final_test_accuracy"],
         **attack_columns({a: summaries.get(a) for a in task.every_attack}),
         **privacy_columns(result), "claim_scope": claim_scope(result),
+        **audit_columns(summaries.get("strongest"), result),  # issue 31: attacks/audit.py
         "train_seconds": result["seconds"], "wall_seconds": time.perf_counter() - t0,
         "run_dir": str(run_dir),
     }
@@ -710,7 +712,9 @@ def run_study(
     write_csv(out / "results.csv", rows, columns)
     rows = read_csv(out / "results.csv")
     budget = args.budget_text()
-    md = summarize(rows, budget)
+    from studies.audit import audit_table  # issue 31
+
+    md = summarize(rows, budget) + audit_table(rows)
     write_text(out / "summary.md", md)
     draw(rows, FigureSet(out / "figures", utility=args.utility), f"Budget: {budget}.")
     print_table(md)
