@@ -276,9 +276,13 @@ def game_bounds(game: dict[str, Any], claim: ReleaseClaim | None, releases: floa
         g = game.get(f"k{k}")
         if not g:
             continue
-        m = round(1 / g["chance"])  # 1 / (k' + 1), k' the candidates each victim had
+        # chance is the mean of 1 / (k_i + 1), k_i the candidates victim i had: k + 1 for
+        # every victim across patients; within a patient some have fewer, and m is rounded
+        # down (a smaller m gives a smaller bound), the bound then marked approximate
+        m = math.floor(1 / g["chance"] + 1e-9)
         low = epsilon_lower(g["accuracy"] * g["n"], int(g["n"]), m, delta=delta,
                             confidence=confidence)
+        low["every_victim_has_k"] = m == k + 1
         out["epsilon_lower"][f"k{k}"] = low
         if claim is not None:
             bound = claim.success_bound(m, releases)

@@ -13,6 +13,7 @@ from scipy.stats import norm
 
 from attacks.audit import (
     audit_columns,
+    audit_test_releases,
     clopper_pearson_low,
     dfil,
     epsilon_lower,
@@ -20,7 +21,6 @@ from attacks.audit import (
     mary_epsilon_lower,
     mary_success_bound,
     one_run_epsilon_lower,
-    audit_test_releases,
 )
 from defenses.accounting import gdp_epsilon
 from splitpriv.run import TrainConfig, run_training
