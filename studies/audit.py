@@ -212,10 +212,10 @@ def draw(rows: Sequence[dict[str, Any]], figs: FigureSet) -> None:
             ("accounted_epsilon", "reid_success_k10", "rero_bound_k10", "training"),
             ("test_claimed_epsilon", "test_canary_success_k10", "test_rero_bound_k10",
              "test release, canaries")):
-        pts = sorted((r[x], r[bound]) for r in by_eps)
-        line, = ax.plot(*zip(*pts, strict=True), lw=1, label=f"bound, {label}")
+        marks = ax.scatter([r[x] for r in by_eps], [r[bound] for r in by_eps], marker="_",
+                           s=120, lw=1.5, label=f"bound, {label}")
         ax.scatter([r[x] for r in by_eps], [r[meas] for r in by_eps], s=16,
-                   color=line.get_color(), label=f"measured, {label}")
+                   color=marks.get_facecolor()[0], label=f"measured, {label}")
     ax.axhline(1 / 11, color="0.5", lw=0.8, ls=":", label="chance (1/11)")
     ax.set(xscale="log", xlabel="claimed epsilon", ylabel="re-identification success, k = 10")
     ax.legend(fontsize=6)
