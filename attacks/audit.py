@@ -445,11 +445,11 @@ def audit_run(run_dir: str | Path, *, victims: int = 1000, seed: int = 0,
     run = SHARED.load(run_dir)
     result = read_json(run.path / "result.json")
     claim = ReleaseClaim.of(result)
-    formal = [PrivacyClaim.from_dict(c) for c in result.get("defenses", [])]
+    claims = [PrivacyClaim.from_dict(c) for c in result.get("defenses", [])]
     audit: dict[str, Any] = {
         "confidence": confidence,
         "claims": [{"name": c.name, "formal": c.formal, "epsilon": c.epsilon, "delta": c.delta,
-                    "scope": c.scope} for c in formal],
+                    "scope": c.scope} for c in claims],
         "release_claim": claim.as_dict() if claim else None,
         "scope": {"train": TRAIN_SCOPE, "test": TEST_SCOPE},
     }
@@ -457,10 +457,10 @@ def audit_run(run_dir: str | Path, *, victims: int = 1000, seed: int = 0,
     if strongest_path.exists():
         doc = read_json(strongest_path)
         reid = doc["summary"]["reidentification"]
-        releases = float(reid["across"].get("releases_mean") or 1)
         audit["train"] = {game: {"attack": reid[game]["attack"], **game_bounds(
-            reid[game], claim, releases, confidence=confidence, exact=False)}
-            for game in ("across", "within")}
+            reid[game], claim, float(reid[game].get("releases_mean") or 1),
+            confidence=confidence, exact=False)} for game in ("across", "within")}
+        releases = float(reid["across"].get("releases_mean") or 1)
         across = audit["train"]["across"]
         audit["epsilon_lower"] = across["epsilon_lower"]
         for k in AUDIT_KS:
