@@ -1,5 +1,5 @@
-"""The ``splitpriv`` command line: ``data prepare``, ``train``, ``attack``, ``list``, ``show``,
-``compare``.
+"""The ``splitpriv`` command line: ``data prepare``, ``train``, ``attack``, ``audit``, ``list``,
+``show``, ``compare``.
 
 ``splitpriv list attacks|defenses|servers|datasets|models`` prints each one's parameters and
 defaults from its Config; ``splitpriv attack NAME --help`` an attack's options, the knowledge it
@@ -15,6 +15,7 @@ import json
 import sys
 import textwrap
 from collections.abc import Sequence
+from typing import Any
 
 from splitpriv.distributed import ChannelError
 from splitpriv.fast import fast_kernels
@@ -256,6 +257,28 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     print(runs_table(args.dirs, differing=True))
     return 0
+def cmd_audit(args: argparse.Namespace) -> int:
+    from attacks.audit import audit_cli
+
+    audit_cli(args.run, aux=args.aux, out=args.out, victims=args.victims, seed=args.seed,
+              confidence=args.confidence)
+    return 0
+
+
+def add_audit_parser(sub: Any) -> None:
+    """``splitpriv audit``: a run's privacy audit (attacks/audit.py)."""
+    aud = sub.add_parser("audit", help="audit a run's privacy: empirical epsilon lower bounds, "
+                         "the claim's bounds beside the attacks; writes DIR/attacks/audit.json")
+    aud.add_argument("--run", required=True, help="run directory")
+    aud.add_argument("--aux", default=None, help="attacker's auxiliary beats (train:F | train:N "
+                     "| records:R1,...): run the strongest attack first where the run has none")
+    aud.add_argument("--out", default=None, help="where to write the audit (default "
+                     "DIR/attacks/audit.json)")
+    aud.add_argument("--victims", type=int, default=1000, help="test beats of the test-time audit")
+    aud.add_argument("--seed", type=int, default=0)
+    aud.add_argument("--confidence", type=float, default=0.95,
+                     help="one-sided confidence of every lower bound")
+    aud.set_defaults(func=cmd_audit)
 
 
 class _AttackHelp(argparse.HelpFormatter):
@@ -358,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("dirs", nargs="+", metavar="DIR",
                      help="run directories, or folders holding runs (a study's output)")
     cmp.set_defaults(func=cmd_compare)
+    add_audit_parser(sub)
     return parser
 
 

@@ -32,6 +32,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from attacks.audit import audit_columns
 from attacks.base import AttackBudget
 from splitpriv.defense import PrivacyClaim
 from splitpriv.executor import Executor, TaskFailed
@@ -448,6 +449,7 @@ def run_task(task: RunTask) -> dict[str, Any]:
         **privacy_columns(result), "claim_scope": claim_scope(result),
         "majority_class_accuracy": majority_class_accuracy(result),
         "train_subset": p.config.train_subset, "test_subset": p.config.test_subset,
+        **audit_columns(summaries.get("strongest"), result),  # attacks/audit.py
         "train_seconds": result["seconds"], "wall_seconds": time.perf_counter() - t0,
         "run_dir": str(run_dir),
     }
@@ -973,7 +975,9 @@ def run_study(
     write_csv(out / "results.csv", rows, columns)
     rows = read_csv(out / "results.csv")
     budget = budget_text(rows, args.quick)
-    md = summarize(rows, budget)
+    from studies.audit import audit_table
+
+    md = summarize(rows, budget) + audit_table(rows)
     write_text(out / "summary.md", md)
     draw(rows, FigureSet(out / "figures", utility=args.utility), f"Budget: {budget}.")
     print_table(md)

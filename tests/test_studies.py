@@ -14,7 +14,7 @@ import matplotlib.image as mpimg
 import pytest
 
 from splitpriv.options import field_docs
-from studies import common, compare_defenses, depth, dp_tradeoff, paper_figures
+from studies import audit, common, compare_defenses, depth, dp_tradeoff, paper_figures
 
 TINY = ["--quick", "--no-progress", "--jobs", "1", "--train-subset", "300", "--test-subset", "200",
         "--epochs", "1", "--dcor-victims", "100", "--dtw-victims", "40",
@@ -85,6 +85,29 @@ def test_dp_tradeoff_writes_results_summary_and_figures(dp_out):
     assert "Paper mode" in summary and "Formal mode" in summary
     assert "73.78" in summary and "98.44" in summary  # the paper's accuracies beside ours
     assert_figures(out / "figures", ["accuracy_vs_epsilon", "leakage_vs_epsilon", "tradeoff"])
+    # the audit columns (attacks/audit.py): an empirical epsilon for every run, the robustness
+    # bound only where a formal activation-DP claim is
+    assert_finite(rows, ["epsilon_lower_k10", "epsilon_lower_k100"])
+    assert math.isfinite(float(formal["rero_bound_k10"]))
+    assert math.isnan(float(base["rero_bound_k10"]))
+    assert "## Audit" in summary
+
+
+def test_audit_study_audits_every_run_without_touching_them(dp_out, tmp_path):
+    out, _ = dp_out
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    audit.main(["--studies", str(out), "--out", str(tmp_path), "--victims", "150"])
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == mtimes
+    rows = read_rows(tmp_path / out.name / "results.csv")
+    assert len(rows) == 3 and all(r["audit_violation"] == "no" for r in rows)
+    assert_finite(rows, ["epsilon_lower_k10", "test_epsilon_lower_k10", "test_success_k10"])
+    formal = next(r for r in rows if r["mode"] == "formal")
+    assert float(formal["test_success_k10"]) <= float(formal["test_rero_bound_k10"])
+    assert float(formal["dfil_mse_bound"]) > 0
+    none = next(r for r in rows if r["mode"] == "none")
+    assert float(none["test_success_k10"]) == 1.0  # no noise: every test beat picked out
+    assert "# Privacy audits" in (tmp_path / "summary.md").read_text()
+    assert_figures(tmp_path / "figures", ["audit_epsilon", "audit_reidentification"])
 
 
 def test_headers_and_captions_say_what_the_runs_are(dp_out):
