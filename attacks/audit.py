@@ -230,7 +230,7 @@ class ReleaseClaim:
             c = PrivacyClaim.from_dict(doc)
             if c.formal and c.details.get("mode") == "formal" and c.details.get("noise_scale"):
                 scale, clip = float(c.details["noise_scale"]), float(c.details["clip"])
-                test = next(iter((c.details.get("test") or {}).values()), {})
+                test: dict[str, Any] = next(iter((c.details.get("test") or {}).values()), {})
                 return cls(mechanism=str(c.mechanism), per_release=2 * clip / scale,
                            train_releases=int(c.details["train"]["releases_per_beat"]),
                            test_releases=int(test.get("releases_per_beat", 0)),

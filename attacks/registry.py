@@ -8,11 +8,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from attacks.base import Attack
+from splitpriv import registry
 from splitpriv.options import build_config
 from splitpriv.registry import Registry
 
-#: every attack by name (the plug-ins loaded on first read)
-ATTACKS: Registry[type[Attack]] = Registry("attack", "splitpriv.attacks")
+#: every attack by name (the core's registry; the plug-ins loaded on first read)
+ATTACKS: Registry[type[Attack]] = registry.ATTACKS
 register = ATTACKS.register
 
 

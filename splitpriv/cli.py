@@ -13,14 +13,14 @@ import argparse
 import dataclasses
 import json
 import sys
-import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from splitpriv.distributed import ChannelError
 from splitpriv.fast import fast_kernels
 from splitpriv.io import torch_threads
 from splitpriv.options import ArgumentParser, add_dataclass_arguments, dataclass_from_args
+from splitpriv.registry import cli_extensions
 from splitpriv.run import TOPOLOGIES, TrainConfig
 
 PROTOCOLS = ("paper", "paper-unique", "inter-patient")
@@ -134,16 +134,26 @@ def _train(args: argparse.Namespace, config: TrainConfig) -> int:
     return 0
 
 
-def cmd_attack(args: argparse.Namespace) -> int:
-    from attacks.cli import run_attack_cli
-    from splitpriv.options import parse_pairs
-
-    run_attack_cli(args.name, args.run, args.aux, parse_pairs(args.option, "--option"))
-    return 0
+#: what ``splitpriv list`` lists besides the plug-in packages' catalogs (e.g. attacks)
+CATALOGS = ("defenses", "servers", "datasets", "models")
 
 
-#: what ``splitpriv list`` lists
-CATALOGS = ("attacks", "defenses", "servers", "datasets", "models")
+class _Extensions:
+    """The plug-in packages' parts of the command line (:func:`splitpriv.registry.
+    cli_extensions`: the attacks' ``attack``, ``audit``, ``list attacks``), loaded once."""
+
+    _modules: list[Any] | None = None
+
+    def modules(self) -> list[Any]:
+        if self._modules is None:
+            self._modules = cli_extensions()
+        return self._modules
+
+    def catalogs(self) -> dict[str, Callable[[], str]]:
+        return {k: v for m in self.modules() for k, v in m.catalogs().items()}
+
+
+extensions = _Extensions()
 #: the protocols in words (their parameters are TrainConfig's data fields)
 PROTOCOL_WORDS = {
     "paper": "the paper's split: 6000/6000/6000/2490/6000 draws per class with replacement, "
@@ -155,45 +165,20 @@ PROTOCOL_WORDS = {
 }
 
 
-def _first_paragraph(cls: type) -> str:
-    doc = (cls.__doc__ or "").strip().split("\n\n")[0]
-    return textwrap.fill(" ".join(doc.split()), 96, initial_indent="  ", subsequent_indent="  ")
-
-
 def catalog(what: str) -> str:
     """``splitpriv list WHAT``: each registered plug-in (or the data protocols, the model) with
     its parameters and defaults, read from its Config."""
     from splitpriv.models import ModelConfig
-    from splitpriv.options import describe_fields
+    from splitpriv.options import describe_fields, first_paragraph
 
     out: list[str] = []
-    if what == "attacks":
-        from attacks.base import CommonConfig
-        from attacks.cli import KNOWLEDGE_WORDS
-        from attacks.registry import build_attack, load_builtin
-
-        def default(f: dataclasses.Field) -> object:
-            return (f.default_factory() if f.default_factory is not dataclasses.MISSING
-                    else f.default)
-
-        common = {f.name: default(f) for f in dataclasses.fields(CommonConfig)}
-        out += ["options every attack takes (-o KEY=VALUE):", describe_fields(CommonConfig), ""]
-        for name in sorted(load_builtin()):
-            attack = build_attack(name, {})
-            needs = ", ".join(f"{k}{'' if k in attack.requires else ' (optional)'}"
-                              for k in attack.uses) or "nothing (an evaluator's measurement)"
-            own = [f.name for f in dataclasses.fields(attack.Config)  # its own, or its default
-                   if f.name not in common or common[f.name] != default(f)]
-            out += [f"{name}  (needs: {needs})", _first_paragraph(type(attack)),
-                    describe_fields(attack.Config, only=own) if own else "  (no own options)",
-                    ""]
-        out += ["knowledge: " + "; ".join(f"{k}: {v}" for k, v in KNOWLEDGE_WORDS.items()),
-                "splitpriv attack NAME --help: one attack's options, knowledge and cost"]
+    if what in extensions.catalogs():
+        out.append(extensions.catalogs()[what]())
     elif what == "defenses":
         from splitpriv.defense import DEFENSES
 
         for name, defense in sorted(DEFENSES.items()):
-            out += [f"{name}  (--defense {name}[:key=value,...])", _first_paragraph(defense)]
+            out += [f"{name}  (--defense {name}[:key=value,...])", first_paragraph(defense)]
             variants = defense.variants or {}
             for value, v in variants.items():
                 out += [f" {defense.variant_field}={value}:", describe_fields(v.Config)]
@@ -204,7 +189,7 @@ def catalog(what: str) -> str:
         from splitpriv.servers import load_plugins
 
         for name, cls in sorted(load_plugins().items()):
-            out += [f"{name}  (--server {name}[:key=value,...])", _first_paragraph(cls),
+            out += [f"{name}  (--server {name}[:key=value,...])", first_paragraph(cls),
                     describe_fields(cls.Config), ""]
     elif what == "datasets":
         out += ["MIT-BIH Arrhythmia Database (PhysioNet mitdb 1.0.0; --mitdb-dir or "
@@ -257,46 +242,6 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     print(runs_table(args.dirs, differing=True))
     return 0
-def cmd_audit(args: argparse.Namespace) -> int:
-    from attacks.audit import audit_cli
-
-    audit_cli(args.run, aux=args.aux, out=args.out, victims=args.victims, seed=args.seed,
-              confidence=args.confidence)
-    return 0
-
-
-def add_audit_parser(sub: Any) -> None:
-    """``splitpriv audit``: a run's privacy audit (attacks/audit.py)."""
-    aud = sub.add_parser("audit", help="audit a run's privacy: empirical epsilon lower bounds, "
-                         "the claim's bounds beside the attacks; writes DIR/attacks/audit.json")
-    aud.add_argument("--run", required=True, help="run directory")
-    aud.add_argument("--aux", default=None, help="attacker's auxiliary beats (train:F | train:N "
-                     "| records:R1,...): run the strongest attack first where the run has none")
-    aud.add_argument("--out", default=None, help="where to write the audit (default "
-                     "DIR/attacks/audit.json)")
-    aud.add_argument("--victims", type=int, default=1000, help="test beats of the test-time audit")
-    aud.add_argument("--seed", type=int, default=0)
-    aud.add_argument("--confidence", type=float, default=0.95,
-                     help="one-sided confidence of every lower bound")
-    aud.set_defaults(func=cmd_audit)
-
-
-class _AttackHelp(argparse.HelpFormatter):
-    """Lists the registered attacks in ``splitpriv attack --help`` (the registry is imported only
-    when the help is shown)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.dest == "name":
-            from attacks.registry import load_builtin
-
-            return "the attack: " + ", ".join(sorted(load_builtin()))
-        return super()._get_help_string(action)
-
-    def _split_lines(self, text: str, width: int) -> list[str]:
-        # never break a hyphenated attack name (label-strongest) across lines
-        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="splitpriv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -355,22 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "longest)")
     train.set_defaults(func=cmd_train)
 
-    att = sub.add_parser(
-        "attack", help="run an attack on a saved run; writes DIR/attacks/NAME.json",
-        formatter_class=_AttackHelp,
-        description="splitpriv attack NAME --help: the attack's options, the knowledge it needs "
-                    "and its cost",
-    )
-    att.add_argument("name", help="the attack (the registered names)")
-    att.add_argument("--run", required=True, help="run directory")
-    att.add_argument("--aux", default=None, help="attacker's auxiliary beats: train:F | train:N | "
-                     "records:R1,R2,...")
-    att.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
-                     help="attack option, repeatable (max_victims=2000, phase=test, ...)")
-    att.set_defaults(func=cmd_attack)
-
     lst = sub.add_parser("list", help="the registered plug-ins with their parameters and defaults")
-    lst.add_argument("what", choices=CATALOGS)
+    lst.add_argument("what", choices=(*extensions.catalogs(), *CATALOGS))
     lst.set_defaults(func=cmd_list)
     show = sub.add_parser("show", help="saved runs as one table: config, accuracy, claims, "
                           "every attack's headline")
@@ -381,25 +312,17 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("dirs", nargs="+", metavar="DIR",
                      help="run directories, or folders holding runs (a study's output)")
     cmp.set_defaults(func=cmd_compare)
-    add_audit_parser(sub)
+    for extension in extensions.modules():
+        extension.add_commands(sub)
     return parser
-
-
-def _attack_help(argv: Sequence[str]) -> str | None:
-    """``splitpriv attack NAME --help``: the attack's own help (None: another command)."""
-    if len(argv) >= 3 and argv[0] == "attack" and not argv[1].startswith("-") and (
-            {"-h", "--help"} & set(argv)):
-        from attacks.cli import attack_help
-
-        return attack_help(argv[1])
-    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        text = _attack_help(argv)
-    except ValueError as exc:  # an unknown attack
+        text = next((t for e in extensions.modules() if (t := e.command_help(argv)) is not None),
+                    None)
+    except ValueError as exc:  # an unknown plug-in
         print(f"splitpriv: error: {exc}", file=sys.stderr)
         return 2
     if text is not None:

@@ -267,6 +267,13 @@ def _leaves(cls: type, path: tuple[str, ...] = ()) -> list[_Leaf]:
     return out
 
 
+def first_paragraph(cls: type, width: int = 96) -> str:
+    """A class's docstring's first paragraph on indented lines (``splitpriv list``)."""
+    doc = (cls.__doc__ or "").strip().split("\n\n")[0]
+    return textwrap.fill(" ".join(doc.split()), width, initial_indent="  ",
+                         subsequent_indent="  ")
+
+
 def describe_fields(cls: type, width: int = 100, only: Iterable[str] | None = None) -> str:
     """The parameters of a Config dataclass as text, one per line: name, type, default and its
     documentation (wrapped under it), read from the class itself (``splitpriv list``,

@@ -53,6 +53,19 @@ def load_plugins(group: str) -> None:
         raise
 
 
+#: the entry-point group of the plug-in packages' parts of the command line (a module each,
+#: with ``add_commands(subparsers)``, ``catalogs() -> {name: text()}`` and
+#: ``command_help(argv) -> str | None``; e.g. ``attacks/commands.py``)
+CLI_GROUP = "splitpriv.cli"
+
+
+def cli_extensions() -> list[Any]:
+    """The plug-in packages' command-line modules (entry points of :data:`CLI_GROUP`), in name
+    order; none where no package declares one."""
+    points = importlib.metadata.entry_points(group=CLI_GROUP)
+    return [p.load() for p in sorted(points, key=lambda p: p.name)]
+
+
 class Registry(Mapping[str, T], Generic[T]):
     """Name -> plug-in class for one kind (``defense``, ``attack``, ``server behaviour``); a
     read-only mapping whose every read loads the plug-ins first.
@@ -147,4 +160,9 @@ def _fields(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls.Config)}  # type: ignore[attr-defined]
 
 
-__all__ = ["Registry", "load_plugins"]
+#: every attack by name, filled by the plug-in packages (``attacks/``: ``attacks.registry``
+#: registers into it; the attack base class is the package's own)
+ATTACKS: Registry[type] = Registry("attack", "splitpriv.attacks")
+
+
+__all__ = ["ATTACKS", "CLI_GROUP", "Registry", "cli_extensions", "load_plugins"]

@@ -35,6 +35,7 @@ from typing import Any
 
 from splitpriv.defense import PrivacyClaim
 from splitpriv.io import read_json
+from splitpriv.registry import ATTACKS
 
 #: result.json's numbers every row carries
 RESULT_COLUMNS = ("test_accuracy", "test_macro_f1", "test_balanced_accuracy",
@@ -87,10 +88,9 @@ def headline(doc: Mapping[str, Any]) -> dict[str, Any]:
     its attack class's ``headline`` of the summary, where the attack is installed."""
     if doc.get("headline"):
         return dict(doc["headline"])
-    try:  # older files: the plug-in computes it (the core itself never needs the plug-ins)
-        from attacks.registry import build_attack
-
-        return build_attack(doc["attack"], {}).headline(doc["summary"])
+    try:  # older files: the plug-in computes it (found through the registry)
+        cls: Any = ATTACKS.lookup(doc["attack"])
+        return cls(cls.Config()).headline(doc["summary"])
     except (ImportError, ValueError, KeyError, TypeError):
         return {}
 
