@@ -99,6 +99,8 @@ def run_attack(
         notes.append(f"activations of phase {cfg.phase!r} recomputed from the final weights "
                      "(as the client sends them at inference), not read from a transcript")
 
+    if aux is None:  # an attack's own default (identity: the first part of every record)
+        aux = getattr(attack, "default_aux", None)
     aux_data = SHARED.parse_aux(aux, run, phase=cfg.phase, seed=cfg.seed)
     classifier = None
     if isinstance(attack, InversionAttack) and ref_epochs > 0:
