@@ -587,5 +587,6 @@ def _train_together(configs: Sequence, run_dirs: Sequence[RunDir], progress: boo
         run_dir.save_transcript(transcripts[j])
         results.append(run_dir.finish(result_doc(
             c, histories[j], rows=row_counts(data), device=device, card=data.card,
-            topology=topology, defenses=defense_reports(defenses[j]), batched=k)))
+            topology=topology, defenses=defense_reports(defenses[j], data.part("record", "train")),
+            batched=k)))
     return results

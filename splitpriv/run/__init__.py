@@ -259,9 +259,26 @@ def load_plugin_states(plugins: dict[str, Stateful], states: dict[str, Any] | No
         plugin.load_state_dict(states[key])
 
 
-def defense_reports(defenses: list) -> list[dict[str, Any]]:
-    """What every defense claims (its :class:`~splitpriv.defense.PrivacyClaim`), for result.json."""
-    return [d.report().to_dict() for d in defenses]
+def defense_reports(defenses: list, records: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """What every defense claims (its :class:`~splitpriv.defense.PrivacyClaim`), for result.json;
+    a formal per-beat claim also states its patient-level consequence (``patient_level``: group
+    privacy over the training beats of the largest patient) where the training rows' records
+    (``records``) are known."""
+    from splitpriv.defense import patient_level
+
+    beats = {}
+    if records is not None and len(records) and (np.asarray(records) >= 0).all():
+        recs, counts = np.unique(records, return_counts=True)
+        beats = dict(zip(recs.tolist(), counts.tolist(), strict=True))
+    out = []
+    for d in defenses:
+        claim = d.report()
+        doc = claim.to_dict()
+        consequence = patient_level(claim, beats)
+        if consequence is not None:
+            doc["patient_level"] = consequence
+        out.append(doc)
+    return out
 
 
 def resolve_topology(config: TrainConfig, defenses: list) -> str:
@@ -374,7 +391,7 @@ def _train(config: TrainConfig, run_dir: RunDir, *, progress: bool) -> dict[str,
     run_dir.save_transcript(transcript)
     return run_dir.finish(result_doc(
         config, history, rows=row_counts(data), device=device, card=data.card,
-        topology=topology, defenses=defense_reports(defenses),
+        topology=topology, defenses=defense_reports(defenses, data.part("record", "train")),
         # per epoch run in this process (a resumed run: the epochs after the resume)
         server=trainer.server.behaviour.report() | (
             {"reconstructions": log.summary()} if log is not None and log.rows else {}),
