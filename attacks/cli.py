@@ -88,6 +88,8 @@ def run_attack(
     cfg = attack.config
     check_common(cfg)
     run = SHARED.load(run_dir)
+    if hasattr(attack, "attack_run"):  # an attack of the whole run (membership), no transcript
+        return _save(attack.attack_run(run), run, run_dir, name)
 
     transcript, notes = run.transcript, []
     reads_activations = not isinstance(attack, LabelAttack)
@@ -106,8 +108,15 @@ def run_attack(
     if isinstance(attack, InversionAttack) and ref_epochs > 0:
         classifier = reference_classifier(run, cfg.phase, ref_epochs, seed=cfg.seed)
     result = attack(transcript, knowledge_for(run, aux_data), run.truth(cfg.phase, classifier))
-    result.summary["run"] = {"dir": str(run.path), **config_summary(run)}
     result.notes = notes + result.notes
+    return _save(result, run, run_dir, name)
+
+
+def _save(result: AttackResult, run: RunData, run_dir: str | Path, name: str
+          ) -> tuple[AttackResult, Path]:
+    """Write the result of attack ``name`` to DIR/attacks, once the run's files are checked to
+    be those it attacked."""
+    result.summary["run"] = {"dir": str(run.path), **config_summary(run)}
     if not SHARED.unchanged(run_dir):  # retrained or extended meanwhile: not this run's result
         raise ValueError(f"{run.path}: the run's files changed while it was attacked (retrained "
                          "or extended?); attack it again once it has finished")

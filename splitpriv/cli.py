@@ -13,7 +13,7 @@ from splitpriv.io import torch_threads
 from splitpriv.options import ArgumentParser, add_dataclass_arguments, dataclass_from_args
 from splitpriv.run import TOPOLOGIES, TrainConfig
 
-PROTOCOLS = ("paper", "paper-unique", "inter-patient")
+PROTOCOLS = ("paper", "paper-unique", "inter-patient", "records-holdout")
 
 #: argparse keywords that replace the derived ones of a few TrainConfig fields; every other field
 #: is a flag derived from its type and documentation alone (a new field is a new flag)

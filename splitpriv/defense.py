@@ -10,6 +10,7 @@ Hooks and who calls them (see docs/ARCHITECTURE.md for the picture):
 hook                      party   when
 ========================  ======  =================================================================
 ``configure``             run     once, with the run's plan, before anything is written
+``provide_patients``      run     once before ``attach``: the patient of every training row
 ``attach``                client  once before training (may wrap the client's model/optimizer)
 ``begin_phase``           both    before every pass: ``(epoch, "train" | "val" | "test")``
 ``replay``                client  before every training batch, with its sample ids: a release
@@ -44,6 +45,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:
@@ -170,6 +172,11 @@ class Defense:
     def configure(self, *, epochs: int, batch_size: int) -> None:
         """Called once with the run's plan (its training epochs and batch size), before anything
         is written; may refuse it with a ValueError naming the parameter."""
+
+    def provide_patients(self, records: np.ndarray) -> None:
+        """Called once before ``attach`` with the patient (MIT-BIH record) of every training row
+        (N,), where the run knows them (a defense whose privacy unit is the patient reads them;
+        default: ignored)."""
 
     def attach(self, client: Client) -> None:
         """Called once before training; may wrap the client's model or optimizer, and read the

@@ -323,6 +323,8 @@ def _train(config: TrainConfig, run_dir: RunDir, *, progress: bool) -> dict[str,
     # the data, models and the adversary's beats first: what fails here writes nothing
     data = build_run_data(config, device)
     check_distinct_beats(defenses, data, config)
+    for d in defenses:
+        d.provide_patients(data.part("record", "train"))
     topology = resolve_topology(config, defenses)
     models = build_run_models(config, topology, device)
     aux = behaviour_aux(behaviour.aux_spec(), data, seed=config.seed)
