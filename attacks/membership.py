@@ -222,6 +222,7 @@ class MembershipAttack(Attack):
         "membership_beat_auc": ("beat", "auc"),
         "membership_patient_tpr_at_0_fpr": ("patient", "tpr_at_min_fpr"),
         "membership_patients": ("patients",),
+        "membership_non_members": ("patient", "non_members"),
     }
 
     @classmethod

@@ -120,15 +120,19 @@ class PatientDPSGD(ClientDPSGD):
         return max(1, round(self.sample_rate * self.n_patients))
 
     def attach(self, client: Client) -> None:
-        if self.patients is None or len(self.patients) != len(client.y):
-            raise _bad("needs the patient of every training row (provide_patients), which an "
-                       "in-process run gives; a distributed client does not")
+        """As ``dpsgd``'s; the patients are checked at the first training step (a client
+        attached only to be queried, as the attacks do, trains none)."""
+        if self.patients is not None and len(self.patients) != len(client.y):
+            raise _bad(f"{len(self.patients)} patients given for {len(client.y)} training rows")
         super().attach(client)
         self._coins = torch.Generator().manual_seed(stream_seed(self._base_seed, "patients", None))
 
     def observe_gradient(self, g: torch.Tensor, *, ids: torch.Tensor) -> torch.Tensor | None:
         """Draw this step's patients and tell the optimizer each row's sampled patient."""
-        assert self.patients is not None and self._coins is not None
+        if self.patients is None:
+            raise _bad("needs the patient of every training row (provide_patients), which an "
+                       "in-process run gives; a distributed client does not")
+        assert self._coins is not None
         if self._epoch != self._coin_epoch:  # a fresh stream per epoch, as the noise's
             self._coins.manual_seed(stream_seed(self._base_seed, "patients", self._epoch))
             self._coin_epoch = self._epoch

@@ -1207,16 +1207,18 @@ def _split_inter_patient(pool: BeatPool, seed: int) -> tuple[np.ndarray, np.ndar
 
 
 def _split_records_holdout(pool: BeatPool, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded random half of the pool's records train (every beat of each, in pool order);
-    the other records test: the patients held out at random of patient-level membership
-    inference (``attacks.membership``), beside de Chazal's fixed DS1/DS2. On the
-    ``inter-patient`` pool (44 records): 22 and 22."""
+    """A seeded random half of the pool's records train (every beat of each, rows shuffled, so
+    that a training subset spans every training record); the other records test: the patients
+    held out at random of patient-level membership inference (``attacks.membership``), beside
+    de Chazal's fixed DS1/DS2. On the ``inter-patient`` pool (44 records): 22 and 22."""
+    rng = np.random.RandomState(seed)
     records = np.unique(pool.record)
-    members = np.random.RandomState(seed).permutation(records)[: len(records) // 2]
+    members = rng.permutation(records)[: len(records) // 2]
     inside = np.isin(pool.record, members)
     if inside.all() or not inside.any():
         raise DataError("protocol 'records-holdout': the pool needs two records or more")
-    return np.flatnonzero(inside), np.flatnonzero(~inside)
+    tr, te = np.flatnonzero(inside), np.flatnonzero(~inside)
+    return tr[rng.permutation(len(tr))], te[rng.permutation(len(te))]
 
 
 def _carve_stratified(

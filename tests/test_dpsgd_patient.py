@@ -128,8 +128,13 @@ def test_patient_level_dpsgd_refuses_bad_input(rows):
     with pytest.raises(ValueError, match="patient_rate"):
         build_defense("dpsgd-patient:noise_multiplier=1,patient_rate=0")
     x, y, _ = rows
+    trainer = SplitTrainer(build_models(ModelConfig(), seed=0), x, y, seed=0,
+                           defenses=[build_defense("dpsgd-patient:noise_multiplier=1")])
     with pytest.raises(ValueError, match="patient of every training row"):
-        SplitTrainer(build_models(ModelConfig(), seed=0), x, y, seed=0,
-                     defenses=[build_defense("dpsgd-patient:noise_multiplier=1")])
+        trainer.train_step(torch.arange(8))  # a client to be queried attaches; training needs them
+    wrong = build_defense("dpsgd-patient:noise_multiplier=1")
+    wrong.provide_patients(np.arange(5))
+    with pytest.raises(ValueError, match="5 patients given for 64 training rows"):
+        SplitTrainer(build_models(ModelConfig(), seed=0), x, y, seed=0, defenses=[wrong])
     with pytest.raises(ValueError, match="unknown"):
         build_defense("dpsgd-patient:noise_multiplier=1").provide_patients(np.full(4, -1))
