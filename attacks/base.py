@@ -163,12 +163,15 @@ class GroundTruth:
         groups: (N,) the patient (record) of each row: re-identification is then also scored
             within patient (candidates from the victim's own record). None: across patients
             only.
+        times: (N,) the R-peak sample of each row in its record (the time order of a patient's
+            beats: identity's windows of consecutive beats); None where unknown.
     """
 
     x: torch.Tensor
     y: torch.Tensor
     classifier: torch.nn.Module | None = None
     groups: torch.Tensor | None = None
+    times: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.x.ndim != 3 or self.x.shape[1] != 1:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.base import AttackResult
+from attacks.base import Attack, AttackResult
 from attacks.inversion import InversionAttack
 from attacks.labels import LabelAttack
 from attacks.registry import build_attack
@@ -190,6 +190,8 @@ def run_attack(
     attack, setup, _ = check_ready(name, run_dir, aux, dict(options or {}))
     source, ref_epochs, cfg = setup.source, setup.reference_epochs, attack.config
     run = SHARED.load(run_dir)
+    if hasattr(attack, "attack_run"):  # an attack of the whole run (membership), no transcript
+        return _save(attack, attack.attack_run(run), run, run_dir, name)
 
     transcript, notes = run.transcript, []
     reads_activations = not isinstance(attack, LabelAttack)
@@ -201,14 +203,23 @@ def run_attack(
         notes.append(f"activations of phase {cfg.phase!r} recomputed from the final weights "
                      "(as the client sends them at inference), not read from a transcript")
 
+    if aux is None:  # an attack's own default (identity: the first part of every record)
+        aux = getattr(attack, "default_aux", None)
     aux_data = SHARED.parse_aux(aux, run, phase=cfg.phase, seed=cfg.seed)
     classifier = None
     if isinstance(attack, InversionAttack) and ref_epochs > 0:
         classifier = reference_classifier(run, cfg.phase, ref_epochs, seed=cfg.seed)
     result = attack(transcript, knowledge_for(run, aux_data), run.truth(cfg.phase, classifier))
+    result.notes = notes + result.notes
+    return _save(attack, result, run, run_dir, name)
+
+
+def _save(attack: Attack, result: AttackResult, run: RunData, run_dir: str | Path, name: str
+          ) -> tuple[AttackResult, Path]:
+    """Write the result of attack ``name`` to DIR/attacks, once the run's files are checked to
+    be those it attacked."""
     result.summary["run"] = {"dir": str(run.path), **config_summary(run)}
     result.headline = attack.headline(result.summary)
-    result.notes = notes + result.notes
     if not SHARED.unchanged(run_dir):  # retrained or extended meanwhile: not this run's result
         raise ValueError(f"{run.path}: the run's files changed while it was attacked (retrained "
                          "or extended?); attack it again once it has finished")

@@ -60,7 +60,7 @@ def add_commands(sub: Any) -> None:
     att.add_argument("name", help="the attack (the registered names)")
     att.add_argument("--run", required=True, help="run directory")
     att.add_argument("--aux", default=None, help="attacker's auxiliary beats: train:F | train:N | "
-                     "records:R1,R2,...")
+                     "records:R1,R2,... | enrol:F (identity's default: enrol:0.3)")
     att.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                      help="attack option, repeatable (max_victims=2000, phase=test, ...)")
     att.set_defaults(func=cmd_attack)

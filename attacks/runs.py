@@ -13,6 +13,10 @@ Auxiliary-set specs (``--aux``):
   the run used nowhere (not in train, validation or test). The attacker obtains their activations
   by querying the client (the run's final weights, with the run's defenses applied: an adaptive
   attacker). Victims from those records are excluded.
+* ``enrol:F`` (0 < F < 1): the first part of every patient's record. The beats of the attacked
+  phase whose R-peak lies in the first F of their record (by the time of the record's pool beats)
+  with their patients (records) and labels, paired with the transcript by id; the victims are
+  the later beats, disjoint in time (identity inference: ``attacks.identity``).
 """
 
 from __future__ import annotations
@@ -64,7 +68,16 @@ class RunData:
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
         return GroundTruth(self.x[phase], self.y[phase], classifier=classifier,
-                           groups=record_groups(self.records[phase]))
+                           groups=record_groups(self.records[phase]), times=self.times(phase))
+
+    def times(self, phase: str) -> torch.Tensor | None:
+        """(N,) the R-peak sample of each beat of ``phase`` in its record; None where a row has
+        no pool row (the paper's HDF5 files)."""
+        idx = self.pool_idx[phase]
+        rpeak = getattr(self.pool, "rpeak", None)
+        if rpeak is None or (idx < 0).any():
+            return None
+        return torch.as_tensor(rpeak[idx]).long()
 
 
 def record_groups(records: np.ndarray) -> torch.Tensor | None:
@@ -283,8 +296,15 @@ def check_aux_spec(spec: str | None) -> None:
     elif kind.strip().lower() == "records":
         if not all(r.strip().isdigit() for r in arg.split(",") if r.strip()):
             raise ValueError(f"{where}: expected records:R1,R2,...")
+    elif kind.strip().lower() == "enrol":
+        try:
+            ok = 0 < float(arg) < 1
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{where}: expected enrol:F with F in (0, 1)")
     else:
-        raise ValueError(f"{where}: expected train:F, train:N or records:R1,R2,...")
+        raise ValueError(f"{where}: expected train:F, train:N, records:R1,R2,... or enrol:F")
 
 
 def parse_aux(spec: str | None, run: RunData, *, phase: str, seed: int = 0) -> AuxData | None:
@@ -333,7 +353,35 @@ def parse_aux(spec: str | None, run: RunData, *, phase: str, seed: int = 0) -> A
             f"activations by querying the client{with_defenses})",
             exclude_ids=torch.from_numpy(np.flatnonzero(victims_from)),
         )
+    if kind == "enrol":
+        return enrolment_aux(run, phase, float(arg))
     raise ValueError(f"--aux {spec!r}: expected train:F, train:N or records:R1,R2,...")
+
+
+def enrolment_aux(run: RunData, phase: str, fraction: float) -> AuxData:
+    """The ``enrol:F`` aux set: the beats of ``phase`` in the first ``fraction`` of their
+    record (the F-quantile of the R-peaks of the record's pool beats), paired by id.
+
+    Raises:
+        ValueError: a run without record times (HDF5 files), or no beat before the cut.
+    """
+    times = run.times(phase)
+    if times is None or record_groups(run.records[phase]) is None:
+        raise ValueError(f"--aux enrol:{fraction}: the run's beats have no records or times "
+                         "(HDF5 files)")
+    records = run.records[phase]
+    cut = {int(r): np.quantile(run.pool.rpeak[run.pool.record == r], fraction)
+           for r in np.unique(records)}
+    early = times.numpy() <= np.array([cut[int(r)] for r in records])
+    ids = torch.from_numpy(np.flatnonzero(early))
+    if len(ids) == 0 or len(ids) == len(early):
+        raise ValueError(f"--aux enrol:{fraction}: {len(ids)} of {len(early)} beats of phase "
+                         f"{phase!r} fall before the cut; choose another fraction")
+    return AuxData(
+        x=run.x[phase][ids], y=run.y[phase][ids], ids=ids,
+        groups=torch.as_tensor(records[ids.numpy()]).long(),
+        source=f"enrol:{fraction} ({len(ids)} beats of phase {phase!r} from the first "
+               f"{fraction:g} of each of {len(cut)} records; paired with the transcript by id)")
 
 
 def knowledge_for(run: RunData, aux: AuxData | None) -> Knowledge:

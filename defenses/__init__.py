@@ -12,6 +12,8 @@ Built-in defenses (each documents its parameters in its ``Config``):
 * ``ushape`` (:mod:`defenses.ushape`): U-shaped topology, labels and head stay on the client.
 * ``nopeek`` (:mod:`defenses.nopeek`): client loss ``alpha * dCor(inputs, activations)``.
 * ``dpsgd`` (:mod:`defenses.dpsgd`): DP-SGD (Opacus) on the client's layers.
+* ``dpsgd-patient`` (:mod:`defenses.dpsgd_patient`): the same with one patient as the privacy
+  unit (per-patient clipping, patients Poisson-sampled per step).
 * ``labeldp`` (:mod:`defenses.labeldp`): randomised response on the labels sent (vanilla), formal
   label-DP epsilon per beat's label; ``prior=true`` is RR-with-prior (Ghazi et al. 2021).
 * ``maxnorm`` (:mod:`defenses.maxnorm`): Gaussian noise raising every output gradient's expected

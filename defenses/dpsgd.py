@@ -98,6 +98,9 @@ class ClientDPSGD(Defense):
 
     weights_private = True
     per_beat_claim = True
+    #: the optimizer that clips and noises (a subclass of Opacus's; ``dpsgd-patient``'s groups
+    #: the per-sample gradients by patient first)
+    optimizer_class: type[DPOptimizer] = DPOptimizer
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -135,6 +138,11 @@ class ClientDPSGD(Defense):
         return min(1.0, self.batch_size / self.n_train)
 
     @property
+    def expected_batch_size(self) -> int:
+        """The denominator of the noisy mean gradient."""
+        return self.batch_size
+
+    @property
     def steps_per_epoch(self) -> int:
         return math.ceil(self.n_train / self.batch_size)
 
@@ -164,9 +172,10 @@ class ClientDPSGD(Defense):
         generator.manual_seed(stream_seed(self._base_seed, "dpsgd", None))
         self.module = GradSampleModule(client.net, batch_first=True, loss_reduction="mean")
         client.net = self.module
-        self.optimizer = DPOptimizer(
+        self.optimizer = self.optimizer_class(
             client.optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=c.max_grad_norm,
-            expected_batch_size=self.batch_size, loss_reduction="mean", generator=generator,
+            expected_batch_size=self.expected_batch_size, loss_reduction="mean",
+            generator=generator,
         )
         self.optimizer.attach_step_hook(self._count_step)
         client.optimizer = self.optimizer

@@ -61,8 +61,8 @@ from splitpriv.run import (
     build_defenses,
     build_run_data,
     build_run_models,
-    check_distinct_beats,
     defense_reports,
+    prepare_defenses,
     resolve_topology,
     result_doc,
     row_counts,
@@ -431,7 +431,7 @@ def _train_together(configs: Sequence, run_dirs: Sequence[RunDir], progress: boo
     device = resolve_device(configs[0].device)
     data = build_run_data(configs[0], device)  # what fails here writes nothing
     for c, ds in zip(configs, defenses, strict=True):
-        check_distinct_beats(ds, data, c)
+        prepare_defenses(ds, data, c)
     for run_dir in run_dirs:
         run_dir.start(resumable=False)
     topology = resolve_topology(configs[0], defenses[0])  # one for all: the same batch_key
@@ -452,5 +452,6 @@ def _train_together(configs: Sequence, run_dirs: Sequence[RunDir], progress: boo
         run.run_dir.save_transcript(run.transcript)
         results.append(run.run_dir.finish(result_doc(
             c, run.history, rows=row_counts(data), device=device, card=data.card,
-            topology=topology, defenses=defense_reports(defenses[j]), batched=k)))
+            topology=topology, defenses=defense_reports(defenses[j], data.part("record", "train")),
+            batched=k)))
     return results

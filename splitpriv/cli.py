@@ -23,7 +23,7 @@ from splitpriv.options import ArgumentParser, add_dataclass_arguments, dataclass
 from splitpriv.registry import cli_extensions
 from splitpriv.run import TOPOLOGIES, TrainConfig
 
-PROTOCOLS = ("paper", "paper-unique", "inter-patient")
+PROTOCOLS = ("paper", "paper-unique", "inter-patient", "records-holdout")
 
 #: argparse keywords that replace the derived ones of a few TrainConfig fields; every other field
 #: is a flag derived from its type and documentation alone (a new field is a new flag)

@@ -10,6 +10,7 @@ Hooks and who calls them (see docs/ARCHITECTURE.md for the picture):
 hook                      party   when
 ========================  ======  =================================================================
 ``configure``             run     once, with the run's plan, before anything is written
+``provide_patients``      run     once before ``attach``: the patient of every training row
 ``attach``                client  once before training (may wrap the client's model/optimizer)
 ``begin_phase``           both    before every pass: ``(epoch, "train" | "val" | "test")``
 ``replay``                client  before every training batch, with its sample ids: a release
@@ -44,6 +45,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+import numpy as np
 import torch
 
 from splitpriv.registry import Registry
@@ -70,6 +72,8 @@ class PrivacyClaim:
         conditions: the assumptions the claim rests on and what it does not cover.
         details: everything else the defense reports (parameters, per-phase accounting); merged
             flat into the JSON next to the typed fields.
+        per_patient: the privacy unit is one patient (all of a patient's beats), not one beat;
+            a per-beat claim gets its patient-level consequence (:func:`patient_level`).
     """
 
     name: str
@@ -82,6 +86,7 @@ class PrivacyClaim:
     accountant: str | None = None
     conditions: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    per_patient: bool = False
 
     def __post_init__(self) -> None:
         if self.epsilon is not None and not math.isfinite(self.epsilon):
@@ -94,6 +99,7 @@ class PrivacyClaim:
             "name": self.name, "formal_guarantee": self.formal, "mechanism": self.mechanism,
             "privacy_unit": self.privacy_unit, "scope": self.scope, "epsilon": self.epsilon,
             "delta": self.delta, "accountant": self.accountant, "conditions": list(self.conditions),
+            "per_patient": self.per_patient,
         }
         clash = set(typed) & set(self.details)
         if clash:
@@ -104,12 +110,13 @@ class PrivacyClaim:
     def from_dict(cls, doc: dict[str, Any]) -> PrivacyClaim:
         """Read a claim back from result.json (the inverse of :meth:`to_dict`)."""
         typed = {"name", "formal_guarantee", "mechanism", "privacy_unit", "scope", "epsilon",
-                 "delta", "accountant", "conditions"}
+                 "delta", "accountant", "conditions", "per_patient"}
         return cls(
             name=doc["name"], formal=bool(doc.get("formal_guarantee", False)),
             mechanism=doc.get("mechanism"), privacy_unit=doc.get("privacy_unit"),
             scope=doc.get("scope"), epsilon=doc.get("epsilon"), delta=doc.get("delta"),
             accountant=doc.get("accountant"), conditions=list(doc.get("conditions") or []),
+            per_patient=bool(doc.get("per_patient", False)),
             details={k: v for k, v in doc.items() if k not in typed},
         )
 
@@ -141,6 +148,32 @@ class StopTraining(RuntimeError):
                  threshold: float) -> None:
         super().__init__(message)
         self.by, self.batch, self.score, self.threshold = by, batch, score, threshold
+
+
+def group_privacy(epsilon: float, delta: float, k: int) -> tuple[float, float]:
+    """A group of ``k`` units under an (epsilon, delta) guarantee per unit: (k epsilon,
+    k e^((k-1) epsilon) delta) (group privacy; Dwork & Roth, The Algorithmic Foundations of
+    Differential Privacy, 2014, Thm 2.2 for delta = 0; Vadhan, The Complexity of Differential
+    Privacy, 2017, Lemma 2.2). The generic bound: it holds for any mechanism; a delta of 1 or
+    more (returned as inf) bounds nothing."""
+    if k < 1:
+        raise ValueError(f"group size must be >= 1, got {k}")
+    log_delta = math.log(k) + (k - 1) * epsilon + math.log(delta) if delta > 0 else -math.inf
+    return k * epsilon, (math.exp(log_delta) if log_delta < 0 else math.inf)
+
+
+def patient_level(claim: PrivacyClaim, beats: dict[int, int]) -> dict[str, Any] | None:
+    """The patient-level consequence of a formal per-beat claim: group privacy over the
+    training beats of the patient with most of them (``beats``: patient (record) -> training
+    beats). None for a claim that is not formal, or whose unit is already the patient."""
+    if not claim.formal or claim.epsilon is None or claim.per_patient or not beats:
+        return None
+    patient = max(beats, key=lambda r: (beats[r], -r))
+    eps, delta = group_privacy(claim.epsilon, claim.delta or 0.0, beats[patient])
+    return {"unit": "one patient: group privacy over the patient's training beats",
+            "largest_patient": int(patient), "beats": int(beats[patient]), "epsilon": eps,
+            "delta": None if math.isinf(delta) else delta, "vacuous": math.isinf(delta),
+            "patients": len(beats)}
 
 
 class Defense:
@@ -191,6 +224,11 @@ class Defense:
     def configure(self, *, epochs: int, batch_size: int) -> None:
         """Called once with the run's plan (its training epochs and batch size), before anything
         is written; may refuse it with a ValueError naming the parameter."""
+
+    def provide_patients(self, records: np.ndarray) -> None:
+        """Called once before ``attach`` with the patient (MIT-BIH record) of every training row
+        (N,), where the run knows them (a defense whose privacy unit is the patient reads them;
+        default: ignored)."""
 
     def attach(self, client: ClientView) -> None:
         """Called once before training; may wrap the client's model or optimizer, and read the
@@ -281,3 +319,6 @@ def resolve_defense(spec: str) -> tuple[type[Defense], Any]:
 
 __all__ = ["DEFENSES", "Defense", "PrivacyClaim", "StopTraining", "build_defense",
            "resolve_defense"]
+
+
+__all__ = ["Defense", "PrivacyClaim", "group_privacy", "patient_level"]

@@ -300,11 +300,22 @@ def privacy_columns(result: dict[str, Any]) -> dict[str, float]:
     formal claim; NaN without one)."""
     formal = [c for c in map(PrivacyClaim.from_dict, result.get("defenses", [])) if c.formal]
     if not formal:
-        return {"accounted_epsilon": math.nan, "noise_multiplier": math.nan}
+        return {"accounted_epsilon": math.nan, "noise_multiplier": math.nan,
+                "patient_epsilon": math.nan, "patient_delta": math.nan,
+                "largest_patient": math.nan}
     claim = formal[-1]
     sigma = claim.details.get("noise_multiplier")
+    # its patient-level consequence (group privacy over the largest patient's beats), or the
+    # claim itself where its unit is the patient (splitpriv.defense.patient_level)
+    level = claim.details.get("patient_level") or {}
+    patient_eps = claim.epsilon if claim.per_patient else level.get("epsilon")
+    patient_delta = claim.delta if claim.per_patient else (
+        math.inf if level.get("vacuous") else level.get("delta"))
     return {"accounted_epsilon": math.nan if claim.epsilon is None else float(claim.epsilon),
-            "noise_multiplier": math.nan if sigma is None else float(sigma)}
+            "noise_multiplier": math.nan if sigma is None else float(sigma),
+            "patient_epsilon": math.nan if patient_eps is None else float(patient_eps),
+            "patient_delta": math.nan if patient_delta is None else float(patient_delta),
+            "largest_patient": level.get("largest_patient", math.nan)}
 
 
 def claim_scope(result: dict[str, Any]) -> str:

@@ -54,9 +54,8 @@ def test_list_prints_every_parameter_and_default_from_the_configs(what, capsys):
 
         configs = {name: cls.Config for name, cls in load_builtin().items()}
     elif what == "defenses":
-        from defenses.registry import DEFENSES, _load_builtin
+        from defenses.registry import DEFENSES
 
-        _load_builtin()
         configs = {}
         for name, cls in DEFENSES.items():
             for value, v in (getattr(cls, "variants", None) or {None: cls}).items():

@@ -296,8 +296,10 @@ def test_privacy_columns_read_the_typed_claim():
     dp = PrivacyClaim("dp", formal=True, epsilon=4.0, delta=1e-5,
                       details={"noise_multiplier": 1.5}).to_dict()
     paper = PrivacyClaim("dp", details={"epsilon_per_release": 3.0}).to_dict()
-    assert common.privacy_columns({"defenses": [paper, dp]}) == {
+    got = common.privacy_columns({"defenses": [paper, dp]})
+    assert {k: got[k] for k in ("accounted_epsilon", "noise_multiplier")} == {
         "accounted_epsilon": 4.0, "noise_multiplier": 1.5}
+    assert math.isnan(got["patient_epsilon"])  # no patient_level: the run knew no records
     none = common.privacy_columns({"defenses": [paper]})
     assert all(math.isnan(v) for v in none.values())
 

@@ -163,9 +163,9 @@ def check_hdf5_run(spec: str, *, protocol: str, labels: str) -> tuple[Path, Path
     if labels != "paper":
         raise DataError(f"hdf5: the paper's files hold its five beat types N/L/R/A/V; labels "
                         f"must be 'paper', got {labels!r}")
-    if protocol == "inter-patient":
+    if protocol in ("inter-patient", "records-holdout"):
         raise DataError("hdf5: the files hold their own train/test split; protocol "
-                        "'inter-patient' cannot apply to them (leave --protocol out)")
+                        f"{protocol!r} cannot apply to them (leave --protocol out)")
     return pair
 
 

@@ -194,6 +194,21 @@ def _split_inter_patient(pool: BeatPool, seed: int) -> tuple[np.ndarray, np.ndar
     return tr, te
 
 
+def _split_records_holdout(pool: BeatPool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random half of the pool's records train (every beat of each, rows shuffled, so
+    that a training subset spans every training record); the other records test: the patients
+    held out at random of patient-level membership inference (``attacks.membership``), beside
+    de Chazal's fixed DS1/DS2. On the ``inter-patient`` pool (44 records): 22 and 22."""
+    rng = np.random.RandomState(seed)
+    records = np.unique(pool.record)
+    members = rng.permutation(records)[: len(records) // 2]
+    inside = np.isin(pool.record, members)
+    if inside.all() or not inside.any():
+        raise DataError("protocol 'records-holdout': the pool needs two records or more")
+    tr, te = np.flatnonzero(inside), np.flatnonzero(~inside)
+    return tr[rng.permutation(len(tr))], te[rng.permutation(len(te))]
+
+
 def carve_stratified(
     pool: BeatPool, train: np.ndarray, fraction: float, rng: np.random.RandomState
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -268,6 +283,10 @@ _PROTOCOL_REGISTRY: dict[str, _Protocol] = {
     "inter-patient": _Protocol(
         _split_inter_patient, _carve_records, "de Chazal et al. 2004", _inter_patient_prep
     ),
+    "records-holdout": _Protocol(
+        _split_records_holdout, _carve_records, "a random half of the records train",
+        _inter_patient_prep
+    ),
 }
 #: Names accepted by :func:`make_split`.
 PROTOCOLS: tuple[str, ...] = tuple(_PROTOCOL_REGISTRY)
@@ -309,9 +328,12 @@ def make_split(
       with replacement: test holds exact copies of training beats).
     * ``paper-unique``: same per-class sizes, drawn without replacement.
     * ``inter-patient``: de Chazal et al. 2004, DS1 records train, DS2 records test.
+    * ``records-holdout``: the same pool; a random half of its records (drawn by ``seed``)
+      train, the others test.
 
     Validation rows are carved from the training rows with ``RandomState(seed + 1)``: stratified
-    by class for ``paper`` and ``paper-unique``, whole records for ``inter-patient``.
+    by class for ``paper`` and ``paper-unique``, whole records for ``inter-patient`` and
+    ``records-holdout``.
 
     Args:
         pool: The beat pool.

@@ -41,7 +41,7 @@ from splitpriv.run import (
     build_behaviour,
     build_defenses,
     build_run_data,
-    check_distinct_beats,
+    prepare_defenses,
     resolve_topology,
     result_doc,
 )
@@ -108,7 +108,7 @@ def run_distributed(
             return run_dir.finish({"role": "server", **info, "server": behaviour,
                                    "history": res.history, "wire": res.wire})
         data = build_run_data(config, device)
-        check_distinct_beats(defenses, data, config)
+        prepare_defenses(defenses, data, config)
         share = client_share(data, spec.rank, spec.n_clients)
         if spec.rank != 1:
             run_dir.start(resumable=False, stale=(checkpoints.path.name,) if fresh else ())

@@ -30,7 +30,8 @@ class TrainConfig:
     """A training run. Every field lands in config.json.
 
     Attributes:
-        protocol: data protocol (``paper``, ``paper-unique``, ``inter-patient``).
+        protocol: data protocol (``paper``, ``paper-unique``, ``inter-patient``,
+            ``records-holdout``).
         depth: client conv layers, 2..8.
         epochs: training epochs (the paper: 400).
         seed: model initialisation and batch order.

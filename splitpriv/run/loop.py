@@ -28,10 +28,10 @@ from splitpriv.run.plugins import (
     build_behaviour,
     build_defenses,
     build_run_models,
-    check_distinct_beats,
     checkpoint_state,
     defense_reports,
     load_plugin_states,
+    prepare_defenses,
     resolve_topology,
     stateful_plugins,
 )
@@ -152,7 +152,7 @@ def _train(config: TrainConfig, run_dir: RunDir, *, progress: bool) -> dict[str,
     device = resolve_device(config.device)
     # the data, models and the adversary's beats first: what fails here writes nothing
     data = build_run_data(config, device)
-    check_distinct_beats(defenses, data, config)
+    prepare_defenses(defenses, data, config)
     topology = resolve_topology(config, defenses)
     models = build_run_models(config, topology, device)
     aux = behaviour_aux(behaviour.aux_spec(), data, seed=config.seed)
@@ -183,7 +183,7 @@ def _train(config: TrainConfig, run_dir: RunDir, *, progress: bool) -> dict[str,
     run_dir.save_transcript(transcript)
     return run_dir.finish(result_doc(
         config, run.history, rows=row_counts(data), device=device, card=data.card,
-        topology=topology, defenses=defense_reports(defenses),
+        topology=topology, defenses=defense_reports(defenses, data.part("record", "train")),
         # per epoch run in this process (a resumed run: the epochs after the resume)
         server=behaviour.report() | (
             {"reconstructions": scorer.summary()} if scorer is not None and scorer.rows else {}),

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from splitpriv.data import protocol_prep
-from splitpriv.defense import build_defense
+from splitpriv.defense import build_defense, patient_level
 from splitpriv.models import ModelConfig, SplitModels, build_models
 from splitpriv.options import fraction_or_count
 from splitpriv.run.config import TrainConfig
@@ -149,9 +149,33 @@ def load_plugin_states(plugins: dict[str, Stateful], states: dict[str, Any] | No
         plugin.load_state_dict((states or {})[key])
 
 
-def defense_reports(defenses: list) -> list[dict[str, Any]]:
-    """What every defense claims (its :class:`~splitpriv.defense.PrivacyClaim`), for result.json."""
-    return [d.report().to_dict() for d in defenses]
+def defense_reports(defenses: list, records: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """What every defense claims (its :class:`~splitpriv.defense.PrivacyClaim`), for result.json;
+    a formal per-beat claim also states its patient-level consequence (``patient_level``: group
+    privacy over the training beats of the largest patient) where the training rows' records
+    (``records``) are known."""
+    beats = {}
+    if records is not None and len(records) and (np.asarray(records) >= 0).all():
+        recs, counts = np.unique(records, return_counts=True)
+        beats = dict(zip(recs.tolist(), counts.tolist(), strict=True))
+    out = []
+    for d in defenses:
+        claim = d.report()
+        doc = claim.to_dict()
+        consequence = patient_level(claim, beats)
+        if consequence is not None:
+            doc["patient_level"] = consequence
+        out.append(doc)
+    return out
+
+
+def prepare_defenses(defenses: list, data: Tensors, config: TrainConfig) -> None:
+    """What every driver does with the run's data before the defenses are attached: refuse a
+    per-beat claim on repeated beats (:func:`check_distinct_beats`) and give each defense the
+    patient of every training row (``provide_patients``)."""
+    check_distinct_beats(defenses, data, config)
+    for d in defenses:
+        d.provide_patients(data.part("record", "train"))
 
 
 def resolve_topology(config: TrainConfig, defenses: list) -> str:
@@ -169,4 +193,4 @@ def build_run_models(config: TrainConfig, topology: str, device: torch.device) -
 
 __all__ = ["Stateful", "behaviour_aux", "build_behaviour", "build_defenses", "build_run_models",
            "check_distinct_beats", "checkpoint_state", "defense_reports", "load_plugin_states",
-           "resolve_topology", "stateful_plugins"]
+           "prepare_defenses", "resolve_topology", "stateful_plugins"]
