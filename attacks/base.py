@@ -449,6 +449,8 @@ class Attack(ABC):
     name: ClassVar[str] = "attack"
     citation: ClassVar[str] = ""
     Config: ClassVar[type[CommonConfig]] = CommonConfig
+    #: the aux spec the attack uses when the caller gives none (identity: its enrolment set)
+    default_aux: ClassVar[str | None] = None
     uses: ClassVar[tuple[str, ...]] = ()
     requires: ClassVar[tuple[str, ...]] = ()
     #: the attack's headline columns in a study's results.csv: column -> keys into the summary

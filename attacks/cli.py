@@ -104,6 +104,7 @@ def check_ready(name: str, run_dir: str | Path, aux: str | None,
     setup, own = split_options(options)
     attack = build_attack(name, own)
     check_common(attack.config)
+    aux = aux if aux is not None else attack.default_aux
     if "aux" in attack.requires and aux is None:
         raise ValueError(f"attack {name!r} needs the attacker's auxiliary beats: pass --aux "
                          "SPEC (train:F | train:N | records:R1,...; the studies use --aux "
@@ -204,7 +205,7 @@ def run_attack(
                      "(as the client sends them at inference), not read from a transcript")
 
     if aux is None:  # an attack's own default (identity: the first part of every record)
-        aux = getattr(attack, "default_aux", None)
+        aux = attack.default_aux
     aux_data = SHARED.parse_aux(aux, run, phase=cfg.phase, seed=cfg.seed)
     classifier = None
     if isinstance(attack, InversionAttack) and ref_epochs > 0:
