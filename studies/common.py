@@ -263,6 +263,21 @@ class Planned:
     re-identification is the studies' privacy axis)"""
 
 
+def only_settings(settings: list[Any], only: Sequence[str] | None) -> list[Any]:
+    """The settings ``--only`` names (each with a ``name``), all when it names none.
+
+    Raises:
+        ValueError: ``--only`` names a setting the study does not have, listing those it has.
+    """
+    if not only:
+        return settings
+    known = [s.name for s in settings]
+    unknown = set(only) - set(known)
+    if unknown:
+        raise ValueError(f"--only: unknown settings {sorted(unknown)}; known: {known}")
+    return [s for s in settings if s.name in only]
+
+
 def attack_done(path: Path, epochs: int, options: dict[str, Any]) -> bool:
     """Whether RUN/attacks/NAME.json holds this attack on these weights with these options."""
     if not path.exists():

@@ -53,6 +53,7 @@ from studies.common import (
     interval_text,
     legend_outside,
     markdown_table,
+    only_settings,
     pareto_front,
     parse_args,
     plot_tradeoff,
@@ -137,13 +138,7 @@ def settings(args: Args) -> list[Setting]:
                     "paper", ce),
             Setting(f"nopeek-a1+dp-paper-e{ce:g}", "combination",
                     [format_spec("nopeek", {"alpha": 1}), dp_paper(ce)], "paper", ce)]
-    if args.only:
-        known = [s.name for s in out]
-        unknown = set(args.only) - set(known)
-        if unknown:
-            raise ValueError(f"--only: unknown settings {sorted(unknown)}; known: {known}")
-        out = [s for s in out if s.name in args.only]
-    return out
+    return only_settings(out, args.only)
 
 
 def plan(args: Args) -> list[Planned]:

@@ -40,6 +40,7 @@ from studies.common import (
     attack_column_names,
     cli,
     markdown_table,
+    only_settings,
     parse_args,
     plot_tradeoff,
     run_study,
@@ -121,13 +122,7 @@ def settings(args: Args) -> list[Setting]:
         Setting("ushape", "U-shape", ["ushape"]),
         Setting(f"depth{args.depth}", "depth", [], depth=args.depth),
     ]
-    if args.only:
-        unknown = set(args.only) - {s.name for s in out}
-        if unknown:
-            raise ValueError(f"--only: unknown settings {sorted(unknown)}; known: "
-                             f"{[s.name for s in out]}")
-        out = [s for s in out if s.name in args.only]
-    return out
+    return only_settings(out, args.only)
 
 
 def plan(args: Args) -> list[Planned]:
