@@ -44,7 +44,7 @@ weights were trained on it without privacy (the claim's own condition). Every ro
 The one-run audit of Steinke, Nasr & Jagielski, "Privacy auditing with one (1) training run"
 (NeurIPS 2023, Thm. 3.1 and its delta term, Appendix D) is :func:`one_run_p_value` and
 :func:`one_run_epsilon_lower`: m canaries each included with probability 1/2, r guesses of
-which v right.
+which v right; the canary run and its score are :mod:`attacks.audit_one_run`.
 """
 
 from __future__ import annotations

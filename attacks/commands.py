@@ -26,6 +26,12 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    if args.one_run is not None:
+        from attacks.audit_one_run import one_run_cli
+
+        one_run_cli(args.run, canaries=args.one_run, guesses=args.guesses, out=args.out,
+                    seed=args.seed, confidence=args.confidence)
+        return 0
     from attacks.audit import audit_cli
 
     audit_cli(args.run, aux=args.aux, out=args.out, victims=args.victims, seed=args.seed,
@@ -76,6 +82,12 @@ def add_commands(sub: Any) -> None:
     aud.add_argument("--seed", type=int, default=0)
     aud.add_argument("--confidence", type=float, default=0.95,
                      help="one-sided confidence of every lower bound")
+    aud.add_argument("--one-run", type=int, default=None, metavar="M",
+                     help="instead: the one-run audit of client DP-SGD's weight claim (Steinke "
+                     "et al. 2023), M canaries in a fresh training run of the run's config; "
+                     "writes DIR/attacks/audit_one_run.json")
+    aud.add_argument("--guesses", type=int, default=None, metavar="R",
+                     help="with --one-run: canaries guessed, half in, half out (default M/5)")
     aud.set_defaults(func=cmd_audit)
 
 

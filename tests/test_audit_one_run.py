@@ -1,0 +1,79 @@
+"""The one-run audit of client DP-SGD (attacks/audit_one_run.py) on real MIT-BIH beats: a small
+canary run, its soundness against the claim, and the guessing rule's range, with the expected
+values worked out in comments."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from attacks.audit_one_run import guess_and_bound, one_run_audit, one_run_cli
+from splitpriv.cli import main
+from splitpriv.run import TrainConfig
+
+M, R = 200, 40  # canaries and guesses (20 in, 20 out)
+
+
+def canary_config(dpsgd: str) -> TrainConfig:
+    # 300 training beats plus about 100 canaries (of 200 test beats drawn), 20 epochs: ~2 s here
+    return TrainConfig(epochs=20, train_subset=300, test_subset=M + 50, threads=1, seed=0,
+                       defenses=(dpsgd,))
+
+
+@pytest.fixture(scope="module")
+def strong_noise() -> dict:
+    return one_run_audit(canary_config("dpsgd:target_epsilon=1"), canaries=M, guesses=R)
+
+
+def test_strong_noise_never_shows_more_than_the_claim(strong_noise):
+    a = strong_noise
+    # the noise is calibrated to epsilon 1 over the 20 epochs of ~400 rows (the canaries count)
+    assert a["claim"]["epsilon"] == pytest.approx(1.0, abs=0.02)
+    assert a["m"] == M and a["r"] == R and 0 <= a["v"] <= R
+    assert 70 <= a["included"] <= 130  # Binom(200, 1/2): 100 +- 7 sd
+    assert a["n_train"] == 300 and math.isfinite(a["final_train_loss"])
+    # sound: an epsilon-1 mechanism lets 20 guesses be right with probability e / (1 + e) = .73
+    # each, so v >= 33 of 40 (what rejecting epsilon 1 at 95% needs) has probability < 5%;
+    # with a score of AUC ~.5 here, v ~ 20 and the bound is 0
+    assert 0 <= a["epsilon_lower"] <= a["claim"]["epsilon"]
+    # the most 40 guesses can show: all right rejects q^40 < .05, q = .05^(1/40) = .9279,
+    # epsilon = ln(.9279 / .0721) = 2.555 (the delta term, 2 m delta ~ 4e-3, shaves a little)
+    assert a["largest"] == pytest.approx(2.555, abs=0.02)
+
+
+def test_a_random_score_gives_about_zero_and_a_perfect_one_the_largest():
+    rng = np.random.default_rng(0)
+    included = rng.random(M) < 0.5
+    # a random score: v ~ Binom(40, 1/2); rejecting epsilon 0 at 95% needs P[Binom(40, .5) >= v]
+    # < .05, v >= 26 (P = .040): about 4% of the seeds show a bound above 0, and a small one
+    # (v = 26: ln(q / (1 - q)) for the q with P[Binom(40, q) >= 26] = .05, ~.03-.1)
+    lows = np.array([guess_and_bound(rng.random(M), included, R, delta=1e-5)["epsilon_lower"]
+                     for _ in range(200)])
+    assert (lows > 0).mean() <= 0.1
+    assert np.median(lows) == 0.0 and lows.max() < 0.8
+    # the inclusion itself as the score: every guess right, the largest (2.555, as above)
+    perfect = guess_and_bound(included.astype(float), included, R, delta=1e-5)
+    assert perfect["v"] == R and perfect["epsilon_lower"] == pytest.approx(2.555, abs=0.02)
+    # and its reverse: every guess wrong, nothing shown
+    assert guess_and_bound(-included.astype(float), included, R, delta=1e-5)["v"] == 0
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(ValueError, match="no claim on the client's weights"):
+        one_run_audit(TrainConfig(epochs=1, train_subset=50, test_subset=50), canaries=10)
+    with pytest.raises(ValueError, match="guesses must be in 1..10"):
+        one_run_audit(canary_config("dpsgd:noise_multiplier=1"), canaries=10, guesses=11)
+    with pytest.raises(ValueError, match="200 canaries, but the run has 50 test beats"):
+        one_run_audit(TrainConfig(epochs=1, train_subset=50, test_subset=50,
+                                  defenses=("dpsgd:noise_multiplier=1",)), canaries=200)
+    with pytest.raises(FileNotFoundError, match="config.json not found"):
+        one_run_cli(str(tmp_path), canaries=10)
+    # through the command line: one line on stderr, exit status 2, nothing written
+    assert main(["audit", "--run", str(tmp_path), "--one-run", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "splitpriv: error: one-run audit: --one-run needs at least 2 canaries, got 1"
+    assert main(["audit", "--run", str(tmp_path), "--one-run", "10"]) == 2
+    assert "config.json not found" in capsys.readouterr().err
+    assert not (tmp_path / "attacks").exists()
