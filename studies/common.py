@@ -629,6 +629,12 @@ IDENTITY_TEXT = ("Identity (attacks/identity.py): the server names the patient o
                  "two patients had enough enrolment beats, --enrol-beats).")
 
 
+def identity_cell(s: dict[str, Any]) -> str:
+    """An aggregated setting's identity top-1 from one beat with its chance in brackets; "-"
+    where identity was not computed."""
+    return f"{s['identity_top1']} ({s['identity_chance']})" if s["identity_top1"].n else "-"
+
+
 def reid_cells(s: dict[str, Any]) -> list[str]:
     """An aggregated setting's cells under :data:`REID_HEADER`: the strongest
     re-identification across patients and within patient (k = 10 / 100), its attacks and the
@@ -639,7 +645,7 @@ def reid_cells(s: dict[str, Any]) -> list[str]:
     return [f"{s['reid_k10_advantage']} / {s['reid_k100_advantage']}",
             f"{s['reid_within_k10_advantage']} / {s['reid_within_k100_advantage']}",
             f"{attacks} ({s['reid_releases']})",
-            f"{s['identity_top1']} ({s['identity_chance']})" if s["identity_top1"].n else "-",
+            identity_cell(s),
             f"{s['linkage_k10_advantage']} ({s['strongest_attack']})",
             str(s["inversion_pearson_r"])]
 

@@ -49,6 +49,7 @@ from studies.common import (
     apply_style,
     attack_column_names,
     cli,
+    identity_cell,
     interval_sentence,
     legend_outside,
     markdown_table,
@@ -191,9 +192,7 @@ def summary_markdown(rows: list[dict], title: str) -> str:
                      f"{s['final_linkage_k10_advantage']} ({s['prior_linkage_k10_advantage']})",
                      s["final_linkage_within_k10_advantage"],
                      f"{s['final_pearson_median']} ({s['prior_pearson_median']})",
-                     s["final_prdn_median"], s["final_snr_db_median"],
-                     f"{s['identity_top1']} ({s['identity_chance']})" if s["identity_top1"].n
-                     else "-"])
+                     s["final_prdn_median"], s["final_snr_db_median"], identity_cell(s)])
     header = ["defense", "n", "test acc. epoch 1 (%)", "test acc. (%)",
               "steps to linkage k10 >= 0.5", "steps to median r >= 0.9",
               "final linkage k10 (prior)", "final linkage k10 within patient",
