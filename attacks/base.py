@@ -253,6 +253,9 @@ class AttackBudget:
     a candidate of the strongest inversion"""
     decoder_victims: int = 1000
     """beats the inversions reconstruct"""
+    enrol_beats: int = 20
+    """identity inference: beats every patient is enrolled with (a patient with fewer enrolment
+    beats is not enrolled; where fewer than two are, identity is skipped)"""
     reference_epochs: int = 0
     """epochs of the reference classifier of the inversion's diagnosis check (0: skip)"""
     attack_device: str = "cpu"

@@ -21,6 +21,7 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
 from attacks.base import (
     Attack,
+    AttackBudget,
     AttackInputError,
     AttackResult,
     CommonConfig,
@@ -45,7 +46,7 @@ class IdentityConfig(CommonConfig):
         holdout: fraction of each patient's enrolment beats held out to choose the attacker
             (the ``strongest`` rule: best held-out top-1, never the victims).
         inversion: the inversion attack whose reconstructions the beat-space candidates match
-            (``ridge``, ``decoder``, ``mlp``: a study passes the run's strongest inversion),
+            (``ridge``, what the studies use: closed form, seconds; ``decoder``, ``mlp``),
             fitted on the enrolment pairs; empty: activation-space candidates only.
         releases: how each beat's releases are combined (``auto``: the window of the run's
             release log best on the held-out enrolment beats; ``last``, ``all`` or a number of
@@ -159,7 +160,8 @@ def enrol(groups: np.ndarray, beats: int, holdout: float, seed: int
         k = min(max(round(holdout * beats), 1), beats - 1)
         held += rows[:k].tolist()
         fit += rows[k:].tolist()
-    return np.sort(fit + held), np.sort(fit), np.sort(held)
+    return (np.sort(np.array(fit + held, dtype=np.int64)), np.sort(np.array(fit, dtype=np.int64)),
+            np.sort(np.array(held, dtype=np.int64)))
 
 
 @register("identity")
@@ -204,8 +206,8 @@ class IdentityAttack(Attack):
         return False  # its own enrolment set (``default_aux``), not the study's aux set
 
     @classmethod
-    def study_options(cls, budget):
-        return {"source": "auto"}
+    def study_options(cls, budget: AttackBudget) -> dict[str, Any]:
+        return {"source": "auto", "enrol_beats": budget.enrol_beats}
 
     def run(self, transcript: Transcript, knowledge: Knowledge, truth: GroundTruth
             ) -> AttackResult:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attacks.base import AuxData, GroundTruth, Knowledge
+from attacks.base import AttackInputError, AuxData, GroundTruth, Knowledge
 from splitpriv.channel import InProcessChannel, Kind, RecordPolicy, Transcript
 from splitpriv.data import BeatPool
 from splitpriv.io import read_file, read_json, torch_load
@@ -363,20 +363,21 @@ def enrolment_aux(run: RunData, phase: str, fraction: float) -> AuxData:
     record (the F-quantile of the R-peaks of the record's pool beats), paired by id.
 
     Raises:
-        ValueError: a run without record times (HDF5 files), or no beat before the cut.
+        AttackInputError: a run without record times (HDF5 files), or no beat before the cut
+            (or every beat): the set cannot be made of this run.
     """
     times = run.times(phase)
     if times is None or record_groups(run.records[phase]) is None:
-        raise ValueError(f"--aux enrol:{fraction}: the run's beats have no records or times "
-                         "(HDF5 files)")
+        raise AttackInputError(f"--aux enrol:{fraction}: the run's beats have no records or "
+                               "times (HDF5 files)")
     records = run.records[phase]
     cut = {int(r): np.quantile(run.pool.rpeak[run.pool.record == r], fraction)
            for r in np.unique(records)}
     early = times.numpy() <= np.array([cut[int(r)] for r in records])
     ids = torch.from_numpy(np.flatnonzero(early))
     if len(ids) == 0 or len(ids) == len(early):
-        raise ValueError(f"--aux enrol:{fraction}: {len(ids)} of {len(early)} beats of phase "
-                         f"{phase!r} fall before the cut; choose another fraction")
+        raise AttackInputError(f"--aux enrol:{fraction}: {len(ids)} of {len(early)} beats of "
+                               f"phase {phase!r} fall before the cut; choose another fraction")
     return AuxData(
         x=run.x[phase][ids], y=run.y[phase][ids], ids=ids,
         groups=torch.as_tensor(records[ids.numpy()]).long(),

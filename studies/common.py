@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from attacks.audit import audit_columns
-from attacks.base import AttackBudget
+from attacks.base import AttackBudget, AttackInputError
 from splitpriv.defense import PrivacyClaim
 from splitpriv.executor import Executor, TaskFailed
 from splitpriv.io import atomic_path, read_json, write_text
@@ -81,7 +81,8 @@ def check_study_numbers(args: StudyArgs) -> None:
     if not 1 <= args.threads <= MAX_THREADS:
         raise ValueError(f"threads must be in 1..{MAX_THREADS}, got {args.threads}")
     for f in dataclasses.fields(args.budget):
-        value, least = getattr(args.budget, f.name), 0 if f.name == "reference_epochs" else 1
+        value = getattr(args.budget, f.name)
+        least = {"reference_epochs": 0, "enrol_beats": 2}.get(f.name, 1)
         if isinstance(value, int) and value < least:
             raise ValueError(f"{f.name} must be >= {least}, got {value}")
     check_aux_spec(args.budget.aux)
@@ -246,7 +247,7 @@ def _num(v: Any) -> Any:
 #: what --quick changes (fields given on the command line win)
 QUICK: dict[str, Any] = dict(seeds=1, epochs=4, train_subset=3000, test_subset=1000,
                              dcor_victims=500, dtw_victims=200, decoder_epochs=10,
-                             decoder_victims=300, reference_epochs=0)
+                             decoder_victims=300, reference_epochs=0, enrol_beats=10)
 
 
 @dataclass
@@ -258,9 +259,9 @@ class Planned:
     config: TrainConfig
     labels: dict[str, Any]
     """the study's own columns, typed (an epsilon is a float, None for no defense)"""
-    attacks: tuple[str, ...] = ("dcor", "dtw", "strongest")
-    """the attacks run on it: the leakage measures and the strongest attack (its
-    re-identification is the studies' privacy axis)"""
+    attacks: tuple[str, ...] = ("dcor", "dtw", "strongest", "identity")
+    """the attacks run on it: the leakage measures, the strongest attack (its
+    re-identification is the studies' privacy axis) and identity inference (which patient)"""
 
 
 def only_settings(settings: list[Any], only: Sequence[str] | None) -> list[Any]:
@@ -293,7 +294,9 @@ def run_attacks(run_dir: Path, names: Iterable[str], budget: AttackBudget, epoch
                 seed: int = 0, threads: int | None = 1) -> dict[str, dict[str, Any]]:
     """Each attack's summary on one run, with the options its class derives from ``budget``
     (``Attack.study_options``) and the aux set when it uses one; an attack whose JSON is already
-    there for these options is read, not rerun."""
+    there for these options is read, not rerun. An attack that cannot apply to the run (an
+    ``AttackInputError``: identity where too few patients have enrolment beats) says so in one
+    line and is left out (its columns NaN)."""
     from attacks.cli import run_attack
     from attacks.registry import ATTACKS, load_builtin
 
@@ -304,7 +307,11 @@ def run_attacks(run_dir: Path, names: Iterable[str], budget: AttackBudget, epoch
         path = run_dir / "attacks" / f"{name}.json"
         options = {"seed": seed, "threads": threads, **cls.study_options(budget)}
         if not attack_done(path, epochs, options):
-            run_attack(name, run_dir, budget.aux if cls.needs_aux() else None, dict(options))
+            try:
+                run_attack(name, run_dir, budget.aux if cls.needs_aux() else None, dict(options))
+            except AttackInputError as exc:  # it cannot apply to this run: NaN columns
+                print(f"{run_dir.name}: {name} skipped: {exc}", file=sys.stderr)
+                continue
         out[name] = read_json(path)["summary"]
     return out
 
@@ -607,24 +614,38 @@ INVERSION_TABLE = ("privacy_k10_advantage", "privacy_k100_advantage", "reid_k10_
                    "reid_k100_advantage", "reid_within_k10_advantage",
                    "reid_within_k100_advantage", "reid_releases", "linkage_k10_advantage",
                    "linkage_k100_advantage", "inversion_pearson_r", "inversion_prdn",
-                   "prior_mean_beat_pearson_r", "prior_class_mean_pearson_r")
+                   "prior_mean_beat_pearson_r", "prior_class_mean_pearson_r", "identity_top1",
+                   "identity_chance")
 #: the text columns naming the winners (re-identification, then inversion)
 ATTACK_TEXTS = ("reid_attack", "reid_within_attack", "strongest_attack")
 #: a study table's re-identification and inversion header cells (:func:`reid_cells`)
 REID_HEADER = ("re-id adv. k10 / k100, across patients", "within patient",
-               "re-id attack (releases / beat)", "inversion adv. k10 (attack)", "inversion r")
+               "re-id attack (releases / beat)", "identity top-1, 1 beat (chance 1/N)",
+               "inversion adv. k10 (attack)", "inversion r")
+#: what the identity cell is, for a study's summary text
+IDENTITY_TEXT = ("Identity (attacks/identity.py): the server names the patient of one beat's "
+                 "activations among the N training patients it enrolled from the first 30% of "
+                 "their records (closed set, top-1; chance 1/N in brackets; - where fewer than "
+                 "two patients had enough enrolment beats, --enrol-beats).")
+
+
+def identity_cell(s: dict[str, Any]) -> str:
+    """An aggregated setting's identity top-1 from one beat with its chance in brackets; "-"
+    where identity was not computed."""
+    return f"{s['identity_top1']} ({s['identity_chance']})" if s["identity_top1"].n else "-"
 
 
 def reid_cells(s: dict[str, Any]) -> list[str]:
     """An aggregated setting's cells under :data:`REID_HEADER`: the strongest
     re-identification across patients and within patient (k = 10 / 100), its attacks and the
-    releases per beat the across winner combined, the strongest inversion's own linkage and its
-    median r."""
+    releases per beat the across winner combined, identity's top-1 from one beat (chance), the
+    strongest inversion's own linkage and its median r."""
     attacks = s["reid_attack"] + (f" / within: {s['reid_within_attack']}"
                                   if s["reid_within_attack"] != s["reid_attack"] else "")
     return [f"{s['reid_k10_advantage']} / {s['reid_k100_advantage']}",
             f"{s['reid_within_k10_advantage']} / {s['reid_within_k100_advantage']}",
             f"{attacks} ({s['reid_releases']})",
+            identity_cell(s),
             f"{s['linkage_k10_advantage']} ({s['strongest_attack']})",
             str(s["inversion_pearson_r"])]
 

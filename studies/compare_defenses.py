@@ -11,10 +11,11 @@ Metrics per run: test accuracy (validation-selected) and the paper's best test a
 (``attacks.strongest``: the inversions and matching in activation space, whichever
 re-identifies the attacker's held-out aux beats best, from every release the server kept): its
 re-identification advantage across and within patient, the larger the privacy axis (0 =
-chance); the strongest inversion's median Pearson r and PRDN beside the mean-beat and class-mean
-priors'; the scope of the formal claim; label
-inference: in the vanilla topology the labels cross in the clear (100%), in the U-shaped one the
-best of the norm, direction and k-means attacks on the output gradients.
+chance); identity inference (``attacks/identity.py``: which enrolled patient sent a beat's
+activations, top-1 against chance 1/N); the strongest inversion's median Pearson r and PRDN
+beside the mean-beat and class-mean priors'; the scope of the formal claim; label inference:
+in the vanilla topology the labels cross in the clear (100%), in the U-shaped one the best of
+the norm, direction and k-means attacks on the output gradients.
 
 Writes OUT/results.csv (one row per run: dp_tradeoff's columns plus ``defense``, ``family`` and
 ``label_attack_accuracy``), OUT/summary.md (one table, mean ± sd, Pareto-front members marked)
@@ -35,6 +36,7 @@ import matplotlib.pyplot as plt
 from splitpriv.options import format_spec
 from studies.common import (
     ATTACK_TEXTS,
+    IDENTITY_TEXT,
     INVERSION_TABLE,
     OKABE_ITO,
     PRIVACY_AXIS,
@@ -63,7 +65,7 @@ from studies.common import (
 from studies.dp_tradeoff import COLUMNS as DP_COLUMNS
 
 STUDY = "compare_defenses"
-LEAKAGE = ("dcor", "dtw", "strongest")
+LEAKAGE = ("dcor", "dtw", "strongest", "identity")
 LABELS_CLEAR = ("label-direction",)  # vanilla topology: the labels cross, read not inferred
 LABELS_USHAPE = ("label-norm", "label-direction", "label-kmeans")
 COLUMNS = ["study", "defense", "family", *DP_COLUMNS[1:-1], *attack_column_names(LEAKAGE),
@@ -197,7 +199,7 @@ def summary_markdown(rows: list[dict], title: str) -> tuple[str, list[dict]]:
         "other setting has both a lower re-identification advantage (the larger of the two "
         "games, k = 10) and a higher test accuracy. Only "
         "formal DP and DP-SGD carry a formal guarantee (accounted epsilon, delta 1e-5), and "
-        "only over what the claim scope says.", ""])
+        "only over what the claim scope says. " + IDENTITY_TEXT, ""])
     return md, agg
 
 

@@ -9,7 +9,8 @@ docs/reference.md), with the floor of dCor (bias-corrected dCor², about 0 on in
 the privacy axis of the other studies: the re-identification advantage of the strongest attack
 (inversions and matching in activation space, chosen on the attacker's held-out aux beats; across
 and within patient; 0 = chance), with the strongest inversion's median Pearson r beside the
-priors'.
+priors', and identity inference (``attacks/identity.py``: which enrolled patient sent a beat's
+activations).
 
 Writes OUT/results.csv (one row per run), OUT/summary.md and OUT/figures/depth (accuracy, dCor,
 DTW and the re-identification advantage against depth).
@@ -29,6 +30,7 @@ from splitpriv.published import ACCURACY_BY_DEPTH, LEAKAGE_BY_DEPTH
 from studies.common import (
     ACCURACY_COLUMNS,
     ATTACK_TEXTS,
+    IDENTITY_TEXT,
     INVERSION_TABLE,
     OKABE_ITO,
     QUICK,
@@ -49,7 +51,7 @@ from studies.common import (
 )
 
 STUDY = "depth"
-ATTACKS = ("dcor", "dtw", "strongest")
+ATTACKS = Planned.attacks  # dcor, dtw, strongest, identity
 COLUMNS = ["study", "seed", "protocol", "depth", "epochs", "defenses", *ACCURACY_COLUMNS,
            *attack_column_names(ATTACKS),
            "train_seconds", "wall_seconds", "run_dir"]
@@ -98,7 +100,8 @@ def summary_markdown(rows: list[dict], title: str) -> str:
         "beats; every release the server holds), across patients and within patient (0 = "
         "chance, what the priors score); the strongest inversion's own linkage, its median r "
         "with the mean-beat and class-mean priors' in brackets. Paper: "
-        "Abuadbba et al. 2020, 10 runs, 400 epochs, paper protocol, leakage at epoch 100.", ""])
+        "Abuadbba et al. 2020, 10 runs, 400 epochs, paper protocol, leakage at epoch 100. "
+        + IDENTITY_TEXT, ""])
 
 
 def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:

@@ -18,7 +18,8 @@ Paper mode (Abuadbba et al. 2020's Laplace recipe, no formal guarantee) at per-r
 and 10 and the undefended model are the reference lines. Every run is trained for ``--epochs``
 epochs and attacked: dCor, DTW and the strongest attack (``attacks/strongest.py``), whose
 re-identification advantage among 10 same-class beats (the larger of across and within patient,
-from every release the server kept) is the privacy axis.
+from every release the server kept) is the privacy axis, and identity inference
+(``attacks/identity.py``: which of the enrolled training patients sent a beat's activations).
 
 How the clip is chosen, without looking at the protected data: it is a fixed number, never
 tuned on the training beats. For the 512-value cut, C = 2, about the median L2 norm of an
@@ -60,6 +61,7 @@ from splitpriv.run import TrainConfig
 from studies.common import (
     ACCURACY_COLUMNS,
     ATTACK_TEXTS,
+    IDENTITY_TEXT,
     INVERSION_TABLE,
     OKABE_ITO,
     PRIVACY_AXIS,
@@ -87,7 +89,7 @@ from studies.common import (
 
 STUDY = "dp_tradeoff"
 
-#: the attacks on every run (Planned's default: dcor, dtw, strongest)
+#: the attacks on every run (Planned's default: dcor, dtw, strongest, identity)
 ATTACKS = Planned.attacks
 COLUMNS = ["study", "mode", "design", "releases", "epsilon", "seed", "protocol", "depth",
            "epochs", "defenses", *ACCURACY_COLUMNS,
@@ -303,7 +305,8 @@ def summary_markdown(rows: list[dict], title: str) -> str:
               "server holds (combined as the attacker chose: releases / beat), across patients "
               "and within the victim's own patient; advantage (accuracy - chance) / (1 - "
               "chance), 0 = chance (what the priors score), 1 = every victim. The inversion "
-              "column is the strongest reconstruction's own linkage and median r.", ""]
+              "column is the strongest reconstruction's own linkage and median r. "
+              + IDENTITY_TEXT, ""]
     return "\n".join(lines)
 
 

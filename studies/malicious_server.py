@@ -11,7 +11,8 @@ and the client's test accuracy (which FSHA ruins). It then runs the client-side 
 (``defenses/splitguard.py``: SplitGuard, Erdogan et al. WPES 2022, and the passive label gap)
 under an honest server and under FSHA over seeds: detection rate, training batch of detection,
 false alarms, and what SplitGuard's fake batches cost in accuracy (honest runs with and without
-it).
+it). Identity inference (``attacks/identity.py``: which enrolled patient sent these activations)
+runs on the FSHA runs and the honest reference.
 
 Writes OUT/results.csv (one row per run), OUT/summary.md and OUT/figures (detection scores over
 training, honest vs FSHA; true beats beside FSHA's reconstructions at a few steps).
@@ -39,13 +40,16 @@ from attacks.servers.scoring import ReconstructionLog
 from splitpriv.io import read_json
 from splitpriv.options import format_spec
 from studies.common import (
+    IDENTITY_TEXT,
     OKABE_ITO,
     FigureSet,
     Planned,
     StudyArgs,
     aggregate,
     apply_style,
+    attack_column_names,
     cli,
+    identity_cell,
     interval_sentence,
     legend_outside,
     markdown_table,
@@ -62,9 +66,12 @@ FINAL = ["final_linkage_k10_advantage", "final_linkage_within_k10_advantage",
          "final_snr_db_median", "prior_linkage_k10_advantage", "prior_pearson_median"]
 DETECTION = [f"{d}_{k}" for d in DETECTORS for k in ("detected", "detected_at_batch",
                                                       "mean_score")]
+#: the attacks on the FSHA runs and the honest reference: identity inference (which patient)
+ATTACKS = ("identity",)
 COLUMNS = ["study", "setting", "server", "detector", "seed", "depth", "topology", "epochs",
            "defenses", "test_accuracy", "final_test_accuracy", "first_test_accuracy",
-           *QUALITY, *FINAL, *DETECTION, "train_seconds", "run_dir"]
+           *QUALITY, *FINAL, *DETECTION, *attack_column_names(ATTACKS), "train_seconds",
+           "run_dir"]
 QUICK = dict(seeds=1, epochs=3, train_subset=1000, test_subset=500)
 
 
@@ -114,7 +121,7 @@ def plan(args: Args) -> list[Planned]:
         for s in args.settings:
             out.append(Planned(f"fsha-{s}-s{seed}", args.train_config(
                 seed=seed, server=args.fsha, **setting_fields(s, args)),
-                {"setting": s, "server": "fsha", "detector": "none"}, attacks=()))
+                {"setting": s, "server": "fsha", "detector": "none"}, attacks=ATTACKS))
         for server, spec in (("honest", "honest"), ("fsha", args.fsha)):
             out.append(Planned(f"detect-{server}-s{seed}", args.train_config(
                 seed=seed, server=spec, defenses=detector_specs(seed)),
@@ -122,7 +129,7 @@ def plan(args: Args) -> list[Planned]:
                 attacks=()))
         out.append(Planned(f"honest-none-s{seed}", args.train_config(seed=seed),
                            {"setting": "none", "server": "honest", "detector": "none"},
-                           attacks=()))
+                           attacks=ATTACKS))
     return out
 
 
@@ -165,23 +172,32 @@ def enrich(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def honest_identity(rows: list[dict]) -> str:
+    """Identity's top-1 (chance) on the honest server's undefended runs, in words."""
+    honest = [r for r in rows if r["server"] == "honest" and r["detector"] == "none"]
+    s = aggregate(honest, ["server"], ["identity_top1", "identity_chance"])
+    if not s or not s[0]["identity_top1"].n:
+        return "identity not computed."
+    return f"identity top-1 {s[0]['identity_top1']} (chance {s[0]['identity_chance']})."
+
+
 def summary_markdown(rows: list[dict], title: str) -> str:
     rows = enrich(rows)
     fsha = [r for r in rows if r["server"] == "fsha" and r["detector"] == "none"]
     body = []
     for s in aggregate(fsha, ["setting"], ["test_accuracy", "first_test_accuracy", *QUALITY,
-                                           *FINAL]):
+                                           *FINAL, "identity_top1", "identity_chance"]):
         body.append([s["setting"], s["n"], s["first_test_accuracy"], s["test_accuracy"],
                      s[QUALITY[0]], s[QUALITY[1]],
                      f"{s['final_linkage_k10_advantage']} ({s['prior_linkage_k10_advantage']})",
                      s["final_linkage_within_k10_advantage"],
                      f"{s['final_pearson_median']} ({s['prior_pearson_median']})",
-                     s["final_prdn_median"], s["final_snr_db_median"]])
+                     s["final_prdn_median"], s["final_snr_db_median"], identity_cell(s)])
     header = ["defense", "n", "test acc. epoch 1 (%)", "test acc. (%)",
               "steps to linkage k10 >= 0.5", "steps to median r >= 0.9",
               "final linkage k10 (prior)", "final linkage k10 within patient",
               "final median r (prior)", "final PRDN (%)",
-              "final SNR (dB)"]
+              "final SNR (dB)", "identity top-1, 1 beat (chance 1/N)"]
     det = []
     for s in aggregate([r for r in rows if r["detector"] != "none" or r["server"] == "honest"],
                        ["server", "detector"], ["test_accuracy", *DETECTION]):
@@ -199,7 +215,9 @@ def summary_markdown(rows: list[dict], title: str) -> str:
         "topology: FSHA replaces the cut gradient, so the client's layers never see the head's "
         "loss, and splitting the server's two dense layers into server + client head trains the "
         "same function with the same updates (the runs' client weights and test accuracy are "
-        "bit-identical: tests/test_fsha.py).", "", "## Detection on the client", "",
+        "bit-identical: tests/test_fsha.py). " + IDENTITY_TEXT + " Under an honest server "
+        "(honest-none, results.csv): " + honest_identity(rows), "",
+        "## Detection on the client", "",
         markdown_table(det_header, det), "",
         "detected: fraction of runs whose alarm fired (under an honest server: false alarms); "
         "detected at batch: the training batch of the alarm; mean score: SplitGuard's score "

@@ -174,8 +174,10 @@ def test_paper_figures_redraws_from_saved_results(dp_out, tmp_path):
 
 
 def test_compare_defenses_quick(pool_dirs, tmp_path):
+    # --enrol-beats 3: at 300 training beats no patient has 10 (--quick's) beats in the first
+    # 30% of its record, so identity is enrolled from 3 (about 14 patients, chance about 1/14)
     rows = compare_defenses.main(tiny(pool_dirs, tmp_path, "--only", "none", "ushape",
-                                      "nopeek-a1", "depth3"))
+                                      "nopeek-a1", "depth3", "--enrol-beats", "3"))
     assert {r["defense"] for r in rows} == {"none", "ushape", "nopeek-a1", "depth3"}
     table = read_rows(tmp_path / "results.csv")
     cols = ["test_accuracy", "best_test_accuracy", "dcor_max", "dcor_batch", "dtw_min",
@@ -186,8 +188,37 @@ def test_compare_defenses_quick(pool_dirs, tmp_path):
     assert float(by["none"]["label_attack_accuracy"]) == 100.0  # labels cross in the clear
     assert by["ushape"]["topology"] == "ushape"
     assert by["depth3"]["depth"] == "3"
-    assert "Pareto" in (tmp_path / "summary.md").read_text()
+    summary = (tmp_path / "summary.md").read_text()
+    assert "Pareto" in summary and "identity top-1, 1 beat (chance 1/N)" in summary
     assert_figures(tmp_path / "figures", ["tradeoff"])
+    # identity runs on every setting, both topologies: accuracies in [0, 1] with chance 1/N
+    # among the N enrolled patients (the windows of 50 beats need more victims than 300 beats)
+    identity = [c for c in common.attack_column_names(["identity"]) if "w50" not in c
+                and c not in ("identity_attack", "identity_patients")]
+    assert {"identity_top1", "identity_top5", "identity_top1_w10", "identity_chance"} <= set(
+        identity)
+    assert_finite(table, identity)
+    for r in table:
+        assert all(0 <= float(r[c]) <= 1 for c in identity), r
+        assert float(r["identity_chance"]) == pytest.approx(1 / float(r["identity_patients"]))
+        assert float(r["identity_top1"]) <= float(r["identity_top5"])
+    # undefended, one epoch: 0.60 of the victims named among 14 (chance 0.07; measured with
+    # `splitpriv attack identity -o enrol_beats=3` on such a run); 3 x chance is a loose floor
+    assert float(by["none"]["identity_top1"]) > 3 * float(by["none"]["identity_chance"])
+
+
+def test_identity_that_cannot_apply_is_skipped_in_one_line(dp_out, capsys):
+    """No patient of a 300-beat run has 1,000 enrolment beats: the study leaves identity out,
+    says why in one line and writes nothing."""
+    out, _ = dp_out
+    run = out / "runs" / "none-s0"
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (run / "attacks").iterdir())
+    got = common.run_attacks(run, ["identity"], common.AttackBudget(enrol_beats=1000), epochs=1)
+    assert got == {}
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (run / "attacks").iterdir()) == before
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("none-s0: identity skipped: identity: 0 patients")
+    assert math.isnan(common.attack_columns({"identity": got.get("identity")})["identity_top1"])
 
 
 def test_depth_quick(pool_dirs, tmp_path):
