@@ -39,6 +39,7 @@ from studies.common import (
     apply_style,
     attack_column_names,
     cli,
+    legend_outside,
     markdown_table,
     only_settings,
     parse_args,
@@ -216,7 +217,7 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
                       xlabel=label, ylabel=figs.utility_label)
         level = (agg[0]["identity_chance"].mean if name == "identity" and agg else 0.5)
         ax.axvline(level, color="0.5", linewidth=0.8, linestyle=":")
-        ax.legend(fontsize=7, loc="best")
+        legend_outside(fig, ax)
         figs.save(fig, name, caption + " " + note)
     figs.write_captions()
 
