@@ -160,18 +160,6 @@ class _Stacked:
         self.template.train(mode)
 
 
-def stacks(defense: Defense) -> bool:
-    """Whether K runs, each with its own instance of ``defense``, can train as one stacked model
-    (:meth:`splitpriv.defense.Defense.stacks`)."""
-    return defense.stacks(defense.config)
-
-
-def _spec_class(spec: str) -> tuple[type[Defense], Any]:
-    """A defense spec's class and typed config, checked as building it checks them but not
-    built: building calibrates formal DP's noise, which takes seconds to a minute."""
-    return resolve_defense(spec)
-
-
 class BatchedSplitTrainer(Driver):
     """Train K split runs (same architecture, topology and data; their own seeds and,
     optionally, defenses) in one process.
@@ -189,7 +177,7 @@ class BatchedSplitTrainer(Driver):
         x_train: (N, 1, 128) inputs shared by the runs; y_train: (N,) labels.
         seeds: the K batch-order seeds (as ``SplitTrainer(seed=...)``).
         defenses: each run's defenses (default: none), its own instances, every one stacking
-            (:func:`stacks`). They are attached here as :class:`~splitpriv.trainer.SplitTrainer`
+            (``Defense.stacks``). They are attached here as :class:`~splitpriv.trainer.SplitTrainer`
             attaches them after ``build_models(cfg, seed=s)``, to a
             :class:`~splitpriv.parties.RunView` of their run: a noise seed left to the run
             (``dp``'s ``seed=None``) is the run's seed.
@@ -220,10 +208,6 @@ class BatchedSplitTrainer(Driver):
         instances = [d for ds in self.defenses for d in ds]
         if len({id(d) for d in instances}) != len(instances):
             raise ValueError("BatchedSplitTrainer: every run needs its own defense instances")
-        refused = sorted({d.name for d in instances if not stacks(d)})
-        if refused:
-            raise ValueError(f"BatchedSplitTrainer: defense(s) {refused} do not stack (they need "
-                             "the client's model, optimizer or a frozen step); use SplitTrainer")
         self.defended = bool(instances)
         self.transcripts = list(transcripts) if transcripts is not None else []
         if self.transcripts and len(self.transcripts) != len(runs):
@@ -234,17 +218,17 @@ class BatchedSplitTrainer(Driver):
         self.server = _Stacked([r.server for r in runs])
         heads = [r.head for r in runs if r.head is not None]
         self.head = _Stacked(heads) if heads else None
+        self.channel = StackedChannel(self.transcripts)
+        self._parties = (  # they refuse a defense that does not stack, before any is attached
+            Client(self.client, x_train, y_train, self.channel, adam(lr), head=self.head,
+                   runs=self.defenses),
+            Server(self.server, self.channel, adam(lr), runs=self.defenses),
+        )
         for ds, seed in zip(self.defenses, seeds, strict=True):
             with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
                 torch.default_generator.manual_seed(seed)  # torch.initial_seed(): the run's seed
                 for d in ds:
                     d.attach(RunView(x_train, y_train, ds, runs[0].head is not None))
-        self.channel = StackedChannel(self.transcripts)
-        self._parties = (
-            Client(self.client, x_train, y_train, self.channel, adam(lr), head=self.head,
-                   runs=self.defenses),
-            Server(self.server, self.channel, adam(lr), runs=self.defenses),
-        )
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
         self.x, self.y, self.batch_size = x_train, y_train, batch_size
         self.epoch = 0  # the last training epoch begun
@@ -347,7 +331,7 @@ def batch_key(config) -> str | None:
     ``ushape``; e.g. ``dp:mode=paper,epsilon=1`` and ``dp:mode=paper,epsilon=10`` at any seeds
     stack, not with ``nopeek``, the undefended runs or ``ushape`` + ``dp:mode=paper``). None: a
     transcript of evaluation messages (:func:`records_in_training_only`), a server behaviour, a
-    defense that does not stack (:func:`stacks`), or defense specs with bad parameters (training
+    defense that does not stack (``Defense.stacks``), or defense specs with bad parameters (training
     the run alone reports why). Cheap: the specs are resolved and checked, not built (building
     calibrates formal DP's noise).
     """
@@ -355,7 +339,7 @@ def batch_key(config) -> str | None:
             or config.server.partition(":")[0].strip().lower() != "honest"):
         return None
     try:
-        specs = [_spec_class(spec) for spec in config.defenses]
+        specs = [resolve_defense(spec) for spec in config.defenses]
     except ValueError:
         return None
     if not all(cls.stacks(cfg) for cls, cfg in specs):

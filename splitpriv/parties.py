@@ -98,9 +98,11 @@ class _Party:
         self.runs = None if runs is None else [list(ds) for ds in runs]
         self.defenses = (list(defenses) if self.runs is None
                          else list({id(d): d for ds in self.runs for d in ds}.values()))
-        for d in self.defenses:
-            if runs is not None and not d.stacks(d.config):
-                raise ValueError(f"defense {d.name!r} does not stack")
+        refused = sorted({d.name for d in self.defenses if not d.stacks(d.config)})
+        if self.runs is not None and refused:
+            raise ValueError(f"stacked runs: defense(s) {refused} do not stack (they need the "
+                             "client's model, optimizer or a frozen step); train them alone "
+                             "(SplitTrainer)")
 
     @property
     def stacked(self) -> bool:

@@ -18,7 +18,7 @@ transcript's parts and release log up to that epoch.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +30,16 @@ NONE = -1
 
 @dataclass
 class PartyCheckpoints:
-    """A party's states after its last two epochs, in one file written atomically."""
+    """A party's states after its last two epochs, in one file written atomically (read once:
+    only this party writes it)."""
 
     path: Path
+    _held: dict[int, Any] | None = field(default=None, init=False, repr=False)
 
     def _states(self) -> dict[int, Any]:
-        return dict(torch_load(self.path)["states"]) if self.path.exists() else {}
+        if self._held is None:
+            self._held = (dict(torch_load(self.path)["states"]) if self.path.exists() else {})
+        return self._held
 
     def epochs(self) -> list[int]:
         """The epochs held, oldest first (at most two)."""
@@ -46,6 +50,7 @@ class PartyCheckpoints:
         states = {e: s for e, s in self._states().items() if e == epoch - 1}
         states[epoch] = dict(state)
         torch_save({"states": states}, self.path)
+        self._held = states
 
     def load(self, epoch: int) -> dict[str, Any]:
         states = self._states()
