@@ -389,7 +389,7 @@ def audit_test_releases(run: Any, claim: ReleaseClaim | None, *, victims: int = 
         maps = torch.cat([rmap(c) for c in x.split(2048)]).flatten(1)
     scorer = LinkageScorer(x[pick], y[pick], pool_x=x, pool_y=y, seed=seed)
     laplace = bool(claim and claim.mechanism == "laplace") or any(
-        d.startswith("dp") and "gaussian" not in d for d in run.config.defenses)
+        d.options.get("mechanism") == "laplace" for d in run.config.defenses)
     distance, p = (_l1, 1.0) if laplace else (_l2, 2.0)
     game = {f"k{k}": scorer.match(released, maps[pick], maps, k=k, distance=distance)
             for k in AUDIT_KS}

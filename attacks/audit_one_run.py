@@ -140,8 +140,9 @@ def one_run_audit(config: TrainConfig, *, canaries: int, guesses: int | None = N
     defenses = build_defenses(config)
     private = [d for d in defenses if d.weights_private]
     if not private:
-        raise _bad(f"the run's defenses {list(config.defenses)} make no claim on the client's "
-                   "weights (train with dpsgd); nothing to audit")
+        named = "+".join(map(str, config.defenses)) or "none"
+        raise _bad(f"the run's defenses ({named}) make no claim on the client's weights (train "
+                   "with dpsgd); nothing to audit")
     t0 = time.perf_counter()
     device = resolve_device(config.device)
     data = build_run_data(config, device)

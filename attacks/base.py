@@ -28,6 +28,7 @@ import torch
 
 from attacks.releases import observed_from_log
 from splitpriv.channel import Kind, Transcript
+from splitpriv.defense import DefenseSpec
 from splitpriv.io import resolve_device, save_npz, torch_threads, write_json
 
 #: Knowledge fields an attack may declare in ``uses``.
@@ -45,7 +46,7 @@ class AuxData:
     Attributes:
         x: (M, 1, 128) beats.
         y: (M,) their labels.
-        source: where they come from, in words (``"train:0.1 ..."``, ``"records:...``).
+        source: where they come from, in words (``"own:0.1 ..."``, ``"records:...``).
         ids: (M,) transcript sample ids when the beats are rows of the observed set (the attacker
             knows which observed rows are its own); None otherwise.
         activations: (M, C, L) their cut activations as the attacker obtained them (by querying the
@@ -97,7 +98,8 @@ class Knowledge:
         aux: auxiliary beats (and how their activations are obtained).
         depth: the client architecture, ``ClientNet(depth)``.
         client_state: the client's weights (white box), a state dict of that architecture.
-        defenses: specs of the defenses the attacker knows are applied (adaptive attacker).
+        defenses: the defenses the attacker knows are applied, with their parameters (adaptive
+            attacker; the run's config.json).
         build_client: the client architecture as a constructor of a fresh (randomly initialised)
             module, for clients other than ``ClientNet`` (tests use a linear convolution); it
             goes with ``depth`` (set ``depth`` to any int when giving it).
@@ -106,7 +108,7 @@ class Knowledge:
     aux: AuxData | None = None
     depth: int | None = None
     client_state: Mapping[str, torch.Tensor] | None = None
-    defenses: tuple[str, ...] = ()
+    defenses: tuple[DefenseSpec, ...] = ()
     build_client: Callable[[], torch.nn.Module] | None = None
     not_victims: torch.Tensor | None = None
 
@@ -146,7 +148,7 @@ class Knowledge:
             "aux": self.aux.describe() if self.aux is not None else None,
             "architecture": arch,
             "client_weights": self.client_state is not None,
-            "defenses": list(self.defenses),
+            "defenses": [str(d) for d in self.defenses],
         }
 
 
@@ -236,7 +238,7 @@ class AttackBudget:
     training release, combined as the attacker chooses), trained on an auxiliary fraction of the
     training beats (their releases paired with their beats) and attacking the others."""
 
-    aux: str = "train:0.1"
+    aux: str = "own:0.1"
     """the attacker's auxiliary set (decoder inversion, label attacks)"""
     dcor_victims: int = 2000
     """beats in the dCor measurement"""

@@ -68,7 +68,7 @@ class Setup:
 
 #: the attacker's knowledge (``attacks.base.Knowledge`` fields), in words: where it comes from
 KNOWLEDGE_WORDS = {
-    "aux": "auxiliary beats and their releases (--aux train:F | train:N | records:R1,...)",
+    "aux": "auxiliary beats and their releases (--aux own:F | own:N | public:F | records:R1,...)",
     "depth": "the client architecture (from the run's config.json)",
     "client_state": "the client's weights, white box (from the run's weights.pt)",
     "defenses": "the defenses applied, an adaptive attacker (from the run's config.json)",
@@ -107,8 +107,8 @@ def check_ready(name: str, run_dir: str | Path, aux: str | None,
     aux = aux if aux is not None else attack.default_aux
     if "aux" in attack.requires and aux is None:
         raise ValueError(f"attack {name!r} needs the attacker's auxiliary beats: pass --aux "
-                         "SPEC (train:F | train:N | records:R1,...; the studies use --aux "
-                         "train:0.1)")
+                         "SPEC (own:F | own:N | public:F | records:R1,...; the studies use --aux "
+                         "own:0.1)")
     check_aux_spec(aux)
     check_run_dir(run_dir)
     return attack, setup, own

@@ -65,7 +65,8 @@ def add_commands(sub: Any) -> None:
     )
     att.add_argument("name", help="the attack (the registered names)")
     att.add_argument("--run", required=True, help="run directory")
-    att.add_argument("--aux", default=None, help="attacker's auxiliary beats: train:F | train:N | "
+    att.add_argument("--aux", default=None,
+                     help="attacker's auxiliary beats: own:F | own:N | public:F | "
                      "records:R1,R2,... | enrol:F (identity's default: enrol:0.3)")
     att.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                      help="attack option, repeatable (max_victims=2000, phase=test, ...)")
@@ -74,7 +75,8 @@ def add_commands(sub: Any) -> None:
     aud = sub.add_parser("audit", help="audit a run's privacy: empirical epsilon lower bounds, "
                          "the claim's bounds beside the attacks; writes DIR/attacks/audit.json")
     aud.add_argument("--run", required=True, help="run directory")
-    aud.add_argument("--aux", default=None, help="attacker's auxiliary beats (train:F | train:N "
+    aud.add_argument("--aux", default=None,
+                     help="attacker's auxiliary beats (own:F | own:N | public:F "
                      "| records:R1,...): run the strongest attack first where the run has none")
     aud.add_argument("--out", default=None, help="where to write the audit (default "
                      "DIR/attacks/audit.json)")

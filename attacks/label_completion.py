@@ -121,11 +121,11 @@ class CompletionLabelAttack(LabelAttack):
 
     Shape:
         transcript server_output (N, 128) or activations (N, C, L); aux: known-label rows
-        (``train:F``: read by id; ``records:...``: their queried activations, vanilla only).
+        (``own:F``: read by id; ``records:...``: their queried activations, vanilla only).
 
     Notes:
         The server's own weights are not part of the attacker's declared knowledge, so a
-        U-shaped attack needs aux rows it observed (``--aux train:F``).
+        U-shaped attack needs aux rows it observed (``--aux own:F``).
     """
 
     citation = ("Fu et al., Label Inference Attacks Against Vertical Federated Learning, "
@@ -153,7 +153,7 @@ class CompletionLabelAttack(LabelAttack):
             return aux.activations.reshape(len(aux.activations), -1).float()
         raise AttackInputError(
             f"attack {self.name!r}: U-shaped, the server's output for the aux beats is needed; "
-            "pass aux rows it observed (--aux train:F)")
+            "pass aux rows it observed (--aux own:F)")
 
     def predict(self, transcript: Transcript, knowledge: Knowledge, ids: torch.Tensor,
                 oracle_y: torch.Tensor) -> Prediction:

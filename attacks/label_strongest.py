@@ -48,7 +48,7 @@ class StrongestLabelAttack(LabelAttack):
     candidate's held-out accuracy and AUC, or why it was skipped).
 
     Shape:
-        as the candidates; aux: known-label rows observed in the transcript (``train:F``).
+        as the candidates; aux: known-label rows observed in the transcript (``own:F``).
     """
 
     citation = ("strongest of Li et al. ICLR 2022 (norm, direction), k-means (Liu & Lyu, "
@@ -78,7 +78,7 @@ class StrongestLabelAttack(LabelAttack):
         aux = knowledge.aux
         if aux is None or aux.ids is None:
             raise AttackInputError(f"attack {self.name!r} needs aux rows observed in the "
-                                   "transcript (--aux train:F)")
+                                   "transcript (--aux own:F)")
         order = torch.from_numpy(np.random.default_rng(cfg.seed).permutation(len(aux.y)))
         n_held = max(1, int(round(cfg.heldout * len(order))))
         held, fit = order[:n_held], order[n_held:]

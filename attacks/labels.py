@@ -14,7 +14,7 @@ them as they crossed (accuracy 1.0 in the clear; the keep rate of a label defens
 ``labeldp`` otherwise).
 
 Known-label references: the attacks use the attacker's auxiliary rows, training rows whose labels
-it knows (``--aux train:F``), read from the transcript by id; they are never victims.
+it knows (``--aux own:F``), read from the transcript by id; they are never victims.
 
 Scoring (:func:`label_scores`, every label attack): accuracy with its Wilson 95% interval, one-vs-
 rest AUC per class with its Hanley-McNeil (1982) 95% interval and their mean, beside the prior:
@@ -187,7 +187,7 @@ class LabelAttack(Attack):
         refs = self.references(transcript, knowledge)
         if refs is None and self.needs_references:
             raise AttackInputError(
-                f"attack {self.name!r} needs known-label reference gradients: pass --aux train:F"
+                f"attack {self.name!r} needs known-label reference gradients: pass --aux own:F"
             )
         scores, pred, extra = self.infer(grads, refs, oracle_y)
         return Prediction(scores, pred, extra, {"grad_norm": grads.norm(dim=1).numpy()})
@@ -200,7 +200,7 @@ class LabelAttack(Attack):
         if aux.ids is None:
             raise AttackInputError(
                 f"attack {self.name!r}: the aux beats must be observed training rows "
-                "(--aux train:F) so that their gradients can be read from the transcript"
+                "(--aux own:F) so that their gradients can be read from the transcript"
             )
         ref = rows_of(self, transcript, Kind.OUTPUT_GRAD, aux.ids, "aux gradients")
         return References(ref.reshape(len(ref), -1).double(), aux.y.long())

@@ -137,9 +137,7 @@ def release_map(knowledge: Knowledge) -> Callable[[torch.Tensor], torch.Tensor]:
     the run's order); the identity when the attacker knows of none."""
     if not knowledge.defenses:
         return lambda a: a
-    from defenses import build_defense
-
-    built = [build_defense(spec) for spec in knowledge.defenses]
+    built = [spec.build() for spec in knowledge.defenses]
 
     def apply(a: torch.Tensor) -> torch.Tensor:
         for d in built:

@@ -1,18 +1,21 @@
-"""Attacking a saved run directory: its ground truth, transcript, the attacker's knowledge, and the
+r"""Attacking a saved run directory: its ground truth, transcript, the attacker's knowledge, and the
 client as a query oracle.
 
 A run directory (``splitpriv.run``) holds config.json, weights.pt and, when recorded,
 transcript.npz. The private beats are rebuilt from the config exactly as training built them.
 
-Auxiliary-set specs (``--aux``):
+Auxiliary-set specs (``--aux``) are :class:`splitpriv.aux.AuxSpec`\ s; for an attack:
 
-* ``train:F`` (0 < F < 1) or ``train:N``: a seeded random fraction F (or N rows) of the training
-  half, with their labels. The attacker knows which observed rows are its own, so it pairs them
-  with what the transcript holds for them (activations, gradients); they are not victims.
-* ``records:R1,R2,...``: other patients. Beats of those MIT-BIH records from the beat pool that
-  the run used nowhere (not in train, validation or test). The attacker obtains their activations
-  by querying the client (the run's final weights, with the run's defenses applied: an adaptive
-  attacker). Victims from those records are excluded.
+* ``own:F`` (0 < F < 1) or ``own:N`` (``train:F``, its older name): a seeded random fraction F
+  (or N rows) of the training half, with their labels. The attacker knows which observed rows
+  are its own, so it pairs them with what the transcript holds for them (activations,
+  gradients); they are not victims.
+* ``public:F`` / ``public:N``: beats of the pool that the run used nowhere (F times the training
+  rows, seeded), their activations obtained by querying the client (the run's final weights, with
+  the run's defenses applied: an adaptive attacker); attacks without query access use the beats
+  alone.
+* ``records:R1,R2,...``: other patients, as ``public`` but every unused pool beat of those
+  MIT-BIH records. Victims from those records are excluded.
 * ``enrol:F`` (0 < F < 1): the first part of every patient's record. The beats of the attacked
   phase whose R-peak lies in the first F of their record (by the time of the record's pool beats)
   with their patients (records) and labels, paired with the transcript by id; the victims are
@@ -32,11 +35,12 @@ import numpy as np
 import torch
 
 from attacks.base import AttackInputError, AuxData, GroundTruth, Knowledge
+from splitpriv.aux import AuxSpec
 from splitpriv.channel import InProcessChannel, Kind, RecordPolicy, Transcript
 from splitpriv.data import BeatPool
+from splitpriv.defense import DefenseSpec
 from splitpriv.io import read_file, read_json, torch_load
 from splitpriv.models import ClientNet
-from splitpriv.options import fraction_or_count, parse_spec
 from splitpriv.run import PHASES, RESULT, TrainConfig, build_run_data
 from splitpriv.trainer import EVAL_BATCH
 
@@ -166,10 +170,13 @@ def _check_result_matches(path: Path, config: TrainConfig) -> None:
     result = read_json(path / RESULT)
     mine = dataclasses.asdict(config)
     recorded = result.get("config")
+    if recorded is not None and "defenses" in recorded:  # text specs in older runs
+        recorded["defenses"] = [dataclasses.asdict(DefenseSpec.parse(d, f"{path / RESULT}"))
+                                for d in recorded["defenses"]]
     if recorded is None:  # written before result.json kept its config
         recorded = {k: result[k] for k in ("protocol", "labels", "depth", "seed", "epochs")
                     if k in result}
-        names = [parse_spec(s)[0] for s in config.defenses]
+        names = [s.name for s in config.defenses]
         if [d.get("name") for d in result.get("defenses") or []] != names:
             recorded["defenses"] = [d.get("name") for d in result.get("defenses") or []]
             mine["defenses"] = names
@@ -277,85 +284,61 @@ def weights_transcript(run: RunData, phase: str, *, seed: int = 0) -> Transcript
     return t
 
 
-def check_aux_spec(spec: str | None) -> None:
-    """The form of an aux spec (module docstring), before any run exists to apply it to (a
-    study checks its ``--aux`` before training): a finite fraction in (0, 1) or a whole count
-    >= 1 after ``train:``, record numbers after ``records:``.
+def check_aux_spec(spec: str | None) -> AuxSpec | None:
+    """The form of an aux spec (:class:`~splitpriv.aux.AuxSpec`), before any run exists to apply
+    it to (a study checks its ``--aux`` before training).
 
     Raises:
         ValueError: naming the spec.
     """
-    if spec is None or spec.strip().lower() in ("", "none"):
-        return
-    kind, _, arg = spec.partition(":")
-    where = f"--aux {spec!r}"
-    if kind.strip().lower() == "train":
-        fraction_or_count(arg, 1, where)  # a finite fraction in (0, 1), or a whole count
-        if float(arg) <= 0:
-            raise ValueError(f"{where}: expected a fraction in (0, 1) or a count >= 1")
-    elif kind.strip().lower() == "records":
-        if not all(r.strip().isdigit() for r in arg.split(",") if r.strip()):
-            raise ValueError(f"{where}: expected records:R1,R2,...")
-    elif kind.strip().lower() == "enrol":
-        try:
-            ok = 0 < float(arg) < 1
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ValueError(f"{where}: expected enrol:F with F in (0, 1)")
-    else:
-        raise ValueError(f"{where}: expected train:F, train:N, records:R1,R2,... or enrol:F")
+    return AuxSpec.parse(spec, "--aux")
 
 
 def parse_aux(spec: str | None, run: RunData, *, phase: str, seed: int = 0) -> AuxData | None:
     """The attacker's auxiliary set from a spec (module docstring)."""
-    check_aux_spec(spec)
-    if spec is None or spec.strip().lower() in ("", "none"):
+    parsed = check_aux_spec(spec)
+    if parsed is None:
         return None
-    kind, _, arg = spec.partition(":")
-    kind = kind.strip().lower()
-    rng = np.random.default_rng(seed)
-    if kind == "train":
+    if parsed.kind == "own":
         n_train = len(run.y["train"])
-        n = fraction_or_count(arg, n_train, f"--aux {spec!r}")
+        n = parsed.count(n_train)
         if not 1 <= n < n_train:
             raise ValueError(f"--aux {spec!r}: {n} rows of a training half of {n_train}")
-        ids = torch.from_numpy(np.sort(rng.choice(n_train, size=n, replace=False)))
+        ids = torch.from_numpy(np.sort(np.random.default_rng(seed).choice(n_train, size=n,
+                                                                           replace=False)))
         return AuxData(
             x=run.x["train"][ids], y=run.y["train"][ids], ids=ids,
             groups=record_groups(run.records["train"][ids.numpy()]),
-            source=f"train:{arg} ({n} of the {n_train} training rows; paired with the transcript "
+            source=f"{spec} ({n} of the {n_train} training rows; paired with the transcript "
                    "by id)",
         )
-    if kind == "records":
-        try:
-            wanted = sorted({int(r) for r in arg.split(",") if r.strip()})
-        except ValueError:
-            raise ValueError(f"--aux {spec!r}: expected records:R1,R2,...") from None
-        pool = run.pool
-        if run.config.hdf5 is not None:
-            raise ValueError(f"--aux {spec!r}: the run trained on HDF5 files ({run.config.hdf5}), "
-                             "whose beats have no record numbers")
-        used = np.concatenate([run.pool_idx[p] for p in PHASES])
-        free = np.ones(len(pool.y), dtype=bool)
-        free[used[used >= 0]] = False
-        rows = np.flatnonzero(np.isin(pool.record, wanted) & free)
-        if len(rows) == 0:
-            raise ValueError(f"--aux {spec!r}: the pool holds no unused beats of records {wanted}")
-        x = torch.as_tensor(pool.x[rows]).float().reshape(-1, 1, 128)
-        acts = query_client(run, x, training=phase == "train", seed=seed)
-        victims_from = np.isin(run.records[phase], wanted)
-        with_defenses = " with its defenses" if run.config.defenses else ""
-        return AuxData(
-            x=x, y=torch.as_tensor(pool.y[rows]).long(), activations=acts,
-            ids=None, groups=record_groups(pool.record[rows]),
-            source=f"records:{','.join(map(str, wanted))} ({len(rows)} unused pool beats; "
-            f"activations by querying the client{with_defenses})",
-            exclude_ids=torch.from_numpy(np.flatnonzero(victims_from)),
-        )
-    if kind == "enrol":
-        return enrolment_aux(run, phase, float(arg))
-    raise ValueError(f"--aux {spec!r}: expected train:F, train:N or records:R1,R2,...")
+    if parsed.kind == "enrol":
+        return enrolment_aux(run, phase, parsed.size)
+    return public_aux(parsed, run, phase=phase, seed=seed)
+
+
+def public_aux(parsed: AuxSpec, run: RunData, *, phase: str, seed: int) -> AuxData:
+    """A ``public`` or ``records`` aux set: pool beats the run used nowhere, their activations by
+    querying the client (the run's final weights, with the run's defenses applied: an adaptive
+    attacker); victims of ``records`` are excluded (their patients are the attacker's)."""
+    if parsed.kind == "records" and run.config.hdf5 is not None:
+        raise ValueError(f"--aux {parsed}: the run trained on HDF5 files ({run.config.hdf5}), "
+                         "whose beats have no record numbers")
+    pool = run.pool
+    used = np.concatenate([run.pool_idx[p] for p in PHASES])
+    rows = parsed.public_rows(pool.record, used, len(run.y["train"]), seed=seed, where="--aux")
+    x = torch.as_tensor(pool.x[rows]).float().reshape(-1, 1, 128)
+    acts = query_client(run, x, training=phase == "train", seed=seed)
+    victims_from = (np.isin(run.records[phase], parsed.records) if parsed.kind == "records"
+                    else np.zeros(len(run.records[phase]), dtype=bool))
+    with_defenses = " with its defenses" if run.config.defenses else ""
+    return AuxData(
+        x=x, y=torch.as_tensor(pool.y[rows]).long(), activations=acts,
+        ids=None, groups=record_groups(pool.record[rows]),
+        source=f"{parsed} ({len(rows)} unused pool beats; activations by querying the "
+               f"client{with_defenses})",
+        exclude_ids=torch.from_numpy(np.flatnonzero(victims_from)),
+    )
 
 
 def enrolment_aux(run: RunData, phase: str, fraction: float) -> AuxData:

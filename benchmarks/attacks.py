@@ -49,7 +49,7 @@ class Args:
     """training epochs of the paper-protocol run (the paper measured leakage at epoch 100)"""
     paper_run: str | None = None
     """reuse this run directory for the paper-protocol leakage instead of training one"""
-    aux: str = "train:0.1"
+    aux: str = "own:0.1"
     """the attacker's auxiliary set (decoder inversion, label references)"""
     seed: int = 0
     """seeds training, the aux draw, victims and attacks"""

@@ -10,7 +10,7 @@ release log, ``record_releases=windows``):
 * ``formal-eps1024``: formal activation DP, Gaussian, clip 2, total epsilon 1024 over the 10
   releases of each training beat.
 
-On each, ``splitpriv attack strongest`` at its defaults (aux ``train:0.1``, 1,000 victims, k = 10
+On each, ``splitpriv attack strongest`` at its defaults (aux ``own:0.1``, 1,000 victims, k = 10
 and 100 same-class candidates) and the same with ``releases=last`` (one release per beat, what
 the attacks read before the release log), and ``match-weights`` (the client's weights known) for
 reference. The table lists the re-identification advantage across patients and within patient
@@ -58,7 +58,7 @@ class Args:
     """training epochs of every run (the reviewer's 10)"""
     seed: int = 0
     """seeds training, the aux draw, victims and attacks"""
-    aux: str = "train:0.1"
+    aux: str = "own:0.1"
     """the attacker's auxiliary set"""
     threads: int = 1
     """torch threads"""

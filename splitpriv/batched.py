@@ -49,7 +49,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from splitpriv.channel import Kind, RecordPolicy, StackedChannel, Transcript
-from splitpriv.defense import Defense, resolve_defense
+from splitpriv.defense import Defense
 from splitpriv.fast import fast_kernels
 from splitpriv.io import resolve_device, torch_threads
 from splitpriv.models import MaxPool2, SplitModels, same_conv, same_conv1d
@@ -331,17 +331,14 @@ def batch_key(config) -> str | None:
     ``ushape``; e.g. ``dp:mode=paper,epsilon=1`` and ``dp:mode=paper,epsilon=10`` at any seeds
     stack, not with ``nopeek``, the undefended runs or ``ushape`` + ``dp:mode=paper``). None: a
     transcript of evaluation messages (:func:`records_in_training_only`), a server behaviour, a
-    defense that does not stack (``Defense.stacks``), or defense specs with bad parameters (training
-    the run alone reports why). Cheap: the specs are resolved and checked, not built (building
-    calibrates formal DP's noise).
+    defense that does not stack (``Defense.stacks``). Cheap: the config's specs were parsed when
+    it was made (:class:`~splitpriv.defense.DefenseSpec`), not built (building calibrates formal
+    DP's noise).
     """
     if (not records_in_training_only(config.record_policy())
             or config.server.partition(":")[0].strip().lower() != "honest"):
         return None
-    try:
-        specs = [resolve_defense(spec) for spec in config.defenses]
-    except ValueError:
-        return None
+    specs = [(spec.cls, spec.config) for spec in config.defenses]
     if not all(cls.stacks(cfg) for cls, cfg in specs):
         return None
     kinds = [f"{cls.__module__}.{cls.__qualname__}" for cls, _ in specs]

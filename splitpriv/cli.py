@@ -31,6 +31,7 @@ TRAIN_FLAGS: dict[str, dict[str, object]] = {
     "protocol": {"choices": PROTOCOLS},
     "topology": {"choices": TOPOLOGIES},
     "defenses": {"flag": "--defense", "action": "append", "metavar": "NAME[:key=value,...]",
+                 "type": str,
                  "help": "a defense and its parameters, repeatable, e.g. dp:mode=paper,epsilon=3 "
                          "(splitpriv list defenses: every defense, its parameters and defaults)"},
     "server": {"metavar": "NAME[:key=value,...]",

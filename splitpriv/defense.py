@@ -41,13 +41,16 @@ adversary) is not a defense: see :mod:`splitpriv.servers`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 
+from splitpriv.options import format_spec, parse_spec
 from splitpriv.registry import Registry
 
 if TYPE_CHECKING:
@@ -305,20 +308,96 @@ class Defense:
 DEFENSES: Registry[type[Defense]] = Registry("defense", "splitpriv.defenses", families=True)
 
 
-def build_defense(spec: str) -> Defense:
+@dataclass(frozen=True)
+class DefenseSpec:
+    """One defense of a run as a typed object, parsed once (:meth:`parse`) when the run's
+    :class:`~splitpriv.run.TrainConfig` is made and stored as such in config.json: its registered
+    name and every option with its typed value, defaults filled in (a family's ``variant_field``
+    among them), e.g. ``{"name": "dp", "options": {"mode": "formal", "epsilon": 4.0, ...}}``.
+
+    Two specs that build the same defense are equal, however they were written (the order of the
+    options, a default given or left out). ``str(spec)`` is the canonical text spec: the name, the
+    family's variant and the options that differ from their defaults.
+
+    Attributes:
+        name: the registered name (``dp``, ``nopeek``...).
+        options: every option of the defense's ``Config``, typed, and the variant field.
+    """
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        cls, config = DEFENSES.resolve_options(self.name, self.options)  # checks every option
+        object.__setattr__(self, "options", {**self._variant(cls), **dataclasses.asdict(config)})
+        object.__setattr__(self, "_resolved", (cls, config))
+
+    def _variant(self, cls: type) -> dict[str, Any]:
+        """``{variant_field: value}`` of a family's member ``cls``; {} for a plain defense."""
+        family = DEFENSES.lookup(self.name)
+        variants = getattr(family, "variants", None) or {}
+        return {family.variant_field: next(v for v, c in variants.items() if c is cls)
+                } if variants else {}
+
+    @classmethod
+    def parse(cls, spec: str | Mapping[str, Any] | DefenseSpec, where: str = "defense"
+              ) -> DefenseSpec:
+        """A spec from its text ``NAME[:key=value,...]``, its config.json object ``{"name": ...,
+        "options": {...}}`` or a spec already parsed.
+
+        Raises:
+            ValueError: an unknown name or option, a bad value, or an object of another shape.
+        """
+        if isinstance(spec, DefenseSpec):
+            return spec
+        if isinstance(spec, str):
+            return cls(*parse_spec(spec, "defense"))
+        if (isinstance(spec, Mapping) and isinstance(spec.get("name"), str)
+                and isinstance(spec.get("options", {}), Mapping)
+                and set(spec) <= {"name", "options"}):
+            return cls(spec["name"], dict(spec.get("options", {})))
+        raise ValueError(f"{where}: expected a spec NAME[:key=value,...] or an object "
+                         f'{{"name": ..., "options": {{...}}}}, got {spec!r}')
+
+    @property
+    def cls(self) -> type[Defense]:
+        """The class the spec builds (a family's variant)."""
+        return self._resolved[0]  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def config(self) -> Any:
+        """The class's typed ``Config``."""
+        return self._resolved[1]  # type: ignore[attr-defined]
+
+    def build(self) -> Defense:
+        """A new instance (formal DP calibrates its noise here: seconds to a minute)."""
+        return self.cls(self.config)  # type: ignore[call-arg]
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+    def __str__(self) -> str:
+        defaults = {f.name: f.default for f in dataclasses.fields(self.config)
+                    if f.default is not dataclasses.MISSING}
+        variant = self._variant(self.cls)
+        changed = {k: v for k, v in self.options.items()
+                   if k in variant or defaults.get(k, v) != v or k not in defaults}
+        return format_spec(self.name, changed)
+
+
+def build_defense(spec: str | DefenseSpec) -> Defense:
     """A defense from its spec ``NAME[:key=value,...]``; unknown names and bad parameters raise
     ValueError."""
-    return DEFENSES.build(spec)
+    return DefenseSpec.parse(spec).build()
 
 
-def resolve_defense(spec: str) -> tuple[type[Defense], Any]:
+def resolve_defense(spec: str | DefenseSpec) -> tuple[type[Defense], Any]:
     """A defense spec's class and typed config, checked but not built (building calibrates
     formal DP's noise, which takes seconds to a minute)."""
-    return DEFENSES.resolve(spec)
+    parsed = DefenseSpec.parse(spec)
+    return parsed.cls, parsed.config
 
 
-__all__ = ["DEFENSES", "Defense", "PrivacyClaim", "StopTraining", "build_defense",
-           "resolve_defense"]
+__all__ = ["DEFENSES", "Defense", "DefenseSpec", "PrivacyClaim", "StopTraining",
+           "build_defense", "group_privacy", "patient_level", "resolve_defense"]
 
-
-__all__ = ["Defense", "PrivacyClaim", "group_privacy", "patient_level"]

@@ -97,7 +97,7 @@ def convert(value: str, annotation: Any, key: str, where: str) -> Any:
 
 def fraction_or_count(text: str, total: int, where: str) -> int:
     """A size given as ``F`` (0 < F < 1: that fraction of ``total``, rounded) or ``N`` (a whole
-    count), e.g. the ``train:F`` / ``train:N`` of an auxiliary set.
+    count), e.g. the ``own:F`` / ``own:N`` of an auxiliary set.
 
     Raises:
         ValueError: not a finite number, or neither a fraction in (0, 1) nor a whole number.

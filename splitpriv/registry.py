@@ -125,7 +125,12 @@ class Registry(Mapping[str, T], Generic[T]):
         Raises:
             ValueError: unknown name, unknown or mistyped option, an option of another variant.
         """
-        name, raw = parse_spec(spec, self.kind)
+        return self.resolve_options(*parse_spec(spec, self.kind))
+
+    def resolve_options(self, name: str, options: Mapping[str, Any]) -> tuple[T, Any]:
+        """:meth:`resolve` from a name and its options, as strings (a spec) or typed values (a
+        config.json's typed spec; the family's ``variant_field`` among them)."""
+        raw = dict(options)
         cls = self.variant(name, raw)
         return cls, build_config(cls.Config, raw, f"{self.kind} {name!r}")  # type: ignore[attr-defined]
 
@@ -134,7 +139,7 @@ class Registry(Mapping[str, T], Generic[T]):
         cls, config = self.resolve(spec)
         return cls(config)
 
-    def variant(self, name: str, raw: dict[str, str]) -> T:
+    def variant(self, name: str, raw: dict[str, Any]) -> T:
         """The class a spec builds: the registered one, or the variant of a family its
         ``variant_field`` picks (removed from ``raw``). Options of another variant are refused."""
         cls = self.lookup(name)

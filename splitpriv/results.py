@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from splitpriv.defense import PrivacyClaim
+from splitpriv.defense import DefenseSpec, PrivacyClaim
 from splitpriv.io import read_json
 from splitpriv.registry import ATTACKS
 
@@ -119,8 +119,9 @@ def run_record(path: str | Path) -> dict[str, Any]:
     result = read_json(path / "result.json")
     row: dict[str, Any] = {"run": path.name, "run_dir": str(path)}
     for key, value in config.items():
-        if key == "defenses":
-            value = "+".join(value) or "none"
+        if key == "defenses":  # text specs (older runs) or typed objects
+            value = "+".join(str(DefenseSpec.parse(v, f"{path / 'config.json'}: defenses"))
+                             for v in value) or "none"
         row[key] = _number(value)
     row |= {k: _number(result.get(k)) for k in RESULT_COLUMNS}
     row |= claim_columns(result.get("defenses", []))

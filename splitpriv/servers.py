@@ -125,7 +125,8 @@ class ServerBehaviour:
 
     def aux_spec(self) -> str | None:
         """The public auxiliary beats the behaviour needs, as a spec the run resolves
-        (``splitpriv.run.behaviour_aux``: ``train:F``, ``heldout:N``, ``records:R1,...``); None
+        (an :class:`~splitpriv.aux.AuxSpec` of kind ``public:F``, ``public:N`` or
+        ``records:R1,...``, resolved by ``splitpriv.run.behaviour_aux``); None
         (the default): none, and :meth:`provide` receives ``aux=None``."""
         return None
 

@@ -453,7 +453,7 @@ def estimated_cost(configs: Sequence[TrainConfig]) -> float:
     def one(c: TrainConfig) -> float:
         factor = 1 + 0.35 * (c.depth - 2)
         for spec in c.defenses:
-            factor *= {"dpsgd": 2.5, "nopeek": 1.3}.get(spec.split(":")[0], 1.0)
+            factor *= {"dpsgd": 2.5, "nopeek": 1.3}.get(spec.name, 1.0)
         rows = min(c.train_subset or 12_000, 12_000) / 12_000
         return c.epochs * rows * factor
 
@@ -471,7 +471,7 @@ def run_task(task: RunTask) -> dict[str, Any]:
     return {
         "study": task.study, **p.labels, "seed": p.config.seed, "protocol": p.config.protocol,
         "depth": p.config.depth, "topology": result["topology"], "epochs": p.config.epochs,
-        "defenses": "+".join(p.config.defenses) or "none",
+        "defenses": "+".join(map(str, p.config.defenses)) or "none",
         "test_accuracy": result["test_accuracy"],
         # per-class measures at the selected epoch (NaN for runs written before they existed)
         "test_macro_f1": result.get("test_macro_f1", math.nan),

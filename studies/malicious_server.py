@@ -83,7 +83,7 @@ class Args(StudyArgs):
     """training beats (FSHA's cost grows with its steps; 3,000 beats = 94 steps an epoch)"""
     test_subset: int | None = 1000
     """test beats"""
-    fsha: str = "fsha:aux=train:0.1,record_every=25"
+    fsha: str = "fsha:aux=public:0.1,record_every=25"
     """the malicious server's spec"""
     settings: list[str] = field(default_factory=lambda: [
         "none", "dp-paper", "dp-formal", "nopeek", "dpsgd", "depth8", "ushape"])

@@ -86,7 +86,7 @@ def test_train_flags_are_derived_from_train_config():
     ])
     config = train_config(args)
     assert (config.depth, config.paper_softmax, config.val_fraction) == (3, True, None)
-    assert config.defenses == ["ushape", "dp:mode=paper,epsilon=3"]
+    assert list(map(str, config.defenses)) == ["ushape", "dp:mode=paper,epsilon=3"]
     assert config.threads is None  # 0: torch's default
     assert config.epochs == TrainConfig().epochs and args.role == "server"
     if "server" in {f.name for f in dataclasses.fields(TrainConfig)}:

@@ -26,9 +26,9 @@ from splitpriv.run import TrainConfig, behaviour_aux, build_run_data, run_traini
 from splitpriv.servers import AuxBeats, build_server
 from splitpriv.trainer import SplitTrainer
 
-FSHA_CHEAP = "fsha:aux=train:0.5,critic_steps=1,width=8,pilot_warmup=0,record_every=4"
+FSHA_CHEAP = "fsha:aux=public:0.5,critic_steps=1,width=8,pilot_warmup=0,record_every=4"
 
-FSHA = "fsha:aux=train:0.5,pilot_warmup=20"
+FSHA = "fsha:aux=public:0.5,pilot_warmup=20"
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def _trainer(beats, behaviour, *, defenses=(), ushape=False, transcript=None, se
 def test_fsha_reconstructs_training_beats_far_better_than_the_priors(pool_dirs, tmp_path):
     mitdb, cache = pool_dirs
     config = TrainConfig(protocol="paper-unique", epochs=4, train_subset=1000, test_subset=200,
-                         val_fraction=0.0, server="fsha:aux=train:0.5,record_every=32",
+                         val_fraction=0.0, server="fsha:aux=public:0.5,record_every=32",
                          device="cpu", record_epochs="none", mitdb_dir=str(mitdb),
                          cache_dir=str(cache))
     result = run_training(config, tmp_path / "run", progress=False)
@@ -103,14 +103,18 @@ def test_the_runs_public_beats_are_disjoint_from_every_row_it_uses(pool_dirs):
     config = TrainConfig(protocol="paper-unique", train_subset=300, test_subset=100,
                          mitdb_dir=str(mitdb), cache_dir=str(cache))
     data = build_run_data(config)
-    aux = behaviour_aux("train:0.5", data, seed=0)
+    aux = behaviour_aux("public:0.5", data, seed=0)
     assert aux is not None and len(aux.x) == 150
     used = torch.cat([data.x_train, data.x_val, data.x_test]).flatten(1)
     assert not (torch.cdist(aux.x.flatten(1), used) == 0).any()
     rec = behaviour_aux("records:100;101", data, seed=0)
     assert rec is not None and "records:100,101" in rec.source
-    with pytest.raises(ValueError, match="expected train:F"):
+    with pytest.raises(ValueError, match="expected public:F"):
         behaviour_aux("test:0.1", data, seed=0)
+    # the client's own rows are no server's: the attacks' own:F (train:F) is refused here
+    for own in ("own:0.5", "train:0.5"):
+        with pytest.raises(ValueError, match="a server holds no client rows"):
+            behaviour_aux(own, data, seed=0)
 
 
 def test_fsha_runs_u_shaped_and_at_any_depth(beats):
@@ -130,7 +134,8 @@ def test_fsha_runs_u_shaped_and_at_any_depth(beats):
     ("fsha:lr_pilot=nan", "lr_pilot must be a finite"),
     ("fsha:gp_weight=-1", "gp_weight must be finite"),
     ("fsha:record_every=0", "record_every must be >= 1"),
-    ("fsha:aux=test:0.1", "aux must be train:F"),
+    ("fsha:aux=test:0.1", "aux 'test:0.1': expected public:F"),
+    ("fsha:aux=train:0.1", "a server holds no client rows"),
 ])
 def test_bad_fsha_specs_name_the_option(spec, match):
     with pytest.raises(ValueError, match=match):

@@ -284,7 +284,7 @@ def test_plan_shares_the_baseline_and_matches_formal_epochs():
     assert len(names) == len(set(names)) == 2 * (1 + 2 + 2 * (7 + 3 * 2))
     assert all(p.name.endswith(f"-s{p.config.seed}") for p in plan)
     formal = [p for p in plan if p.labels["mode"] == "formal"]
-    assert all("epochs=12" in p.config.defenses[0] for p in formal)
+    assert all(p.config.defenses[0].options["epochs"] == 12 for p in formal)
 
 
 def test_attack_budget_is_nested_and_its_flags_stay_flat():
@@ -336,15 +336,14 @@ def test_privacy_columns_read_the_typed_claim():
 
 
 def test_compare_defenses_labels_are_typed_and_specs_built_from_values():
-    from splitpriv.options import parse_spec
+    from splitpriv.defense import DefenseSpec
 
     args = common.parse_args(compare_defenses.Args, ["--seeds", "1", "--epochs", "6"])
     by = {p.labels["defense"]: p for p in compare_defenses.plan(args)}
     formal = by["dp-formal-e4"]
     assert (formal.labels["mode"], formal.labels["epsilon"]) == ("formal", 4.0)
-    assert parse_spec(formal.config.defenses[0]) == ("dp", {
-        "mode": "formal", "mechanism": "gaussian", "target_epsilon": "4", "epochs": "6",
-        "clip": "2"})
+    assert formal.config.defenses[0] == DefenseSpec.parse(
+        "dp:mode=formal,mechanism=gaussian,target_epsilon=4,epochs=6,clip=2")
     assert by["dpsgd-e4"].labels == {"defense": "dpsgd-e4", "family": "DP-SGD",
                                      "mode": "dpsgd", "epsilon": 4.0}
     assert by["none"].labels["epsilon"] is None and by["depth5"].config.depth == 5
@@ -391,12 +390,13 @@ def test_dp_tradeoff_plans_the_whole_curve_releases_and_the_bottleneck():
                      if p.labels["design"] == design and p.labels["releases"] == 30)
         assert eps == [1, 4, 16, 64, 256, 1024, 4096]
     r1 = plan["formal-512-r1-eps1024-s0"]
-    assert "releases=1" in r1.config.defenses[0] and "target_epsilon=1024" in r1.config.defenses[0]
+    r1_dp = r1.config.defenses[0].options
+    assert r1_dp["releases"] == 1 and r1_dp["target_epsilon"] == 1024
     assert r1.config.epochs == 30 and r1.config.cut_channels is None
-    assert "releases" not in plan["formal-512-r30-eps1024-s0"].config.defenses[0]
+    assert plan["formal-512-r30-eps1024-s0"].config.defenses[0].options["releases"] is None
     bottleneck = plan["formal-bottleneck-r30-eps4096-s0"]
     assert bottleneck.config.cut_channels == 4
-    assert "standardise=true" in bottleneck.config.defenses[0]
+    assert bottleneck.config.defenses[0].options["standardise"] is True
     assert {p.labels["releases"] for p in formal} == {1, 3, 10, 30}
     assert plan["none-s0"].attacks == common.Planned.attacks
     full = dp_tradeoff.plan(common.parse_args(dp_tradeoff.Args, ["--full-grid"]))

@@ -27,8 +27,9 @@ Shape:
 Notes:
     The public beats are pool beats the run uses nowhere (``splitpriv.run.behaviour_aux``):
     same domain and patients, disjoint from the client's beats, the paper's threat model.
-    ``aux=train:0.1`` sizes them like the honest attacks' ``--aux train:0.1`` (a tenth of the
-    training rows); ``aux=records:R1;R2`` takes the unused beats of those records. The
+    ``aux=public:0.1`` sizes them like the honest attacks' ``--aux own:0.1`` (a tenth of the
+    training rows); ``aux=records:R1;R2`` takes the unused beats of those records
+    (:class:`splitpriv.aux.AuxSpec`). The
     adversary's networks, their optimizers, its step count and its generator are checkpointed
     with the run (:meth:`FeatureSpaceHijacking.state_dict`, as is the run's log of its
     reconstructions): a killed-and-resumed run goes on as an uninterrupted one. It works in the
@@ -46,6 +47,7 @@ import torch
 from torch import nn
 
 from attacks.servers.scoring import ReconstructionLog
+from splitpriv.aux import SERVER_KINDS, AuxSpec
 from splitpriv.servers import AuxBeats, RecordSink, ServerBehaviour, register_server
 
 if TYPE_CHECKING:
@@ -137,7 +139,7 @@ class FeatureSpaceHijacking(ServerBehaviour):
         """Parameters of ``fsha``.
 
         Attributes:
-            aux: the public beats (``train:F``, ``train:N`` or ``records:R1;R2``: see the module
+            aux: the public beats (``public:F``, ``public:N`` or ``records:R1;R2``: see the module
                 notes; ``;`` separates records inside a ``--server`` spec).
             lr_pilot: Adam learning rate of the pilot encoder and decoder.
             lr_critic: Adam learning rate of the discriminator.
@@ -169,7 +171,7 @@ class FeatureSpaceHijacking(ServerBehaviour):
         (900 client, 90 public beats: r 0.87 / 0.64 at step 100, seeds 0 and 1).
         """
 
-        aux: str = "train:0.1"
+        aux: str = "public:0.1"
         lr_pilot: float = 1e-3
         lr_critic: float = 1e-3
         gp_weight: float = 10.0
@@ -193,9 +195,7 @@ class FeatureSpaceHijacking(ServerBehaviour):
                 if getattr(self, name) < 1:
                     raise ValueError(f"server 'fsha': {name} must be >= 1, "
                                      f"got {getattr(self, name)}")
-            if self.aux.split(":")[0] not in ("train", "records"):
-                raise ValueError(f"server 'fsha': aux must be train:F, train:N or records:R1;R2,"
-                                 f" got {self.aux!r}")
+            AuxSpec.parse(self.aux, "server 'fsha': aux", SERVER_KINDS)
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)

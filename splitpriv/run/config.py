@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import torch
 
 from splitpriv.channel import NOTHING, Kind, RecordPolicy
 from splitpriv.data import check_hdf5_run, check_labels
+from splitpriv.defense import DefenseSpec
 from splitpriv.io import read_json
 from splitpriv.metrics import SELECT_BY
 from splitpriv.models import ModelConfig
@@ -56,7 +58,9 @@ class TrainConfig:
             beat's releases (``splitpriv.releases``): ``windows`` (sums over the last 1, 2, 4, 8
             epochs and the rest: about 5 float16 copies of the activations), ``all`` (every
             epoch), ``none``. Independent of ``record_epochs`` and ``record_kinds``.
-        defenses: defense specs ``name[:key=value,...]`` (see ``defenses``).
+        defenses: the defenses, each a :class:`~splitpriv.defense.DefenseSpec` (given as a text
+            spec ``name[:key=value,...]``, see ``defenses``, or its config.json object; parsed
+            once, here).
         server: the server's behaviour, ``NAME[:key=value,...]`` (see ``splitpriv.servers``;
             ``honest``: the protocol as specified).
         device: ``auto``, ``cpu``, ``cuda``...
@@ -88,7 +92,7 @@ class TrainConfig:
     record_epochs: str = "last"
     record_kinds: str = ""
     record_releases: str = "windows"
-    defenses: list[str] = field(default_factory=list)
+    defenses: list[DefenseSpec] = field(default_factory=list)
     server: str = "honest"
     device: str = "auto"
     threads: int | None = 1
@@ -98,6 +102,10 @@ class TrainConfig:
     hdf5: str | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.defenses, str | Mapping):
+            raise ValueError(f"defenses must be list, got {self.defenses!r}")
+        self.defenses = [DefenseSpec.parse(d, f"defenses[{i}]")
+                         for i, d in enumerate(self.defenses)]
         if self.topology not in TOPOLOGIES:
             raise ValueError(f"topology must be one of {TOPOLOGIES}, got {self.topology!r}")
         check_labels(self.protocol, self.labels)
@@ -189,7 +197,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"{path}: unknown config field(s) {unknown} (written by another "
                              "version of splitpriv?)")
-        check_field_types(cls, doc, str(path))
+        check_field_types(cls, {k: v for k, v in doc.items() if k != "defenses"}, str(path))
         try:
             return cls(**doc)
         except (TypeError, ValueError) as exc:

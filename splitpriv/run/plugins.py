@@ -10,10 +10,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from splitpriv.aux import SERVER_KINDS, AuxSpec
 from splitpriv.data import protocol_prep
-from splitpriv.defense import build_defense, patient_level
+from splitpriv.defense import patient_level
 from splitpriv.models import ModelConfig, SplitModels, build_models
-from splitpriv.options import fraction_or_count
 from splitpriv.run.config import TrainConfig
 from splitpriv.run.data import Tensors
 from splitpriv.servers import AuxBeats, Scorer, ServerBehaviour, build_server
@@ -33,7 +33,7 @@ class Stateful(Protocol):
 
 def build_defenses(config: TrainConfig) -> list:
     """The run's defenses, each checked against the run's plan (bad parameters fail here)."""
-    built = [build_defense(spec) for spec in config.defenses]
+    built = [spec.build() for spec in config.defenses]
     for d in built:
         d.configure(epochs=config.epochs, batch_size=config.batch_size)
     return built
@@ -75,43 +75,26 @@ def build_behaviour(config: TrainConfig) -> ServerBehaviour:
 
 
 def behaviour_aux(spec: str | None, data: Tensors, *, seed: int) -> AuxBeats | None:
-    """The public auxiliary beats a server behaviour asks for (:meth:`ServerBehaviour.aux_spec`):
-    beats of the run's pool that the run uses nowhere (not a train, validation or test row), so
-    same-domain data the client does not hold (Pasquini et al. 2021's threat model):
-
-    * ``train:F`` (0 < F < 1) or ``train:N``: F times the training rows (or N) of those beats, a
-      seeded choice (the size the honest attacks' ``--aux train:F`` has, disjoint from the
-      client's beats);
-    * ``records:R1,R2,...``: all of them from those MIT-BIH records.
+    """The public beats a server behaviour asks for (:meth:`ServerBehaviour.aux_spec`, an
+    :class:`~splitpriv.aux.AuxSpec` of kind ``public:F`` / ``public:N`` or ``records:R1,...``):
+    beats of the run's pool that the run uses nowhere, so same-domain data the client does not
+    hold (Pasquini et al. 2021's threat model); ``public:F`` draws F times the training rows,
+    seeded (the size the honest attacks' ``--aux own:F`` has).
 
     Raises:
-        ValueError: a malformed spec, or too few unused beats.
+        ValueError: a malformed spec, a kind a server cannot hold, or too few unused beats.
     """
-    if spec is None:
+    parsed = AuxSpec.parse(spec, "server aux", SERVER_KINDS)
+    if parsed is None:
         return None
-    kind, _, arg = spec.partition(":")
-    pool = data.pool
     used = np.concatenate([data.pool_idx_train, data.pool_idx_val, data.pool_idx_test])
-    free = np.ones(len(pool.y), dtype=bool)
-    free[used[used >= 0]] = False
-    if kind == "train":
-        n = fraction_or_count(arg, len(data.y_train), f"server aux {spec!r}")
-        rows_free = np.flatnonzero(free)
-        if not 1 <= n <= len(rows_free):
-            raise ValueError(f"server aux {spec!r}: {n} beats of {len(rows_free)} unused ones")
-        rows = np.sort(np.random.default_rng(seed).choice(rows_free, size=n, replace=False))
-        source = f"train:{arg} ({n} pool beats the run uses nowhere, seed {seed})"
-    elif kind == "records":
-        wanted = sorted({int(r) for r in arg.replace(";", ",").split(",") if r.strip()})
-        rows = np.flatnonzero(np.isin(pool.record, wanted) & free)
-        if len(rows) == 0:
-            raise ValueError(f"server aux {spec!r}: no unused beats of records {wanted}")
-        source = f"records:{','.join(map(str, wanted))} ({len(rows)} unused pool beats)"
-    else:
-        raise ValueError(f"server aux {spec!r}: expected train:F, train:N or records:R1,...")
+    rows = parsed.public_rows(data.pool.record, used, len(data.y_train), seed=seed,
+                              where="server aux")
+    what = "pool beats the run uses nowhere" if parsed.kind == "public" else "unused pool beats"
     device = data.x_train.device
-    return AuxBeats(x=torch.as_tensor(pool.x[rows]).float().reshape(-1, 1, 128).to(device),
-                    y=torch.as_tensor(pool.y[rows]).long().to(device), source=source)
+    return AuxBeats(x=torch.as_tensor(data.pool.x[rows]).float().reshape(-1, 1, 128).to(device),
+                    y=torch.as_tensor(data.pool.y[rows]).long().to(device),
+                    source=f"{parsed} ({len(rows)} {what}, seed {seed})")
 
 
 def stateful_plugins(defenses: list, behaviour: ServerBehaviour | None,

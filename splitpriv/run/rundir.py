@@ -38,7 +38,6 @@ import numpy as np
 import torch
 
 from splitpriv.channel import Transcript
-from splitpriv.defense import build_defense
 from splitpriv.io import (
     load_npz,
     read_file,
@@ -233,7 +232,7 @@ class RunDir:
         were released at that noise, and recalibrating the rest would claim a budget the releases
         exceed."""
         for spec in self.config.defenses:
-            why = build_defense(spec).fixes_epochs()
+            why = spec.build().fixes_epochs()
             if why:
                 raise ValueError(
                     f"{self.path} holds a run planned for {planned} epochs with defense "
