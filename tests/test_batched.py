@@ -328,10 +328,12 @@ def test_batch_key_stacks_seeds_and_defense_parameters_of_one_kind(pool_dirs):
     for kw in (dict(defenses=["dp:mode=formal,noise_multiplier=1,releases=1"]),  # frozen steps
                dict(defenses=["dpsgd:noise_multiplier=1"]), dict(defenses=["labeldp:epsilon=1"]),
                dict(defenses=["maxnorm"]), dict(defenses=["ushape", "marvell"]),
-               dict(defenses=["dp:mode=paper"]),  # does not build (no epsilon)
                dict(record_epochs="last"), dict(server="scaled")):
         assert key(**kw) is None, kw
         assert not batchable(_config(pool_dirs, **kw))
+    # a spec that does not build (no epsilon) is no config at all: refused when it is made
+    with pytest.raises(ValueError, match="paper mode needs epsilon"):
+        key(defenses=["dp:mode=paper"])
     assert batchable(_config(pool_dirs, defenses=["nopeek:alpha=1"]))
     # training-only transcripts stack (labels and cut gradients never cross in evaluation)
     for kinds in ("labels", "labels,act_grad"):
