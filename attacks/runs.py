@@ -13,6 +13,11 @@ Auxiliary-set specs (``--aux``):
   the run used nowhere (not in train, validation or test). The attacker obtains their activations
   by querying the client (the run's final weights, with the run's defenses applied: an adaptive
   attacker). Victims from those records are excluded.
+* ``public:F`` (0 < F < 1) or ``public:N``: public beats the client never released: F times the
+  training rows (or N) of the pool beats the run uses nowhere (``splitpriv.run.public_beats``,
+  the beats a server behaviour's ``aux=train:F`` draws), with their labels and no releases
+  (unpaired: the attacks that need no pairs, ``attacks.sdar``, ``attacks.fora``,
+  ``attacks.adaptive``). No victim is excluded: none of them is a victim's beat.
 * ``enrol:F`` (0 < F < 1): the first part of every patient's record. The beats of the attacked
   phase whose R-peak lies in the first F of their record (by the time of the record's pool beats)
   with their patients (records) and labels, paired with the transcript by id; the victims are
@@ -289,7 +294,7 @@ def check_aux_spec(spec: str | None) -> None:
         return
     kind, _, arg = spec.partition(":")
     where = f"--aux {spec!r}"
-    if kind.strip().lower() == "train":
+    if kind.strip().lower() in ("train", "public"):
         fraction_or_count(arg, 1, where)  # a finite fraction in (0, 1), or a whole count
         if float(arg) <= 0:
             raise ValueError(f"{where}: expected a fraction in (0, 1) or a count >= 1")
@@ -304,7 +309,8 @@ def check_aux_spec(spec: str | None) -> None:
         if not ok:
             raise ValueError(f"{where}: expected enrol:F with F in (0, 1)")
     else:
-        raise ValueError(f"{where}: expected train:F, train:N, records:R1,R2,... or enrol:F")
+        raise ValueError(f"{where}: expected train:F, train:N, public:F, records:R1,R2,... or "
+                         "enrol:F")
 
 
 def parse_aux(spec: str | None, run: RunData, *, phase: str, seed: int = 0) -> AuxData | None:
@@ -355,6 +361,20 @@ def parse_aux(spec: str | None, run: RunData, *, phase: str, seed: int = 0) -> A
         )
     if kind == "enrol":
         return enrolment_aux(run, phase, float(arg))
+    if kind == "public":
+        from splitpriv.run import public_beats
+
+        if run.config.hdf5 is not None:
+            raise ValueError(f"--aux {spec!r}: the run trained on HDF5 files ({run.config.hdf5}), "
+                             "whose pool has no unused beats")
+        used = np.concatenate([run.pool_idx[p] for p in PHASES])
+        try:
+            beats = public_beats(f"train:{arg}", run.pool, used, n_train=len(run.y["train"]),
+                                 seed=seed)
+        except ValueError as exc:
+            raise ValueError(f"--aux {spec!r}: {exc}") from None
+        return AuxData(x=beats.x, y=beats.y, source=f"public:{arg} ({len(beats.x)} pool beats the "
+                       f"run uses nowhere, seed {seed}; no releases: unpaired)")
     raise ValueError(f"--aux {spec!r}: expected train:F, train:N or records:R1,R2,...")
 
 
@@ -392,6 +412,7 @@ def knowledge_for(run: RunData, aux: AuxData | None) -> Knowledge:
         defenses=tuple(run.config.defenses),
         build_client=(functools.partial(ClientNet, run.config.depth, run.config.cut_channels)
                       if run.config.cut_channels is not None else None),
+        server_state=run.weights["server"], recipe=run.config,
     )
 
 

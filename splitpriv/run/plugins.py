@@ -89,13 +89,20 @@ def behaviour_aux(spec: str | None, data: Tensors, *, seed: int) -> AuxBeats | N
     """
     if spec is None:
         return None
-    kind, _, arg = spec.partition(":")
-    pool = data.pool
     used = np.concatenate([data.pool_idx_train, data.pool_idx_val, data.pool_idx_test])
+    return public_beats(spec, data.pool, used, n_train=len(data.y_train), seed=seed,
+                        device=data.x_train.device)
+
+
+def public_beats(spec: str, pool: Any, used: np.ndarray, *, n_train: int, seed: int,
+                 device: torch.device | str = "cpu") -> AuxBeats:
+    """The pool beats no row ``used`` (pool rows of train, validation and test; -1: none) is,
+    chosen by ``spec`` as :func:`behaviour_aux` says (``train:F`` sized on ``n_train``)."""
+    kind, _, arg = spec.partition(":")
     free = np.ones(len(pool.y), dtype=bool)
     free[used[used >= 0]] = False
     if kind == "train":
-        n = fraction_or_count(arg, len(data.y_train), f"server aux {spec!r}")
+        n = fraction_or_count(arg, n_train, f"server aux {spec!r}")
         rows_free = np.flatnonzero(free)
         if not 1 <= n <= len(rows_free):
             raise ValueError(f"server aux {spec!r}: {n} beats of {len(rows_free)} unused ones")
@@ -109,8 +116,8 @@ def behaviour_aux(spec: str | None, data: Tensors, *, seed: int) -> AuxBeats | N
         source = f"records:{','.join(map(str, wanted))} ({len(rows)} unused pool beats)"
     else:
         raise ValueError(f"server aux {spec!r}: expected train:F, train:N or records:R1,...")
-    device = data.x_train.device
-    return AuxBeats(x=torch.as_tensor(pool.x[rows]).float().reshape(-1, 1, 128).to(device),
+    length = pool.x.shape[-1]
+    return AuxBeats(x=torch.as_tensor(pool.x[rows]).float().reshape(-1, 1, length).to(device),
                     y=torch.as_tensor(pool.y[rows]).long().to(device), source=source)
 
 
@@ -193,4 +200,4 @@ def build_run_models(config: TrainConfig, topology: str, device: torch.device) -
 
 __all__ = ["Stateful", "behaviour_aux", "build_behaviour", "build_defenses", "build_run_models",
            "check_distinct_beats", "checkpoint_state", "defense_reports", "load_plugin_states",
-           "prepare_defenses", "resolve_topology", "stateful_plugins"]
+           "prepare_defenses", "public_beats", "resolve_topology", "stateful_plugins"]
