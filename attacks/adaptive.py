@@ -42,11 +42,16 @@ import torch
 from torch import nn
 
 from attacks.base import AttackInputError, Knowledge
-from attacks.decoder import DecoderConfig, decode, train_decoder
+from attacks.decoder import DecoderConfig, train_decoder
 from attacks.fitting import fit_regression
 from attacks.inversion import InversionConfig, aux_activations, mean_beat_mse, split_aux
 from attacks.registry import register
-from attacks.simulator import SimulatedInversion, SimulatorConfig, train_simulator
+from attacks.simulator import (
+    SimulatedInversion,
+    SimulatorConfig,
+    bounded_decode,
+    train_simulator,
+)
 from splitpriv.options import parse_spec
 
 
@@ -203,7 +208,8 @@ class AdaptiveInversion(SimulatedInversion):
         self.tuning |= {"heldout_beats": len(held), "heldout_mse": mse, "best_epoch": epoch,
                         "heldout_mse_mean_beat": mean_beat_mse(x_pub, fit, held),
                         "simulator": self.tuning["alignment"]}
-        return decode(self.net, acts.float().cpu()).cpu()
+        self.x_pub = x_pub
+        return bounded_decode(self.net, acts, x_pub)
 
     def notes(self, knowledge: Knowledge) -> list[str]:
         t = self.tuning

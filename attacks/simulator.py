@@ -124,7 +124,7 @@ def train_simulator(sim: nn.Module, x_pub: torch.Tensor, received: torch.Tensor,
             loss = loss + t
         if cfg.adv_weight > 0:
             fooled = F.binary_cross_entropy_with_logits(disc(z), torch.ones(len(z), device=device))
-            out["adversarial"] = float(fooled)
+            out["adversarial"] = float(fooled.detach())
             loss = loss + cfg.adv_weight * fooled
         if cfg.mmd_weight > 0:
             out["mmd"] = float((m := mk_mmd(z, real)).detach())
@@ -139,7 +139,7 @@ def train_simulator(sim: nn.Module, x_pub: torch.Tensor, received: torch.Tensor,
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
-        out["discriminator"] = float(d_loss)
+        out["discriminator"] = float(d_loss.detach())
     sim.eval()
     return out
 
@@ -151,6 +151,14 @@ def simulate(sim: nn.Module, x: torch.Tensor, release: Callable[[torch.Tensor], 
     sim.eval()
     dev = next(sim.parameters()).device
     return torch.cat([release(sim(c.to(dev).float())).cpu() for c in x.split(4096)])
+
+
+def bounded_decode(net: nn.Module, acts: torch.Tensor, x_pub: torch.Tensor) -> torch.Tensor:
+    """The decoder's reconstructions of ``acts`` on the host, clipped to the range of the public
+    beats (SDAR's decoder ends in a sigmoid on [0, 1] images; our beats are min-max normalised per
+    record): a decoder trained on simulated activations meets received ones it never saw, and
+    unclipped its extrapolations reached PRDN 700 on an undefended run."""
+    return decode(net, acts.float().cpu()).cpu().clamp(float(x_pub.min()), float(x_pub.max()))
 
 
 def fit_inversion(a_pub: torch.Tensor, x_pub: torch.Tensor, cfg: SimulatorConfig,
@@ -206,10 +214,11 @@ class SimulatedInversion(InversionAttack):
         self.net, self.tuning = fit_inversion(a_pub, x_pub, self.config, self.device)
         self.tuning["public_beats"] = len(x_pub)
         self.tuning["simulator"] = getattr(self, "losses", {})
-        return decode(self.net, acts.float().cpu()).cpu()
+        self.x_pub = x_pub
+        return bounded_decode(self.net, acts, x_pub)
 
     def refit(self, acts, knowledge, transcript, *, beat_length):
-        return decode(self.net, acts.float().cpu()).cpu()
+        return bounded_decode(self.net, acts, self.x_pub)
 
     def notes(self, knowledge: Knowledge) -> list[str]:
         t = self.tuning
@@ -218,5 +227,5 @@ class SimulatedInversion(InversionAttack):
                 f"{t['heldout_mse_mean_beat']:.3g}); simulator's last losses {t['simulator']}"]
 
 
-__all__ = ["Discriminator", "SimulatedInversion", "SimulatorConfig", "fit_inversion", "mk_mmd",
-           "simulate", "train_simulator"]
+__all__ = ["Discriminator", "SimulatedInversion", "SimulatorConfig", "bounded_decode",
+           "fit_inversion", "mk_mmd", "simulate", "train_simulator"]
