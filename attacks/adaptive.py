@@ -157,8 +157,14 @@ def draw_releases(net: nn.Module, release: Callable[[torch.Tensor], torch.Tensor
 
 @register("adaptive")
 class AdaptiveInversion(SimulatedInversion):
-    """The adaptive attacker (module docstring): a shadow client trained with the run's recipe and
-    defenses, aligned on the attacker's beats, and a decoder on its defended releases."""
+    """The adaptive attacker, who knows the defenses and their parameters (not their
+    randomness): a shadow client trained with the run's recipe and defenses on its own beats,
+    aligned on them (paired: regressed onto their releases; public: matched in distribution),
+    and a decoder on its defended releases.
+
+    Shape:
+        aux x (M, 1, L) (paired: with releases (M, C, L')); victims (N, C, L') -> (N, 1, L).
+    """
 
     citation = ("Adaptive attacker (knows the defense and its parameters, not its randomness): "
                 "a shadow model trained with the run's recipe; decoder of He, Zhang & Lee, "

@@ -36,8 +36,9 @@ class FORAConfig(SimulatorConfig):
 
 @register("fora")
 class FORA(SimulatedInversion):
-    """FORA (module docstring): a substitute client matched in distribution to the received
-    activations (MK-MMD and a discriminator), then a decoder on its public pairs.
+    """FORA (Xu et al., CVPR 2024), public beats only, no labels: a substitute client matched
+    in distribution to the received activations (MK-MMD and a discriminator), then a decoder
+    on its public pairs.
 
     Shape:
         public beats (M, 1, L); received activations (N, C, L') -> (N, 1, L).

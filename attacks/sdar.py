@@ -75,8 +75,9 @@ class SDARConfig(SimulatorConfig):
 
 @register("sdar")
 class SDAR(SimulatedInversion):
-    """SDAR (module docstring): a simulated client trained through the server's own model with
-    adversarial regularisation towards the received activations, then a decoder.
+    """SDAR (Zhu et al., NDSS 2025), passive, public beats only: a simulated client trained
+    through the server's own model (vanilla; U-shaped: with a simulated head) and pulled onto
+    the received activations (a discriminator, plus the MK-MMD), then a decoder on its pairs.
 
     Shape:
         public beats (M, 1, L) with labels; received activations (N, C, L') -> (N, 1, L).

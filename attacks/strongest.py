@@ -157,6 +157,12 @@ class StrongestInversion(InversionAttack):
     same part. Each is scored by the held-out beats' linkage among ``select_k`` same-class aux
     beats, across patients and, where the aux beats' records are known, within patient.
 
+    The ``extra`` candidates join where the knowledge they need is given (a run directory gives
+    it all): ``sdar`` and ``fora`` (:mod:`attacks.sdar`, :mod:`attacks.fora`) read the fit
+    part's beats as public beats (never their releases), ``adaptive`` (:mod:`attacks.adaptive`)
+    trains a shadow run with the run's recipe and aligns it on the fit part's pairs; one that
+    cannot run (a defense that is not simulable) is skipped and named in ``skipped``.
+
     Two results, each chosen on the held-out beats only (never the victims):
 
     * the strongest **inversion** (the reconstruction every result reports): the inversion
