@@ -53,7 +53,8 @@ class StrongestConfig(InversionConfig):
             config), ``fora`` (the client architecture), ``adaptive`` (the run's recipe, every
             defense simulable); they read the aux beats' pairs only as ``adaptive`` does
             (``attacks.sdar``, ``attacks.fora``, ``attacks.adaptive``). Empty: none.
-        extra_steps: their simulated clients' training steps.
+        extra_steps: their simulated clients' training steps (None: 20 per decoder epoch, 600
+            at the studies' 30).
         shadow_epochs: the adaptive candidate's shadow run's epochs (None: the run's).
     """
 
@@ -67,7 +68,7 @@ class StrongestConfig(InversionConfig):
     select_k: int = 10
     priors: bool = True
     extra: str = "sdar,fora,adaptive"
-    extra_steps: int = 600
+    extra_steps: int | None = None
     shadow_epochs: int | None = None
 
     def __post_init__(self) -> None:
@@ -80,6 +81,10 @@ class StrongestConfig(InversionConfig):
 
     def names(self) -> list[str]:
         return [n.strip() for n in self.candidates.split(",") if n.strip()]
+
+    def steps(self) -> int:
+        """The extra candidates' simulator steps."""
+        return self.extra_steps if self.extra_steps is not None else 20 * self.decoder_epochs
 
     def extra_names(self) -> list[str]:
         return [n.strip() for n in self.extra.split(",") if n.strip()]
@@ -96,10 +101,10 @@ class StrongestConfig(InversionConfig):
             "mlp": {"epochs": 2 * self.decoder_epochs},
             "whitebox": {"steps": self.whitebox_steps},
             "unsplit": {"rounds": self.unsplit_rounds, "max_victims": None},
-            **{name: {"steps": self.extra_steps, "decoder_epochs": self.decoder_epochs,
+            **{name: {"steps": self.steps(), "decoder_epochs": self.decoder_epochs,
                       "decoder_width": self.decoder_width}
                for name in ("sdar", "fora")},
-            "adaptive": {"steps": self.extra_steps, "decoder_epochs": self.decoder_epochs,
+            "adaptive": {"steps": self.steps(), "decoder_epochs": self.decoder_epochs,
                          "decoder_width": self.decoder_width,
                          "shadow_epochs": self.shadow_epochs}}
         return {"seed": self.seed, "threads": self.threads, "holdout": self.holdout,
