@@ -50,6 +50,7 @@ from attacks.simulator import (
     SimulatedInversion,
     SimulatorConfig,
     bounded_decode,
+    study_columns,
     train_simulator,
 )
 from splitpriv.options import parse_spec
@@ -172,6 +173,7 @@ class AdaptiveInversion(SimulatedInversion):
     Config: ClassVar[type[InversionConfig]] = AdaptiveConfig
     config: AdaptiveConfig
     default_aux = "public:0.1"
+    study_columns = study_columns("adaptive")
     uses = ("aux", "defenses", "recipe")
     requires = ("aux", "recipe")
 

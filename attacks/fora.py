@@ -22,7 +22,12 @@ from typing import ClassVar
 from attacks.base import Knowledge
 from attacks.inversion import InversionConfig
 from attacks.registry import register
-from attacks.simulator import SimulatedInversion, SimulatorConfig, train_simulator
+from attacks.simulator import (
+    SimulatedInversion,
+    SimulatorConfig,
+    study_columns,
+    train_simulator,
+)
 
 
 @dataclass
@@ -48,6 +53,7 @@ class FORA(SimulatedInversion):
                 "Split Learning (FORA), CVPR 2024")
     Config: ClassVar[type[InversionConfig]] = FORAConfig
     default_aux = "public:0.1"
+    study_columns = study_columns("fora")
     uses = ("aux", "depth")
     requires = ("aux", "depth")
 

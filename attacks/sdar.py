@@ -42,7 +42,12 @@ from torch.nn import functional as F
 from attacks.base import AttackInputError, Knowledge
 from attacks.inversion import InversionConfig
 from attacks.registry import register
-from attacks.simulator import SimulatedInversion, SimulatorConfig, train_simulator
+from attacks.simulator import (
+    SimulatedInversion,
+    SimulatorConfig,
+    study_columns,
+    train_simulator,
+)
 
 
 def server_model(knowledge: Knowledge) -> tuple[nn.Module, bool, int]:
@@ -87,6 +92,7 @@ class SDAR(SimulatedInversion):
                 "Adversarial Regularization (SDAR), NDSS 2025")
     Config: ClassVar[type[InversionConfig]] = SDARConfig
     default_aux = "public:0.1"
+    study_columns = study_columns("sdar")
     uses = ("aux", "depth", "server_state", "recipe")
     requires = ("aux", "depth", "server_state", "recipe")
 

@@ -176,12 +176,34 @@ def fit_inversion(a_pub: torch.Tensor, x_pub: torch.Tensor, cfg: SimulatorConfig
                  "heldout_mse_mean_beat": mean_beat_mse(x_pub, fit, held)}
 
 
+def study_columns(prefix: str) -> dict[str, tuple[str, ...]]:
+    """An unpaired or adaptive attack's own results.csv columns, ``PREFIX_k10_advantage`` etc.
+    (not the shared inversion columns, where a study row would keep only the highest)."""
+    return {f"{prefix}_{col}": path for col, path in (
+        ("k10_advantage", ("linkage", "k10", "advantage")),
+        ("k100_advantage", ("linkage", "k100", "advantage")),
+        ("within_k10_advantage", ("linkage_within", "k10", "advantage")),
+        ("pearson_r", ("metrics", "pearson", "median")),
+        ("mse", ("metrics", "mse", "median")))}
+
+
 class SimulatedInversion(InversionAttack):
     """Base of the inversions through a simulated client (module docstring): subclasses train
     the simulator (:meth:`simulator`); the decoder on its public pairs inverts the received
     activations. ``refit`` (``strongest``'s winner) reuses the decoder as fitted."""
 
     config: SimulatorConfig
+
+    @classmethod
+    def study_options(cls, budget):
+        return super().study_options(budget) | {"decoder_epochs": budget.decoder_epochs,
+                                                "steps": 50 * budget.decoder_epochs}
+
+    @classmethod
+    def needs_aux(cls) -> bool:
+        """No: a study runs it on its own public beats (``default_aux``, ``public:0.1``), never
+        on the study's paired aux set (``strongest`` hands it that, as a candidate)."""
+        return False
 
     def public_beats(self, knowledge: Knowledge) -> tuple[torch.Tensor, torch.Tensor]:
         """The attacker's public beats (M, 1, L) float32 and labels (M,) (its aux beats; their
@@ -228,4 +250,5 @@ class SimulatedInversion(InversionAttack):
 
 
 __all__ = ["Discriminator", "SimulatedInversion", "SimulatorConfig", "bounded_decode",
+           "study_columns",
            "fit_inversion", "mk_mmd", "simulate", "train_simulator"]
