@@ -46,7 +46,8 @@ def test_beats_the_mean_beat_prior_and_is_at_chance_on_noise(small, name, noise_
     assert link["ci_low"] > link["chance"] and link["accuracy"] > prior["ci_high"]
     assert s["metrics"]["pearson"]["median"] > s["baselines"]["mean_beat"]["metrics"][
         "pearson"]["median"]
-    noise = attack(name, run, aux, noise_transcript(transcript), truth).summary["linkage"]["k10"]
+    noise = attack(name, run, aux, noise_transcript(transcript), truth,
+                   steps="200").summary["linkage"]["k10"]
     # nothing of the beats crossed: its 95% interval holds chance, far below the clean attack
     assert noise["ci_low"] <= noise["chance"] and noise["accuracy"] < link["ci_low"]
 
