@@ -103,6 +103,7 @@ def train_shadow(recipe: Any, x: torch.Tensor, y: torch.Tensor, groups: torch.Te
     """A split model trained with ``recipe`` (its defenses without their seeds, its epochs or
     ``epochs``) on beats x (M, 1, L), labels y (M,) from a seed other than the run's; returns
     the shadow client's network and its defenses (attached to it)."""
+    from splitpriv.defense import StopTraining
     from splitpriv.run import build_defenses, build_run_models, resolve_topology
     from splitpriv.trainer import SplitTrainer
 
@@ -120,6 +121,8 @@ def train_shadow(recipe: Any, x: torch.Tensor, y: torch.Tensor, groups: torch.Te
                                batch_size=cfg.batch_size, seed=own_seed, defenses=defenses)
         for epoch in range(1, cfg.epochs + 1):
             trainer.train_epochs(epoch)
+    except StopTraining:  # a detector's alarm ends the shadow run as it ends a run
+        pass
     except ValueError as exc:  # a defense refusing the shadow's plan or data
         raise AttackInputError(f"attack 'adaptive': the shadow run failed: {exc}") from None
     trainer.client.net.eval()
