@@ -59,7 +59,8 @@ from splitpriv.options import parse_spec
 @dataclass
 class AdaptiveConfig(SimulatorConfig):
     """Attributes (besides the unpaired alignment's, :class:`~attacks.simulator.SimulatorConfig`):
-        shadow_epochs: the shadow run's epochs (None: the recipe's).
+        shadow_epochs: the shadow run's epochs (None: the recipe's; a defense that plans its
+            budget over the run's epochs, formal DP and DP-SGD, refuses another number).
         draws: defended releases drawn of each of the attacker's beats for the decoder.
         align_epochs: the paired alignment's most epochs (held-out early stopping).
     """
