@@ -10,8 +10,13 @@ attacker's declared :class:`Knowledge` and the evaluator's :class:`GroundTruth`,
 
 Registered: ``dcor``, ``dtw`` (correlation leakage), ``label-norm``, ``label-direction``,
 ``label-kmeans`` (label inference, U-shaped topology), ``decoder``, ``ridge``, ``whitebox``,
-``unsplit`` (reconstruction of the raw beats) and ``strongest`` (the best of the inversions on the
-attacker's held-out aux beats; every inversion result carries its linkage and the priors').
+``unsplit`` (reconstruction of the raw beats); ``sdar`` (Zhu et al., NDSS 2025) and ``fora`` (Xu
+et al., CVPR 2024), passive inversions from public beats only (``--aux public:F``: a simulated
+client pulled onto the received activations, then a decoder); ``adaptive`` (an attacker who knows
+the defenses and their parameters: a shadow run with the run's recipe, aligned, then a decoder on
+its defended releases); and ``strongest`` (the best of the inversions on the attacker's held-out
+aux beats, ``sdar``, ``fora`` and ``adaptive`` among them where their knowledge is given; every
+inversion result carries its linkage and the priors').
 ``attacks.cli.run_attack_cli`` runs one on a run directory.
 """
 

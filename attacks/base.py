@@ -32,7 +32,7 @@ from splitpriv.defense import DefenseSpec
 from splitpriv.io import resolve_device, save_npz, torch_threads, write_json
 
 #: Knowledge fields an attack may declare in ``uses``.
-KNOWLEDGE_FIELDS = ("aux", "depth", "client_state", "defenses")
+KNOWLEDGE_FIELDS = ("aux", "depth", "client_state", "defenses", "server_state", "recipe")
 
 
 class AttackInputError(ValueError):
@@ -65,6 +65,12 @@ class AuxData:
     exclude_ids: torch.Tensor | None = None
     groups: torch.Tensor | None = None
 
+    @property
+    def paired(self) -> bool:
+        """Whether the beats come with their releases (given, or read from the transcript by id);
+        False for public beats the client never released (``public:F``)."""
+        return self.ids is not None or self.activations is not None
+
     def not_victims(self) -> torch.Tensor | None:
         """Observed sample ids excluded from the victims: the aux rows and ``exclude_ids``."""
         parts = [t.long() for t in (self.ids, self.exclude_ids) if t is not None]
@@ -87,6 +93,7 @@ class AuxData:
             "n": len(self.x),
             "class_counts": np.bincount(self.y.numpy(), minlength=5).tolist(),
             "paired_by_id": self.ids is not None and self.activations is None,
+            "paired": self.paired,
         }
 
 
@@ -103,6 +110,11 @@ class Knowledge:
         build_client: the client architecture as a constructor of a fresh (randomly initialised)
             module, for clients other than ``ClientNet`` (tests use a linear convolution); it
             goes with ``depth`` (set ``depth`` to any int when giving it).
+        server_state: the server's own part of the split model (its weights, a state dict of
+            ``ServerNet``): what the server holds anyway (``attacks.sdar``).
+        recipe: the run's training recipe (its ``splitpriv.run.TrainConfig``: architecture,
+            optimiser, epochs, defenses and their parameters), from config.json; an adaptive
+            attacker retrains a shadow split model with it (``attacks.adaptive``).
     """
 
     aux: AuxData | None = None
@@ -111,6 +123,8 @@ class Knowledge:
     defenses: tuple[DefenseSpec, ...] = ()
     build_client: Callable[[], torch.nn.Module] | None = None
     not_victims: torch.Tensor | None = None
+    server_state: Mapping[str, torch.Tensor] | None = None
+    recipe: Any = None
 
     def restricted(self, uses: Sequence[str]) -> Knowledge:
         """A copy holding only the fields in ``uses`` (the rest are withheld).
@@ -125,6 +139,8 @@ class Knowledge:
             client_state=self.client_state if "client_state" in uses else None,
             defenses=self.defenses if "defenses" in uses else (),
             build_client=self.build_client if "depth" in uses else None,
+            server_state=self.server_state if "server_state" in uses else None,
+            recipe=self.recipe if "recipe" in uses else None,
             not_victims=self.aux.not_victims() if self.aux is not None else self.not_victims,
         )
 
@@ -149,6 +165,8 @@ class Knowledge:
             "architecture": arch,
             "client_weights": self.client_state is not None,
             "defenses": [str(d) for d in self.defenses],
+            "server_weights": self.server_state is not None,
+            "recipe": self.recipe is not None,
         }
 
 

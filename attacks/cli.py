@@ -68,10 +68,14 @@ class Setup:
 
 #: the attacker's knowledge (``attacks.base.Knowledge`` fields), in words: where it comes from
 KNOWLEDGE_WORDS = {
-    "aux": "auxiliary beats and their releases (--aux own:F | own:N | public:F | records:R1,...)",
+    "aux": "auxiliary beats and their releases (--aux own:F | own:N | records:R1,...), or public "
+           "beats without releases (--aux public:F)",
     "depth": "the client architecture (from the run's config.json)",
     "client_state": "the client's weights, white box (from the run's weights.pt)",
     "defenses": "the defenses applied, an adaptive attacker (from the run's config.json)",
+    "server_state": "the server's own part of the model (from the run's weights.pt)",
+    "recipe": "the run's training recipe, defenses and their parameters included (from the "
+              "run's config.json)",
 }
 
 #: the attack's own seconds (median, runs) at the studies' default budget, 2-core AMD EPYC host

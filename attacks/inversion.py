@@ -351,7 +351,7 @@ class InversionAttack(Attack):
         x_hat = x_hat.detach().float().cpu()
         scored, metrics = self.score(x_hat, obs, truth)
         a_aux = (aux_activations(self, transcript, knowledge)
-                 if knowledge.aux is not None else None)
+                 if knowledge.aux is not None and knowledge.aux.paired else None)
         baselines, flat = {}, {}
         obs = dataclasses.replace(obs, values=acts)  # what was inverted (the chosen window)
         for name, (rec, source) in prior_reconstructions(obs, knowledge, transcript, a_aux,
@@ -384,7 +384,7 @@ class InversionAttack(Attack):
         fixed = pick(windows, self.config.releases)  # type: ignore[attr-defined]
         if fixed is not None:
             return windows, fixed, [], note
-        if len(windows) == 1 or knowledge.aux is None:
+        if len(windows) == 1 or knowledge.aux is None or not knowledge.aux.paired:
             return windows, windows[0], [], note
         from attacks.ridge import choose_window_by_ridge
 
@@ -472,8 +472,9 @@ def observation_windows(attack: Attack, transcript: Transcript, knowledge: Knowl
     (:func:`attacks.releases.release_windows`), the attacked activations first."""
     cfg = attack.config
     aux = knowledge.aux
-    last_aux = aux_activations(attack, transcript, knowledge) if aux is not None else None
-    paired = aux is not None and aux.activations is None
+    last_aux = (aux_activations(attack, transcript, knowledge)
+                if aux is not None and aux.paired else None)
+    paired = aux is not None and aux.ids is not None and aux.activations is None
     return release_windows(
         transcript, obs.ids, obs.values.float(),
         aux_ids=aux.ids if aux is not None and paired else None, last_aux=last_aux, phase=cfg.phase,

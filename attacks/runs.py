@@ -10,12 +10,15 @@ Auxiliary-set specs (``--aux``) are :class:`splitpriv.aux.AuxSpec`\ s; for an at
   (or N rows) of the training half, with their labels. The attacker knows which observed rows
   are its own, so it pairs them with what the transcript holds for them (activations,
   gradients); they are not victims.
-* ``public:F`` / ``public:N``: beats of the pool that the run used nowhere (F times the training
-  rows, seeded), their activations obtained by querying the client (the run's final weights, with
-  the run's defenses applied: an adaptive attacker); attacks without query access use the beats
-  alone.
-* ``records:R1,R2,...``: other patients, as ``public`` but every unused pool beat of those
-  MIT-BIH records. Victims from those records are excluded.
+* ``records:R1,R2,...``: other patients. Beats of those MIT-BIH records from the beat pool that
+  the run used nowhere (not in train, validation or test). The attacker obtains their activations
+  by querying the client (the run's final weights, with the run's defenses applied: an adaptive
+  attacker). Victims from those records are excluded.
+* ``public:F`` (0 < F < 1) or ``public:N``: public beats the client never released: F times the
+  training rows (or N) of the pool beats the run uses nowhere (the beats a server behaviour's
+  ``aux=public:F`` draws), with their labels and no releases (unpaired: the attacks that need no
+  pairs, ``attacks.sdar``, ``attacks.fora``, ``attacks.adaptive``). No victim is excluded: none
+  of them is a victim's beat.
 * ``enrol:F`` (0 < F < 1): the first part of every patient's record. The beats of the attacked
   phase whose R-peak lies in the first F of their record (by the time of the record's pool beats)
   with their patients (records) and labels, paired with the transcript by id; the victims are
@@ -318,23 +321,26 @@ def parse_aux(spec: str | None, run: RunData, *, phase: str, seed: int = 0) -> A
 
 
 def public_aux(parsed: AuxSpec, run: RunData, *, phase: str, seed: int) -> AuxData:
-    """A ``public`` or ``records`` aux set: pool beats the run used nowhere, their activations by
-    querying the client (the run's final weights, with the run's defenses applied: an adaptive
-    attacker); victims of ``records`` are excluded (their patients are the attacker's)."""
-    if parsed.kind == "records" and run.config.hdf5 is not None:
+    """A ``public`` or ``records`` aux set: pool beats the run used nowhere. ``records``: their
+    activations by querying the client (the run's final weights, with the run's defenses applied:
+    an adaptive attacker), victims of those records excluded (their patients are the
+    attacker's); ``public``: no releases (unpaired), no victim excluded."""
+    if run.config.hdf5 is not None:
         raise ValueError(f"--aux {parsed}: the run trained on HDF5 files ({run.config.hdf5}), "
-                         "whose beats have no record numbers")
+                         "whose pool has no unused beats or record numbers")
     pool = run.pool
     used = np.concatenate([run.pool_idx[p] for p in PHASES])
     rows = parsed.public_rows(pool.record, used, len(run.y["train"]), seed=seed, where="--aux")
     x = torch.as_tensor(pool.x[rows]).float().reshape(-1, 1, 128)
+    y = torch.as_tensor(pool.y[rows]).long()
+    if parsed.kind == "public":
+        return AuxData(x=x, y=y, source=f"{parsed} ({len(rows)} pool beats the run uses "
+                       f"nowhere, seed {seed}; no releases: unpaired)")
     acts = query_client(run, x, training=phase == "train", seed=seed)
-    victims_from = (np.isin(run.records[phase], parsed.records) if parsed.kind == "records"
-                    else np.zeros(len(run.records[phase]), dtype=bool))
+    victims_from = np.isin(run.records[phase], parsed.records)
     with_defenses = " with its defenses" if run.config.defenses else ""
     return AuxData(
-        x=x, y=torch.as_tensor(pool.y[rows]).long(), activations=acts,
-        ids=None, groups=record_groups(pool.record[rows]),
+        x=x, y=y, activations=acts, ids=None, groups=record_groups(pool.record[rows]),
         source=f"{parsed} ({len(rows)} unused pool beats; activations by querying the "
                f"client{with_defenses})",
         exclude_ids=torch.from_numpy(np.flatnonzero(victims_from)),
@@ -375,6 +381,7 @@ def knowledge_for(run: RunData, aux: AuxData | None) -> Knowledge:
         defenses=tuple(run.config.defenses),
         build_client=(functools.partial(ClientNet, run.config.depth, run.config.cut_channels)
                       if run.config.cut_channels is not None else None),
+        server_state=run.weights["server"], recipe=run.config,
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from attacks.base import Knowledge
+from attacks.base import AttackInputError, Knowledge
 from attacks.inversion import (
     INVERSION_COLUMNS,
     InversionAttack,
@@ -48,6 +48,14 @@ class StrongestConfig(InversionConfig):
         select_k: candidates of the held-out linkage the choice is made by.
         priors: also try the priors (``mean-beat``, ``class-mean``) as candidates, so that the
             reported reconstruction is never worse than a prior on the attacker's held-out beats.
+        extra: further inversion candidates tried only where the knowledge they need is given
+            and they can run, comma-separated: ``sdar`` (the server's own model and the run's
+            config), ``fora`` (the client architecture), ``adaptive`` (the run's recipe, every
+            defense simulable); they read the aux beats' pairs only as ``adaptive`` does
+            (``attacks.sdar``, ``attacks.fora``, ``attacks.adaptive``). Empty: none.
+        extra_steps: their simulated clients' training steps (None: 20 per decoder epoch, 600
+            at the studies' 30).
+        shadow_epochs: the adaptive candidate's shadow run's epochs (None: the run's).
     """
 
     candidates: str = "ridge,decoder,mlp"
@@ -59,6 +67,9 @@ class StrongestConfig(InversionConfig):
     unsplit_rounds: int = 50
     select_k: int = 10
     priors: bool = True
+    extra: str = "sdar,fora,adaptive"
+    extra_steps: int | None = None
+    shadow_epochs: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -71,6 +82,13 @@ class StrongestConfig(InversionConfig):
     def names(self) -> list[str]:
         return [n.strip() for n in self.candidates.split(",") if n.strip()]
 
+    def steps(self) -> int:
+        """The extra candidates' simulator steps."""
+        return self.extra_steps if self.extra_steps is not None else 20 * self.decoder_epochs
+
+    def extra_names(self) -> list[str]:
+        return [n.strip() for n in self.extra.split(",") if n.strip()]
+
     def matcher_names(self) -> list[str]:
         return [n.strip() for n in self.matchers.split(",") if n.strip()]
 
@@ -82,16 +100,23 @@ class StrongestConfig(InversionConfig):
                         "width": self.decoder_width},
             "mlp": {"epochs": 2 * self.decoder_epochs},
             "whitebox": {"steps": self.whitebox_steps},
-            "unsplit": {"rounds": self.unsplit_rounds, "max_victims": None}}
+            "unsplit": {"rounds": self.unsplit_rounds, "max_victims": None},
+            **{name: {"steps": self.steps(), "decoder_epochs": self.decoder_epochs,
+                      "decoder_width": self.decoder_width}
+               for name in ("sdar", "fora")},
+            "adaptive": {"steps": self.steps(), "decoder_epochs": self.decoder_epochs,
+                         "decoder_width": self.decoder_width,
+                         "shadow_epochs": self.shadow_epochs}}
         return {"seed": self.seed, "threads": self.threads, "holdout": self.holdout,
                 "device": self.device, "releases": self.releases, **own.get(name, {})}
 
 
 def candidate_attacks(cfg: StrongestConfig) -> tuple[dict[str, InversionAttack],
                                                      dict[str, ActivationMatch]]:
-    """The candidate inversion attacks and activation matchers of ``cfg``, built."""
+    """The candidate inversion attacks (``candidates``, then ``extra``) and activation matchers
+    of ``cfg``, built."""
     inversions, matchers = {}, {}
-    for name in cfg.names():
+    for name in [*cfg.names(), *cfg.extra_names()]:
         attack = build_attack(name, cfg.options(name))
         if not isinstance(attack, InversionAttack) or isinstance(attack, StrongestInversion):
             raise ValueError(f"strongest: {name!r} is not a candidate inversion attack")
@@ -137,6 +162,12 @@ class StrongestInversion(InversionAttack):
     same part. Each is scored by the held-out beats' linkage among ``select_k`` same-class aux
     beats, across patients and, where the aux beats' records are known, within patient.
 
+    The ``extra`` candidates join where the knowledge they need is given (a run directory gives
+    it all): ``sdar`` and ``fora`` (:mod:`attacks.sdar`, :mod:`attacks.fora`) read the fit
+    part's beats as public beats (never their releases), ``adaptive`` (:mod:`attacks.adaptive`)
+    trains a shadow run with the run's recipe and aligns it on the fit part's pairs; one that
+    cannot run (a defense that is not simulable) is skipped and named in ``skipped``.
+
     Two results, each chosen on the held-out beats only (never the victims):
 
     * the strongest **inversion** (the reconstruction every result reports): the inversion
@@ -171,13 +202,16 @@ class StrongestInversion(InversionAttack):
 
     def __init__(self, config: StrongestConfig | None = None) -> None:
         super().__init__(config)
-        self.candidates, self.matchers = candidate_attacks(self.config)  # type: ignore[arg-type]
-        every = [*self.candidates.values(), *self.matchers.values()]
+        self.tried, self.matchers = candidate_attacks(self.config)  # type: ignore[arg-type]
+        extra = self.config.extra_names()  # type: ignore[attr-defined]
+        every = [*self.tried.values(), *self.matchers.values()]
         # the knowledge handed over: what the candidates use (an instance attribute)
         self.uses = tuple(dict.fromkeys(  # type: ignore[misc, assignment]
             u for a in every for u in ("aux", *a.uses)))
         self.requires = tuple(dict.fromkeys(  # type: ignore[misc, assignment]
-            r for a in every for r in ("aux", *a.requires)))
+            r for n, a in [*self.tried.items(), *self.matchers.items()] if n not in extra
+            for r in ("aux", *a.requires)))
+        self.candidates = dict(self.tried)
 
     @classmethod
     def study_options(cls, budget):
@@ -197,10 +231,23 @@ class StrongestInversion(InversionAttack):
             x_held, y_held, pool_x=aux.x, pool_y=aux.y, seed=cfg.seed,
             groups=None if aux.groups is None else aux.groups[held], pool_groups=aux.groups)
         self.results: dict[str, dict[str, Any]] = {}
-        for name, attack in self.candidates.items():
+        self.skipped: dict[str, str] = {}
+        self.candidates = {}
+        for name, attack in self.tried.items():
+            mine = k_fit.restricted(attack.uses)
+            lacking = [r for r in attack.requires if not getattr(mine, r)]
+            if lacking:  # an extra candidate whose knowledge is not given
+                self.skipped[name] = f"not given: {', '.join(lacking)}"
+                continue
             torch.manual_seed(cfg.seed)
-            rec = attack.reconstruct(both, k_fit.restricted(attack.uses), transcript,
-                                     beat_length=beat_length)
+            try:
+                rec = attack.reconstruct(both, mine, transcript, beat_length=beat_length)
+            except AttackInputError as exc:
+                if name not in cfg.extra_names():
+                    raise
+                self.skipped[name] = str(exc)  # e.g. a defense that cannot be simulated
+                continue
+            self.candidates[name] = attack
             self._add(name, rec, x_held, y_held, aux, attack.notes(k_fit),
                       getattr(attack, "tuning", None))
         if cfg.priors:
@@ -359,7 +406,7 @@ class StrongestInversion(InversionAttack):
                         rec, k=cfg.select_k, within=bool(g)) for g in ("", "_within")
                        if not g or scorer.has_groups}}
             candidates[name] = entry
-        return {"winner": self.winner,
+        return {"winner": self.winner, "skipped": self.skipped,
                 "reidentification": self.reidentification(obs, truth),
                 "selection": {
                     "criterion": f"held-out aux linkage advantage, k = {cfg.select_k} same-class "

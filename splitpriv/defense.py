@@ -35,7 +35,9 @@ In one process both parties hold the same defense instances; ``begin_phase`` and
 still arrive once per pass (the trainer calls each distinct plug-in once,
 :func:`splitpriv.parties.distinct_plugins`). In two processes each party's copy gets its own.
 Defenses find each other by capability (:attr:`Defense.weights_private`,
-:attr:`Defense.couples_rows`), never by name. What the server itself does (honest or an
+:attr:`Defense.couples_rows`), never by name. :attr:`Defense.simulable` tells an adaptive attacker
+(``attacks.adaptive``) whether it can rebuild the defense from the run's config and train a
+shadow client with it. What the server itself does (honest or an
 adversary) is not a defense: see :mod:`splitpriv.servers`.
 """
 
@@ -195,6 +197,11 @@ class Defense:
     #: so it holds only on training rows that hold no beat twice (a protocol drawing with
     #: replacement is refused: ``splitpriv.run.check_distinct_beats``)
     per_beat_claim: bool = False
+    #: an attacker who knows the defense's spec (config.json) can build it and train a client of
+    #: its own with it, drawing the defense's randomness itself (``attacks.adaptive``); a defense
+    #: whose transform rests on something the attacker cannot rebuild (a secret shared out of
+    #: band, the victims' own data) sets False
+    simulable: ClassVar[bool] = True
 
     #: the class of the defense's parameters (a dataclass), and an instance's
     Config: ClassVar[type[Any]]

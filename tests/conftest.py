@@ -11,6 +11,8 @@ Fixtures for other test modules:
 * ``paper_split`` (session): ``make_split(pool, "paper")``.
 * ``take_beats`` (session): ``take(n_train, n_test=0)`` -> the first rows of the paper-unique
   split as tensors ``(x, y, x_test, y_test)``.
+* ``small_run_dir`` (session): a small undefended vanilla run directory, trained once.
+* ``noise_transcript`` (session): a transcript with its activations replaced by noise.
 * ``isolated_cache`` (function): points ``$SPLITPRIV_CACHE`` at a fresh temporary directory and
   unsets ``$SPLITPRIV_MITDB``/``$SPLITPRIV_MITDB_URL`` so a test never touches the user cache.
 """
@@ -96,3 +98,39 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in ("SPLITPRIV_MITDB", "SPLITPRIV_MITDB_URL"):
         monkeypatch.delenv(name, raising=False)
     return cache
+
+
+@pytest.fixture(scope="session")
+def small_run_dir(pool_dirs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small undefended vanilla run (800 training beats of the paper-unique split, 4 epochs,
+    seed 0, the last epoch's releases recorded), trained once per session: the unpaired and
+    adaptive attacks' tests (``tests/test_sdar_fora.py``, ``tests/test_adaptive.py``)."""
+    from splitpriv.io import torch_threads
+    from splitpriv.run import TrainConfig, run_training
+
+    mitdb, cache = pool_dirs
+    out = tmp_path_factory.mktemp("runs") / "small"
+    config = TrainConfig(protocol="paper-unique", epochs=4, train_subset=800, test_subset=200,
+                         device="cpu", threads=1, mitdb_dir=str(mitdb), cache_dir=str(cache))
+    with torch_threads(1):
+        run_training(config, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def noise_transcript():
+    """``noise(transcript, seed=0)``: the transcript with every activation message replaced by
+    standard Gaussian noise of its shape (a channel that carries nothing about the beats), the
+    other messages kept: where an attack must be at chance."""
+    from splitpriv.channel import Kind
+
+    def noise(transcript, seed: int = 0):
+        gen = torch.Generator().manual_seed(seed)
+        out = type(transcript)(policy=transcript.policy)
+        for key, chunks in transcript.chunks.items():
+            act = key[0] == Kind.ACTIVATIONS.value
+            out.chunks[key] = [(ids, torch.randn(v.shape, generator=gen) if act else v)
+                               for ids, v in chunks]
+        return out
+
+    return noise

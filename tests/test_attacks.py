@@ -29,7 +29,7 @@ from attacks import (
 from attacks.cli import run_attack_cli
 from attacks.measures import dtw_pairs, paper_pool, znorm
 from attacks.metrics import reconstruction_metrics
-from attacks.runs import load_run
+from attacks.runs import load_run, parse_aux
 from splitpriv.channel import InProcessChannel, Kind, Message, RecordPolicy, Transcript
 from splitpriv.dcor import (
     dcor_batches,
@@ -440,14 +440,12 @@ def test_cli_runs_attacks_on_a_saved_run(ushape_run_dir, capsys):
     assert not back.knowledge["aux"]["paired_by_id"] and back.knowledge["aux"]["n"] > 100
     run = load_run(ushape_run_dir)
     assert not np.isin(run.records["train"][back.scores["ids"]], [100, 101]).any()
-    # public beats of any record the run used nowhere: queried like other patients', no victim
-    # excluded (the beats are not the client's; their patients are)
-    out = run_attack_cli("decoder", str(ushape_run_dir), "public:0.2",
-                         {"epochs": "1", "max_victims": "20", "reference_epochs": "0"}, echo=False)
-    back = AttackResult.load(out["json"])
-    n_train = len(load_run(ushape_run_dir).y["train"])
-    assert back.knowledge["aux"]["source"].startswith(f"public:0.2 ({round(0.2 * n_train)} unused")
-    assert not back.knowledge["aux"]["paired_by_id"]
+    # public beats of any record the run used nowhere: held unpaired (no release, no query), no
+    # victim excluded (none of them is a victim's beat)
+    public = parse_aux("public:0.2", run, phase="train", seed=0)
+    assert public is not None and public.activations is None and public.ids is None
+    assert len(public.x) == round(0.2 * len(run.y["train"])) and not public.paired
+    assert public.source.startswith("public:0.2 (") and "unpaired" in public.source
     with pytest.raises(ValueError, match="aux"):
         run_attack_cli("decoder", str(ushape_run_dir), "train:2.5x", {}, echo=False)
     with pytest.raises(FileNotFoundError):

@@ -58,7 +58,7 @@ __all__ = [
     "LoopRun", "Resumed", "RunDir", "Stateful", "Tensors", "TrainConfig", "behaviour_aux",
     "build_behaviour", "build_defenses", "build_run_data", "build_run_models",
     "check_distinct_beats", "checkpoint_state", "defense_reports", "epoch_row",
-    "load_plugin_states", "load_tensors", "prepare_defenses", "resolve_topology", "result_doc",
-    "row_counts",
+    "load_plugin_states", "load_tensors", "prepare_defenses", "resolve_topology",
+    "result_doc", "row_counts",
     "run_training", "stateful_plugins", "summarize", "train_epochs",
 ]
