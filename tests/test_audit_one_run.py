@@ -1,6 +1,7 @@
 """The one-run audit of client DP-SGD (attacks/audit_one_run.py) on real MIT-BIH beats: a small
-canary run, its soundness against the claim, and the guessing rule's range, with the expected
-values worked out in comments."""
+canary run, its soundness against the claim, the power of its diagnostic score (client and server
+weights) without noise, and the guessing rule's range, with the expected values worked out in
+comments."""
 
 from __future__ import annotations
 
@@ -8,8 +9,16 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-from attacks.audit_one_run import guess_and_bound, one_run_audit, one_run_cli
+from attacks.audit_one_run import (
+    CANARY_AMPLITUDE,
+    CANARY_RECORDS,
+    canary_beats,
+    guess_and_bound,
+    one_run_audit,
+    one_run_cli,
+)
 from splitpriv.cli import main
 from splitpriv.run import TrainConfig
 
@@ -17,8 +26,8 @@ M, R = 200, 40  # canaries and guesses (20 in, 20 out)
 
 
 def canary_config(dpsgd: str) -> TrainConfig:
-    # 300 training beats plus about 100 canaries (of 200 test beats drawn), 20 epochs: ~2 s here
-    return TrainConfig(epochs=20, train_subset=300, test_subset=M + 50, threads=1, seed=0,
+    # 300 training beats plus about half the canaries, 20 epochs: ~5-8 s here
+    return TrainConfig(epochs=20, train_subset=300, test_subset=50, threads=1, seed=0,
                        defenses=(dpsgd,))
 
 
@@ -41,6 +50,33 @@ def test_strong_noise_never_shows_more_than_the_claim(strong_noise):
     # the most 40 guesses can show: all right rejects q^40 < .05, q = .05^(1/40) = .9279,
     # epsilon = ln(.9279 / .0721) = 2.555 (the delta term, 2 m delta ~ 4e-3, shaves a little)
     assert a["largest"] == pytest.approx(2.555, abs=0.02)
+    # the diagnostic through the server is guessed from the same canaries, by the same rule
+    assert a["joint"]["r"] == R and 0 <= a["joint"]["v"] <= R
+    assert a["joint"]["largest"] == pytest.approx(a["largest"])
+
+
+def test_without_noise_the_canaries_are_found_through_the_server_not_the_client_alone():
+    # noise multiplier 0: clipping only, no guarantee (the claim's epsilon is None); 400
+    # canaries, 80 guesses (40 in, 40 out)
+    a = one_run_audit(canary_config("dpsgd:noise_multiplier=0"), canaries=2 * M, guesses=2 * R)
+    assert a["claim"]["epsilon"] is None
+    j = a["joint"]
+    # through the server at every epoch the canaries stand out (measured: 79 of 80 right, AUC
+    # .957, bound 2.78): 80 of 80 right would show 3.26, 75 1.93, and rejecting epsilon 1.5
+    # needs 72 (P[Binom(80, e^1.5 / (1 + e^1.5)) >= 72] < .05); a score of AUC .5 gets ~40
+    assert j["v"] >= 72 and j["epsilon_lower"] > 1.5 and j["score_auc"] > 0.85
+    # the client's weights alone, scored at the initial server, do not find them (measured: 51
+    # of 80, AUC .54, bound .16): the power the audit of the claim lacks, not a bug
+    assert a["score_auc"] < 0.7 and a["epsilon_lower"] < j["epsilon_lower"]
+
+
+def test_canaries_are_large_random_inputs_each_a_patient_of_its_own():
+    x, y = canary_beats(np.random.default_rng(0), 2000, 5, torch.device("cpu"))
+    assert x.shape == (2000, 1, 128) and y.shape == (2000,)
+    # Gaussian of std 5 (real beats lie in [0, 1]): the sample std within 1% (256,000 draws)
+    assert x.std().item() == pytest.approx(CANARY_AMPLITUDE, rel=0.01)
+    assert set(y.tolist()) == {0, 1, 2, 3, 4} and abs((y == 0).float().mean().item() - .2) < .03
+    assert CANARY_RECORDS > 234  # above every MIT-BIH record number (100-234)
 
 
 def test_a_random_score_gives_about_zero_and_a_perfect_one_the_largest():
@@ -65,9 +101,6 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
         one_run_audit(TrainConfig(epochs=1, train_subset=50, test_subset=50), canaries=10)
     with pytest.raises(ValueError, match="guesses must be in 1..10"):
         one_run_audit(canary_config("dpsgd:noise_multiplier=1"), canaries=10, guesses=11)
-    with pytest.raises(ValueError, match="200 canaries, but the run has 50 test beats"):
-        one_run_audit(TrainConfig(epochs=1, train_subset=50, test_subset=50,
-                                  defenses=("dpsgd:noise_multiplier=1",)), canaries=200)
     with pytest.raises(FileNotFoundError, match="config.json not found"):
         one_run_cli(str(tmp_path), canaries=10)
     # through the command line: one line on stderr, exit status 2, nothing written
