@@ -223,17 +223,43 @@ def _check_rebuilt_rows(path: Path, card: dict) -> None:
         )
 
 
-def _client(run: RunData, x: torch.Tensor, y: torch.Tensor):
-    """The run's client (final weights, its defenses attached) holding (x, y)."""
-    from splitpriv.parties import Client
+def run_defenses(run: RunData) -> list:
+    """The run's defenses as its client ended training: built from config.json, and those that
+    hold learned parameters of the client (:attr:`~splitpriv.defense.Defense.learned`: a
+    bottleneck, learned noise) with their final state from checkpoint.pt.
+
+    Raises:
+        ValueError: a learned defense's state is not in the run's checkpoint.pt.
+    """
     from splitpriv.run import build_defenses
+    from splitpriv.run.plugins import load_plugin_states, stateful_plugins
+    from splitpriv.run.rundir import CHECKPOINT
+
+    defenses = build_defenses(run.config)
+    learned = {k: d for k, d in stateful_plugins(defenses, None, None).items()
+               if getattr(d, "learned", False)}
+    if learned:
+        path = run.path / CHECKPOINT
+        if not path.is_file():
+            raise ValueError(f"{path} not found: the run's learned defense(s) "
+                             f"{sorted(d.name for d in learned.values())} keep their trained "
+                             "parameters there")
+        state = read_file(path, torch_load, "a checkpoint")
+        load_plugin_states(learned, state["trainer"].get("plugins"), path)
+    return defenses
+
+
+def _client(run: RunData, x: torch.Tensor, y: torch.Tensor):
+    """The run's client (final weights, its defenses attached, learned ones trained) holding
+    (x, y)."""
+    from splitpriv.parties import Client
     from splitpriv.trainer import adam
 
     net = ClientNet(run.config.depth, run.config.cut_channels)
     net.load_state_dict(run.weights["client"])
     transcript = Transcript(policy=RecordPolicy(phases=None, kinds=frozenset({Kind.ACTIVATIONS})))
     channel = InProcessChannel(transcript)
-    client = Client(net, x, y, channel, adam(run.config.lr), defenses=build_defenses(run.config))
+    client = Client(net, x, y, channel, adam(run.config.lr), defenses=run_defenses(run))
     return client, channel, transcript
 
 

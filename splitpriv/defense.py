@@ -192,6 +192,10 @@ class Defense:
     #: so it holds only on training rows that hold no beat twice (a protocol drawing with
     #: replacement is refused: ``splitpriv.run.check_distinct_beats``)
     per_beat_claim: bool = False
+    #: the defense holds learned parameters of the client that shape its releases (a
+    #: bottleneck, learned noise): they are part of its checkpointed state (``stateful``), and a
+    #: client rebuilt from the run directory (an attack querying it) loads them from there
+    learned: bool = False
 
     #: the class of the defense's parameters (a dataclass), and an instance's
     Config: ClassVar[type[Any]]
