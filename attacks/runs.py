@@ -242,7 +242,7 @@ def run_defenses(run: RunData) -> list:
         path = run.path / CHECKPOINT
         if not path.is_file():
             raise ValueError(f"{path} not found: the run's learned defense(s) "
-                             f"{sorted(d.name for d in learned.values())} keep their trained "
+                             f"{sorted(k.split('.')[-1] for k in learned)} keep their trained "
                              "parameters there")
         state = read_file(path, torch_load, "a checkpoint")
         load_plugin_states(learned, state["trainer"].get("plugins"), path)

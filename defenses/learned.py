@@ -66,23 +66,24 @@ class NoiseStream:
         base = self.seed if self.seed is not None else torch.initial_seed()
         return stream_seed(base, self.name, *self.key)
 
-    def torch(self) -> torch.Generator:
+    def torch_generator(self) -> torch.Generator:
         if self._torch is None:
             self._torch = torch.Generator().manual_seed(self._seed())
         return self._torch
 
-    def numpy(self) -> np.random.Generator:
+    def numpy_generator(self) -> np.random.Generator:
         if self._numpy is None:
             self._numpy = np.random.default_rng(self._seed())
         return self._numpy
 
     def normal(self, like: torch.Tensor) -> torch.Tensor:
         """Standard normal noise of ``like``'s shape, dtype and device."""
-        return torch.randn(like.shape, generator=self.torch(), dtype=like.dtype).to(like.device)
+        noise = torch.randn(like.shape, generator=self.torch_generator(), dtype=like.dtype)
+        return noise.to(like.device)
 
     def laplace(self, like: torch.Tensor) -> torch.Tensor:
         """Unit Laplace noise (density e^-|n| / 2) of ``like``'s shape, dtype and device."""
-        u = torch.rand(like.shape, generator=self.torch(), dtype=torch.float64) - 0.5
+        u = torch.rand(like.shape, generator=self.torch_generator(), dtype=torch.float64) - 0.5
         n = -u.sign() * torch.log1p(-2 * u.abs())
         return n.to(like.dtype).to(like.device)
 
@@ -101,6 +102,10 @@ class LearnedDefense(Defense):
         self.module: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.shape: tuple[int, ...] | None = None
+        self._term: torch.Tensor | None = None
+        self._sum, self._batches = 0.0, 0
+        #: the mean of the training batches' logged term (:meth:`log`) in every epoch
+        self.epoch_means: list[float] = []
 
     @classmethod
     def stacks(cls, config: Any) -> bool:
@@ -117,6 +122,28 @@ class LearnedDefense(Defense):
     def build(self, shape: tuple[int, ...]) -> nn.Module:
         """The module for activations (B, *shape)."""
         raise NotImplementedError
+
+    def module_for(self, a: torch.Tensor, *, training: bool = False) -> Any:
+        """The module for the activations ``a``, after its pending step for a training batch."""
+        if training:
+            self.step()
+        return self.ensure(a)
+
+    def hold(self, term: torch.Tensor) -> None:
+        """Keep the batch's loss term, computed with its release, for :meth:`client_loss`."""
+        self._term = term
+
+    def take(self) -> torch.Tensor | None:
+        """The term :meth:`hold` kept for this batch (None: none), logged."""
+        term, self._term = self._term, None
+        if term is not None:
+            self.log(float(term.detach()))
+        return term
+
+    def log(self, value: float) -> None:
+        """Add a training batch's value to the epoch's mean (``epoch_means``)."""
+        self._sum += value
+        self._batches += 1
 
     def ensure(self, a: torch.Tensor) -> nn.Module:
         """The module, built for the activations ``a`` (B, C, L) when first needed: initialised
@@ -151,6 +178,9 @@ class LearnedDefense(Defense):
 
     def end_epoch(self, epoch: int) -> None:
         self.step()
+        if self._batches:
+            self.epoch_means.append(self._sum / self._batches)
+        self._sum, self._batches = 0.0, 0
 
     def state_dict(self) -> dict[str, Any]:
         if self.module is None or self.optimizer is None:

@@ -81,56 +81,33 @@ class MID(LearnedDefense):
             if not (isinstance(self.dim, int) and self.dim >= 1):
                 raise ValueError(f"defense 'mid': dim must be an integer >= 1, got {self.dim}")
 
-    def __init__(self, config: Config) -> None:
-        super().__init__(config)
-        self._kl: torch.Tensor | None = None
-        self._sum, self._batches = 0.0, 0
-        self.epoch_kl: list[float] = []
-
     def active(self) -> bool:
         return self.config.lam > 0
 
     def build(self, shape: tuple[int, ...]) -> nn.Module:
         return Bottleneck(math.prod(shape), self.config.dim)
 
-    def _bottleneck(self, a: torch.Tensor) -> Bottleneck:
-        module = self.ensure(a)
-        assert isinstance(module, Bottleneck)
-        return module
-
     def transform_activations(self, a: torch.Tensor, *, training: bool) -> torch.Tensor:
         if not self.active():
             return a
-        if training:
-            self.step()
-        net = self._bottleneck(a)
+        net = self.module_for(a, training=training)
         mu, logvar = net.encode(a)
         z = mu
         if training or self.config.sample_eval:
             z = mu + (logvar / 2).exp() * self.stream.normal(mu)
         if training:
-            self._kl = 0.5 * (mu ** 2 + logvar.exp() - logvar - 1).sum(1).mean()
+            self.hold(0.5 * (mu ** 2 + logvar.exp() - logvar - 1).sum(1).mean())
         return net.decoder(z).view_as(a)
 
     def release_map(self, a: torch.Tensor) -> torch.Tensor:
         if not self.active():
             return a
-        net = self._bottleneck(a)
+        net = self.module_for(a)
         return net.decoder(net.encode(a)[0]).view_as(a)
 
     def client_loss(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor | None:
-        kl, self._kl = self._kl, None
-        if kl is None:
-            return None
-        self._sum += float(kl.detach())
-        self._batches += 1
-        return self.config.lam * kl
-
-    def end_epoch(self, epoch: int) -> None:
-        super().end_epoch(epoch)
-        if self._batches:
-            self.epoch_kl.append(self._sum / self._batches)
-        self._sum, self._batches = 0.0, 0
+        kl = self.take()
+        return None if kl is None else self.config.lam * kl
 
     def report(self) -> PrivacyClaim:
         c = self.config
@@ -143,7 +120,7 @@ class MID(LearnedDefense):
                         "average over training batches, not what one beat's release reveals",
                         "the evaluation releases carry no noise unless sample_eval=true"],
             details={"lam": c.lam, "dim": c.dim, "lr": c.lr, "sample_eval": c.sample_eval,
-                     "train_batch_kl_per_epoch": self.epoch_kl},
+                     "train_batch_kl_per_epoch": self.epoch_means},
         )
 
 

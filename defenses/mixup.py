@@ -99,7 +99,7 @@ class Mixup(Defense):
     def mixing(self, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For a batch of b rows: partners (k, b) (row 0 the identity), coefficients (b, k) and
         the partner whose label each row sends (b,)."""
-        rng, k = self.stream.numpy(), self.config.k
+        rng, k = self.stream.numpy_generator(), self.config.k
         partners = np.stack([np.arange(b)] + [rng.permutation(b) for _ in range(k - 1)])
         lam = rng.dirichlet(np.full(k, self.config.alpha), size=b)
         drawn = (rng.random((b, 1)) > lam.cumsum(1)).sum(1).clip(max=k - 1)

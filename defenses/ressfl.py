@@ -71,11 +71,6 @@ class ResSFL(LearnedDefense):
                 raise ValueError(f"defense 'ressfl': hidden must be an integer >= 1, got "
                                  f"{self.hidden}")
 
-    def __init__(self, config: Config) -> None:
-        super().__init__(config)
-        self._sum, self._batches = 0.0, 0
-        self.epoch_decoder_mse: list[float] = []
-
     def active(self) -> bool:
         return self.config.lam > 0
 
@@ -97,15 +92,8 @@ class ResSFL(LearnedDefense):
         mse.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self._sum += float(mse.detach())
-        self._batches += 1
+        self.log(float(mse.detach()))
         return -self.config.lam * nn.functional.mse_loss(functional(decoder)(a), x)
-
-    def end_epoch(self, epoch: int) -> None:
-        super().end_epoch(epoch)
-        if self._batches:
-            self.epoch_decoder_mse.append(self._sum / self._batches)
-        self._sum, self._batches = 0.0, 0
 
     def report(self) -> PrivacyClaim:
         c = self.config
@@ -117,7 +105,7 @@ class ResSFL(LearnedDefense):
             conditions=["no formal guarantee: resists the one decoder the client simulates, "
                         "not every inversion (a stronger or adaptive attacker may still invert)"],
             details={"lam": c.lam, "noise": c.noise, "lr": c.lr, "hidden": c.hidden,
-                     "train_decoder_mse_per_epoch": self.epoch_decoder_mse},
+                     "train_decoder_mse_per_epoch": self.epoch_means},
         )
 
 

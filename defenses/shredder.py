@@ -82,49 +82,28 @@ class Shredder(LearnedDefense):
                 raise ValueError(f"defense 'shredder': lam={self.lam} needs scale > 0 (scale=0 "
                                  "adds no noise to learn)")
 
-    def __init__(self, config: Config) -> None:
-        super().__init__(config)
-        self._magnitude: torch.Tensor | None = None
-        self.epoch_magnitude: list[float] = []
-        self._sum, self._batches = 0.0, 0
-
     def active(self) -> bool:
         return self.config.scale > 0
 
     def build(self, shape: tuple[int, ...]) -> nn.Module:
         return NoiseDistribution(shape, self.config.scale)
 
-    def _noise(self, a: torch.Tensor) -> NoiseDistribution:
-        module = self.ensure(a)
-        assert isinstance(module, NoiseDistribution)
-        return module
-
     def transform_activations(self, a: torch.Tensor, *, training: bool) -> torch.Tensor:
         if not self.active():
             return a
+        noise = self.module_for(a, training=training).sample(self.stream.laplace(a))
         if training:
-            self.step()
-        noise = self._noise(a).sample(self.stream.laplace(a))
-        if training:
-            self._magnitude = noise.abs().mean()
+            self.hold(noise.abs().mean())
         return a + noise
 
     def release_map(self, a: torch.Tensor) -> torch.Tensor:
-        return a + self._noise(a).loc if self.active() else a
+        return a + self.module_for(a).loc if self.active() else a
 
     def client_loss(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor | None:
-        magnitude, self._magnitude = self._magnitude, None
-        if magnitude is None:
+        magnitude = self.take()
+        if magnitude is None or self.config.lam == 0:
             return None
-        self._sum += float(magnitude.detach())
-        self._batches += 1
-        return -self.config.lam * magnitude if self.config.lam > 0 else None
-
-    def end_epoch(self, epoch: int) -> None:
-        super().end_epoch(epoch)
-        if self._batches:
-            self.epoch_magnitude.append(self._sum / self._batches)
-        self._sum, self._batches = 0.0, 0
+        return -self.config.lam * magnitude
 
     def report(self) -> PrivacyClaim:
         c = self.config
@@ -134,7 +113,7 @@ class Shredder(LearnedDefense):
             conditions=["no formal guarantee: the noise's scale is learned for accuracy, not "
                         "calibrated to a sensitivity; its location is a fixed, removable shift"],
             details={"scale": c.scale, "lam": c.lam, "lr": c.lr,
-                     "train_noise_magnitude_per_epoch": self.epoch_magnitude},
+                     "train_noise_magnitude_per_epoch": self.epoch_means},
         )
 
 
