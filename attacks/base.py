@@ -101,6 +101,10 @@ class Knowledge:
         build_client: the client architecture as a constructor of a fresh (randomly initialised)
             module, for clients other than ``ClientNet`` (tests use a linear convolution); it
             goes with ``depth`` (set ``depth`` to any int when giving it).
+        defense_states: the trained state of the defenses that hold learned parameters of the
+            client (``Defense.learned``: a bottleneck, learned noise) by checkpoint key
+            (``defense.I.NAME``); part of the client's weights, it goes with ``client_state``
+            and ``defenses``.
     """
 
     aux: AuxData | None = None
@@ -109,6 +113,7 @@ class Knowledge:
     defenses: tuple[str, ...] = ()
     build_client: Callable[[], torch.nn.Module] | None = None
     not_victims: torch.Tensor | None = None
+    defense_states: Mapping[str, Any] | None = None
 
     def restricted(self, uses: Sequence[str]) -> Knowledge:
         """A copy holding only the fields in ``uses`` (the rest are withheld).
@@ -124,6 +129,8 @@ class Knowledge:
             defenses=self.defenses if "defenses" in uses else (),
             build_client=self.build_client if "depth" in uses else None,
             not_victims=self.aux.not_victims() if self.aux is not None else self.not_victims,
+            defense_states=(self.defense_states if {"client_state", "defenses"} <= set(uses)
+                            else None),
         )
 
     def client(self) -> torch.nn.Module:

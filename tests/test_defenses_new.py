@@ -13,7 +13,8 @@ import pytest
 import torch
 from sklearn.linear_model import Ridge
 
-from attacks.runs import load_run, query_client, run_defenses
+from attacks.match import release_map
+from attacks.runs import knowledge_for, load_run, query_client, run_defenses
 from defenses import build_defense
 from defenses.mixup import Mixup
 from splitpriv.batched import BatchedSplitTrainer
@@ -184,6 +185,12 @@ def test_an_attack_queries_the_client_with_its_trained_bottleneck(pool_dirs, tmp
     untrained = build_defense("mid:lam=0.01")  # a bottleneck from the spec alone differs
     a = torch.randn(4, 16, 32)
     assert not torch.allclose(untrained.release_map(a), mid.release_map(a))
+    # an adaptive attacker with the client's weights maps through the trained bottleneck; one
+    # without them leaves it to the client it fits (no untrained bottleneck in its map)
+    knowledge = knowledge_for(run, None)
+    with_weights = release_map(knowledge.restricted(["client_state", "defenses"]))
+    torch.testing.assert_close(with_weights(a), mid.release_map(a))
+    assert torch.equal(release_map(knowledge.restricted(["defenses"]))(a), a)
 
 
 def test_mixup_releases_mixtures_that_the_mixing_unmixes_exactly():
