@@ -154,12 +154,14 @@ class LearnedDefense(Defense):
         first = next(self.module.parameters())
         if (first.device, first.dtype) != (a.device, a.dtype):  # (an audit maps in float64)
             self.module.to(device=a.device, dtype=a.dtype)
+            if self.optimizer is not None:  # its state (a resumed run's) follows the module
+                self.optimizer.load_state_dict(self.optimizer.state_dict())
         return self.module
 
     def _make(self, shape: tuple[int, ...]) -> None:
         base = self.stream.seed if self.stream.seed is not None else torch.initial_seed()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(stream_seed(base, self.name, "init"))
+            torch.default_generator.manual_seed(stream_seed(base, self.name, "init"))
             self.module = self.build(shape)
         self.shape = shape
         self.optimizer = torch.optim.Adam(self.module.parameters(), lr=self.config.lr)
