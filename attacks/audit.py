@@ -319,12 +319,12 @@ def audit_columns(strongest: dict[str, Any] | None, result: dict[str, Any]) -> d
 def client_release_map(run: Any) -> Any:
     """The run's final client followed by its defenses' noiseless maps (clipping, standardising):
     ``(B, 1, 128) -> (B, C, L)``, differentiable, in float64."""
+    from attacks.runs import run_defenses
     from splitpriv.models import ClientNet
-    from splitpriv.run import build_defenses
 
     net = ClientNet(run.config.depth, run.config.cut_channels).double().eval()
     net.load_state_dict(run.weights["client"])
-    defenses = build_defenses(run.config)
+    defenses = run_defenses(run)
 
     def release_map(x: torch.Tensor) -> torch.Tensor:
         a = net(x.double())

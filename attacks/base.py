@@ -115,6 +115,10 @@ class Knowledge:
         recipe: the run's training recipe (its ``splitpriv.run.TrainConfig``: architecture,
             optimiser, epochs, defenses and their parameters), from config.json; an adaptive
             attacker retrains a shadow split model with it (``attacks.adaptive``).
+        defense_states: the trained state of the defenses that hold learned parameters of the
+            client (``Defense.learned``: a bottleneck, learned noise) by checkpoint key
+            (``defense.I.NAME``); part of the client's weights, it goes with ``client_state``
+            and ``defenses``.
     """
 
     aux: AuxData | None = None
@@ -125,6 +129,7 @@ class Knowledge:
     not_victims: torch.Tensor | None = None
     server_state: Mapping[str, torch.Tensor] | None = None
     recipe: Any = None
+    defense_states: Mapping[str, Any] | None = None
 
     def restricted(self, uses: Sequence[str]) -> Knowledge:
         """A copy holding only the fields in ``uses`` (the rest are withheld).
@@ -142,6 +147,8 @@ class Knowledge:
             server_state=self.server_state if "server_state" in uses else None,
             recipe=self.recipe if "recipe" in uses else None,
             not_victims=self.aux.not_victims() if self.aux is not None else self.not_victims,
+            defense_states=(self.defense_states if {"client_state", "defenses"} <= set(uses)
+                            else None),
         )
 
     def client(self) -> torch.nn.Module:

@@ -134,10 +134,16 @@ def residual_spread(name: str, resid: np.ndarray) -> np.ndarray | None:
 
 def release_map(knowledge: Knowledge) -> Callable[[torch.Tensor], torch.Tensor]:
     """The known defenses' noiseless map of the activations (:meth:`Defense.release_map`, in
-    the run's order); the identity when the attacker knows of none."""
+    the run's order); the identity when the attacker knows of none. A defense holding learned
+    parameters of the client (``mid``'s bottleneck) maps with its trained state where the
+    attacker knows it (``defense_states``, with the client's weights), else is left to the
+    client the attack fits (its map is the run's trained module, unknown from the spec)."""
     if not knowledge.defenses:
         return lambda a: a
-    built = [spec.build() for spec in knowledge.defenses]
+    from attacks.runs import defenses_with
+
+    built = [d for d in defenses_with(knowledge.defenses, knowledge.defense_states)
+             if d is not None]
 
     def apply(a: torch.Tensor) -> torch.Tensor:
         for d in built:

@@ -31,8 +31,10 @@ import dataclasses
 import functools
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -233,17 +235,74 @@ def _check_rebuilt_rows(path: Path, card: dict) -> None:
         )
 
 
-def _client(run: RunData, x: torch.Tensor, y: torch.Tensor):
-    """The run's client (final weights, its defenses attached) holding (x, y)."""
-    from splitpriv.parties import Client
+def learned_states(run: RunData) -> dict[str, Any]:
+    """The final state of the run's defenses that hold learned parameters of the client
+    (:attr:`~splitpriv.defense.Defense.learned`: a bottleneck, learned noise), by checkpoint key
+    (``defense.I.NAME``), from checkpoint.pt; empty where the run has none.
+
+    Raises:
+        ValueError: the run's checkpoint.pt is missing or holds no state of one of them.
+    """
     from splitpriv.run import build_defenses
+    from splitpriv.run.plugins import stateful_plugins
+    from splitpriv.run.rundir import CHECKPOINT
+
+    keys = [k for k, d in stateful_plugins(build_defenses(run.config), None, None).items()
+            if getattr(d, "learned", False)]
+    if not keys:
+        return {}
+    path = run.path / CHECKPOINT
+    if not path.is_file():
+        raise ValueError(f"{path} not found: the run's learned defense(s) {keys} keep their "
+                         "trained parameters there")
+    plugins = read_file(path, torch_load, "a checkpoint")["trainer"].get("plugins") or {}
+    missing = [k for k in keys if k not in plugins]
+    if missing:
+        raise ValueError(f"{path}: holds no state of the learned defense(s) {missing}")
+    return {k: plugins[k] for k in keys}
+
+
+def defenses_with(specs: Sequence[DefenseSpec], states: Mapping[str, Any] | None) -> list:
+    """Defenses built from ``specs`` (checked against no plan), each learned one with its state
+    from ``states`` (:func:`learned_states`) where given; a learned one without is left out
+    (None in its place): what it computes is the run's trained module, unknown here."""
+    out: list = []
+    for i, spec in enumerate(specs):
+        d = spec.build()
+        if d.learned:
+            state = (states or {}).get(f"defense.{i}.{d.name}")
+            if state is None:
+                out.append(None)
+                continue
+            d.load_state_dict(state)
+        out.append(d)
+    return out
+
+
+def run_defenses(run: RunData) -> list:
+    """The run's defenses as its client ended training: built from config.json, learned ones
+    with their final state from checkpoint.pt (:func:`learned_states`)."""
+    from splitpriv.run import build_defenses
+
+    defenses = build_defenses(run.config)
+    states = learned_states(run)
+    for i, d in enumerate(defenses):
+        if d.learned:
+            d.load_state_dict(states[f"defense.{i}.{d.name}"])
+    return defenses
+
+
+def _client(run: RunData, x: torch.Tensor, y: torch.Tensor):
+    """The run's client (final weights, its defenses attached, learned ones trained) holding
+    (x, y)."""
+    from splitpriv.parties import Client
     from splitpriv.trainer import adam
 
     net = ClientNet(run.config.depth, run.config.cut_channels)
     net.load_state_dict(run.weights["client"])
     transcript = Transcript(policy=RecordPolicy(phases=None, kinds=frozenset({Kind.ACTIVATIONS})))
     channel = InProcessChannel(transcript)
-    client = Client(net, x, y, channel, adam(run.config.lr), defenses=build_defenses(run.config))
+    client = Client(net, x, y, channel, adam(run.config.lr), defenses=run_defenses(run))
     return client, channel, transcript
 
 
@@ -378,7 +437,7 @@ def knowledge_for(run: RunData, aux: AuxData | None) -> Knowledge:
     """Everything an attacker of this run could be granted; each attack keeps what it declares."""
     return Knowledge(
         aux=aux, depth=run.config.depth, client_state=run.weights["client"],
-        defenses=tuple(run.config.defenses),
+        defenses=tuple(run.config.defenses), defense_states=learned_states(run) or None,
         build_client=(functools.partial(ClientNet, run.config.depth, run.config.cut_channels)
                       if run.config.cut_channels is not None else None),
         server_state=run.weights["server"], recipe=run.config,

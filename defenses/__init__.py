@@ -20,6 +20,20 @@ Built-in defenses (each documents its parameters in its ``Config``):
   squared norm to the batch's largest (U-shape; Li et al. 2022).
 * ``marvell`` (:mod:`defenses.marvell`): noise bounding every one-vs-rest label AUC under the
   paper's Gaussian model, ``auc_bound`` (U-shape; Li et al. 2022, simplified).
+* ``mid`` (:mod:`defenses.mid`): a variational information bottleneck at the cut, trained by the
+  client, KL weight ``lam`` (Zou et al. 2023; VFLAIR's and SecretFlow's MID).
+* ``ressfl`` (:mod:`defenses.ressfl`): attacker-aware training, the client against a simulated
+  inversion decoder it trains on its own beats, strength ``lam``, optional ``noise`` (ResSFL, Li
+  et al. CVPR 2022; DeepObfuscator).
+* ``shredder`` (:mod:`defenses.shredder`): learned Laplace noise distributions at the cut,
+  initial ``scale``, noise-magnitude weight ``lam`` (Mireshghallah et al. ASPLOS 2020).
+* ``mixup`` (:mod:`defenses.mixup`): training releases mixed over k beats of the batch,
+  Dirichlet(``alpha``) coefficients, one partner's label drawn by its coefficient (SecretFlow's SL
+  mixup; InstaHide-style).
+
+None of the last four claims a formal guarantee. The learned ones (``mid``, ``ressfl``,
+``shredder``) share :mod:`defenses.learned`: their module trains with the client and is kept in
+the run's checkpoint.pt, from which an attack that queries the client loads it.
 
 Accounting helpers shared by ``dp`` and ``dpsgd`` live in :mod:`defenses.accounting`. Every
 defense's ``report()`` is a :class:`splitpriv.defense.PrivacyClaim`.

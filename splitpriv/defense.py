@@ -202,6 +202,10 @@ class Defense:
     #: whose transform rests on something the attacker cannot rebuild (a secret shared out of
     #: band, the victims' own data) sets False
     simulable: ClassVar[bool] = True
+    #: the defense holds learned parameters of the client that shape its releases (a
+    #: bottleneck, learned noise): they are part of its checkpointed state (``stateful``), and a
+    #: client rebuilt from the run directory (an attack querying it) loads them from there
+    learned: bool = False
 
     #: the class of the defense's parameters (a dataclass), and an instance's
     Config: ClassVar[type[Any]]
