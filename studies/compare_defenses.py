@@ -3,8 +3,9 @@ accuracy?
 
 Settings (each over seeds): no defense; paper-mode activation DP (a few epsilons); formal
 activation DP (a few total training epsilons); U-shape (labels stay on the client); NoPeek
-(an alpha grid); client DP-SGD; deeper clients (depth 3..8, no other defense); and combinations
-(U-shape + DP, NoPeek + DP).
+(an alpha grid); client DP-SGD; deeper clients (depth 3..8, no other defense); the obfuscation
+defenses the peer toolkits carry, two strengths each (MID, attacker-aware training as ResSFL,
+Shredder, mixup at the cut); and combinations (U-shape + DP, NoPeek + DP).
 
 Metrics per run: test accuracy (validation-selected) and the paper's best test accuracy; dCor
 (V-statistic and bias-corrected) and DTW of the defended activations; the strongest attack
@@ -88,6 +89,14 @@ class Args(StudyArgs):
     """client DP-SGD (max_grad_norm 1): total epsilons"""
     depths: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7, 8])
     """deeper clients, no other defense"""
+    mid_lams: list[float] = field(default_factory=lambda: [0.001, 0.1])
+    """MID (variational bottleneck at the cut): KL weights"""
+    ressfl_lams: list[float] = field(default_factory=lambda: [1.0, 10.0])
+    """attacker-aware training (ResSFL): weights of the simulated decoder's error"""
+    shredder_scales: list[float] = field(default_factory=lambda: [0.1, 0.3])
+    """Shredder (learned Laplace noise at the cut): initial noise scales (lam = scale / 3)"""
+    mixup_alphas: list[float] = field(default_factory=lambda: [0.2, 1.0])
+    """mixup at the cut (two beats per release): Beta(alpha, alpha) concentrations"""
     combo_epsilon: float = 5.0
     """paper-mode DP epsilon of the combinations (U-shape + DP, NoPeek alpha 1 + DP)"""
     only: list[str] = field(default_factory=list)
@@ -136,6 +145,14 @@ def settings(args: Args) -> list[Setting]:
     out += [Setting(f"dpsgd-e{e:g}", "DP-SGD", [dpsgd(e)], "dpsgd", e)
             for e in args.dpsgd_epsilons]
     out += [Setting(f"depth{d}", "depth", [], depth=d) for d in args.depths]
+    out += [Setting(f"mid-l{v:g}", "MID", [format_spec("mid", {"lam": v})]) for v in args.mid_lams]
+    out += [Setting(f"ressfl-l{v:g}", "ResSFL", [format_spec("ressfl", {"lam": v})])
+            for v in args.ressfl_lams]
+    out += [Setting(f"shredder-s{v:g}", "Shredder",
+                    [format_spec("shredder", {"scale": v, "lam": round(v / 3, 6)})])
+            for v in args.shredder_scales]
+    out += [Setting(f"mixup-a{v:g}", "mixup", [format_spec("mixup", {"alpha": v})])
+            for v in args.mixup_alphas]
     out += [Setting(f"ushape+dp-paper-e{ce:g}", "combination", ["ushape", dp_paper(ce)],
                     "paper", ce),
             Setting(f"nopeek-a1+dp-paper-e{ce:g}", "combination",
@@ -206,9 +223,11 @@ def summary_markdown(rows: list[dict], title: str) -> tuple[str, list[dict]]:
 #: one colour and marker per family, the same in every figure (black star: no defense)
 FAMILY_COLORS = {"no defense": "0.1", "paper DP": OKABE_ITO[3], "formal DP": OKABE_ITO[0],
                  "U-shape": OKABE_ITO[2], "NoPeek": OKABE_ITO[4], "DP-SGD": OKABE_ITO[5],
-                 "depth": OKABE_ITO[1], "combination": "0.55"}
+                 "depth": OKABE_ITO[1], "combination": "0.55", "MID": OKABE_ITO[6],
+                 "ResSFL": "#882255", "Shredder": "#117733", "mixup": "#44AA99"}
 FAMILY_MARKERS = {"no defense": "*", "paper DP": "X", "formal DP": "o", "U-shape": "D",
-                  "NoPeek": "v", "DP-SGD": "s", "depth": "^", "combination": "P"}
+                  "NoPeek": "v", "DP-SGD": "s", "depth": "^", "combination": "P", "MID": "h",
+                  "ResSFL": "<", "Shredder": ">", "mixup": "p"}
 
 
 def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
