@@ -10,9 +10,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from splitpriv.data import protocol_prep
 from splitpriv.defense import build_defense, patient_level
-from splitpriv.models import ModelConfig, SplitModels, build_models
+from splitpriv.models import SplitModels
 from splitpriv.options import fraction_or_count
 from splitpriv.run.config import TrainConfig
 from splitpriv.run.data import Tensors
@@ -110,7 +109,7 @@ def behaviour_aux(spec: str | None, data: Tensors, *, seed: int) -> AuxBeats | N
     else:
         raise ValueError(f"server aux {spec!r}: expected train:F, train:N or records:R1,...")
     device = data.x_train.device
-    return AuxBeats(x=torch.as_tensor(pool.x[rows]).float().reshape(-1, 1, 128).to(device),
+    return AuxBeats(x=torch.as_tensor(pool.x[rows]).float().to(device),
                     y=torch.as_tensor(pool.y[rows]).long().to(device), source=source)
 
 
@@ -172,9 +171,11 @@ def defense_reports(defenses: list, records: np.ndarray | None = None) -> list[d
 def prepare_defenses(defenses: list, data: Tensors, config: TrainConfig) -> None:
     """What every driver does with the run's data before the defenses are attached: refuse a
     per-beat claim on repeated beats (:func:`check_distinct_beats`) and give each defense the
-    patient of every training row (``provide_patients``)."""
+    run's class count (``provide_classes``) and the patient of every training row
+    (``provide_patients``)."""
     check_distinct_beats(defenses, data, config)
     for d in defenses:
+        d.provide_classes(data.n_classes)
         d.provide_patients(data.part("record", "train"))
 
 
@@ -183,12 +184,17 @@ def resolve_topology(config: TrainConfig, defenses: list) -> str:
     return next((d.topology for d in defenses if d.topology), config.topology)
 
 
-def build_run_models(config: TrainConfig, topology: str, device: torch.device) -> SplitModels:
-    """The run's split model, initialised from its seed, on the device."""
-    n_classes = len(protocol_prep(config.protocol, config.labels).classes)
-    return build_models(ModelConfig(config.depth, config.paper_softmax,
-                                    cut_channels=config.cut_channels, n_classes=n_classes),
-                        ushape=topology == "ushape", seed=config.seed).to(device)
+def build_run_models(config: TrainConfig, topology: str, device: torch.device,
+                     shape: tuple[tuple[int, ...], int] | None = None) -> SplitModels:
+    """The run's split model (``config.model`` for its dataset's input shape and class count,
+    ``shape`` where the caller has them), initialised from its seed, on the device."""
+    from splitpriv.architectures import build_architecture
+    from splitpriv.datasets import build_dataset
+
+    input_shape, n_classes = shape or build_dataset(config.dataset).describe(config)
+    torch.manual_seed(config.seed)
+    return build_architecture(config.model).assemble(
+        input_shape, n_classes, config, ushape=topology == "ushape").to(device)
 
 
 __all__ = ["Stateful", "behaviour_aux", "build_behaviour", "build_defenses", "build_run_models",
