@@ -112,7 +112,11 @@ def build_architecture(spec: str) -> Architecture:
 
 def probe_shape(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, ...]:
     """The trailing shape of ``module``'s output on a zero batch of two (B, *input_shape); the
-    module's training mode is kept and no gradient is taken."""
+    module's training mode is kept and no gradient is taken.
+
+    Raises:
+        ValueError: the module cannot take such inputs (torch's reason on one line).
+    """
     param = next(module.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     was = module.training
@@ -120,6 +124,9 @@ def probe_shape(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, .
     try:
         with torch.no_grad():
             out = module(torch.zeros(2, *input_shape, device=device))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"the model cannot take inputs {tuple(input_shape)}: {first}") from None
     finally:
         module.train(was)
     return tuple(out.shape[1:])
