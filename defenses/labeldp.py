@@ -145,7 +145,8 @@ class LabelDP(Defense):
         gen = torch.Generator().manual_seed(stream_seed(seed, "labeldp"))
         y = client.y.cpu()
         self._noisy = randomised_response(y, self.config.epsilon, prior=self.prior(),
-                                          generator=gen, n_classes=self.n_classes).to(client.y.device)
+                                          generator=gen, n_classes=self.n_classes
+                                          ).to(client.y.device)
         self._kept = float((self._noisy.cpu() == y).float().mean()) if len(y) else None
 
     def transform_labels(self, y: torch.Tensor, *, ids: torch.Tensor) -> torch.Tensor:
