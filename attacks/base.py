@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from attacks.releases import observed_from_log
+from attacks.shapes import as_cut
 from splitpriv.channel import Kind, Transcript
 from splitpriv.io import resolve_device, save_npz, torch_threads, write_json
 
@@ -84,7 +85,7 @@ class AuxData:
         return {
             "source": self.source,
             "n": len(self.x),
-            "class_counts": np.bincount(self.y.numpy(), minlength=5).tolist(),
+            "class_counts": np.bincount(self.y.numpy(), minlength=5).tolist(),  # MIT-BIH's 5
             "paired_by_id": self.ids is not None and self.activations is None,
         }
 
@@ -101,6 +102,7 @@ class Knowledge:
         build_client: the client architecture as a constructor of a fresh (randomly initialised)
             module, for clients other than ``ClientNet`` (tests use a linear convolution); it
             goes with ``depth`` (set ``depth`` to any int when giving it).
+        n_classes: the task's class count (public: every attacker knows it; MIT-BIH's 5).
     """
 
     aux: AuxData | None = None
@@ -109,6 +111,7 @@ class Knowledge:
     defenses: tuple[str, ...] = ()
     build_client: Callable[[], torch.nn.Module] | None = None
     not_victims: torch.Tensor | None = None
+    n_classes: int = 5
 
     def restricted(self, uses: Sequence[str]) -> Knowledge:
         """A copy holding only the fields in ``uses`` (the rest are withheld).
@@ -124,6 +127,7 @@ class Knowledge:
             defenses=self.defenses if "defenses" in uses else (),
             build_client=self.build_client if "depth" in uses else None,
             not_victims=self.aux.not_victims() if self.aux is not None else self.not_victims,
+            n_classes=self.n_classes,
         )
 
     def client(self) -> torch.nn.Module:
@@ -165,6 +169,9 @@ class GroundTruth:
             only.
         times: (N,) the R-peak sample of each row in its record (the time order of a patient's
             beats: identity's windows of consecutive beats); None where unknown.
+        input_shape: the run's input shape where it is not one signal (C, *spatial): ``x`` is
+            then its flattened view (``attacks.shapes``) and reconstructions are saved
+            (N, *input_shape); None: MIT-BIH's beats, saved (N, 128).
     """
 
     x: torch.Tensor
@@ -172,6 +179,7 @@ class GroundTruth:
     classifier: torch.nn.Module | None = None
     groups: torch.Tensor | None = None
     times: torch.Tensor | None = None
+    input_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.x.ndim != 3 or self.x.shape[1] != 1:
@@ -385,7 +393,7 @@ def observed(
     except KeyError:
         from_log = observed_from_log(transcript, kind, phase, epoch)
         if from_log is not None:
-            return from_log
+            return from_log[0], as_cut(from_log[1])
         held = transcript.keys()
         hint = ""
         if kind in (Kind.OUTPUT_GRAD, Kind.ACT_GRAD) and phase != "train":
@@ -402,6 +410,8 @@ def observed(
         raise AttackInputError(
             f"{kind.value!r}: {tuple(ids.shape)} ids for {tuple(values.shape)} values"
         )
+    if kind in (Kind.ACTIVATIONS, Kind.ACT_GRAD):
+        values = as_cut(values)  # a 2D cut (N, C, H, W) as (N, C, H W)
     ids = ids.long()
     uniq, first = np.unique(ids.numpy(), return_index=True)
     if len(uniq) < len(ids):
