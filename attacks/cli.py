@@ -285,6 +285,8 @@ def _advantage(game: dict[str, Any]) -> tuple[float, float, float, float] | None
                                                                   "chance")):
         return None
     c = game["chance"]
+    if c >= 1:  # one candidate (every sample its own group): no game to win
+        return None
     return tuple((v - c) / (1 - c) for v in (game["accuracy"], game["ci_low"],
                                              game["ci_high"])) + (c,)
 

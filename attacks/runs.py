@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from attacks.base import AttackInputError, AuxData, GroundTruth, Knowledge
-from attacks.shapes import as_signal, one_signal, signal_client
+from attacks.shapes import as_signal, one_signal, signal_client, signal_input
 from splitpriv.channel import InProcessChannel, Kind, RecordPolicy, Transcript
 from splitpriv.data import BeatPool
 from splitpriv.io import read_file, read_json, torch_load
@@ -89,7 +89,7 @@ class RunData:
         torch.manual_seed(seed)
         models = build_architecture(self.config.model).assemble(
             self.input_shape, len(self.pool.classes), self.config, ushape=False)
-        models.client = signal_client(models.client, self.input_shape)
+        models.client = signal_input(models.client, self.input_shape)
         return models.monolithic()
 
     def client_net(self) -> torch.nn.Module:

@@ -8,7 +8,7 @@ and the metrics then act on the D values (a 2D image's decoder is the 1D decoder
 flattened pixels); an attack that pushes inputs through the client (``match``, ``whitebox``,
 ``unsplit``) gets the client with :func:`signal_client`'s reshaping hooks. Reconstructions are
 saved with the input's shape (``GroundTruth.input_shape``). The paper's one-lead beats are
-already (N, 1, 128): nothing is reshaped and no hook is set.
+already (N, 1, 128) and its cut (N, C, L): nothing is reshaped and no hook is set.
 """
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ def as_signal(x: torch.Tensor) -> torch.Tensor:
 
 
 def as_cut(a: torch.Tensor) -> torch.Tensor:
-    """A cut (N, C, *spatial) -> (N, C, prod(spatial)); (N, C, L) as it is."""
+    """A cut (N, C, *spatial) -> (N, C, prod(spatial)); (N, C, L) as it is; a dense cut (N, D)
+    -> (N, 1, D)."""
+    if a.ndim == 2:
+        return a.unsqueeze(1)
     return a.flatten(2) if a.ndim > 3 else a
 
 
@@ -51,13 +54,19 @@ def _flatten_cut(module: nn.Module, args: tuple[Any, ...], out: torch.Tensor) ->
 
 
 def signal_client(net: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
-    """``net`` taking inputs as :func:`as_signal` gives them and sending its cut as
-    :func:`as_cut` does (two hooks; its state dict unchanged). One-signal inputs: ``net`` as it
-    is."""
-    if one_signal(input_shape):
-        return net
-    net.register_forward_pre_hook(_Unflatten(input_shape))
+    """``net`` taking inputs as :func:`as_signal` gives them (a hook, unless they are one
+    signal already) and sending its cut as :func:`as_cut` does (a hook); its state dict
+    unchanged. (The paper's client, on one-lead beats, is used as it is.)"""
+    net = signal_input(net, input_shape)
     net.register_forward_hook(_flatten_cut)
+    return net
+
+
+def signal_input(net: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
+    """``net`` taking inputs as :func:`as_signal` gives them (a hook, unless they are one
+    signal already); its outputs as they are."""
+    if not one_signal(input_shape):
+        net.register_forward_pre_hook(_Unflatten(input_shape))
     return net
 
 
@@ -65,4 +74,4 @@ def numel(input_shape: tuple[int, ...]) -> int:
     return math.prod(input_shape)
 
 
-__all__ = ["as_cut", "as_signal", "numel", "one_signal", "signal_client"]
+__all__ = ["as_cut", "as_signal", "numel", "one_signal", "signal_client", "signal_input"]
