@@ -319,10 +319,9 @@ def audit_columns(strongest: dict[str, Any] | None, result: dict[str, Any]) -> d
 def client_release_map(run: Any) -> Any:
     """The run's final client followed by its defenses' noiseless maps (clipping, standardising):
     ``(B, 1, 128) -> (B, C, L)``, differentiable, in float64."""
-    from splitpriv.models import ClientNet
     from splitpriv.run import build_defenses
 
-    net = ClientNet(run.config.depth, run.config.cut_channels).double().eval()
+    net = run.client_net().double().eval()  # the paper's ClientNet, or the run's architecture
     net.load_state_dict(run.weights["client"])
     defenses = build_defenses(run.config)
 
