@@ -22,7 +22,7 @@ import dataclasses
 import importlib
 import importlib.metadata
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from splitpriv.options import build_config, parse_spec
 
@@ -165,6 +165,22 @@ class Registry(Mapping[str, T], Generic[T]):
         return chosen
 
 
+class SpecPlugin:
+    """Base of a plug-in built from a spec ``NAME[:key=value,...]`` whose only constructor
+    argument is its typed ``Config`` (datasets, split architectures): ``name`` (set by the
+    registry), a one-line ``summary`` for ``splitpriv list``."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+
+    @dataclasses.dataclass
+    class Config:
+        pass
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+
 def _fields(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls.Config)}  # type: ignore[attr-defined]
 
@@ -174,4 +190,4 @@ def _fields(cls: type) -> set[str]:
 ATTACKS: Registry[type] = Registry("attack", "splitpriv.attacks")
 
 
-__all__ = ["ATTACKS", "CLI_GROUP", "Registry", "cli_extensions", "load_plugins"]
+__all__ = ["ATTACKS", "CLI_GROUP", "Registry", "SpecPlugin", "cli_extensions", "load_plugins"]

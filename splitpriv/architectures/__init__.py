@@ -20,36 +20,25 @@ module importable, e.g. from the working directory), or a class registered with
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
 from splitpriv.models import SplitModels
-from splitpriv.registry import Registry
+from splitpriv.registry import Registry, SpecPlugin
 
 #: every split architecture by name; the built-ins are ``splitpriv.architectures.builtins``
 MODELS: Registry[type] = Registry("model", "splitpriv.models",
                                   builtin="splitpriv.architectures.builtins")
 
 
-class Architecture:
+class Architecture(SpecPlugin):
     """A split architecture plug-in: a typed ``Config`` and :meth:`build`.
 
     ``run`` is the run's :class:`~splitpriv.run.TrainConfig` (the paper's CNN reads its depth,
     bottleneck and softmax from it).
     """
-
-    name: ClassVar[str]
-    summary: ClassVar[str] = ""
-
-    @dataclass
-    class Config:
-        pass
-
-    def __init__(self, config: Any) -> None:
-        self.config = config
 
     def check(self, run: Any) -> None:
         """Refuse a run this architecture cannot serve (ValueError), before anything is written:

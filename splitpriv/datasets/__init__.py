@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
 from splitpriv.data.records import DataError
-from splitpriv.registry import Registry
+from splitpriv.registry import Registry, SpecPlugin
 
 #: every dataset by name; the built-ins are ``splitpriv.datasets.builtins``' modules
 DATASETS: Registry[type] = Registry("dataset", "splitpriv.datasets",
@@ -80,23 +80,13 @@ class DatasetSplit:
         return getattr(self, part)
 
 
-class Dataset:
+class Dataset(SpecPlugin):
     """A dataset plug-in. Subclasses define ``Config`` (a dataclass of the spec's options),
     a one-line ``summary`` and :meth:`load`; :meth:`describe` and :meth:`check` have defaults.
 
     ``run`` is the run's :class:`~splitpriv.run.TrainConfig` (its ``data_seed``,
     ``resolved_val_fraction``, and for MIT-BIH its protocol, labels and directories).
     """
-
-    name: ClassVar[str]
-    summary: ClassVar[str] = ""
-
-    @dataclass
-    class Config:
-        pass
-
-    def __init__(self, config: Any) -> None:
-        self.config = config
 
     def check(self, run: Any) -> None:
         """Refuse a run this dataset cannot serve, before anything is written (ValueError)."""
