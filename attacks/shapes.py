@@ -27,14 +27,13 @@ def one_signal(input_shape: tuple[int, ...]) -> bool:
 
 def as_signal(x: torch.Tensor) -> torch.Tensor:
     """(N, C, *spatial) -> (N, 1, C x prod(spatial)), row-major (a view where possible)."""
-    return x.reshape(len(x), 1, -1)
+    return x.reshape(len(x), 1, math.prod(x.shape[1:]))  # explicit: N may be 0
 
 
 def as_cut(a: torch.Tensor) -> torch.Tensor:
-    """A cut (N, C, *spatial) -> (N, C, prod(spatial)); (N, C, L) as it is; a dense cut (N, D)
-    -> (N, 1, D)."""
-    if a.ndim == 2:
-        return a.unsqueeze(1)
+    """A cut (N, C, *spatial) -> (N, C, prod(spatial)); (N, C, L) as it is. A dense cut (N, D)
+    is left as it is: the attacks on activations refuse it in one line (a client whose last
+    layer is dense can end in ``nn.Unflatten(1, (1, D))``)."""
     return a.flatten(2) if a.ndim > 3 else a
 
 
