@@ -320,9 +320,8 @@ def client_release_map(run: Any) -> Any:
     """The run's final client followed by its defenses' noiseless maps (clipping, standardising):
     ``(B, 1, 128) -> (B, C, L)``, differentiable, in float64."""
     from attacks.runs import run_defenses
-    from splitpriv.models import ClientNet
 
-    net = ClientNet(run.config.depth, run.config.cut_channels).double().eval()
+    net = run.client_net().double().eval()  # the paper's ClientNet, or the run's architecture
     net.load_state_dict(run.weights["client"])
     defenses = run_defenses(run)
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from attacks.releases import observed_from_log
+from attacks.shapes import as_cut
 from splitpriv.channel import Kind, Transcript
 from splitpriv.defense import DefenseSpec
 from splitpriv.io import resolve_device, save_npz, torch_threads, write_json
@@ -91,7 +92,7 @@ class AuxData:
         return {
             "source": self.source,
             "n": len(self.x),
-            "class_counts": np.bincount(self.y.numpy(), minlength=5).tolist(),
+            "class_counts": np.bincount(self.y.numpy(), minlength=5).tolist(),  # MIT-BIH's 5
             "paired_by_id": self.ids is not None and self.activations is None,
             "paired": self.paired,
         }
@@ -119,6 +120,7 @@ class Knowledge:
             client (``Defense.learned``: a bottleneck, learned noise) by checkpoint key
             (``defense.I.NAME``); part of the client's weights, it goes with ``client_state``
             and ``defenses``.
+        n_classes: the task's class count (public: every attacker knows it; MIT-BIH's 5).
     """
 
     aux: AuxData | None = None
@@ -130,6 +132,7 @@ class Knowledge:
     server_state: Mapping[str, torch.Tensor] | None = None
     recipe: Any = None
     defense_states: Mapping[str, Any] | None = None
+    n_classes: int = 5
 
     def restricted(self, uses: Sequence[str]) -> Knowledge:
         """A copy holding only the fields in ``uses`` (the rest are withheld).
@@ -149,6 +152,7 @@ class Knowledge:
             not_victims=self.aux.not_victims() if self.aux is not None else self.not_victims,
             defense_states=(self.defense_states if {"client_state", "defenses"} <= set(uses)
                             else None),
+            n_classes=self.n_classes,
         )
 
     def client(self) -> torch.nn.Module:
@@ -192,6 +196,9 @@ class GroundTruth:
             only.
         times: (N,) the R-peak sample of each row in its record (the time order of a patient's
             beats: identity's windows of consecutive beats); None where unknown.
+        input_shape: the run's input shape where it is not one signal (C, *spatial): ``x`` is
+            then its flattened view (``attacks.shapes``) and reconstructions are saved
+            (N, *input_shape); None: MIT-BIH's beats, saved (N, 128).
     """
 
     x: torch.Tensor
@@ -199,6 +206,7 @@ class GroundTruth:
     classifier: torch.nn.Module | None = None
     groups: torch.Tensor | None = None
     times: torch.Tensor | None = None
+    input_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.x.ndim != 3 or self.x.shape[1] != 1:
@@ -412,7 +420,7 @@ def observed(
     except KeyError:
         from_log = observed_from_log(transcript, kind, phase, epoch)
         if from_log is not None:
-            return from_log
+            return from_log[0], as_cut(from_log[1])
         held = transcript.keys()
         hint = ""
         if kind in (Kind.OUTPUT_GRAD, Kind.ACT_GRAD) and phase != "train":
@@ -429,6 +437,8 @@ def observed(
         raise AttackInputError(
             f"{kind.value!r}: {tuple(ids.shape)} ids for {tuple(values.shape)} values"
         )
+    if kind in (Kind.ACTIVATIONS, Kind.ACT_GRAD):
+        values = as_cut(values)  # a 2D cut (N, C, H, W) as (N, C, H W)
     ids = ids.long()
     uniq, first = np.unique(ids.numpy(), return_index=True)
     if len(uniq) < len(ids):

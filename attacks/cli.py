@@ -155,15 +155,15 @@ def attack_help(name: str) -> str:
 def reference_classifier(run: RunData, phase: str, epochs: int, seed: int = 0) -> torch.nn.Module:
     """The evaluator's reference classifier for victims of ``phase`` (cached under DIR/attacks)."""
     from attacks.reference import train_reference_classifier
-    from splitpriv.models import ModelConfig, build_models
 
     other = "test" if phase == "train" else "train"
     path = run.path / "attacks" / f"reference-classifier-{other}-e{epochs}-s{seed}.pt"
     if path.exists():
-        cached: nn.Module = build_models(ModelConfig(2), seed=seed).monolithic()
+        cached: nn.Module = run.reference_net(seed)
         cached.load_state_dict(torch_load(path))
         return cached.eval()
-    net = train_reference_classifier(run.x[other], run.y[other], epochs=epochs, seed=seed)
+    net = train_reference_classifier(run.x[other], run.y[other], epochs=epochs, seed=seed,
+                                     net=run.reference_net(seed))
     torch_save(net.state_dict(), path)
     return net
 
@@ -289,6 +289,8 @@ def _advantage(game: dict[str, Any]) -> tuple[float, float, float, float] | None
                                                                   "chance")):
         return None
     c = game["chance"]
+    if c >= 1:  # one candidate (every sample its own group): no game to win
+        return None
     return tuple((v - c) / (1 - c) for v in (game["accuracy"], game["ci_low"],
                                              game["ci_high"])) + (c,)
 

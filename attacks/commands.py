@@ -139,3 +139,11 @@ def command_help(argv: Sequence[str]) -> str | None:
 
 
 __all__ = ["add_commands", "attacks_catalog", "catalogs", "command_help"]
+
+
+def attack_run_dir(name: str, run_dir: str, aux: str | None,
+                   options: dict[str, str]) -> dict[str, Any]:
+    """The Python API's attack (``splitpriv.attack``): as ``splitpriv attack``, quietly."""
+    from attacks.cli import run_attack_cli
+
+    return run_attack_cli(name, run_dir, aux, options, echo=False)

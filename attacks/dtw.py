@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from attacks.base import Attack, AttackResult, GroundTruth, Knowledge
+from attacks.base import Attack, AttackInputError, AttackResult, GroundTruth, Knowledge
 from attacks.leakage import LeakageConfig, control_rows, paired_activations
 from attacks.measures import dtw_pairs
 from attacks.registry import register
@@ -57,6 +57,10 @@ class DynamicTimeWarping(Attack):
 
     def run(self, transcript: Transcript, knowledge: Knowledge, truth: GroundTruth) -> AttackResult:
         cfg: DtwConfig = self.config  # type: ignore[assignment]
+        if truth.input_shape is not None:
+            raise AttackInputError(f"attack 'dtw' compares a one-channel 1D signal with each "
+                                   f"activation channel; this run's inputs are "
+                                   f"{truth.input_shape}")
         obs, x = paired_activations(self, transcript, truth)
         raw = x.reshape(len(x), -1).double().numpy()  # (N, 128)
         acts = obs.values.double().numpy()  # (N, C, L)

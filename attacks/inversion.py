@@ -368,7 +368,8 @@ class InversionAttack(Attack):
             **self.describe_reconstruction(obs, truth),
         }
         scores = {"ids": obs.ids.numpy(), "y": obs.y.numpy(), **metrics,
-                  "reconstructions": x_hat.reshape(len(x_hat), -1).numpy()}
+                  "reconstructions": x_hat.reshape(len(x_hat), *(truth.input_shape or (-1,))
+                                                   ).numpy()}
         if truth.classifier is not None:
             summary["diagnosis"], preds = diagnosis(truth.classifier, obs.x, x_hat, obs.y)
             scores.update(preds)

@@ -55,14 +55,15 @@ class CompletionConfig(LabelConfig):
                              f"got {self.hidden} and {self.epochs}")
 
 
-def train_head(features: torch.Tensor, y: torch.Tensor, cfg: CompletionConfig) -> nn.Module:
+def train_head(features: torch.Tensor, y: torch.Tensor, cfg: CompletionConfig,
+               n_classes: int = N_CLASSES) -> nn.Module:
     """A head (features (M, D) -> logits (M, K)) trained on the labelled rows, standardised by
     their own mean and sd (part of the returned module)."""
     mean, sd = features.mean(0), features.std(0).clamp(min=1e-6)
     d = features.shape[1]
     layers: list[nn.Module] = (
-        [nn.Linear(d, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, N_CLASSES)]
-        if cfg.hidden else [nn.Linear(d, N_CLASSES)])
+        [nn.Linear(d, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, n_classes)]
+        if cfg.hidden else [nn.Linear(d, n_classes)])
     head = nn.Sequential(Standardise(mean, sd), *layers)
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     for _ in range(cfg.epochs):
@@ -87,14 +88,15 @@ class Standardise(nn.Module):
         return (x - self.mean) / self.sd
 
 
-def label_channel(true_y: np.ndarray, crossed: np.ndarray, shrink: float) -> np.ndarray:
+def label_channel(true_y: np.ndarray, crossed: np.ndarray, shrink: float,
+                  n_classes: int = N_CLASSES) -> np.ndarray:
     """P(crossed label | true label) (K, K) estimated on rows whose both are known: each row's
     counts plus ``shrink`` pseudo-counts of the symmetric channel (keep rate k from every row,
     (1 - k) / (K - 1) elsewhere; k itself with a half pseudo-count each way)."""
     k = (float((true_y == crossed).sum()) + 0.5) / (len(true_y) + 1.0)
-    sym = np.full((N_CLASSES, N_CLASSES), (1 - k) / (N_CLASSES - 1))
+    sym = np.full((n_classes, n_classes), (1 - k) / (n_classes - 1))
     np.fill_diagonal(sym, k)
-    counts = np.zeros((N_CLASSES, N_CLASSES))
+    counts = np.zeros((n_classes, n_classes))
     np.add.at(counts, (true_y, crossed), 1)
     return (counts + shrink * sym) / (counts.sum(1, keepdims=True) + shrink)
 
@@ -161,16 +163,18 @@ class CompletionLabelAttack(LabelAttack):
         aux = knowledge.aux
         if aux is None:
             raise AttackInputError(f"attack {self.name!r} needs labelled aux beats (--aux)")
-        head = train_head(self.aux_features(transcript, knowledge), aux.y.long(), cfg)
+        head = train_head(self.aux_features(transcript, knowledge), aux.y.long(), cfg,
+                          self.n_classes)
         with torch.no_grad():
             logits = torch.log_softmax(head(self.features(transcript, ids, "victims")), 1)
         scores = logits.double().numpy()
         extra: dict = {"features": self.feature_kind(transcript).value,
-                       "aux_counts": np.bincount(aux.y.numpy(), minlength=N_CLASSES).tolist()}
+                       "aux_counts": np.bincount(aux.y.numpy(), minlength=self.n_classes).tolist()}
         if labels_cross(transcript) and cfg.use_labels and aux.ids is not None:
             crossed = rows_of(self, transcript, Kind.LABELS, ids, "victim labels").numpy()
             aux_crossed = rows_of(self, transcript, Kind.LABELS, aux.ids, "aux labels").numpy()
-            channel = label_channel(aux.y.numpy(), aux_crossed, cfg.shrink)  # (K, K)
+            channel = label_channel(aux.y.numpy(), aux_crossed, cfg.shrink,
+                                    self.n_classes)  # (K, K)
             scores = scores + np.log(channel[:, crossed].T)
             extra["label_channel"] = channel.round(4).tolist()
         return Prediction(scores, None, extra)

@@ -31,7 +31,7 @@ class DirectionLabelAttack(LabelAttack):
 
     def infer(self, grads: torch.Tensor, refs: References | None, oracle_y: torch.Tensor):
         assert refs is not None
-        means, present = class_means(refs.grads, refs.y)
+        means, present = class_means(refs.grads, refs.y, self.n_classes)
         cos = (unit_rows(grads) @ unit_rows(means).T).numpy()  # (N, K)
         cos[:, ~present] = -np.inf
         return cos, None, {"reference_counts": np.bincount(refs.y.numpy(), minlength=5).tolist()}

@@ -55,30 +55,31 @@ class KMeansLabelAttack(LabelAttack):
 
         cfg: KMeansConfig = self.config  # type: ignore[assignment]
         u = unit_rows(grads)
-        km = KMeans(n_clusters=cfg.n_clusters, n_init=cfg.n_init, random_state=cfg.seed)
+        k, n_clusters = self.n_classes, max(cfg.n_clusters, self.n_classes)
+        km = KMeans(n_clusters=n_clusters, n_init=cfg.n_init, random_state=cfg.seed)
         clusters = km.fit_predict(u.numpy())  # (N,)
         centres = unit_rows(torch.as_tensor(km.cluster_centers_))  # (n_clusters, D)
         if refs is not None:
             naming = "references"
             ref_cluster = km.predict(unit_rows(refs.grads).numpy())
-            means, present = class_means(refs.grads, refs.y)
+            means, present = class_means(refs.grads, refs.y, self.n_classes)
             closest = (centres @ unit_rows(means).T).numpy()
             closest[:, ~present] = -np.inf
-            names = np.empty(cfg.n_clusters, dtype=int)
-            for k in range(cfg.n_clusters):
-                members = refs.y.numpy()[ref_cluster == k]
-                names[k] = (np.bincount(members, minlength=N_CLASSES).argmax() if len(members)
-                            else closest[k].argmax())
+            names = np.empty(n_clusters, dtype=int)
+            for j in range(n_clusters):
+                members = refs.y.numpy()[ref_cluster == j]
+                names[j] = (np.bincount(members, minlength=k).argmax() if len(members)
+                            else closest[j].argmax())
         else:
             naming = "oracle (best one-to-one matching with the true labels; optimistic)"
-            counts = np.zeros((cfg.n_clusters, N_CLASSES))
+            counts = np.zeros((n_clusters, k))
             np.add.at(counts, (clusters, oracle_y.numpy()), 1)
             rows, cols = linear_sum_assignment(-counts)  # clusters beyond 5 stay unmatched
             names = counts.argmax(1)
             names[rows] = cols
         cos = (u @ centres.T).numpy()  # (N, n_clusters)
-        scores = np.full((len(u), N_CLASSES), -np.inf)
-        for c in range(N_CLASSES):
+        scores = np.full((len(u), k), -np.inf)
+        for c in range(k):
             if (names == c).any():
                 scores[:, c] = cos[:, names == c].max(1)
         extra = {

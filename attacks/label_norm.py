@@ -7,7 +7,6 @@ import torch
 
 from attacks.labels import LabelAttack, References
 from attacks.registry import register
-from splitpriv.models import N_CLASSES
 
 
 @register("label-norm")
@@ -38,8 +37,8 @@ class NormLabelAttack(LabelAttack):
         r = np.log(np.maximum(refs.grads.norm(dim=1).numpy(), tiny))
         ry = refs.y.numpy()
         pooled_sd = max(float(r.std()), 1e-12)
-        logpost = np.full((len(v), N_CLASSES), -np.inf)
-        for c in range(N_CLASSES):
+        logpost = np.full((len(v), self.n_classes), -np.inf)
+        for c in range(self.n_classes):
             rc = r[ry == c]
             if len(rc) == 0:
                 continue
@@ -56,6 +55,6 @@ class NormLabelAttack(LabelAttack):
             norms, y = result.scores["grad_norm"], result.scores["y_true"]
             result.summary["norm_auc"] = {
                 str(c): float(roc_auc_score(y == c, norms)) if 0 < (y == c).sum() < len(y) else None
-                for c in range(N_CLASSES)
+                for c in range(self.n_classes)
             }
         return result

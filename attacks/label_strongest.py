@@ -90,13 +90,14 @@ class StrongestLabelAttack(LabelAttack):
         selection: dict[str, dict] = {}
         best: tuple[tuple[float, float], LabelAttack] | None = None
         for cand in self.candidates():
+            cand.n_classes = knowledge.n_classes
             try:
                 p: Prediction = cand.predict(transcript, fit_knowledge, aux.ids[held],
                                              aux.y[held])
             except AttackInputError as e:
                 selection[cand.name] = {"skipped": str(e)}
                 continue
-            s = label_scores(aux.y[held].numpy(), p.scores, p.pred)
+            s = label_scores(aux.y[held].numpy(), p.scores, p.pred, knowledge.n_classes)
             key = (s["accuracy"], s["mean_auc"] if s["mean_auc"] is not None else 0.0)
             selection[cand.name] = {"heldout_accuracy": key[0], "heldout_mean_auc": s["mean_auc"]}
             if best is None or key > best[0]:

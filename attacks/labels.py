@@ -94,8 +94,8 @@ def hanley_mcneil(auc: float, n_pos: int, n_neg: int, z: float = Z95) -> tuple[f
     return (max(0.0, auc - half), min(1.0, auc + half))
 
 
-def label_scores(y: np.ndarray, scores: np.ndarray, pred: np.ndarray | None = None
-                 ) -> dict[str, Any]:
+def label_scores(y: np.ndarray, scores: np.ndarray, pred: np.ndarray | None = None,
+                 n_classes: int = N_CLASSES) -> dict[str, Any]:
     """:func:`~attacks.metrics.label_metrics` with intervals and the prior's baselines.
 
     Adds ``accuracy_ci`` (Wilson 95%), ``per_class_auc_ci`` (Hanley-McNeil 95%), ``mean_auc_ci``
@@ -107,8 +107,8 @@ def label_scores(y: np.ndarray, scores: np.ndarray, pred: np.ndarray | None = No
         y: (N,); scores: (N, K); pred: (N,) or None.
     """
     y = np.asarray(y).astype(np.int64)
-    m = label_metrics(y, scores, pred, N_CLASSES)
-    counts = np.bincount(y, minlength=N_CLASSES)
+    m = label_metrics(y, scores, pred, n_classes)
+    counts = np.bincount(y, minlength=n_classes)
     cis: dict[str, list[float] | None] = {}
     for c, auc in m["per_class_auc"].items():
         n_pos = int(counts[int(c)])
@@ -163,12 +163,17 @@ class LabelAttack(Attack):
     def victim_kind(self, transcript: Transcript) -> Kind:
         return Kind.LABELS if labels_cross(transcript) else Kind.OUTPUT_GRAD
 
+    #: the run's class count (``Knowledge.n_classes``), set when the attack runs
+    n_classes: int = N_CLASSES
+
     def run(self, transcript: Transcript, knowledge: Knowledge, truth: GroundTruth) -> AttackResult:
+        self.n_classes = knowledge.n_classes
         obs = observe_victims(self, transcript, self.victim_kind(transcript), truth,
                               exclude=knowledge.not_victims)
         p = self.predict(transcript, knowledge, obs.ids, obs.y)
         topology = "vanilla" if labels_cross(transcript) else "ushape"
-        summary = {"topology": topology, **label_scores(obs.y.numpy(), p.scores, p.pred),
+        summary = {"topology": topology, **label_scores(obs.y.numpy(), p.scores, p.pred,
+                                                               self.n_classes),
                    **p.extra}
         return AttackResult(
             attack=self.name, summary=summary, notes=list(p.notes),
@@ -209,7 +214,7 @@ class LabelAttack(Attack):
                     ) -> Prediction:
         """The labels as they crossed (vanilla topology), one-hot as class scores."""
         labels = rows_of(self, transcript, Kind.LABELS, ids, "victim labels").long()
-        onehot = np.eye(N_CLASSES)[labels.numpy()]
+        onehot = np.eye(self.n_classes)[labels.numpy()]
         if torch.equal(labels, y.long()):
             note = "vanilla topology: the labels cross the channel in the clear; read, not inferred"
         else:
@@ -237,12 +242,13 @@ def unit_rows(g: torch.Tensor) -> torch.Tensor:
     return g / g.norm(dim=1, keepdim=True).clamp(min=torch.finfo(g.dtype).tiny)
 
 
-def class_means(g: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+def class_means(g: torch.Tensor, y: torch.Tensor, n_classes: int = N_CLASSES
+                ) -> tuple[torch.Tensor, np.ndarray]:
     """Mean unit direction per class (K, D) and which classes the references hold."""
     u = unit_rows(g)
-    means = torch.zeros(N_CLASSES, g.shape[1], dtype=g.dtype)
-    present = np.zeros(N_CLASSES, dtype=bool)
-    for c in range(N_CLASSES):
+    means = torch.zeros(n_classes, g.shape[1], dtype=g.dtype)
+    present = np.zeros(n_classes, dtype=bool)
+    for c in range(n_classes):
         rows = y == c
         if rows.any():
             means[c] = u[rows].mean(0)

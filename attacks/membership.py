@@ -174,11 +174,10 @@ def reference_confidences(run: RunData, g: Patients, cfg: MembershipConfig
                           ) -> tuple[np.ndarray, np.ndarray]:
     """phi of every scored beat under ``references`` OUT models of its fold, (N, R), and each
     patient's fold (P,)."""
-    from splitpriv.data import protocol_prep
     from splitpriv.models import ModelConfig, build_models
     from splitpriv.trainer import train_monolithic
 
-    n_classes = len(protocol_prep(run.config.protocol, run.config.labels).classes)
+    n_classes = len(run.pool.classes)
     rng = np.random.default_rng(cfg.seed)
     fold = np.empty(len(g.records), dtype=int)
     for m in (True, False):  # members and non-members dealt alike into the folds
@@ -192,8 +191,9 @@ def reference_confidences(run: RunData, g: Patients, cfg: MembershipConfig
             half = rng.permutation(own)[: max(len(own) // 2, 1)]
             rows = torch.from_numpy(np.isin(g.patient, half))
             seed = cfg.seed * 1000 + f * 100 + r
-            net = build_models(ModelConfig(run.config.depth, n_classes=n_classes), seed=seed
-                               ).monolithic()
+            net = (build_models(ModelConfig(run.config.depth, n_classes=n_classes), seed=seed
+                                ).monolithic() if run.config.model == "paper"
+                   else run.reference_net(seed))  # the run's architecture, unsplit
             train_monolithic(net, g.x[rows].float(), g.y[rows].long(),
                              epochs=cfg.epochs_per_reference, seed=seed)
             net.eval()

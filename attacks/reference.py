@@ -10,14 +10,17 @@ from splitpriv.trainer import train_monolithic
 
 
 def train_reference_classifier(
-    x: torch.Tensor, y: torch.Tensor, *, epochs: int = 5, seed: int = 0, depth: int = 2
+    x: torch.Tensor, y: torch.Tensor, *, epochs: int = 5, seed: int = 0, depth: int = 2,
+    net: nn.Module | None = None,
 ) -> nn.Module:
-    """The paper's network, unsplit, trained on (x, y): beats the victims are not among.
+    """The paper's network (or ``net``, another run's architecture, freshly initialised),
+    unsplit, trained on (x, y): beats the victims are not among.
 
     Shape:
         x: (N, 1, 128), y: (N,). The returned module maps (B, 1, 128) to logits (B, 5).
     """
-    net = build_models(ModelConfig(depth), seed=seed).monolithic()
+    if net is None:
+        net = build_models(ModelConfig(depth), seed=seed).monolithic()
     train_monolithic(net, x.float(), y.long(), epochs=epochs, seed=seed)
     net.eval()
     return net

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from attacks.shapes import as_cut
 from splitpriv.channel import Kind, Transcript
 from splitpriv.releases import ReleaseLog
 
@@ -93,8 +94,8 @@ def release_windows(transcript: Transcript, victim_ids: torch.Tensor, last_victi
             continue  # ``last`` is this window already
         if j == 0 and _same_as_recorded(log, w):
             continue  # the last epoch alone: what ``last`` holds, at float32
-        out.append(Windowed(f"window {w.blocks}", w.mean,
-                            None if aux is None else aux[j].mean, w.describe()))
+        out.append(Windowed(f"window {w.blocks}", as_cut(w.mean),
+                            None if aux is None else as_cut(aux[j].mean), w.describe()))
     return out, None
 
 
@@ -140,7 +141,7 @@ def observed_from_log(transcript: Transcript, kind: Kind, phase: str,
             or (epoch is not None and epoch != max(hi for _, hi in log.blocks))):
         return None
     ids = log.released_ids()
-    return ids, log.windows(ids)[0].mean
+    return ids, as_cut(log.windows(ids)[0].mean)
 
 
 __all__ = ["RELEASE_CHOICES", "Windowed", "check_releases", "observed_from_log", "pick",

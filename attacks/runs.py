@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from attacks.base import AttackInputError, AuxData, GroundTruth, Knowledge
+from attacks.shapes import as_signal, one_signal, signal_client, signal_input
 from splitpriv.aux import AuxSpec
 from splitpriv.channel import InProcessChannel, Kind, RecordPolicy, Transcript
 from splitpriv.data import BeatPool
@@ -59,8 +60,10 @@ class RunData:
         config: its TrainConfig.
         weights: {'client': state_dict, 'server': ..., ['head': ...]}.
         transcript: what crossed the channel (empty when nothing was recorded).
-        x, y: per phase, (N, 1, 128) float32 beats and (N,) labels, as training used them.
+        x, y: per phase, (N, 1, 128) float32 beats and (N,) labels, as training used them
+            (other inputs (N, C, *spatial) flattened to (N, 1, D): ``attacks.shapes``).
         records, pool_idx: per phase, (N,) record number and pool row of every beat.
+        input_shape: the run's input shape (C, *spatial).
     """
 
     path: Path
@@ -72,12 +75,42 @@ class RunData:
     records: dict[str, np.ndarray]
     pool_idx: dict[str, np.ndarray]
     pool: BeatPool
+    input_shape: tuple[int, ...] = (1, 128)
 
     def truth(self, phase: str, classifier: torch.nn.Module | None = None) -> GroundTruth:
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
         return GroundTruth(self.x[phase], self.y[phase], classifier=classifier,
-                           groups=record_groups(self.records[phase]), times=self.times(phase))
+                           groups=record_groups(self.records[phase]), times=self.times(phase),
+                           input_shape=None if one_signal(self.input_shape)
+                           else self.input_shape)
+
+    def reference_net(self, seed: int) -> torch.nn.Module:
+        """The evaluator's reference classifier, untrained: the paper's network at depth 2
+        (MIT-BIH runs of the paper model), else the run's architecture, unsplit, taking the
+        attacks' view of the inputs."""
+        from splitpriv.models import ModelConfig, build_models
+
+        if self.config.model == "paper":
+            return build_models(ModelConfig(2), seed=seed).monolithic()
+        from splitpriv.architectures import build_architecture
+
+        torch.manual_seed(seed)
+        models = build_architecture(self.config.model).assemble(
+            self.input_shape, len(self.pool.classes), self.config, ushape=False)
+        models.client = signal_input(models.client, self.input_shape)
+        return models.monolithic()
+
+    def client_net(self) -> torch.nn.Module:
+        """A fresh (randomly initialised) client of the run's architecture taking the
+        attacks' view of its inputs (:func:`attacks.shapes.signal_client`)."""
+        if self.config.model == "paper":
+            return ClientNet(self.config.depth, self.config.cut_channels)
+        from splitpriv.architectures import build_architecture
+
+        net = build_architecture(self.config.model).build(
+            self.input_shape, len(self.pool.classes), self.config)[0]
+        return signal_client(net, self.input_shape)
 
     def times(self, phase: str) -> torch.Tensor | None:
         """(N,) the R-peak sample of each beat of ``phase`` in its record; None where a row has
@@ -139,9 +172,9 @@ def load_run(
     return RunData(
         path, config, weights, transcript,
         **{field: {p: data.part(name, p) for p in PHASES}
-           for field, name in (("x", "x"), ("y", "y"), ("records", "record"),
-                               ("pool_idx", "pool_idx"))},
-        pool=data.pool,
+           for field, name in (("y", "y"), ("records", "record"), ("pool_idx", "pool_idx"))},
+        x={p: as_signal(data.part("x", p)) for p in PHASES},
+        pool=data.pool, input_shape=data.input_shape,
     )
 
 
@@ -298,7 +331,7 @@ def _client(run: RunData, x: torch.Tensor, y: torch.Tensor):
     from splitpriv.parties import Client
     from splitpriv.trainer import adam
 
-    net = ClientNet(run.config.depth, run.config.cut_channels)
+    net = run.client_net()
     net.load_state_dict(run.weights["client"])
     transcript = Transcript(policy=RecordPolicy(phases=None, kinds=frozenset({Kind.ACTIVATIONS})))
     channel = InProcessChannel(transcript)
@@ -390,7 +423,7 @@ def public_aux(parsed: AuxSpec, run: RunData, *, phase: str, seed: int) -> AuxDa
     pool = run.pool
     used = np.concatenate([run.pool_idx[p] for p in PHASES])
     rows = parsed.public_rows(pool.record, used, len(run.y["train"]), seed=seed, where="--aux")
-    x = torch.as_tensor(pool.x[rows]).float().reshape(-1, 1, 128)
+    x = as_signal(torch.as_tensor(pool.x[rows]).float())
     y = torch.as_tensor(pool.y[rows]).long()
     if parsed.kind == "public":
         return AuxData(x=x, y=y, source=f"{parsed} ({len(rows)} pool beats the run uses "
@@ -438,7 +471,9 @@ def knowledge_for(run: RunData, aux: AuxData | None) -> Knowledge:
     return Knowledge(
         aux=aux, depth=run.config.depth, client_state=run.weights["client"],
         defenses=tuple(run.config.defenses), defense_states=learned_states(run) or None,
-        build_client=(functools.partial(ClientNet, run.config.depth, run.config.cut_channels)
+        n_classes=len(run.pool.classes),
+        build_client=(run.client_net if run.config.model != "paper" else
+                      functools.partial(ClientNet, run.config.depth, run.config.cut_channels)
                       if run.config.cut_channels is not None else None),
         server_state=run.weights["server"], recipe=run.config,
     )

@@ -35,7 +35,8 @@ def rr_top_k(prior: np.ndarray, epsilon: float) -> int:
 
 
 def randomised_response(y: torch.Tensor, epsilon: float, *, prior: np.ndarray | None = None,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
+                        generator: torch.Generator | None = None,
+                        n_classes: int = N_CLASSES) -> torch.Tensor:
     """epsilon-label-DP labels: RR_epsilon over all K classes, or RRWithPrior given a prior.
 
     Without a prior: keep y with probability e^eps / (e^eps + K - 1), else output one of the
@@ -47,7 +48,7 @@ def randomised_response(y: torch.Tensor, epsilon: float, *, prior: np.ndarray | 
     Shape:
         y: (N,) int64 in [0, K) -> (N,) int64.
     """
-    k_all = N_CLASSES
+    k_all = n_classes
     classes = (torch.arange(k_all) if prior is None else
                torch.from_numpy(np.argsort(-np.asarray(prior), kind="stable")
                                 [:rr_top_k(prior, epsilon)].copy()))
@@ -127,8 +128,12 @@ class LabelDP(Defense):
         if not self.config.prior:
             return None
         if self.config.prior_source == "uniform":
-            return np.full(N_CLASSES, 1.0 / N_CLASSES)
+            return np.full(self.n_classes, 1.0 / self.n_classes)
         p = np.asarray(PUBLIC_PRIOR, dtype=np.float64)
+        if len(p) != self.n_classes:
+            raise ValueError(f"defense 'labeldp': prior_source=protocol is MIT-BIH's prior over "
+                             f"{len(p)} classes, the run has {self.n_classes}; use "
+                             "prior_source=uniform or prior=false")
         return p / p.sum()
 
     def attach(self, client: ClientView) -> None:
@@ -140,19 +145,20 @@ class LabelDP(Defense):
         gen = torch.Generator().manual_seed(stream_seed(seed, "labeldp"))
         y = client.y.cpu()
         self._noisy = randomised_response(y, self.config.epsilon, prior=self.prior(),
-                                          generator=gen).to(client.y.device)
+                                          generator=gen, n_classes=self.n_classes
+                                          ).to(client.y.device)
         self._kept = float((self._noisy.cpu() == y).float().mean()) if len(y) else None
 
     def transform_labels(self, y: torch.Tensor, *, ids: torch.Tensor) -> torch.Tensor:
         if self._noisy is not None:
             return self._noisy[ids]  # the same noisy label every epoch: one release per beat
         return randomised_response(y.cpu(), self.config.epsilon,  # a fresh release
-                                   prior=self.prior()).to(y.device)
+                                   prior=self.prior(), n_classes=self.n_classes).to(y.device)
 
     def report(self) -> PrivacyClaim:
         c = self.config
         prior = self.prior()
-        k = N_CLASSES if prior is None else rr_top_k(prior, c.epsilon)
+        k = self.n_classes if prior is None else rr_top_k(prior, c.epsilon)
         return PrivacyClaim(
             name=self.name, formal=True,
             mechanism="randomised response with prior" if c.prior else "randomised response",

@@ -90,10 +90,11 @@ class Marvell(GradientNoise):
             raise ValueError("defense 'marvell': the sender must hold the labels")
         b, d = g.shape
         t = tv_for_auc(self.config.auc_bound)
-        z = self.normal((b, N_CLASSES), g)
+        k_all = max(N_CLASSES, self.n_classes)  # the paper's 5 columns drawn for MIT-BIH, as ever
+        z = self.normal((b, k_all), g)
         iso = self.normal((b, d), g)
         out = torch.zeros_like(g)
-        present = [c for c in range(N_CLASSES) if (y == c).any()]
+        present = [c for c in range(k_all) if (y == c).any()]
         for k, c in enumerate(present):
             mine = y == c
             if mine.all():

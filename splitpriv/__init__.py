@@ -6,6 +6,9 @@ top of the repository, and for one release their old top-level names (``attacks`
 ``defenses``, ``studies``) still work. Both names are the same module objects: the finder below
 answers ``splitpriv.attacks[.x]`` with the module ``attacks[.x]`` (imported once, so every plug-in
 registers once), the way ``six.moves`` aliases modules.
+
+The Python API (``splitpriv.train``, ``splitpriv.attack``, ``splitpriv.load_runs``,
+``splitpriv.register_arrays``, ``splitpriv.register_model``) is :mod:`splitpriv.api`.
 """
 
 from __future__ import annotations
@@ -48,3 +51,13 @@ class _PluginAliases(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 if not any(isinstance(f, _PluginAliases) for f in sys.meta_path):
     sys.meta_path.insert(0, _PluginAliases())
+
+#: the Python API (``splitpriv/api.py``), imported on first use so that ``import splitpriv``
+#: stays light
+API = ("Run", "attack", "load_runs", "register_arrays", "register_model", "train")
+
+
+def __getattr__(name: str) -> object:
+    if name in API:
+        return getattr(importlib.import_module("splitpriv.api"), name)
+    raise AttributeError(f"module 'splitpriv' has no attribute {name!r}")

@@ -193,17 +193,36 @@ def catalog(what: str) -> str:
             out += [f"{name}  (--server {name}[:key=value,...])", first_paragraph(cls),
                     describe_fields(cls.Config), ""]
     elif what == "datasets":
-        out += ["MIT-BIH Arrhythmia Database (PhysioNet mitdb 1.0.0; --mitdb-dir or "
+        from splitpriv.datasets import DATASETS
+
+        out += _registered(DATASETS, "--dataset")
+        out += ["mitdb: the MIT-BIH Arrhythmia Database (PhysioNet mitdb 1.0.0; --mitdb-dir or "
                 "$SPLITPRIV_MITDB, else downloaded to the user cache), protocols (--protocol):"]
         out += [f"  {k}: {v}" for k, v in PROTOCOL_WORDS.items()]
         out += ["", "own data: --hdf5 TRAIN,TEST trains and tests on HDF5 files in the paper's "
                 "layout (docs/robustness.md)", "", "parameters (splitpriv train / data prepare):",
                 describe_fields(TrainConfig, only=DATA_FIELDS)]
     else:
-        out += ["the split 1D CNN (splitpriv.models; splitpriv train flags):",
+        from splitpriv.architectures import MODELS
+
+        out += _registered(MODELS, "--model")
+        out += ["or --model MODULE:FUNCTION, FUNCTION(input_shape, n_classes) returning "
+                "(client, server) or (client, server, head) torch modules", "",
+                "paper: the split 1D CNN (splitpriv.models; splitpriv train flags):",
                 describe_fields(ModelConfig),
                 describe_fields(TrainConfig, only=("topology", "batch_size", "lr"))]
     return "\n".join(out)
+
+
+def _registered(registry, flag: str) -> list[str]:
+    """Every class of a registry with its summary and its Config's options."""
+    from splitpriv.options import describe_fields
+
+    out = []
+    for name, cls in sorted(registry.items()):
+        out += [f"{name}  ({flag} {name}[:key=value,...]): {cls.summary}",
+                describe_fields(cls.Config), ""]
+    return out
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ Hooks and who calls them (see docs/ARCHITECTURE.md for the picture):
 hook                      party   when
 ========================  ======  =================================================================
 ``configure``             run     once, with the run's plan, before anything is written
+``provide_classes``       run     once before ``attach``: the run's class count
 ``provide_patients``      run     once before ``attach``: the patient of every training row
 ``attach``                client  once before training (may wrap the client's model/optimizer)
 ``begin_phase``           both    before every pass: ``(epoch, "train" | "val" | "test")``
@@ -212,6 +213,8 @@ class Defense:
     config: Any = None
     #: whether a checkpoint keeps the defense's state (:meth:`state_dict`)
     stateful: bool = False
+    #: the run's class count (:meth:`provide_classes`; the paper's 5 until told)
+    n_classes: int = 5
     #: a family of defenses under one registered name: value of the spec key
     #: ``variant_field`` -> class (each with its own ``Config``), ``default_variant`` when the
     #: spec leaves the key out; None: one class (``splitpriv.registry.Registry.variant``)
@@ -238,6 +241,11 @@ class Defense:
     def configure(self, *, epochs: int, batch_size: int) -> None:
         """Called once with the run's plan (its training epochs and batch size), before anything
         is written; may refuse it with a ValueError naming the parameter."""
+
+    def provide_classes(self, n_classes: int) -> None:
+        """Called once before ``attach`` with the run's class count (its dataset's; a label
+        defense draws among them). Default: kept as ``self.n_classes``."""
+        self.n_classes = n_classes
 
     def provide_patients(self, records: np.ndarray) -> None:
         """Called once before ``attach`` with the patient (MIT-BIH record) of every training row

@@ -348,9 +348,9 @@ def head_layers(paper_softmax: bool, n_classes: int = N_CLASSES) -> list[nn.Modu
 class SplitModels:
     """The networks of one run: the client's, the server's and, when U-shaped, the client's head."""
 
-    client: ClientNet
-    server: ServerNet
-    head: HeadNet | None = None
+    client: nn.Module  # the paper's ClientNet, or a split architecture's client
+    server: nn.Module
+    head: nn.Module | None = None
 
     def modules(self) -> dict[str, nn.Module]:
         out: dict[str, nn.Module] = {"client": self.client, "server": self.server}
@@ -375,13 +375,16 @@ class SplitModels:
         return nn.Sequential(*parts)
 
 
-def build_models(config: ModelConfig, *, ushape: bool = False, seed: int = 0) -> SplitModels:
-    """Build the client, server (and head) with weights drawn from ``seed``.
+def build_models(config: ModelConfig, *, ushape: bool = False,
+                 seed: int | None = 0) -> SplitModels:
+    """Build the client, server (and head) with weights drawn from ``seed`` (None: from torch's
+    generator as the caller seeded it).
 
     The order of construction is fixed so that the unsplit network built from the same seed has the
     same initial weights.
     """
-    torch.manual_seed(seed)
+    if seed is not None:
+        torch.manual_seed(seed)
     client = ClientNet(config.depth, config.cut_channels)
     server = ServerNet(with_head=not ushape, paper_softmax=config.paper_softmax,
                        n_classes=config.n_classes, cut_channels=config.cut_channels)

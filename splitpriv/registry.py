@@ -19,9 +19,10 @@ name, the variant its ``variant_field`` picks) and its typed ``Config``
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.metadata
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from splitpriv.options import build_config, parse_spec
 
@@ -30,18 +31,18 @@ T = TypeVar("T", bound=type)
 _loaded: set[str] = set()
 
 
-def load_plugins(group: str) -> None:
+def load_plugins(group: str, *, required: bool = True) -> None:
     """Import the plug-in packages that the installed entry points of ``group`` name (once per
     process and group).
 
     Raises:
-        RuntimeError: no entry point of the group is installed (the project was not installed
-            with pip, so no plug-in can be found), naming the fix.
+        RuntimeError: ``required`` and no entry point of the group is installed (the project was
+            not installed with pip, so no plug-in can be found), naming the fix.
     """
     if group in _loaded:
         return
     points = importlib.metadata.entry_points(group=group)
-    if not points:
+    if not points and required:
         raise RuntimeError(f"no splitpriv plug-ins are installed (entry-point group {group!r}); "
                            "install the project: pip install -e .")
     _loaded.add(group)
@@ -70,16 +71,22 @@ class Registry(Mapping[str, T], Generic[T]):
     """Name -> plug-in class for one kind (``defense``, ``attack``, ``server behaviour``); a
     read-only mapping whose every read loads the plug-ins first.
 
+    With ``builtin`` (a module of the core that registers the kind's built-in classes when
+    imported: datasets, split models), that module is imported first and the group's entry
+    points are optional (a user's package may still add its own).
+
     With ``families``, the kind's base class declares ``variants`` (None, or value -> class,
     each with its own ``Config``), ``variant_field`` (a spec key, e.g. ``mode``) and
     ``default_variant``: a family of classes under one name, the spec's value of that key picking
     the class.
     """
 
-    def __init__(self, kind: str, group: str, *, families: bool = False) -> None:
+    def __init__(self, kind: str, group: str, *, families: bool = False,
+                 builtin: str | None = None) -> None:
         self.kind = kind
         self.group = group
         self.families = families
+        self.builtin = builtin
         self._classes: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -96,7 +103,9 @@ class Registry(Mapping[str, T], Generic[T]):
 
     def classes(self) -> dict[str, T]:
         """Every registered class by name (the plug-ins of the kind's group loaded first)."""
-        load_plugins(self.group)
+        if self.builtin is not None:
+            importlib.import_module(self.builtin)
+        load_plugins(self.group, required=self.builtin is None)
         return dict(self._classes)
 
     def __getitem__(self, name: str) -> T:
@@ -161,6 +170,22 @@ class Registry(Mapping[str, T], Generic[T]):
         return chosen
 
 
+class SpecPlugin:
+    """Base of a plug-in built from a spec ``NAME[:key=value,...]`` whose only constructor
+    argument is its typed ``Config`` (datasets, split architectures): ``name`` (set by the
+    registry), a one-line ``summary`` for ``splitpriv list``."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+
+    @dataclasses.dataclass
+    class Config:
+        pass
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+
 def _fields(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls.Config)}  # type: ignore[attr-defined]
 
@@ -170,4 +195,4 @@ def _fields(cls: type) -> set[str]:
 ATTACKS: Registry[type] = Registry("attack", "splitpriv.attacks")
 
 
-__all__ = ["ATTACKS", "CLI_GROUP", "Registry", "cli_extensions", "load_plugins"]
+__all__ = ["ATTACKS", "CLI_GROUP", "Registry", "SpecPlugin", "cli_extensions", "load_plugins"]

@@ -105,6 +105,12 @@ class StudyArgs:
     """training epochs of every run (formal DP budgets cover exactly these epochs)"""
     protocol: str = "paper-unique"
     """data protocol (paper-unique: no train/test copies, validation-selected test accuracy)"""
+    dataset: str = "mitdb"
+    """the data, NAME[:key=value,...] (splitpriv.datasets: mitdb, mitdb:leads=2, digits,
+    arrays:path=FILE)"""
+    model: str = "paper"
+    """the split network, NAME[:key=value,...] or MODULE:FUNCTION (splitpriv.architectures:
+    paper, cnn1d, cnn2d)"""
     train_subset: int | None = None
     """use only the first N training beats (None: all)"""
     test_subset: int | None = None
@@ -152,7 +158,8 @@ class StudyArgs:
         recorded, what the server holds for the attacks (a study asks for more itself)."""
         base = dict(protocol=self.protocol, epochs=self.epochs, train_subset=self.train_subset,
                     test_subset=self.test_subset, record_epochs="last", record_kinds="labels",
-                    device=self.device, mitdb_dir=self.mitdb_dir, cache_dir=self.cache_dir)
+                    device=self.device, mitdb_dir=self.mitdb_dir, cache_dir=self.cache_dir,
+                    dataset=self.dataset, model=self.model)
         return TrainConfig(**(base | kw))
 
 
@@ -533,7 +540,7 @@ def prepare_pools(plan: Sequence[Planned], progress: bool) -> None:
     for p in plan:
         c = p.config
         key = (c.protocol, c.labels, c.mitdb_dir, c.cache_dir)
-        if c.hdf5 is None and key not in seen:
+        if c.hdf5 is None and c.dataset.partition(":")[0] == "mitdb" and key not in seen:
             seen.add(key)
             load_pool(c.mitdb_dir, cache_dir=c.cache_dir, prep=protocol_prep(c.protocol, c.labels),
                       progress=progress)

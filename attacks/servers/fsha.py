@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from attacks.servers.scoring import ReconstructionLog
+from attacks.shapes import as_cut, as_signal
 from splitpriv.aux import SERVER_KINDS, AuxSpec
 from splitpriv.servers import AuxBeats, RecordSink, ServerBehaviour, register_server
 
@@ -56,9 +57,9 @@ if TYPE_CHECKING:
 BEAT = 128
 
 
-def _pools(length: int) -> int:
+def _pools(length: int, beat: int = BEAT) -> int:
     """How many halvings take a beat (128 samples) to about ``length`` samples."""
-    return max(0, round(math.log2(BEAT / max(1, length))))
+    return max(0, round(math.log2(beat / max(1, length))))
 
 
 class Pilot(nn.Module):
@@ -66,10 +67,11 @@ class Pilot(nn.Module):
     cut ends in (``splitpriv.models``), so that its features are ones the client's layers can
     produce. Shape: (B, 1, 128) -> (B, C, L)."""
 
-    def __init__(self, channels: int, length: int, width: int, leaky: bool = False) -> None:
+    def __init__(self, channels: int, length: int, width: int, leaky: bool = False,
+                 beat: int = BEAT) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Conv1d(1, width, 7, padding=3), nn.LeakyReLU()]
-        for _ in range(_pools(length)):
+        for _ in range(_pools(length, beat)):
             layers += [nn.MaxPool1d(2), nn.Conv1d(width, width, 5, padding=2), nn.LeakyReLU()]
         layers += [nn.AdaptiveAvgPool1d(length), nn.Conv1d(width, channels, 3, padding=1)]
         if leaky:
@@ -83,13 +85,13 @@ class Pilot(nn.Module):
 class Decoder(nn.Module):
     """The pilot's inverse f~^-1. Shape: (B, C, L) -> (B, 1, 128)."""
 
-    def __init__(self, channels: int, length: int, width: int) -> None:
+    def __init__(self, channels: int, length: int, width: int, beat: int = BEAT) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Conv1d(channels, width, 3, padding=1), nn.LeakyReLU()]
-        for _ in range(_pools(length)):
+        for _ in range(_pools(length, beat)):
             layers += [nn.Upsample(scale_factor=2), nn.Conv1d(width, width, 5, padding=2),
                        nn.LeakyReLU()]
-        layers += [nn.Upsample(size=BEAT), nn.Conv1d(width, 1, 7, padding=3)]
+        layers += [nn.Upsample(size=beat), nn.Conv1d(width, 1, 7, padding=3)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
@@ -217,12 +219,15 @@ class FeatureSpaceHijacking(ServerBehaviour):
         self.aux, self.record = aux, record
 
     def _build(self, c: int, length: int, device: torch.device) -> nn.ModuleDict:
+        """The pilot, decoder and critic for a cut (c, length) and the public inputs' length
+        (any input flattened to one channel, ``attacks.shapes``: 128 for one-lead beats)."""
         self.cut = (c, length)
         w = self.config.width
+        beat = as_signal(self.aux.x[:1]).shape[-1] if self.aux is not None else BEAT
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
-            nets = nn.ModuleDict({"pilot": Pilot(c, length, w, self.config.pilot_leaky),
-                                  "decoder": Decoder(c, length, w),
+            nets = nn.ModuleDict({"pilot": Pilot(c, length, w, self.config.pilot_leaky, beat),
+                                  "decoder": Decoder(c, length, w, beat),
                                   "critic": Critic(c, length, w)}).to(device)
         betas = (0.5, 0.9)  # the usual WGAN-GP Adam betas
         self.opt_ae = torch.optim.Adam([*nets["pilot"].parameters(),
@@ -235,7 +240,7 @@ class FeatureSpaceHijacking(ServerBehaviour):
     def _public_batch(self, n: int) -> torch.Tensor:
         assert self.aux is not None
         rows = torch.randint(len(self.aux.x), (n,), generator=self.generator)
-        return self.aux.x[rows.to(self.aux.x.device)]
+        return as_signal(self.aux.x[rows.to(self.aux.x.device)])
 
     def _autoencoder_step(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of the pilot autoencoder on ``n`` public beats: their features (before the
@@ -251,6 +256,7 @@ class FeatureSpaceHijacking(ServerBehaviour):
 
     def cut_gradient(self, a: torch.Tensor, g: torch.Tensor, ids: torch.Tensor, *,
                      y: torch.Tensor | None) -> torch.Tensor:
+        shape, a = a.shape, as_cut(a)  # a 2D or dense cut as (B, C, L)
         if self.aux is None:
             raise ValueError("server 'fsha' has no public beats: the run provides them "
                              "(splitpriv.run), a bare trainer must call provide(aux=...)")
@@ -283,7 +289,7 @@ class FeatureSpaceHijacking(ServerBehaviour):
                                         self.step % self.config.record_every == 0):
             with torch.no_grad():
                 self.record(self.step, ids, decoder(a.detach()))
-        return grad.to(g.dtype)
+        return grad.to(g.dtype).reshape(shape)
 
     def state_dict(self) -> dict[str, Any]:
         """The adversary's state for the run's checkpoint: its networks and optimizers (once

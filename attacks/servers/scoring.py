@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from attacks.shapes import as_signal
+
 
 class ReconstructionLog:
     """The evaluator of a server behaviour's reconstructions (its ``record`` sink, named by its
@@ -39,7 +41,8 @@ class ReconstructionLog:
                  prior: torch.Tensor | None, *, seed: int,
                  groups: np.ndarray | None = None) -> None:
         self.path, self.seed = path, seed
-        self.x, self.y = x_train.detach().cpu(), y_train.detach().cpu()
+        # any input (N, C, *spatial) as the attacks see it, (N, 1, D) (attacks.shapes)
+        self.x, self.y = as_signal(x_train.detach().cpu()), y_train.detach().cpu()
         # each beat's record, for linkage within patient (none where a record is unknown)
         self.groups = (None if groups is None or (np.asarray(groups) < 0).any()
                        else torch.as_tensor(np.asarray(groups)).long())

@@ -329,11 +329,12 @@ class DistChannel(Channel):
                 f"{self._what(code, self._recv_seq - 1)}: its ids are not those of the step's "
                 "activations"
             )
+        classes = self.specs[code].classes or N_CLASSES
         if kind == Kind.LABELS and len(payload) and (
-            int(payload.min()) < 0 or int(payload.max()) >= N_CLASSES
+            int(payload.min()) < 0 or int(payload.max()) >= classes
         ):
             raise WireError(f"{self._what(code, self._recv_seq - 1)}: labels outside "
-                            f"0..{N_CLASSES - 1}")
+                            f"0..{classes - 1}")
         self.transcript.record(Message(kind, payload, ids, self.epoch, self.phase))
         self.last[kind] = payload
         return payload, ids

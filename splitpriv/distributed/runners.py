@@ -37,12 +37,13 @@ import torch.distributed as dist
 from torch import nn
 
 from splitpriv.channel import Kind, Transcript, WireCounter
+from splitpriv.datasets import build_dataset
 from splitpriv.distributed.channel import DistChannel, select
 from splitpriv.distributed.handshake import handshake, run_key
 from splitpriv.distributed.partition import ClientData
 from splitpriv.distributed.resume import NONE, PartyCheckpoints, agree, hello, parse_hello
 from splitpriv.distributed.spec import DistSpec, init_process_group
-from splitpriv.distributed.wire import MODES, PHASES, Code, Op, Spec, WireError, kind_specs
+from splitpriv.distributed.wire import MODES, PHASES, Code, Op, Spec, WireError, split_specs
 from splitpriv.parties import Client, Server, train_step
 from splitpriv.run import (
     TrainConfig,
@@ -322,10 +323,11 @@ def run_client(
     try:
         group = _client_group(spec, mode)
         device = data.x_train.device
-        models = build_run_models(config, "ushape" if ushape else "vanilla", device)
+        shape = build_dataset(config.dataset).describe(config)
+        models = build_run_models(config, "ushape" if ushape else "vanilla", device, shape)
         handshake(spec, 0, run_key(config, mode=mode, world_size=spec.world_size))
         channel = DistChannel(
-            0, kind_specs(ushape, cut_channels=config.cut_channels), timeout_s=spec.timeout_s,
+            0, split_specs(ushape, models, *shape), timeout_s=spec.timeout_s,
             max_rows=max(config.batch_size, eval_batch_size), train_ids=data.train_ids,
             device=device, max_message_mb=spec.max_message_mb,
         )
@@ -584,7 +586,8 @@ def run_server(
     joined = init_process_group(spec)
     try:
         _client_group(spec, mode)
-        models = build_run_models(config, topology, device)
+        shape = build_dataset(config.dataset).describe(config)
+        models = build_run_models(config, topology, device, shape)
         if transcript is None:
             transcript = Transcript(policy=config.record_policy())
         ranks = list(range(1, spec.world_size))
@@ -592,7 +595,7 @@ def run_server(
         for r in ranks:  # every client authenticated, on this run, before any training message
             handshake(spec, r, key)
         channels = {
-            r: DistChannel(r, kind_specs(ushape, cut_channels=config.cut_channels),
+            r: DistChannel(r, split_specs(ushape, models, *shape),
                            transcript=transcript, timeout_s=spec.timeout_s,
                            max_rows=max(config.batch_size, eval_batch_size), device=device,
                            max_message_mb=spec.max_message_mb)

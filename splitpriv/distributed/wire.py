@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 import torch
 
@@ -100,6 +101,7 @@ class Spec:
     dtype: torch.dtype
     rows: bool = True
     upto: bool = False  # rowless, 1-d: any length 1..shape[0]
+    classes: int | None = None  # labels: each in 0..classes-1
 
     def max_bytes(self, max_rows: int) -> int:
         """The longest body (ids and payload) a message of this kind may have."""
@@ -110,23 +112,39 @@ class Spec:
 
 
 def kind_specs(ushape: bool, weights_numel: int | None = None, *,
-               cut_channels: int | None = None) -> dict[Code, Spec]:
-    """The declared shape and dtype of every kind, for a topology (and the run's bottleneck at
-    the cut, ``cut_channels``: None for the model's 16 channels)."""
-    cut = (cut_channels or CUT_CHANNELS, CUT_LENGTH)
-    out = (HIDDEN,) if ushape else (N_CLASSES,)
+               cut_channels: int | None = None, cut: tuple[int, ...] | None = None,
+               n_classes: int = N_CLASSES, hidden: tuple[int, ...] = (HIDDEN,)
+               ) -> dict[Code, Spec]:
+    """The declared shape and dtype of every kind, for a topology: the activations' ``cut``
+    (default the paper model's (16, 32), or its bottleneck's ``(cut_channels, 32)``), the labels'
+    ``n_classes`` and, U-shaped, the server's output ``hidden`` (:func:`split_specs` probes them
+    from a run's models)."""
+    cut = cut or (cut_channels or CUT_CHANNELS, CUT_LENGTH)
+    out = hidden if ushape else (n_classes,)
     specs = {
         Code.ACTIVATIONS: Spec(cut, torch.float32),
-        Code.LABELS: Spec((), torch.int64),
+        Code.LABELS: Spec((), torch.int64, classes=n_classes),
         Code.ACT_GRAD: Spec(cut, torch.float32),
         Code.SERVER_OUTPUT: Spec(out, torch.float32),
-        Code.OUTPUT_GRAD: Spec((HIDDEN,), torch.float32),
+        Code.OUTPUT_GRAD: Spec(hidden, torch.float32),
         Code.CONTROL: Spec((4,), torch.int64, rows=False),
         Code.STATS: Spec((3,), torch.float64, rows=False),
     }
     if weights_numel is not None:
         specs[Code.WEIGHTS] = Spec((weights_numel,), torch.float32, rows=False)
     return specs
+
+
+def split_specs(ushape: bool, models: Any, input_shape: tuple[int, ...], n_classes: int
+                ) -> dict[Code, Spec]:
+    """:func:`kind_specs` of a run's split models (:class:`~splitpriv.models.SplitModels`):
+    the cut's shape probed from the client on inputs ``input_shape``, the server's output from
+    the server on it."""
+    from splitpriv.architectures import probe_shape
+
+    cut = probe_shape(models.client, input_shape)
+    return kind_specs(ushape, cut=cut, n_classes=n_classes,
+                      hidden=probe_shape(models.server, cut) if ushape else (HIDDEN,))
 
 
 #: the messages of the handshake (:mod:`splitpriv.distributed.handshake`)

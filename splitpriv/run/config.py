@@ -72,6 +72,12 @@ class TrainConfig:
         hdf5: ``TRAIN,TEST``: train and test on the paper's HDF5 files (``train_ecg.hdf5``,
             ``test_ecg.hdf5``) instead of the records (labels ``paper``; validation rows only
             with ``val_fraction``); None: the protocol's split of the records.
+        dataset: the data, ``NAME[:key=value,...]`` (``splitpriv.datasets``): ``mitdb`` (the
+            records under ``protocol``/``labels``/``hdf5``), ``mitdb:leads=2``, ``digits``,
+            ``arrays:path=FILE``.
+        model: the split architecture, ``NAME[:key=value,...]`` or ``MODULE:FUNCTION``
+            (``splitpriv.architectures``): ``paper`` (``depth``, ``cut_channels``,
+            ``paper_softmax``), ``cnn1d``, ``cnn2d``.
     """
 
     protocol: str = "paper-unique"
@@ -100,6 +106,8 @@ class TrainConfig:
     mitdb_dir: str | None = None
     cache_dir: str | None = None
     hdf5: str | None = None
+    dataset: str = "mitdb"
+    model: str = "paper"
 
     def __post_init__(self) -> None:
         if isinstance(self.defenses, str | Mapping):
@@ -125,6 +133,7 @@ class TrainConfig:
                 raise ValueError(f"device: {self.device!r} is not a device a run can train on "
                                  "(auto, cpu, cuda, cuda:N, mps)")
         ModelConfig(self.depth, cut_channels=self.cut_channels)  # validates the architecture
+        _check_plugins(self)
         self.record_policy()  # validates record_epochs and record_kinds
 
     def _check_numbers(self) -> None:
@@ -212,6 +221,15 @@ class TrainConfig:
         for k in ("epochs", "device", "threads", "fast", "mitdb_dir", "cache_dir"):
             d.pop(k)
         return d
+
+
+def _check_plugins(config: TrainConfig) -> None:
+    """The dataset's and the model's specs and their fit to the run (ValueError naming them)."""
+    from splitpriv.architectures import build_architecture
+    from splitpriv.datasets import build_dataset
+
+    build_dataset(config.dataset).check(config)
+    build_architecture(config.model).check(config)
 
 
 __all__ = ["DEVICE_TYPES", "MAX_THREADS", "TOPOLOGIES", "TrainConfig"]

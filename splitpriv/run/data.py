@@ -25,16 +25,17 @@ class Tensors:
     Attributes:
         card: the dataset card of the pool and split (``splitpriv.data.dataset_card`` with the
             pool's preprocessing: it has ``classes``, ``labels`` and ``records_val``).
-        pool: the beat pool the rows were drawn from.
+        pool: the dataset's samples the rows were drawn from
+            (:class:`~splitpriv.datasets.DatasetSplit`).
     """
 
-    x_train: torch.Tensor  # (N, 1, 128) float32
+    x_train: torch.Tensor  # (N, C, *spatial) float32: MIT-BIH (N, leads, 128)
     y_train: torch.Tensor  # (N,) int64
     x_val: torch.Tensor
     y_val: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
-    record_train: np.ndarray  # (N,) MIT-BIH record of every row
+    record_train: np.ndarray  # (N,) group (MIT-BIH record, subject) of every row
     record_val: np.ndarray
     record_test: np.ndarray
     pool_idx_train: np.ndarray  # (N,) row of the beat pool of every row
@@ -42,6 +43,15 @@ class Tensors:
     pool_idx_test: np.ndarray
     card: dict[str, Any]
     pool: Any
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """(C, *spatial) of one input."""
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def n_classes(self) -> int:
+        return self.pool.n_classes
 
     def part(self, name: str, phase: str) -> Any:
         """One field of one phase: ``part("x", "test")`` is ``x_test``."""
@@ -99,26 +109,27 @@ def _hdf5_split(config: TrainConfig) -> tuple[Any, Any, dict[str, Any]]:
 
 
 def build_run_data(config: TrainConfig, device: torch.device | str = "cpu") -> Tensors:
-    """The run's rows (:func:`load_split`, the first ``train_subset``/``test_subset`` rows) with
-    the beats and labels on the device, and the dataset card."""
-    pool, split, card = load_split(config)
-    if split.n_train == 0:
-        from splitpriv.data import DataError
+    """The run's rows (its dataset's split, :mod:`splitpriv.datasets`: the first
+    ``train_subset``/``test_subset`` rows) with the inputs and labels on the device, and the
+    dataset card. ``Tensors.pool`` is the dataset's :class:`~splitpriv.datasets.DatasetSplit`
+    (its ``x``, ``y``, ``record`` and ``rpeak``, for the beats a run uses nowhere)."""
+    from splitpriv.data import DataError
+    from splitpriv.datasets import build_dataset
 
+    ds = build_dataset(config.dataset).load(config)
+    if len(ds.train) == 0:
         raise DataError(f"val_fraction {config.val_fraction} leaves no training row of the "
-                        f"{split.n_train + split.n_val:,} (all went to validation); lower "
+                        f"{len(ds.train) + len(ds.val):,} (all went to validation); lower "
                         "--val-fraction")
     fields: dict[str, Any] = {}
     for phase in PHASES:
         n = {"train": config.train_subset, "val": None, "test": config.test_subset}[phase]
-        rows = slice(None, n)
-        x = torch.as_tensor(getattr(split, f"x_{phase}")[rows]).float().reshape(-1, 1, 128)
-        fields[f"x_{phase}"] = x.to(device)
-        fields[f"y_{phase}"] = torch.as_tensor(getattr(split, f"y_{phase}")[rows]).long().to(
-            device)
-        fields[f"record_{phase}"] = np.asarray(getattr(split, f"record_{phase}")[rows])
-        fields[f"pool_idx_{phase}"] = np.asarray(getattr(split, f"pool_idx_{phase}")[rows])
-    return Tensors(**fields, card=card, pool=pool)
+        rows = ds.rows(phase)[:n]
+        fields[f"x_{phase}"] = torch.as_tensor(ds.x[rows]).float().to(device)  # (n, C, ...)
+        fields[f"y_{phase}"] = torch.as_tensor(ds.y[rows]).long().to(device)
+        fields[f"record_{phase}"] = ds.groups[rows].astype(np.int32)
+        fields[f"pool_idx_{phase}"] = rows
+    return Tensors(**fields, card=ds.card, pool=ds)
 
 
 def load_tensors(config: TrainConfig, device: torch.device) -> tuple[Tensors, dict[str, Any]]:

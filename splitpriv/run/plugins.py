@@ -11,9 +11,8 @@ import numpy as np
 import torch
 
 from splitpriv.aux import SERVER_KINDS, AuxSpec
-from splitpriv.data import protocol_prep
 from splitpriv.defense import patient_level
-from splitpriv.models import ModelConfig, SplitModels, build_models
+from splitpriv.models import SplitModels
 from splitpriv.run.config import TrainConfig
 from splitpriv.run.data import Tensors
 from splitpriv.servers import AuxBeats, Scorer, ServerBehaviour, build_server
@@ -92,7 +91,7 @@ def behaviour_aux(spec: str | None, data: Tensors, *, seed: int) -> AuxBeats | N
                               where="server aux")
     what = "pool beats the run uses nowhere" if parsed.kind == "public" else "unused pool beats"
     device = data.x_train.device
-    return AuxBeats(x=torch.as_tensor(data.pool.x[rows]).float().reshape(-1, 1, 128).to(device),
+    return AuxBeats(x=torch.as_tensor(data.pool.x[rows]).float().to(device),
                     y=torch.as_tensor(data.pool.y[rows]).long().to(device),
                     source=f"{parsed} ({len(rows)} {what}, seed {seed})")
 
@@ -155,9 +154,11 @@ def defense_reports(defenses: list, records: np.ndarray | None = None) -> list[d
 def prepare_defenses(defenses: list, data: Tensors, config: TrainConfig) -> None:
     """What every driver does with the run's data before the defenses are attached: refuse a
     per-beat claim on repeated beats (:func:`check_distinct_beats`) and give each defense the
-    patient of every training row (``provide_patients``)."""
+    run's class count (``provide_classes``) and the patient of every training row
+    (``provide_patients``)."""
     check_distinct_beats(defenses, data, config)
     for d in defenses:
+        d.provide_classes(data.n_classes)
         d.provide_patients(data.part("record", "train"))
 
 
@@ -166,12 +167,17 @@ def resolve_topology(config: TrainConfig, defenses: list) -> str:
     return next((d.topology for d in defenses if d.topology), config.topology)
 
 
-def build_run_models(config: TrainConfig, topology: str, device: torch.device) -> SplitModels:
-    """The run's split model, initialised from its seed, on the device."""
-    n_classes = len(protocol_prep(config.protocol, config.labels).classes)
-    return build_models(ModelConfig(config.depth, config.paper_softmax,
-                                    cut_channels=config.cut_channels, n_classes=n_classes),
-                        ushape=topology == "ushape", seed=config.seed).to(device)
+def build_run_models(config: TrainConfig, topology: str, device: torch.device,
+                     shape: tuple[tuple[int, ...], int] | None = None) -> SplitModels:
+    """The run's split model (``config.model`` for its dataset's input shape and class count,
+    ``shape`` where the caller has them), initialised from its seed, on the device."""
+    from splitpriv.architectures import build_architecture
+    from splitpriv.datasets import build_dataset
+
+    input_shape, n_classes = shape or build_dataset(config.dataset).describe(config)
+    torch.manual_seed(config.seed)
+    return build_architecture(config.model).assemble(
+        input_shape, n_classes, config, ushape=topology == "ushape").to(device)
 
 
 __all__ = ["Stateful", "behaviour_aux", "build_behaviour", "build_defenses", "build_run_models",
