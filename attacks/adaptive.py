@@ -46,6 +46,7 @@ from attacks.decoder import DecoderConfig, train_decoder
 from attacks.fitting import fit_regression
 from attacks.inversion import InversionConfig, aux_activations, mean_beat_mse, split_aux
 from attacks.registry import register
+from attacks.shapes import signal_client
 from attacks.simulator import (
     SimulatedInversion,
     SimulatorConfig,
@@ -92,12 +93,15 @@ def shadow_specs(specs: Sequence[DefenseSpec]) -> list[DefenseSpec]:
         seedless = {**spec.options, "seed": None} if "seed" in spec.options else spec.options
         out.append(DefenseSpec(spec.name, seedless))
     return out
+
+
 def train_shadow(recipe: Any, x: torch.Tensor, y: torch.Tensor, groups: torch.Tensor | None, *,
                  seed: int, epochs: int | None, device: torch.device
                  ) -> tuple[nn.Module, list[Any]]:
     """A split model trained with ``recipe`` (its defenses without their seeds, its epochs or
     ``epochs``) on beats x (M, 1, L), labels y (M,) from a seed other than the run's; returns
     the shadow client's network and its defenses (attached to it)."""
+    from splitpriv.datasets import build_dataset
     from splitpriv.defense import StopTraining
     from splitpriv.run import build_defenses, build_run_models, resolve_topology
     from splitpriv.trainer import SplitTrainer
@@ -105,14 +109,19 @@ def train_shadow(recipe: Any, x: torch.Tensor, y: torch.Tensor, groups: torch.Te
     own_seed = recipe.seed + 1 + seed  # never the run's own seed, hence never its noise
     cfg = dataclasses.replace(recipe, seed=own_seed, defenses=shadow_specs(recipe.defenses),
                               epochs=epochs or recipe.epochs)
+    # the run's input shape and class count: the beats come flattened (attacks.shapes)
+    input_shape, n_classes = build_dataset(cfg.dataset).describe(cfg)
     torch.manual_seed(own_seed)
     try:
         defenses = build_defenses(cfg)
         for d in defenses:
+            d.provide_classes(n_classes)
             d.provide_patients(np.zeros(len(y), dtype=int) if groups is None
                                else groups.numpy())
-        models = build_run_models(cfg, resolve_topology(cfg, defenses), device)
-        trainer = SplitTrainer(models, x.to(device), y.to(device), lr=cfg.lr,
+        models = build_run_models(cfg, resolve_topology(cfg, defenses), device,
+                                  shape=(input_shape, n_classes))
+        trainer = SplitTrainer(models, x.reshape(len(x), *input_shape).to(device), y.to(device),
+                               lr=cfg.lr,
                                batch_size=cfg.batch_size, seed=own_seed, defenses=defenses)
         for epoch in range(1, cfg.epochs + 1):
             trainer.train_epochs(epoch)
@@ -121,7 +130,7 @@ def train_shadow(recipe: Any, x: torch.Tensor, y: torch.Tensor, groups: torch.Te
     except ValueError as exc:  # a defense refusing the shadow's plan or data
         raise AttackInputError(f"attack 'adaptive': the shadow run failed: {exc}") from None
     trainer.client.net.eval()
-    return trainer.client.net, defenses
+    return signal_client(trainer.client.net, input_shape), defenses
 
 
 def defended(defenses: list[Any]) -> Callable[[torch.Tensor], torch.Tensor]:
