@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import Ridge
+from test_run_kills import Killed, kill_in_epoch
 
 from attacks.match import release_map
 from attacks.runs import knowledge_for, load_run, query_client, run_defenses
@@ -133,10 +134,6 @@ def test_stacked_runs_equal_runs_trained_alone(beats, spec):
                 torch.testing.assert_close(w, v, atol=1e-5, rtol=0, msg=name)
 
 
-class Killed(BaseException):
-    """Stands in for a kill."""
-
-
 def _config(pool_dirs, spec, **kw):
     mitdb, cache = pool_dirs
     return TrainConfig(**(dict(protocol="paper-unique", epochs=3, train_subset=200,
@@ -154,14 +151,7 @@ def test_a_killed_and_resumed_run_equals_an_unkilled_one(pool_dirs, tmp_path, mo
     cfg = _config(pool_dirs, spec)
     whole = tmp_path / "whole"
     run_training(cfg, whole, progress=False)
-    real = SplitTrainer.train_epochs
-
-    def dies_in_3(self, epoch):
-        if epoch == 3:
-            raise Killed
-        return real(self, epoch)
-
-    monkeypatch.setattr(SplitTrainer, "train_epochs", dies_in_3)
+    real = kill_in_epoch(monkeypatch, 3)
     killed = tmp_path / "killed"
     with pytest.raises(Killed):
         run_training(cfg, killed, progress=False)

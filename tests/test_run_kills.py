@@ -16,6 +16,20 @@ class Killed(BaseException):
     """Stands in for a kill: nothing after it runs (BaseException, like KeyboardInterrupt)."""
 
 
+def kill_in_epoch(monkeypatch, epoch: int):
+    """Every in-process trainer dies (:class:`Killed`) when it begins training ``epoch``; returns
+    the real ``train_epochs``, to restore before resuming."""
+    real = SplitTrainer.train_epochs
+
+    def dies(self, e):
+        if e == epoch:
+            raise Killed
+        return real(self, e)
+
+    monkeypatch.setattr(SplitTrainer, "train_epochs", dies)
+    return real
+
+
 def config(pool_dirs, **kw) -> TrainConfig:
     mitdb, cache = pool_dirs
     base = dict(protocol="paper-unique", epochs=5, train_subset=300, test_subset=100,
@@ -30,14 +44,7 @@ def train_epochs(tr: Transcript) -> list[int]:
 def test_a_run_killed_in_epoch_3_keeps_epochs_1_and_2_of_its_transcript(pool_dirs, tmp_path,
                                                                        monkeypatch):
     cfg, out = config(pool_dirs), tmp_path / "run"
-    real = SplitTrainer.train_epochs
-
-    def dies_in_3(self, epoch):
-        if epoch == 3:
-            raise Killed
-        return real(self, epoch)
-
-    monkeypatch.setattr(SplitTrainer, "train_epochs", dies_in_3)
+    real = kill_in_epoch(monkeypatch, 3)
     with pytest.raises(Killed):
         run_training(cfg, out, progress=False)
     assert not (out / "result.json").exists()
