@@ -15,14 +15,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from test_run_kills import Killed, kill_in_epoch
 
 from splitpriv.cli import main
 from splitpriv.run import TrainConfig, run_training
-from splitpriv.trainer import SplitTrainer
-
-
-class Killed(BaseException):
-    """Stands in for a kill: nothing after it runs."""
 
 
 def base(pool_dirs, out: Path, *extra: str) -> list[str]:
@@ -35,17 +31,6 @@ def one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert err.startswith("splitpriv: error:") and "\n" not in err and "Traceback" not in err
     return err
-
-
-def kill_in_epoch(monkeypatch, epoch: int) -> None:
-    real = SplitTrainer.train_epochs
-
-    def dies(self, e):
-        if e == epoch:
-            raise Killed
-        return real(self, e)
-
-    monkeypatch.setattr(SplitTrainer, "train_epochs", dies)
 
 
 @pytest.mark.parametrize("spec", [
