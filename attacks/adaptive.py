@@ -96,12 +96,13 @@ def shadow_specs(specs: Sequence[DefenseSpec]) -> list[DefenseSpec]:
 
 
 def train_shadow(recipe: Any, x: torch.Tensor, y: torch.Tensor, groups: torch.Tensor | None, *,
-                 seed: int, epochs: int | None, device: torch.device
-                 ) -> tuple[nn.Module, list[Any]]:
+                 shape: tuple[tuple[int, ...], int], seed: int, epochs: int | None,
+                 device: torch.device) -> tuple[nn.Module, list[Any]]:
     """A split model trained with ``recipe`` (its defenses without their seeds, its epochs or
-    ``epochs``) on beats x (M, 1, L), labels y (M,) from a seed other than the run's; returns
-    the shadow client's network and its defenses (attached to it)."""
-    from splitpriv.datasets import build_dataset
+    ``epochs``) on inputs x (M, 1, D) (flattened, ``attacks.shapes``), labels y (M,) from a seed
+    other than the run's; ``shape``: the run's input shape (C, *spatial) and class count (the
+    attacker's ``Knowledge``). Returns the shadow client's network (taking flattened inputs) and
+    its defenses (attached to it)."""
     from splitpriv.defense import StopTraining
     from splitpriv.run import build_defenses, build_run_models, resolve_topology
     from splitpriv.trainer import SplitTrainer
@@ -109,8 +110,7 @@ def train_shadow(recipe: Any, x: torch.Tensor, y: torch.Tensor, groups: torch.Te
     own_seed = recipe.seed + 1 + seed  # never the run's own seed, hence never its noise
     cfg = dataclasses.replace(recipe, seed=own_seed, defenses=shadow_specs(recipe.defenses),
                               epochs=epochs or recipe.epochs)
-    # the run's input shape and class count: the beats come flattened (attacks.shapes)
-    input_shape, n_classes = build_dataset(cfg.dataset).describe(cfg)
+    input_shape, n_classes = shape
     torch.manual_seed(own_seed)
     try:
         defenses = build_defenses(cfg)
@@ -118,8 +118,7 @@ def train_shadow(recipe: Any, x: torch.Tensor, y: torch.Tensor, groups: torch.Te
             d.provide_classes(n_classes)
             d.provide_patients(np.zeros(len(y), dtype=int) if groups is None
                                else groups.numpy())
-        models = build_run_models(cfg, resolve_topology(cfg, defenses), device,
-                                  shape=(input_shape, n_classes))
+        models = build_run_models(cfg, resolve_topology(cfg, defenses), device, shape=shape)
         trainer = SplitTrainer(models, x.reshape(len(x), *input_shape).to(device), y.to(device),
                                lr=cfg.lr,
                                batch_size=cfg.batch_size, seed=own_seed, defenses=defenses)
@@ -190,8 +189,9 @@ class AdaptiveInversion(SimulatedInversion):
         aux = knowledge.aux
         assert aux is not None
         device = self.device
-        net, defenses = train_shadow(knowledge.recipe, x_pub, y_pub, aux.groups, seed=cfg.seed,
-                                     epochs=cfg.shadow_epochs, device=device)
+        net, defenses = train_shadow(knowledge.recipe, x_pub, y_pub, aux.groups,
+                                     shape=(knowledge.input_shape, knowledge.n_classes),
+                                     seed=cfg.seed, epochs=cfg.shadow_epochs, device=device)
         release = defended(defenses)
         dcfg = DecoderConfig(epochs=cfg.decoder_epochs, width=cfg.decoder_width, seed=cfg.seed,
                              device=cfg.device, holdout=cfg.holdout)

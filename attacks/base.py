@@ -121,6 +121,8 @@ class Knowledge:
             (``defense.I.NAME``); part of the client's weights, it goes with ``client_state``
             and ``defenses``.
         n_classes: the task's class count (public: every attacker knows it; MIT-BIH's 5).
+        input_shape: the shape (C, *spatial) of one input (public, as the class count;
+            MIT-BIH's (1, 128)); the attacks see inputs flattened (``attacks.shapes``).
     """
 
     aux: AuxData | None = None
@@ -133,6 +135,7 @@ class Knowledge:
     recipe: Any = None
     defense_states: Mapping[str, Any] | None = None
     n_classes: int = 5
+    input_shape: tuple[int, ...] = (1, 128)
 
     def restricted(self, uses: Sequence[str]) -> Knowledge:
         """A copy holding only the fields in ``uses`` (the rest are withheld).
@@ -152,7 +155,7 @@ class Knowledge:
             not_victims=self.aux.not_victims() if self.aux is not None else self.not_victims,
             defense_states=(self.defense_states if {"client_state", "defenses"} <= set(uses)
                             else None),
-            n_classes=self.n_classes,
+            n_classes=self.n_classes, input_shape=self.input_shape,
         )
 
     def client(self) -> torch.nn.Module:

@@ -276,12 +276,12 @@ def learned_states(run: RunData) -> dict[str, Any]:
     Raises:
         ValueError: the run's checkpoint.pt is missing or holds no state of one of them.
     """
-    from splitpriv.run import build_defenses
-    from splitpriv.run.plugins import stateful_plugins
     from splitpriv.run.rundir import CHECKPOINT
 
-    keys = [k for k, d in stateful_plugins(build_defenses(run.config), None, None).items()
-            if getattr(d, "learned", False)]
+    # the keys splitpriv.run.plugins.stateful_plugins gives them, from the classes alone
+    # (building the defenses would calibrate formal DP's noise again)
+    keys = [f"defense.{i}.{spec.cls.name}" for i, spec in enumerate(run.config.defenses)
+            if spec.cls.learned and spec.cls.stateful]
     if not keys:
         return {}
     path = run.path / CHECKPOINT
@@ -471,7 +471,7 @@ def knowledge_for(run: RunData, aux: AuxData | None) -> Knowledge:
     return Knowledge(
         aux=aux, depth=run.config.depth, client_state=run.weights["client"],
         defenses=tuple(run.config.defenses), defense_states=learned_states(run) or None,
-        n_classes=len(run.pool.classes),
+        n_classes=len(run.pool.classes), input_shape=run.input_shape,
         build_client=(run.client_net if run.config.model != "paper" else
                       functools.partial(ClientNet, run.config.depth, run.config.cut_channels)
                       if run.config.cut_channels is not None else None),

@@ -53,16 +53,16 @@ from attacks.simulator import (
 def server_model(knowledge: Knowledge) -> tuple[nn.Module, bool, int]:
     """The server's own network (its weights loaded, frozen), whether it is the U-shaped middle
     part (no head), and the classes."""
-    from splitpriv.defense import resolve_defense
     from splitpriv.run import build_run_models
 
     recipe, state = knowledge.recipe, knowledge.server_state
     if recipe is None or state is None:
         raise AttackInputError("attack 'sdar' needs the server's own model (its weights and the "
                                "run's config.json)")
-    needed = [cls.topology for cls, _ in map(resolve_defense, recipe.defenses) if cls.topology]
+    needed = [spec.cls.topology for spec in recipe.defenses if spec.cls.topology]
     ushape = (needed[0] if needed else recipe.topology) == "ushape"
-    models = build_run_models(recipe, "ushape" if ushape else "vanilla", torch.device("cpu"))
+    models = build_run_models(recipe, "ushape" if ushape else "vanilla", torch.device("cpu"),
+                              shape=(knowledge.input_shape, knowledge.n_classes))
     models.server.load_state_dict(state)
     models.server.eval().requires_grad_(False)
     last = [m for m in (models.head or models.server).modules() if isinstance(m, nn.Linear)][-1]

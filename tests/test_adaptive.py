@@ -58,8 +58,8 @@ def test_shadow_uses_the_recipe_and_its_own_randomness(nopeek_run):
     assert seedless == [DefenseSpec.parse("dp:mode=paper,epsilon=3")]
     run = nopeek_run
     x, y = run.x["train"][:200], run.y["train"][:200]
-    net, defenses = train_shadow(run.config, x, y, None, seed=0, epochs=1,
-                                 device=torch.device("cpu"))
+    net, defenses = train_shadow(run.config, x, y, None, shape=(run.input_shape, 5), seed=0,
+                                 epochs=1, device=torch.device("cpu"))
     assert [d.name for d in defenses] == ["nopeek"]
     # another client than the victims' (another seed, other data): its weights differ
     victim = run.weights["client"]
