@@ -128,17 +128,25 @@ def train_shadow(recipe: Any, x: torch.Tensor, y: torch.Tensor, groups: torch.Te
         pass
     except ValueError as exc:  # a defense refusing the shadow's plan or data
         raise AttackInputError(f"attack 'adaptive': the shadow run failed: {exc}") from None
-    trainer.client.net.eval()
-    return signal_client(trainer.client.net, input_shape), defenses
+    net = trainer.client.net
+    if hasattr(net, "to_standard_module"):  # DP-SGD's opacus wrapper: the plain network, which
+        net = net.to_standard_module()  # (unlike the wrapper) survives copying and refitting
+    net.eval()
+    return signal_client(net, input_shape), defenses
 
 
-def defended(defenses: list[Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+def defended(defenses: list[Any], batch_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """Activations -> the release as the client sends them in training (every defense's
-    ``transform_activations``, in order, its randomness the attacker's)."""
-    def release(a: torch.Tensor) -> torch.Tensor:
+    ``transform_activations``, in order, its randomness the attacker's), in the run's training
+    batches of ``batch_size`` (a defense scaled by its batch, paper-mode DP's range, or bounded
+    by it, DP-SGD's, sees batches as in training)."""
+    def one(a: torch.Tensor) -> torch.Tensor:
         for d in defenses:
             a = d.transform_activations(a, training=True)
         return a
+
+    def release(a: torch.Tensor) -> torch.Tensor:
+        return torch.cat([one(c) for c in a.split(batch_size)])
     return release
 
 
@@ -192,7 +200,7 @@ class AdaptiveInversion(SimulatedInversion):
         net, defenses = train_shadow(knowledge.recipe, x_pub, y_pub, aux.groups,
                                      shape=(knowledge.input_shape, knowledge.n_classes),
                                      seed=cfg.seed, epochs=cfg.shadow_epochs, device=device)
-        release = defended(defenses)
+        release = defended(defenses, knowledge.recipe.batch_size)
         dcfg = DecoderConfig(epochs=cfg.decoder_epochs, width=cfg.decoder_width, seed=cfg.seed,
                              device=cfg.device, holdout=cfg.holdout)
         fit, held = split_aux(len(x_pub), cfg.holdout, cfg.seed)

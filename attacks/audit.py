@@ -280,6 +280,8 @@ def game_bounds(game: dict[str, Any], claim: ReleaseClaim | None, releases: floa
         # every victim across patients; within a patient some have fewer, and m is rounded
         # down (a smaller m gives a smaller bound), the bound then marked approximate
         m = math.floor(1 / g["chance"] + 1e-9)
+        if m < 2:  # (almost) no victim had a candidate (small groups): no game to bound
+            continue
         low = epsilon_lower(g["accuracy"] * g["n"], int(g["n"]), m, delta=delta,
                             confidence=confidence)
         low["every_victim_has_k"] = m == k + 1

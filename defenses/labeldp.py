@@ -14,6 +14,12 @@ from splitpriv.data import PAPER_CLASS_DRAWS
 from splitpriv.defense import ClientView, Defense, PrivacyClaim
 from splitpriv.models import N_CLASSES
 
+#: where RR-with-prior's prior comes from (see :class:`LabelDP`)
+PRIOR_SOURCES = ("protocol", "uniform", "train")
+#: the claim's condition of a data-dependent prior
+PRIOR_CONDITION = {"train": "the prior is the training labels' class frequencies "
+                            "(data-dependent: those counts are outside the claim)"}
+
 #: the public prior: the class frequencies the protocol draws by design (the paper's per-class
 #: draw sizes, N L R A V), known before any label is seen (never the client's own labels)
 PUBLIC_PRIOR = PAPER_CLASS_DRAWS
@@ -75,15 +81,17 @@ class LabelDP(Defense):
 
     Each training beat's label is randomised once, when the defense attaches (seeded), and that
     noisy label is what crosses in every epoch: the server sees one epsilon-DP release per beat,
-    however many epochs it is sent (resending is post-processing). ``prior=true`` is
-    RR-with-prior (their Alg. 2) with a data-independent prior over the classes: ``protocol``
-    (the class frequencies the data protocol draws by design, :data:`PUBLIC_PRIOR`, public, an
-    estimate the attacker equally knows) or ``uniform``. Ghazi et al. take the prior from a
-    model trained on an earlier stage's noisy labels (multi-stage training); one stage with a
-    public prior is the simplest instance. A class-frequency prior concentrates the output on
-    the frequent classes, which keeps more labels right at small epsilon at the cost of the rare
-    ones (the protocol draws A beats at 0.4 times the others: at epsilon 1 the top-4 classes are
-    kept and A is never output).
+    however many epochs it is sent (resending is post-processing). ``prior=true`` is RR-with-
+    prior (their Alg. 2) with a prior over the classes: ``protocol`` (the class frequencies the
+    data protocol draws by design, :data:`PUBLIC_PRIOR`, public, an estimate the attacker
+    equally knows), ``uniform``, or ``train`` (the class frequencies of the client's own
+    training labels: a dataset without a public prior; data-dependent, and these counts, which
+    the run's dataset card also publishes, are outside the claim). Ghazi et al. take the prior
+    from a model trained on an earlier stage's noisy labels (multi-stage training); one stage
+    with a public prior is the simplest instance. A class-frequency prior concentrates the
+    output on the frequent classes, which keeps more labels right at small epsilon at the cost
+    of the rare ones (the protocol draws A beats at 0.4 times the others: at epsilon 1 the top-4
+    classes are kept and A is never output).
 
     Notes:
         The claim covers the labels only (privacy unit: one beat's label, replace-one
@@ -99,7 +107,8 @@ class LabelDP(Defense):
             epsilon: label-DP epsilon of each beat's one label release (> 0, finite).
             prior: RR-with-prior (top-k classes of the prior) instead of RR over all classes.
             prior_source: the prior of ``prior=true``: ``protocol`` (the class frequencies the
-                data protocol draws by design) or ``uniform``.
+                MIT-BIH protocol draws by design), ``uniform`` or ``train`` (the training
+                labels' class frequencies, outside the claim).
             seed: seed of the draws; None = torch's initial seed when attached (the run's seed).
         """
 
@@ -112,9 +121,9 @@ class LabelDP(Defense):
             if not (math.isfinite(self.epsilon) and self.epsilon > 0):
                 raise ValueError(f"defense 'labeldp': epsilon must be finite and > 0, "
                                  f"got {self.epsilon}")
-            if self.prior_source not in ("protocol", "uniform"):
-                raise ValueError(f"defense 'labeldp': prior_source must be protocol or uniform, "
-                                 f"got {self.prior_source!r}")
+            if self.prior_source not in PRIOR_SOURCES:
+                raise ValueError(f"defense 'labeldp': prior_source must be one of "
+                                 f"{PRIOR_SOURCES}, got {self.prior_source!r}")
 
     per_beat_claim = True
 
@@ -122,6 +131,7 @@ class LabelDP(Defense):
         self.config = config
         self._noisy: torch.Tensor | None = None
         self._kept: float | None = None
+        self._train_prior: np.ndarray | None = None
 
     def prior(self) -> np.ndarray | None:
         """The prior of RR-with-prior (None: plain RR)."""
@@ -129,6 +139,11 @@ class LabelDP(Defense):
             return None
         if self.config.prior_source == "uniform":
             return np.full(self.n_classes, 1.0 / self.n_classes)
+        if self.config.prior_source == "train":
+            if self._train_prior is None:
+                raise ValueError("defense 'labeldp': prior_source=train reads the training "
+                                 "labels: attach the defense first")
+            return self._train_prior
         p = np.asarray(PUBLIC_PRIOR, dtype=np.float64)
         if len(p) != self.n_classes:
             raise ValueError(f"defense 'labeldp': prior_source=protocol is MIT-BIH's prior over "
@@ -144,6 +159,9 @@ class LabelDP(Defense):
         seed = self.config.seed if self.config.seed is not None else torch.initial_seed()
         gen = torch.Generator().manual_seed(stream_seed(seed, "labeldp"))
         y = client.y.cpu()
+        if self.config.prior and self.config.prior_source == "train":
+            counts = np.bincount(y.numpy(), minlength=self.n_classes).astype(np.float64)
+            self._train_prior = counts / max(counts.sum(), 1.0)
         self._noisy = randomised_response(y, self.config.epsilon, prior=self.prior(),
                                           generator=gen, n_classes=self.n_classes
                                           ).to(client.y.device)
@@ -167,7 +185,8 @@ class LabelDP(Defense):
             epsilon=c.epsilon, delta=0.0, accountant="randomised response (pure epsilon-DP)",
             conditions=["labels only: the activations sent beside them are not covered",
                         "replace-one adjacency on one beat's label (Ghazi et al. 2021)"]
-            + (["the prior is data-independent (" + c.prior_source + ")"] if c.prior else []),
+            + ([PRIOR_CONDITION.get(c.prior_source, "the prior is data-independent ("
+                                    + c.prior_source + ")")] if c.prior else []),
             details={"prior": c.prior, "prior_source": c.prior_source if c.prior else None,
                      "output_classes": k, "keep_probability": keep_probability(c.epsilon, k),
                      "kept_fraction": self._kept},

@@ -10,13 +10,16 @@ from torch import nn
 
 from defenses.learned import LearnedDefense, check_positive, check_strength, functional
 from defenses.registry import register
-from splitpriv.defense import PrivacyClaim
+from splitpriv.defense import ClientView, PrivacyClaim
 
 
-def inversion_decoder(shape: tuple[int, ...], hidden: int = 256) -> nn.Module:
-    """The simulated attacker: activations (B, C, L) -> beats (B, 1, 128), an MLP."""
+def inversion_decoder(shape: tuple[int, ...], hidden: int = 256,
+                      input_shape: tuple[int, ...] = (1, 128)) -> nn.Module:
+    """The simulated attacker: activations (B, *shape) -> inputs (B, *input_shape) (beats
+    (B, 1, 128)), an MLP."""
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shape), hidden), nn.LeakyReLU(),
-                         nn.Linear(hidden, 128), nn.Unflatten(1, (1, 128)))
+                         nn.Linear(hidden, math.prod(input_shape)),
+                         nn.Unflatten(1, tuple(input_shape)))
 
 
 @register("ressfl")
@@ -39,7 +42,8 @@ class ResSFL(LearnedDefense):
     ``lam = 0`` and ``noise = 0`` train exactly as without the defense (no decoder is built).
 
     Shape:
-        beats x (B, 1, 128), activations a (B, C, L) -> G(a) (B, 1, 128); releases (B, C, L).
+        beats x (B, 1, 128) (any input (B, *input_shape)), activations a (B, C, L) -> G(a)
+        shaped as x; releases (B, C, L).
 
     Adaptive attacker: the spec rebuilds the recipe (a shadow client trained against its own
     simulated decoder); the decoder is the client's and never crosses; nothing of it shapes the
@@ -74,8 +78,15 @@ class ResSFL(LearnedDefense):
     def active(self) -> bool:
         return self.config.lam > 0
 
+    #: the client's input shape (C, *spatial), read from its inputs when attached
+    input_shape: tuple[int, ...] = (1, 128)
+
+    def attach(self, client: ClientView) -> None:
+        super().attach(client)
+        self.input_shape = tuple(client.x.shape[1:])
+
     def build(self, shape: tuple[int, ...]) -> nn.Module:
-        return inversion_decoder(shape, self.config.hidden)
+        return inversion_decoder(shape, self.config.hidden, self.input_shape)
 
     def transform_activations(self, a: torch.Tensor, *, training: bool) -> torch.Tensor:
         if self.config.noise == 0:

@@ -23,8 +23,14 @@ class NoiseDistribution(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(shape))
 
     def sample(self, unit: torch.Tensor) -> torch.Tensor:
-        """Noise (B, C, L) from unit Laplace noise ``unit`` (B, C, L)."""
-        return self.loc + self.scale * self.log_scale.exp() * unit
+        """Noise (B, C, L) from unit Laplace noise ``unit`` (B, C, L) (a cut the attacks see
+        flattened, (B, C, H * W) of (B, C, H, W), gets the same elements' noise)."""
+        shape = unit.shape[1:]
+        return self.loc.reshape(shape) + self.scale * self.log_scale.exp().reshape(shape) * unit
+
+    def offset(self, a: torch.Tensor) -> torch.Tensor:
+        """The learned location, shaped as one release of ``a`` (B, ...)."""
+        return self.loc.reshape(a.shape[1:])
 
 
 @register("shredder")
@@ -97,7 +103,7 @@ class Shredder(LearnedDefense):
         return a + noise
 
     def release_map(self, a: torch.Tensor) -> torch.Tensor:
-        return a + self.module_for(a).loc if self.active() else a
+        return a + self.module_for(a).offset(a) if self.active() else a
 
     def client_loss(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor | None:
         magnitude = self.take()

@@ -38,6 +38,7 @@ from studies.common import (
     aggregate,
     apply_style,
     cli,
+    data_text,
     markdown_table,
     read_csv,
     write_csv,
@@ -146,7 +147,7 @@ def summary(studies: dict[str, list[dict[str, Any]]], victims: int) -> str:
                 f"{s['test_canary_epsilon_lower_k10']} "
                 f"({s['test_canary_epsilon_lower_gdp_k10']}) / {s['test_claimed_epsilon']}",
                 f"{s['dfil_mse_bound']} / {s['dfil_measured_mse']}", s["audit_violation"]])
-        parts.append(f"## {name}\n\n" + markdown_table(HEADER, table) + "\n")
+        parts.append(f"## {name} ({data_text(rows)})\n\n" + markdown_table(HEADER, table) + "\n")
     return "\n".join(parts)
 
 

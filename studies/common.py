@@ -37,7 +37,7 @@ from attacks.base import AttackBudget, AttackInputError
 from splitpriv.defense import PrivacyClaim
 from splitpriv.executor import Executor, TaskFailed
 from splitpriv.io import atomic_path, read_json, write_text
-from splitpriv.options import format_value, parse_dataclass_args
+from splitpriv.options import format_spec, format_value, parse_dataclass_args, parse_spec
 from splitpriv.run import TrainConfig, run_training
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -107,10 +107,11 @@ class StudyArgs:
     """data protocol (paper-unique: no train/test copies, validation-selected test accuracy)"""
     dataset: str = "mitdb"
     """the data, NAME[:key=value,...] (splitpriv.datasets: mitdb, mitdb:leads=2, digits,
-    arrays:path=FILE)"""
+    arrays:path=FILE); --protocol applies to mitdb only"""
     model: str = "paper"
     """the split network, NAME[:key=value,...] or MODULE:FUNCTION (splitpriv.architectures:
-    paper, cnn1d, cnn2d)"""
+    paper, cnn1d, cnn2d); a setting of the paper model's depth uses the model's own depth
+    option, one it has no option for is dropped (the summary says which)"""
     train_subset: int | None = None
     """use only the first N training beats (None: all)"""
     test_subset: int | None = None
@@ -138,9 +139,15 @@ class StudyArgs:
     test_balanced_accuracy (all at the validation-selected epoch)"""
 
     def __post_init__(self) -> None:
+        self.dropped: dict[str, str] = {}
+        """settings a plan dropped (name -> why): see :meth:`architecture`"""
         if self.seeds < 1:  # no run would be planned: an empty results.csv, or an IndexError
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         check_study_numbers(self)
+        default = {f.name: f.default for f in dataclasses.fields(self)}["protocol"]
+        if not self.on_mitdb and self.protocol != default:
+            raise ValueError(f"--protocol applies to --dataset mitdb only; {self.dataset!r} "
+                             f"splits itself (its options in --dataset), got {self.protocol!r}")
         if self.utility not in UTILITIES:
             raise ValueError(f"utility must be one of {sorted(UTILITIES)}, got {self.utility!r}")
 
@@ -152,15 +159,83 @@ class StudyArgs:
     def seed_list(self) -> list[int]:
         return list(range(self.seed, self.seed + self.seeds))
 
+    @property
+    def on_mitdb(self) -> bool:
+        """Whether the study runs on MIT-BIH (``--protocol`` applies; other datasets split
+        themselves, their options in ``--dataset``)."""
+        return dataset_name(self.dataset) == "mitdb"
+
     def train_config(self, **kw: Any) -> TrainConfig:
         """A TrainConfig with the study's common fields: the labels that crossed in the last
         epoch and the release log (every training release, ``record_releases=windows``) are
-        recorded, what the server holds for the attacks (a study asks for more itself)."""
+        recorded, what the server holds for the attacks (a study asks for more itself). The
+        protocol is passed on MIT-BIH only."""
         base = dict(protocol=self.protocol, epochs=self.epochs, train_subset=self.train_subset,
                     test_subset=self.test_subset, record_epochs="last", record_kinds="labels",
                     device=self.device, mitdb_dir=self.mitdb_dir, cache_dir=self.cache_dir,
                     dataset=self.dataset, model=self.model)
+        if not self.on_mitdb:
+            base.pop("protocol")
         return TrainConfig(**(base | kw))
+
+    def architecture(self, setting: str, **options: Any) -> dict[str, Any] | None:
+        """The TrainConfig fields that give setting ``setting`` the paper model's ``depth`` or
+        ``cut_channels`` (None values: not set) on the study's ``--model``: the paper's run
+        fields, else the model's own option of that name (``cnn1d:depth=4``); None where the
+        model has no such option: the setting is dropped, and why is recorded in
+        :attr:`dropped` for the summary and the captions (:func:`dropped_text`)."""
+        options = {k: v for k, v in options.items() if v is not None}
+        if self.model == "paper":
+            return options
+        cls, config = model_config(self.model)
+        names = {f.name for f in dataclasses.fields(config)} if config is not None else set()
+        paper = TrainConfig()  # the paper model's defaults mean "the model as given" elsewhere
+        missing = sorted(k for k, v in options.items()
+                         if k not in names and v != getattr(paper, k))
+        if missing:
+            what = "a user function" if cls is None else f"model {self.model!r}"
+            self.dropped[setting] = (f"{', '.join(missing)} is the paper model's option and "
+                                     f"{what} has no option of that name")
+            return None
+        name, given = parse_spec(self.model, "model")
+        given |= {k: format_value(v) for k, v in options.items()
+                  if k in names and (k in given or v != getattr(config, k))}  # defaults implicit
+        return {"model": format_spec(name, given)}
+
+
+def dataset_name(spec: str) -> str:
+    """The registry name of a ``--dataset`` spec (``mitdb:leads=2`` -> ``mitdb``)."""
+    return spec.partition(":")[0]
+
+
+def model_config(spec: str) -> tuple[type | None, Any]:
+    """A ``--model`` spec's registered class and typed config; (None, None) for a user's
+    ``MODULE:FUNCTION`` (its options are its own)."""
+    from splitpriv.architectures import MODELS, user_function
+
+    if user_function(spec):
+        return None, None
+    return MODELS.resolve(spec)
+
+
+def client_depth(config: TrainConfig) -> int | None:
+    """The client's conv layers: the paper model's ``depth``, else the model's own ``depth``
+    option (None for a model without one)."""
+    if config.model == "paper":
+        return config.depth
+    _, options = model_config(config.model)
+    return getattr(options, "depth", None)
+
+
+def dropped_text(dropped: Mapping[str, str]) -> str:
+    """One sentence naming the settings a plan dropped for the model and why ('' for none)."""
+    if not dropped:
+        return ""
+    why: dict[str, list[str]] = {}
+    for name, reason in dropped.items():
+        why.setdefault(reason, []).append(name)
+    return "Settings dropped: " + "; ".join(
+        f"{', '.join(names)} ({reason})" for reason, names in why.items()) + "."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,9 +314,42 @@ def budget_text(rows: Sequence[Mapping[str, Any]], quick: bool = False) -> str:
         return " or ".join("all" if v in ("none", "nan") else v for v in seen)
 
     tag = " (QUICK smoke budget)" if quick else ""
-    return (f"{values('protocol')}, {values('epochs')} epochs, train subset "
+    return (f"{data_text(rows)}, {values('epochs')} epochs, train subset "
             f"{values('train_subset')}, test subset {values('test_subset')}, {len(rows)} runs, "
             f"{seeds_text(rows)}{tag}")
+
+
+def data_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The dataset (with its protocol on MIT-BIH) and the model of the rows' runs, read from
+    their config.json (runs written before the fields existed: MIT-BIH, the paper's model)."""
+    def data(row: Mapping[str, Any]) -> str:
+        dataset = _run_value(row, "dataset") or "mitdb"
+        protocol = f" {_run_value(row, 'protocol')}" if dataset_name(dataset) == "mitdb" else ""
+        return dataset + protocol
+
+    def model(row: Mapping[str, Any]) -> str:
+        """The model spec without its depth (the settings' depth is a column of its own)."""
+        spec = _run_value(row, "model") or "paper"
+        if model_config(spec)[0] is None:
+            return spec
+        name, options = parse_spec(spec, "model")
+        options.pop("depth", None)
+        return format_spec(name, options)
+
+    return (f"data {' or '.join(dict.fromkeys(map(data, rows)))}, "
+            f"model {' or '.join(dict.fromkeys(map(model, rows)))}")
+
+
+def rows_on_mitdb(rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether every run of the rows trained on MIT-BIH (runs before ``dataset`` existed did)."""
+    return all(dataset_name(_run_value(r, "dataset") or "mitdb") == "mitdb" for r in rows)
+
+
+def paper_setup(rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether every run of the rows is MIT-BIH on the paper's model: where the published
+    numbers (``splitpriv.published``) compare."""
+    return rows_on_mitdb(rows) and all((_run_value(r, "model") or "paper") == "paper"
+                                       for r in rows)
 
 
 def _num(v: Any) -> Any:
@@ -477,7 +585,7 @@ def run_task(task: RunTask) -> dict[str, Any]:
                             threads=task.threads)
     return {
         "study": task.study, **p.labels, "seed": p.config.seed, "protocol": p.config.protocol,
-        "depth": p.config.depth, "topology": result["topology"], "epochs": p.config.epochs,
+        "depth": client_depth(p.config), "topology": result["topology"], "epochs": p.config.epochs,
         "defenses": "+".join(map(str, p.config.defenses)) or "none",
         "test_accuracy": result["test_accuracy"],
         # per-class measures at the selected epoch (NaN for runs written before they existed)
@@ -1031,9 +1139,11 @@ def run_study(
     budget = budget_text(rows, args.quick)
     from studies.audit import audit_table
 
-    md = summarize(rows, budget) + audit_table(rows)
+    dropped = dropped_text(args.dropped)
+    md = summarize(rows, budget) + (f"\n{dropped}\n" if dropped else "") + audit_table(rows)
     write_text(out / "summary.md", md)
-    draw(rows, FigureSet(out / "figures", utility=args.utility), f"Budget: {budget}.")
+    draw(rows, FigureSet(out / "figures", utility=args.utility),
+         f"Budget: {budget}." + (f" {dropped}" if dropped else ""))
     print_table(md)
     print(f"wrote {out / 'results.csv'}, {out / 'summary.md'} and {out / 'figures'}/")
     return rows

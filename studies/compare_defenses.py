@@ -115,9 +115,11 @@ class Setting:
     epsilon: float | None = None
     depth: int | None = None
 
-    def fields(self) -> dict[str, Any]:
-        """The TrainConfig fields of this setting."""
-        return {"defenses": self.defenses, **({} if self.depth is None else {"depth": self.depth})}
+    def fields(self, args: StudyArgs) -> dict[str, Any] | None:
+        """The TrainConfig fields of this setting on the study's model (None: the model has no
+        depth option, the setting is dropped)."""
+        model = args.architecture(self.name, depth=self.depth)
+        return None if model is None else {"defenses": self.defenses, **model}
 
 
 def settings(args: Args) -> list[Setting]:
@@ -164,10 +166,12 @@ def plan(args: Args) -> list[Planned]:
     runs = []
     for seed in args.seed_list():
         for s in settings(args):
-            ushape = "ushape" in s.defenses
+            ushape, fields = "ushape" in s.defenses, s.fields(args)
+            if fields is None:
+                continue
             config = args.train_config(
                 seed=seed, record_epochs="last",
-                record_kinds="output_grad" if ushape else "labels", **s.fields(),
+                record_kinds="output_grad" if ushape else "labels", **fields,
             )
             labels = LABELS_USHAPE if ushape else LABELS_CLEAR
             runs.append(Planned(f"{s.name}-s{seed}", config,

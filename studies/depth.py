@@ -45,6 +45,7 @@ from studies.common import (
     cli,
     interval_sentence,
     markdown_table,
+    paper_setup,
     parse_args,
     reid_cells,
     run_study,
@@ -66,19 +67,27 @@ class Args(StudyArgs):
 
 
 def plan(args: Args) -> list[Planned]:
-    return [Planned(f"depth{d}-s{seed}", args.train_config(seed=seed, depth=d), {},
+    models = {d: args.architecture(f"depth{d}", depth=d) for d in args.depths}
+    return [Planned(f"depth{d}-s{seed}", args.train_config(seed=seed, **model), {},
                     attacks=ATTACKS)
-            for seed in args.seed_list() for d in args.depths]
+            for seed in args.seed_list() for d, model in models.items() if model is not None]
+
+
+def published(rows: list[dict]) -> tuple[dict, dict]:
+    """The paper's accuracy and leakage by depth, beside runs on MIT-BIH with its model only
+    (other data or models: nothing to compare with)."""
+    return (ACCURACY_BY_DEPTH, LEAKAGE_BY_DEPTH) if paper_setup(rows) else ({}, {})
 
 
 def summary_markdown(rows: list[dict], title: str) -> str:
+    accuracy_by_depth, leakage_by_depth = published(rows)
     body = []
     for s in sorted(aggregate(rows, ["depth"], METRICS, ATTACK_TEXTS),
                     key=lambda s: s["depth"]):
         d = int(s["depth"])
-        p = LEAKAGE_BY_DEPTH.get(d)
+        p = leakage_by_depth.get(d)
         body.append([d, s["n"], s["test_accuracy"], s["test_macro_f1"], s["best_test_accuracy"],
-                     ACCURACY_BY_DEPTH.get(d, "-"), f"{s['dcor_max']} / {s['dcor_min']}",
+                     accuracy_by_depth.get(d, "-"), f"{s['dcor_max']} / {s['dcor_min']}",
                      f"{p['dcor_max']} / {p['dcor_min']}" if p else "-",
                      f"{s['dcor_batch']} / {s['dcor_batch_unbiased']}",
                      f"{s['dtw_min']} / {s['dtw_max']}",
@@ -99,9 +108,10 @@ def summary_markdown(rows: list[dict], title: str) -> str:
         "attack (inversions and activation-space matching, chosen on the attacker's held-out "
         "beats; every release the server holds), across patients and within patient (0 = "
         "chance, what the priors score); the strongest inversion's own linkage, its median r "
-        "with the mean-beat and class-mean priors' in brackets. Paper: "
-        "Abuadbba et al. 2020, 10 runs, 400 epochs, paper protocol, leakage at epoch 100. "
-        + IDENTITY_TEXT, ""])
+        "with the mean-beat and class-mean priors' in brackets. "
+        + ("Paper: Abuadbba et al. 2020, 10 runs, 400 epochs, paper protocol, leakage at epoch "
+           "100. " if accuracy_by_depth else "Paper columns: only for MIT-BIH on the paper's "
+           "model. ") + IDENTITY_TEXT, ""])
 
 
 def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
@@ -109,7 +119,8 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
     ss = sorted(aggregate(rows, ["depth"], METRICS), key=lambda s: s["depth"])
     depths = [int(s["depth"]) for s in ss]
     fig, axes = plt.subplots(1, 4, figsize=(11, 3.6), layout="constrained")
-    panels = [(("test_accuracy", "best_test_accuracy"), "test accuracy (%)", ACCURACY_BY_DEPTH),
+    accuracy_by_depth, leakage_by_depth = published(rows)
+    panels = [(("test_accuracy", "best_test_accuracy"), "test accuracy (%)", accuracy_by_depth),
               (("dcor_max", "dcor_min"), "dCor, paper def. (unitless)", None),
               (("dtw_min", "dtw_max"), "DTW distance (normalised amplitude)", None),
               (("privacy_k10_advantage", "privacy_k100_advantage"),
@@ -124,9 +135,9 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
             ax.errorbar(depths, [s[key].mean for s in ss], yerr=[s[key].sd for s in ss],
                         marker="os"[i], color=OKABE_ITO[i], capsize=2,
                         linestyle="-" if i == 0 else "--", label=names[key])
-            if paper is None and key in LEAKAGE_BY_DEPTH.get(2, {}):
-                pd = [d for d in depths if d in LEAKAGE_BY_DEPTH]
-                ax.plot(pd, [LEAKAGE_BY_DEPTH[d][key] for d in pd], "x", color=OKABE_ITO[i],
+            if paper is None and key in leakage_by_depth.get(2, {}):
+                pd = [d for d in depths if d in leakage_by_depth]
+                ax.plot(pd, [leakage_by_depth[d][key] for d in pd], "x", color=OKABE_ITO[i],
                         markersize=7, label=f"{names[key]}, Abuadbba et al. 2020")
         if paper:
             pd = [d for d in depths if d in paper]
@@ -151,7 +162,8 @@ def draw_figures(rows: list[dict], figs: FigureSet, note: str = "") -> None:
               "more similar) of the cut activations, and the re-identification advantage of the "
               "strongest attack (right; the larger of across and within patient, among 10 and "
               "100 beats of the victim's class, 0 = chance, 1 = every victim picked out). "
-              + interval_sentence(rows) + " Crosses: Abuadbba et al. 2020." + chance_text + " "
+              + interval_sentence(rows)
+              + (" Crosses: Abuadbba et al. 2020." if accuracy_by_depth else "") + chance_text + " "
               + note)
     figs.write_captions()
 

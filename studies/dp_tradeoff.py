@@ -80,6 +80,7 @@ from studies.common import (
     interval_sentence,
     markdown_table,
     measured_lines,
+    paper_setup,
     parse_args,
     parse_epsilon,
     plot_tradeoff,
@@ -178,10 +179,12 @@ def plan(args: Args) -> list[Planned]:
     """The runs: the undefended baseline, paper mode at ``paper_epsilons`` and the formal grid,
     for both cuts, for every seed."""
     runs = []
+    model = {design: args.architecture(f"the {design} design", depth=args.depth,
+                                       cut_channels=args.cut_channels if design == "bottleneck"
+                                       else None) for design in DESIGNS}
     for seed in args.seeds_of_grid():
-        def config(specs: list[str], cut: int | None = None, seed: int = seed) -> TrainConfig:
-            return args.train_config(seed=seed, depth=args.depth, defenses=specs,
-                                     cut_channels=cut)
+        def config(specs: list[str], design: str = "512", seed: int = seed) -> TrainConfig:
+            return args.train_config(seed=seed, defenses=specs, **model[design] or {})
 
         none = {"mode": "none", "design": "512", "releases": None, "epsilon": None}
         if None in args.paper_epsilons or None in args.formal_epsilons:
@@ -190,14 +193,13 @@ def plan(args: Args) -> list[Planned]:
             spec = format_spec("dp", {"mode": "paper", "epsilon": eps})
             runs.append(Planned(f"paper-eps{eps:g}-s{seed}", config([spec]),
                                 {**none, "mode": "paper", "epsilon": eps}, attacks=ATTACKS))
-        for design in [d for d in DESIGNS if d in args.designs]:
-            cut = args.cut_channels if design == "bottleneck" else None
+        for design in [d for d in DESIGNS if d in args.designs and model[d] is not None]:
             for eps, releases in formal_grid(args):
                 name = f"formal-{design}-r{releases}-eps{eps:g}-s{seed}"
                 labels = {"mode": "formal", "design": design, "releases": releases,
                           "epsilon": eps}
-                runs.append(Planned(name, config([formal_spec(args, design, eps, releases)], cut),
-                                    labels, attacks=ATTACKS))
+                spec = formal_spec(args, design, eps, releases)
+                runs.append(Planned(name, config([spec], design), labels, attacks=ATTACKS))
     return runs
 
 
@@ -285,12 +287,13 @@ def summary_markdown(rows: list[dict], title: str) -> str:
               "## Paper mode and no defense (the references; paper mode: Laplace, sensitivity = "
               "the batch's range, no formal guarantee)", "",
               "Paper column: Abuadbba et al. 2020's best test accuracy (paper protocol, 400 "
-              "epochs).", ""]
+              "epochs)" + ("." if paper_setup(rows) else "; only beside MIT-BIH on the paper's "
+                           "model."), ""]
     header = ["setting", "n", "test acc (val-selected, %)", "paper's best acc",
               *REID_HEADER, "dCor batch (unbiased)"]
     body = []
     for name, s in references(rows).items():
-        p = LAPLACE_DP.get(parse_epsilon(s["epsilon"]))
+        p = LAPLACE_DP.get(parse_epsilon(s["epsilon"])) if paper_setup(rows) else None
         body.append([name, s["n"], s["test_accuracy"], p["acc"] if p else "-", *reid_cells(s),
                      s["dcor_batch_unbiased"]])
     lines += [markdown_table(header, body), "", *reaching(rows), "",

@@ -42,6 +42,7 @@ from studies.common import (
     aggregate,
     apply_style,
     attack_column_names,
+    chance_accuracy,
     cli,
     group,
     interval_sentence,
@@ -50,6 +51,7 @@ from studies.common import (
     markdown_table,
     parse_args,
     plot_tradeoff,
+    rows_on_mitdb,
     run_study,
 )
 
@@ -69,7 +71,8 @@ class Args(StudyArgs):
     labeldp_epsilons: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
     """labeldp (randomised response): label epsilons"""
     prior_epsilons: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
-    """labeldp prior=true (RR-with-prior, the protocol's class frequencies): label epsilons"""
+    """labeldp prior=true (RR-with-prior, the protocol's class frequencies; on a dataset other
+    than mitdb the training labels'): label epsilons"""
     maxnorm_scales: list[float] = field(default_factory=lambda: [1.0])
     """maxnorm: noise scales (1: Li et al.'s)"""
     marvell_bounds: list[float] = field(default_factory=lambda: [0.9, 0.75, 0.6])
@@ -91,11 +94,14 @@ class Setting:
 
 
 def settings(args: Args) -> list[Setting]:
+    # RR-with-prior's prior: the MIT-BIH protocol's public class frequencies (the defense's
+    # default), elsewhere the training labels' class frequencies (defenses/labeldp.py)
+    prior_source = {} if args.on_mitdb else {"prior_source": "train"}
     out = [Setting("none", "vanilla (labels in the clear)", None, [])]
     out += [Setting(f"labeldp-e{e:g}", "labeldp (RR)", e,
                     [format_spec("labeldp", {"epsilon": e})]) for e in args.labeldp_epsilons]
     out += [Setting(f"labeldp-prior-e{e:g}", "labeldp (RR-with-prior)", e,
-                    [format_spec("labeldp", {"epsilon": e, "prior": True})])
+                    [format_spec("labeldp", {"epsilon": e, "prior": True} | prior_source)])
             for e in args.prior_epsilons]
     out += [Setting("ushape", "U-shape", None, ["ushape"])]
     out += [Setting(f"maxnorm-s{s:g}", "maxnorm", s, [format_spec("maxnorm", {"scale": s})])
@@ -143,6 +149,15 @@ def strongest_intervals(rows: list[dict]) -> dict[str, str]:
     return out
 
 
+def prior_text(rows: list[dict]) -> str:
+    """What guessing without the transcript scores: MIT-BIH's measured figures, elsewhere the
+    test set's majority class (computed from the rows)."""
+    if rows_on_mitdb(rows):
+        return ("guessing the majority class scores about 24% on this protocol (near-balanced "
+                "classes), guessing at the class frequencies about 21%")
+    return f"guessing the majority class scores {chance_accuracy(rows):.1f}% of the test set"
+
+
 def summary_markdown(rows: list[dict], title: str) -> str:
     agg = aggregate(rows, ["setting", "family", "strength"], METRICS)
     chosen, cis = chosen_attacks(rows), strongest_intervals(rows)
@@ -158,8 +173,7 @@ def summary_markdown(rows: list[dict], title: str) -> str:
         f"{interval_sentence(rows)} ({prior} runs.) Strength: labeldp's epsilon (one label release "
         "per beat), maxnorm's noise scale, marvell's one-vs-rest AUC bound. The strongest label "
         "attack is chosen per run by its accuracy on the attacker's held-out aux rows, never by "
-        "the victims'. The prior: guessing the majority class scores about 24% on this "
-        "protocol (near-balanced classes), guessing at the class frequencies about 21%, any "
+        f"the victims'. The prior: {prior_text(rows)}, any "
         "guess ignoring the transcript AUC 0.5 (each run's JSON has its own). Intervals: "
         "Wilson for accuracy, Hanley-McNeil per class for the AUC (their mean: conservative).",
         ""])

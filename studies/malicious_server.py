@@ -92,8 +92,8 @@ class Args(StudyArgs):
     """epsilon of paper DP, formal DP and DP-SGD (a usable one)"""
 
 
-def setting_fields(name: str, args: Args) -> dict[str, Any]:
-    """The TrainConfig fields of a defense setting."""
+def setting_fields(name: str, args: Args) -> dict[str, Any] | None:
+    """The TrainConfig fields of a defense setting (None: dropped, the model has no depth)."""
     specs = {
         "none": [], "depth8": [], "ushape": ["ushape"],
         "dp-paper": [format_spec("dp", {"mode": "paper", "epsilon": args.epsilon})],
@@ -106,7 +106,8 @@ def setting_fields(name: str, args: Args) -> dict[str, Any]:
     }
     if name not in specs:
         raise ValueError(f"unknown setting {name!r}; known: {sorted(specs)}")
-    return {"defenses": specs[name], **({"depth": 8} if name == "depth8" else {})}
+    model = args.architecture(name, depth=8 if name == "depth8" else None)
+    return None if model is None else {"defenses": specs[name], **model}
 
 
 def detector_specs(seed: int) -> list[str]:
@@ -119,9 +120,11 @@ def plan(args: Args) -> list[Planned]:
     out = []
     for seed in args.seed_list():
         for s in args.settings:
-            out.append(Planned(f"fsha-{s}-s{seed}", args.train_config(
-                seed=seed, server=args.fsha, **setting_fields(s, args)),
-                {"setting": s, "server": "fsha", "detector": "none"}, attacks=ATTACKS))
+            fields = setting_fields(s, args)
+            if fields is not None:
+                out.append(Planned(f"fsha-{s}-s{seed}", args.train_config(
+                    seed=seed, server=args.fsha, **fields),
+                    {"setting": s, "server": "fsha", "detector": "none"}, attacks=ATTACKS))
         for server, spec in (("honest", "honest"), ("fsha", args.fsha)):
             out.append(Planned(f"detect-{server}-s{seed}", args.train_config(
                 seed=seed, server=spec, defenses=detector_specs(seed)),

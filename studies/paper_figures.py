@@ -81,6 +81,31 @@ def time_axis(n: int) -> np.ndarray:
     return np.linspace(-BEAT_MS / 2, BEAT_MS / 2, n)
 
 
+def is_beat(run) -> bool:
+    """Whether the run's inputs are one-lead MIT-BIH beats (the paper's figures as they were);
+    other inputs get the same figures drawn for their shape (leads, images)."""
+    return tuple(run.input_shape) == (1, 128) and run.config.dataset == "mitdb"
+
+
+def class_names(run) -> list[str]:
+    classes = [str(c) for c in run.pool.classes]
+    return CLASSES if run.config.dataset.partition(":")[0] == "mitdb" and len(classes) == 5 \
+        else classes
+
+
+def draw_sample(ax: plt.Axes, flat: np.ndarray, input_shape: tuple[int, ...], **style) -> None:
+    """One input (flattened, as the attacks see it) in its shape: an image's first plane
+    (grey scale), or each lead of a signal over time (leads stacked 1.2 apart)."""
+    x = np.asarray(flat).reshape(input_shape)
+    if len(input_shape) == 3:
+        ax.imshow(x[0], cmap="gray_r", vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
+    for lead, signal in enumerate(x):
+        ax.plot(time_axis(len(signal)), signal - 1.2 * lead, **style)
+
+
 def baseline_run(rows: list[dict]) -> Path | None:
     """The undefended run of the first seed, if the results hold one."""
     for r in rows:
@@ -104,6 +129,8 @@ def load(run_dir: Path):
 
 def beat_classes(run_dir: Path, figs: FigureSet) -> None:
     run = load(run_dir)
+    if not is_beat(run):
+        return sample_classes(run, run_dir, figs)
     x = run.x["train"].reshape(len(run.x["train"]), -1).numpy()  # (N, 128)
     y = run.y["train"].numpy()
     t = time_axis(x.shape[1])
@@ -126,6 +153,22 @@ def beat_classes(run_dir: Path, figs: FigureSet) -> None:
               f"beats of {run_dir.name}.")
 
 
+def sample_classes(run, run_dir: Path, figs: FigureSet) -> None:
+    """``beat_classes`` for other inputs: each class's mean training input in its shape."""
+    x, y = run.x["train"].numpy(), run.y["train"].numpy()
+    names = class_names(run)
+    fig, axes = plt.subplots(1, len(names), figsize=(0.9 * len(names) + 1, 1.8), sharey=True,
+                             squeeze=False, layout="constrained")
+    for c, ax in enumerate(axes[0]):
+        xc = x[y == c]
+        if len(xc):
+            draw_sample(ax, xc.mean(0), run.input_shape, color="black", linewidth=1)
+        ax.set_title(f"{names[c]}\n(n = {len(xc)})", fontsize=7)
+    figs.save(fig, "beat_classes",
+              f"The {len(names)} classes of {run.config.dataset} (inputs {run.input_shape}) as "
+              f"the split model sees them: each class's mean training input, {run_dir.name}.")
+
+
 def visual_invertibility(run_dir: Path, figs: FigureSet, noisy_dir: Path | None) -> None:
     from attacks.runs import query_client
 
@@ -140,20 +183,26 @@ def visual_invertibility(run_dir: Path, figs: FigureSet, noisy_dir: Path | None)
         x = batch[:1]  # (1, 1, 128)
         gs = sf.add_gridspec(4, 6)
         ax = sf.add_subplot(gs[:, :2])
-        ax.plot(time_axis(128), x.numpy().ravel(), color="black")
-        ax.set_title(f"raw beat (class {CLASSES[int(run.y['train'][0])][0]})")
-        ax.set_xlabel("time from R-peak (ms)")
-        ax.set_ylabel("amplitude (normalised)")
-        for ch in range(acts.shape[0]):
+        draw_sample(ax, x.numpy(), run.input_shape, color="black")
+        ax.set_title(f"raw input (class {class_names(run)[int(run.y['train'][0])][0]})")
+        if len(run.input_shape) == 2:
+            ax.set_xlabel("time from R-peak (ms)")
+            ax.set_ylabel("amplitude (normalised)")
+        for ch in range(min(acts.shape[0], 16)):
             a = sf.add_subplot(gs[ch // 4, 2 + ch % 4])
-            a.plot(time_axis(acts.shape[1]), acts[ch], color=OKABE_ITO[0], linewidth=0.9)
+            side = int(round(acts.shape[1] ** 0.5))
+            if len(run.input_shape) == 3 and side * side == acts.shape[1]:  # an image's cut
+                a.imshow(acts[ch].reshape(side, side), cmap="viridis")
+            else:
+                a.plot(time_axis(acts.shape[1]), acts[ch], color=OKABE_ITO[0], linewidth=0.9)
             a.set_xticks([])
             a.set_yticks([])
             a.text(0.02, 0.85, f"ch {ch}", transform=a.transAxes, fontsize=6)
-        sf.suptitle(f"{what}: {d.name}, its 16 activation channels (32 samples each)",
-                    fontsize=8)
+        sf.suptitle(f"{what}: {d.name}, its {acts.shape[0]} activation channels "
+                    f"({acts.shape[1]} values each)", fontsize=8)
     figs.save(fig, "visual_invertibility",
-              "Visual invertibility: a raw training beat (left) beside the 16 activation "
+              f"Visual invertibility ({run.config.dataset}, model {run.config.model}): a raw "
+              "training input (left) beside the first 16 activation "
               "channels the client sends for it (right; same time span, each channel on its own "
               "scale), computed from the saved weights of the undefended run"
               + (" and, below, of a paper-mode DP run (noise included)" if noisy_dir else "")
@@ -163,14 +212,15 @@ def visual_invertibility(run_dir: Path, figs: FigureSet, noisy_dir: Path | None)
 def per_channel_leakage(run_dir: Path, figs: FigureSet) -> bool:
     paths = [run_dir / "attacks" / f"{n}.json" for n in ("dcor", "dtw")]
     if not all(p.exists() for p in paths):
-        return False
+        return False  # DTW compares 1D signals only: not drawn for images or several leads
+    paper = is_beat(load(run_dir)) and load(run_dir).config.model == "paper"
     dc, dt = (read_json(p)["summary"] for p in paths)
     fig, axes = plt.subplots(1, 2, figsize=(7.0, 2.6), layout="constrained")
     for ax, s, what, ylabel in ((axes[0], dc, "dCor", "distance correlation (unitless)"),
                                 (axes[1], dt, "DTW", "DTW distance (normalised amplitude)")):
         v = s["paper"]["per_channel"]
         ax.bar(range(len(v)), v, color=OKABE_ITO[0], label="this run")
-        ref = s["paper"]["reference_abuadbba2020_2conv_epoch100"]
+        ref = s["paper"]["reference_abuadbba2020_2conv_epoch100"] if paper else {}
         for i, (k, val) in enumerate(sorted(ref.items())):
             ax.axhline(val, color=OKABE_ITO[1 + i], linestyle="--", linewidth=1,
                        label=f"paper {k} ({val})")
@@ -183,8 +233,9 @@ def per_channel_leakage(run_dir: Path, figs: FigureSet) -> bool:
               "Leakage per activation channel of the undefended 2-conv model: distance "
               "correlation between the input (average-pooled to 32 samples) and each channel "
               "(left, higher = more leakage) and DTW distance between the raw input and each "
-              "channel (right, lower = more similar), mean over beats; dashed lines: the "
-              "paper's max and min (Abuadbba et al. 2020, epoch 100). " + run_dir.name)
+              "channel (right, lower = more similar), mean over beats"
+              + ("; dashed lines: the paper's max and min (Abuadbba et al. 2020, epoch 100). "
+                 if paper else f" ({load(run_dir).config.dataset}). ") + run_dir.name)
     return True
 
 
@@ -245,6 +296,8 @@ def reconstructions(rows: list[dict], label_key: str, figs: FigureSet, examples:
     run = load(next(iter(cols.values())))
     x = run.x["train"].reshape(len(run.x["train"]), -1).numpy()
     t = time_axis(x.shape[1])
+    if not is_beat(run):
+        return reconstruction_grid(run, scores, titles, ids, x, figs)
     fig, axes = plt.subplots(len(ids), len(cols), figsize=(1.5 * len(cols) + 0.6,
                                                             1.3 * len(ids) + 0.6),
                              sharex=True, sharey=True, squeeze=False, layout="constrained")
@@ -275,6 +328,37 @@ def reconstructions(rows: list[dict], label_key: str, figs: FigureSet, examples:
               "beats under each defense (columns; first seed; the title names the winner and "
               "its re-identification advantage among 10 beats of the victim's class, 0 = "
               "chance), with the Pearson r of each reconstruction.")
+    return True
+
+
+def reconstruction_grid(run, scores: dict, titles: dict, ids: list[int], x: np.ndarray,
+                        figs: FigureSet) -> bool:
+    """``reconstructions`` for other inputs: each victim's raw input beside its reconstruction
+    (images side by side, signals' leads overlaid), one column per setting."""
+    fig, axes = plt.subplots(len(ids), 2 * len(scores), figsize=(1.1 * len(scores) + 0.6,
+                                                                 1.0 * len(ids) + 0.6),
+                             squeeze=False, layout="constrained")
+    for j, (name, s) in enumerate(scores.items()):
+        where = {int(i): k for k, i in enumerate(s["ids"].tolist())}
+        for i, beat_id in enumerate(ids):
+            raw, rec = axes[i, 2 * j], axes[i, 2 * j + 1]
+            draw_sample(raw, x[beat_id], run.input_shape, color="black", linewidth=1)
+            rec.axis("off")
+            if beat_id in where:
+                k = where[beat_id]
+                rec.axis("on")
+                draw_sample(rec, s["reconstructions"][k], run.input_shape,
+                            color=OKABE_ITO[3], linewidth=1)
+                rec.set_xlabel(f"r = {s['pearson'][k]:.2f}", fontsize=6)
+            if i == 0:
+                raw.set_title(titles[name], fontsize=6, loc="left")
+    figs.save(fig, "reconstructions",
+              f"Reconstructions by the strongest inversion of each run ({run.config.dataset}, "
+              f"inputs {run.input_shape}): for the same victim inputs (rows), the raw input "
+              "(left of each pair) and its reconstruction (right) under each defense (pairs of "
+              "columns; first seed; the title names the winner and its re-identification "
+              "advantage among 10 inputs of the victim's class, 0 = chance), with the Pearson r "
+              "of each reconstruction.")
     return True
 
 

@@ -24,13 +24,14 @@ Writes OUT/results.csv, OUT/summary.md and OUT/figures/{identity,membership} wit
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import matplotlib.pyplot as plt
 
-from splitpriv.options import format_spec
+from splitpriv.options import format_spec, parse_spec
 from studies.common import (
     FigureSet,
     Planned,
@@ -126,12 +127,32 @@ def settings(args: Args) -> list[Setting]:
     return only_settings(out, args.only)
 
 
+def holdout_dataset(args: Args) -> str:
+    """The study's dataset with patients held out of training: MIT-BIH as given (``--protocol``
+    holds them out), another dataset with ``split=groups`` where it has that option (its groups
+    held out as ``records-holdout`` holds records out; ``digits``), else as given (a file's own
+    train/test arrays may hold its groups out; the membership attack says so in one line where
+    none is)."""
+    if args.on_mitdb:
+        return args.dataset
+    from splitpriv.datasets import DATASETS
+
+    _, config = DATASETS.resolve(args.dataset)
+    if "split" not in {f.name for f in dataclasses.fields(config)}:
+        return args.dataset
+    name, options = parse_spec(args.dataset, "dataset")
+    return format_spec(name, options | {"split": "groups"})
+
+
 def plan(args: Args) -> list[Planned]:
     runs = []
+    dataset = holdout_dataset(args)
     for seed in args.seed_list():
         for s in settings(args):
-            config = args.train_config(seed=seed, defenses=s.defenses,
-                                       **({} if s.depth is None else {"depth": s.depth}))
+            model = args.architecture(s.name, depth=s.depth)
+            if model is None:
+                continue
+            config = args.train_config(seed=seed, defenses=s.defenses, dataset=dataset, **model)
             runs.append(Planned(f"{s.name}-s{seed}", config,
                                 {"setting": s.name, "family": s.family}, attacks=ATTACKS))
     return runs

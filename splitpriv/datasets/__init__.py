@@ -140,6 +140,29 @@ def stratified_parts(y: np.ndarray, *, test_fraction: float, val_fraction: float
     return np.sort(train), np.sort(val), np.sort(test)
 
 
+def group_holdout_parts(y: np.ndarray, groups: np.ndarray, *, val_fraction: float,
+                        seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MIT-BIH's ``records-holdout`` protocol over any groups (:mod:`splitpriv.data.protocols`,
+    the same code): a seeded random half of the groups train (their rows shuffled, so that a
+    training subset spans every training group), the others test; validation groups carved whole
+    from the training ones (``RandomState(seed + 1)``, every class kept in training). Groups
+    held out of training whole: what patient-level membership needs.
+
+    Raises:
+        DataError: fewer than two groups, or validation would take every training group.
+    """
+    from types import SimpleNamespace
+
+    from splitpriv.data.protocols import _carve_records, _split_records_holdout
+
+    pool: Any = SimpleNamespace(record=groups, y=y, classes=range(int(y.max()) + 1))
+    train, test = _split_records_holdout(pool, seed)
+    val = train[:0]
+    if val_fraction > 0:
+        train, val = _carve_records(pool, train, val_fraction, np.random.RandomState(seed + 1))
+    return train, val, test
+
+
 def refuse_mitdb_options(name: str, run: Any) -> None:
     """A dataset other than MIT-BIH takes no protocol, label scheme or ``--hdf5``."""
     defaults = {f.name: f.default for f in dataclasses.fields(type(run))}
@@ -150,4 +173,5 @@ def refuse_mitdb_options(name: str, run: Any) -> None:
 
 
 __all__ = ["DATASETS", "PARTS", "DataError", "Dataset", "DatasetSplit", "build_dataset",
-           "class_counts", "make_card", "refuse_mitdb_options", "stratified_parts"]
+           "class_counts", "group_holdout_parts", "make_card", "refuse_mitdb_options",
+           "stratified_parts"]

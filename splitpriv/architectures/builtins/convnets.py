@@ -4,7 +4,8 @@ size, the cut after the client's last pool and the server's dense layers sized b
 ``cnn1d`` (C leads, length L): client ``Conv1d(C, w, 7, p=3) - LeakyReLU - MaxPool1d(2)`` then
 ``depth - 1`` times ``Conv1d(w, w, 5, p=2) - LeakyReLU``, then ``MaxPool1d(2)``: (B, w,
 L // 4); the paper's layout for C leads. ``cnn2d`` (C planes, H x W): client ``Conv2d(C, w, 3,
-p=1) - LeakyReLU - MaxPool2d(2) - Conv2d(w, w, 3, p=1) - LeakyReLU``: (B, w, H // 2, W // 2).
+p=1) - LeakyReLU - MaxPool2d(2)`` then ``depth - 1`` times ``Conv2d(w, w, 3, p=1) - LeakyReLU``:
+(B, w, H // 2, W // 2) (depth 2, the default: the two-convolution client of earlier versions).
 Both: server ``Flatten - Linear(cut, hidden) - LeakyReLU``, head ``Linear(hidden, classes)``.
 """
 
@@ -37,6 +38,11 @@ def _check(what: str, input_shape: tuple[int, ...], rank: int, width: int, hidde
         raise ValueError(f"model {what!r}: width and hidden must be >= 1")
 
 
+def _check_depth(what: str, depth: int) -> None:
+    if depth < 2:
+        raise ValueError(f"model {what!r}: depth must be >= 2, got {depth}")
+
+
 @MODELS.register("cnn1d")
 class Cnn1d(Architecture):
     summary = "1D CNN for (C, L) signals: C leads, any length"
@@ -57,8 +63,7 @@ class Cnn1d(Architecture):
               ) -> tuple[nn.Module, nn.Module, nn.Module | None]:
         c = self.config
         _check("cnn1d", input_shape, 2, c.width, c.hidden)
-        if c.depth < 2:
-            raise ValueError(f"model 'cnn1d': depth must be >= 2, got {c.depth}")
+        _check_depth("cnn1d", c.depth)
         layers: list[nn.Module] = [nn.Conv1d(input_shape[0], c.width, 7, padding=3),
                                    nn.LeakyReLU(), nn.MaxPool1d(2)]
         for _ in range(c.depth - 1):
@@ -74,10 +79,12 @@ class Cnn2d(Architecture):
     @dataclass
     class Config:
         """Attributes:
-        width: channels of both client convolutions.
+        depth: client convolutions, >= 2.
+        width: channels of every client convolution.
         hidden: the server's hidden units.
         """
 
+        depth: int = 2
         width: int = 16
         hidden: int = 128
 
@@ -85,7 +92,10 @@ class Cnn2d(Architecture):
               ) -> tuple[nn.Module, nn.Module, nn.Module | None]:
         c = self.config
         _check("cnn2d", input_shape, 3, c.width, c.hidden)
-        client = nn.Sequential(nn.Conv2d(input_shape[0], c.width, 3, padding=1), nn.LeakyReLU(),
-                               nn.MaxPool2d(2), nn.Conv2d(c.width, c.width, 3, padding=1),
-                               nn.LeakyReLU())
+        _check_depth("cnn2d", c.depth)
+        layers: list[nn.Module] = [nn.Conv2d(input_shape[0], c.width, 3, padding=1),
+                                   nn.LeakyReLU(), nn.MaxPool2d(2)]
+        for _ in range(c.depth - 1):
+            layers += [nn.Conv2d(c.width, c.width, 3, padding=1), nn.LeakyReLU()]
+        client = nn.Sequential(*layers)
         return (client, *_server(client, input_shape, c.hidden, n_classes, "cnn2d"))
