@@ -141,3 +141,19 @@ def test_arrays_refuses_a_missing_file_and_a_missing_key(tmp_path):
     np.savez(tmp_path / "nox.npz", y=np.arange(3))
     with pytest.raises(DataError, match="has no key 'x'"):
         build_run_data(TrainConfig(dataset=f"arrays:path={tmp_path / 'nox.npz'}"))
+
+
+def test_digits_split_groups_holds_whole_subjects_out():
+    ds = build_dataset("digits:split=groups").load(TrainConfig(dataset="digits:split=groups"))
+    train, val, test = (set(ds.groups[p].tolist()) for p in (ds.train, ds.val, ds.test))
+    # records-holdout over the 30 subjects: a random half (15) test, validation subjects
+    # carved whole from the other 15, no subject in two parts
+    assert len(test) == 15 and not (train & test) and not (val & test) and not (train & val)
+    assert len(train | val) == 15 and val
+    assert np.array_equal(np.sort(np.concatenate([ds.train, ds.val, ds.test])),
+                          np.arange(1797))
+    assert ds.card["protocol"] == "groups"
+    # an image's place in its subject's sequence stands in for its time
+    assert np.array_equal(ds.rpeak[:61], np.arange(61) // 30)
+    with pytest.raises(ValueError, match="split must be one of"):
+        TrainConfig(dataset="digits:split=patients")

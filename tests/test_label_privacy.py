@@ -167,3 +167,23 @@ def test_strongest_label_attack_is_chosen_on_held_out_aux_rows(ushape_run):
     cols = type(build_attack("label-strongest")).columns(s)
     assert cols["strongest_label_attack"] == s["chosen"]
     assert cols["label_attack_accuracy"] == pytest.approx(100 * s["accuracy"])
+
+
+def test_labeldp_prior_from_the_training_labels():
+    """prior_source=train: RR-with-prior over the training labels' class frequencies (a
+    dataset without MIT-BIH's public prior). Labels 6 x 0, 3 x 1, 1 x 2: prior (.6, .3, .1);
+    at epsilon 0.5 RRWithPrior's k maximises (top-k mass) e^eps / (e^eps + k - 1): k = 1 gives
+    .600, k = 2 .9 * 1.649 / 2.649 = .560, k = 3 1.649 / 3.649 = .452, so k = 1 and every
+    label becomes class 0 (a uniform prior would give k = 3)."""
+    from types import SimpleNamespace
+
+    y = torch.tensor([0] * 6 + [1] * 3 + [2])
+    d = build_defense("labeldp:epsilon=0.5,prior=true,prior_source=train,seed=1")
+    d.provide_classes(3)
+    d.attach(SimpleNamespace(x=torch.zeros(10, 1, 8), y=y, defenses=[d], ushape=False))
+    np.testing.assert_allclose(d.prior(), [0.6, 0.3, 0.1])
+    assert rr_top_k(d.prior(), 0.5) == 1 and rr_top_k(np.full(3, 1 / 3), 0.5) == 3
+    assert d.transform_labels(y, ids=torch.arange(10)).tolist() == [0] * 10
+    claim = d.report()
+    assert claim.details["output_classes"] == 1
+    assert any("training labels' class frequencies" in c for c in claim.conditions)

@@ -114,3 +114,23 @@ def test_module_function_spec_is_told_from_options():
 
     assert user_function("pkg.mod:build") and user_function("mod:fn")
     assert not user_function("cnn1d:width=8") and not user_function("cnn1d")
+
+
+def test_cnn2d_depth_adds_convolutions_and_keeps_the_default_client():
+    run = TrainConfig()
+    torch.manual_seed(0)
+    default = build_architecture("cnn2d").build((1, 8, 8), 10, run)[0]
+    torch.manual_seed(0)
+    two = build_architecture("cnn2d:depth=2").build((1, 8, 8), 10, run)[0]
+    # depth 2 is the two-convolution client of earlier versions: conv, act, pool, conv, act,
+    # the same weights from the same seed
+    assert [type(m).__name__ for m in default] == ["Conv2d", "LeakyReLU", "MaxPool2d", "Conv2d",
+                                                   "LeakyReLU"]
+    for (k, v), (k2, v2) in zip(default.state_dict().items(), two.state_dict().items(),
+                                strict=True):
+        assert k == k2 and torch.equal(v, v2)
+    deep = build_architecture("cnn2d:depth=4").build((1, 8, 8), 10, run)[0]
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in deep) == 4
+    assert probe_shape(deep, (1, 8, 8)) == (16, 4, 4)  # padded convolutions keep the cut
+    with pytest.raises(ValueError, match="depth must be >= 2"):
+        build_architecture("cnn2d:depth=1").build((1, 8, 8), 10, run)
