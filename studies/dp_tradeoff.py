@@ -181,7 +181,8 @@ def plan(args: Args) -> list[Planned]:
     runs = []
     model = {design: args.architecture(f"the {design} design", depth=args.depth,
                                        cut_channels=args.cut_channels if design == "bottleneck"
-                                       else None) for design in DESIGNS}
+                                       else None)
+             for design in DESIGNS if design == "512" or design in args.designs}
     for seed in args.seeds_of_grid():
         def config(specs: list[str], design: str = "512", seed: int = seed) -> TrainConfig:
             return args.train_config(seed=seed, defenses=specs, **model[design] or {})
