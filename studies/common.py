@@ -152,9 +152,15 @@ class StudyArgs:
             raise ValueError(f"utility must be one of {sorted(UTILITIES)}, got {self.utility!r}")
 
     def out_dir(self, study: str) -> Path:
+        """``--out``, else studies/out/STUDY[-quick], with the dataset and the model in the name
+        where they are not the defaults (studies/out/depth-quick-digits-cnn2d): a run directory
+        belongs to one configuration."""
         if self.out:
             return Path(self.out)
-        return REPO_ROOT / "studies" / "out" / (f"{study}-quick" if self.quick else study)
+        name = f"{study}-quick" if self.quick else study
+        if (self.dataset, self.model) != ("mitdb", "paper"):
+            name += "-" + re.sub(r"[^A-Za-z0-9.=_]+", "-", f"{self.dataset}-{self.model}")
+        return REPO_ROOT / "studies" / "out" / name
 
     def seed_list(self) -> list[int]:
         return list(range(self.seed, self.seed + self.seeds))
