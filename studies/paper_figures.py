@@ -333,32 +333,41 @@ def reconstructions(rows: list[dict], label_key: str, figs: FigureSet, examples:
 
 def reconstruction_grid(run, scores: dict, titles: dict, ids: list[int], x: np.ndarray,
                         figs: FigureSet) -> bool:
-    """``reconstructions`` for other inputs: each victim's raw input beside its reconstruction
-    (images side by side, signals' leads overlaid), one column per setting."""
-    fig, axes = plt.subplots(len(ids), 2 * len(scores), figsize=(1.1 * len(scores) + 0.6,
-                                                                 1.0 * len(ids) + 0.6),
-                             squeeze=False, layout="constrained")
+    """``reconstructions`` for other inputs, one column per setting: an image beside its
+    reconstruction (a pair of columns), a signal's leads with the reconstruction's overlaid."""
+    image = len(run.input_shape) == 3
+    per = 2 if image else 1
+    fig, axes = plt.subplots(len(ids), per * len(scores),
+                             figsize=((1.1 if image else 1.7) * len(scores) + 0.6,
+                                      (1.0 if image else 1.4) * len(ids) + 0.6),
+                             sharex=not image, sharey=not image, squeeze=False,
+                             layout="constrained")
     for j, (name, s) in enumerate(scores.items()):
         where = {int(i): k for k, i in enumerate(s["ids"].tolist())}
         for i, beat_id in enumerate(ids):
-            raw, rec = axes[i, 2 * j], axes[i, 2 * j + 1]
+            raw, rec = axes[i, per * j], axes[i, per * j + per - 1]
             draw_sample(raw, x[beat_id], run.input_shape, color="black", linewidth=1)
-            rec.axis("off")
+            if image:
+                rec.axis("off")
             if beat_id in where:
                 k = where[beat_id]
                 rec.axis("on")
                 draw_sample(rec, s["reconstructions"][k], run.input_shape,
                             color=OKABE_ITO[3], linewidth=1)
-                rec.set_xlabel(f"r = {s['pearson'][k]:.2f}", fontsize=6)
+                rec.text(0.03, 0.03, f"r = {s['pearson'][k]:.2f}", transform=rec.transAxes,
+                         fontsize=6)
             if i == 0:
                 raw.set_title(titles[name], fontsize=6, loc="left")
+    leads = "" if image else (" (lead 0 on top, each further lead 1.2 lower)"
+                              if run.input_shape[0] > 1 else "")
     figs.save(fig, "reconstructions",
               f"Reconstructions by the strongest inversion of each run ({run.config.dataset}, "
               f"inputs {run.input_shape}): for the same victim inputs (rows), the raw input "
-              "(left of each pair) and its reconstruction (right) under each defense (pairs of "
-              "columns; first seed; the title names the winner and its re-identification "
-              "advantage among 10 inputs of the victim's class, 0 = chance), with the Pearson r "
-              "of each reconstruction.")
+              + ("(left of each pair) and its reconstruction (right)" if image else
+                 f"(black) and its reconstruction (vermillion){leads}")
+              + " under each defense (columns; first seed; the title names the winner and its "
+              "re-identification advantage among 10 inputs of the victim's class, 0 = chance), "
+              "with the Pearson r of each reconstruction.")
     return True
 
 
