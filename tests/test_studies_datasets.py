@@ -29,7 +29,7 @@ SETUPS = {"digits": ("digits", "cnn2d"), "two-lead": ("mitdb:leads=2", "cnn1d")}
 #: its figures)
 PLANS = {
     "dp_tradeoff": (["--paper-epsilons", "none", "--formal-epsilons", "4",
-                     "--designs", "512", "bottleneck"], "mode", {"formal"},
+                     "--designs", "512", "bottleneck"], "mode", {"none", "formal"},
                     ["accuracy_vs_epsilon", "leakage_vs_epsilon", "tradeoff"]),
     "compare_defenses": (["--only", "depth3", "ressfl-l1", "shredder-s0.1"], "defense",
                          {"depth3", "ressfl-l1", "shredder-s0.1"}, ["tradeoff"]),
