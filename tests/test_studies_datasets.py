@@ -39,7 +39,8 @@ PLANS = {
                       {"none", "labeldp-e1", "labeldp-prior-e1", "ushape", "maxnorm-s1",
                        "marvell-b0.75"}, ["label_tradeoff"]),
     "patient_privacy": (["--only", "depth6"], "setting", {"depth6"}, ["identity", "membership"]),
-    "malicious_server": (["--settings", "depth8"], "setting", {"depth8", "none"},
+    "malicious_server": (["--settings", "depth8"], "setting",
+                         {"fsha-depth8", "detect-honest", "detect-fsha", "honest-none"},
                          ["detection"]),
 }
 MODULES = {"dp_tradeoff": dp_tradeoff, "compare_defenses": compare_defenses, "depth": depth,
