@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 
 from studies import (
+    audit,
     compare_defenses,
     depth,
     dp_tradeoff,
     label_privacy,
     malicious_server,
+    paper_figures,
     patient_privacy,
 )
 from tests.test_studies import assert_figures, read_rows, tiny
@@ -68,6 +70,18 @@ def test_study_runs_on_the_dataset(setup, study, pool_dirs, tmp_path):
     if study == "dp_tradeoff":  # the bottleneck is the paper model's cut_channels: dropped
         assert "Settings dropped: the bottleneck design (cut_channels" in summary
         assert f"model '{model}' has no option of that name" in captions
+        # audit.py and paper_figures.py read the study's outputs (images drawn as images, each
+        # lead of a signal; no per-channel DTW figure: DTW compares one-lead signals only)
+        audit.main(["--studies", str(tmp_path), "--out", str(tmp_path / "audit"),
+                    "--victims", "100"])
+        assert f"({'data ' + dataset}" in (tmp_path / "audit" / "summary.md").read_text()
+        assert_figures(tmp_path / "audit" / "figures", ["audit_epsilon", "audit_reidentification"])
+        figs = tmp_path / "paper"
+        paper_figures.main(["--dp-tradeoff", str(tmp_path), "--compare", str(tmp_path / "no"),
+                            "--depth", str(tmp_path / "no"), "--out", str(figs)])
+        assert_figures(figs, ["beat_classes", "visual_invertibility", "dp_tradeoff",
+                              "reconstructions"])
+        assert f"({dataset}, inputs" in (figs / "reconstructions.txt").read_text()
     if study in ("depth", "compare_defenses", "patient_privacy", "malicious_server"):
         # the paper model's depth maps to the model's own option
         deep = [r for r in rows if r.get(key, "").startswith("depth")] or rows
