@@ -21,48 +21,33 @@ Two kinds of canary (``kind``):
 - ``input``: canary beats among the training beats, scored from the client's weights (below);
   the black-box question the claim is about, but no score here has power against it.
 
-Input canaries: i.i.d. Gaussian inputs of std :data:`CANARY_AMPLITUDE` = 5 (real beats lie in [0, 1])
-with uniform random labels, each a patient of its own. Out of distribution and large, each
-one's gradient is far above the clipping norm (so it enters every step it is drawn in at the
-full norm C) and points away from the real beats' gradients. (Test beats with a wrong label, the
-first design, were found by no score, not even through the trained server: AUC .53 without
-noise.)
+Power of gradient canaries, measured (docs/audits.md; 400 canaries, 80 guesses, 300 training
+beats, 20 epochs; 80 of 80 right would show 3.25): no noise, 80 of 80 (3.25); claimed epsilon 4,
+60 (.65); claimed 1, 46 (0); claimed 1 with the noise secretly divided by 10, 78 (2.48). At the
+default budget see docs/audits.md.
 
-Score of the claim (white-box "gradient alignment", Nasr et al. 2023 / Steinke et al. 2023 Sec.
-7): canary i's score is ``-<w_T - w_0, g_i> / |g_i|``, w_0 and w_T the client's initial and
-final weights (flattened, all of them), g_i the gradient of canary i's loss with respect to the
-client's weights at w_0, through the server (and head) at their *initial* weights. Why this
-score: the DP-SGD claim covers the client's weights only (the server's are trained on
-unprotected activations and labels), so a sound audit of it must read nothing but the client's
-weights and what is independent of the training data; the initial weights are drawn from the
-run's seed before any data is seen, so g_i and w_0 are data-independent and the score is a
-post-processing of w_T. The bound ``epsilon_lower`` is compared with the claim.
+Input canaries: i.i.d. Gaussian inputs of std :data:`CANARY_AMPLITUDE` = 5 (real beats lie in
+[0, 1]) with uniform random labels, each a patient of its own. Out of distribution and large,
+each one's gradient is far above the clipping norm (so it enters every step it is drawn in at
+the full norm C) and points away from the real beats' gradients. (Test beats with a wrong label,
+the first design, were found by no score, not even through the trained server: AUC .53 without
+noise.) Their score (white-box "gradient alignment", Nasr et al. 2023): ``-<w_T - w_0, g_i> /
+|g_i|``, w_0 and w_T the client's initial and final weights (flattened), g_i canary i's loss
+gradient with respect to the client's weights at w_0, through the server (and head) at their
+*initial* weights: data-independent, so the score is a post-processing of w_T and its bound is
+compared with the claim. A diagnostic (``joint``; no claim to compare with) sums the alignment
+over the epochs through each epoch's *trained* server, ``sum_t -<w_t+1 - w_t, g_i(w_t;
+server_t)> / |g_i|``: a bound on the client's and server's weights released together. Measured
+(same small setting): without noise the diagnostic finds them (79 of 80, AUC .957, 2.78), the
+client-only score does not (51, AUC .54, .16), nor did any other client-only score tried (AUC
+.46-.59); at the default budget, ``--canaries input`` on compare_defenses' dpsgd-e4-s0 (claim
+3.99): the claim's bound 0 (90 of 200, AUC .475), the diagnostic 1.06. The input-canary audit is
+sound; a 0 from it says the canaries were not found, not that the claim is tight.
 
-Diagnostic score (``joint``; no claim to compare with): the same alignment summed over the
-epochs, ``sum_t -<w_t+1 - w_t, g_i(w_t; server_t)> / |g_i|``, the gradient taken through the
-*trained* server of epoch t. It reads the server's weights after every epoch, so its bound is a
-lower bound on the epsilon of the client's and the server's weights released together, which
-no defense here claims; it shows where the canaries are.
-
-Power, measured (docs/audits.md, 400 canaries, 80 guesses, 300 training beats, 20 epochs):
-without noise the diagnostic finds the canaries (79 of 80 right, AUC .957, epsilon >= 2.78 of
-the 3.26 80 guesses can show) but the client-only score does not (51 of 80, AUC .54, .16). The
-diagnostic's power may come from the client's steps carrying the canary along its gradient
-through the server as trained (a direction the client's weights alone do not give), from the
-server having fitted the canary, or both; it cannot tell which. Tried and no
-better (AUC .46-.59 without noise): the client-only alignment along the epochs' client weights
-through the initial server; a proxy server trained on public test beats (with or without all
-the canaries) along the client's checkpoints; the energy of the client's step in each canary's
-gradient subspace (randomised range of its Jacobian, 2-32 directions, at w_0 and along the
-epochs). At the default budget (1,000 canaries, 200 guesses; ``splitpriv audit --run
-studies/out/compare_defenses/runs/dpsgd-e4-s0 --one-run 1000 --canaries input``, claim 3.99): the claim's bound
-0 (90 of 200 right, AUC .475), the diagnostic 1.06 (159, AUC .665), 118 s; the same config with
-noise multiplier 0: 0 (82, AUC .466) and 1.27 (166, AUC .749), 130 s. The audit of the claim
-is sound; a 0 from it says the canaries were not found, not that the claim is tight.
-
-Shapes: canary beats (m, 1, 128), labels (m,), gradients (m, P), P the client's parameters.
-Cost: one training run of the audited config, plus m per-canary gradients at every epoch's
-weights (vectorised; seconds to a minute).
+Shapes: canary beats (m, 1, 128), labels (m,), input canaries' gradients (m, P) and gradient
+canaries' directions (m, P), P the client's parameters; projections (T, m) over T steps.
+Cost: one training run of the audited config (plus, for input canaries, m per-canary gradients
+at every epoch's weights, vectorised; for gradient canaries, one (m, P) product per step).
 """
 
 from __future__ import annotations
@@ -175,14 +160,15 @@ def _auc(scores: np.ndarray, included: np.ndarray) -> float:
 
 def one_run_audit(config: TrainConfig, *, canaries: int, guesses: int | None = None,
                   seed: int = 0, confidence: float = CONFIDENCE, kind: str = "gradient",
-                  sampling: str = "poisson") -> dict[str, Any]:
+                  sampling: str = "poisson", progress: bool = False) -> dict[str, Any]:
     """Train the canary run of ``config`` (which must hold a defense whose claim covers the
     client's weights: ``dpsgd``, ``dpsgd-patient``) and audit it (module docstring).
     ``kind``: ``gradient`` canaries in the clipped sum (:class:`GradientCanaries`, sampled into
     steps by ``sampling``) or ``input`` canaries among the training beats. ``guesses``: r, the
     canaries guessed (default m / 5, half each way), fixed before the run (choosing r after
-    seeing the scores would void the confidence). Returns the audit document: the claim, the
-    guesses, the bound, the scores' separation and the seconds it took."""
+    seeing the scores would void the confidence). ``progress``: a bar over the canary run's
+    epochs. Returns the audit document: the claim, the guesses, the bound, the scores'
+    separation and the seconds it took."""
     from splitpriv.data import protocol_prep
     from splitpriv.io import resolve_device
     from splitpriv.run import build_defenses, build_run_data
@@ -210,13 +196,15 @@ def one_run_audit(config: TrainConfig, *, canaries: int, guesses: int | None = N
     rng = np.random.default_rng(seed)
     if kind == "gradient":
         included = rng.random(canaries) < 0.5
-        audit = _gradient_audit(config, defenses, private[0], data, included, sampling, rng)
+        audit = _gradient_audit(config, defenses, private[0], data, included, sampling, rng,
+                                progress)
     else:
         n_classes = len(protocol_prep(config.protocol, config.labels).classes)
         x_can, y_can = canary_beats(rng, canaries, n_classes, device)
         included = rng.random(canaries) < 0.5
         audit = _input_audit(config, defenses, data, included, x_can, y_can, r,
-                             confidence=confidence, delta=float(private[0].report().delta or 0))
+                             confidence=confidence, delta=float(private[0].report().delta or 0),
+                             progress=progress)
     scores = audit.pop("scores")
     claim = private[0].report()
     delta = float(claim.delta or 0.0)
@@ -231,10 +219,13 @@ def one_run_audit(config: TrainConfig, *, canaries: int, guesses: int | None = N
     }
 
 
-def _train(config: TrainConfig, defenses: list[Any], data: Any,
-           after_epoch: Any = None) -> tuple[Any, list[float], float]:
+def _train(config: TrainConfig, defenses: list[Any], data: Any, after_epoch: Any = None, *,
+           progress: bool = False) -> tuple[Any, list[float], float]:
     """One training run of ``config`` on ``data`` with ``defenses`` (prepared here): the
-    models, each epoch's training loss and the seconds; ``after_epoch(models)`` after each."""
+    models, each epoch's training loss and the seconds; ``after_epoch(models)`` after each and
+    before the first epoch; a progress bar over the epochs if ``progress``."""
+    from tqdm.auto import tqdm
+
     from splitpriv.fast import fast_kernels
     from splitpriv.io import torch_threads
     from splitpriv.run import build_run_models, prepare_defenses, resolve_topology
@@ -251,7 +242,8 @@ def _train(config: TrainConfig, defenses: list[Any], data: Any,
         trainer = SplitTrainer(models, data.x_train, data.y_train, lr=config.lr,
                                batch_size=config.batch_size, seed=config.seed,
                                defenses=defenses)
-        for epoch in range(1, config.epochs + 1):
+        for epoch in tqdm(range(1, config.epochs + 1), desc="canary run", unit="epoch",
+                          disable=not progress):
             losses.append(trainer.train_epochs(epoch)[0].loss)
             if after_epoch is not None:
                 after_epoch(models)
@@ -259,12 +251,12 @@ def _train(config: TrainConfig, defenses: list[Any], data: Any,
 
 
 def _gradient_audit(config: TrainConfig, defenses: list[Any], private: Any, data: Any,
-                    included: np.ndarray, sampling: str, rng: np.random.Generator
-                    ) -> dict[str, Any]:
+                    included: np.ndarray, sampling: str, rng: np.random.Generator,
+                    progress: bool) -> dict[str, Any]:
     """The canary run with :class:`GradientCanaries` in ``private``'s clipped sums."""
     can = GradientCanaries(included, sampling, rng)
     private.optimizer_class = canaried(type(private).optimizer_class, can, private)
-    _, losses, seconds = _train(config, defenses, data)
+    _, losses, seconds = _train(config, defenses, data, progress=progress)
     return {"scope": GRADIENT_SCOPE, "scores": can.scores(), "sampling": sampling,
             "sample_rate": can.rate, "steps": can.step, "window": can.window(),
             "score": GRADIENT_SCORE, "final_train_loss": losses[-1], "train_seconds": seconds}
@@ -272,7 +264,7 @@ def _gradient_audit(config: TrainConfig, defenses: list[Any], private: Any, data
 
 def _input_audit(config: TrainConfig, defenses: list[Any], data: Any, included: np.ndarray,
                  x_can: torch.Tensor, y_can: torch.Tensor, r: int, *, confidence: float,
-                 delta: float) -> dict[str, Any]:
+                 delta: float, progress: bool) -> dict[str, Any]:
     """The canary run with the included input canaries among the training beats: the
     client-only score (the claim's) and the joint diagnostic."""
     inc = np.flatnonzero(included)
@@ -293,7 +285,7 @@ def _input_audit(config: TrainConfig, defenses: list[Any], data: Any, included: 
 
     from splitpriv.io import torch_threads
 
-    _, losses, seconds = _train(config, defenses, train, keep)
+    _, losses, seconds = _train(config, defenses, train, keep, progress=progress)
     with torch_threads(config.threads):
         client_scores = _alignment(initial[0], x_can, y_can, [states[0], states[-1]], ())
         joint_scores = _alignment(initial[0], x_can, y_can, states, ("server", "head"))
@@ -469,7 +461,7 @@ def one_run_cli(run_dir: str, *, canaries: int, guesses: int | None = None,
                else None)  # the records named where they are here, else the local ones
     config = dataclasses.replace(config, mitdb_dir=records, cache_dir=None)
     a = one_run_audit(config, canaries=canaries, guesses=guesses, seed=seed,
-                      confidence=confidence, kind=kind, sampling=sampling)
+                      confidence=confidence, kind=kind, sampling=sampling, progress=echo)
     doc = {"run": str(path), "one_run": a}
     target = Path(out) if out else path / "attacks" / "audit_one_run.json"
     write_json(target, doc)
