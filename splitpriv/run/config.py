@@ -226,9 +226,9 @@ class TrainConfig:
 def _check_plugins(config: TrainConfig) -> None:
     """The dataset's and the model's specs and their fit to the run (ValueError naming them)."""
     from splitpriv.architectures import build_architecture
-    from splitpriv.datasets import build_dataset
+    from splitpriv.datasets import run_dataset
 
-    build_dataset(config.dataset).check(config)
+    run_dataset(config).check(config)
     build_architecture(config.model).check(config)
 
 
