@@ -173,7 +173,6 @@ def one_run_audit(config: TrainConfig, *, canaries: int, guesses: int | None = N
     seeing the scores would void the confidence). ``progress``: a bar over the canary run's
     epochs. Returns the audit document: the claim, the guesses, the bound, the scores'
     separation and the seconds it took."""
-    from splitpriv.data import protocol_prep
     from splitpriv.io import resolve_device
     from splitpriv.run import build_defenses, build_run_data
 
@@ -203,8 +202,7 @@ def one_run_audit(config: TrainConfig, *, canaries: int, guesses: int | None = N
         audit = _gradient_audit(config, defenses, private[0], data, included, sampling, rng,
                                 progress)
     else:
-        n_classes = len(protocol_prep(config.protocol, config.labels).classes)
-        x_can, y_can = canary_beats(rng, canaries, n_classes, device)
+        x_can, y_can = canary_beats(rng, canaries, data.n_classes, device, data.input_shape)
         included = rng.random(canaries) < 0.5
         audit = _input_audit(config, defenses, data, included, x_can, y_can, r,
                              confidence=confidence, delta=float(private[0].report().delta or 0),
@@ -304,11 +302,12 @@ def _input_audit(config: TrainConfig, defenses: list[Any], data: Any, included: 
             "final_train_loss": losses[-1], "train_seconds": seconds}
 
 
-def canary_beats(rng: np.random.Generator, m: int, n_classes: int, device: torch.device
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """m canaries: i.i.d. Gaussian "beats" of std :data:`CANARY_AMPLITUDE` (real beats lie in
-    [0, 1]) with uniform random labels: (m, 1, 128), (m,)."""
-    x = CANARY_AMPLITUDE * rng.standard_normal((m, 1, 128))
+def canary_beats(rng: np.random.Generator, m: int, n_classes: int, device: torch.device,
+                 input_shape: tuple[int, ...] = (1, 128)) -> tuple[torch.Tensor, torch.Tensor]:
+    """m canaries: i.i.d. Gaussian inputs of std :data:`CANARY_AMPLITUDE` (real beats and the
+    digits' pixels lie in [0, 1]) of the run's ``input_shape`` (C, *spatial) with uniform random
+    labels 0..n_classes-1: (m, *input_shape), (m,)."""
+    x = CANARY_AMPLITUDE * rng.standard_normal((m, *input_shape))
     y = rng.integers(0, n_classes, size=m)
     return (torch.as_tensor(x, dtype=torch.float32, device=device),
             torch.as_tensor(y, device=device))

@@ -246,16 +246,18 @@ def _checked_weights(path: Path, config: TrainConfig) -> dict:
 
 
 def _check_rebuilt_rows(path: Path, card: dict) -> None:
-    """Refuse rebuilt data whose pool or split sizes, or whose HDF5 files' SHA-256, differ from
-    the run's result.json."""
+    """Refuse rebuilt data whose pool or split sizes, or whose files' SHA-256 (``arrays``' file,
+    the paper's HDF5 pair), differ from the run's result.json. Class names compare as a list
+    (older cards wrote MIT-BIH's as one string, "NLRAV")."""
     if not (path / "result.json").is_file():
         return
     recorded = read_json(path / "result.json").get("dataset") or {}
 
     def facts(c: dict) -> dict:
-        keys = ("pool_size", "pool_class_counts", "n_train", "n_val", "n_test", "classes")
+        keys = ("pool_size", "pool_class_counts", "n_train", "n_val", "n_test", "sha256")
         shas = {f"hdf5 {k}": v for k, v in (c.get("hdf5") or {}).items() if k.endswith("sha256")}
-        return {k: c[k] for k in keys if k in c} | shas
+        names = {"classes": list(c["classes"])} if "classes" in c else {}
+        return {k: c[k] for k in keys if k in c} | shas | names
 
     here, there = facts(card), facts(recorded)
     differ = [k for k in there if there[k] != here.get(k)]
