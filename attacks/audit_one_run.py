@@ -23,8 +23,10 @@ Two kinds of canary (``kind``):
 
 Power of gradient canaries, measured (docs/audits.md; 400 canaries, 80 guesses, 300 training
 beats, 20 epochs; 80 of 80 right would show 3.25): no noise, 80 of 80 (3.25); claimed epsilon 4,
-60 (.65); claimed 1, 46 (0); claimed 1 with the noise secretly divided by 10, 78 (2.48). At the
-default budget see docs/audits.md.
+57 (.48); claimed 1, 47 (0); claimed 1 with the noise secretly divided by 10, 79 (2.78). Default
+budget (compare_defenses' dpsgd-e4-s0, claim 3.99, 1,000 canaries, 200 guesses, ~3-5 min): .68
+(144 of 200); with the noise secretly divided by 10, 4.17 (200 of 200, the most 200 guesses
+show): caught.
 
 Input canaries: i.i.d. Gaussian inputs of std :data:`CANARY_AMPLITUDE` = 5 (real beats lie in
 [0, 1]) with uniform random labels, each a patient of its own. Out of distribution and large,
