@@ -3,9 +3,10 @@
 The attacks were written for MIT-BIH's (N, 1, 128) beats and (N, C, L) cuts. A run on other
 inputs, (N, C, *spatial) (two leads (N, 2, 128), digits (N, 1, 8, 8)), is attacked through a
 flattened view: every input row-major as (N, 1, D), D = C x prod(spatial), and every cut as
-(N, C', L') with its spatial axes flattened. Ridge, the decoders, the priors, the linkage game
+(N, C', L') with its spatial axes flattened (a dense cut (N, D) as (N, D, 1)). Ridge, the decoders, the priors, the linkage game
 and the metrics then act on the D values (a 2D image's decoder is the 1D decoder over its
-flattened pixels); an attack that pushes inputs through the client (``match``, ``whitebox``,
+flattened pixels, except the decoders: they are built for the input's and the cut's shapes,
+``attacks.decoder.decoder_shapes``); an attack that pushes inputs through the client (``match``, ``whitebox``,
 ``unsplit``) gets the client with :func:`signal_client`'s reshaping hooks. Reconstructions are
 saved with the input's shape (``GroundTruth.input_shape``). The paper's one-lead beats are
 already (N, 1, 128) and its cut (N, C, L): nothing is reshaped and no hook is set.
@@ -31,9 +32,11 @@ def as_signal(x: torch.Tensor) -> torch.Tensor:
 
 
 def as_cut(a: torch.Tensor) -> torch.Tensor:
-    """A cut (N, C, *spatial) -> (N, C, prod(spatial)); (N, C, L) as it is. A dense cut (N, D)
-    is left as it is: the attacks on activations refuse it in one line (a client whose last
-    layer is dense can end in ``nn.Unflatten(1, (1, D))``)."""
+    """A cut (N, C, *spatial) -> (N, C, prod(spatial)); (N, C, L) as it is; a dense cut (N, D)
+    (a client ending in a linear layer) -> (N, D, 1): D features without spatial extent, which
+    the decoders read through a fully connected head (``attacks.decoder.InverseNet``)."""
+    if a.ndim == 2:
+        return a.unsqueeze(2)
     return a.flatten(2) if a.ndim > 3 else a
 
 
