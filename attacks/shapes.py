@@ -3,13 +3,15 @@
 The attacks were written for MIT-BIH's (N, 1, 128) beats and (N, C, L) cuts. A run on other
 inputs, (N, C, *spatial) (two leads (N, 2, 128), digits (N, 1, 8, 8)), is attacked through a
 flattened view: every input row-major as (N, 1, D), D = C x prod(spatial), and every cut as
-(N, C', L') with its spatial axes flattened (a dense cut (N, D) as (N, D, 1)). Ridge, the decoders, the priors, the linkage game
-and the metrics then act on the D values (a 2D image's decoder is the 1D decoder over its
-flattened pixels, except the decoders: they are built for the input's and the cut's shapes,
-``attacks.decoder.decoder_shapes``); an attack that pushes inputs through the client (``match``, ``whitebox``,
-``unsplit``) gets the client with :func:`signal_client`'s reshaping hooks. Reconstructions are
-saved with the input's shape (``GroundTruth.input_shape``). The paper's one-lead beats are
-already (N, 1, 128) and its cut (N, C, L): nothing is reshaped and no hook is set.
+(N, C', L') with its spatial axes flattened (a dense cut (N, D) as (N, D, 1)). Ridge, the
+priors, the linkage game and the metrics then act on the D values; the decoders read and write
+that view but are built for the input's and the cut's own shapes (a 2D decoder for images, one
+output channel per lead, a fully connected head over a dense cut:
+``attacks.decoder.decoder_shapes``). An attack that pushes inputs through the client
+(``match``, ``whitebox``, ``unsplit``) gets the client with :func:`signal_client`'s reshaping
+hooks. Reconstructions are saved with the input's shape (``GroundTruth.input_shape``). The
+paper's one-lead beats are already (N, 1, 128) and its cut (N, C, L): nothing is reshaped and
+no hook is set.
 """
 
 from __future__ import annotations
