@@ -126,7 +126,7 @@ class Knowledge:
         cut_shape: the shape (C, *spatial) of one cut as the client sends it, or (D,) for a
             dense cut (public: the server receives it); the attacks see it with its spatial
             axes flattened (``attacks.shapes.as_cut``) and the decoders are built for it
-            (``attacks.decoder.decoder_shapes``). None: the activations' own (C, L).
+            (``attacks.shapes.decoder_shapes``). None: the activations' own (C, L).
     """
 
     aux: AuxData | None = None

@@ -21,6 +21,7 @@ from attacks.inversion import (
     mean_beat_mse,
 )
 from attacks.registry import register
+from attacks.shapes import decoder_shapes
 
 
 def parse_grid(text: str, name: str) -> tuple[float, ...]:
@@ -87,30 +88,6 @@ class DecoderConfig(InversionConfig):
         """(lr, weight_decay) pairs tried."""
         return list(itertools.product(parse_grid(self.lrs, "lrs"),
                                       parse_grid(self.weight_decays, "weight_decays")))
-
-
-def decoder_shapes(acts: torch.Tensor, out_len: int, input_shape: tuple[int, ...] | None = None,
-                   cut_shape: tuple[int, ...] | None = None
-                   ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The (cut, input) shapes a decoder of activations ``acts`` (B, C, L) works in: the cut
-    (C, *spatial) and the input (C_in, *spatial) where they are ``cut_shape`` and ``input_shape``
-    (``Knowledge``: one or two spatial axes, the cut's as many as the input's or none) and hold
-    the values given, else as the attacks see them, (C, L) and (1, out_len) (``attacks.shapes``).
-    A cut without spatial extent, a dense (D,) one (``attacks.shapes.as_cut``: (D, 1)), is
-    (D, 1)."""
-    c, length = acts.shape[1], acts.shape[2]
-    cut: tuple[int, ...] = (c, length)
-    if cut_shape is not None and cut_shape[0] == c and math.prod(cut_shape[1:]) == length:
-        cut = tuple(cut_shape)
-    out: tuple[int, ...] = (1, out_len)
-    if input_shape is not None and len(input_shape) in (2, 3) and math.prod(
-            input_shape) == out_len:
-        out = tuple(input_shape)
-    if length == 1:
-        cut = (c, 1)
-    elif len(cut) != len(out):  # no convolution from a cut of other axes: as the attacks see it
-        cut, out = (c, length), (1, out_len)
-    return cut, out
 
 
 def stackable(cut: tuple[int, ...], out: tuple[int, ...]) -> bool:
@@ -193,7 +170,7 @@ def new_decoder(a_fit: torch.Tensor, x_fit: torch.Tensor, cfg: DecoderConfig,
     """An untrained decoder (from torch's global generator) standardising with the fit part's
     statistics and starting at its mean beat; built for the input's and the cut's shapes where
     ``knowledge`` gives them (:func:`decoder_shapes`), else 1D over the attacks' view."""
-    cut, out = decoder_shapes(a_fit, x_fit.shape[-1], *(
+    cut, out = decoder_shapes(a_fit.shape[1:], x_fit.shape[-1], *(
         (knowledge.input_shape, knowledge.cut_shape) if knowledge is not None else ()))
     net = InverseNet(a_fit.shape[1], a_fit.shape[2], x_fit.shape[-1], cfg.width, cut=cut,
                      out=out)
@@ -388,8 +365,10 @@ class DecoderInversion(InversionAttack):
                        "heldout_mse_mean_beat": mean_beat_mse(x_aux, fit, held), "grid": []}
         grid, device = cfg.grid(), self.device
         parts = (a_aux[fit], x_aux[fit], a_aux[held], x_aux[held])
-        stack = len(grid) > 1 and stackable(*decoder_shapes(
-            a_aux, x_aux.shape[-1], knowledge.input_shape, knowledge.cut_shape)) and (
+        cut, out = decoder_shapes(a_aux.shape[1:], x_aux.shape[-1], knowledge.input_shape,
+                                  knowledge.cut_shape)
+        self.tuning["shapes"] = {"cut": list(cut), "input": list(out)}  # what it is built for
+        stack = len(grid) > 1 and stackable(cut, out) and (
             cfg.stack_grid == "on" or (cfg.stack_grid == "auto" and device.type == "cuda"))
         if stack:
             trained = train_decoders(*parts, cfg, grid, device)
