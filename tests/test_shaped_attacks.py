@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import splitpriv
-from attacks.base import Knowledge
+from attacks.base import AttackInputError, Knowledge
 from attacks.cli import run_attack
 from attacks.decoder import DecoderConfig, new_decoder
 from attacks.servers.fsha import Critic, Decoder, Pilot, fsha_shapes
@@ -136,3 +136,20 @@ def test_fsha_reconstructs_digits_as_images(tmp_path):
     # 0.071, which this short run does not beat: README, own data, gives longer runs)
     assert rows[-1]["mse_median"] < 0.6 * rows[0]["mse_median"]
     assert rows[-1]["pearson_median"] > rows[0]["pearson_median"] + 0.2
+
+
+def test_a_dense_cut_of_beats_gives_the_patient_away(pool_dirs, tmp_path):
+    mitdb, cache = pool_dirs
+    name = splitpriv.register_model("dense-cut", dense_split)
+    config = TrainConfig(model=name, epochs=2, train_subset=3000, test_subset=500,
+                         mitdb_dir=str(mitdb), cache_dir=str(cache), device="cpu")
+    run_training(config, tmp_path, progress=False)
+    result, _ = run_attack("identity", tmp_path, None, {"max_victims": "1000"})
+    # closed-set identity among the enrolled patients from the 32 features of each beat
+    assert result.summary["windows"]["w1"]["top1"]["accuracy"] > 3 * result.summary[
+        "chance_top1"]
+    decoder, _ = run_attack("decoder", tmp_path, "train:0.2",
+                            {"max_victims": "300", "epochs": "10", "reference_epochs": "0"})
+    assert decoder.summary["tuning"]["shapes"] == {"cut": [32, 1], "input": [1, 128]}
+    with pytest.raises(AttackInputError, match="cut is dense"):
+        run_attack("dtw", tmp_path, None, {"max_victims": "50"})
