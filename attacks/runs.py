@@ -112,6 +112,18 @@ class RunData:
             self.input_shape, len(self.pool.classes), self.config)[0]
         return signal_client(net, self.input_shape)
 
+    def cut_shape(self) -> tuple[int, ...] | None:
+        """The shape of one cut as the client sends it (probed from a fresh client of the run's
+        architecture); None for the paper's model, whose cut the attacks see as it is."""
+        if self.config.model == "paper":
+            return None
+        from splitpriv.architectures import build_architecture, probe_shape
+
+        with torch.random.fork_rng(devices=[]):  # torch's generator left as it was
+            net = build_architecture(self.config.model).build(
+                self.input_shape, len(self.pool.classes), self.config)[0]
+        return probe_shape(net, self.input_shape)
+
     def times(self, phase: str) -> torch.Tensor | None:
         """(N,) the R-peak sample of each beat of ``phase`` in its record; None where a row has
         no pool row (the paper's HDF5 files)."""
@@ -473,7 +485,7 @@ def knowledge_for(run: RunData, aux: AuxData | None) -> Knowledge:
     return Knowledge(
         aux=aux, depth=run.config.depth, client_state=run.weights["client"],
         defenses=tuple(run.config.defenses), defense_states=learned_states(run) or None,
-        n_classes=len(run.pool.classes), input_shape=run.input_shape,
+        n_classes=len(run.pool.classes), input_shape=run.input_shape, cut_shape=run.cut_shape(),
         build_client=(run.client_net if run.config.model != "paper" else
                       functools.partial(ClientNet, run.config.depth, run.config.cut_channels)
                       if run.config.cut_channels is not None else None),
