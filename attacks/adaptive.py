@@ -227,7 +227,8 @@ class AdaptiveInversion(SimulatedInversion):
                                    f"victims' are {tuple(acts.shape[1:])}")
         torch.manual_seed(cfg.seed)
         self.net, mse, epoch = train_decoder(a_fit, x_fit, a_held, x_held, dcfg, lr=1e-3,
-                                             weight_decay=0.0, device=device)
+                                             weight_decay=0.0, device=device,
+                                             knowledge=knowledge)
         self.tuning |= {"heldout_beats": len(held), "heldout_mse": mse, "best_epoch": epoch,
                         "heldout_mse_mean_beat": mean_beat_mse(x_pub, fit, held),
                         "simulator": self.tuning["alignment"]}

@@ -123,6 +123,10 @@ class Knowledge:
         n_classes: the task's class count (public: every attacker knows it; MIT-BIH's 5).
         input_shape: the shape (C, *spatial) of one input (public, as the class count;
             MIT-BIH's (1, 128)); the attacks see inputs flattened (``attacks.shapes``).
+        cut_shape: the shape (C, *spatial) of one cut as the client sends it, or (D,) for a
+            dense cut (public: the server receives it); the attacks see it with its spatial
+            axes flattened (``attacks.shapes.as_cut``) and the decoders are built for it
+            (``attacks.shapes.decoder_shapes``). None: the activations' own (C, L).
     """
 
     aux: AuxData | None = None
@@ -136,6 +140,7 @@ class Knowledge:
     defense_states: Mapping[str, Any] | None = None
     n_classes: int = 5
     input_shape: tuple[int, ...] = (1, 128)
+    cut_shape: tuple[int, ...] | None = None
 
     def restricted(self, uses: Sequence[str]) -> Knowledge:
         """A copy holding only the fields in ``uses`` (the rest are withheld).
@@ -155,7 +160,7 @@ class Knowledge:
             not_victims=self.aux.not_victims() if self.aux is not None else self.not_victims,
             defense_states=(self.defense_states if {"client_state", "defenses"} <= set(uses)
                             else None),
-            n_classes=self.n_classes, input_shape=self.input_shape,
+            n_classes=self.n_classes, input_shape=self.input_shape, cut_shape=self.cut_shape,
         )
 
     def client(self) -> torch.nn.Module:

@@ -30,7 +30,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         from attacks.audit_one_run import one_run_cli
 
         one_run_cli(args.run, canaries=args.one_run, guesses=args.guesses, out=args.out,
-                    seed=args.seed, confidence=args.confidence)
+                    seed=args.seed, confidence=args.confidence, kind=args.canaries,
+                    sampling=args.sampling)
         return 0
     from attacks.audit import audit_cli
 
@@ -90,6 +91,14 @@ def add_commands(sub: Any) -> None:
                      "writes DIR/attacks/audit_one_run.json")
     aud.add_argument("--guesses", type=int, default=None, metavar="R",
                      help="with --one-run: canaries guessed, half in, half out (default M/5)")
+    aud.add_argument("--canaries", default="gradient", metavar="KIND",
+                     help="with --one-run: gradient (canary gradients of norm C in the clipped "
+                     "sums; reads every noisy sum) or input (canary beats among the training "
+                     "beats; reads the client's weights)")
+    aud.add_argument("--sampling", default="poisson", metavar="HOW",
+                     help="with --one-run --canaries gradient: poisson (each step with the "
+                     "accountant's rate, what the claim covers) or shuffle (once per epoch, as "
+                     "the trainer draws beats)")
     aud.set_defaults(func=cmd_audit)
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from attacks.base import Attack, AttackResult, GroundTruth, Knowledge
 from attacks.leakage import LeakageConfig, control_rows, paired_activations
@@ -35,6 +36,33 @@ class DcorConfig(LeakageConfig):
         super().__post_init__()
         if self.batch_size < 4 or self.n_batches < 1 or not 0 < self.level < 1:
             raise ValueError("batch_size must be >= 4, n_batches >= 1 and 0 < level < 1")
+
+
+def paper_summaries(pooled: torch.Tensor, acts: torch.Tensor, scores: dict[str, Any]
+                    ) -> dict[str, Any]:
+    """The paper's per-channel dCor (and its bias-corrected dCor^2) of the pooled inputs
+    (N, L) and the activations (N, C, L); its per-beat values (N, C) go to ``scores``."""
+    per_beat = dcor_per_channel(pooled, acts).numpy()  # (N, C)
+    per_channel = per_beat.mean(0)  # (C,)
+    u_per_channel = u_dcor_sqr_per_channel(pooled, acts).numpy().mean(0)  # (C,)
+    scores["dcor_paper"] = per_beat
+    return {
+        "paper": {
+            "per_channel": per_channel.tolist(),
+            "max": float(per_channel.max()), "min": float(per_channel.min()),
+            "mean": float(per_channel.mean()),
+            "argmax_channel": int(per_channel.argmax()),
+            "argmin_channel": int(per_channel.argmin()),
+            "reference_abuadbba2020_2conv_epoch100": PAPER_DCOR,
+        },
+        "paper_unbiased": {
+            "estimator": "bias-corrected dCor^2 of each beat's 32 pooled input values and "
+                         "each channel's 32 values, mean over beats",
+            "per_channel": u_per_channel.tolist(),
+            "max": float(u_per_channel.max()), "min": float(u_per_channel.min()),
+            "mean": float(u_per_channel.mean()),
+        },
+    }
 
 
 @register("dcor")
@@ -89,10 +117,6 @@ class DistanceCorrelation(Attack):
         cfg: DcorConfig = self.config  # type: ignore[assignment]
         obs, x = paired_activations(self, transcript, truth)
         acts = obs.values.double()  # (N, C, L)
-        pooled = paper_pool(x, acts.shape[-1])  # (N, 1, 128) -> (N, L)
-        per_beat = dcor_per_channel(pooled, acts).numpy()  # (N, C)
-        per_channel = per_beat.mean(0)  # (C,)
-        u_per_channel = u_dcor_sqr_per_channel(pooled, acts).numpy().mean(0)  # (C,)
         batch = dcor_batches(
             x.reshape(len(x), -1), acts.reshape(len(acts), -1),
             batch_size=cfg.batch_size, n_batches=cfg.n_batches, seed=cfg.seed,
@@ -103,14 +127,6 @@ class DistanceCorrelation(Attack):
         summary: dict[str, Any] = {
             "n_beats": len(obs.ids),
             "pairing": cfg.pairing,
-            "paper": {
-                "per_channel": per_channel.tolist(),
-                "max": float(per_channel.max()), "min": float(per_channel.min()),
-                "mean": float(per_channel.mean()),
-                "argmax_channel": int(per_channel.argmax()),
-                "argmin_channel": int(per_channel.argmin()),
-                "reference_abuadbba2020_2conv_epoch100": PAPER_DCOR,
-            },
             "batch": {
                 "batch_size": min(cfg.batch_size, len(obs.ids)), "n_batches": cfg.n_batches,
                 "mean": float(batch["dcor"].mean()), "ci_low": float(low), "ci_high": float(high),
@@ -123,23 +139,22 @@ class DistanceCorrelation(Attack):
                 "mean": float(np.nanmean(batch["u_dcor_sqr"])),
                 "ci_low": float(u_low), "ci_high": float(u_high), "level": cfg.level,
             },
-            "paper_unbiased": {
-                "estimator": "bias-corrected dCor^2 of each beat's 32 pooled input values and "
-                             "each channel's 32 values, mean over beats",
-                "per_channel": u_per_channel.tolist(),
-                "max": float(u_per_channel.max()), "min": float(u_per_channel.min()),
-                "mean": float(u_per_channel.mean()),
-            },
         }
-        scores = {
-            "ids": obs.ids.numpy(), "dcor_paper": per_beat,
-            "dcor_batch": batch["dcor"], "u_dcor_sqr_batch": batch["u_dcor_sqr"],
-        }
+        scores = {"ids": obs.ids.numpy(), "dcor_batch": batch["dcor"],
+                  "u_dcor_sqr_batch": batch["u_dcor_sqr"]}
+        notes = []
         control = control_rows(len(obs.ids), cfg)
+        # the paper's definition: >= 4 positions of each channel (a dense cut (N, D, 1) has 1)
+        paper = acts.shape[-1] >= 4
+        if paper:
+            pooled = paper_pool(x, acts.shape[-1])  # (N, 1, 128) -> (N, L)
+            summary |= paper_summaries(pooled, acts, scores)
+        else:
+            summary |= {"paper": None, "paper_unbiased": None}
+            notes.append(f"the paper's per-channel dCor needs 4 or more positions per channel; "
+                         f"this cut has {acts.shape[-1]} (a dense cut): the batch dCor only")
         if control is not None:
             rows, others = control
-            shuffled = dcor_per_channel(pooled[others], acts[rows]).numpy().mean(0)
-            matched = per_beat[rows].mean(0)
             sb = dcor_batches(
                 x[others].reshape(len(rows), -1), acts[rows].reshape(len(rows), -1),
                 batch_size=cfg.batch_size, n_batches=1, seed=cfg.seed,
@@ -150,17 +165,20 @@ class DistanceCorrelation(Attack):
             )
             summary["control_shuffled"] = {
                 "n_beats": len(rows),
-                "paper_per_channel_matched": matched.tolist(),
-                "paper_per_channel_shuffled": shuffled.tolist(),
-                "paper_matched_minus_shuffled_min": float((matched - shuffled).min()),
                 "batch_matched": float(mb["dcor"][0]), "batch_shuffled": float(sb["dcor"][0]),
                 "batch_u_dcor_sqr_matched": float(mb["u_dcor_sqr"][0]),
                 "batch_u_dcor_sqr_shuffled": float(sb["u_dcor_sqr"][0]),
-                "paper_shuffled_max": float(shuffled.max()),
             }
+            if paper:
+                shuffled = dcor_per_channel(pooled[others], acts[rows]).numpy().mean(0)
+                matched = scores["dcor_paper"][rows].mean(0)
+                summary["control_shuffled"] |= {
+                    "paper_per_channel_matched": matched.tolist(),
+                    "paper_per_channel_shuffled": shuffled.tolist(),
+                    "paper_matched_minus_shuffled_min": float((matched - shuffled).min()),
+                    "paper_shuffled_max": float(shuffled.max())}
             summary["batch_unbiased"]["control_shuffled"] = float(sb["u_dcor_sqr"][0])
             summary["batch_unbiased"]["control_matched"] = float(mb["u_dcor_sqr"][0])
-        notes = []
         if cfg.pairing != "own":
             notes.append("first-of-batch pairing reproduces a flaw of the original DP-leakage "
                          "code; it lowers dCor by itself")
@@ -170,14 +188,15 @@ class DistanceCorrelation(Attack):
         return AttackResult(attack=self.name, summary=summary, scores=scores, notes=notes)
 
     def headline(self, summary):
+        paper, unbiased = summary["paper"] or {}, summary["paper_unbiased"] or {}
         return {
             "n_beats": summary["n_beats"],
-            "paper_max": summary["paper"]["max"], "paper_min": summary["paper"]["min"],
+            "paper_max": paper.get("max"), "paper_min": paper.get("min"),
             "batch_mean": summary["batch"]["mean"], "batch_ci": [summary["batch"]["ci_low"],
                                                                 summary["batch"]["ci_high"]],
             "batch_u_dcor_sqr": summary["batch"]["u_dcor_sqr_mean"],
             "batch_unbiased_ci": [summary["batch_unbiased"]["ci_low"],
                                   summary["batch_unbiased"]["ci_high"]],
-            "paper_unbiased_max": summary["paper_unbiased"]["max"],
+            "paper_unbiased_max": unbiased.get("max"),
             "batch_shuffled": summary.get("control_shuffled", {}).get("batch_shuffled"),
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,6 +21,7 @@ from attacks.inversion import (
     mean_beat_mse,
 )
 from attacks.registry import register
+from attacks.shapes import decoder_shapes
 
 
 def parse_grid(text: str, name: str) -> tuple[float, ...]:
@@ -58,7 +60,9 @@ class DecoderConfig(InversionConfig):
             the same minibatches, so one forward pass serves all) instead of one after another;
             ``auto``: together on CUDA, where the small kernels are launch-bound, one after
             another on the CPU, where they are compute-bound and grouped convolutions measured
-            slower. The same decoders up to float rounding (``on`` / ``off`` force it).
+            slower. The same decoders up to float rounding (``on`` / ``off`` force it). Only
+            the 1D decoder of one output channel (MIT-BIH's) stacks; others train one after
+            another.
     """
 
     epochs: int = 60
@@ -86,38 +90,71 @@ class DecoderConfig(InversionConfig):
                                       parse_grid(self.weight_decays, "weight_decays")))
 
 
+def stackable(cut: tuple[int, ...], out: tuple[int, ...]) -> bool:
+    """Whether decoders of these shapes can train as one :class:`StackedInverseNets`: the 1D
+    convolutional decoder of one output channel (MIT-BIH's)."""
+    return len(out) == 2 and out[0] == 1 and math.prod(cut[1:]) > 1
+
+
 class InverseNet(nn.Module):
     """Activations (B, C, L) -> beats (B, 1, out_len): convolutions and two nearest upsamplings,
     the mirror image of the client (inputs standardised per channel with the aux statistics),
     added to the aux mean beat (a residual parameterisation: the last layer starts at zero, so the
-    untrained decoder outputs the mean beat)."""
+    untrained decoder outputs the mean beat).
+
+    Built for the input's shape (``cut`` and ``out``: :func:`decoder_shapes`): on MIT-BIH's
+    one-lead beats a 1D decoder of one output channel; on C leads (C, L) the same with C output
+    channels; on images (C, H, W) its 2D counterpart (3 x 3 kernels) from a 2D cut; from a cut
+    without spatial extent (a dense cut (D,) seen as (D, 1)) a fully connected head (two linear
+    layers onto a map of the input's size) before the last two convolutions, since convolving
+    over the cut means nothing there. The output is flattened as the attacks see inputs.
+
+    Shape:
+        (B, C, prod(cut spatial)) -> (B, 1, prod(out)).
+    """
 
     mean: torch.Tensor  # (1, C, 1) buffers: the aux activations' standardisation
     std: torch.Tensor
     mean_beat: torch.Tensor  # (1, 1, out_len)
     layers: nn.Sequential
 
-    def __init__(self, channels: int, length: int, out_len: int, width: int = 64) -> None:
+    def __init__(self, channels: int, length: int, out_len: int, width: int = 64, *,
+                 cut: tuple[int, ...] | None = None, out: tuple[int, ...] | None = None
+                 ) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(1, channels, 1))
         self.register_buffer("std", torch.ones(1, channels, 1))
         self.register_buffer("mean_beat", torch.zeros(1, 1, out_len))
-        mid = max(length, out_len // 2)
-        self.mid, self.out_len = mid, out_len  # the two upsamplings' lengths
+        self.cut, self.out = cut or (channels, length), out or (1, out_len)
+        dims, spatial = len(self.out) - 1, self.out[1:]
+        conv = nn.Conv1d if dims == 1 else nn.Conv2d
+        k = (3, 5, 5, 7) if dims == 1 else (3, 3, 3, 3)
+        self.dense = math.prod(self.cut[1:]) == 1
+        if self.dense:
+            head: list[nn.Module] = [
+                nn.Flatten(), nn.Linear(channels, 4 * width), nn.LeakyReLU(),
+                nn.Linear(4 * width, width // 2 * math.prod(spatial)), nn.LeakyReLU(),
+                nn.Unflatten(1, (width // 2, *spatial))]
+        else:
+            mid = tuple(max(a, b // 2) for a, b in zip(self.cut[1:], spatial, strict=True))
+            head = [conv(channels, width, k[0], padding=k[0] // 2), nn.LeakyReLU(),
+                    nn.Upsample(size=mid if dims > 1 else mid[0]),
+                    conv(width, width // 2, k[1], padding=k[1] // 2), nn.LeakyReLU(),
+                    nn.Upsample(size=spatial if dims > 1 else spatial[0])]
+            self.mid = mid[0] if dims == 1 else mid  # the two upsamplings' sizes
+        self.out_len = out_len
         self.layers = nn.Sequential(
-            nn.Conv1d(channels, width, 3, padding=1), nn.LeakyReLU(),
-            nn.Upsample(size=mid), nn.Conv1d(width, width // 2, 5, padding=2), nn.LeakyReLU(),
-            nn.Upsample(size=out_len), nn.Conv1d(width // 2, width // 4, 5, padding=2),
-            nn.LeakyReLU(), nn.Conv1d(width // 4, 1, 7, padding=3),
-        )
+            *head, conv(width // 2, width // 4, k[2], padding=k[2] // 2), nn.LeakyReLU(),
+            conv(width // 4, self.out[0], k[3], padding=k[3] // 2))
         last = self.layers[-1]
-        assert isinstance(last, nn.Conv1d) and last.bias is not None
+        assert isinstance(last, (nn.Conv1d, nn.Conv2d)) and last.bias is not None
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
-        # (B, C, L) -> (B, 1, out_len)
-        return self.mean_beat + self.layers((a - self.mean) / self.std)
+        # (B, C, L) -> (B, C, *cut spatial) -> (B, C_in, *input spatial) -> (B, 1, out_len)
+        h = ((a - self.mean) / self.std).reshape(len(a), *self.cut)
+        return self.mean_beat + self.layers(h).reshape(len(a), 1, self.out_len)
 
 
 @torch.no_grad()
@@ -128,10 +165,15 @@ def decode(net: nn.Module, acts: torch.Tensor) -> torch.Tensor:
     return torch.cat([net(chunk.to(device)).to(acts.device) for chunk in acts.split(4096)])
 
 
-def new_decoder(a_fit: torch.Tensor, x_fit: torch.Tensor, cfg: DecoderConfig) -> InverseNet:
+def new_decoder(a_fit: torch.Tensor, x_fit: torch.Tensor, cfg: DecoderConfig,
+                knowledge: Knowledge | None = None) -> InverseNet:
     """An untrained decoder (from torch's global generator) standardising with the fit part's
-    statistics and starting at its mean beat."""
-    net = InverseNet(a_fit.shape[1], a_fit.shape[2], x_fit.shape[-1], cfg.width)
+    statistics and starting at its mean beat; built for the input's and the cut's shapes where
+    ``knowledge`` gives them (:func:`decoder_shapes`), else 1D over the attacks' view."""
+    cut, out = decoder_shapes(a_fit.shape[1:], x_fit.shape[-1], *(
+        (knowledge.input_shape, knowledge.cut_shape) if knowledge is not None else ()))
+    net = InverseNet(a_fit.shape[1], a_fit.shape[2], x_fit.shape[-1], cfg.width, cut=cut,
+                     out=out)
     with torch.no_grad():
         net.mean.copy_(a_fit.mean((0, 2), keepdim=True))
         net.std.copy_(a_fit.std((0, 2), keepdim=True).clamp(min=1e-6))
@@ -141,17 +183,18 @@ def new_decoder(a_fit: torch.Tensor, x_fit: torch.Tensor, cfg: DecoderConfig) ->
 
 def train_decoder(a_fit: torch.Tensor, x_fit: torch.Tensor, a_held: torch.Tensor,
                   x_held: torch.Tensor, cfg: DecoderConfig, lr: float, weight_decay: float,
-                  device: torch.device | str = "cpu", net: nn.Module | None = None
-                  ) -> tuple[nn.Module, float, int]:
+                  device: torch.device | str = "cpu", net: nn.Module | None = None,
+                  knowledge: Knowledge | None = None) -> tuple[nn.Module, float, int]:
     """A decoder trained on (a_fit, x_fit) with held-out early stopping: the weights of the epoch
     (0 = untrained, the mean beat) with the lowest MSE on (a_held, x_held). Returns the net (on
     ``device``), that MSE and that epoch. ``net``: another untrained decoder (activations ->
-    beats) than :func:`new_decoder`'s; ``cfg`` gives its epochs, patience, batch size and seed.
+    beats) than :func:`new_decoder`'s (built for ``knowledge``'s shapes); ``cfg`` gives its
+    epochs, patience, batch size and seed.
 
     Shape:
         a_fit: (M, C, L), x_fit: (M, 1, 128), a_held: (H, C, L), x_held: (H, 1, 128).
     """
-    net = net if net is not None else new_decoder(a_fit, x_fit, cfg)
+    net = net if net is not None else new_decoder(a_fit, x_fit, cfg, knowledge)
     best, best_epoch = fit_regression(
         net, a_fit, x_fit, a_held, x_held, epochs=cfg.epochs, patience=cfg.patience,
         batch_size=cfg.batch_size, lr=lr, weight_decay=weight_decay, seed=cfg.seed,
@@ -322,14 +365,18 @@ class DecoderInversion(InversionAttack):
                        "heldout_mse_mean_beat": mean_beat_mse(x_aux, fit, held), "grid": []}
         grid, device = cfg.grid(), self.device
         parts = (a_aux[fit], x_aux[fit], a_aux[held], x_aux[held])
-        stack = cfg.stack_grid == "on" or (cfg.stack_grid == "auto" and device.type == "cuda")
-        if stack and len(grid) > 1:
+        cut, out = decoder_shapes(a_aux.shape[1:], x_aux.shape[-1], knowledge.input_shape,
+                                  knowledge.cut_shape)
+        self.tuning["shapes"] = {"cut": list(cut), "input": list(out)}  # what it is built for
+        stack = len(grid) > 1 and stackable(cut, out) and (
+            cfg.stack_grid == "on" or (cfg.stack_grid == "auto" and device.type == "cuda"))
+        if stack:
             trained = train_decoders(*parts, cfg, grid, device)
         else:
             trained = []
             for lr, wd in grid:
                 torch.manual_seed(cfg.seed)
-                trained.append(train_decoder(*parts, cfg, lr, wd, device))
+                trained.append(train_decoder(*parts, cfg, lr, wd, device, knowledge=knowledge))
         best = None
         for (lr, wd), (net, mse, epoch) in zip(grid, trained, strict=True):
             self.tuning["grid"].append({"lr": lr, "weight_decay": wd, "heldout_mse": mse,
@@ -339,7 +386,7 @@ class DecoderInversion(InversionAttack):
         net, mse, lr, wd, epoch = best
         self.net = net
         self.tuning |= {"chosen": {"lr": lr, "weight_decay": wd, "best_epoch": epoch},
-                        "heldout_mse": mse, "grid_trained": "together" if stack and len(grid) > 1
+                        "heldout_mse": mse, "grid_trained": "together" if stack
                         else "one after another"}
         return decode(net, acts.cpu()).cpu()
 

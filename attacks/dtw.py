@@ -62,6 +62,9 @@ class DynamicTimeWarping(Attack):
                                    f"activation channel; this run's inputs are "
                                    f"{truth.input_shape}")
         obs, x = paired_activations(self, transcript, truth)
+        if obs.values.shape[-1] < 2:
+            raise AttackInputError("attack 'dtw' aligns each activation channel with the beat; "
+                                   "this run's cut is dense (one value a channel): use dcor")
         raw = x.reshape(len(x), -1).double().numpy()  # (N, 128)
         acts = obs.values.double().numpy()  # (N, C, L)
         summary: dict = {"n_beats": len(obs.ids), "pairing": cfg.pairing}

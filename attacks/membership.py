@@ -14,6 +14,14 @@ training ones and never trained on). The attacker's own records: the patients ar
 ``folds``; the targets of a fold are attacked with references trained on random halves of the
 other folds' patients (their beats, at most ``beats_per_patient`` each; the attacker holds
 their records, whoever trained on them), never on the targets' records.
+
+Any dataset plays it over its groups (the ``groups`` of :class:`~splitpriv.datasets.
+DatasetSplit`: patients, subjects) and any input shape (the attacks' flattened view,
+:mod:`attacks.shapes`). With ``unit=sample`` every sample is a "patient" of its own (its dataset
+row): the per-example game of Carlini et al., members the training samples, non-members the
+test and validation samples never trained on; the one to play where the split holds no group
+out (scikit-learn's digits: every pseudo-subject trains) or the groups are unknown (the paper's
+HDF5 pair).
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from splitpriv.io import torch_threads
 
 #: the FPRs the field reports TPR at (Carlini et al. 2022)
 FPRS = (0.01, 0.001)
+#: what membership is inferred of (:class:`MembershipConfig`)
+UNITS = ("group", "sample")
 
 
 @dataclass
@@ -45,18 +55,23 @@ class MembershipConfig(CommonConfig):
             (a seeded random choice).
         folds: folds the patients are dealt into (the attacker's own records of a fold's
             targets: the other folds').
+        unit: what membership is inferred of: ``group`` (a patient, a subject: the run's
+            groups) or ``sample`` (each sample its own, Carlini et al.'s per-example game).
     """
 
     references: int = 4
     epochs_per_reference: int = 3
     beats_per_patient: int = 200
     folds: int = 2
+    unit: str = "group"
 
     def __post_init__(self) -> None:
         for key, low in (("references", 1), ("epochs_per_reference", 1), ("beats_per_patient", 2),
                          ("folds", 2)):
             if getattr(self, key) < low:
                 raise ValueError(f"{key} must be >= {low}, got {getattr(self, key)}")
+        if self.unit not in UNITS:
+            raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
 
 
 def logit_confidence(logits: torch.Tensor, y: torch.Tensor, *, probabilities: bool = False
@@ -109,8 +124,10 @@ def per_patient(scores: np.ndarray, patients: np.ndarray) -> tuple[np.ndarray, n
 
 
 def target_confidence(run: RunData, x: torch.Tensor, y: torch.Tensor, seed: int) -> np.ndarray:
-    """phi of beats (N, 1, 128) under the run's trained split model: the client's activations as
-    it sends them at inference (its defenses applied), then the server (and the U-shaped head)."""
+    """phi of inputs (N, 1, D) (the attacks' view, :mod:`attacks.shapes`) under the run's
+    trained split model: the client's activations as it sends them at inference (its defenses
+    applied), in the cut's own shape, then the server (and the U-shaped head)."""
+    from splitpriv.architectures import probe_shape
     from splitpriv.run import build_defenses, build_run_models, resolve_topology
 
     models = build_run_models(run.config, resolve_topology(run.config, build_defenses(run.config)),
@@ -119,6 +136,7 @@ def target_confidence(run: RunData, x: torch.Tensor, y: torch.Tensor, seed: int)
         net.load_state_dict(run.weights[name])
         net.eval()
     acts = query_client(run, x, training=False, seed=seed)
+    acts = acts.reshape(len(acts), *probe_shape(models.client, run.input_shape))
     with torch.no_grad():
         out = models.server(acts)
         if models.head is not None:
@@ -128,8 +146,8 @@ def target_confidence(run: RunData, x: torch.Tensor, y: torch.Tensor, seed: int)
 
 @dataclass
 class Patients:
-    """Every patient of the game: records (P,), member (P,) bool; and the beats scored:
-    x (N, 1, 128), y (N,), patient (N,), member (N,) bool."""
+    """Every patient (group, or sample with ``unit=sample``) of the game: records (P,), member
+    (P,) bool; and the inputs scored: x (N, 1, D), y (N,), patient (N,), member (N,) bool."""
 
     records: np.ndarray
     member: np.ndarray
@@ -142,25 +160,36 @@ class Patients:
         return np.isin(self.patient, self.records[self.member])
 
 
-def game(run: RunData, per_patient_beats: int, seed: int) -> Patients:
+def game(run: RunData, per_patient_beats: int, seed: int, unit: str = "group") -> Patients:
     """Members (training records) and non-members (test and validation records not trained on),
     ``per_patient_beats`` seeded random beats of each (members' from the training rows).
+    ``unit=sample``: the dataset's rows in place of the records (a row drawn twice into training,
+    as the ``paper`` protocol does, is one member).
 
     Raises:
-        AttackInputError: a protocol that holds no patient out (every record trains)."""
+        AttackInputError: a split that holds no group out (every record trains), or groups
+            unknown (the paper's HDF5 pair)."""
     rng = np.random.default_rng(seed)
-    train = set(np.unique(run.records["train"]).tolist())
-    held = sorted(set(np.unique(np.concatenate([run.records["test"], run.records["val"]]))
-                      .tolist()) - train)
-    if (np.asarray(run.records["train"]) < 0).any() or not held:
+    ids = run.records if unit == "group" else run.pool_idx
+    train = set(np.unique(ids["train"]).tolist())
+    held = sorted(set(np.unique(np.concatenate([ids["test"], ids["val"]])).tolist()) - train)
+    if (np.asarray(ids["train"]) < 0).any() or not held:
+        c = run.config
+        where = (f"--hdf5 {c.hdf5}" if c.hdf5 is not None else
+                 f"protocol {c.protocol!r}" if c.dataset == "mitdb" else f"dataset {c.dataset!r}")
+        why = ("does not know its samples' groups (-1)" if (np.asarray(ids["train"]) < 0).any()
+               else "holds no patient out of training (every group trains)")
         raise AttackInputError(
-            f"membership: protocol {run.config.protocol!r} holds no patient out of training "
-            "(every record trains); use --protocol inter-patient or records-holdout")
+            f"membership: the run's split ({where}) {why}; use --protocol inter-patient or "
+            "records-holdout (MIT-BIH), a split that holds groups out, or --option unit=sample "
+            "(each sample its own unit)")
+    rows = {p: _rows_by_id(ids[p]) for p in ("train", "test", "val")}
+    none = np.zeros(0, np.int64)
     xs, ys, ps = [], [], []
     for r in sorted(train) + held:
         phases = ("train",) if r in train else ("test", "val")
-        x = torch.cat([run.x[p][torch.from_numpy(run.records[p] == r)] for p in phases])
-        y = torch.cat([run.y[p][torch.from_numpy(run.records[p] == r)] for p in phases])
+        x = torch.cat([run.x[p][rows[p].get(r, none)] for p in phases])
+        y = torch.cat([run.y[p][rows[p].get(r, none)] for p in phases])
         pick = torch.from_numpy(np.sort(rng.permutation(len(y))[:per_patient_beats]))
         xs.append(x[pick])
         ys.append(y[pick])
@@ -168,6 +197,13 @@ def game(run: RunData, per_patient_beats: int, seed: int) -> Patients:
     records = np.array(sorted(train) + held)
     return Patients(records, np.isin(records, sorted(train)), torch.cat(xs), torch.cat(ys),
                     np.concatenate(ps))
+
+
+def _rows_by_id(ids: np.ndarray) -> dict[int, np.ndarray]:
+    """{id: its rows of ``ids`` (N,), ascending}: one sort, not a mask per id."""
+    order = np.argsort(ids, kind="stable")
+    values, starts = np.unique(ids[order], return_index=True)
+    return dict(zip(values.tolist(), np.split(order, starts[1:]), strict=True))
 
 
 def reference_confidences(run: RunData, g: Patients, cfg: MembershipConfig
@@ -208,7 +244,8 @@ class MembershipAttack(Attack):
     """Offline LiRA at the patient level (module docstring). It attacks a whole run (its trained
     model and records), not its transcript: ``attacks.cli.run_attack`` calls :meth:`attack_run`.
 
-    Shape: beats (N, 1, 128) of P patients -> scores (N,) per beat, (P,) per patient.
+    Shape: inputs (N, 1, D) (beats (N, 1, 128); any input flattened, :mod:`attacks.shapes`)
+    of P patients (groups, or samples) -> scores (N,) per beat, (P,) per patient.
     """
 
     citation = ("Carlini, Chien, Nasr, Song, Terzis & Tramer, Membership Inference Attacks "
@@ -239,7 +276,7 @@ class MembershipAttack(Attack):
         torch.manual_seed(cfg.seed)
         t0 = time.perf_counter()
         with torch_threads(cfg.threads):
-            g = game(run, cfg.beats_per_patient, cfg.seed)
+            g = game(run, cfg.beats_per_patient, cfg.seed, cfg.unit)
             phi = target_confidence(run, g.x, g.y, cfg.seed)
             t_ref = time.perf_counter()
             ref, fold = reference_confidences(run, g, cfg)
@@ -254,7 +291,7 @@ class MembershipAttack(Attack):
             "beat": roc_report(scores, g.beat_member),
             "patient": roc_report(p_scores, member_p),
             "patients": len(patients), "beats": len(scores), "sigma_out": sigma,
-            "protocol": run.config.protocol,
+            "protocol": run.config.protocol, "unit": cfg.unit,
             "cost": {"reference_models": cfg.folds * cfg.references,
                      "epochs_per_reference": cfg.epochs_per_reference,
                      "reference_train_beats_mean": float(np.mean([
@@ -262,13 +299,16 @@ class MembershipAttack(Attack):
                          for f in range(cfg.folds)])),
                      "seconds": ref_seconds},
         }
+        units = "patients" if cfg.unit == "group" else "samples"
+        net = ("the paper's network" if run.config.model == "paper"
+               else f"the run's {run.config.model!r}")
         notes = [
-            f"{int(member_p.sum())} member and {int((~member_p).sum())} non-member patients: "
+            f"{int(member_p.sum())} member and {int((~member_p).sum())} non-member {units}: "
             f"per patient, the smallest FPR the sample can show is 1/{int((~member_p).sum())}"
             f" = {1 / (~member_p).sum():.3g}; a TPR at a smaller FPR is not estimable (None)",
             "per-beat rates treat beats as independent; the beats of one patient are not, so "
             "their intervals would be too narrow (none is given)",
-            f"{cfg.folds * cfg.references} reference models, the paper's network unsplit, "
+            f"{cfg.folds * cfg.references} reference models, {net} unsplit, "
             f"{cfg.epochs_per_reference} epochs on "
             f"~{summary['cost']['reference_train_beats_mean']:.0f} beats each, trained without "
             "the run's defenses",

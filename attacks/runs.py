@@ -112,6 +112,18 @@ class RunData:
             self.input_shape, len(self.pool.classes), self.config)[0]
         return signal_client(net, self.input_shape)
 
+    def cut_shape(self) -> tuple[int, ...] | None:
+        """The shape of one cut as the client sends it (probed from a fresh client of the run's
+        architecture); None for the paper's model, whose cut the attacks see as it is."""
+        if self.config.model == "paper":
+            return None
+        from splitpriv.architectures import build_architecture, probe_shape
+
+        with torch.random.fork_rng(devices=[]):  # torch's generator left as it was
+            net = build_architecture(self.config.model).build(
+                self.input_shape, len(self.pool.classes), self.config)[0]
+        return probe_shape(net, self.input_shape)
+
     def times(self, phase: str) -> torch.Tensor | None:
         """(N,) the R-peak sample of each beat of ``phase`` in its record; None where a row has
         no pool row (the paper's HDF5 files)."""
@@ -246,16 +258,18 @@ def _checked_weights(path: Path, config: TrainConfig) -> dict:
 
 
 def _check_rebuilt_rows(path: Path, card: dict) -> None:
-    """Refuse rebuilt data whose pool or split sizes, or whose HDF5 files' SHA-256, differ from
-    the run's result.json."""
+    """Refuse rebuilt data whose pool or split sizes, or whose files' SHA-256 (``arrays``' file,
+    the paper's HDF5 pair), differ from the run's result.json. Class names compare as a list
+    (older cards wrote MIT-BIH's as one string, "NLRAV")."""
     if not (path / "result.json").is_file():
         return
     recorded = read_json(path / "result.json").get("dataset") or {}
 
     def facts(c: dict) -> dict:
-        keys = ("pool_size", "pool_class_counts", "n_train", "n_val", "n_test", "classes")
+        keys = ("pool_size", "pool_class_counts", "n_train", "n_val", "n_test", "sha256")
         shas = {f"hdf5 {k}": v for k, v in (c.get("hdf5") or {}).items() if k.endswith("sha256")}
-        return {k: c[k] for k in keys if k in c} | shas
+        names = {"classes": list(c["classes"])} if "classes" in c else {}
+        return {k: c[k] for k in keys if k in c} | shas | names
 
     here, there = facts(card), facts(recorded)
     differ = [k for k in there if there[k] != here.get(k)]
@@ -471,7 +485,7 @@ def knowledge_for(run: RunData, aux: AuxData | None) -> Knowledge:
     return Knowledge(
         aux=aux, depth=run.config.depth, client_state=run.weights["client"],
         defenses=tuple(run.config.defenses), defense_states=learned_states(run) or None,
-        n_classes=len(run.pool.classes), input_shape=run.input_shape,
+        n_classes=len(run.pool.classes), input_shape=run.input_shape, cut_shape=run.cut_shape(),
         build_client=(run.client_net if run.config.model != "paper" else
                       functools.partial(ClientNet, run.config.depth, run.config.cut_channels)
                       if run.config.cut_channels is not None else None),

@@ -110,8 +110,10 @@ class SDAR(SimulatedInversion):
 
             head = HeadNet(n_classes=n_classes).to(device)
         y_dev = y_pub.to(device)
+        cut = knowledge.cut_shape  # the server takes the cut as the client sends it
 
         def task(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            z = z if cut is None else z.reshape(len(z), *cut)
             out = g(z) if head is None else head(g(z))
             return F.cross_entropy(out, y_dev[rows])
 

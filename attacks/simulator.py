@@ -162,16 +162,18 @@ def bounded_decode(net: nn.Module, acts: torch.Tensor, x_pub: torch.Tensor) -> t
 
 
 def fit_inversion(a_pub: torch.Tensor, x_pub: torch.Tensor, cfg: SimulatorConfig,
-                  device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """The inversion decoder trained on simulated pairs (a_pub (M, C, L), x_pub (M, 1, L)),
-    early-stopped on ``holdout`` of them; returns it and its tuning (held-out MSE beside the
-    mean beat's)."""
+                  device: torch.device, knowledge: Knowledge | None = None
+                  ) -> tuple[nn.Module, dict[str, Any]]:
+    """The inversion decoder (built for ``knowledge``'s input and cut shapes) trained on
+    simulated pairs (a_pub (M, C, L), x_pub (M, 1, L)), early-stopped on ``holdout`` of them;
+    returns it and its tuning (held-out MSE beside the mean beat's)."""
     fit, held = split_aux(len(x_pub), cfg.holdout, cfg.seed)
     dcfg = DecoderConfig(epochs=cfg.decoder_epochs, width=cfg.decoder_width, seed=cfg.seed,
                          device=cfg.device, holdout=cfg.holdout)
     torch.manual_seed(cfg.seed)
     net, mse, epoch = train_decoder(a_pub[fit], x_pub[fit], a_pub[held], x_pub[held], dcfg,
-                                    lr=1e-3, weight_decay=0.0, device=device)
+                                    lr=1e-3, weight_decay=0.0, device=device,
+                                    knowledge=knowledge)
     return net, {"heldout_beats": len(held), "heldout_mse": mse, "best_epoch": epoch,
                  "heldout_mse_mean_beat": mean_beat_mse(x_pub, fit, held)}
 
@@ -233,7 +235,8 @@ class SimulatedInversion(InversionAttack):
         if a_pub.shape[1:] != acts.shape[1:]:
             raise AttackInputError(f"the simulated client gives {tuple(a_pub.shape[1:])}, the "
                                    f"received activations are {tuple(acts.shape[1:])}")
-        self.net, self.tuning = fit_inversion(a_pub, x_pub, self.config, self.device)
+        self.net, self.tuning = fit_inversion(a_pub, x_pub, self.config, self.device,
+                                                 knowledge)
         self.tuning["public_beats"] = len(x_pub)
         self.tuning["simulator"] = getattr(self, "losses", {})
         self.x_pub = x_pub

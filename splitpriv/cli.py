@@ -54,6 +54,9 @@ def _print_card(card: dict) -> None:
         counts = card.get(f"class_counts_{part}", "")
         print(f"{part:<22} {card[f'n_{part}']:>6,}  {counts}")
     print(f"test rows duplicating a training row: {card['test_rows_duplicating_train']:,}")
+    if "hdf5" in card:  # the paper's pair: records unknown
+        print(f"files                  {card['hdf5']['train']}, {card['hdf5']['test']}")
+        return
     print(f"records train ({len(card['records_train'])}): {card['records_train']}")
     if card.get("records_val"):
         print(f"records val   ({len(card['records_val'])}): {card['records_val']}")
@@ -66,10 +69,17 @@ def _print_card(card: dict) -> None:
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from splitpriv.data import write_paper_hdf5
+    from splitpriv.datasets import run_dataset
     from splitpriv.run.data import load_split
 
-    _, split, card = load_split(dataclass_from_args(TrainConfig, args), rebuild=args.rebuild,
-                                allow_unlisted=args.allow_unlisted)
+    config = dataclass_from_args(TrainConfig, args)
+    if config.hdf5 is not None:  # the paper's pair: read as the run reads it
+        if args.export_hdf5:
+            raise ValueError("--export-hdf5: --hdf5 files are the paper's pair already")
+        card = run_dataset(config).load(config).card
+    else:
+        _, split, card = load_split(config, rebuild=args.rebuild,
+                                    allow_unlisted=args.allow_unlisted)
     if args.export_hdf5:
         write_paper_hdf5(split, args.export_hdf5)
     if args.json:
@@ -199,8 +209,9 @@ def catalog(what: str) -> str:
         out += ["mitdb: the MIT-BIH Arrhythmia Database (PhysioNet mitdb 1.0.0; --mitdb-dir or "
                 "$SPLITPRIV_MITDB, else downloaded to the user cache), protocols (--protocol):"]
         out += [f"  {k}: {v}" for k, v in PROTOCOL_WORDS.items()]
-        out += ["", "own data: --hdf5 TRAIN,TEST trains and tests on HDF5 files in the paper's "
-                "layout (docs/robustness.md)", "", "parameters (splitpriv train / data prepare):",
+        out += ["", "own data: --dataset arrays:path=FILE; --hdf5 TRAIN,TEST (the paper's HDF5 "
+                "pair) is arrays:layout=paper,path=TRAIN,test_path=TEST", "",
+                "parameters (splitpriv train / data prepare):",
                 describe_fields(TrainConfig, only=DATA_FIELDS)]
     else:
         from splitpriv.architectures import MODELS

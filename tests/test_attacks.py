@@ -388,7 +388,8 @@ def test_bad_inputs_get_clear_errors(beats, vanilla, ushape_run):
         build_attack("whitebox")(transcript, Knowledge(depth=2), truth)
     with pytest.raises(AttackInputError, match="'aux'"):
         build_attack("decoder")(transcript, Knowledge(depth=2), truth)
-    bad = _transcript(activations=(torch.arange(5), torch.zeros(5, 512)))
+    # one number per sample is no cut (a dense cut (N, D) is one: tests/test_shaped_attacks.py)
+    bad = _transcript(activations=(torch.arange(5), torch.zeros(5)))
     with pytest.raises(AttackInputError, match=r"\(N, C, L\)"):
         build_attack("dcor")(bad, Knowledge(), truth)
     with pytest.raises(ValueError, match="dcor_per_channel"):

@@ -1,4 +1,5 @@
-"""The beat pool, the split protocols, the pool cache, the paper's HDF5 files and bad inputs."""
+"""The beat pool, the split protocols, the pool cache, the paper's HDF5 files (written here, read as
+the ``arrays`` dataset's paper layout) and bad inputs."""
 
 from __future__ import annotations
 
@@ -28,7 +29,6 @@ from splitpriv.data import (
     load_pool,
     make_split,
     pool_cache_path,
-    read_paper_hdf5,
     read_record,
     resolve_mitdb_dir,
     verify_checksums,
@@ -420,18 +420,28 @@ def test_user_cache_dir_order(tmp_path: Path, monkeypatch) -> None:
 # ---------------------------------------------------------------------------- paper HDF5
 
 
+def read_pair(train: Path, test: Path, **config):
+    """The paper's pair as a run reads it: ``--hdf5 TRAIN,TEST``, the ``arrays`` dataset's paper
+    layout."""
+    from splitpriv.datasets import run_dataset
+    from splitpriv.run import TrainConfig
+
+    run = TrainConfig(hdf5=f"{train},{test}", **config)
+    return run_dataset(run).load(run)
+
+
 def test_paper_hdf5_round_trip(paper_split, tmp_path: Path) -> None:
     train, test = write_paper_hdf5(paper_split, tmp_path)
     assert (train.name, test.name) == ("train_ecg.hdf5", "test_ecg.hdf5")
     with h5py.File(train, "r") as fh:
         assert set(fh) == {"x_train", "y_train"}
         assert fh["x_train"].shape == (13_245, 1, 128) and fh["x_train"].dtype == np.float64
-    back = read_paper_hdf5(train, test)
-    assert back.protocol == "hdf5" and back.n_val == 0
-    np.testing.assert_array_equal(back.x_train, paper_split.x_train)
-    np.testing.assert_array_equal(back.y_test, paper_split.y_test)
-    assert np.all(back.pool_idx_train == -1) and np.all(back.record_test == -1)
-    assert dataset_card(None, back)["test_rows_duplicating_train"] == 3678
+    back = read_pair(train, test)
+    assert back.card["protocol"] == "hdf5" and len(back.val) == 0
+    np.testing.assert_array_equal(back.x[back.train], paper_split.x_train.astype(np.float32))
+    np.testing.assert_array_equal(back.y[back.test], paper_split.y_test)
+    assert np.all(back.groups == -1) and back.classes == tuple("NLRAV")  # records unknown
+    assert back.card["test_rows_duplicating_train"] == 3678  # the paper protocol's leak
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     mask = os.umask(0o022)
     os.umask(mask)
@@ -453,51 +463,56 @@ def good_test_file(tmp_path: Path) -> Path:
     )
 
 
-def test_paper_hdf5_accepts_2d_beats(tmp_path: Path, good_test_file: Path) -> None:
+def test_paper_hdf5_accepts_2d_beats_and_keras_labels(tmp_path: Path, good_test_file: Path
+                                                      ) -> None:
     train = _write(tmp_path / "train_ecg.hdf5", x_train=np.zeros((4, 128), np.float32),
-                   y_train=np.array([0, 1, 2, 4]))  # fmt: skip
-    split = read_paper_hdf5(train, good_test_file)
-    assert split.x_train.shape == (4, 1, 128) and split.x_train.dtype == np.float64
+                   y_train=np.array([[0.0], [1.0], [2.0], [4.0]]))  # (N, 128); (N, 1) floats
+    split = read_pair(train, good_test_file)
+    assert split.x.shape == (10, 1, 128) and split.x.dtype == np.float32
+    assert split.y[split.train].tolist() == [0, 1, 2, 4] and split.y.dtype == np.int64
 
 
 @pytest.mark.parametrize(
     ("arrays", "message"),
     [
-        ({"x": np.zeros((4, 1, 128)), "y_train": np.zeros(4, int)}, "x_train"),
+        ({"x": np.zeros((4, 1, 128)), "y_train": np.zeros(4, int)}, "no key 'x_train'"),
         ({"x_train": np.zeros((4, 2, 128)), "y_train": np.zeros(4, int)}, "shape"),
         ({"x_train": np.zeros((4, 1, 100)), "y_train": np.zeros(4, int)}, "shape"),
         ({"x_train": np.zeros(128), "y_train": np.zeros(1, int)}, "shape"),
-        ({"x_train": np.zeros((4, 1, 128), int), "y_train": np.zeros(4, int)}, "dtype"),
+        ({"x_train": np.zeros((4, 1, 128), complex), "y_train": np.zeros(4, int)}, "real"),
         ({"x_train": np.full((4, 1, 128), np.nan), "y_train": np.zeros(4, int)}, "NaN"),
-        ({"x_train": np.full((4, 1, 128), np.inf), "y_train": np.zeros(4, int)}, "inf"),
+        ({"x_train": np.full((4, 1, 128), np.inf), "y_train": np.zeros(4, int)}, "infinite"),
         ({"x_train": np.zeros((4, 1, 128)), "y_train": np.array([0, 1, 2, 5])}, "labels"),
         ({"x_train": np.zeros((4, 1, 128)), "y_train": np.array([0, -1, 2, 3])}, "labels"),
-        ({"x_train": np.zeros((4, 1, 128)), "y_train": np.array([0, 0.5, 2, 3])}, "labels"),
-        ({"x_train": np.zeros((4, 1, 128)), "y_train": np.zeros(3, int)}, "rows"),
+        ({"x_train": np.zeros((4, 1, 128)), "y_train": np.array([0, 0.5, 2, 3])}, "integer"),
+        ({"x_train": np.zeros((4, 1, 128)), "y_train": np.zeros(3, int)}, "3 entries"),
+        ({"x_train": np.zeros((0, 1, 128)), "y_train": np.zeros(0, int)}, "empty"),
     ],
 )
-def test_bad_paper_hdf5_names_the_file(
+def test_bad_paper_hdf5_names_the_file_and_key(
     tmp_path: Path, good_test_file: Path, arrays, message
 ) -> None:
     train = _write(tmp_path / "train_ecg.hdf5", **arrays)
     with pytest.raises(DataError, match=message) as err:
-        read_paper_hdf5(train, good_test_file)
-    assert str(train) in str(err.value)
+        read_pair(train, good_test_file)
+    text = str(err.value)
+    assert str(train) in text and "\n" not in text
+    assert "'x_train'" in text or "'y_train'" in text  # the key
 
 
 def test_missing_or_non_hdf5_file_is_named(tmp_path: Path, good_test_file: Path) -> None:
     missing = tmp_path / "nope.hdf5"
     with pytest.raises(DataError, match=str(missing)):
-        read_paper_hdf5(missing, good_test_file)
+        read_pair(missing, good_test_file)
     junk = tmp_path / "junk.hdf5"
     junk.write_text("hello")
     with pytest.raises(DataError, match=str(junk)):
-        read_paper_hdf5(junk, good_test_file)
+        read_pair(junk, good_test_file)
     train = _write(
         tmp_path / "train_ecg.hdf5", x_train=np.zeros((2, 1, 128)), y_train=np.zeros(2, int)
     )
-    with pytest.raises(DataError, match=str(train)):
-        read_paper_hdf5(train, train)  # train file has no x_test
+    with pytest.raises(DataError, match=f"{train} has no key 'x_test'"):
+        read_pair(train, train)  # train file has no x_test
 
 
 # ---------------------------------------------------------------------------- de Chazal / AAMI

@@ -3,6 +3,7 @@ on received runs (docs/robustness.md, "Data and caches")."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 from test_data import make_subset
 
 from splitpriv import data
@@ -28,7 +30,7 @@ from splitpriv.data import (
     write_paper_hdf5,
 )
 from splitpriv.run import TrainConfig, run_training
-from splitpriv.run.data import load_split
+from splitpriv.run.data import build_run_data
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*not checksummed:UserWarning")
 
@@ -228,14 +230,18 @@ def test_a_run_trains_on_the_paper_s_hdf5_files(
     train, test = paper_files
     config = TrainConfig(hdf5=f"{train},{test}", epochs=1, train_subset=64, test_subset=64,
                          device="cpu")
-    pool, split, card = load_split(config)
+    data = build_run_data(config)  # --hdf5: the arrays dataset's paper layout
     with h5py.File(train, "r") as fh:
-        np.testing.assert_array_equal(split.x_train, fh["x_train"][()])
-    assert (card["protocol"], card["n_val"], card["labels"]) == ("hdf5", 0, "paper")
+        np.testing.assert_array_equal(data.x_train, fh["x_train"][:64].astype(np.float32))
+    card = data.card
+    assert (card["protocol"], card["n_val"], card["labels"], card["layout"]) == (
+        "hdf5", 0, "paper", "paper")
     assert card["hdf5"]["train"] == str(train) and len(card["hdf5"]["test_sha256"]) == 64
-    assert len(pool) == split.n_train + split.n_test and card["records_train"] == []
-    carved = load_split(TrainConfig(hdf5=f"{train},{test}", val_fraction=0.2))[1]
-    assert carved.n_val > 0 and carved.n_train + carved.n_val == split.n_train
+    assert card["pool_size"] == card["n_train"] + card["n_test"] and (data.record_test == -1).all()
+    spec = TrainConfig(dataset=f"arrays:layout=paper,path={train},test_path={test}")
+    assert torch.equal(build_run_data(spec).x_test[:64], data.x_test)  # the alias's spelled form
+    carved = build_run_data(TrainConfig(hdf5=f"{train},{test}", val_fraction=0.2)).card
+    assert carved["n_val"] > 0 and carved["n_train"] + carved["n_val"] == card["n_train"]
     result = run_training(config, tmp_path / "run", progress=False)
     assert result["dataset"]["hdf5"]["test"] == str(test)
     assert not (isolated_cache / "pools").exists()  # the records were never needed
@@ -246,20 +252,33 @@ def test_a_run_trains_on_the_paper_s_hdf5_files(
     [
         ("{train}", {}, "hdf5: expected TRAIN,TEST"),
         ("{train},", {}, "hdf5: expected TRAIN,TEST"),
-        ("{train},{missing}", {}, "missing.hdf5 not found"),
-        ("{test},{test}", {}, "x_train"),
+        ("{train},{missing}", {}, "missing.hdf5 is not a file"),
+        ("{test},{test}", {}, "no key 'x_train'"),
         ("{train},{test}", {"protocol": "inter-patient"}, "inter-patient"),
         ("{train},{test}", {"protocol": "inter-patient", "labels": "aami"}, "labels"),
+        ("{train},{test}", {"dataset": "mitdb:leads=2"}, "takes the default --dataset mitdb"),
+        ("{train},{test}", {"dataset": "digits"}, "takes the default --dataset mitdb"),
     ],
 )
 def test_bad_hdf5_options_are_named(
     paper_files: tuple[Path, Path], tmp_path: Path, spec: str, extra: dict, message: str
 ) -> None:
     train, test = paper_files
-    with pytest.raises(DataError, match=message):  # the config itself, or reading the files
+    with pytest.raises(ValueError, match=message):  # the config itself, or reading the files
         config = TrainConfig(hdf5=spec.format(train=train, test=test,
                                               missing=tmp_path / "missing.hdf5"), **extra)
-        load_split(config)
+        build_run_data(config)
+
+
+def test_a_hdf5_run_s_config_loads_where_its_files_are_not(
+    paper_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """As before --hdf5 became arrays' paper layout: the files are read with the run's data."""
+    config = TrainConfig(hdf5=f"{tmp_path / 'gone.hdf5'},{paper_files[1]}")
+    (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(config)))
+    assert TrainConfig.load(tmp_path / "config.json").hdf5 == config.hdf5
+    with pytest.raises(DataError, match="gone.hdf5 is not a file"):
+        build_run_data(config)
 
 
 def test_train_hdf5_from_the_cli_is_one_line(

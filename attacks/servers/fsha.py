@@ -22,7 +22,10 @@ behaviour itself never sees a client input.
 
 Shape:
     received a: (B, C, L) (any client depth or bottleneck: the pilot is built from the first
-    activations received); public beats (M, 1, 128); returned gradient (B, C, L).
+    activations received); public beats (M, 1, 128); returned gradient (B, C, L). Other inputs
+    and cuts: the nets are built for their shapes (:func:`fsha_shapes`: 2D nets for images (B,
+    C_in, H, W) and 2D cuts, C_in output channels for C leads); the log scores the
+    reconstructions flattened (``attacks.shapes``).
 
 Notes:
     The public beats are pool beats the run uses nowhere (``splitpriv.run.behaviour_aux``):
@@ -47,7 +50,7 @@ import torch
 from torch import nn
 
 from attacks.servers.scoring import ReconstructionLog
-from attacks.shapes import as_cut, as_signal
+from attacks.shapes import as_signal, decoder_shapes, numel
 from splitpriv.aux import SERVER_KINDS, AuxSpec
 from splitpriv.servers import AuxBeats, RecordSink, ServerBehaviour, register_server
 
@@ -62,18 +65,36 @@ def _pools(length: int, beat: int = BEAT) -> int:
     return max(0, round(math.log2(beat / max(1, length))))
 
 
+def _layers(dims: int) -> tuple[type[nn.Module], ...]:
+    """(convolution, max pool, adaptive average pool) of one or two spatial axes."""
+    return ((nn.Conv1d, nn.MaxPool1d, nn.AdaptiveAvgPool1d) if dims == 1
+            else (nn.Conv2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d))
+
+
+def _size(shape: tuple[int, ...]) -> int | tuple[int, ...]:
+    """An upsampling's or adaptive pool's size: an int on one axis (as MIT-BIH's nets were)."""
+    return shape[0] if len(shape) == 1 else tuple(shape)
+
+
 class Pilot(nn.Module):
     """The pilot encoder f~; with ``leaky`` its output goes through the LeakyReLU the client's
     cut ends in (``splitpriv.models``), so that its features are ones the client's layers can
-    produce. Shape: (B, 1, 128) -> (B, C, L)."""
+    produce. Shape: (B, 1, 128) -> (B, C, L); built for the input's shape (``inputs``: (C_in,
+    *spatial), one or two axes) and the cut's (``cut``: (C, *spatial), as many axes): 3 x 3
+    kernels on images."""
 
     def __init__(self, channels: int, length: int, width: int, leaky: bool = False,
-                 beat: int = BEAT) -> None:
+                 beat: int = BEAT, *, cut: tuple[int, ...] | None = None,
+                 inputs: tuple[int, ...] | None = None) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv1d(1, width, 7, padding=3), nn.LeakyReLU()]
-        for _ in range(_pools(length, beat)):
-            layers += [nn.MaxPool1d(2), nn.Conv1d(width, width, 5, padding=2), nn.LeakyReLU()]
-        layers += [nn.AdaptiveAvgPool1d(length), nn.Conv1d(width, channels, 3, padding=1)]
+        cut, inputs = cut or (channels, length), inputs or (1, beat)
+        conv, pool, adaptive = _layers(len(inputs) - 1)
+        k = (7, 5, 3) if len(inputs) == 2 else (3, 3, 3)
+        layers: list[nn.Module] = [conv(inputs[0], width, k[0], padding=k[0] // 2),
+                                   nn.LeakyReLU()]
+        for _ in range(_pools(cut[1], inputs[1])):
+            layers += [pool(2), conv(width, width, k[1], padding=k[1] // 2), nn.LeakyReLU()]
+        layers += [adaptive(_size(cut[1:])), conv(width, channels, k[2], padding=k[2] // 2)]
         if leaky:
             layers.append(nn.LeakyReLU())
         self.layers = nn.Sequential(*layers)
@@ -83,15 +104,23 @@ class Pilot(nn.Module):
 
 
 class Decoder(nn.Module):
-    """The pilot's inverse f~^-1. Shape: (B, C, L) -> (B, 1, 128)."""
+    """The pilot's inverse f~^-1. Shape: (B, C, L) -> (B, 1, 128); (B, C, *cut spatial) ->
+    (B, *inputs) for the shapes of :class:`Pilot`."""
 
-    def __init__(self, channels: int, length: int, width: int, beat: int = BEAT) -> None:
+    def __init__(self, channels: int, length: int, width: int, beat: int = BEAT, *,
+                 cut: tuple[int, ...] | None = None, inputs: tuple[int, ...] | None = None
+                 ) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv1d(channels, width, 3, padding=1), nn.LeakyReLU()]
-        for _ in range(_pools(length, beat)):
-            layers += [nn.Upsample(scale_factor=2), nn.Conv1d(width, width, 5, padding=2),
+        cut, inputs = cut or (channels, length), inputs or (1, beat)
+        conv = _layers(len(inputs) - 1)[0]
+        k = (3, 5, 7) if len(inputs) == 2 else (3, 3, 3)
+        layers: list[nn.Module] = [conv(channels, width, k[0], padding=k[0] // 2),
+                                   nn.LeakyReLU()]
+        for _ in range(_pools(cut[1], inputs[1])):
+            layers += [nn.Upsample(scale_factor=2), conv(width, width, k[1], padding=k[1] // 2),
                        nn.LeakyReLU()]
-        layers += [nn.Upsample(size=beat), nn.Conv1d(width, 1, 7, padding=3)]
+        layers += [nn.Upsample(size=_size(inputs[1:])),
+                   conv(width, inputs[0], k[2], padding=k[2] // 2)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
@@ -100,14 +129,18 @@ class Decoder(nn.Module):
 
 class Critic(nn.Module):
     """The WGAN-GP discriminator D (no normalisation layers, as the gradient penalty requires).
-    Shape: (B, C, L) -> (B,)."""
+    Shape: (B, C, L) -> (B,); (B, C, *spatial) -> (B,) for a ``cut`` (C, *spatial) of two
+    axes."""
 
-    def __init__(self, channels: int, length: int, width: int) -> None:
+    def __init__(self, channels: int, length: int, width: int, *,
+                 cut: tuple[int, ...] | None = None) -> None:
         super().__init__()
+        cut = cut or (channels, length)
+        conv = _layers(len(cut) - 1)[0]
         self.layers = nn.Sequential(
-            nn.Conv1d(channels, 2 * width, 3, padding=1), nn.LeakyReLU(0.2),
-            nn.Conv1d(2 * width, 2 * width, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
-            nn.Flatten(), nn.Linear(2 * width * ((length + 1) // 2), 1))
+            conv(channels, 2 * width, 3, padding=1), nn.LeakyReLU(0.2),
+            conv(2 * width, 2 * width, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Flatten(), nn.Linear(2 * width * math.prod((n + 1) // 2 for n in cut[1:]), 1))
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         return self.layers(a).squeeze(1)
@@ -116,11 +149,24 @@ class Critic(nn.Module):
 def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
                      generator: torch.Generator) -> torch.Tensor:
     """Gulrajani et al. 2017: mean (||d D / d a^|| - 1)^2 on random interpolates a^ of ``real``
-    and ``fake``. Shape: real, fake: (B, C, L) -> ()."""
-    eps = torch.rand(len(real), 1, 1, generator=generator).to(real.device)
+    and ``fake``. Shape: real, fake: (B, C, *spatial) -> ()."""
+    eps = torch.rand(len(real), *[1] * (real.ndim - 1), generator=generator).to(real.device)
     mix = (eps * real + (1 - eps) * fake).requires_grad_()
     (grad,) = torch.autograd.grad(critic(mix).sum(), mix, create_graph=True)
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+def fsha_shapes(cut: tuple[int, ...], x_shape: tuple[int, ...]
+                ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The (cut, input) shapes FSHA's nets work in, for a cut (C, *spatial) or (D,) as the client
+    sends it and inputs (C_in, *spatial): as they are where both have one or two spatial axes,
+    as many (:func:`attacks.shapes.decoder_shapes`); else the attacks' flattened view, the cut
+    (C, L) (a dense one (D, 1)) and the input (1, D_in) (``attacks.shapes``)."""
+    flat = (cut[0], numel(cut[1:]))  # as the attacks see it (attacks.shapes.as_cut)
+    view, inputs = decoder_shapes(flat, numel(x_shape), x_shape, cut)
+    if len(view) != len(inputs):  # a dense cut of images: 1D nets over the flattened view
+        inputs = (1, numel(x_shape))
+    return view, inputs
 
 
 @register_server("fsha")
@@ -218,17 +264,21 @@ class FeatureSpaceHijacking(ServerBehaviour):
     def provide(self, *, aux: AuxBeats | None, record: RecordSink | None) -> None:
         self.aux, self.record = aux, record
 
-    def _build(self, c: int, length: int, device: torch.device) -> nn.ModuleDict:
-        """The pilot, decoder and critic for a cut (c, length) and the public inputs' length
-        (any input flattened to one channel, ``attacks.shapes``: 128 for one-lead beats)."""
-        self.cut = (c, length)
-        w = self.config.width
-        beat = as_signal(self.aux.x[:1]).shape[-1] if self.aux is not None else BEAT
+    def _build(self, cut: tuple[int, ...], device: torch.device) -> nn.ModuleDict:
+        """The pilot, decoder and critic for a cut (C, *spatial) as the client sends it and the
+        public inputs' shape (:func:`fsha_shapes`: 2D nets for images, C_in channels for C
+        leads; 128 samples of one channel for one-lead beats)."""
+        self.cut = tuple(cut)
+        x_shape = tuple(self.aux.x.shape[1:]) if self.aux is not None else (1, BEAT)
+        self.shapes = fsha_shapes(self.cut, x_shape)
+        view, inputs = self.shapes
+        c, w = view[0], self.config.width
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
-            nets = nn.ModuleDict({"pilot": Pilot(c, length, w, self.config.pilot_leaky, beat),
-                                  "decoder": Decoder(c, length, w, beat),
-                                  "critic": Critic(c, length, w)}).to(device)
+            nets = nn.ModuleDict({
+                "pilot": Pilot(c, 1, w, self.config.pilot_leaky, cut=view, inputs=inputs),
+                "decoder": Decoder(c, 1, w, cut=view, inputs=inputs),
+                "critic": Critic(c, 1, w, cut=view)}).to(device)
         betas = (0.5, 0.9)  # the usual WGAN-GP Adam betas
         self.opt_ae = torch.optim.Adam([*nets["pilot"].parameters(),
                                         *nets["decoder"].parameters()],
@@ -240,7 +290,7 @@ class FeatureSpaceHijacking(ServerBehaviour):
     def _public_batch(self, n: int) -> torch.Tensor:
         assert self.aux is not None
         rows = torch.randint(len(self.aux.x), (n,), generator=self.generator)
-        return as_signal(self.aux.x[rows.to(self.aux.x.device)])
+        return self.aux.x[rows.to(self.aux.x.device)].reshape(n, *self.shapes[1])
 
     def _autoencoder_step(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of the pilot autoencoder on ``n`` public beats: their features (before the
@@ -256,15 +306,16 @@ class FeatureSpaceHijacking(ServerBehaviour):
 
     def cut_gradient(self, a: torch.Tensor, g: torch.Tensor, ids: torch.Tensor, *,
                      y: torch.Tensor | None) -> torch.Tensor:
-        shape, a = a.shape, as_cut(a)  # a 2D or dense cut as (B, C, L)
+        shape = a.shape
         if self.aux is None:
             raise ValueError("server 'fsha' has no public beats: the run provides them "
                              "(splitpriv.run), a bare trainer must call provide(aux=...)")
         if self.nets is None:
-            self.nets = self._build(a.shape[1], a.shape[2], a.device)
+            self.nets = self._build(tuple(shape[1:]), a.device)
             with torch.enable_grad():
                 for _ in range(self.config.pilot_warmup):
                     self._autoencoder_step(len(a))
+        a = a.reshape(len(a), *self.shapes[0])  # the cut as the nets take it
         decoder, critic = self.nets["decoder"], self.nets["critic"]
         self.step += 1
         with torch.enable_grad():
@@ -288,7 +339,7 @@ class FeatureSpaceHijacking(ServerBehaviour):
         if self.record is not None and (self.step == 1 or
                                         self.step % self.config.record_every == 0):
             with torch.no_grad():
-                self.record(self.step, ids, decoder(a.detach()))
+                self.record(self.step, ids, as_signal(decoder(a.detach())))
         return grad.to(g.dtype).reshape(shape)
 
     def state_dict(self) -> dict[str, Any]:
@@ -307,8 +358,7 @@ class FeatureSpaceHijacking(ServerBehaviour):
         self.step, self.losses = int(state["step"]), dict(state["losses"])
         self.generator.set_state(state["generator"])
         if "nets" in state:
-            c, length = state["cut"]
-            self.nets = self._build(c, length, self.device)
+            self.nets = self._build(tuple(state["cut"]), self.device)
             self.nets.load_state_dict(state["nets"])
             self.opt_ae.load_state_dict(state["opt_ae"])
             self.opt_d.load_state_dict(state["opt_d"])

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from attacks.shapes import as_signal
+from attacks.shapes import as_signal, one_signal
 
 
 class ReconstructionLog:
@@ -24,8 +24,8 @@ class ReconstructionLog:
     attacks' metrics (``attacks.metrics``: r, PRDN, SNR... and linkage among k = 10, 100 training
     beats of the victim's class), beside the mean aux beat's prior, and appends a line to
     ``path`` (JSON lines, one per record, with the first :data:`EXAMPLES` true beats and their
-    reconstructions for figures); given the beats' records (``groups``), the linkage within
-    patient too.
+    reconstructions for figures, with the input's shape: (128,) a one-lead beat, else (C,
+    *spatial)); given the beats' records (``groups``), the linkage within patient too.
 
     Shape:
         x_train: (N, 1, 128), y_train: (N,); a record: step, ids (B,), x_hat (B, 1, 128).
@@ -43,6 +43,7 @@ class ReconstructionLog:
         self.path, self.seed = path, seed
         # any input (N, C, *spatial) as the attacks see it, (N, 1, D) (attacks.shapes)
         self.x, self.y = as_signal(x_train.detach().cpu()), y_train.detach().cpu()
+        self.input_shape = tuple(x_train.shape[1:])
         # each beat's record, for linkage within patient (none where a record is unknown)
         self.groups = (None if groups is None or (np.asarray(groups) < 0).any()
                        else torch.as_tensor(np.asarray(groups)).long())
@@ -72,8 +73,10 @@ class ReconstructionLog:
                     for k in ("k10", "k100")}
         self.rows.append(row)
         keep = slice(0, self.EXAMPLES)  # a few true beats and their reconstructions, for figures
-        examples = {"ids": ids[keep].tolist(), "x": x[keep, 0].round(decimals=4).tolist(),
-                    "x_hat": x_hat[keep, 0].round(decimals=4).tolist()}
+        shape = self.input_shape[1:] if one_signal(self.input_shape) else self.input_shape
+        examples = {"ids": ids[keep].tolist(),
+                    **{k: v[keep].reshape(-1, *shape).round(decimals=4).tolist()
+                       for k, v in (("x", x), ("x_hat", x_hat))}}
         self.lines.append(json.dumps(row | {"examples": examples}) + "\n")
         with self.path.open("a") as f:
             f.write(self.lines[-1])

@@ -10,7 +10,8 @@ One module per concept, in the order data flows:
 * :mod:`~splitpriv.data.pool`: the pool's cache (:func:`load_pool`);
 * :mod:`~splitpriv.data.protocols`: train/test protocols and validation carving (:class:`Split`);
 * :mod:`~splitpriv.data.card`: the dataset card of a split;
-* :mod:`~splitpriv.data.hdf5`: the paper's ``train_ecg.hdf5`` / ``test_ecg.hdf5``.
+* :mod:`~splitpriv.data.hdf5`: the paper's ``train_ecg.hdf5`` / ``test_ecg.hdf5`` written (read
+  as the ``arrays`` dataset's paper layout).
 
 Every name is importable from here (``from splitpriv.data import load_pool``).
 
@@ -31,9 +32,7 @@ from splitpriv.data.card import count_duplicate_rows, dataset_card
 from splitpriv.data.download import download_mitdb, resolve_mitdb_dir
 from splitpriv.data.hdf5 import (
     check_hdf5_run,
-    paper_hdf5_split,
     parse_hdf5_pair,
-    read_paper_hdf5,
     write_paper_hdf5,
 )
 from splitpriv.data.pool import STALE_TMP_S, CacheWriteError, load_pool, pool_cache_path
@@ -102,14 +101,12 @@ __all__ = [
     "load_pool",
     "make_split",
     "missing_record_files",
-    "paper_hdf5_split",
     "parse_hdf5_pair",
     "parse_records",
     "parse_sha256sums",
     "pool_cache_path",
     "progress_bar",
     "protocol_prep",
-    "read_paper_hdf5",
     "read_record",
     "record_digests",
     "record_names",

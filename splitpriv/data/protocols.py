@@ -217,9 +217,18 @@ def carve_stratified(
     Rows are chosen by position, so under the paper protocol (which samples with replacement)
     the same pool row may still be in train and val.
     """
-    labels = pool.y[train]
+    return carve_by_class(pool.y, len(pool.classes), train, fraction, rng)
+
+
+def carve_by_class(
+    y: np.ndarray, n_classes: int, train: np.ndarray, fraction: float, rng: np.random.RandomState
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`carve_stratified` on labels ``y`` (N,) of ``n_classes`` classes: ``(train, val)``
+    rows, ``round(fraction * n_c)`` of each class c's training rows (in ``train``'s order) drawn
+    by ``rng`` into ``val``."""
+    labels = y[train]
     take = np.zeros(len(train), dtype=bool)
-    for c in range(len(pool.classes)):
+    for c in range(n_classes):
         pos = np.flatnonzero(labels == c)
         k = round(fraction * len(pos))
         if k:

@@ -112,7 +112,10 @@ def class_counts(y: np.ndarray, classes: tuple[str, ...]) -> dict[str, int]:
 
 def make_card(split: DatasetSplit, **provenance: Any) -> dict[str, Any]:
     """The card of a split: the classes, the input shape, the sample and group counts of the
-    whole set and of each part, and ``provenance``."""
+    whole set and of each part, the test rows equal to some training row value for value
+    (``test_rows_duplicating_train``), and ``provenance``."""
+    from splitpriv.data.card import count_duplicate_rows
+
     card: dict[str, Any] = {"classes": list(split.classes), "input_shape": list(split.input_shape),
                             "pool_size": len(split.y),
                             "pool_class_counts": class_counts(split.y, split.classes)}
@@ -121,7 +124,31 @@ def make_card(split: DatasetSplit, **provenance: Any) -> dict[str, Any]:
         card[f"n_{part}"] = len(rows)
         card[f"class_counts_{part}"] = class_counts(split.y[rows], split.classes)
         card[f"groups_{part}"] = len(np.unique(split.groups[rows]))
+    card["test_rows_duplicating_train"] = count_duplicate_rows(split.x[split.train],
+                                                               split.x[split.test])
     return card | provenance
+
+
+def run_dataset(run: Any) -> Dataset:
+    """The dataset a run's configuration names: ``run.dataset``'s, or with ``run.hdf5`` (the
+    paper's HDF5 pair ``TRAIN,TEST``, an alias) ``arrays:layout=paper,path=TRAIN,test_path=TEST``.
+
+    Raises:
+        ValueError: a bad spec; ``hdf5`` beside a dataset other than the default ``mitdb``.
+    """
+    from splitpriv.data.hdf5 import parse_hdf5_pair
+
+    dataset = build_dataset(run.dataset)
+    if run.hdf5 is None:
+        return dataset
+    if dataset.name != "mitdb" or dataset.config != type(dataset.config)():
+        raise ValueError(f"--hdf5 is the paper's one-lead HDF5 pair (dataset arrays, "
+                         f"layout=paper); it takes the default --dataset mitdb, not "
+                         f"{run.dataset!r}")
+    train, test = parse_hdf5_pair(run.hdf5)
+    cls, config = DATASETS.resolve_options("arrays", {"layout": "paper", "path": str(train),
+                                                      "test_path": str(test)})
+    return cls(config)
 
 
 def stratified_parts(y: np.ndarray, *, test_fraction: float, val_fraction: float,
@@ -164,7 +191,8 @@ def group_holdout_parts(y: np.ndarray, groups: np.ndarray, *, val_fraction: floa
 
 
 def refuse_mitdb_options(name: str, run: Any) -> None:
-    """A dataset other than MIT-BIH takes no protocol, label scheme or ``--hdf5``."""
+    """A dataset other than MIT-BIH takes no protocol, label scheme or ``--hdf5`` (which is
+    ``arrays``' paper layout, :func:`run_dataset`)."""
     defaults = {f.name: f.default for f in dataclasses.fields(type(run))}
     for key in ("protocol", "labels", "hdf5"):
         if getattr(run, key) != defaults[key]:
@@ -174,4 +202,4 @@ def refuse_mitdb_options(name: str, run: Any) -> None:
 
 __all__ = ["DATASETS", "PARTS", "DataError", "Dataset", "DatasetSplit", "build_dataset",
            "class_counts", "group_holdout_parts", "make_card", "refuse_mitdb_options",
-           "stratified_parts"]
+           "run_dataset", "stratified_parts"]

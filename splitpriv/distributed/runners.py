@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch import nn
 
 from splitpriv.channel import Kind, Transcript, WireCounter
-from splitpriv.datasets import build_dataset
+from splitpriv.datasets import run_dataset
 from splitpriv.distributed.channel import DistChannel, select
 from splitpriv.distributed.handshake import handshake, run_key
 from splitpriv.distributed.partition import ClientData
@@ -323,7 +323,7 @@ def run_client(
     try:
         group = _client_group(spec, mode)
         device = data.x_train.device
-        shape = build_dataset(config.dataset).describe(config)
+        shape = run_dataset(config).describe(config)
         models = build_run_models(config, "ushape" if ushape else "vanilla", device, shape)
         handshake(spec, 0, run_key(config, mode=mode, world_size=spec.world_size))
         channel = DistChannel(
@@ -586,7 +586,7 @@ def run_server(
     joined = init_process_group(spec)
     try:
         _client_group(spec, mode)
-        shape = build_dataset(config.dataset).describe(config)
+        shape = run_dataset(config).describe(config)
         models = build_run_models(config, topology, device, shape)
         if transcript is None:
             transcript = Transcript(policy=config.record_policy())

@@ -71,7 +71,9 @@ class TrainConfig:
         mitdb_dir, cache_dir: where the records and the beat-pool cache are (None: defaults).
         hdf5: ``TRAIN,TEST``: train and test on the paper's HDF5 files (``train_ecg.hdf5``,
             ``test_ecg.hdf5``) instead of the records (labels ``paper``; validation rows only
-            with ``val_fraction``); None: the protocol's split of the records.
+            with ``val_fraction``); None: the protocol's split of the records. An alias of
+            ``dataset="arrays:layout=paper,path=TRAIN,test_path=TEST"``
+            (:func:`splitpriv.datasets.run_dataset`), kept in config.json as given.
         dataset: the data, ``NAME[:key=value,...]`` (``splitpriv.datasets``): ``mitdb`` (the
             records under ``protocol``/``labels``/``hdf5``), ``mitdb:leads=2``, ``digits``,
             ``arrays:path=FILE``.
@@ -226,9 +228,9 @@ class TrainConfig:
 def _check_plugins(config: TrainConfig) -> None:
     """The dataset's and the model's specs and their fit to the run (ValueError naming them)."""
     from splitpriv.architectures import build_architecture
-    from splitpriv.datasets import build_dataset
+    from splitpriv.datasets import run_dataset
 
-    build_dataset(config.dataset).check(config)
+    run_dataset(config).check(config)
     build_architecture(config.model).check(config)
 
 

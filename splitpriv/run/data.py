@@ -68,10 +68,9 @@ def load_split(
     classes, the label scheme, the lead and the validation records, ``records_val``, with their
     class counts).
 
-    With ``config.hdf5`` (``TRAIN,TEST``), the split is the paper's HDF5 files
-    (:func:`splitpriv.data.paper_hdf5_split`: the pool is the files' rows, records unknown) and
-    the card names the files and their SHA-256 (``hdf5``). ``rebuild`` rebuilds the pool cache;
-    ``allow_unlisted`` accepts record files that ``SHA256SUMS.txt`` has no line for
+    ``config.hdf5`` (the paper's HDF5 pair) is not the records: :func:`build_run_data` reads it
+    (``arrays``' paper layout, :func:`splitpriv.datasets.run_dataset`). ``rebuild`` rebuilds the
+    pool cache; ``allow_unlisted`` accepts record files that ``SHA256SUMS.txt`` has no line for
     (:func:`splitpriv.data.load_pool`).
 
     Raises:
@@ -80,7 +79,8 @@ def load_split(
     from splitpriv.data import dataset_card, load_pool, make_split, protocol_prep
 
     if config.hdf5 is not None:
-        return _hdf5_split(config)
+        raise ValueError(f"--hdf5 {config.hdf5} is the paper's HDF5 pair, not the MIT-BIH "
+                         "records: its data is build_run_data's (dataset arrays, layout=paper)")
     prep = protocol_prep(config.protocol, config.labels)
     pool = load_pool(config.mitdb_dir, cache_dir=config.cache_dir, prep=prep, refresh=rebuild,
                      allow_unlisted=allow_unlisted)
@@ -90,33 +90,15 @@ def load_split(
     return pool, split, dataset_card(pool, split, prep)
 
 
-def _hdf5_split(config: TrainConfig) -> tuple[Any, Any, dict[str, Any]]:
-    """The pool and split of the paper's HDF5 files ``config.hdf5`` names, and the card."""
-    from splitpriv.data import check_hdf5_run, dataset_card, paper_hdf5_split
-    from splitpriv.data.records import sha256_file
-
-    assert config.hdf5 is not None
-    train, test = check_hdf5_run(config.hdf5, protocol=config.protocol, labels=config.labels)
-    pool, split = paper_hdf5_split(train, test, val_fraction=config.val_fraction or 0.0,
-                                   seed=config.data_seed)
-    card = dataset_card(pool, split) | {
-        "classes": split.classes, "labels": "paper", "records_val": [],
-        "class_counts_by_val_record": {},
-        "hdf5": {"train": str(train), "test": str(test),
-                 "train_sha256": sha256_file(train), "test_sha256": sha256_file(test)},
-    }
-    return pool, split, card
-
-
 def build_run_data(config: TrainConfig, device: torch.device | str = "cpu") -> Tensors:
     """The run's rows (its dataset's split, :mod:`splitpriv.datasets`: the first
     ``train_subset``/``test_subset`` rows) with the inputs and labels on the device, and the
     dataset card. ``Tensors.pool`` is the dataset's :class:`~splitpriv.datasets.DatasetSplit`
     (its ``x``, ``y``, ``record`` and ``rpeak``, for the beats a run uses nowhere)."""
     from splitpriv.data import DataError
-    from splitpriv.datasets import build_dataset
+    from splitpriv.datasets import run_dataset
 
-    ds = build_dataset(config.dataset).load(config)
+    ds = run_dataset(config).load(config)
     if len(ds.train) == 0:
         raise DataError(f"val_fraction {config.val_fraction} leaves no training row of the "
                         f"{len(ds.train) + len(ds.val):,} (all went to validation); lower "

@@ -58,6 +58,8 @@ def check_distinct_beats(defenses: list, data: Tensors, config: TrainConfig) -> 
         source, instead = (
             (f"--hdf5 {config.hdf5}", "train on files without repeated beats")
             if config.hdf5 is not None else
+            (f"--dataset {config.dataset}", "train on data without repeated samples")
+            if config.dataset.partition(":")[0] != "mitdb" else
             (f"protocol {config.protocol!r}", "use --protocol paper-unique (the same class "
              "sizes, drawn without replacement)"))
         raise ValueError(
@@ -172,9 +174,9 @@ def build_run_models(config: TrainConfig, topology: str, device: torch.device,
     """The run's split model (``config.model`` for its dataset's input shape and class count,
     ``shape`` where the caller has them), initialised from its seed, on the device."""
     from splitpriv.architectures import build_architecture
-    from splitpriv.datasets import build_dataset
+    from splitpriv.datasets import run_dataset
 
-    input_shape, n_classes = shape or build_dataset(config.dataset).describe(config)
+    input_shape, n_classes = shape or run_dataset(config).describe(config)
     torch.manual_seed(config.seed)
     return build_architecture(config.model).assemble(
         input_shape, n_classes, config, ushape=topology == "ushape").to(device)

@@ -2,13 +2,14 @@
 
 ``leads=1`` (the default) is the run's data of every earlier version, bit for bit: the beat
 pool, protocol split and card of :func:`splitpriv.run.data.load_split` (the protocol, label
-scheme, ``--hdf5`` and the record and cache directories come from the run's configuration), the
-beats as (N, 1, 128). ``leads=2`` adds each beat's window of the record's other signal, read and
-preprocessed the same way (channel 1, the same annotations and R-peaks, so beat i of both pools
-is the same heartbeat): (N, 2, 128) beats; the card names each record's second signal (V1, V2,
-V4 or V5; Moody & Mark 2001). Two leads are read by channel, so they need a protocol whose pool
-reads channel 0 (``paper``, ``paper-unique``, ``records-holdout``; not ``inter-patient``, which
-reads MLII wherever it is, nor ``--hdf5``, which holds one lead).
+scheme and the record and cache directories come from the run's configuration), the beats as
+(N, 1, 128); ``--hdf5`` (the paper's HDF5 pair) is ``arrays``' paper layout instead
+(:func:`splitpriv.datasets.run_dataset`). ``leads=2`` adds each beat's window of the record's
+other signal, read and preprocessed the same way (channel 1, the same annotations and R-peaks,
+so beat i of both pools is the same heartbeat): (N, 2, 128) beats; the card names each record's
+second signal (V1, V2, V4 or V5; Moody & Mark 2001). Two leads are read by channel, so they need
+a protocol whose pool reads channel 0 (``paper``, ``paper-unique``, ``records-holdout``; not
+``inter-patient``, which reads MLII wherever it is).
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ class MitBih(Dataset):
     def check(self, run: Any) -> None:
         if self.config.leads not in (1, 2):
             raise ValueError(f"dataset 'mitdb': leads must be 1 or 2, got {self.config.leads}")
-        if self.config.leads == 2 and (run.hdf5 is not None or run.protocol == "inter-patient"):
+        if self.config.leads == 2 and run.protocol == "inter-patient":
             raise ValueError("dataset 'mitdb:leads=2' reads channels 0 and 1 of each record: it "
                              "takes --protocol paper, paper-unique or records-holdout, not "
-                             f"{'--hdf5' if run.hdf5 is not None else 'inter-patient'}")
+                             "inter-patient")
 
     def describe(self, run: Any) -> tuple[tuple[int, ...], int]:
         from splitpriv.data import protocol_prep
