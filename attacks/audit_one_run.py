@@ -106,6 +106,14 @@ def _bad(msg: str) -> ValueError:
     return ValueError(f"one-run audit: {msg}")
 
 
+def _check_choices(kind: str, sampling: str, flag: str = "") -> None:
+    """The canary kind and sampling, named as arguments (``flag`` "--": as options)."""
+    if kind not in CANARY_KINDS:
+        raise _bad(f"{flag}canaries must be one of {CANARY_KINDS}, got {kind!r}")
+    if sampling not in SAMPLINGS:
+        raise _bad(f"{flag}sampling must be one of {SAMPLINGS}, got {sampling!r}")
+
+
 def guess_and_bound(scores: np.ndarray, included: np.ndarray, guesses: int, *,
                     delta: float, confidence: float = CONFIDENCE) -> dict[str, Any]:
     """Guess "in" for the ``guesses // 2`` highest ``scores`` (m,), "out" for the ``guesses -
@@ -185,10 +193,7 @@ def one_run_audit(config: TrainConfig, *, canaries: int, guesses: int | None = N
         raise _bad(f"guesses must be in 1..{canaries} (the canaries), got {r}")
     if not 0.5 <= confidence < 1:
         raise _bad(f"confidence must be in [0.5, 1), got {confidence}")
-    if kind not in CANARY_KINDS:
-        raise _bad(f"canaries must be one of {CANARY_KINDS}, got {kind!r}")
-    if sampling not in SAMPLINGS:
-        raise _bad(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    _check_choices(kind, sampling)
     defenses = build_defenses(config)
     private = [d for d in defenses if d.weights_private]
     if not private:
@@ -199,6 +204,7 @@ def one_run_audit(config: TrainConfig, *, canaries: int, guesses: int | None = N
     device = resolve_device(config.device)
     data = build_run_data(config, device)
     rng = np.random.default_rng(seed)
+    delta = float(private[0].config.delta or 0.0)  # the claim's delta, set before training
     if kind == "gradient":
         included = rng.random(canaries) < 0.5
         audit = _gradient_audit(config, defenses, private[0], data, included, sampling, rng,
@@ -207,11 +213,9 @@ def one_run_audit(config: TrainConfig, *, canaries: int, guesses: int | None = N
         x_can, y_can = canary_beats(rng, canaries, data.n_classes, device, data.input_shape)
         included = rng.random(canaries) < 0.5
         audit = _input_audit(config, defenses, data, included, x_can, y_can, r,
-                             confidence=confidence, delta=float(private[0].report().delta or 0),
-                             progress=progress)
+                             confidence=confidence, delta=delta, progress=progress)
     scores = audit.pop("scores")
     claim = private[0].report()
-    delta = float(claim.delta or 0.0)
     return {
         "kind": kind, "scope": audit.pop("scope"),
         "claim": {"name": claim.name, "epsilon": claim.epsilon, "delta": claim.delta,
@@ -491,10 +495,7 @@ def one_run_cli(run_dir: str, *, canaries: int, guesses: int | None = None,
 
     if canaries < 2:
         raise _bad(f"--one-run needs at least 2 canaries, got {canaries}")
-    if kind not in CANARY_KINDS:
-        raise _bad(f"--canaries must be one of {CANARY_KINDS}, got {kind!r}")
-    if sampling not in SAMPLINGS:
-        raise _bad(f"--sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    _check_choices(kind, sampling, flag="--")  # before the run directory is read
     path = check_run_dir(run_dir)
     config = TrainConfig.load(path / "config.json")
     records = (config.mitdb_dir if config.mitdb_dir and not missing_record_files(config.mitdb_dir)

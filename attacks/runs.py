@@ -106,22 +106,24 @@ class RunData:
         attacks' view of its inputs (:func:`attacks.shapes.signal_client`)."""
         if self.config.model == "paper":
             return ClientNet(self.config.depth, self.config.cut_channels)
+        return signal_client(self._architecture_client(), self.input_shape)
+
+    def _architecture_client(self) -> torch.nn.Module:
+        """A fresh client of the run's (non-paper) architecture, as it takes its inputs."""
         from splitpriv.architectures import build_architecture
 
-        net = build_architecture(self.config.model).build(
+        return build_architecture(self.config.model).build(
             self.input_shape, len(self.pool.classes), self.config)[0]
-        return signal_client(net, self.input_shape)
 
     def cut_shape(self) -> tuple[int, ...] | None:
         """The shape of one cut as the client sends it (probed from a fresh client of the run's
         architecture); None for the paper's model, whose cut the attacks see as it is."""
         if self.config.model == "paper":
             return None
-        from splitpriv.architectures import build_architecture, probe_shape
+        from splitpriv.architectures import probe_shape
 
         with torch.random.fork_rng(devices=[]):  # torch's generator left as it was
-            net = build_architecture(self.config.model).build(
-                self.input_shape, len(self.pool.classes), self.config)[0]
+            net = self._architecture_client()
         return probe_shape(net, self.input_shape)
 
     def times(self, phase: str) -> torch.Tensor | None:

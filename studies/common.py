@@ -654,7 +654,7 @@ def prepare_pools(plan: Sequence[Planned], progress: bool) -> None:
     for p in plan:
         c = p.config
         key = (c.protocol, c.labels, c.mitdb_dir, c.cache_dir)
-        if c.hdf5 is None and c.dataset.partition(":")[0] == "mitdb" and key not in seen:
+        if c.hdf5 is None and dataset_name(c.dataset) == "mitdb" and key not in seen:
             seen.add(key)
             load_pool(c.mitdb_dir, cache_dir=c.cache_dir, prep=protocol_prep(c.protocol, c.labels),
                       progress=progress)

@@ -40,6 +40,7 @@ from studies.common import (
     apply_style,
     budget_text,
     cli,
+    dataset_name,
     epsilon_label,
     parse_args,
     read_csv,
@@ -89,7 +90,7 @@ def is_beat(run) -> bool:
 
 def class_names(run) -> list[str]:
     classes = [str(c) for c in run.pool.classes]
-    return CLASSES if run.config.dataset.partition(":")[0] == "mitdb" and len(classes) == 5 \
+    return CLASSES if dataset_name(run.config.dataset) == "mitdb" and len(classes) == 5 \
         else classes
 
 
